@@ -1,0 +1,5 @@
+"""Shared fixtures live in tests/fixtures/*; each module owns one real component."""
+
+pytest_plugins = [
+    "tests.fixtures.broker",
+]
