@@ -1,0 +1,163 @@
+"""The telemetry batch codec: `PointBatch` to the wire (`gputel.telemetry.v1`) and back.
+
+The streamer encodes, the collector decodes; the broker carries the bytes unread.
+`encode` and `decode` validate the same invariants (equal column lengths, indexes in
+range, finite values) and raise `CodecError` when one is broken, so a bad batch never
+leaves a producer and never reaches a store. Both are pure functions and thread-safe;
+a `BatchBuilder` is not (one per partition and thread).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence, Sized
+
+from google.protobuf.message import DecodeError
+
+from proto.batch import Gpu, PointBatch
+from proto.gen import telemetry_pb2 as pb
+
+_UINT32_MAX = 2**32 - 1
+
+
+class CodecError(ValueError):
+    """The bytes are not a valid telemetry batch, or the batch breaks an invariant."""
+
+
+def encode(batch: PointBatch) -> bytes:
+    """Return the wire form of `batch`; raise `CodecError` if it breaks an invariant."""
+    check(batch)
+    msg = pb.PointBatch(metrics=batch.metrics)
+    add_gpu = msg.gpus.add
+    for g in batch.gpus:
+        if not 0 <= g.gpu <= _UINT32_MAX:
+            raise CodecError(f"gpu {g.uuid!r}: host-local index {g.gpu} out of uint32 range")
+        add_gpu(
+            uuid=g.uuid, hostname=g.hostname, gpu=g.gpu, device=g.device, model=g.model,
+            container=g.container, pod=g.pod, namespace=g.namespace, labels=g.labels,
+        )  # fmt: skip
+    try:
+        msg.gpu_index.extend(batch.gpu_index)
+        msg.metric_index.extend(batch.metric_index)
+        msg.time_ns.extend(batch.time_ns)
+        msg.value.extend(batch.value)
+        msg.source_time_ns.extend(batch.source_time_ns)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CodecError(f"column value out of range for its wire type: {exc}") from exc
+    return msg.SerializeToString()
+
+
+def decode(data: bytes) -> PointBatch:
+    """Return the batch in `data`; raise `CodecError` on garbage or a broken invariant."""
+    try:
+        msg = pb.PointBatch.FromString(data)
+    except DecodeError as exc:
+        raise CodecError(f"not a telemetry batch ({len(data)} bytes): {exc}") from exc
+    batch = PointBatch(
+        gpus=[_gpu_from_wire(g) for g in msg.gpus],
+        metrics=list(msg.metrics),
+        gpu_index=list(msg.gpu_index),
+        metric_index=list(msg.metric_index),
+        time_ns=list(msg.time_ns),
+        value=list(msg.value),
+        source_time_ns=list(msg.source_time_ns),
+    )
+    if data and not (batch.time_ns or batch.gpus or batch.metrics):
+        # Valid protobuf but no known field: not something an encoder of this format wrote.
+        raise CodecError(f"not a telemetry batch ({len(data)} bytes): no known field")
+    check(batch)
+    return batch
+
+
+def _gpu_from_wire(g: pb.Gpu) -> Gpu:
+    """Return the value type of one wire GPU entry."""
+    return Gpu(
+        uuid=g.uuid, hostname=g.hostname, gpu=g.gpu, device=g.device, model=g.model,
+        container=g.container, pod=g.pod, namespace=g.namespace, labels=dict(g.labels),
+    )  # fmt: skip
+
+
+def check(batch: PointBatch) -> None:
+    """Raise `CodecError` unless columns have equal lengths, indexes are in range, values finite."""
+    n = len(batch.time_ns)
+    columns: dict[str, Sized] = {
+        "gpu_index": batch.gpu_index,
+        "metric_index": batch.metric_index,
+        "value": batch.value,
+        "source_time_ns": batch.source_time_ns,
+    }
+    for name, column in columns.items():
+        if len(column) != n:
+            raise CodecError(f"column {name} has {len(column)} entries, time_ns has {n}")
+    if n == 0:
+        return
+    _check_index("gpu_index", batch.gpu_index, len(batch.gpus))
+    _check_index("metric_index", batch.metric_index, len(batch.metrics))
+    _check_finite(batch.value)
+
+
+def _check_index(name: str, column: Sequence[int], size: int) -> None:
+    """Raise `CodecError` unless every entry of `column` indexes a list of `size` entries."""
+    low, high = min(column), max(column)
+    if low < 0 or high >= size:
+        bad = low if low < 0 else high
+        raise CodecError(f"{name} {bad} out of range: the batch lists {size} entries")
+
+
+def _check_finite(values: Sequence[float]) -> None:
+    """Raise `CodecError` naming the first NaN or infinite value."""
+    try:
+        if math.isfinite(sum(values)):
+            return  # one C-level pass: a NaN or an infinity would make the sum non-finite
+    except TypeError as exc:
+        raise CodecError(f"value column holds a non-number: {exc}") from exc
+    for i, v in enumerate(values):
+        if not math.isfinite(v):
+            raise CodecError(f"value[{i}] is {v}: values must be finite")
+
+
+class BatchBuilder:
+    """Accumulates the points of one batch, listing each GPU and metric name once.
+
+    GPUs are matched by object identity: the CSV reader hands out one `Gpu` object per
+    descriptor, so this is one dict lookup per point. An equal but distinct `Gpu` object
+    gets an entry of its own, which wastes a few bytes but decodes to the same points.
+    Not thread-safe: use one builder per partition and thread.
+    """
+
+    __slots__ = ("_batch", "_gpu_slot", "_metric_slot")
+
+    def __init__(self) -> None:
+        self._batch = PointBatch()
+        self._gpu_slot: dict[int, int] = {}
+        self._metric_slot: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._batch.time_ns)
+
+    def add(
+        self, gpu: Gpu, metric: str, time_ns: int, value: float, source_time_ns: int = 0
+    ) -> None:
+        """Append one point."""
+        b = self._batch
+        gi = self._gpu_slot.get(id(gpu))
+        if gi is None:
+            gi = self._gpu_slot[id(gpu)] = len(b.gpus)
+            b.gpus.append(gpu)
+        mi = self._metric_slot.get(metric)
+        if mi is None:
+            mi = self._metric_slot[metric] = len(b.metrics)
+            b.metrics.append(metric)
+        b.gpu_index.append(gi)
+        b.metric_index.append(mi)
+        b.time_ns.append(time_ns)
+        b.value.append(value)
+        b.source_time_ns.append(source_time_ns)
+
+    def build(self) -> PointBatch:
+        """Return the accumulated batch and start an empty one."""
+        batch = self._batch
+        self._batch = PointBatch()
+        self._gpu_slot = {}
+        self._metric_slot = {}
+        return batch
