@@ -1,0 +1,69 @@
+"""The store layer: one contract (`store.base.Store`), SQLite and InfluxDB implementations.
+
+`open_store("sqlite:PATH")` or `open_store("influx", url=..., org=..., bucket=..., token=...)`;
+missing InfluxDB settings come from GPUTEL_INFLUX_URL / _ORG / _BUCKET / _TOKEN, read when called.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from store.base import (
+    GpuSummary,
+    InvalidArgument,
+    InvalidBatch,
+    PointCursor,
+    Store,
+    StoredPoint,
+    StoreError,
+    StoreUnavailable,
+    WindowValue,
+)
+
+__all__ = [
+    "GpuSummary",
+    "InvalidArgument",
+    "InvalidBatch",
+    "PointCursor",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "StoredPoint",
+    "WindowValue",
+    "influx_settings",
+    "open_store",
+]
+
+INFLUX_SETTINGS = ("url", "org", "bucket", "token")
+
+
+def influx_settings(env: Mapping[str, str] | None = None, **given: str | None) -> dict[str, str]:
+    """Return url/org/bucket/token from `given`, falling back to GPUTEL_INFLUX_* in `env`."""
+    env = os.environ if env is None else env
+    settings = {}
+    for name in INFLUX_SETTINGS:
+        value = given.get(name) or env.get(f"GPUTEL_INFLUX_{name.upper()}", "")
+        settings[name] = value
+    missing = [n for n in ("url", "bucket") if not settings[n]]
+    if missing:
+        names = ", ".join(f"GPUTEL_INFLUX_{n.upper()}" for n in missing)
+        raise InvalidArgument(f"InfluxDB store needs {', '.join(missing)} (or {names})")
+    return settings
+
+
+def open_store(spec: str, **influx_opts: str | None) -> Store:
+    """Open the store named by `spec`: `sqlite:PATH` or `influx` (see `influx_settings`)."""
+    kind, _, rest = spec.partition(":")
+    if kind == "sqlite":
+        if not rest:
+            raise InvalidArgument("sqlite store needs a path: sqlite:PATH")
+        from store.sqlite import SqliteStore
+
+        return SqliteStore(rest)
+    if kind == "influx" and not rest:
+        from store.influx import InfluxStore
+
+        settings = influx_settings(None, **influx_opts)
+        return InfluxStore(settings["url"], settings["org"], settings["bucket"], settings["token"])
+    raise InvalidArgument(f"unknown store {spec!r}: use sqlite:PATH or influx")

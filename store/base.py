@@ -1,0 +1,168 @@
+"""The store contract: what the collector writes and the gateway reads, independent of backend.
+
+Every implementation (SQLite, InfluxDB) passes the same contract tests in `tests/store/`.
+Times are integer nanoseconds since the Unix epoch (UTC). A GPU is identified by its `uuid`;
+its host-local `gpu` index repeats on every host and is never an identity.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+from proto.batch import PointBatch
+
+Aggregate = Literal["mean", "min", "max", "last"]
+AGGREGATES: tuple[Aggregate, ...] = ("mean", "min", "max", "last")
+
+
+class StoreError(Exception):
+    """A store operation failed and retrying the same call will not help."""
+
+    retriable = False
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached or answered with a transient failure; retry later."""
+
+    retriable = True
+
+
+class InvalidArgument(StoreError, ValueError):
+    """A caller-supplied value (uuid, metric, time, limit, ...) was rejected before any I/O."""
+
+
+class InvalidBatch(StoreError, ValueError):
+    """A batch holds a value the schema cannot represent (e.g. a control character in a tag)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSummary:
+    """One GPU with data: its descriptor (from its newest point) and the time span it was seen."""
+
+    uuid: str
+    hostname: str
+    gpu: int
+    device: str
+    model: str
+    first_seen_ns: int
+    last_seen_ns: int
+    container: str = ""
+    pod: str = ""
+    namespace: str = ""
+
+
+class StoredPoint(NamedTuple):
+    """One stored point of one GPU; `source_time_ns` is the CSV's own timestamp (0 when unknown)."""
+
+    metric: str
+    time_ns: int
+    value: float
+    source_time_ns: int
+
+
+class WindowValue(NamedTuple):
+    """One downsampled value: `time_ns` is the window start, aligned to the epoch by `every_ns`."""
+
+    metric: str
+    time_ns: int
+    value: float
+
+
+class PointCursor(NamedTuple):
+    """Keyset cursor for `query_points`: the (time_ns, metric) of the last point already seen."""
+
+    time_ns: int
+    metric: str
+
+
+CountMap = Mapping[tuple[str, str], int]
+
+
+class Store(abc.ABC):
+    """A telemetry store; implementations document their own thread-safety."""
+
+    @abc.abstractmethod
+    def write(self, batch: PointBatch) -> None:
+        """Persist every point of `batch`; the same (uuid, metric, time_ns) twice is one point."""
+
+    @abc.abstractmethod
+    def list_gpus(
+        self,
+        hostname: str | None = None,
+        model: str | None = None,
+        limit: int = 100,
+        after_uuid: str | None = None,
+    ) -> list[GpuSummary]:
+        """Return up to `limit` GPUs with data ordered by uuid, only uuids > `after_uuid`."""
+
+    @abc.abstractmethod
+    def get_gpu(self, uuid: str) -> GpuSummary | None:
+        """Return the GPU with this uuid, or None when it has no data."""
+
+    @abc.abstractmethod
+    def gpus_by_index(self, index: int) -> list[GpuSummary]:
+        """Return every GPU (on any host) whose host-local index is `index`, ordered by uuid."""
+
+    @abc.abstractmethod
+    def query_points(
+        self,
+        uuid: str,
+        start_ns: int,
+        end_ns: int,
+        metrics: Sequence[str] | None = None,
+        limit: int = 1000,
+        after: tuple[int, str] | None = None,
+    ) -> list[StoredPoint]:
+        """Return up to `limit` points with start_ns <= time_ns <= end_ns (both inclusive).
+
+        Points are ordered by (time_ns, metric); with `after` = (time_ns, metric), a keyset
+        cursor, only points after it are returned, so paging is stable while new data arrives.
+        """
+
+    @abc.abstractmethod
+    def latest(self, uuid: str) -> dict[str, StoredPoint]:
+        """Return the newest point of each metric of this GPU (empty when unknown)."""
+
+    @abc.abstractmethod
+    def list_hosts(self) -> list[str]:
+        """Return every hostname with data, sorted."""
+
+    @abc.abstractmethod
+    def list_metrics(self) -> list[str]:
+        """Return every metric name with data, sorted."""
+
+    @abc.abstractmethod
+    def downsample(
+        self,
+        uuid: str,
+        start_ns: int,
+        end_ns: int,
+        metrics: Sequence[str] | None,
+        every_ns: int,
+        agg: Aggregate,
+    ) -> list[WindowValue]:
+        """Aggregate points in [start_ns, end_ns] into epoch-aligned windows of `every_ns`,
+        ordered by (time_ns, metric); empty windows are omitted."""
+
+    @abc.abstractmethod
+    def count_points(
+        self, uuid: str | None = None, metric: str | None = None
+    ) -> dict[tuple[str, str], int]:
+        """Return the exact number of stored points per (uuid, metric), optionally filtered."""
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Return when the store answers; raise StoreUnavailable when it does not."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections; the store must not be used afterwards."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

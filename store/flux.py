@@ -1,0 +1,172 @@
+"""Flux query text for the InfluxDB store, in the subset InfluxDB 1.8 (Flux 0.65) also runs.
+
+Every caller value enters a query only through `string()`, `time()` or `duration()`, never by
+plain formatting: strings are escaped (backslash, quote) and `${` is split so Flux's string
+interpolation can never run. Callers validate values first (`store.validate`).
+Used functions: range, filter, keep, group, distinct, pivot, sort, limit, first, last, count,
+aggregateWindow. Note `range(stop:)` is exclusive, so an inclusive end becomes `end_ns + 1`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from store import schema
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ALL_TIME_STOP_NS = 2**63 - 1  # exclusive; InfluxDB's largest timestamp is 2**63 - 2
+
+
+def string(value: str) -> str:
+    """Return `value` as a Flux string literal that cannot break out or interpolate."""
+    body = value.replace("\\", "\\\\").replace('"', '\\"')
+    # Flux 0.65 has no `\$` escape; split `${` across a concatenation instead.
+    body = body.replace("${", '$" + "{')
+    return f'"{body}"'
+
+
+def time(ns: int) -> str:
+    """Return an RFC 3339 date-time literal with nanoseconds for `ns` since the epoch."""
+    seconds, frac = divmod(ns, 1_000_000_000)
+    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{frac:09d}Z"
+
+
+def duration(ns: int) -> str:
+    """Return a Flux duration literal of `ns` nanoseconds."""
+    return f"{int(ns)}ns"
+
+
+def _eq(column: str, value: str) -> str:
+    return f"r.{column} == {string(value)}"
+
+
+def _any_of(column: str, values: Sequence[str]) -> str:
+    return "(" + " or ".join(_eq(column, v) for v in values) + ")"
+
+
+def source(bucket: str, start_ns: int, stop_ns: int) -> str:
+    """Return `from |> range` over [start_ns, stop_ns) of `bucket`."""
+    window = f"range(start: {time(start_ns)}, stop: {time(stop_ns)})"
+    return f"from(bucket: {string(bucket)})\n  |> {window}"
+
+
+def predicate(
+    fields: Sequence[str] = (schema.FIELD_VALUE,),
+    tags: dict[str, str] | None = None,
+    metrics: Sequence[str] | None = None,
+    extra: Sequence[str] = (),
+) -> str:
+    """Return a `filter` stage: measurement, fields, exact tag values, metric set, extra clauses."""
+    clauses = [_eq("_measurement", schema.MEASUREMENT), _any_of("_field", fields)]
+    clauses += [_eq(k, v) for k, v in sorted((tags or {}).items())]
+    if metrics:
+        clauses.append(_any_of(schema.TAG_METRIC, metrics))
+    clauses += extra
+    return "\n  |> filter(fn: (r) => " + " and ".join(clauses) + ")"
+
+
+def after_cursor(time_ns: int, metric: str) -> str:
+    """Return a filter clause keeping rows strictly after the keyset cursor (time_ns, metric)."""
+    t, m = time(time_ns), string(metric)
+    return f"(r._time > {t} or (r._time == {t} and r.{schema.TAG_METRIC} > {m}))"
+
+
+def uuid_after(uuid: str) -> str:
+    """Return a filter clause keeping GPUs whose uuid sorts after `uuid`."""
+    return f"r.{schema.TAG_UUID} > {string(uuid)}"
+
+
+PIVOT_FIELDS = '\n  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")'
+
+
+def points(
+    bucket: str,
+    start_ns: int,
+    end_ns: int,
+    tags: dict[str, str],
+    metrics: Sequence[str] | None,
+    limit: int,
+    after: tuple[int, str] | None,
+) -> str:
+    """Return the query for one GPU's points in [start_ns, end_ns], ordered by (time, metric)."""
+    extra = [after_cursor(*after)] if after else []
+    fields = (schema.FIELD_VALUE, schema.FIELD_SOURCE_TIME)
+    return (
+        source(bucket, start_ns, end_ns + 1)
+        + predicate(fields, tags, metrics, extra)
+        + PIVOT_FIELDS
+        + f'\n  |> keep(columns: ["_time", "{schema.TAG_METRIC}", "{schema.FIELD_VALUE}", '
+        f'"{schema.FIELD_SOURCE_TIME}"])'
+        + "\n  |> group()"
+        + f'\n  |> sort(columns: ["_time", "{schema.TAG_METRIC}"])'
+        + f"\n  |> limit(n: {int(limit)})"
+    )
+
+
+def series_edge(bucket: str, edge: str, tags: dict[str, str], extra: Sequence[str] = ()) -> str:
+    """Return the first or last `value` row of every series matching `tags` (all time)."""
+    if edge not in ("first", "last"):
+        raise ValueError(edge)
+    return (
+        source(bucket, 0, ALL_TIME_STOP_NS) + predicate(tags=tags, extra=extra) + f"\n  |> {edge}()"
+    )
+
+
+def latest(bucket: str, uuid: str) -> str:
+    """Return the newest value and source_time of every series of one GPU."""
+    fields = (schema.FIELD_VALUE, schema.FIELD_SOURCE_TIME)
+    return (
+        source(bucket, 0, ALL_TIME_STOP_NS)
+        + predicate(fields, {schema.TAG_UUID: uuid})
+        + "\n  |> last()"
+        + PIVOT_FIELDS
+    )
+
+
+def distinct_tag(bucket: str, tag: str) -> str:
+    """Return the distinct values of one tag over all time."""
+    return (
+        source(bucket, 0, ALL_TIME_STOP_NS)
+        + predicate()
+        + f"\n  |> group()\n  |> distinct(column: {string(tag)})"
+    )
+
+
+def counts(bucket: str, tags: dict[str, str]) -> str:
+    """Return the number of `value` points per (uuid, metric)."""
+    return (
+        source(bucket, 0, ALL_TIME_STOP_NS)
+        + predicate(tags=tags)
+        + f'\n  |> group(columns: ["{schema.TAG_UUID}", "{schema.TAG_METRIC}"])\n  |> count()'
+    )
+
+
+def downsample(
+    bucket: str,
+    start_ns: int,
+    end_ns: int,
+    uuid: str,
+    metrics: Sequence[str] | None,
+    every_ns: int,
+    agg: str,
+) -> str:
+    """Return `value` aggregated per metric into windows of `every_ns` (times are window stops)."""
+    if agg not in ("mean", "min", "max", "last"):
+        raise ValueError(agg)
+    return (
+        source(bucket, start_ns, end_ns + 1)
+        + predicate(tags={schema.TAG_UUID: uuid}, metrics=metrics)
+        + f'\n  |> keep(columns: ["_start", "_stop", "_time", "_value", "{schema.TAG_METRIC}"])'
+        + f'\n  |> group(columns: ["{schema.TAG_METRIC}"])'
+        + '\n  |> sort(columns: ["_time"])'
+        + f"\n  |> aggregateWindow(every: {duration(every_ns)}, fn: {agg}, createEmpty: false)"
+    )
+
+
+def parse_time(text: str) -> int:
+    """Return ns since the epoch for an RFC 3339 timestamp as Flux prints it (UTC, `Z`)."""
+    head, _, frac = text.rstrip("Z").partition(".")
+    seconds = (datetime.fromisoformat(head).replace(tzinfo=UTC) - _EPOCH) // timedelta(seconds=1)
+    return seconds * 1_000_000_000 + int((frac + "000000000")[:9])

@@ -1,0 +1,281 @@
+"""The InfluxDB store: InfluxDB 2.x API through `influxdb-client`, Flux in the 1.8 subset.
+
+Writes send hand-built line protocol (`store.lineprotocol`), gzip-compressed, through the
+synchronous write API with client-side retries off: the caller (the collector) owns retries and
+only commits offsets after `write` returned. Queries read Flux's CSV directly so timestamps keep
+their nanoseconds. Thread-safe: the HTTP client pools connections and the encoder has a lock.
+Against InfluxDB 1.8 the bucket is "db" or "db/rp", the org is ignored and the token is
+"user:password" (anything when auth is off).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+
+import urllib3
+from influxdb_client.client.influxdb_client import InfluxDBClient
+from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.domain.dialect import Dialect
+from influxdb_client.domain.write_precision import WritePrecision
+from influxdb_client.rest import ApiException
+
+from proto.batch import PointBatch
+from store import flux, schema, validate
+from store.base import (
+    Aggregate,
+    GpuSummary,
+    Store,
+    StoredPoint,
+    StoreError,
+    StoreUnavailable,
+    WindowValue,
+)
+from store.lineprotocol import LineProtocolEncoder
+
+_DIALECT = Dialect(  # type: ignore[no-untyped-call]
+    header=True, delimiter=",", annotations=[], comment_prefix="#", date_time_format="RFC3339Nano"
+)
+Row = dict[str, str]
+
+
+def translate_error(exc: Exception, action: str) -> StoreError:
+    """Return the store error for an exception raised by the HTTP client."""
+    if isinstance(exc, ApiException):
+        status = int(exc.status or 0)
+        detail = f"InfluxDB {action} failed: HTTP {status} {exc.reason}: {str(exc.body)[:300]}"
+        if status >= 500 or status in (0, 408, 429):
+            return StoreUnavailable(detail)
+        return StoreError(detail)
+    return StoreUnavailable(f"InfluxDB {action} failed: {type(exc).__name__}: {exc}")
+
+
+_CLIENT_ERRORS = (ApiException, urllib3.exceptions.HTTPError, OSError)
+
+
+class InfluxStore(Store):
+    """Telemetry in one InfluxDB bucket, measurement `gpu_telemetry` (see `store.schema`)."""
+
+    def __init__(
+        self, url: str, org: str, bucket: str, token: str, timeout_ms: int = 10_000
+    ) -> None:
+        self.bucket = validate.text("bucket", bucket)
+        self._client = InfluxDBClient(
+            url=url,
+            token=token,
+            org=org or "-",
+            timeout=timeout_ms,
+            enable_gzip=True,
+            retries=False,
+        )
+        self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+        self._query_api = self._client.query_api()
+        self._encoder = LineProtocolEncoder()
+        self._encode_lock = threading.Lock()
+
+    def write(self, batch: PointBatch) -> None:
+        """Persist every point of `batch`; the same (uuid, metric, time_ns) twice is one point."""
+        if not len(batch):
+            return
+        schema.check_batch(batch)
+        with self._encode_lock:
+            body = self._encoder.encode(batch)
+        try:
+            self._write_api.write(
+                bucket=self.bucket,
+                record=body,
+                write_precision=WritePrecision.NS,  # type: ignore[arg-type]
+            )
+        except _CLIENT_ERRORS as exc:
+            raise translate_error(exc, "write") from exc
+
+    def _rows(self, query: str) -> Iterator[Row]:
+        """Yield each result row of a Flux query as {column: text}."""
+        try:
+            header: list[str] = []
+            for row in self._query_api.query_csv(query, dialect=_DIALECT):
+                if (len(row) > 2 and row[1] == "result") or row[:2] == ["error", "reference"]:
+                    header = row
+                    continue
+                if header[:1] == ["error"]:
+                    raise StoreError(f"Flux query failed: {row[0]}")
+                yield dict(zip(header, row, strict=False))
+        except _CLIENT_ERRORS as exc:
+            raise translate_error(exc, "query") from exc
+
+    def _summaries(self, tags: dict[str, str], extra: Sequence[str] = ()) -> list[GpuSummary]:
+        """Return GPUs from the first and last point of each matching series, ordered by uuid."""
+        first: dict[str, int] = {}
+        for row in self._rows(flux.series_edge(self.bucket, "first", tags, extra)):
+            t, uuid = flux.parse_time(row["_time"]), row[schema.TAG_UUID]
+            first[uuid] = min(t, first.get(uuid, t))
+        newest: dict[str, tuple[int, Row]] = {}
+        for row in self._rows(flux.series_edge(self.bucket, "last", tags, extra)):
+            t, uuid = flux.parse_time(row["_time"]), row[schema.TAG_UUID]
+            if uuid not in newest or t > newest[uuid][0]:
+                newest[uuid] = (t, row)
+        return [_summary(newest[u][1], first.get(u, t), t) for u, (t, _) in sorted(newest.items())]
+
+    def list_gpus(
+        self,
+        hostname: str | None = None,
+        model: str | None = None,
+        limit: int = 100,
+        after_uuid: str | None = None,
+    ) -> list[GpuSummary]:
+        """Return up to `limit` GPUs with data ordered by uuid, only uuids > `after_uuid`."""
+        tags = _tags(
+            hostname=validate.optional_text("hostname", hostname),
+            model=validate.optional_text("model", model),
+        )
+        limit = validate.positive("limit", limit)
+        after = validate.optional_text("after_uuid", after_uuid)
+        extra = [flux.uuid_after(after)] if after else []
+        return self._summaries(tags, extra)[:limit]
+
+    def get_gpu(self, uuid: str) -> GpuSummary | None:
+        """Return the GPU with this uuid, or None when it has no data."""
+        found = self._summaries({schema.TAG_UUID: validate.text("uuid", uuid)})
+        return found[0] if found else None
+
+    def gpus_by_index(self, index: int) -> list[GpuSummary]:
+        """Return every GPU (on any host) whose host-local index is `index`, ordered by uuid."""
+        return self._summaries({schema.TAG_GPU: str(validate.index(index))})
+
+    def query_points(
+        self,
+        uuid: str,
+        start_ns: int,
+        end_ns: int,
+        metrics: Sequence[str] | None = None,
+        limit: int = 1000,
+        after: tuple[int, str] | None = None,
+    ) -> list[StoredPoint]:
+        """Return up to `limit` points with start_ns <= time_ns <= end_ns (both inclusive).
+
+        Points are ordered by (time_ns, metric); with `after` = (time_ns, metric), a keyset
+        cursor, only points after it are returned, so paging is stable while new data arrives.
+        """
+        tags = {schema.TAG_UUID: validate.text("uuid", uuid)}
+        start, end = validate.time_range(start_ns, end_ns)
+        query = flux.points(
+            self.bucket,
+            start,
+            end,
+            tags,
+            validate.metrics(metrics),
+            validate.positive("limit", limit),
+            validate.cursor(after),
+        )
+        return [_point(row) for row in self._rows(query)]
+
+    def latest(self, uuid: str) -> dict[str, StoredPoint]:
+        """Return the newest point of each metric of this GPU (empty when unknown)."""
+        newest: dict[str, StoredPoint] = {}
+        for row in self._rows(flux.latest(self.bucket, validate.text("uuid", uuid))):
+            point = _point(row)
+            if point.metric not in newest or point.time_ns > newest[point.metric].time_ns:
+                newest[point.metric] = point
+        return newest
+
+    def _distinct(self, tag: str) -> list[str]:
+        return sorted(
+            {
+                row["_value"]
+                for row in self._rows(flux.distinct_tag(self.bucket, tag))
+                if row.get("_value")
+            }
+        )
+
+    def list_hosts(self) -> list[str]:
+        """Return every hostname with data, sorted."""
+        return self._distinct(schema.TAG_HOSTNAME)
+
+    def list_metrics(self) -> list[str]:
+        """Return every metric name with data, sorted."""
+        return self._distinct(schema.TAG_METRIC)
+
+    def downsample(
+        self,
+        uuid: str,
+        start_ns: int,
+        end_ns: int,
+        metrics: Sequence[str] | None,
+        every_ns: int,
+        agg: Aggregate,
+    ) -> list[WindowValue]:
+        """Aggregate points in [start_ns, end_ns] into epoch-aligned windows of `every_ns`,
+        ordered by (time_ns, metric); empty windows are omitted."""
+        start, end = validate.time_range(start_ns, end_ns)
+        every = validate.positive("every_ns", every_ns, validate.MAX_NS)
+        query = flux.downsample(
+            self.bucket,
+            start,
+            end,
+            validate.text("uuid", uuid),
+            validate.metrics(metrics),
+            every,
+            validate.aggregate(agg),
+        )
+        out = []
+        for row in self._rows(query):
+            stop = flux.parse_time(row["_time"])  # a window's stop, clipped to the range
+            window = (stop - 1) // every * every
+            out.append(WindowValue(row[schema.TAG_METRIC], window, float(row["_value"])))
+        return sorted(out, key=lambda w: (w.time_ns, w.metric))
+
+    def count_points(
+        self, uuid: str | None = None, metric: str | None = None
+    ) -> dict[tuple[str, str], int]:
+        """Return the exact number of stored points per (uuid, metric), optionally filtered."""
+        tags = _tags(
+            uuid=validate.optional_text("uuid", uuid),
+            metric=validate.optional_text("metric", metric),
+        )
+        return {
+            (row[schema.TAG_UUID], row[schema.TAG_METRIC]): int(row["_value"])
+            for row in self._rows(flux.counts(self.bucket, tags))
+        }
+
+    def ping(self) -> None:
+        """Return when the store answers; raise StoreUnavailable when it does not."""
+        try:
+            ok = self._client.ping()
+        except _CLIENT_ERRORS as exc:
+            raise translate_error(exc, "ping") from exc
+        if not ok:
+            raise StoreUnavailable("InfluxDB does not answer /ping")
+
+    def close(self) -> None:
+        """Release connections; the store must not be used afterwards."""
+        self._write_api.close()  # type: ignore[no-untyped-call]
+        self._client.close()  # type: ignore[no-untyped-call]
+
+
+def _tags(**values: str | None) -> dict[str, str]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _point(row: Row) -> StoredPoint:
+    source_time = row.get(schema.FIELD_SOURCE_TIME) or "0"
+    return StoredPoint(
+        row[schema.TAG_METRIC],
+        flux.parse_time(row["_time"]),
+        float(row[schema.FIELD_VALUE]),
+        int(source_time),
+    )
+
+
+def _summary(row: Row, first_ns: int, last_ns: int) -> GpuSummary:
+    return GpuSummary(
+        uuid=row[schema.TAG_UUID],
+        hostname=row.get(schema.TAG_HOSTNAME, ""),
+        gpu=int(row.get(schema.TAG_GPU) or 0),
+        device=row.get(schema.TAG_DEVICE, ""),
+        model=row.get(schema.TAG_MODEL, ""),
+        first_seen_ns=first_ns,
+        last_seen_ns=last_ns,
+        container=row.get("container", ""),
+        pod=row.get("pod", ""),
+        namespace=row.get("namespace", ""),
+    )

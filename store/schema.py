@@ -1,0 +1,97 @@
+"""THE telemetry schema, defined once for every store.
+
+InfluxDB layout (one measurement)::
+
+    gpu_telemetry,container=..,device=nvidia0,gpu=0,hostname=h1,
+        metric=DCGM_FI_DEV_GPU_UTIL,model=NVIDIA\\ H100,namespace=..,pod=..,uuid=GPU-...
+        value=42.0,source_time=1700000000000000000i <time_ns>    (one line in reality)
+
+Tags (sorted by key, as InfluxDB prefers): uuid, hostname, gpu (host-local index as a decimal
+string), device, model, metric, and container/pod/namespace only when present. An empty device,
+model or hostname is omitted too (line protocol has no empty tag values) and reads back as "".
+Fields: `value` (float) and `source_time` (integer ns, the CSV's own timestamp). The point time
+is the processing time in ns. The SQLite store mirrors the same columns (see `store.sqlite`).
+
+Tag values may not contain control characters or backslashes: line protocol cannot escape a
+trailing backslash, and InfluxDB 1.8 keeps an escaped one doubled. Such batches are rejected
+by both stores with `InvalidBatch`, so both stores accept exactly the same data.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from proto.batch import Gpu, PointBatch
+from store.base import InvalidBatch
+
+MEASUREMENT = "gpu_telemetry"
+FIELD_VALUE = "value"
+FIELD_SOURCE_TIME = "source_time"
+
+TAG_UUID = "uuid"
+TAG_HOSTNAME = "hostname"
+TAG_GPU = "gpu"
+TAG_DEVICE = "device"
+TAG_MODEL = "model"
+TAG_METRIC = "metric"
+K8S_TAGS = ("container", "pod", "namespace")
+GPU_TAGS = (TAG_UUID, TAG_HOSTNAME, TAG_GPU, TAG_DEVICE, TAG_MODEL, *K8S_TAGS)
+
+MAX_TAG_LEN = 256
+_BAD_TAG_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+def gpu_tags(gpu: Gpu) -> dict[str, str]:
+    """Return the GPU's tags by name, leaving out empty ones (uuid is always present)."""
+    tags = {
+        TAG_UUID: gpu.uuid,
+        TAG_HOSTNAME: gpu.hostname,
+        TAG_GPU: str(gpu.gpu),
+        TAG_DEVICE: gpu.device,
+        TAG_MODEL: gpu.model,
+        "container": gpu.container,
+        "pod": gpu.pod,
+        "namespace": gpu.namespace,
+    }
+    return {k: v for k, v in tags.items() if v}
+
+
+def check_tag_value(name: str, value: str) -> None:
+    """Raise InvalidBatch when `value` cannot be stored as the tag `name`."""
+    if len(value) > MAX_TAG_LEN:
+        raise InvalidBatch(f"tag {name} longer than {MAX_TAG_LEN} characters")
+    if _BAD_TAG_CHARS.search(value):
+        raise InvalidBatch(f"tag {name}={value!r} holds a control character or a backslash")
+
+
+def check_gpu(gpu: Gpu) -> None:
+    """Raise InvalidBatch when this GPU entry cannot be stored."""
+    if not gpu.uuid:
+        raise InvalidBatch("GPU without uuid")
+    if gpu.gpu < 0:
+        raise InvalidBatch(f"GPU {gpu.uuid!r} has a negative index {gpu.gpu}")
+    for name, value in gpu_tags(gpu).items():
+        check_tag_value(name, value)
+
+
+def check_batch(batch: PointBatch) -> None:
+    """Raise InvalidBatch unless every GPU, metric name and value of `batch` can be stored."""
+    n = len(batch.time_ns)
+    columns = (batch.gpu_index, batch.metric_index, batch.value, batch.source_time_ns)
+    if any(len(c) != n for c in columns):
+        raise InvalidBatch("batch columns differ in length")
+    for gpu in batch.gpus:
+        check_gpu(gpu)
+    for metric in batch.metrics:
+        if not metric:
+            raise InvalidBatch("empty metric name")
+        check_tag_value(TAG_METRIC, metric)
+    if n and (min(batch.gpu_index) < 0 or max(batch.gpu_index) >= len(batch.gpus)):
+        raise InvalidBatch("gpu_index out of range")
+    if n and (min(batch.metric_index) < 0 or max(batch.metric_index) >= len(batch.metrics)):
+        raise InvalidBatch("metric_index out of range")
+    if n and (min(batch.time_ns) < 0):
+        raise InvalidBatch("negative time_ns")
+    if not all(map(math.isfinite, batch.value)):
+        raise InvalidBatch("value not a finite number")

@@ -1,0 +1,352 @@
+"""The SQLite store: the embedded default for single-machine runs (stdlib sqlite3, WAL mode).
+
+Layout (same names as `store.schema`)::
+
+    gpus(id INTEGER PK, uuid TEXT UNIQUE, hostname, gpu, device, model, container, pod, namespace)
+    points(gpu_id, time_ns, metric, value REAL, source_time_ns,
+           PRIMARY KEY (gpu_id, time_ns, metric)) WITHOUT ROWID
+    latest(gpu_id, metric, time_ns, value, source_time_ns, PRIMARY KEY (gpu_id, metric))
+
+The primary key of `points` is the UNIQUE (gpu, time, metric) key that makes rewrites idempotent
+(INSERT OR REPLACE: last write wins, as in InfluxDB) and the index that serves "one GPU, time
+range, ordered by (time, metric)" and its keyset cursor. `gpus` holds each GPU's newest
+descriptor; `latest` the newest point per (GPU, metric), kept up to date by `write`.
+Durability: WAL with synchronous=NORMAL survives a process crash (kill -9), not a power loss.
+
+Threads: one connection per thread (created on first use, all closed by `close()`); SQLite's
+WAL lets readers run while one writer writes, and `busy_timeout` makes writers queue.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from proto.batch import Gpu, PointBatch
+from store import schema, validate
+from store.base import (
+    Aggregate,
+    GpuSummary,
+    Store,
+    StoredPoint,
+    StoreError,
+    StoreUnavailable,
+    WindowValue,
+)
+
+DDL = """
+CREATE TABLE IF NOT EXISTS gpus (
+    id INTEGER PRIMARY KEY, uuid TEXT NOT NULL UNIQUE, hostname TEXT NOT NULL,
+    gpu INTEGER NOT NULL, device TEXT NOT NULL, model TEXT NOT NULL,
+    container TEXT NOT NULL, pod TEXT NOT NULL, namespace TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS gpus_by_index ON gpus (gpu, uuid);
+CREATE TABLE IF NOT EXISTS points (
+    gpu_id INTEGER NOT NULL, time_ns INTEGER NOT NULL, metric TEXT NOT NULL,
+    value REAL NOT NULL, source_time_ns INTEGER NOT NULL,
+    PRIMARY KEY (gpu_id, time_ns, metric)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS latest (
+    gpu_id INTEGER NOT NULL, metric TEXT NOT NULL, time_ns INTEGER NOT NULL,
+    value REAL NOT NULL, source_time_ns INTEGER NOT NULL,
+    PRIMARY KEY (gpu_id, metric)) WITHOUT ROWID;
+"""
+
+_UPSERT_GPU = """
+INSERT INTO gpus (uuid, hostname, gpu, device, model, container, pod, namespace)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (uuid) DO UPDATE SET hostname = excluded.hostname, gpu = excluded.gpu,
+    device = excluded.device, model = excluded.model, container = excluded.container,
+    pod = excluded.pod, namespace = excluded.namespace
+RETURNING id"""
+
+_UPSERT_LATEST = """
+INSERT INTO latest VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (gpu_id, metric) DO UPDATE SET time_ns = excluded.time_ns, value = excluded.value,
+    source_time_ns = excluded.source_time_ns WHERE excluded.time_ns >= latest.time_ns"""
+
+_SUMMARY = """
+SELECT g.uuid, g.hostname, g.gpu, g.device, g.model,
+    (SELECT MIN(time_ns) FROM points p WHERE p.gpu_id = g.id),
+    (SELECT MAX(time_ns) FROM points p WHERE p.gpu_id = g.id),
+    g.container, g.pod, g.namespace
+FROM gpus g WHERE EXISTS (SELECT 1 FROM points p WHERE p.gpu_id = g.id)"""
+
+_AGG_SQL = {"mean": "AVG(value)", "min": "MIN(value)", "max": "MAX(value)", "last": "value"}
+
+
+class SqliteStore(Store):
+    """Telemetry in one SQLite file; safe to share between threads (one connection per thread)."""
+
+    def __init__(self, path: str | Path, timeout_s: float = 30.0) -> None:
+        self.path = str(path)
+        self._timeout_s = timeout_s
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._closed = False
+        with self._tx() as conn:
+            conn.executescript(DDL)
+
+    def _conn(self) -> sqlite3.Connection:
+        """Return this thread's connection, opening it on first use."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        if self._closed:
+            raise StoreError("store is closed")
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self._timeout_s, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
+        self._local.conn = conn
+        with self._conns_lock:
+            self._conns.append(conn)
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """Run a block in one write transaction, translating sqlite errors."""
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"SQLite write failed: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite write failed: {exc}") from exc
+
+    def _read(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """Run one query and return all rows, translating sqlite errors."""
+        try:
+            return self._conn().execute(sql, args).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"SQLite query failed: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite query failed: {exc}") from exc
+
+    def write(self, batch: PointBatch) -> None:
+        """Persist every point of `batch`; the same (uuid, metric, time_ns) twice is one point."""
+        if not len(batch):
+            return
+        schema.check_batch(batch)
+        with self._tx() as conn:
+            ids = [_upsert_gpu(conn, gpu) for gpu in batch.gpus]
+            metrics = batch.metrics
+            rows = [
+                (ids[g], t, metrics[m], v, s)
+                for g, m, t, v, s in zip(
+                    batch.gpu_index,
+                    batch.metric_index,
+                    batch.time_ns,
+                    batch.value,
+                    batch.source_time_ns,
+                    strict=True,
+                )
+            ]
+            conn.executemany("INSERT OR REPLACE INTO points VALUES (?, ?, ?, ?, ?)", rows)
+            conn.executemany(_UPSERT_LATEST, _newest_rows(rows))
+
+    def _summaries(self, where: str, args: Sequence[object], limit: int) -> list[GpuSummary]:
+        rows = self._read(f"{_SUMMARY} {where} ORDER BY g.uuid LIMIT ?", [*args, limit])
+        return [_summary(row) for row in rows]
+
+    def list_gpus(
+        self,
+        hostname: str | None = None,
+        model: str | None = None,
+        limit: int = 100,
+        after_uuid: str | None = None,
+    ) -> list[GpuSummary]:
+        """Return up to `limit` GPUs with data ordered by uuid, only uuids > `after_uuid`."""
+        clauses, args = [], []
+        for column, value in (
+            ("hostname", validate.optional_text("hostname", hostname)),
+            ("model", validate.optional_text("model", model)),
+        ):
+            if value is not None:
+                clauses.append(f"g.{column} = ?")
+                args.append(value)
+        after = validate.optional_text("after_uuid", after_uuid)
+        if after is not None:
+            clauses.append("g.uuid > ?")
+            args.append(after)
+        where = "".join(f" AND {c}" for c in clauses)
+        return self._summaries(where, args, validate.positive("limit", limit))
+
+    def get_gpu(self, uuid: str) -> GpuSummary | None:
+        """Return the GPU with this uuid, or None when it has no data."""
+        found = self._summaries(" AND g.uuid = ?", [validate.text("uuid", uuid)], 1)
+        return found[0] if found else None
+
+    def gpus_by_index(self, index: int) -> list[GpuSummary]:
+        """Return every GPU (on any host) whose host-local index is `index`, ordered by uuid."""
+        return self._summaries(" AND g.gpu = ?", [validate.index(index)], -1)
+
+    def query_points(
+        self,
+        uuid: str,
+        start_ns: int,
+        end_ns: int,
+        metrics: Sequence[str] | None = None,
+        limit: int = 1000,
+        after: tuple[int, str] | None = None,
+    ) -> list[StoredPoint]:
+        """Return up to `limit` points with start_ns <= time_ns <= end_ns (both inclusive).
+
+        Points are ordered by (time_ns, metric); with `after` = (time_ns, metric), a keyset
+        cursor, only points after it are returned, so paging is stable while new data arrives.
+        """
+        start, end = validate.time_range(start_ns, end_ns)
+        sql = (
+            "SELECT p.metric, p.time_ns, p.value, p.source_time_ns FROM points p"
+            " JOIN gpus g ON g.id = p.gpu_id WHERE g.uuid = ? AND p.time_ns BETWEEN ? AND ?"
+        )
+        args: list[object] = [validate.text("uuid", uuid), start, end]
+        names = validate.metrics(metrics)
+        if names:
+            sql += f" AND p.metric IN ({','.join('?' * len(names))})"
+            args += names
+        cursor = validate.cursor(after)
+        if cursor:
+            sql += " AND p.time_ns >= ? AND (p.time_ns > ? OR p.metric > ?)"
+            args += [cursor[0], cursor[0], cursor[1]]
+        sql += " ORDER BY p.time_ns, p.metric LIMIT ?"
+        rows = self._read(sql, [*args, validate.positive("limit", limit)])
+        return [StoredPoint(str(m), int(t), float(v), int(s)) for m, t, v, s in rows]
+
+    def latest(self, uuid: str) -> dict[str, StoredPoint]:
+        """Return the newest point of each metric of this GPU (empty when unknown)."""
+        rows = self._read(
+            "SELECT l.metric, l.time_ns, l.value, l.source_time_ns FROM latest l"
+            " JOIN gpus g ON g.id = l.gpu_id WHERE g.uuid = ?",
+            [validate.text("uuid", uuid)],
+        )
+        return {str(m): StoredPoint(str(m), int(t), float(v), int(s)) for m, t, v, s in rows}
+
+    def list_hosts(self) -> list[str]:
+        """Return every hostname with data, sorted."""
+        rows = self._read(
+            "SELECT DISTINCT g.hostname FROM gpus g JOIN latest l ON l.gpu_id = g.id"
+            " WHERE g.hostname != '' ORDER BY 1"
+        )
+        return [str(r[0]) for r in rows]
+
+    def list_metrics(self) -> list[str]:
+        """Return every metric name with data, sorted."""
+        return [str(r[0]) for r in self._read("SELECT DISTINCT metric FROM latest ORDER BY 1")]
+
+    def downsample(
+        self,
+        uuid: str,
+        start_ns: int,
+        end_ns: int,
+        metrics: Sequence[str] | None,
+        every_ns: int,
+        agg: Aggregate,
+    ) -> list[WindowValue]:
+        """Aggregate points in [start_ns, end_ns] into epoch-aligned windows of `every_ns`,
+        ordered by (time_ns, metric); empty windows are omitted."""
+        start, end = validate.time_range(start_ns, end_ns)
+        every = validate.positive("every_ns", every_ns, validate.MAX_NS)
+        value = _AGG_SQL[validate.aggregate(agg)]
+        # `last`: SQLite takes bare columns from the row holding MAX(time_ns).
+        sql = (
+            f"SELECT p.time_ns / ? * ? AS w, p.metric, {value}, MAX(p.time_ns) FROM points p"
+            " JOIN gpus g ON g.id = p.gpu_id WHERE g.uuid = ? AND p.time_ns BETWEEN ? AND ?"
+        )
+        args: list[object] = [every, every, validate.text("uuid", uuid), start, end]
+        names = validate.metrics(metrics)
+        if names:
+            sql += f" AND p.metric IN ({','.join('?' * len(names))})"
+            args += names
+        rows = self._read(sql + " GROUP BY w, p.metric ORDER BY w, p.metric", args)
+        return [WindowValue(str(m), int(w), float(v)) for w, m, v, _ in rows]
+
+    def count_points(
+        self, uuid: str | None = None, metric: str | None = None
+    ) -> dict[tuple[str, str], int]:
+        """Return the exact number of stored points per (uuid, metric), optionally filtered."""
+        sql = "SELECT g.uuid, p.metric, COUNT(*) FROM points p JOIN gpus g ON g.id = p.gpu_id"
+        clauses, args = [], []
+        if uuid is not None:
+            clauses.append("g.uuid = ?")
+            args.append(validate.text("uuid", uuid))
+        if metric is not None:
+            clauses.append("p.metric = ?")
+            args.append(validate.text("metric", metric))
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        rows = self._read(sql + " GROUP BY g.uuid, p.metric", args)
+        return {(str(u), str(m)): int(n) for u, m, n in rows}
+
+    def ping(self) -> None:
+        """Return when the store answers; raise StoreUnavailable when it does not."""
+        self._read("SELECT 1")
+
+    def close(self) -> None:
+        """Release connections; the store must not be used afterwards."""
+        self._closed = True
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+
+
+def _upsert_gpu(conn: sqlite3.Connection, gpu: Gpu) -> int:
+    row = conn.execute(
+        _UPSERT_GPU,
+        (
+            gpu.uuid,
+            gpu.hostname,
+            gpu.gpu,
+            gpu.device,
+            gpu.model,
+            gpu.container,
+            gpu.pod,
+            gpu.namespace,
+        ),
+    ).fetchone()
+    return int(row[0])
+
+
+PointRow = tuple[int, int, str, float, int]
+
+
+def _newest_rows(rows: list[PointRow]) -> list[tuple[int, str, int, float, int]]:
+    """Return (gpu_id, metric, time_ns, value, source_time_ns), newest per (gpu, metric)."""
+    newest: dict[tuple[int, str], PointRow] = {}
+    for row in rows:
+        key = (row[0], row[2])
+        old = newest.get(key)
+        if old is None or row[1] >= old[1]:
+            newest[key] = row
+    return [(g, m, t, v, s) for (g, m), (_, t, _, v, s) in newest.items()]
+
+
+def _summary(row: tuple[Any, ...]) -> GpuSummary:
+    uuid, host, gpu, device, model, first, last, container, pod, namespace = row
+    return GpuSummary(
+        str(uuid),
+        str(host),
+        int(gpu),
+        str(device),
+        str(model),
+        int(first),
+        int(last),
+        str(container),
+        str(pod),
+        str(namespace),
+    )
