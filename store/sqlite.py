@@ -88,7 +88,8 @@ class SqliteStore(Store):
         self._conns_lock = threading.Lock()
         self._closed = False
         with self._tx() as conn:
-            conn.executescript(DDL)
+            for statement in DDL.split(";"):
+                conn.execute(statement)
 
     def _conn(self) -> sqlite3.Connection:
         """Return this thread's connection, opening it on first use."""
