@@ -1,0 +1,180 @@
+{{/* Chart name, truncated to a DNS label. */}}
+{{- define "gputel.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Release-qualified name; the release name alone when it already contains the chart name. */}}
+{{- define "gputel.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Name of one component's objects: (dict "root" $ "component" "broker"). */}}
+{{- define "gputel.componentName" -}}
+{{- printf "%s-%s" (include "gputel.fullname" .root) .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "gputel.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "gputel.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: gputel
+{{- end -}}
+
+{{/* Selector labels of one component: (dict "root" $ "component" "broker"). */}}
+{{- define "gputel.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "gputel.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "gputel.componentLabels" -}}
+{{ include "gputel.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "gputel.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "gputel.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "gputel.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* host:port of the broker's gRPC listener (headless Service). */}}
+{{- define "gputel.brokerAddress" -}}
+{{- printf "%s:%d" (include "gputel.componentName" (dict "root" . "component" "broker")) (int .Values.broker.ports.grpc) -}}
+{{- end -}}
+
+{{/* The influxdb2 subchart's fullname, computed as that chart does. */}}
+{{- define "gputel.influxdb2.fullname" -}}
+{{- $sub := .Values.influxdb2 -}}
+{{- if $sub.fullnameOverride -}}
+{{- $sub.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default "influxdb2" $sub.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* InfluxDB URL: the subchart's Service, or the required external URL. */}}
+{{- define "gputel.influxUrl" -}}
+{{- if .Values.influxdb2.enabled -}}
+{{- $port := 80 -}}
+{{- if and .Values.influxdb2.service .Values.influxdb2.service.port -}}{{- $port = .Values.influxdb2.service.port -}}{{- end -}}
+{{- printf "http://%s.%s.svc:%d" (include "gputel.influxdb2.fullname" .) .Release.Namespace (int $port) -}}
+{{- else -}}
+{{- required "influx.url is required when influxdb2.enabled=false (an external InfluxDB 2.x URL)" .Values.influx.url -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Secret name and key holding the InfluxDB token. */}}
+{{- define "gputel.influxTokenSecretName" -}}
+{{- if .Values.influx.auth.existingSecret -}}
+{{- .Values.influx.auth.existingSecret -}}
+{{- else if .Values.influxdb2.enabled -}}
+{{- $admin := .Values.influxdb2.adminUser | default dict -}}
+{{- default (printf "%s-auth" (include "gputel.influxdb2.fullname" .)) $admin.existingSecret -}}
+{{- else -}}
+{{- printf "%s-influx-token" (include "gputel.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "gputel.influxTokenSecretKey" -}}
+{{- if .Values.influx.auth.existingSecret -}}
+{{- .Values.influx.auth.existingSecretKey -}}
+{{- else if .Values.influxdb2.enabled -}}
+admin-token
+{{- else -}}
+token
+{{- end -}}
+{{- end -}}
+
+{{/* Env of collector and gateway: where InfluxDB is and the token from its Secret. */}}
+{{- define "gputel.influxEnv" -}}
+- name: GPUTEL_INFLUX_URL
+  value: {{ include "gputel.influxUrl" . | quote }}
+- name: GPUTEL_INFLUX_ORG
+  value: {{ .Values.influx.org | quote }}
+- name: GPUTEL_INFLUX_BUCKET
+  value: {{ .Values.influx.bucket | quote }}
+- name: GPUTEL_INFLUX_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "gputel.influxTokenSecretName" . }}
+      key: {{ include "gputel.influxTokenSecretKey" . }}
+{{- end -}}
+
+{{/* Pod-level settings shared by every pod of the chart. */}}
+{{- define "gputel.podCommon" -}}
+serviceAccountName: {{ include "gputel.serviceAccountName" . }}
+automountServiceAccountToken: false
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* HTTP liveness (/healthz) and readiness (/readyz) probes on a named port. */}}
+{{- define "gputel.httpProbes" -}}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: {{ . }}
+  initialDelaySeconds: 5
+  periodSeconds: 10
+  timeoutSeconds: 2
+  failureThreshold: 3
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: {{ . }}
+  periodSeconds: 5
+  timeoutSeconds: 2
+  failureThreshold: 3
+{{- end -}}
+
+{{/* Checks across values that the JSON schema cannot express. */}}
+{{- define "gputel.validate" -}}
+{{- if .Values.influxdb2.enabled -}}
+{{- $admin := .Values.influxdb2.adminUser | default dict -}}
+{{- if ne (toString $admin.organization) (toString .Values.influx.org) -}}
+{{- fail "influx.org must equal influxdb2.adminUser.organization when influxdb2.enabled=true" -}}
+{{- end -}}
+{{- if ne (toString $admin.bucket) (toString .Values.influx.bucket) -}}
+{{- fail "influx.bucket must equal influxdb2.adminUser.bucket when influxdb2.enabled=true" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
