@@ -47,3 +47,113 @@ bench: ## benchmarks (not tests): writes bench/results/latest.json
 
 clean:
 	rm -rf build *.egg-info .coverage .coverage.* htmlcov coverage.html .pytest_cache .mypy_cache .ruff_cache
+
+# --- containers and Kubernetes ---------------------------------------------------------------
+# One image holds every component (the container command picks it). Per-component targets build
+# the same image and add a per-component tag, as the reference's targets did.
+# Verified offline by `make chart-test`; the targets below that need Docker, KIND or a cluster
+# are a manual step (docs/kubernetes.md).
+DOCKER ?= docker
+KIND ?= kind
+KUBECTL ?= kubectl
+HELM ?= helm
+PLATFORM ?=
+IMAGE_REPO ?= gputel
+IMAGE_TAG ?= 0.1.0
+IMAGE := $(IMAGE_REPO):$(IMAGE_TAG)
+COMPONENTS := broker streamer collector gateway
+KIND_CLUSTER ?= gputel
+NAMESPACE ?= gpu-telemetry
+RELEASE ?= gputel
+MON_NAMESPACE ?= monitoring
+MON_RELEASE ?= kube-prometheus-stack
+ENABLE_INFLUXDB ?=
+INFLUX_URL ?=
+INFLUX_SECRET ?=
+INFLUX_TOKEN ?=
+INFLUX_PASSWORD ?=
+INFLUX_USER ?= admin
+INFLUX_ORG ?= ai_cluster
+INFLUX_BUCKET ?= telemetry
+HELM_ARGS ?=
+CHART_FULLNAME := $(if $(findstring gputel,$(RELEASE)),$(RELEASE),$(RELEASE)-gputel)
+PLATFORM_FLAG := $(if $(PLATFORM),--platform $(PLATFORM))
+
+ifeq ($(ENABLE_INFLUXDB),1)
+HELM_INFLUX_ARGS := --set influxdb2.enabled=true \
+  --set-string influx.org=$(INFLUX_ORG),influxdb2.adminUser.organization=$(INFLUX_ORG) \
+  --set-string influx.bucket=$(INFLUX_BUCKET),influxdb2.adminUser.bucket=$(INFLUX_BUCKET) \
+  --set-string influxdb2.adminUser.user=$(INFLUX_USER) \
+  $(if $(INFLUX_PASSWORD),--set-string influxdb2.adminUser.password=$(INFLUX_PASSWORD)) \
+  $(if $(INFLUX_TOKEN),--set-string influxdb2.adminUser.token=$(INFLUX_TOKEN))
+else
+HELM_INFLUX_ARGS := --set influxdb2.enabled=false --set-string influx.url=$(INFLUX_URL) \
+  --set-string influx.org=$(INFLUX_ORG),influx.bucket=$(INFLUX_BUCKET) \
+  $(if $(INFLUX_SECRET),--set-string influx.auth.existingSecret=$(INFLUX_SECRET)) \
+  $(if $(INFLUX_TOKEN),--set-string influx.auth.token=$(INFLUX_TOKEN))
+endif
+
+.PHONY: docker-build $(addprefix docker-build-,$(COMPONENTS)) docker-smoke kind-up kind-delete \
+  kind-load $(addprefix kind-load-,$(COMPONENTS)) kind-deploy helm-deps helm-install \
+  helm-install-monitoring helm-uninstall port-forward port-forward-grafana chart-test
+
+docker-build: ## build the image (all components) as $(IMAGE); PLATFORM=linux/arm64 honoured
+	$(DOCKER) build $(PLATFORM_FLAG) -t $(IMAGE) .
+
+$(addprefix docker-build-,$(COMPONENTS)): docker-build-%: docker-build ## the same image, also tagged $(IMAGE_REPO)-<component>:$(IMAGE_TAG)
+	$(DOCKER) tag $(IMAGE) $(IMAGE_REPO)-$*:$(IMAGE_TAG)
+
+docker-smoke: docker-build ## optional: --help of every component and the broker's gRPC health check, in the image
+	for cmd in walbroker gputel-streamer gputel-collector gputel-gateway; do \
+	  $(DOCKER) run --rm --network host $(IMAGE) $$cmd --help >/dev/null || exit 1; done
+	cid=$$($(DOCKER) run -d --network host $(IMAGE) walbroker serve --data-dir /tmp/wb \
+	  --listen 127.0.0.1:17070 --metrics-listen 127.0.0.1:19101); \
+	trap '$(DOCKER) rm -f '$$cid' >/dev/null' EXIT; sleep 3; \
+	$(DOCKER) run --rm --network host $(IMAGE) python -c "import grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; \
+	r = g.HealthStub(grpc.insecure_channel('127.0.0.1:17070')).Check(h.HealthCheckRequest(), timeout=5); \
+	assert r.status == h.HealthCheckResponse.SERVING, r; print('broker health: SERVING')"
+
+kind-up: ## create the KIND cluster $(KIND_CLUSTER) unless it exists
+	$(KIND) get clusters | grep -qx '$(KIND_CLUSTER)' || $(KIND) create cluster --name $(KIND_CLUSTER) --wait 120s
+
+kind-delete:
+	$(KIND) delete cluster --name $(KIND_CLUSTER)
+
+kind-load: ## load $(IMAGE) into the KIND cluster
+	$(KIND) load docker-image $(IMAGE) --name $(KIND_CLUSTER)
+
+$(addprefix kind-load-,$(COMPONENTS)): kind-load-%: ## load the per-component tag into the KIND cluster
+	$(KIND) load docker-image $(IMAGE_REPO)-$*:$(IMAGE_TAG) --name $(KIND_CLUSTER)
+
+kind-deploy: kind-up docker-build kind-load helm-install-monitoring helm-install ## one shot: cluster, image, monitoring, chart
+
+helm-deps: ## fetch the influxdb2 subchart into chart/charts (helm refuses to render without it)
+	$(HELM) repo add influxdata https://helm.influxdata.com/ --force-update >/dev/null
+	$(HELM) dependency build chart
+
+helm-install: helm-deps ## install/upgrade the chart; ENABLE_INFLUXDB=1 or INFLUX_URL=... with INFLUX_TOKEN/INFLUX_SECRET
+	$(HELM) upgrade --install $(RELEASE) chart -n $(NAMESPACE) --create-namespace --wait --timeout 10m \
+	  --set-string image.repository=$(IMAGE_REPO),image.tag=$(IMAGE_TAG) \
+	  $(HELM_INFLUX_ARGS) $(HELM_ARGS)
+
+helm-install-monitoring: ## kube-prometheus-stack in $(MON_NAMESPACE), selecting every ServiceMonitor, rule and dashboard
+	$(HELM) repo add prometheus-community https://prometheus-community.github.io/helm-charts --force-update >/dev/null
+	$(HELM) upgrade --install $(MON_RELEASE) prometheus-community/kube-prometheus-stack \
+	  -n $(MON_NAMESPACE) --create-namespace --wait --timeout 15m \
+	  --set prometheus.prometheusSpec.serviceMonitorSelectorNilUsesHelmValues=false \
+	  --set prometheus.prometheusSpec.ruleSelectorNilUsesHelmValues=false \
+	  --set grafana.sidecar.dashboards.searchNamespace=ALL
+
+helm-uninstall: ## remove the release (the broker's PVC stays; delete it by hand to drop the log)
+	$(HELM) uninstall $(RELEASE) -n $(NAMESPACE)
+
+port-forward: ## gateway on http://localhost:8080
+	$(KUBECTL) -n $(NAMESPACE) port-forward svc/$(CHART_FULLNAME)-gateway 8080:8080
+
+port-forward-grafana: ## Grafana on http://localhost:8484
+	$(KUBECTL) -n $(MON_NAMESPACE) port-forward svc/$(MON_RELEASE)-grafana 8484:80
+
+chart-test: ## offline chart, rules, dashboard and Dockerfile tests (installs helm/promtool first)
+	PYTHON=$(PY) scripts/install-tools.sh
+	$(BIN)/pytest -q tests/chart $(PYTEST_ARGS)
+# --- end of containers and Kubernetes ---------------------------------------------------------
