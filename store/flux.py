@@ -73,6 +73,15 @@ def after_cursor(time_ns: int, metric: str) -> str:
     return f"(r._time > {t} or (r._time == {t} and r.{schema.TAG_METRIC} > {m}))"
 
 
+def until(end_ns: int) -> str:
+    """Return a filter clause keeping rows at or before `end_ns`.
+
+    InfluxDB 1.8's storage read treats `range(stop:)` as inclusive while 2.x excludes it, so
+    queries use `stop: end + 1` and this clause: the end is inclusive on both, exactly once.
+    """
+    return f"r._time <= {time(end_ns)}"
+
+
 def uuid_after(uuid: str) -> str:
     """Return a filter clause keeping GPUs whose uuid sorts after `uuid`."""
     return f"r.{schema.TAG_UUID} > {string(uuid)}"
@@ -91,7 +100,7 @@ def points(
     after: tuple[int, str] | None,
 ) -> str:
     """Return the query for one GPU's points in [start_ns, end_ns], ordered by (time, metric)."""
-    extra = [after_cursor(*after)] if after else []
+    extra = [until(end_ns), *([after_cursor(*after)] if after else [])]
     fields = (schema.FIELD_VALUE, schema.FIELD_SOURCE_TIME)
     return (
         source(bucket, start_ns, end_ns + 1)
@@ -157,7 +166,7 @@ def downsample(
         raise ValueError(agg)
     return (
         source(bucket, start_ns, end_ns + 1)
-        + predicate(tags={schema.TAG_UUID: uuid}, metrics=metrics)
+        + predicate(tags={schema.TAG_UUID: uuid}, metrics=metrics, extra=[until(end_ns)])
         + f'\n  |> keep(columns: ["_start", "_stop", "_time", "_value", "{schema.TAG_METRIC}"])'
         + f'\n  |> group(columns: ["{schema.TAG_METRIC}"])'
         + '\n  |> sort(columns: ["_time"])'

@@ -1,0 +1,283 @@
+"""The store contract, run against a real SQLite file and a real InfluxDB 1.8 server."""
+
+from __future__ import annotations
+
+import pytest
+
+from store import InvalidArgument, InvalidBatch, Store, StoredPoint, StoreUnavailable, open_store
+from tests.fixtures.influx import InfluxServer
+from tests.store.helpers import T0, S, batch, gpu, grid
+
+UTIL, TEMP, POWER = "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_POWER_USAGE"
+
+
+def test_rewrite_is_idempotent(store: Store) -> None:
+    g = gpu(1)
+    b = grid([g], [UTIL, TEMP], [T0, T0 + S])
+    store.write(b)
+    store.write(b)
+    assert store.count_points() == {(g.uuid, UTIL): 2, (g.uuid, TEMP): 2}
+    assert len(store.query_points(g.uuid, T0, T0 + S)) == 4
+
+
+def test_rewrite_replaces_value(store: Store) -> None:
+    g = gpu(1)
+    store.write(batch([(g, UTIL, T0, 1.0)]))
+    store.write(batch([(g, UTIL, T0, 2.0)]))
+    assert store.query_points(g.uuid, T0, T0) == [StoredPoint(UTIL, T0, 2.0, T0 - S)]
+
+
+def test_bounds_are_inclusive(store: Store) -> None:
+    g = gpu(1)
+    store.write(grid([g], [UTIL], [T0, T0 + S, T0 + 2 * S]))
+    assert [p.time_ns for p in store.query_points(g.uuid, T0, T0 + 2 * S)] == [
+        T0,
+        T0 + S,
+        T0 + 2 * S,
+    ]
+    assert [p.time_ns for p in store.query_points(g.uuid, T0 + S, T0 + S)] == [T0 + S]
+    assert store.query_points(g.uuid, T0 + 1, T0 + S - 1) == []
+    assert [p.time_ns for p in store.query_points(g.uuid, T0 + 1, T0 + S)] == [T0 + S]
+
+
+def test_nanoseconds_survive(store: Store) -> None:
+    g = gpu(1)
+    t = T0 + 123_456_789
+    store.write(batch([(g, UTIL, t, 7.5)]))
+    assert store.query_points(g.uuid, t, t) == [StoredPoint(UTIL, t, 7.5, t - S)]
+    assert store.query_points(g.uuid, t + 1, t + 1) == []
+
+
+def test_metric_filter(store: Store) -> None:
+    g = gpu(1)
+    store.write(grid([g], [UTIL, TEMP, POWER], [T0, T0 + S]))
+    got = store.query_points(g.uuid, T0, T0 + S, metrics=[UTIL, POWER])
+    assert [(p.time_ns, p.metric) for p in got] == [
+        (T0, UTIL),
+        (T0, POWER),
+        (T0 + S, UTIL),
+        (T0 + S, POWER),
+    ]
+    assert store.query_points(g.uuid, T0, T0 + S, metrics=["NOPE"]) == []
+
+
+def test_points_ordered_and_only_this_gpu(store: Store) -> None:
+    a, b = gpu(1), gpu(2)
+    store.write(grid([a, b], [TEMP, UTIL], [T0 + 2 * S, T0, T0 + S]))
+    got = store.query_points(a.uuid, T0, T0 + 10 * S)
+    keys = [(p.time_ns, p.metric) for p in got]
+    assert keys == sorted(keys) and len(keys) == 6
+
+
+def test_keyset_paging_stable_while_writing(store: Store) -> None:
+    g = gpu(1)
+    times = [T0 + i * S for i in range(5)]
+    store.write(grid([g], [TEMP, UTIL], times))
+    end = T0 + 100 * S
+    seen, after = [], None
+    for page_no in range(10):
+        page = store.query_points(g.uuid, T0, end, limit=3, after=after)
+        if not page:
+            break
+        seen += [(p.time_ns, p.metric) for p in page]
+        after = (page[-1].time_ns, page[-1].metric)
+        # Newer points arrive between pages; they join the end, nothing repeats or is skipped.
+        store.write(grid([g], [UTIL], [T0 + (50 + page_no) * S]))
+    assert len(seen) == len(set(seen)) and seen == sorted(seen)
+    assert seen[:10] == [(t, m) for t in times for m in (TEMP, UTIL)]
+    assert all(m == UTIL for _, m in seen[10:])
+
+
+def test_limit(store: Store) -> None:
+    g = gpu(1)
+    store.write(grid([g], [UTIL], [T0 + i * S for i in range(10)]))
+    assert len(store.query_points(g.uuid, T0, T0 + 10 * S, limit=4)) == 4
+
+
+def test_latest(store: Store) -> None:
+    g = gpu(1)
+    store.write(batch([(g, UTIL, T0 + S, 2.0), (g, TEMP, T0, 40.0)]))
+    store.write(batch([(g, UTIL, T0, 1.0)]))  # late, older point: not the latest
+    assert store.latest(g.uuid) == {
+        UTIL: StoredPoint(UTIL, T0 + S, 2.0, T0),
+        TEMP: StoredPoint(TEMP, T0, 40.0, T0 - S),
+    }
+    assert store.latest("GPU-unknown") == {}
+
+
+def test_hosts_and_metrics(store: Store) -> None:
+    store.write(grid([gpu(1, "h-b"), gpu(2, "h-a")], [UTIL, TEMP], [T0]))
+    assert store.list_hosts() == ["h-a", "h-b"]
+    assert store.list_metrics() == sorted([UTIL, TEMP])
+
+
+def test_list_gpus_filters_and_paging(store: Store) -> None:
+    gpus = [gpu(n) for n in range(12)]
+    store.write(grid(gpus, [UTIL], [T0, T0 + S]))
+    listed = store.list_gpus()
+    assert [s.uuid for s in listed] == [g.uuid for g in gpus]
+    first = listed[0]
+    assert (first.hostname, first.gpu, first.device, first.model) == (
+        "host-00",
+        0,
+        "nvidia0",
+        "NVIDIA H100 80GB HBM3",
+    )
+    assert (first.first_seen_ns, first.last_seen_ns) == (T0, T0 + S)
+    assert [s.uuid for s in store.list_gpus(hostname="host-01")] == [g.uuid for g in gpus[8:]]
+    assert store.list_gpus(model="other") == []
+    page1 = store.list_gpus(limit=5)
+    page2 = store.list_gpus(limit=5, after_uuid=page1[-1].uuid)
+    assert [s.uuid for s in page1 + page2] == [g.uuid for g in gpus[:10]]
+    assert store.get_gpu(gpus[3].uuid) == listed[3]
+    assert store.get_gpu("GPU-unknown") is None
+
+
+def test_same_index_on_many_hosts_stays_apart(store: Store) -> None:
+    gpus = [gpu(n, host=f"host-{n:02d}", index=0) for n in range(31)]
+    store.write(grid(gpus, [UTIL], [T0]))
+    found = store.gpus_by_index(0)
+    assert [s.uuid for s in found] == [g.uuid for g in gpus]
+    assert {s.hostname for s in found} == {g.hostname for g in gpus}
+    assert store.gpus_by_index(5) == []
+    assert len(store.count_points(metric=UTIL)) == 31
+
+
+def test_k8s_tags_only_when_present(store: Store) -> None:
+    plain, placed = gpu(1), gpu(2, container="trainer", pod="job-0", namespace="ml")
+    store.write(grid([plain, placed], [UTIL], [T0]))
+    a, b = store.get_gpu(plain.uuid), store.get_gpu(placed.uuid)
+    assert a is not None and (a.container, a.pod, a.namespace) == ("", "", "")
+    assert b is not None and (b.container, b.pod, b.namespace) == ("trainer", "job-0", "ml")
+
+
+@pytest.mark.parametrize(
+    ("agg", "expected"), [("mean", 2.0), ("min", 1.0), ("max", 3.0), ("last", 3.0)]
+)
+def test_downsample(store: Store, agg: str, expected: float) -> None:
+    g = gpu(1)
+    minute = 60 * S
+    base = T0 - T0 % minute
+    store.write(
+        batch(
+            [
+                (g, UTIL, base + S, 1.0),
+                (g, UTIL, base + 2 * S, 3.0),
+                (g, UTIL, base + 2 * S - 1, 2.0),
+                (g, UTIL, base + minute, 9.0),
+                (g, TEMP, base + S, 50.0),
+            ]
+        )
+    )
+    got = store.downsample(g.uuid, base, base + minute, [UTIL], minute, agg)  # type: ignore[arg-type]
+    assert [(w.metric, w.time_ns) for w in got] == [(UTIL, base), (UTIL, base + minute)]
+    assert got[0].value == pytest.approx(expected)
+    assert got[1].value == pytest.approx(9.0)
+    both = store.downsample(g.uuid, base, base + minute - 1, None, minute, "max")
+    assert [(w.metric, w.time_ns, w.value) for w in both] == [(TEMP, base, 50.0), (UTIL, base, 3.0)]
+
+
+INJECTIONS = [
+    'x") |> drop(columns: ["uuid"]) |> yield(name: "',
+    'GPU-0001" or r.uuid != "',
+    "x\\",
+    'a\\"b',
+    "${string(v: 1)}",
+    'x\nfrom(bucket: "_internal")',
+]
+
+
+@pytest.mark.parametrize("evil", INJECTIONS)
+def test_injection_rejected_or_harmless(store: Store, evil: str) -> None:
+    store.write(grid([gpu(1)], [UTIL], [T0]))
+    calls = [
+        lambda: store.query_points(evil, 0, T0 + S),
+        lambda: store.query_points("GPU-0001", 0, T0 + S, metrics=[evil]),
+        lambda: store.latest(evil),
+        lambda: store.get_gpu(evil),
+        lambda: store.list_gpus(hostname=evil, model=evil, after_uuid=evil),
+        lambda: store.count_points(uuid=evil),
+        lambda: store.downsample(evil, 0, T0 + S, [evil], S, "mean"),
+    ]
+    for call in calls:
+        try:
+            result = call()
+        except InvalidArgument:
+            continue  # rejected with a clear error before reaching the store
+        assert not result, f"{evil!r} returned data: {result!r}"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.query_points("GPU-1", 2, 1),
+        lambda s: s.query_points("GPU-1", -1, 1),
+        lambda s: s.query_points("", 0, 1),
+        lambda s: s.query_points("GPU-1", 0, 1, limit=0),
+        lambda s: s.query_points("GPU-1", 0, 1, metrics=[]),
+        lambda s: s.query_points("GPU-1", 0, 1, after=(1, "")),
+        lambda s: s.downsample("GPU-1", 0, 1, None, 0, "mean"),
+        lambda s: s.downsample("GPU-1", 0, 1, None, 1, "median"),
+        lambda s: s.gpus_by_index(-1),
+        lambda s: s.list_gpus(limit=0),
+    ],
+)
+def test_bad_arguments_rejected(store: Store, call) -> None:
+    with pytest.raises(InvalidArgument):
+        call(store)
+
+
+@pytest.mark.parametrize("bad", ["a\\b", "a\nb", ""])
+def test_unstorable_tags_rejected(store: Store, bad: str) -> None:
+    with pytest.raises(InvalidBatch):
+        store.write(batch([(gpu(1), bad or "", T0, 1.0)]))
+    with pytest.raises(InvalidBatch):
+        store.write(batch([(gpu(1, host=bad or "h\\", index=0), UTIL, T0, 1.0)]))
+    assert store.count_points() == {}
+
+
+def test_non_finite_value_rejected(store: Store) -> None:
+    with pytest.raises(InvalidBatch):
+        store.write(batch([(gpu(1), UTIL, T0, float("nan"))]))
+
+
+def test_escaped_tags_round_trip(store: Store) -> None:
+    g = gpu(1, host="rack 1,row=2", index=3)
+    store.write(batch([(g, "odd metric,name=x", T0, 1.0)]))
+    assert store.list_hosts() == ["rack 1,row=2"]
+    assert store.list_metrics() == ["odd metric,name=x"]
+    assert store.query_points(g.uuid, T0, T0)[0].metric == "odd metric,name=x"
+
+
+def test_ping(store: Store) -> None:
+    store.ping()
+
+
+def test_influx_down_raises_unavailable(tmp_path) -> None:
+    from tests.fixtures.influx import influxd_path
+
+    server = InfluxServer(influxd_path(), tmp_path)
+    server.start()
+    conn = server.create_database()
+    store = open_store("influx", **conn.store_opts())
+    try:
+        store.write(grid([gpu(1)], [UTIL], [T0]))
+        server.stop()
+        with pytest.raises(StoreUnavailable):
+            store.ping()
+        with pytest.raises(StoreUnavailable):
+            store.write(grid([gpu(1)], [UTIL], [T0 + S]))
+        with pytest.raises(StoreUnavailable):
+            store.query_points(gpu(1).uuid, T0, T0 + S)
+        server.start()
+        store.ping()
+        store.write(grid([gpu(1)], [UTIL], [T0 + S]))
+        assert store.count_points() == {(gpu(1).uuid, UTIL): 2}
+    finally:
+        store.close()
+        server.stop()
+
+
+def test_sqlite_unusable_path_raises(tmp_path) -> None:
+    with pytest.raises(StoreUnavailable):
+        open_store(f"sqlite:{tmp_path / 'missing-dir' / 'x.db'}")
