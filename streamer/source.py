@@ -354,7 +354,7 @@ def describe_gpu(
 def parse_csv(lines: Iterable[str], source: str = "<stream>") -> SourceRows:
     """Parse DCGM CSV text (an open file or lines); raise `SourceError` on an unusable header."""
     started = time.perf_counter()
-    reader = csv.reader(lines)
+    reader = csv.reader(lines, strict=True)  # a stray quote rejects the row (malformed_csv)
     try:
         header = next(reader)
     except StopIteration:
@@ -410,7 +410,7 @@ def record_pass(report: ParseReport, metrics: StreamerMetrics | None, pass_numbe
                 kind, issue.reason, issue.count, issue.first_line,
                 extra={
                     "reason": issue.reason, "count": issue.count, "line": issue.first_line,
-                    "pass": pass_number, "source": report.source,
+                    "pass_number": pass_number, "source": report.source,
                 },
             )  # fmt: skip
 
