@@ -246,13 +246,13 @@ class _Parser:
         """Return the ordinal of the row's GPU descriptor, or -1 if it has no usable identity."""
         c = self.cols
         labels_id, labels = self._labels_of(f[c.labels_raw], line)
-        key = (
-            f[c.uuid], f[c.hostname], gpu_id, f[c.device], f[c.modelname],
-            f[c.container], f[c.pod], f[c.namespace], labels_id,
-        )  # fmt: skip
+        fields = (f[c.uuid], f[c.hostname], f[c.device], f[c.modelname])
+        k8s = (f[c.container], f[c.pod], f[c.namespace])
+        key = (fields, gpu_id, k8s, labels_id)
         ordinal = self._gpu_ordinal.get(key)
         if ordinal is None:
-            gpu = describe_gpu(*key[:8], labels=labels)  # type: ignore[arg-type]
+            uuid, hostname, device, model = fields
+            gpu = describe_gpu(uuid, hostname, gpu_id, device, model, *k8s, labels=labels)
             ordinal = -1 if gpu is None else len(self.gpus)
             if gpu is not None:
                 self.gpus.append(gpu)
