@@ -1,0 +1,122 @@
+"""`walbroker` command line: `serve` runs a broker; `admin` inspects and resets groups."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from walbroker import logs
+from walbroker.config import BrokerConfig, LogConfig
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"GPUTEL_BROKER_{name}", default)
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    """Flags of `walbroker serve` (each also read from GPUTEL_BROKER_<NAME>)."""
+    p.add_argument(
+        "--data-dir",
+        default=_env("DATA_DIR", ""),
+        required=not _env("DATA_DIR", ""),
+        help="folder of the LMDB log (created if missing)",
+    )
+    p.add_argument("--listen", default=_env("LISTEN", "127.0.0.1:7070"))
+    p.add_argument(
+        "--metrics-listen",
+        default=_env("METRICS_LISTEN", "127.0.0.1:9101"),
+        help="HOST:PORT of the Prometheus /metrics endpoint ('' to disable)",
+    )
+    p.add_argument("--advertised-address", default=_env("ADVERTISED_ADDRESS", ""))
+    p.add_argument(
+        "--partitions",
+        type=int,
+        default=int(_env("PARTITIONS", "16")),
+        help="partitions of a topic created on first use",
+    )
+    p.add_argument("--fsync", choices=["always", "interval"], default=_env("FSYNC", "always"))
+    p.add_argument("--fsync-interval-ms", type=int, default=int(_env("FSYNC_INTERVAL_MS", "50")))
+    p.add_argument(
+        "--retention-bytes",
+        type=int,
+        default=int(_env("RETENTION_BYTES", str(8 * 1024**3))),
+        help="disk budget for stored records",
+    )
+    p.add_argument(
+        "--retention-age-s",
+        type=float,
+        default=float(_env("RETENTION_AGE_S", "0")),
+        help="delete records older than this (0 = no age limit)",
+    )
+    p.add_argument(
+        "--retention-policy",
+        choices=["block", "drop-oldest"],
+        default=_env("RETENTION_POLICY", "block"),
+        help="when the budget is full: refuse producers (block) or delete the oldest",
+    )
+    p.add_argument(
+        "--session-timeout-ms", type=int, default=int(_env("SESSION_TIMEOUT_MS", "10000"))
+    )
+    p.add_argument(
+        "--max-unacked-points", type=int, default=int(_env("MAX_UNACKED_POINTS", "200000"))
+    )
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+
+
+def config_from_args(a: argparse.Namespace) -> BrokerConfig:
+    """The broker's configuration from parsed flags."""
+    log_config = LogConfig(
+        data_dir=Path(a.data_dir),
+        default_partitions=a.partitions,
+        fsync=a.fsync,
+        fsync_interval_ms=a.fsync_interval_ms,
+        retention_bytes=a.retention_bytes,
+        retention_age_s=a.retention_age_s,
+        retention_policy=a.retention_policy,
+    )
+    return BrokerConfig(
+        log=log_config,
+        listen=a.listen,
+        metrics_listen=a.metrics_listen,
+        advertised_address=a.advertised_address,
+        session_timeout_ms=a.session_timeout_ms,
+        max_unacked_points=a.max_unacked_points,
+    )
+
+
+def serve(a: argparse.Namespace) -> int:
+    """Run a broker until SIGTERM or SIGINT."""
+    from walbroker.server import Broker
+
+    logs.setup("walbroker", a.log_level)
+    broker = Broker(config_from_args(a))
+    try:
+        broker.start()
+    except OSError as exc:
+        print(f"walbroker: {exc}", file=sys.stderr)
+        return 1
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    broker.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `walbroker` console script."""
+    parser = argparse.ArgumentParser(prog="walbroker", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_serve_args(sub.add_parser("serve", help="run a broker"))
+    a = parser.parse_args(argv)
+    if a.command == "serve":
+        return serve(a)
+    return 2  # pragma: no cover - argparse enforces the choices
+
+
+if __name__ == "__main__":
+    sys.exit(main())

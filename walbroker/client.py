@@ -1,0 +1,112 @@
+"""Client plumbing shared by `Producer`, `Consumer` and the admin CLI: channels, errors, backoff.
+
+Status codes become BrokerError subclasses here and nowhere else on the client side.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass
+
+import grpc
+
+from proto.gen import walbroker_pb2 as pb
+from proto.gen import walbroker_pb2_grpc as pb_grpc
+from walbroker.errors import (
+    BrokerError,
+    Code,
+    InvalidArgument,
+    NotFound,
+    OutOfOrderSequence,
+    ResourceExhausted,
+    StaleGeneration,
+    Unavailable,
+)
+
+_BY_CODE: dict[int, type[BrokerError]] = {
+    Code.INVALID_ARGUMENT: InvalidArgument,
+    Code.NOT_FOUND: NotFound,
+    Code.RESOURCE_EXHAUSTED: ResourceExhausted,
+    Code.FAILED_PRECONDITION: StaleGeneration,
+    Code.UNAVAILABLE: Unavailable,
+    Code.CANCELLED: Unavailable,
+    Code.DEADLINE_EXCEEDED: Unavailable,
+}
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+
+def error_from_status(status: pb.Status, publish: bool = False) -> BrokerError:
+    """The BrokerError of a wire status (on publish, FAILED_PRECONDITION = out-of-order)."""
+    if publish and status.code == Code.FAILED_PRECONDITION:
+        return OutOfOrderSequence(status.message)
+    cls = _BY_CODE.get(status.code, BrokerError)
+    return cls(status.message or Code(status.code).name, retry_after_ms=status.retry_after_ms)
+
+
+def error_from_rpc(exc: grpc.RpcError) -> BrokerError:
+    """The BrokerError of a failed call (UNAVAILABLE when the broker is unreachable)."""
+    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    retry_after = 0
+    if isinstance(exc, grpc.Call):
+        for key, value in exc.trailing_metadata() or ():
+            if key == "retry-after-ms":
+                retry_after = int(value)
+    number = code.value[0] if code is not None else Code.INTERNAL
+    return error_from_status(
+        pb.Status(code=number, message=details or code.name, retry_after_ms=retry_after)
+    )
+
+
+def channel(target: str) -> grpc.Channel:
+    """A channel to a broker with keepalives and the broker's message size limit."""
+    return grpc.insecure_channel(
+        target,
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1_000),
+        ],
+    )
+
+
+def stub(ch: grpc.Channel) -> pb_grpc.BrokerStub:
+    """The Broker service stub."""
+    return pb_grpc.BrokerStub(ch)
+
+
+def metadata(
+    ch: grpc.Channel, topics: list[str] | None = None, timeout_s: float = 5.0
+) -> pb.MetadataResponse:
+    """Topics, partitions and leaders; raises BrokerError."""
+    try:
+        return stub(ch).Metadata(pb.MetadataRequest(topics=topics or []), timeout=timeout_s)
+    except grpc.RpcError as exc:
+        raise error_from_rpc(exc) from None
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Exponential backoff with full jitter, honouring a server's retry-after hint."""
+
+    initial_ms: int = 50
+    max_ms: int = 2_000
+    attempt: int = 0
+
+    def next_s(self, retry_after_ms: int = 0) -> float:
+        """Seconds to wait before the next attempt."""
+        cap = min(self.max_ms, self.initial_ms * 2**self.attempt)
+        self.attempt += 1
+        return max(retry_after_ms, random.uniform(cap / 2, cap)) / 1000
+
+    def reset(self) -> None:
+        """Forget past failures after a success."""
+        self.attempt = 0
+
+    def wait(self, stop: threading.Event, retry_after_ms: int = 0) -> bool:
+        """Sleep the next delay; False if `stop` was set meanwhile."""
+        return not stop.wait(self.next_s(retry_after_ms))

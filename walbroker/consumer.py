@@ -1,0 +1,352 @@
+"""The group consumer: join, receive records under credit-based flow control, commit, leave.
+
+Delivery is at-least-once. `poll` hands out records of the partitions the member
+owns in the current generation and advances its positions; `commit` stores those
+positions (or explicit offsets) and returns the points it covers to the broker
+as credit, so at most `max_unacked_points` points are ever delivered but not
+committed. A member that stops committing (a collector whose store is down)
+stops receiving.
+
+When the broker restarts or the stream breaks, the `consumer-io` loop rejoins
+with the same member id after a backoff; records not yet polled are dropped and
+redelivered from the committed offsets. A record may start before the member's
+position (after an offset reset into its middle): `Message.skip` says how many
+of its first points to ignore.
+
+Thread-safety: `poll`, `commit` and `close` may be called from any thread; the
+`consumer-io` loop owns the stream and `_cond` guards the shared state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Literal
+
+import grpc
+
+from proto.gen import walbroker_pb2 as pb
+from walbroker.client import Backoff, channel, error_from_rpc, error_from_status, stub
+from walbroker.errors import BrokerError, Code, StaleGeneration, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One delivered record (a batch of `count` points starting at `base_offset`)."""
+
+    topic: str
+    partition: int
+    base_offset: int
+    count: int
+    publish_time_ns: int
+    payload: bytes
+    generation: int
+    skip: int = 0
+
+    @property
+    def next_offset(self) -> int:
+        """The offset after this record's last point."""
+        return self.base_offset + self.count
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """The member's partitions in one generation, with the position each starts from."""
+
+    generation: int
+    member_id: str
+    positions: dict[int, int]
+    restarted: frozenset[int]
+    partition_count: int
+
+
+class Consumer:
+    """A member of a consumer group (or, with role='producer', of a producer group)."""
+
+    def __init__(
+        self,
+        target: str,
+        group: str,
+        topic: str,
+        *,
+        client_id: str = "",
+        role: Literal["consumer", "producer"] = "consumer",
+        max_unacked_points: int = 100_000,
+        session_timeout_ms: int = 10_000,
+        on_assignment: Callable[[Assignment], None] | None = None,
+    ) -> None:
+        self.target, self.group, self.topic, self.role = target, group, topic, role
+        self.client_id = client_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.max_unacked = max_unacked_points
+        self.session_timeout_ms = session_timeout_ms
+        self.on_assignment = on_assignment
+        self.member_id = ""
+        self.assignment: Assignment | None = None
+        self.last_error: BrokerError | None = None
+        self._channel = channel(target)
+        self._cond = threading.Condition()
+        self._queue: deque[Message] = deque()
+        self._positions: dict[int, int] = {}
+        self._uncredited = 0
+        self._requests: queue.Queue[pb.ConsumeRequest | None] = queue.Queue()
+        self._commits: dict[int, Future[pb.CommitAck]] = {}
+        self._commit_ids = itertools.count(1)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> Consumer:
+        """Start the `consumer-io` loop (it joins, and rejoins after failures)."""
+        self._thread = threading.Thread(target=self._io_loop, name="consumer-io", daemon=True)
+        self._thread.start()
+        log.info("loop started", extra={"loop": "consumer-io", "group": self.group})
+        return self
+
+    def wait_for_assignment(self, timeout_s: float = 30.0) -> Assignment:
+        """Block until the member has an assignment."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.assignment is not None, timeout_s):
+                raise TimeoutError(f"no assignment from group {self.group!r}")
+            assert self.assignment is not None
+            return self.assignment
+
+    def close(self) -> None:
+        """Leave the group and stop the loop."""
+        self._stop.set()
+        self._requests.put(pb.ConsumeRequest(leave=pb.Leave()))
+        self._requests.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            log.info("loop stopped", extra={"loop": "consumer-io", "group": self.group})
+        self._channel.close()
+
+    # ---- the application's side ------------------------------------------------------------
+
+    def poll(self, timeout_s: float = 1.0, max_messages: int = 1000) -> list[Message]:
+        """Records of owned partitions in offset order; advances positions; [] on timeout."""
+        out: list[Message] = []
+        with self._cond:
+            self._cond.wait_for(lambda: bool(self._queue) or self._stop.is_set(), timeout_s)
+            while self._queue and len(out) < max_messages:
+                msg = self._queue.popleft()
+                pos = self._positions.get(msg.partition)
+                self._uncredited += msg.count
+                if pos is None or msg.next_offset <= pos:
+                    continue  # revoked, or already consumed
+                if msg.base_offset < pos:
+                    msg = _with_skip(msg, pos - msg.base_offset)
+                self._positions[msg.partition] = msg.next_offset
+                out.append(msg)
+        return out
+
+    def positions(self) -> dict[int, int]:
+        """The next offset to consume per owned partition."""
+        with self._cond:
+            return dict(self._positions)
+
+    def commit(self, offsets: dict[int, int] | None = None, timeout_s: float = 10.0) -> bool:
+        """Commit `offsets` (default: current positions) and return credit; True if stored."""
+        with self._cond:
+            if self.assignment is None:
+                return False
+            generation = self.assignment.generation
+            offsets = dict(self._positions) if offsets is None else offsets
+            credit, self._uncredited = self._uncredited, 0
+        if credit:
+            self._requests.put(pb.ConsumeRequest(credit=pb.Credit(points=credit)))
+        if not offsets:
+            return True
+        cid = next(self._commit_ids)
+        fut: Future[pb.CommitAck] = Future()
+        self._commits[cid] = fut
+        self._requests.put(
+            pb.ConsumeRequest(
+                commit=pb.Commit(
+                    commit_id=cid,
+                    generation=generation,
+                    offsets=[pb.PartitionOffset(partition=p, offset=o) for p, o in offsets.items()],
+                )
+            )
+        )
+        try:
+            ack = fut.result(timeout_s)
+        except (TimeoutError, BrokerError) as exc:
+            self.last_error = exc if isinstance(exc, BrokerError) else Unavailable(str(exc))
+            return False
+        finally:
+            self._commits.pop(cid, None)
+        if ack.status.code != Code.OK:
+            self.last_error = error_from_status(ack.status)
+            log.info(
+                "commit refused",
+                extra={
+                    "group": self.group,
+                    "code": Code(ack.status.code).name,
+                    "reason": ack.status.message,
+                },
+            )
+            return False
+        return True
+
+    # ---- the stream ------------------------------------------------------------------------
+
+    def _io_loop(self) -> None:
+        backoff = Backoff(max_ms=1_000)
+        while not self._stop.is_set():
+            try:
+                self._stream_once(backoff)
+            except BrokerError as exc:
+                self.last_error = exc
+                self._reset_stream(exc)
+                log.info(
+                    "consume stream interrupted; rejoining",
+                    extra={"group": self.group, "code": exc.code.name, "reason": exc.message},
+                )
+                if not backoff.wait(self._stop, exc.retry_after_ms):
+                    return
+
+    def _stream_once(self, backoff: Backoff) -> None:
+        join = pb.Join(
+            group=self.group,
+            topic=self.topic,
+            member_id=self.member_id,
+            client_id=self.client_id,
+            session_timeout_ms=self.session_timeout_ms,
+            credit_points=self.max_unacked,
+            role=pb.CONSUMER if self.role == "consumer" else pb.PRODUCER,
+        )
+        self._requests = queue.Queue()
+        call = stub(self._channel).Consume(self._outgoing(join, self._requests))
+        try:
+            for resp in call:
+                backoff.reset()
+                self._on_response(resp)
+        except grpc.RpcError as exc:
+            if not self._stop.is_set():
+                raise error_from_rpc(exc) from None
+        finally:
+            call.cancel()
+        if not self._stop.is_set():
+            raise Unavailable("consume stream ended")
+
+    def _outgoing(
+        self, join: pb.Join, requests: queue.Queue[pb.ConsumeRequest | None]
+    ) -> Iterator[pb.ConsumeRequest]:
+        yield pb.ConsumeRequest(join=join)
+        interval = self.session_timeout_ms / 3000
+        while True:
+            try:
+                req = requests.get(timeout=interval)
+            except queue.Empty:
+                req = pb.ConsumeRequest(heartbeat=pb.Heartbeat())
+            if req is None:
+                return
+            yield req
+
+    def _on_response(self, resp: pb.ConsumeResponse) -> None:
+        kind = resp.WhichOneof("kind")
+        if kind == "records":
+            r = resp.records
+            msg = Message(
+                r.topic,
+                r.partition,
+                r.base_offset,
+                r.count,
+                r.publish_time_ns,
+                r.payload,
+                r.generation,
+            )
+            with self._cond:
+                if self.assignment and r.generation == self.assignment.generation:
+                    self._queue.append(msg)
+                    self._cond.notify_all()
+                else:
+                    self._uncredited += r.count
+        elif kind == "assignment":
+            self._on_assigned(resp.assignment)
+        elif kind == "commit_ack":
+            fut = self._commits.get(resp.commit_ack.commit_id)
+            if fut is not None and not fut.done():
+                fut.set_result(resp.commit_ack)
+
+    def _on_assigned(self, a: pb.Assignment) -> None:
+        positions = {ap.partition: ap.position for ap in a.partitions}
+        restarted = frozenset(ap.partition for ap in a.partitions if ap.restarted)
+        with self._cond:
+            self.member_id = a.member_id
+            kept = {
+                p: self._positions[p]
+                for p in positions
+                if p in self._positions and p not in restarted
+            }
+            self._positions = {**positions, **kept}
+            self._drop_queued(lambda m: m.partition not in kept)
+            self.assignment = Assignment(
+                a.generation, a.member_id, dict(self._positions), restarted, a.partition_count
+            )
+            self._cond.notify_all()
+        log.info(
+            "assignment",
+            extra={
+                "group": self.group,
+                "generation": a.generation,
+                "partitions": sorted(positions),
+            },
+        )
+        if self.on_assignment is not None:
+            self.on_assignment(self.assignment)
+
+    def _drop_queued(self, drop: Callable[[Message], bool]) -> None:
+        keep: deque[Message] = deque()
+        for m in self._queue:
+            if drop(m):
+                self._uncredited += m.count
+            else:
+                keep.append(m)
+        self._queue = keep
+
+    def _reset_stream(self, exc: BrokerError) -> None:
+        """Forget what the broken stream delivered; fail commits waiting on it."""
+        with self._cond:
+            self._queue.clear()
+            self._uncredited = 0
+            self.assignment = None
+            self._positions = {}
+        for fut in list(self._commits.values()):
+            if not fut.done():
+                fut.set_exception(exc if isinstance(exc, BrokerError) else StaleGeneration(""))
+
+
+def _with_skip(msg: Message, skip: int) -> Message:
+    return Message(
+        msg.topic,
+        msg.partition,
+        msg.base_offset,
+        msg.count,
+        msg.publish_time_ns,
+        msg.payload,
+        msg.generation,
+        skip,
+    )
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
+    """Poll `predicate` until true or timeout (a helper for callers and tests)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()

@@ -1,0 +1,300 @@
+"""The group coordinator: membership, generations, sticky assignment, fencing and offset commits.
+
+Consumer groups (members receive records) and producer groups (members only
+receive assignments, e.g. streamers sharing GPUs by partition) use the same
+coordinator. Every membership change or offset reset bumps the group's
+*generation*; commits carrying an older generation are rejected, so a fenced
+member can never move an offset.
+
+Thread-safety: every public method may be called from any thread. The registry
+of groups has its own lock; each group's state is guarded by the group's lock,
+which is also held while a commit is written to the log, so a commit and an
+admin reset can never interleave. Listeners are called under the group lock and
+must not block (they enqueue).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from walbroker.assignor import assign
+from walbroker.errors import InvalidArgument, NotAssigned, NotFound, StaleGeneration
+from walbroker.log import Log
+from walbroker.metrics import BrokerMetrics
+from walbroker.types import TopicPartition, validate_name
+
+log = logging.getLogger(__name__)
+
+Role = Literal["consumer", "producer"]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberAssignment:
+    """What one member owns in one generation; `restarted` partitions resume from committed."""
+
+    group: str
+    topic: str
+    member_id: str
+    generation: int
+    partitions: frozenset[int]
+    restarted: frozenset[int]
+    partition_count: int
+
+
+Listener = Callable[[MemberAssignment], None]
+
+
+@dataclass(slots=True)
+class Member:
+    """A live member of a group."""
+
+    member_id: str
+    client_id: str
+    session_timeout_s: float
+    listener: Listener
+    last_seen: float
+    partitions: frozenset[int] = frozenset()
+
+
+@dataclass(slots=True)
+class Group:
+    """A group's live state; guarded by `lock`."""
+
+    name: str
+    topic: str
+    role: Role
+    partition_count: int
+    generation: int = 0
+    members: dict[str, Member] = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberView:
+    """A member as admin tools see it."""
+
+    member_id: str
+    client_id: str
+    partitions: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupView:
+    """A group as admin tools see it."""
+
+    name: str
+    topic: str
+    role: Role
+    generation: int
+    state: str
+    members: tuple[MemberView, ...]
+
+
+class GroupCoordinator:
+    """Keeps every group's members and assignment; validates and stores commits."""
+
+    def __init__(
+        self, wal: Log, metrics: BrokerMetrics, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.wal = wal
+        self.metrics = metrics
+        self.clock = clock
+        self._groups: dict[str, Group] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+
+    # ---- membership ----------------------------------------------------------------------
+
+    def join(
+        self,
+        group: str,
+        topic: str,
+        role: Role,
+        *,
+        client_id: str = "",
+        member_id: str = "",
+        session_timeout_ms: int = 10_000,
+        listener: Listener,
+    ) -> str:
+        """Add a member (or re-add a known member id) and rebalance; return the member id."""
+        validate_name("group", group)
+        if not 100 <= session_timeout_ms <= 600_000:
+            raise InvalidArgument("session_timeout_ms must be in 100..600000")
+        partitions = self.wal.ensure_topic(topic)
+        g = self._group(group, topic, role, partitions)
+        with g.lock:
+            if g.topic != topic or g.role != role:
+                raise InvalidArgument(f"group {group!r} is a {g.role} group of topic {g.topic!r}")
+            mid = member_id or f"{client_id or 'member'}-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
+            old = g.members.pop(mid, None)
+            g.members[mid] = Member(
+                mid,
+                client_id,
+                session_timeout_ms / 1000,
+                listener,
+                self.clock(),
+                old.partitions if old else frozenset(),
+            )
+            self._rebalance(g, reason="join")
+        return mid
+
+    def leave(self, group: str, member_id: str, reason: str = "leave") -> None:
+        """Remove a member and rebalance; unknown members are ignored."""
+        g = self._groups.get(group)
+        if g is None:
+            return
+        with g.lock:
+            if g.members.pop(member_id, None) is not None:
+                self._rebalance(g, reason=reason)
+
+    def heartbeat(self, group: str, member_id: str) -> None:
+        """Keep a member's session alive; NotFound if it was removed."""
+        g = self._get(group)
+        with g.lock:
+            member = g.members.get(member_id)
+            if member is None:
+                raise NotFound(f"member {member_id!r} is not in group {group!r}")
+            member.last_seen = self.clock()
+
+    def expire(self) -> list[str]:
+        """Remove members whose session timed out; return their ids."""
+        expired: list[str] = []
+        now = self.clock()
+        for g in self._all():
+            with g.lock:
+                dead = [m for m in g.members.values() if now - m.last_seen > m.session_timeout_s]
+                for m in dead:
+                    del g.members[m.member_id]
+                    expired.append(m.member_id)
+                    log.warning(
+                        "member session expired", extra={"group": g.name, "member": m.member_id}
+                    )
+                if dead:
+                    self._rebalance(g, reason="session timeout")
+        return expired
+
+    def _rebalance(self, g: Group, reason: str, reset: frozenset[int] = frozenset()) -> None:
+        """Bump the generation, reassign (sticky) and notify every member. Caller holds g.lock."""
+        g.generation += 1
+        self.metrics.rebalances.labels(g.name).inc()
+        previous = {mid: m.partitions for mid, m in g.members.items()}
+        plan = assign(g.partition_count, sorted(g.members), previous)
+        for mid, m in g.members.items():
+            m.partitions = plan[mid]
+            restarted = (m.partitions - previous[mid]) | (m.partitions & reset)
+            m.listener(
+                MemberAssignment(
+                    g.name, g.topic, mid, g.generation, m.partitions, restarted, g.partition_count
+                )
+            )
+        log.info(
+            "group rebalanced",
+            extra={
+                "group": g.name,
+                "generation": g.generation,
+                "members": len(g.members),
+                "reason": reason,
+            },
+        )
+
+    # ---- offsets -------------------------------------------------------------------------
+
+    def commit(self, group: str, member_id: str, generation: int, offsets: dict[int, int]) -> None:
+        """Store offsets for partitions the member owns in the current generation."""
+        g = self._get(group)
+        with g.lock:
+            if generation != g.generation:
+                self.metrics.commits.labels(group, "stale").inc()
+                raise StaleGeneration(
+                    f"generation {generation} is stale; the group is at {g.generation}"
+                )
+            member = g.members.get(member_id)
+            if member is None or not set(offsets) <= member.partitions:
+                self.metrics.commits.labels(group, "not_assigned").inc()
+                raise NotAssigned(
+                    f"member {member_id!r} does not own partitions "
+                    f"{sorted(set(offsets) - (member.partitions if member else set()))}"
+                )
+            self._check_range(g.topic, offsets)
+            member.last_seen = self.clock()
+            self.wal.commit_offsets(group, g.topic, offsets)
+            self.metrics.commits.labels(group, "ok").inc()
+
+    def _check_range(self, topic: str, offsets: dict[int, int]) -> None:
+        for p, offset in offsets.items():
+            end = self.wal.state(TopicPartition(topic, p)).info().log_end_offset
+            if not 0 <= offset <= end:
+                raise InvalidArgument(f"offset {offset} of partition {p} is outside 0..{end}")
+
+    def reset(self, group: str, topic: str, offsets: dict[int, int]) -> None:
+        """Set committed offsets (admin); live members are fenced and resume from them."""
+        g = self._groups.get(group)
+        if g is None:
+            self.wal.commit_offsets(group, topic, offsets)
+            return
+        with g.lock:
+            if g.topic != topic:
+                raise InvalidArgument(f"group {group!r} consumes topic {g.topic!r}")
+            self.wal.commit_offsets(group, topic, offsets)
+            if g.members:
+                self._rebalance(g, reason="offset reset", reset=frozenset(offsets))
+
+    # ---- views ---------------------------------------------------------------------------
+
+    def describe(self, group: str) -> GroupView | None:
+        """The group's live state, or None when no member ever joined since start."""
+        g = self._groups.get(group)
+        if g is None:
+            return None
+        with g.lock:
+            members = tuple(
+                MemberView(m.member_id, m.client_id, tuple(sorted(m.partitions)))
+                for m in g.members.values()
+            )
+            return GroupView(
+                g.name, g.topic, g.role, g.generation, "stable" if members else "empty", members
+            )
+
+    def groups(self) -> list[str]:
+        """Names of groups with live state."""
+        with self._lock:
+            return sorted(self._groups)
+
+    def owner(self, group: str, partition: int) -> str:
+        """The member owning `partition` now, or ''."""
+        g = self._groups.get(group)
+        if g is None:
+            return ""
+        with g.lock:
+            return next((m.member_id for m in g.members.values() if partition in m.partitions), "")
+
+    def member_count(self, group: str) -> int:
+        """Live members of a group."""
+        g = self._groups.get(group)
+        return len(g.members) if g else 0
+
+    # ---- registry ------------------------------------------------------------------------
+
+    def _group(self, name: str, topic: str, role: Role, partitions: int) -> Group:
+        with self._lock:
+            g = self._groups.get(name)
+            if g is None:
+                g = self._groups[name] = Group(name, topic, role, partitions)
+            return g
+
+    def _get(self, name: str) -> Group:
+        g = self._groups.get(name)
+        if g is None:
+            raise NotFound(f"unknown group {name!r}")
+        return g
+
+    def _all(self) -> list[Group]:
+        with self._lock:
+            return list(self._groups.values())

@@ -1,0 +1,338 @@
+"""The partitioned log on LMDB: appends through one group-commit writer, reads from memory or LMDB.
+
+LMDB layout — one environment in `DATA_DIR/log/` (`data.mdb`), opened once per
+process. Integers in keys are big-endian (byte order = numeric order); names
+never contain NUL. `P` below is `topic NUL u32(partition)`.
+
+==============  ==============================  ==========================================
+sub-database    key                             value
+==============  ==============================  ==========================================
+``topics``      topic                           u32 partitions, i64 created_ns
+``parts``       P                               u64 log_start, u64 log_end, u64 size_bytes,
+                                                i64 first_publish_ns, i64 last_publish_ns
+``records``     P u64(base_offset)              i64 publish_time_ns, u32 count, payload
+``timeindex``   P u64(publish_time_ns)          u64 base_offset of that record
+``producers``   producer_id NUL P               u64 last_sequence, then up to 5 entries of
+                                                (u64 seq, u64 base, u32 count, i64 time)
+``offsets``     group NUL P                     u64 committed offset, i64 commit_time_ns
+==============  ==============================  ==========================================
+
+A record is one published batch: `count` points at offsets
+[base_offset, base_offset + count). Offsets in a partition are contiguous and
+publish times strictly increase, so the time index is ordered both ways.
+`parts` is rewritten in the same transaction as every append or deletion, so a
+restart reads O(partitions) keys, never the records.
+
+Threads: one writer thread (`walbroker.writer.Writer`) owns every write
+transaction. Any thread may read; read transactions are short and always
+closed. Each partition's in-memory state (`PartitionState`) has its own lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import lmdb
+
+from walbroker import keys
+from walbroker.config import LogConfig
+from walbroker.errors import InvalidArgument, NotFound, ResourceExhausted
+from walbroker.metrics import BrokerMetrics
+from walbroker.types import AppendResult, PartitionInfo, Record, TopicPartition, validate_name
+from walbroker.writer import AppendOp, CommitOffsetsOp, CreateTopicOp, RetentionOp, Writer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class PartitionState:
+    """A partition's durable extent mirrored in memory, plus its hot buffer of recent records."""
+
+    tp: TopicPartition
+    start: int = 0
+    end: int = 0
+    size: int = 0
+    first_ns: int = 0
+    last_ns: int = 0
+    hot: list[Record] = field(default_factory=list)
+    hot_bytes: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def info(self) -> PartitionInfo:
+        """A consistent snapshot of the extent."""
+        with self.lock:
+            return PartitionInfo(
+                self.tp, self.start, self.end, self.size, self.first_ns, self.last_ns
+            )
+
+    def read_hot(self, offset: int, max_points: int) -> list[Record] | None:
+        """Records from the hot buffer starting at the one holding `offset`; None if not there."""
+        with self.lock:
+            hot = self.hot
+            if not hot or offset < hot[0].base_offset:
+                return None
+            i = len(hot) - 1
+            while hot[i].base_offset > offset:
+                i -= 1
+            out: list[Record] = []
+            points = 0
+            for rec in hot[i:]:
+                if rec.next_offset <= offset:
+                    continue
+                out.append(rec)
+                points += rec.count
+                if points >= max_points:
+                    break
+            return out
+
+
+class Log:
+    """Topics of fixed partition counts, appended through the writer and read by offset or time."""
+
+    def __init__(self, config: LogConfig, metrics: BrokerMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or BrokerMetrics()
+        path = config.data_dir / "log"
+        path.mkdir(parents=True, exist_ok=True)
+        self.env = lmdb.open(
+            str(path),
+            map_size=config.map_size_bytes,
+            max_dbs=8,
+            subdir=True,
+            sync=config.fsync == "always",
+            metasync=config.fsync == "always",
+            readahead=False,
+            max_readers=512,
+        )
+        self.db = {
+            name: self.env.open_db(name.encode())
+            for name in ("topics", "parts", "records", "timeindex", "producers", "offsets")
+        }
+        self.topics: dict[str, int] = {}
+        self.partitions: dict[TopicPartition, PartitionState] = {}
+        self.committed: dict[tuple[str, TopicPartition], tuple[int, int]] = {}
+        self._listeners: set[threading.Event] = set()
+        self._listeners_lock = threading.Lock()
+        self._load()
+        self.metrics.disk_budget.set(config.retention_bytes)
+        self.metrics.log_bytes.set(self.total_bytes())
+        self.writer = Writer(self)
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writer (and with it the fsync and retention loops)."""
+        self.writer.start()
+
+    def close(self) -> None:
+        """Finish queued appends, stop the writer and close LMDB."""
+        self.writer.stop()
+        self.env.sync(True)
+        self.env.close()
+
+    def _load(self) -> None:
+        with self.env.begin() as txn:
+            for k, v in txn.cursor(db=self.db["topics"]):
+                self.topics[bytes(k).decode()] = keys.unpack_topic(v)[0]
+            for topic, n in self.topics.items():
+                for p in range(n):
+                    tp = TopicPartition(topic, p)
+                    state = PartitionState(tp)
+                    raw = txn.get(keys.partition_prefix(tp), db=self.db["parts"])
+                    if raw is not None:
+                        (state.start, state.end, state.size, state.first_ns, state.last_ns) = (
+                            keys.unpack_partition(raw)
+                        )
+                    self.partitions[tp] = state
+            for k, v in txn.cursor(db=self.db["offsets"]):
+                group, tp = keys.split_group_key(bytes(k))
+                self.committed[(group, tp)] = keys.unpack_offset(v)
+        log.info(
+            "log opened",
+            extra={
+                "topics": len(self.topics),
+                "partitions": len(self.partitions),
+                "bytes": self.total_bytes(),
+            },
+        )
+
+    # ---- writes ------------------------------------------------------------------------
+
+    def ensure_topic(self, topic: str, partitions: int = 0) -> int:
+        """Create `topic` if it does not exist (durably); return its partition count."""
+        validate_name("topic", topic)
+        if topic in self.topics:
+            return self.topics[topic]
+        if not self.config.auto_create_topics and partitions == 0:
+            raise NotFound(f"unknown topic {topic!r}")
+        n = partitions or self.config.default_partitions
+        if not 1 <= n <= 4096:
+            raise InvalidArgument(f"partitions must be in 1..4096, got {n}")
+        fut: Future[int] = Future()
+        self.writer.submit(CreateTopicOp(topic, n, fut))
+        return fut.result()
+
+    def partition_count(self, topic: str) -> int:
+        """The partition count of an existing topic, else NotFound."""
+        try:
+            return self.topics[topic]
+        except KeyError:
+            raise NotFound(f"unknown topic {topic!r}") from None
+
+    def append(
+        self,
+        tp: TopicPartition,
+        payload: bytes,
+        count: int,
+        producer_id: str = "",
+        sequence: int = 0,
+    ) -> Future[AppendResult]:
+        """Queue a batch for the writer; the future resolves once the batch is durable."""
+        self._check_append(tp, payload, count)
+        fut: Future[AppendResult] = Future()
+        self.writer.submit(
+            AppendOp(tp, payload, count, producer_id, sequence, fut),
+            bound=self.config.max_queue_batches,
+        )
+        return fut
+
+    def _check_append(self, tp: TopicPartition, payload: bytes, count: int) -> None:
+        n = self.ensure_topic(tp.topic)
+        if not 0 <= tp.partition < n:
+            raise InvalidArgument(
+                f"partition {tp.partition} out of range: topic {tp.topic!r} has {n} partitions"
+            )
+        if count <= 0 or not payload:
+            raise InvalidArgument("empty batch: count and payload must be non-empty")
+        if count > self.config.max_batch_points:
+            raise InvalidArgument(
+                f"batch of {count} points exceeds the limit of {self.config.max_batch_points}"
+            )
+        if len(payload) > self.config.max_batch_bytes:
+            raise InvalidArgument(
+                f"batch of {len(payload)} bytes exceeds the limit of {self.config.max_batch_bytes}"
+            )
+        if len(payload) > self.config.retention_bytes:
+            raise ResourceExhausted("batch larger than the whole disk budget")
+
+    def commit_offsets(self, group: str, topic: str, offsets: dict[int, int]) -> None:
+        """Store committed offsets durably (blocks until the writer's transaction is synced)."""
+        fut: Future[None] = Future()
+        self.writer.submit(CommitOffsetsOp(group, topic, dict(offsets), fut))
+        fut.result()
+
+    def enforce_retention(self) -> None:
+        """Delete what the retention policy says may go now (blocks until done)."""
+        fut: Future[None] = Future()
+        self.writer.submit(RetentionOp(fut))
+        fut.result()
+
+    # ---- reads -------------------------------------------------------------------------
+
+    def state(self, tp: TopicPartition) -> PartitionState:
+        """The in-memory state of a partition, else NotFound."""
+        try:
+            return self.partitions[tp]
+        except KeyError:
+            raise NotFound(f"unknown partition {tp.topic}/{tp.partition}") from None
+
+    def read(self, tp: TopicPartition, offset: int, max_points: int) -> list[Record]:
+        """Records from the one holding `offset` on, about `max_points` points (at least one record).
+
+        An offset below the log start reads from the log start; at or past the log end,
+        nothing.
+        """
+        state = self.state(tp)
+        info = state.info()
+        offset = max(offset, info.log_start_offset)
+        if offset >= info.log_end_offset:
+            return []
+        hot = state.read_hot(offset, max_points)
+        if hot is not None:
+            return hot
+        return list(self._read_stored(tp, offset, max_points))
+
+    def _read_stored(self, tp: TopicPartition, offset: int, max_points: int) -> Iterator[Record]:
+        prefix = keys.partition_prefix(tp)
+        with self.env.begin(db=self.db["records"]) as txn:
+            cur = txn.cursor()
+            if not self._seek_record(cur, prefix, offset):
+                return
+            points = 0
+            for k, v in cur:
+                if not k.startswith(prefix) or points >= max_points:
+                    return
+                t, n = keys.unpack_record_head(v)
+                yield Record(keys.offset_of_key(k), n, t, bytes(v[keys.RECORD_HEADER_SIZE :]))
+                points += n
+
+    @staticmethod
+    def _seek_record(cur: lmdb.Cursor, prefix: bytes, offset: int) -> bool:
+        """Place `cur` on the record holding `offset` (or the first after it)."""
+        key = prefix + keys.pack_u64(offset)
+        found = cur.set_range(key)
+        if found and cur.key() == key:
+            return True
+        moved = cur.prev() if found else cur.last()
+        if moved and cur.key().startswith(prefix):
+            _, n = keys.unpack_record_head(cur.value())
+            if keys.offset_of_key(cur.key()) + n > offset:
+                return True
+            return bool(cur.next()) and bytes(cur.key()).startswith(prefix)
+        return cur.set_range(prefix) and bytes(cur.key()).startswith(prefix)
+
+    def publish_time_at(self, tp: TopicPartition, offset: int) -> int:
+        """Publish time of the record holding `offset`; 0 when there is none."""
+        recs = self.read(tp, offset, 1)
+        return recs[0].publish_time_ns if recs else 0
+
+    def offset_for_time(self, tp: TopicPartition, time_ns: int) -> int:
+        """Base offset of the first record published at or after `time_ns`; the log end if none."""
+        state = self.state(tp)
+        prefix = keys.partition_prefix(tp)
+        with self.env.begin(db=self.db["timeindex"]) as txn:
+            cur = txn.cursor()
+            if cur.set_range(keys.time_key(tp, time_ns)) and cur.key().startswith(prefix):
+                return max(keys.unpack_u64(cur.value()), state.info().log_start_offset)
+        return state.info().log_end_offset
+
+    def committed_offset(self, group: str, tp: TopicPartition) -> int | None:
+        """The group's committed offset on `tp`, or None if it never committed there."""
+        entry = self.committed.get((group, tp))
+        return entry[0] if entry else None
+
+    def groups_on(self, topic: str) -> set[str]:
+        """Groups with a committed offset on some partition of `topic`."""
+        return {g for (g, tp) in list(self.committed) if tp.topic == topic}
+
+    def total_bytes(self) -> int:
+        """Bytes of stored records over every partition."""
+        return sum(s.size for s in self.partitions.values())
+
+    # ---- change notification ------------------------------------------------------------
+
+    def subscribe(self, event: threading.Event) -> None:
+        """Set `event` whenever the log changes (appends, deletions, offset commits)."""
+        with self._listeners_lock:
+            self._listeners.add(event)
+
+    def unsubscribe(self, event: threading.Event) -> None:
+        """Stop notifying `event`."""
+        with self._listeners_lock:
+            self._listeners.discard(event)
+
+    def notify(self) -> None:
+        """Wake every subscriber (called by the writer after each commit)."""
+        with self._listeners_lock:
+            for event in self._listeners:
+                event.set()
+
+
+def now_ns() -> int:
+    """Wall-clock time in ns (UTC epoch); one place so tests can reason about it."""
+    return time.time_ns()

@@ -1,0 +1,115 @@
+"""The broker's Prometheus metrics, in a registry per broker (names as the dashboards expect)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+NS = "gpu_telemetry_broker"
+
+# A snapshot for one scrape: (group, topic, partition, committed, log_end, lag_seconds).
+LagRow = tuple[str, str, int, int, int, float]
+# (topic, partition, log_start, log_end)
+ExtentRow = tuple[str, int, int, int]
+
+
+class BrokerMetrics:
+    """Counters, gauges and histograms of one broker; lag and offsets are computed at scrape time."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.enqueued = Counter(
+            f"{NS}_messages_enqueued", "Points appended to the log.", ["topic"], registry=r
+        )
+        self.delivered = Counter(
+            f"{NS}_messages_delivered",
+            "Points sent to group members.",
+            ["topic", "group"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            f"{NS}_queue_depth", "Batches waiting for the log writer.", registry=r
+        )
+        self.subscribers = Gauge(
+            f"{NS}_subscribers", "Connected group members.", ["group", "role"], registry=r
+        )
+        self.commit_seconds = Histogram(
+            f"{NS}_fsync_seconds",
+            "Duration of one group commit (LMDB transaction incl. fsync).",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.commit_records = Histogram(
+            f"{NS}_group_commit_records",
+            "Records written per group commit.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=r,
+        )
+        self.deleted = Counter(
+            f"{NS}_retention_deleted_points",
+            "Points deleted by retention.",
+            ["topic", "reason"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            f"{NS}_producer_duplicates",
+            "Retried batches acknowledged again without a second append.",
+            ["topic"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            f"{NS}_publish_rejected", "Batches refused, by gRPC status code.", ["code"], registry=r
+        )
+        self.log_bytes = Gauge(f"{NS}_log_bytes", "Bytes of stored records.", registry=r)
+        self.disk_budget = Gauge(
+            f"{NS}_disk_budget_bytes", "The retention byte budget.", registry=r
+        )
+        self.commits = Counter(
+            f"{NS}_offset_commits", "Offset commits by result.", ["group", "result"], registry=r
+        )
+        self.rebalances = Counter(f"{NS}_rebalances", "Generation changes.", ["group"], registry=r)
+        self.admin_actions = Counter(
+            f"{NS}_admin_actions", "Admin operations.", ["action"], registry=r
+        )
+
+    def add_offsets_collector(
+        self, extents: Callable[[], Iterable[ExtentRow]], lags: Callable[[], Iterable[LagRow]]
+    ) -> None:
+        """Register scrape-time gauges for log extents and consumer lag."""
+        self.registry.register(_OffsetsCollector(extents, lags))
+
+
+class _OffsetsCollector(Collector):
+    def __init__(
+        self, extents: Callable[[], Iterable[ExtentRow]], lags: Callable[[], Iterable[LagRow]]
+    ) -> None:
+        self._extents = extents
+        self._lags = lags
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        tp = ["topic", "partition"]
+        start = GaugeMetricFamily(f"{NS}_log_start_offset", "First offset still stored.", labels=tp)
+        end = GaugeMetricFamily(f"{NS}_log_end_offset", "Offset the next point gets.", labels=tp)
+        for topic, p, s, e in self._extents():
+            start.add_metric([topic, str(p)], s)
+            end.add_metric([topic, str(p)], e)
+        gtp = ["group", *tp]
+        committed = GaugeMetricFamily(
+            f"{NS}_committed_offset", "Committed offset of a group.", labels=gtp
+        )
+        lag = GaugeMetricFamily(
+            f"{NS}_consumer_lag_points", "Log end offset minus committed offset.", labels=gtp
+        )
+        lag_s = GaugeMetricFamily(
+            f"{NS}_consumer_lag_seconds", "Age of the oldest point not yet committed.", labels=gtp
+        )
+        for group, topic, p, c, e, age in self._lags():
+            labels = [group, topic, str(p)]
+            committed.add_metric(labels, c)
+            lag.add_metric(labels, max(e - c, 0))
+            lag_s.add_metric(labels, age)
+        yield from (start, end, committed, lag, lag_s)

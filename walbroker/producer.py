@@ -1,0 +1,343 @@
+"""The idempotent, batching producer: key -> partition, size/linger batches, ordered retries.
+
+Items are accumulated per partition and encoded into one opaque batch by the
+caller's `encode` function when the batch reaches `batch_size` items or
+`linger_ms` has passed. Each sealed batch gets the next sequence number of its
+partition. Batches are pipelined over one long-lived Publish stream; when the
+broker answers RESOURCE_EXHAUSTED, an out-of-order sequence, or the stream
+breaks (the broker restarted), the producer waits (backoff with jitter, at
+least the broker's retry-after hint), opens a new stream and resends every
+unacknowledged batch in sequence order. The broker acknowledges a batch it
+already appended as a duplicate, so nothing is appended twice.
+
+`send` blocks while `max_pending_points` items are neither acknowledged nor
+dropped: that bound is the producer's backpressure on its caller.
+
+Thread-safety: `send`, `flush` and `close` may be called from any thread. The
+`producer-linger` loop seals old batches; the `producer-io` loop owns the stream.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import grpc
+
+from proto.gen import walbroker_pb2 as pb
+from walbroker.client import Backoff, channel, error_from_rpc, error_from_status, metadata, stub
+from walbroker.errors import BrokerError, Code, InvalidArgument, Unavailable
+from walbroker.types import partition_for_key
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Batch:
+    """A sealed batch waiting for its acknowledgement."""
+
+    topic: str
+    producer_id: str
+    partition: int
+    sequence: int
+    payload: bytes
+    count: int
+    request_id: int = 0
+    created: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class ProducerStats:
+    """Counters a caller can export as metrics."""
+
+    acked_points: int = 0
+    acked_batches: int = 0
+    duplicates: int = 0
+    backpressure: int = 0
+    reconnects: int = 0
+    failed_points: int = 0
+
+
+@dataclass(slots=True)
+class _Open:
+    items: list[object] = field(default_factory=list)
+    since: float = 0.0
+
+
+class Producer(Generic[T]):
+    """Publishes items of type T to one topic, batched per partition, exactly once per batch."""
+
+    def __init__(
+        self,
+        target: str,
+        topic: str,
+        encode: Callable[[list[T]], bytes],
+        *,
+        producer_id: str = "",
+        batch_size: int = 1000,
+        linger_ms: int = 20,
+        max_pending_points: int = 200_000,
+        max_batch_bytes: int = 4 * 1024 * 1024,
+        on_ack: Callable[[Batch, pb.PublishAck], None] | None = None,
+        on_backpressure: Callable[[BrokerError], None] | None = None,
+    ) -> None:
+        self.target, self.topic, self.encode = target, topic, encode
+        self.producer_id = producer_id or uuid.uuid4().hex
+        self.batch_size, self.linger_s = batch_size, linger_ms / 1000
+        self.max_pending, self.max_batch_bytes = max_pending_points, max_batch_bytes
+        self.on_ack, self.on_backpressure = on_ack, on_backpressure
+        self.stats = ProducerStats()
+        self.partitions = 0
+        self._channel = channel(target)
+        self._cond = threading.Condition()
+        self._open: dict[int, _Open] = {}
+        self._sequences: dict[int, int] = {}
+        self._unacked: dict[int, Batch] = {}  # request id -> batch, in sending order
+        self._pending = 0
+        self._ids = itertools.count(1)
+        self._outbox: queue.Queue[Batch | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._failure: BrokerError | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def start(self, timeout_s: float = 30.0) -> Producer[T]:
+        """Learn the topic's partition count (waiting for the broker) and start the loops."""
+        deadline = time.monotonic() + timeout_s
+        backoff = Backoff()
+        while True:
+            try:
+                md = metadata(self._channel, [self.topic])
+                self.partitions = len(md.topics[0].partitions)
+                break
+            except BrokerError as exc:
+                if exc.code == Code.NOT_FOUND:
+                    md = metadata(self._channel)
+                    self.partitions = md.default_partitions
+                    break
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(backoff.next_s())
+        for name, target in (("producer-io", self._io_loop), ("producer-linger", self._linger)):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+            log.info("loop started", extra={"loop": name, "producer": self.producer_id})
+        return self
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Flush what is pending (up to `timeout_s`), then stop the loops."""
+        try:
+            self.flush(timeout_s)
+        finally:
+            self._stop.set()
+            self._outbox.put(None)
+            with self._cond:
+                self._cond.notify_all()
+            for t in self._threads:
+                t.join(timeout=5)
+                log.info("loop stopped", extra={"loop": t.name, "producer": self.producer_id})
+            self._channel.close()
+
+    # ---- sending -------------------------------------------------------------------------
+
+    def partition_of(self, key: str) -> int:
+        """The partition a key maps to (CRC-32 of its UTF-8 bytes)."""
+        return partition_for_key(key, self.partitions)
+
+    def send(
+        self, key: str, item: T, partition: int | None = None, timeout_s: float | None = None
+    ) -> None:
+        """Add an item; blocks while too many points are pending (backpressure)."""
+        p = self.partition_of(key) if partition is None else partition
+        with self._cond:
+            if not self._cond.wait_for(
+                lambda: self._pending < self.max_pending or self._stop.is_set(), timeout_s
+            ):
+                raise TimeoutError("producer pending bound reached")
+            self._raise_failure()
+            batch = self._open.setdefault(p, _Open())
+            if not batch.items:
+                batch.since = time.monotonic()
+            batch.items.append(item)
+            self._pending += 1
+            full = len(batch.items) >= self.batch_size
+        if full:
+            self._seal(p)
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Send every open batch and wait until all are acknowledged."""
+        for p in list(self._open):
+            self._seal(p)
+        with self._cond:
+            if not self._cond.wait_for(
+                lambda: self._pending == 0 or self._failure is not None or self._stop.is_set(),
+                timeout_s,
+            ):
+                raise TimeoutError(f"{self._pending} points still unacknowledged")
+            self._raise_failure()
+
+    @property
+    def pending_points(self) -> int:
+        """Points added but not yet acknowledged."""
+        return self._pending
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            exc, self._failure = self._failure, None
+            raise exc
+
+    def _seal(self, p: int) -> None:
+        with self._cond:
+            open_batch = self._open.pop(p, None)
+            if open_batch is None or not open_batch.items:
+                return
+            items = open_batch.items
+            seq = self._sequences.get(p, 0)
+            self._sequences[p] = seq + 1
+            batch = Batch(self.topic, self.producer_id, p, seq, b"", len(items), next(self._ids))
+            self._unacked[batch.request_id] = batch
+        batch.payload = self.encode(items)  # type: ignore[arg-type]
+        if len(batch.payload) > self.max_batch_bytes:
+            self._fail(
+                batch,
+                InvalidArgument(
+                    f"batch of {len(batch.payload)} bytes is over "
+                    f"the {self.max_batch_bytes} byte limit"
+                ),
+            )
+            return
+        with self._cond:
+            self._outbox.put(batch)
+
+    def _linger(self) -> None:
+        while not self._stop.wait(max(self.linger_s / 2, 0.001)):
+            now = time.monotonic()
+            with self._cond:
+                due = [
+                    p for p, b in self._open.items() if b.items and now - b.since >= self.linger_s
+                ]
+            for p in due:
+                self._seal(p)
+
+    # ---- the stream ----------------------------------------------------------------------
+
+    def _io_loop(self) -> None:
+        backoff = Backoff()
+        while not self._stop.is_set():
+            try:
+                self._stream_once(backoff)
+                return
+            except BrokerError as exc:
+                self.stats.backpressure += 1
+                if self.on_backpressure is not None:
+                    self.on_backpressure(exc)
+                log.info(
+                    "publish interrupted; resending unacknowledged batches",
+                    extra={
+                        "code": exc.code.name,
+                        "reason": exc.message,
+                        "unacked": len(self._unacked),
+                    },
+                )
+                if not backoff.wait(self._stop, exc.retry_after_ms):
+                    return
+                self.stats.reconnects += 1
+                self._requeue()
+
+    def _stream_once(self, backoff: Backoff) -> None:
+        """Run one Publish stream until it ends; raise BrokerError to resend after a pause."""
+        call = stub(self._channel).Publish(self._requests(self._outbox))
+        try:
+            for ack in call:
+                err = self._on_ack(ack)
+                if err is not None:
+                    raise err
+                backoff.reset()
+        except grpc.RpcError as exc:
+            if self._stop.is_set():
+                return
+            raise error_from_rpc(exc) from None
+        finally:
+            call.cancel()
+        if not self._stop.is_set():
+            raise Unavailable("publish stream ended")
+
+    @staticmethod
+    def _requests(outbox: queue.Queue[Batch | None]) -> Iterator[pb.PublishRequest]:
+        while True:
+            batch = outbox.get()
+            if batch is None:
+                return
+            yield pb.PublishRequest(
+                request_id=batch.request_id,
+                topic=batch.topic,
+                partition=batch.partition,
+                payload=batch.payload,
+                count=batch.count,
+                producer_id=batch.producer_id,
+                sequence=batch.sequence,
+            )
+
+    def _requeue(self) -> None:
+        """A fresh outbox holding every unacknowledged batch in sending order."""
+        with self._cond:
+            old, self._outbox = self._outbox, queue.Queue()
+            old.put(None)
+            for b in sorted(self._unacked.values(), key=lambda b: b.request_id):
+                if b.payload:
+                    self._outbox.put(b)
+
+    def _on_ack(self, ack: pb.PublishAck) -> BrokerError | None:
+        with self._cond:
+            batch = self._unacked.get(ack.request_id)
+        if batch is None:
+            return None  # an ack for a batch resent and already acknowledged
+        if ack.status.code != Code.OK:
+            exc = error_from_status(ack.status, publish=True)
+            if exc.retriable:
+                return exc
+            self._fail(batch, exc)
+            return exc  # later batches of the partition were renumbered: resend them
+        with self._cond:
+            del self._unacked[ack.request_id]
+            self._pending -= batch.count
+            self.stats.acked_points += batch.count
+            self.stats.acked_batches += 1
+            self.stats.duplicates += int(ack.duplicate)
+            self._cond.notify_all()
+        if self.on_ack is not None:
+            self.on_ack(batch, ack)
+        return None
+
+    def _fail(self, batch: Batch, exc: BrokerError) -> None:
+        """Drop a batch the broker will never take; close its sequence gap."""
+        log.error(
+            "batch refused",
+            extra={
+                "partition": batch.partition,
+                "points": batch.count,
+                "code": exc.code.name,
+                "reason": exc.message,
+            },
+        )
+        with self._cond:
+            self._unacked.pop(batch.request_id, None)
+            for other in self._unacked.values():
+                if other.partition == batch.partition and other.sequence > batch.sequence:
+                    other.sequence -= 1
+            self._sequences[batch.partition] -= 1
+            self._pending -= batch.count
+            self.stats.failed_points += batch.count
+            self._failure = exc
+            self._cond.notify_all()

@@ -1,0 +1,227 @@
+"""One member's Consume stream: join, assignments, credit-based delivery and commits.
+
+The session is transport-free: the gRPC servicer feeds it requests and sends what
+its `responses()` iterator yields. Two threads touch it — the request reader
+(`handle`) and the response writer (`responses`) — and `lock` guards the
+positions, credit and generation they share.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Iterator
+
+from proto.gen import walbroker_pb2 as pb
+from walbroker.errors import BrokerError, Code, InvalidArgument, NotFound
+from walbroker.group import GroupCoordinator, MemberAssignment, Role
+from walbroker.log import Log
+from walbroker.metrics import BrokerMetrics
+from walbroker.types import TopicPartition
+
+log = logging.getLogger(__name__)
+
+_ROLES: dict[int, Role] = {pb.CONSUMER: "consumer", pb.PRODUCER: "producer"}
+# Upper bound of points in one Records message read in one go.
+READ_CHUNK_POINTS = 20_000
+
+
+def status_of(exc: BrokerError | None) -> pb.Status:
+    """The wire status of an operation's outcome (the one place errors become codes)."""
+    if exc is None:
+        return pb.Status(code=Code.OK)
+    return pb.Status(code=int(exc.code), message=exc.message, retry_after_ms=exc.retry_after_ms)
+
+
+class Session:
+    """A group member's stream: delivery positions, credit and the outbound control queue."""
+
+    def __init__(
+        self,
+        wal: Log,
+        coordinator: GroupCoordinator,
+        metrics: BrokerMetrics,
+        session_timeout_ms: int,
+        max_unacked_points: int,
+    ) -> None:
+        self.wal = wal
+        self.coordinator = coordinator
+        self.metrics = metrics
+        self.default_timeout_ms = session_timeout_ms
+        self.max_unacked = max_unacked_points
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.closed = threading.Event()
+        self.failure: BrokerError | None = None
+        self.outbound: deque[pb.ConsumeResponse] = deque()
+        self.group = self.topic = self.member_id = ""
+        self.role: Role = "consumer"
+        self.generation = 0
+        self.positions: dict[int, int] = {}
+        self.credit = 0
+
+    # ---- requests (reader thread) ----------------------------------------------------------
+
+    def join(self, req: pb.Join) -> None:
+        """Handle the stream's first message."""
+        role = _ROLES.get(req.role)
+        if role is None:
+            raise InvalidArgument("join.role must be CONSUMER or PRODUCER")
+        if not req.topic:
+            raise InvalidArgument("join.topic is required")
+        self.group, self.topic, self.role = req.group, req.topic, role
+        self.credit = min(req.credit_points, self.max_unacked)
+        self.wal.subscribe(self.wake)
+        self.member_id = self.coordinator.join(
+            req.group,
+            req.topic,
+            role,
+            client_id=req.client_id,
+            member_id=req.member_id,
+            session_timeout_ms=req.session_timeout_ms or self.default_timeout_ms,
+            listener=self._on_assignment,
+        )
+        self.metrics.subscribers.labels(self.group, role).inc()
+
+    def handle(self, req: pb.ConsumeRequest) -> None:
+        """Handle one request after the join; raises BrokerError for a fatal one."""
+        kind = req.WhichOneof("kind")
+        if kind == "leave":
+            self.close()
+            return
+        try:
+            self.coordinator.heartbeat(self.group, self.member_id)
+        except NotFound:
+            self.fail(NotFound("member session expired; join again"))
+            return
+        if kind == "credit":
+            with self.lock:
+                self.credit = min(self.credit + req.credit.points, self.max_unacked)
+        elif kind == "commit":
+            self._commit(req.commit)
+        elif kind == "join":
+            raise InvalidArgument("join may only be the first message of a stream")
+        self.wake.set()
+
+    def _commit(self, c: pb.Commit) -> None:
+        offsets = {o.partition: o.offset for o in c.offsets}
+        error: BrokerError | None = None
+        try:
+            self.coordinator.commit(self.group, self.member_id, c.generation, offsets)
+        except BrokerError as exc:
+            error = exc
+        ack = pb.CommitAck(
+            commit_id=c.commit_id,
+            status=status_of(error),
+            generation=c.generation,
+            offsets=c.offsets,
+        )
+        self.push(pb.ConsumeResponse(commit_ack=ack))
+
+    def _on_assignment(self, a: MemberAssignment) -> None:
+        """Coordinator callback (under the group lock): new positions, then tell the member."""
+        with self.lock:
+            positions: dict[int, int] = {}
+            restarted: set[int] = set()
+            for p in sorted(a.partitions):
+                if p in self.positions and p not in a.restarted:
+                    positions[p] = self.positions[p]
+                else:
+                    positions[p] = self._start_position(TopicPartition(a.topic, p))
+                    restarted.add(p)
+            self.positions = positions
+            self.generation = a.generation
+            committed = {
+                p: self.wal.committed_offset(a.group, TopicPartition(a.topic, p)) for p in positions
+            }
+            msg = pb.Assignment(
+                group=a.group,
+                topic=a.topic,
+                member_id=a.member_id,
+                generation=a.generation,
+                partition_count=a.partition_count,
+                partitions=[
+                    pb.AssignedPartition(
+                        partition=p,
+                        position=pos,
+                        committed=committed[p] or 0,
+                        restarted=p in restarted,
+                    )
+                    for p, pos in positions.items()
+                ],
+            )
+        self.push(pb.ConsumeResponse(assignment=msg))
+
+    def _start_position(self, tp: TopicPartition) -> int:
+        """Where a (re)assigned partition starts: the committed offset clamped to the log."""
+        info = self.wal.state(tp).info()
+        committed = self.wal.committed_offset(self.group, tp)
+        if committed is None:
+            return info.log_start_offset
+        return min(max(committed, info.log_start_offset), info.log_end_offset)
+
+    def push(self, msg: pb.ConsumeResponse) -> None:
+        """Queue a control message for the member."""
+        self.outbound.append(msg)
+        self.wake.set()
+
+    def fail(self, exc: BrokerError) -> None:
+        """End the stream with `exc`'s status."""
+        self.failure = exc
+        self.close()
+
+    def close(self) -> None:
+        """End the stream (the writer thread leaves the group)."""
+        self.closed.set()
+        self.wake.set()
+
+    # ---- responses (writer thread) ---------------------------------------------------------
+
+    def responses(self) -> Iterator[pb.ConsumeResponse]:
+        """Control messages and records, until the stream closes."""
+        while not self.closed.is_set():
+            self.wake.wait(0.5)
+            self.wake.clear()
+            while self.outbound:
+                yield self.outbound.popleft()
+            if self.role == "consumer":
+                yield from self._deliver()
+
+    def _deliver(self) -> Iterator[pb.ConsumeResponse]:
+        with self.lock:
+            generation, credit = self.generation, self.credit
+            positions = dict(self.positions)
+        for p, pos in positions.items():
+            if credit <= 0 or self.outbound or self.closed.is_set():
+                break
+            tp = TopicPartition(self.topic, p)
+            for rec in self.wal.read(tp, pos, min(credit, READ_CHUNK_POINTS)):
+                with self.lock:
+                    if self.generation != generation or self.positions.get(p) != pos:
+                        self.wake.set()
+                        return
+                    self.positions[p] = pos = rec.next_offset
+                    self.credit -= rec.count
+                    credit = self.credit
+                self.metrics.delivered.labels(self.topic, self.group).inc(rec.count)
+                self.wake.set()
+                yield pb.ConsumeResponse(
+                    records=pb.Records(
+                        topic=self.topic,
+                        partition=p,
+                        base_offset=rec.base_offset,
+                        count=rec.count,
+                        publish_time_ns=rec.publish_time_ns,
+                        payload=rec.payload,
+                        generation=generation,
+                    )
+                )
+
+    def finish(self) -> None:
+        """Leave the group and stop listening to the log (idempotent)."""
+        self.wal.unsubscribe(self.wake)
+        if self.member_id:
+            self.coordinator.leave(self.group, self.member_id, reason="stream closed")
+            self.metrics.subscribers.labels(self.group, self.role).dec()
+            self.member_id = ""

@@ -1,0 +1,462 @@
+"""The log's single writer: group commit of appends, offset commits and retention deletions.
+
+The writer thread drains every operation waiting in its queue, applies them in
+one LMDB write transaction, commits it (with fsync under `--fsync always`) and
+only then publishes the new extents to memory and resolves the operations'
+futures. An acknowledged append is therefore on disk. With `--fsync interval`
+the commit is not synced; a named loop syncs every `fsync_interval_ms`, which
+bounds what an OS crash (not a process crash) can lose.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import lmdb
+
+from walbroker import keys
+from walbroker.errors import (
+    BrokerError,
+    InvalidArgument,
+    OutOfOrderSequence,
+    ResourceExhausted,
+    Unavailable,
+)
+from walbroker.types import AppendResult, Record, TopicPartition
+
+if TYPE_CHECKING:
+    from walbroker.log import Log, PartitionState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class AppendOp:
+    """Append one batch (deduplicated by producer id and sequence)."""
+
+    tp: TopicPartition
+    payload: bytes
+    count: int
+    producer_id: str
+    sequence: int
+    future: Future[AppendResult]
+
+
+@dataclass(slots=True)
+class CommitOffsetsOp:
+    """Store a group's committed offsets."""
+
+    group: str
+    topic: str
+    offsets: dict[int, int]
+    future: Future[None]
+
+
+@dataclass(slots=True)
+class CreateTopicOp:
+    """Create a topic with a fixed partition count."""
+
+    topic: str
+    partitions: int
+    future: Future[int]
+
+
+@dataclass(slots=True)
+class RetentionOp:
+    """Delete records older than the retention age."""
+
+    future: Future[None]
+
+
+Op = AppendOp | CommitOffsetsOp | CreateTopicOp | RetentionOp
+
+
+@dataclass(slots=True)
+class _Extent:
+    start: int
+    end: int
+    size: int
+    first_ns: int
+    last_ns: int
+    new: list[Record] = field(default_factory=list)
+
+
+class _Txn:
+    """One write transaction plus the partition extents it changed (staged until commit)."""
+
+    def __init__(self, wal: Log, txn: lmdb.Transaction) -> None:
+        self.wal = wal
+        self.txn = txn
+        self.extents: dict[TopicPartition, _Extent] = {}
+        self.deleted: dict[tuple[str, str], int] = {}
+        self.enqueued: dict[str, int] = {}
+        self.duplicates: dict[str, int] = {}
+        self.topics: dict[str, int] = {}
+        self.offsets: dict[tuple[str, TopicPartition], tuple[int, int]] = {}
+
+    def extent(self, tp: TopicPartition) -> _Extent:
+        ext = self.extents.get(tp)
+        if ext is None:
+            info = self.wal.state(tp).info()
+            ext = _Extent(
+                info.log_start_offset,
+                info.log_end_offset,
+                info.size_bytes,
+                info.first_publish_ns,
+                info.last_publish_ns,
+            )
+            self.extents[tp] = ext
+        return ext
+
+    def total_bytes(self) -> int:
+        staged = {tp: e.size for tp, e in self.extents.items()}
+        return sum(staged.get(tp, s.size) for tp, s in self.wal.partitions.items())
+
+    def put_extent(self, tp: TopicPartition, ext: _Extent) -> None:
+        self.txn.put(
+            keys.partition_prefix(tp),
+            keys.pack_partition(ext.start, ext.end, ext.size, ext.first_ns, ext.last_ns),
+            db=self.wal.db["parts"],
+        )
+
+
+class Writer:
+    """Owns every LMDB write transaction; runs the `log-writer`, `log-fsync` and `log-retention` loops."""
+
+    def __init__(self, wal: Log) -> None:
+        self.wal = wal
+        self.config = wal.config
+        self.queue: queue.Queue[Op | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Start the background loops."""
+        loops: list[tuple[str, Any]] = [("log-writer", self._run)]
+        if self.config.fsync == "interval":
+            loops.append(("log-fsync", self._fsync_loop))
+        if self.config.retention_age_s > 0:
+            loops.append(("log-retention", self._retention_loop))
+        for name, target in loops:
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+            log.info("loop started", extra={"loop": name})
+
+    def stop(self) -> None:
+        """Drain the queue, then stop every loop."""
+        self._stop.set()
+        self.queue.put(None)
+        for t in self._threads:
+            t.join(timeout=30)
+            log.info("loop stopped", extra={"loop": t.name})
+        self._threads.clear()
+
+    def submit(self, op: Op, bound: int = 0) -> None:
+        """Queue an operation; with `bound`, refuse it when that many are already waiting."""
+        if self._stop.is_set():
+            raise Unavailable("broker is shutting down")
+        if bound and self.queue.qsize() >= bound:
+            raise ResourceExhausted(
+                "append queue is full", retry_after_ms=self.config.retry_after_ms
+            )
+        self.queue.put(op)
+        self.wal.metrics.queue_depth.set(self.queue.qsize())
+
+    # ---- loops -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            ops = self._drain()
+            if ops:
+                self._commit(ops)
+            elif self._stop.is_set():
+                return
+
+    def _drain(self) -> list[Op]:
+        try:
+            first = self.queue.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        ops: list[Op] = [] if first is None else [first]
+        limit = self.config.max_records_per_commit
+        while len(ops) < limit:
+            try:
+                op = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if op is not None:
+                ops.append(op)
+        self.wal.metrics.queue_depth.set(self.queue.qsize())
+        return ops
+
+    def _fsync_loop(self) -> None:
+        interval = self.config.fsync_interval_ms / 1000
+        while not self._stop.wait(interval):
+            t0 = time.perf_counter()
+            self.wal.env.sync(True)
+            self.wal.metrics.commit_seconds.observe(time.perf_counter() - t0)
+
+    def _retention_loop(self) -> None:
+        while not self._stop.wait(self.config.retention_check_s):
+            fut: Future[None] = Future()
+            try:
+                self.submit(RetentionOp(fut))
+            except Unavailable:
+                return
+
+    # ---- one group commit ----------------------------------------------------------------
+
+    def _commit(self, ops: list[Op]) -> None:
+        t0 = time.perf_counter()
+        results: list[tuple[Op, Any, BaseException | None]] = []
+        try:
+            with self.wal.env.begin(write=True) as txn:
+                staged = _Txn(self.wal, txn)
+                for op in ops:
+                    try:
+                        results.append((op, self._apply(staged, op), None))
+                    except BrokerError as exc:
+                        results.append((op, None, exc))
+        except lmdb.MapFullError:
+            log.error("LMDB map full: refusing the batch group", extra={"ops": len(ops)})
+            self._fail(
+                ops,
+                ResourceExhausted(
+                    "log storage map is full", retry_after_ms=self.config.retry_after_ms
+                ),
+            )
+            return
+        except lmdb.Error as exc:
+            log.exception("LMDB write transaction failed", extra={"ops": len(ops)})
+            self._fail(ops, Unavailable(f"log write failed: {exc}"))
+            return
+        elapsed = time.perf_counter() - t0
+        self.wal.metrics.commit_seconds.observe(elapsed)
+        self.wal.metrics.commit_records.observe(len(ops))
+        self._publish(staged)
+        for op, result, exc in results:
+            if exc is not None:
+                op.future.set_exception(exc)
+            else:
+                op.future.set_result(result)
+        self.wal.notify()
+
+    @staticmethod
+    def _fail(ops: list[Op], exc: BrokerError) -> None:
+        for op in ops:
+            op.future.set_exception(exc)
+
+    def _apply(self, staged: _Txn, op: Op) -> Any:
+        if isinstance(op, AppendOp):
+            return self._append(staged, op)
+        if isinstance(op, CommitOffsetsOp):
+            return self._commit_offsets(staged, op)
+        if isinstance(op, CreateTopicOp):
+            return self._create_topic(staged, op)
+        return self._delete_aged(staged)
+
+    def _create_topic(self, staged: _Txn, op: CreateTopicOp) -> int:
+        existing = self.wal.topics.get(op.topic) or staged.topics.get(op.topic)
+        if existing:
+            return existing
+        staged.txn.put(
+            op.topic.encode(),
+            keys.pack_topic(op.partitions, time.time_ns()),
+            db=self.wal.db["topics"],
+        )
+        staged.topics[op.topic] = op.partitions
+        return op.partitions
+
+    def _commit_offsets(self, staged: _Txn, op: CommitOffsetsOp) -> None:
+        now = time.time_ns()
+        for p, offset in op.offsets.items():
+            tp = TopicPartition(op.topic, p)
+            staged.txn.put(
+                keys.group_key(op.group, tp),
+                keys.pack_offset(offset, now),
+                db=self.wal.db["offsets"],
+            )
+            staged.offsets[(op.group, tp)] = (offset, now)
+
+    # ---- appends -----------------------------------------------------------------------
+
+    def _append(self, staged: _Txn, op: AppendOp) -> AppendResult:
+        dup = self._check_sequence(staged, op)
+        if dup is not None:
+            staged.duplicates[op.tp.topic] = staged.duplicates.get(op.tp.topic, 0) + 1
+            return dup
+        ext = staged.extent(op.tp)
+        value = keys.pack_record(0, op.count, op.payload)
+        need = len(value) + len(keys.record_key(op.tp, 0))
+        self._make_room(staged, need)
+        t = max(time.time_ns(), ext.last_ns + 1)
+        base = ext.end
+        txn, db = staged.txn, self.wal.db
+        txn.put(
+            keys.record_key(op.tp, base),
+            keys.pack_record(t, op.count, op.payload),
+            db=db["records"],
+        )
+        txn.put(keys.time_key(op.tp, t), keys.pack_u64(base), db=db["timeindex"])
+        if ext.start == ext.end:
+            ext.first_ns = t
+        ext.end += op.count
+        ext.size += need
+        ext.last_ns = t
+        ext.new.append(Record(base, op.count, t, op.payload))
+        staged.put_extent(op.tp, ext)
+        if op.producer_id:
+            self._remember_sequence(staged, op, base, t)
+        staged.enqueued[op.tp.topic] = staged.enqueued.get(op.tp.topic, 0) + op.count
+        return AppendResult(op.tp, base, op.count, t)
+
+    def _check_sequence(self, staged: _Txn, op: AppendOp) -> AppendResult | None:
+        """A duplicate's original result, None for the next sequence, else OutOfOrderSequence."""
+        if not op.producer_id:
+            return None
+        raw = staged.txn.get(keys.producer_key(op.producer_id, op.tp), db=self.wal.db["producers"])
+        if raw is None:
+            return None
+        last, window = keys.unpack_producer(raw)
+        if op.sequence == last + 1:
+            return None
+        if op.sequence > last + 1:
+            raise OutOfOrderSequence(
+                f"sequence {op.sequence} after {last}: resend from {last + 1}", retry_after_ms=0
+            )
+        for seq, base, count, t in window:
+            if seq == op.sequence:
+                return AppendResult(op.tp, base, count, t, duplicate=True)
+        return AppendResult(op.tp, 0, op.count, 0, duplicate=True)
+
+    def _remember_sequence(self, staged: _Txn, op: AppendOp, base: int, t: int) -> None:
+        key = keys.producer_key(op.producer_id, op.tp)
+        raw = staged.txn.get(key, db=self.wal.db["producers"])
+        window = keys.unpack_producer(raw)[1] if raw is not None else []
+        window = [*window, (op.sequence, base, op.count, t)][-keys.PRODUCER_WINDOW :]
+        staged.txn.put(key, keys.pack_producer(op.sequence, window), db=self.wal.db["producers"])
+
+    # ---- retention ---------------------------------------------------------------------
+
+    def _make_room(self, staged: _Txn, need: int) -> None:
+        """Delete what the policy allows until `need` more bytes fit the budget, else refuse."""
+        budget = self.config.retention_bytes
+        while staged.total_bytes() + need > budget:
+            victim = self._oldest_deletable(staged)
+            if victim is None:
+                raise ResourceExhausted(
+                    f"disk budget of {budget} bytes is full (policy "
+                    f"{self.config.retention_policy}); consumers must commit to free space",
+                    retry_after_ms=self.config.retry_after_ms,
+                )
+            self._delete_first(staged, victim, "size")
+
+    def _oldest_deletable(self, staged: _Txn) -> TopicPartition | None:
+        """The partition whose first record is oldest and may be deleted under the policy."""
+        best: tuple[int, TopicPartition] | None = None
+        for tp in self.wal.partitions:
+            ext = staged.extent(tp)
+            if ext.start == ext.end:
+                continue
+            if self.config.retention_policy == "block" and not self._consumed(staged, tp):
+                continue
+            if best is None or ext.first_ns < best[0]:
+                best = (ext.first_ns, tp)
+        return best[1] if best else None
+
+    def _consumed(self, staged: _Txn, tp: TopicPartition) -> bool:
+        """True when every group on the topic has committed past the partition's first record."""
+        groups = self.wal.groups_on(tp.topic) | {
+            g for g, t in staged.offsets if t.topic == tp.topic
+        }
+        first = self._first_record(staged, tp)
+        if not groups or first is None:
+            return False
+        limit = keys.offset_of_key(first[0]) + keys.unpack_record_head(first[1])[1]
+        for g in groups:
+            entry = staged.offsets.get((g, tp)) or self.wal.committed.get((g, tp))
+            if entry is None or entry[0] < limit:
+                return False
+        return True
+
+    def _first_record(self, staged: _Txn, tp: TopicPartition) -> tuple[bytes, bytes] | None:
+        """(key, value) of the partition's first record, seen through the write transaction."""
+        prefix = keys.partition_prefix(tp)
+        cur = staged.txn.cursor(db=self.wal.db["records"])
+        if cur.set_range(prefix) and cur.key().startswith(prefix):
+            return bytes(cur.key()), bytes(cur.value())
+        return None
+
+    def _delete_first(self, staged: _Txn, tp: TopicPartition, reason: str) -> None:
+        """Delete the partition's first record and advance its log start offset."""
+        ext = staged.extent(tp)
+        first = self._first_record(staged, tp)
+        if first is None:  # pragma: no cover - extents and records agree by construction
+            raise InvalidArgument(f"partition {tp} has no record to delete")
+        key, value = first
+        t, n = keys.unpack_record_head(value)
+        txn, db = staged.txn, self.wal.db
+        txn.delete(key, db=db["records"])
+        txn.delete(keys.time_key(tp, t), db=db["timeindex"])
+        ext.start = keys.offset_of_key(key) + n
+        ext.size -= len(key) + len(value)
+        nxt = self._first_record(staged, tp)
+        ext.first_ns = keys.unpack_record_head(nxt[1])[0] if nxt else 0
+        ext.new = [r for r in ext.new if r.base_offset >= ext.start]
+        staged.put_extent(tp, ext)
+        bucket = (tp.topic, reason)
+        staged.deleted[bucket] = staged.deleted.get(bucket, 0) + n
+
+    def _delete_aged(self, staged: _Txn) -> None:
+        cutoff = time.time_ns() - int(self.config.retention_age_s * 1e9)
+        for tp in list(self.wal.partitions):
+            ext = staged.extent(tp)
+            while ext.start < ext.end and ext.first_ns and ext.first_ns < cutoff:
+                self._delete_first(staged, tp, "age")
+
+    # ---- after commit ------------------------------------------------------------------
+
+    def _publish(self, staged: _Txn) -> None:
+        """Mirror a committed transaction into memory and metrics."""
+        wal, metrics = self.wal, self.wal.metrics
+        for topic, n in staged.topics.items():
+            from walbroker.log import PartitionState
+
+            for p in range(n):
+                tp = TopicPartition(topic, p)
+                wal.partitions.setdefault(tp, PartitionState(tp))
+            wal.topics[topic] = n
+        for tp, ext in staged.extents.items():
+            self._publish_extent(wal.partitions[tp], ext)
+        wal.committed.update(staged.offsets)
+        for topic, n in staged.enqueued.items():
+            metrics.enqueued.labels(topic).inc(n)
+        for topic, n in staged.duplicates.items():
+            metrics.duplicates.labels(topic).inc(n)
+        for (topic, reason), n in staged.deleted.items():
+            metrics.deleted.labels(topic, reason).inc(n)
+        metrics.log_bytes.set(wal.total_bytes())
+
+    def _publish_extent(self, state: PartitionState, ext: _Extent) -> None:
+        limit = self.config.hot_bytes_per_partition
+        with state.lock:
+            state.start, state.end, state.size = ext.start, ext.end, ext.size
+            state.first_ns, state.last_ns = ext.first_ns, ext.last_ns
+            hot = state.hot
+            hot.extend(ext.new)
+            state.hot_bytes += sum(len(r.payload) for r in ext.new)
+            drop = 0
+            while drop < len(hot) and (
+                state.hot_bytes > limit or hot[drop].base_offset < ext.start
+            ):
+                state.hot_bytes -= len(hot[drop].payload)
+                drop += 1
+            if drop:
+                del hot[:drop]
