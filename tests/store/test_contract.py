@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from store import InvalidArgument, InvalidBatch, Store, StoredPoint, StoreUnavailable, open_store
-from tests.fixtures.influx import InfluxServer
+from tests.fixtures.influx import InfluxServer, require_influxd
 from tests.store.helpers import T0, S, batch, gpu, grid
 
 UTIL, TEMP, POWER = "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_POWER_USAGE"
@@ -254,9 +254,7 @@ def test_ping(store: Store) -> None:
 
 
 def test_influx_down_raises_unavailable(tmp_path) -> None:
-    from tests.fixtures.influx import influxd_path
-
-    server = InfluxServer(influxd_path(), tmp_path)
+    server = InfluxServer(require_influxd(), tmp_path)
     server.start()
     conn = server.create_database()
     store = open_store("influx", **conn.store_opts())
