@@ -11,7 +11,8 @@ repeated unknown columns are ignored.
 A GPU's identity is its uuid, else `<Hostname>/<gpu_id>`. Rows are skipped and counted
 by `Reject` reason; rows with a bad `timestamp` or `labels_raw` are kept (the point's time
 is the processing time) with `source_time_ns = 0` or no labels, counted by `Defect`.
-Blank lines are ignored. Line numbers are those of the CSV file (a record's last line).
+Blank lines are ignored. The reader is strict about quoting: text after a closing quote
+rejects the row (`malformed_csv`). Line numbers are the file's (a record's last line).
 
 `read_csv` parses the file once into `SourceRows`; every pass of the streamer reuses it
 and calls `record_pass` to count and log (once per reason per pass) what was skipped.
@@ -32,14 +33,18 @@ from enum import StrEnum
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from proto.batch import Gpu
+from streamer.columns import Columns, SourceError, bind_columns
 from streamer.labels import LabelsError, parse_labels
 from streamer.metrics import StreamerMetrics
 from streamer.timestamps import parse_timestamp_ns
 
+__all__ = [
+    "Defect", "Issue", "ParseReport", "Reject", "SourceError", "SourceRows",
+    "describe_gpu", "new_metrics", "parse_csv", "read_csv", "record_pass",
+]  # fmt: skip
+
 log = logging.getLogger(__name__)
 
-REQUIRED_COLUMNS = ("timestamp", "metric_name", "gpu_id", "hostname", "value")
-OPTIONAL_COLUMNS = ("uuid", "device", "modelname", "container", "pod", "namespace", "labels_raw")
 _NO_LABELS: Mapping[str, str] = {}
 
 
@@ -61,10 +66,6 @@ class Defect(StrEnum):
 
     BAD_TIMESTAMP = "bad_timestamp"
     BAD_LABELS = "bad_labels"
-
-
-class SourceError(Exception):
-    """The file cannot be read as a DCGM export (unreadable, or its header is unusable)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,12 @@ class SourceRows:
     """The accepted rows in columns, in file order; `gpu[i]`/`metric[i]` index `gpus`/`metrics`.
 
     `gpus` holds one `Gpu` object per distinct descriptor (identity, placement, labels).
+    A pass builds one partition's batches like this (a `BatchBuilder` per partition)::
+
+        part = rows.gpu_partitions(lambda uuid: partition_for_key(uuid, partitions))
+        for g, m, value, source_ns in rows.rows():
+            if part[g] in owned:
+                builder[part[g]].add(rows.gpus[g], rows.metrics[m], now_ns, value, source_ns)
     """
 
     gpus: tuple[Gpu, ...]
@@ -117,49 +124,6 @@ class SourceRows:
     def gpu_partitions(self, partition_for: Callable[[str], int]) -> list[int]:
         """Return the partition of each GPU ordinal, `partition_for` applied to its uuid."""
         return [partition_for(g.uuid) for g in self.gpus]
-
-
-@dataclass(frozen=True, slots=True)
-class Columns:
-    """Field positions of the known columns; a missing optional one points past the row."""
-
-    width: int
-    timestamp: int
-    metric_name: int
-    gpu_id: int
-    hostname: int
-    value: int
-    uuid: int
-    device: int
-    modelname: int
-    container: int
-    pod: int
-    namespace: int
-    labels_raw: int
-
-    @property
-    def padded(self) -> bool:
-        """Return True when some optional column is missing (rows get an empty field appended)."""
-        return any(getattr(self, name) == self.width for name in OPTIONAL_COLUMNS)
-
-
-def bind_columns(header: list[str]) -> Columns:
-    """Return the positions of the known columns in `header`; raise `SourceError` if unusable."""
-    known = set(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)
-    position: dict[str, int] = {}
-    for i, name in enumerate(header):
-        key = name.strip().lstrip("\ufeff").lower()
-        if key in position and key in known:
-            raise SourceError(f"column {name.strip()!r} appears twice in the header (ambiguous)")
-        position.setdefault(key, i)
-    missing = [name for name in REQUIRED_COLUMNS if name not in position]
-    if missing:
-        raise SourceError(
-            f"required column(s) missing from the CSV header: {', '.join(missing)} "
-            f"(header: {', '.join(h.strip() for h in header)})"
-        )
-    width = len(header)
-    return Columns(width, **{name: position.get(name, width) for name in sorted(known)})
 
 
 @dataclass
