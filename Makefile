@@ -14,7 +14,7 @@ install: ## create .venv and install the project (editable) with test extras
 	$(PY) -m pip install -q -e '.[test]'
 
 proto: ## regenerate proto/gen from proto/*.proto
-	PYTHON=$(PY) scripts/gen_proto.sh
+	PATH=$(CURDIR)/$(BIN):$$PATH PYTHON=$(PY) scripts/gen_proto.sh
 
 lint: ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .

@@ -7,6 +7,12 @@ as credit, so at most `max_unacked_points` points are ever delivered but not
 committed. A member that stops committing (a collector whose store is down)
 stops receiving.
 
+Rebalances are cooperative: partitions an assignment takes away stay owned by
+this member until it releases them. Without an `on_revoke` callback they are
+released at once (queued records of theirs are dropped and redelivered to the
+new owner). With one, the callback is told (on the io thread; it must not
+block) and the application calls `release` once it has flushed and committed.
+
 When the broker restarts or the stream breaks, the `consumer-io` loop rejoins
 with the same member id after a backoff; records not yet polled are dropped and
 redelivered from the committed offsets. A record may start before the member's
@@ -85,12 +91,14 @@ class Consumer:
         max_unacked_points: int = 100_000,
         session_timeout_ms: int = 10_000,
         on_assignment: Callable[[Assignment], None] | None = None,
+        on_revoke: Callable[[set[int]], None] | None = None,
     ) -> None:
         self.target, self.group, self.topic, self.role = target, group, topic, role
         self.client_id = client_id or f"{socket.gethostname()}-{os.getpid()}"
         self.max_unacked = max_unacked_points
         self.session_timeout_ms = session_timeout_ms
         self.on_assignment = on_assignment
+        self.on_revoke = on_revoke
         self.member_id = ""
         self.assignment: Assignment | None = None
         self.last_error: BrokerError | None = None
@@ -155,6 +163,13 @@ class Consumer:
         """The next offset to consume per owned partition."""
         with self._cond:
             return dict(self._positions)
+
+    def release(self, partitions: set[int]) -> None:
+        """Hand revoked partitions back to the group (after flushing and committing them)."""
+        with self._cond:
+            for p in partitions:
+                self._positions.pop(p, None)
+        self._requests.put(pb.ConsumeRequest(release=pb.Release(partitions=sorted(partitions))))
 
     def commit(self, offsets: dict[int, int] | None = None, timeout_s: float = 10.0) -> bool:
         """Commit `offsets` (default: current positions) and return credit; True if stored."""
@@ -286,15 +301,22 @@ class Consumer:
         restarted = frozenset(ap.partition for ap in a.partitions if ap.restarted)
         with self._cond:
             self.member_id = a.member_id
+            owned = set(self.assignment.positions) if self.assignment else set()
+            revoked = owned - set(positions)
             kept = {
                 p: self._positions[p]
                 for p in positions
                 if p in self._positions and p not in restarted
             }
-            self._positions = {**positions, **kept}
+            held = (
+                {}
+                if self.on_revoke is None
+                else {p: self._positions[p] for p in revoked if p in self._positions}
+            )
+            self._positions = {**positions, **kept, **held}
             self._drop_queued(lambda m: m.partition not in kept)
             self.assignment = Assignment(
-                a.generation, a.member_id, dict(self._positions), restarted, a.partition_count
+                a.generation, a.member_id, {**positions, **kept}, restarted, a.partition_count
             )
             self._cond.notify_all()
         log.info(
@@ -303,8 +325,13 @@ class Consumer:
                 "group": self.group,
                 "generation": a.generation,
                 "partitions": sorted(positions),
+                "revoked": sorted(revoked),
             },
         )
+        if revoked and self.on_revoke is None:
+            self._requests.put(pb.ConsumeRequest(release=pb.Release(partitions=sorted(revoked))))
+        elif revoked and self.on_revoke is not None:
+            self.on_revoke(revoked)
         if self.on_assignment is not None:
             self.on_assignment(self.assignment)
 

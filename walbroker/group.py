@@ -6,6 +6,13 @@ coordinator. Every membership change or offset reset bumps the group's
 *generation*; commits carrying an older generation are rejected, so a fenced
 member can never move an offset.
 
+Rebalancing is cooperative (incremental): a partition moving from member A to
+member B is first *revoked* — left out of A's new assignment but still owned by
+A, who may commit it — and only given to B once A *releases* it (after
+flushing and committing), leaves, or misses its session timeout, or after
+`rebalance_timeout_s`. So no two live members ever work on one partition,
+and a producer group (streamers) can hand a GPU over without sending a row twice.
+
 Thread-safety: every public method may be called from any thread. The registry
 of groups has its own lock; each group's state is guarded by the group's lock,
 which is also held while a commit is written to the log, so a commit and an
@@ -73,6 +80,10 @@ class Group:
     partition_count: int
     generation: int = 0
     members: dict[str, Member] = field(default_factory=dict)
+    # partition -> the member holding it: granted, or revoked but not yet released
+    owners: dict[int, str] = field(default_factory=dict)
+    # partition -> when its revocation started (monotonic clock)
+    revoking: dict[int, float] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
 
@@ -101,9 +112,14 @@ class GroupCoordinator:
     """Keeps every group's members and assignment; validates and stores commits."""
 
     def __init__(
-        self, wal: Log, metrics: BrokerMetrics, clock: Callable[[], float] = time.monotonic
+        self,
+        wal: Log,
+        metrics: BrokerMetrics,
+        clock: Callable[[], float] = time.monotonic,
+        rebalance_timeout_s: float = 30.0,
     ) -> None:
         self.wal = wal
+        self.rebalance_timeout_s = rebalance_timeout_s
         self.metrics = metrics
         self.clock = clock
         self._groups: dict[str, Group] = {}
@@ -152,7 +168,27 @@ class GroupCoordinator:
             return
         with g.lock:
             if g.members.pop(member_id, None) is not None:
+                self._disown(g, member_id)
                 self._rebalance(g, reason=reason)
+
+    def release(self, group: str, member_id: str, partitions: set[int]) -> None:
+        """A member hands back revoked partitions; their new owners get them now."""
+        g = self._get(group)
+        with g.lock:
+            member = g.members.get(member_id)
+            held = member.partitions if member else frozenset()
+            freed = [p for p in partitions if g.owners.get(p) == member_id and p not in held]
+            for p in freed:
+                del g.owners[p]
+                g.revoking.pop(p, None)
+            if freed:
+                self._rebalance(g, reason="release")
+
+    @staticmethod
+    def _disown(g: Group, member_id: str) -> None:
+        for p in [p for p, m in g.owners.items() if m == member_id]:
+            del g.owners[p]
+            g.revoking.pop(p, None)
 
     def heartbeat(self, group: str, member_id: str) -> None:
         """Keep a member's session alive; NotFound if it was removed."""
@@ -172,22 +208,40 @@ class GroupCoordinator:
                 dead = [m for m in g.members.values() if now - m.last_seen > m.session_timeout_s]
                 for m in dead:
                     del g.members[m.member_id]
+                    self._disown(g, m.member_id)
                     expired.append(m.member_id)
                     log.warning(
                         "member session expired", extra={"group": g.name, "member": m.member_id}
                     )
-                if dead:
+                stuck = [p for p, t in g.revoking.items() if now - t > self.rebalance_timeout_s]
+                for p in stuck:
+                    log.warning(
+                        "revoked partition not released in time; reassigning",
+                        extra={"group": g.name, "partition": p, "member": g.owners.get(p)},
+                    )
+                    g.owners.pop(p, None)
+                    del g.revoking[p]
+                if dead or stuck:
                     self._rebalance(g, reason="session timeout")
         return expired
 
     def _rebalance(self, g: Group, reason: str, reset: frozenset[int] = frozenset()) -> None:
-        """Bump the generation, reassign (sticky) and notify every member. Caller holds g.lock."""
+        """Bump the generation, reassign (sticky, cooperative) and notify. Caller holds g.lock."""
         g.generation += 1
         self.metrics.rebalances.labels(g.name).inc()
         previous = {mid: m.partitions for mid, m in g.members.items()}
-        plan = assign(g.partition_count, sorted(g.members), previous)
+        holding = {mid: {p for p, o in g.owners.items() if o == mid} for mid in g.members}
+        plan = assign(g.partition_count, sorted(g.members), holding)
+        now = self.clock()
         for mid, m in g.members.items():
-            m.partitions = plan[mid]
+            granted = frozenset(p for p in plan[mid] if g.owners.get(p, mid) == mid)
+            for p in holding[mid] - plan[mid]:
+                g.revoking.setdefault(p, now)
+            for p in granted:
+                g.owners[p] = mid
+                g.revoking.pop(p, None)
+            m.partitions = granted
+        for mid, m in g.members.items():
             restarted = (m.partitions - previous[mid]) | (m.partitions & reset)
             m.listener(
                 MemberAssignment(
@@ -201,6 +255,7 @@ class GroupCoordinator:
                 "generation": g.generation,
                 "members": len(g.members),
                 "reason": reason,
+                "revoking": sorted(g.revoking),
             },
         )
 
@@ -216,13 +271,12 @@ class GroupCoordinator:
                     f"generation {generation} is stale; the group is at {g.generation}"
                 )
             member = g.members.get(member_id)
-            if member is None or not set(offsets) <= member.partitions:
+            foreign = sorted(p for p in offsets if g.owners.get(p) != member_id)
+            if member is None or foreign:
                 self.metrics.commits.labels(group, "not_assigned").inc()
-                raise NotAssigned(
-                    f"member {member_id!r} does not own partitions "
-                    f"{sorted(set(offsets) - (member.partitions if member else set()))}"
-                )
-            self._check_range(g.topic, offsets)
+                raise NotAssigned(f"member {member_id!r} does not own partitions {foreign}")
+            if g.role == "consumer":
+                self._check_range(g.topic, offsets)
             member.last_seen = self.clock()
             self.wal.commit_offsets(group, g.topic, offsets)
             self.metrics.commits.labels(group, "ok").inc()

@@ -135,6 +135,12 @@ class Producer(Generic[T]):
             log.info("loop started", extra={"loop": name, "producer": self.producer_id})
         return self
 
+    def __enter__(self) -> Producer[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self, timeout_s: float = 30.0) -> None:
         """Flush what is pending (up to `timeout_s`), then stop the loops."""
         try:

@@ -100,6 +100,8 @@ class Session:
                 self.credit = min(self.credit + req.credit.points, self.max_unacked)
         elif kind == "commit":
             self._commit(req.commit)
+        elif kind == "release":
+            self.coordinator.release(self.group, self.member_id, set(req.release.partitions))
         elif kind == "join":
             raise InvalidArgument("join may only be the first message of a stream")
         self.wake.set()

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0fwalbroker.proto\x12\x0cwalbroker.v1\"?\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x03 \x01(\r\"\x8d\x01\n\x0ePublishRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x11\n\tpartition\x18\x03 \x01(\r\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\r\n\x05\x63ount\x18\x05 \x01(\r\x12\x13\n\x0bproducer_id\x18\x06 \x01(\t\x12\x10\n\x08sequence\x18\x07 \x01(\x04\"\xb8\x01\n\nPublishAck\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12$\n\x06status\x18\x02 \x01(\x0b\x32\x14.walbroker.v1.Status\x12\r\n\x05topic\x18\x03 \x01(\t\x12\x11\n\tpartition\x18\x04 \x01(\r\x12\x13\n\x0b\x62\x61se_offset\x18\x05 \x01(\x04\x12\r\n\x05\x63ount\x18\x06 \x01(\r\x12\x11\n\tduplicate\x18\x07 \x01(\x08\x12\x17\n\x0fpublish_time_ns\x18\x08 \x01(\x03\"\x9f\x01\n\x04Join\x12\r\n\x05group\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12 \n\x04role\x18\x03 \x01(\x0e\x32\x12.walbroker.v1.Role\x12\x11\n\tmember_id\x18\x04 \x01(\t\x12\x11\n\tclient_id\x18\x05 \x01(\t\x12\x1a\n\x12session_timeout_ms\x18\x06 \x01(\r\x12\x15\n\rcredit_points\x18\x07 \x01(\x04\"\x18\n\x06\x43redit\x12\x0e\n\x06points\x18\x01 \x01(\x04\"4\n\x0fPartitionOffset\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"_\n\x06\x43ommit\x12\x11\n\tcommit_id\x18\x01 \x01(\x04\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12.\n\x07offsets\x18\x03 \x03(\x0b\x32\x1d.walbroker.v1.PartitionOffset\"\x0b\n\tHeartbeat\"\x07\n\x05Leave\"\xe0\x01\n\x0e\x43onsumeRequest\x12\"\n\x04join\x18\x01 \x01(\x0b\x32\x12.walbroker.v1.JoinH\x00\x12&\n\x06\x63redit\x18\x02 \x01(\x0b\x32\x14.walbroker.v1.CreditH\x00\x12&\n\x06\x63ommit\x18\x03 \x01(\x0b\x32\x14.walbroker.v1.CommitH\x00\x12,\n\theartbeat\x18\x04 \x01(\x0b\x32\x17.walbroker.v1.HeartbeatH\x00\x12$\n\x05leave\x18\x05 \x01(\x0b\x32\x13.walbroker.v1.LeaveH\x00\x42\x06\n\x04kind\"^\n\x11\x41ssignedPartition\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x10\n\x08position\x18\x02 \x01(\x04\x12\x11\n\tcommitted\x18\x03 \x01(\x04\x12\x11\n\trestarted\x18\x04 \x01(\x08\"\x9f\x01\n\nAssignment\x12\r\n\x05group\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x04\x12\x33\n\npartitions\x18\x05 \x03(\x0b\x32\x1f.walbroker.v1.AssignedPartition\x12\x17\n\x0fpartition_count\x18\x06 \x01(\r\"\x8d\x01\n\x07Records\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\r\x12\x13\n\x0b\x62\x61se_offset\x18\x03 \x01(\x04\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x12\x17\n\x0fpublish_time_ns\x18\x05 \x01(\x03\x12\x0f\n\x07payload\x18\x06 \x01(\x0c\x12\x12\n\ngeneration\x18\x07 \x01(\x04\"\x88\x01\n\tCommitAck\x12\x11\n\tcommit_id\x18\x01 \x01(\x04\x12$\n\x06status\x18\x02 \x01(\x0b\x32\x14.walbroker.v1.Status\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12.\n\x07offsets\x18\x04 \x03(\x0b\x32\x1d.walbroker.v1.PartitionOffset\"\xa2\x01\n\x0f\x43onsumeResponse\x12.\n\nassignment\x18\x01 \x01(\x0b\x32\x18.walbroker.v1.AssignmentH\x00\x12(\n\x07records\x18\x02 \x01(\x0b\x32\x15.walbroker.v1.RecordsH\x00\x12-\n\ncommit_ack\x18\x03 \x01(\x0b\x32\x17.walbroker.v1.CommitAckH\x00\x42\x06\n\x04kind\"!\n\x0fMetadataRequest\x12\x0e\n\x06topics\x18\x01 \x03(\t\".\n\nBrokerNode\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"h\n\x11PartitionMetadata\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x0e\n\x06leader\x18\x02 \x01(\r\x12\x18\n\x10log_start_offset\x18\x03 \x01(\x04\x12\x16\n\x0elog_end_offset\x18\x04 \x01(\x04\"R\n\rTopicMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\npartitions\x18\x02 \x03(\x0b\x32\x1f.walbroker.v1.PartitionMetadata\"\x86\x01\n\x10MetadataResponse\x12)\n\x07\x62rokers\x18\x01 \x03(\x0b\x32\x18.walbroker.v1.BrokerNode\x12+\n\x06topics\x18\x02 \x03(\x0b\x32\x1b.walbroker.v1.TopicMetadata\x12\x1a\n\x12\x64\x65\x66\x61ult_partitions\x18\x03 \x01(\r*8\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x43ONSUMER\x10\x01\x12\x0c\n\x08PRODUCER\x10\x02\x32\xe6\x01\n\x06\x42roker\x12\x45\n\x07Publish\x12\x1c.walbroker.v1.PublishRequest\x1a\x18.walbroker.v1.PublishAck(\x01\x30\x01\x12J\n\x07\x43onsume\x12\x1c.walbroker.v1.ConsumeRequest\x1a\x1d.walbroker.v1.ConsumeResponse(\x01\x30\x01\x12I\n\x08Metadata\x12\x1d.walbroker.v1.MetadataRequest\x1a\x1e.walbroker.v1.MetadataResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0fwalbroker.proto\x12\x0cwalbroker.v1\"?\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x03 \x01(\r\"\x8d\x01\n\x0ePublishRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x11\n\tpartition\x18\x03 \x01(\r\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\r\n\x05\x63ount\x18\x05 \x01(\r\x12\x13\n\x0bproducer_id\x18\x06 \x01(\t\x12\x10\n\x08sequence\x18\x07 \x01(\x04\"\xb8\x01\n\nPublishAck\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12$\n\x06status\x18\x02 \x01(\x0b\x32\x14.walbroker.v1.Status\x12\r\n\x05topic\x18\x03 \x01(\t\x12\x11\n\tpartition\x18\x04 \x01(\r\x12\x13\n\x0b\x62\x61se_offset\x18\x05 \x01(\x04\x12\r\n\x05\x63ount\x18\x06 \x01(\r\x12\x11\n\tduplicate\x18\x07 \x01(\x08\x12\x17\n\x0fpublish_time_ns\x18\x08 \x01(\x03\"\x9f\x01\n\x04Join\x12\r\n\x05group\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12 \n\x04role\x18\x03 \x01(\x0e\x32\x12.walbroker.v1.Role\x12\x11\n\tmember_id\x18\x04 \x01(\t\x12\x11\n\tclient_id\x18\x05 \x01(\t\x12\x1a\n\x12session_timeout_ms\x18\x06 \x01(\r\x12\x15\n\rcredit_points\x18\x07 \x01(\x04\"\x18\n\x06\x43redit\x12\x0e\n\x06points\x18\x01 \x01(\x04\"4\n\x0fPartitionOffset\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"_\n\x06\x43ommit\x12\x11\n\tcommit_id\x18\x01 \x01(\x04\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12.\n\x07offsets\x18\x03 \x03(\x0b\x32\x1d.walbroker.v1.PartitionOffset\"\x0b\n\tHeartbeat\"\x07\n\x05Leave\"\x1d\n\x07Release\x12\x12\n\npartitions\x18\x01 \x03(\r\"\x8a\x02\n\x0e\x43onsumeRequest\x12\"\n\x04join\x18\x01 \x01(\x0b\x32\x12.walbroker.v1.JoinH\x00\x12&\n\x06\x63redit\x18\x02 \x01(\x0b\x32\x14.walbroker.v1.CreditH\x00\x12&\n\x06\x63ommit\x18\x03 \x01(\x0b\x32\x14.walbroker.v1.CommitH\x00\x12,\n\theartbeat\x18\x04 \x01(\x0b\x32\x17.walbroker.v1.HeartbeatH\x00\x12$\n\x05leave\x18\x05 \x01(\x0b\x32\x13.walbroker.v1.LeaveH\x00\x12(\n\x07release\x18\x06 \x01(\x0b\x32\x15.walbroker.v1.ReleaseH\x00\x42\x06\n\x04kind\"^\n\x11\x41ssignedPartition\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x10\n\x08position\x18\x02 \x01(\x04\x12\x11\n\tcommitted\x18\x03 \x01(\x04\x12\x11\n\trestarted\x18\x04 \x01(\x08\"\x9f\x01\n\nAssignment\x12\r\n\x05group\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x04\x12\x33\n\npartitions\x18\x05 \x03(\x0b\x32\x1f.walbroker.v1.AssignedPartition\x12\x17\n\x0fpartition_count\x18\x06 \x01(\r\"\x8d\x01\n\x07Records\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\r\x12\x13\n\x0b\x62\x61se_offset\x18\x03 \x01(\x04\x12\r\n\x05\x63ount\x18\x04 \x01(\r\x12\x17\n\x0fpublish_time_ns\x18\x05 \x01(\x03\x12\x0f\n\x07payload\x18\x06 \x01(\x0c\x12\x12\n\ngeneration\x18\x07 \x01(\x04\"\x88\x01\n\tCommitAck\x12\x11\n\tcommit_id\x18\x01 \x01(\x04\x12$\n\x06status\x18\x02 \x01(\x0b\x32\x14.walbroker.v1.Status\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12.\n\x07offsets\x18\x04 \x03(\x0b\x32\x1d.walbroker.v1.PartitionOffset\"\xa2\x01\n\x0f\x43onsumeResponse\x12.\n\nassignment\x18\x01 \x01(\x0b\x32\x18.walbroker.v1.AssignmentH\x00\x12(\n\x07records\x18\x02 \x01(\x0b\x32\x15.walbroker.v1.RecordsH\x00\x12-\n\ncommit_ack\x18\x03 \x01(\x0b\x32\x17.walbroker.v1.CommitAckH\x00\x42\x06\n\x04kind\"!\n\x0fMetadataRequest\x12\x0e\n\x06topics\x18\x01 \x03(\t\".\n\nBrokerNode\x12\x0f\n\x07node_id\x18\x01 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"h\n\x11PartitionMetadata\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x0e\n\x06leader\x18\x02 \x01(\r\x12\x18\n\x10log_start_offset\x18\x03 \x01(\x04\x12\x16\n\x0elog_end_offset\x18\x04 \x01(\x04\"R\n\rTopicMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\npartitions\x18\x02 \x03(\x0b\x32\x1f.walbroker.v1.PartitionMetadata\"\x86\x01\n\x10MetadataResponse\x12)\n\x07\x62rokers\x18\x01 \x03(\x0b\x32\x18.walbroker.v1.BrokerNode\x12+\n\x06topics\x18\x02 \x03(\x0b\x32\x1b.walbroker.v1.TopicMetadata\x12\x1a\n\x12\x64\x65\x66\x61ult_partitions\x18\x03 \x01(\r*8\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x43ONSUMER\x10\x01\x12\x0c\n\x08PRODUCER\x10\x02\x32\xe6\x01\n\x06\x42roker\x12\x45\n\x07Publish\x12\x1c.walbroker.v1.PublishRequest\x1a\x18.walbroker.v1.PublishAck(\x01\x30\x01\x12J\n\x07\x43onsume\x12\x1c.walbroker.v1.ConsumeRequest\x1a\x1d.walbroker.v1.ConsumeResponse(\x01\x30\x01\x12I\n\x08Metadata\x12\x1d.walbroker.v1.MetadataRequest\x1a\x1e.walbroker.v1.MetadataResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'walbroker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=2133
-  _globals['_ROLE']._serialized_end=2189
+  _globals['_ROLE']._serialized_start=2206
+  _globals['_ROLE']._serialized_end=2262
   _globals['_STATUS']._serialized_start=33
   _globals['_STATUS']._serialized_end=96
   _globals['_PUBLISHREQUEST']._serialized_start=99
@@ -51,28 +51,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEAT']._serialized_end=779
   _globals['_LEAVE']._serialized_start=781
   _globals['_LEAVE']._serialized_end=788
-  _globals['_CONSUMEREQUEST']._serialized_start=791
-  _globals['_CONSUMEREQUEST']._serialized_end=1015
-  _globals['_ASSIGNEDPARTITION']._serialized_start=1017
-  _globals['_ASSIGNEDPARTITION']._serialized_end=1111
-  _globals['_ASSIGNMENT']._serialized_start=1114
-  _globals['_ASSIGNMENT']._serialized_end=1273
-  _globals['_RECORDS']._serialized_start=1276
-  _globals['_RECORDS']._serialized_end=1417
-  _globals['_COMMITACK']._serialized_start=1420
-  _globals['_COMMITACK']._serialized_end=1556
-  _globals['_CONSUMERESPONSE']._serialized_start=1559
-  _globals['_CONSUMERESPONSE']._serialized_end=1721
-  _globals['_METADATAREQUEST']._serialized_start=1723
-  _globals['_METADATAREQUEST']._serialized_end=1756
-  _globals['_BROKERNODE']._serialized_start=1758
-  _globals['_BROKERNODE']._serialized_end=1804
-  _globals['_PARTITIONMETADATA']._serialized_start=1806
-  _globals['_PARTITIONMETADATA']._serialized_end=1910
-  _globals['_TOPICMETADATA']._serialized_start=1912
-  _globals['_TOPICMETADATA']._serialized_end=1994
-  _globals['_METADATARESPONSE']._serialized_start=1997
-  _globals['_METADATARESPONSE']._serialized_end=2131
-  _globals['_BROKER']._serialized_start=2192
-  _globals['_BROKER']._serialized_end=2422
+  _globals['_RELEASE']._serialized_start=790
+  _globals['_RELEASE']._serialized_end=819
+  _globals['_CONSUMEREQUEST']._serialized_start=822
+  _globals['_CONSUMEREQUEST']._serialized_end=1088
+  _globals['_ASSIGNEDPARTITION']._serialized_start=1090
+  _globals['_ASSIGNEDPARTITION']._serialized_end=1184
+  _globals['_ASSIGNMENT']._serialized_start=1187
+  _globals['_ASSIGNMENT']._serialized_end=1346
+  _globals['_RECORDS']._serialized_start=1349
+  _globals['_RECORDS']._serialized_end=1490
+  _globals['_COMMITACK']._serialized_start=1493
+  _globals['_COMMITACK']._serialized_end=1629
+  _globals['_CONSUMERESPONSE']._serialized_start=1632
+  _globals['_CONSUMERESPONSE']._serialized_end=1794
+  _globals['_METADATAREQUEST']._serialized_start=1796
+  _globals['_METADATAREQUEST']._serialized_end=1829
+  _globals['_BROKERNODE']._serialized_start=1831
+  _globals['_BROKERNODE']._serialized_end=1877
+  _globals['_PARTITIONMETADATA']._serialized_start=1879
+  _globals['_PARTITIONMETADATA']._serialized_end=1983
+  _globals['_TOPICMETADATA']._serialized_start=1985
+  _globals['_TOPICMETADATA']._serialized_end=2067
+  _globals['_METADATARESPONSE']._serialized_start=2070
+  _globals['_METADATARESPONSE']._serialized_end=2204
+  _globals['_BROKER']._serialized_start=2265
+  _globals['_BROKER']._serialized_end=2495
 # @@protoc_insertion_point(module_scope)

@@ -62,7 +62,7 @@ class BrokerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Consume(self, request_iterator, context):
-        """Group membership and delivery: Join first, then Credit / Commit / Heartbeat / Leave.
+        """Group membership and delivery: Join first, then Credit / Commit / Release / Heartbeat / Leave.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
