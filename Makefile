@@ -157,3 +157,16 @@ chart-test: ## offline chart, rules, dashboard and Dockerfile tests (installs he
 	PYTHON=$(PY) scripts/install-tools.sh
 	$(BIN)/pytest -q tests/chart $(PYTEST_ARGS)
 # --- end of containers and Kubernetes ---------------------------------------------------------
+
+# --- gateway: OpenAPI document and Swagger UI ------------------------------------------------
+.PHONY: openapi-gen openapi-check swagger-static
+
+openapi-gen: ## write gateway/openapi.json, generated from the gateway's routes and schemas
+	$(PY) -m gateway.openapi --out gateway/openapi.json
+
+openapi-check: ## fail when gateway/openapi.json is stale (tests/gateway also checks it)
+	$(PY) -m gateway.openapi --out gateway/openapi.json --check
+
+swagger-static: ## no-op: Swagger UI is served at /swagger/ from the swagger-ui-bundle-v2 package's bundled files (offline, no CDN)
+	@$(PY) -c "import swagger_ui_bundle as s; print('Swagger UI assets:', s.swagger_ui_path)"
+# --- end of gateway ---------------------------------------------------------------------------

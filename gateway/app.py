@@ -1,0 +1,31 @@
+"""The Flask app factory; gunicorn runs `gateway.app:create_app()` (config from the environment)."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from gateway import catalog, docs, errors, extension, gpus, metrics, ops, telemetry
+from gateway.config import GatewayConfig, from_env
+from store import Store, open_store
+
+
+def store_opener(config: GatewayConfig) -> Store:
+    """Open the store the config names (InfluxDB settings fall back to GPUTEL_INFLUX_*)."""
+    if config.store == "influx":
+        return open_store("influx", **config.store_opts())
+    return open_store(config.store)
+
+
+def create_app(config: GatewayConfig | None = None) -> Flask:
+    """Return a gateway app for `config` (built from the environment when None)."""
+    config = config or from_env()
+    app = Flask(__name__)
+    app.config["GPUTEL"] = config
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.compact = True  # type: ignore[attr-defined]
+    extension.init_app(app, lambda: store_opener(config))
+    errors.init_app(app)
+    metrics.init_app(app)
+    for blueprint in (gpus.bp, telemetry.bp, catalog.bp, ops.bp, docs.bp):
+        app.register_blueprint(blueprint)
+    return app

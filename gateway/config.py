@@ -1,0 +1,116 @@
+"""Gateway configuration: one frozen dataclass, from `gputel-gateway` flags or GPUTEL_* env.
+
+Flags fall back to GPUTEL_GATEWAY_<NAME> (store, bind, workers, threads, log level) and
+GPUTEL_INFLUX_<URL|ORG|BUCKET|TOKEN>; the environment is read only when a builder is called.
+The token never appears in `repr()` and travels to gunicorn workers through the environment,
+never on a command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+DEFAULT_STORE = "sqlite:gputel.db"
+DEFAULT_BIND = "127.0.0.1:8080"
+# prometheus_client reads it when first imported, so gunicorn sets it before workers start.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """Everything the gateway process needs."""
+
+    store: str = DEFAULT_STORE
+    influx_url: str = ""
+    influx_org: str = ""
+    influx_bucket: str = ""
+    influx_token: str = field(default="", repr=False)
+    bind: str = DEFAULT_BIND
+    workers: int = 1
+    threads: int = 4
+    log_level: str = "INFO"
+
+    def store_opts(self) -> dict[str, str]:
+        """Return the InfluxDB keyword arguments of `store.open_store` (empty means env)."""
+        return {
+            "url": self.influx_url,
+            "org": self.influx_org,
+            "bucket": self.influx_bucket,
+            "token": self.influx_token,
+        }
+
+    def to_env(self) -> dict[str, str]:
+        """Return the environment that makes `from_env` rebuild this config (for workers)."""
+        env = {
+            "GPUTEL_GATEWAY_STORE": self.store,
+            "GPUTEL_GATEWAY_BIND": self.bind,
+            "GPUTEL_GATEWAY_WORKERS": str(self.workers),
+            "GPUTEL_GATEWAY_THREADS": str(self.threads),
+            "GPUTEL_GATEWAY_LOG_LEVEL": self.log_level,
+        }
+        for name, value in self.store_opts().items():
+            if value:
+                env[f"GPUTEL_INFLUX_{name.upper()}"] = value
+        return env
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _store_spec(text: str) -> str:
+    kind, _, rest = text.partition(":")
+    if (kind == "sqlite" and rest) or text == "influx":
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: use sqlite:PATH or influx")
+
+
+def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    """Return the `gputel-gateway` flag parser with defaults taken from `env`."""
+
+    def gw(name: str, default: str) -> str:
+        return env.get(f"GPUTEL_GATEWAY_{name}", default)
+
+    def influx(name: str) -> str:
+        return env.get(f"GPUTEL_INFLUX_{name}", "")
+
+    p = argparse.ArgumentParser(prog="gputel-gateway", description="Serve the REST API.")
+    p.add_argument("--store", type=_store_spec, default=gw("STORE", DEFAULT_STORE))
+    p.add_argument("--influx-url", default=influx("URL"))
+    p.add_argument("--influx-org", default=influx("ORG"))
+    p.add_argument("--influx-bucket", default=influx("BUCKET"))
+    p.add_argument("--influx-token", default=influx("TOKEN"), help="prefer GPUTEL_INFLUX_TOKEN")
+    p.add_argument("--bind", default=gw("BIND", DEFAULT_BIND), help="HOST:PORT")
+    p.add_argument("--workers", type=_positive, default=gw("WORKERS", "1"))
+    p.add_argument("--threads", type=_positive, default=gw("THREADS", "4"), help="per worker")
+    p.add_argument("--log-level", default=gw("LOG_LEVEL", "INFO"))
+    return p
+
+
+def from_args(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> GatewayConfig:
+    """Return the config from flags, falling back to the environment."""
+    a = parser(os.environ if env is None else env).parse_args(argv)
+    return GatewayConfig(
+        store=a.store,
+        influx_url=a.influx_url,
+        influx_org=a.influx_org,
+        influx_bucket=a.influx_bucket,
+        influx_token=a.influx_token,
+        bind=a.bind,
+        workers=a.workers,
+        threads=a.threads,
+        log_level=a.log_level.upper(),
+    )
+
+
+def from_env(env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Return the config from the environment alone (what gunicorn workers use)."""
+    return from_args([], env)

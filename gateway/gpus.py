@@ -1,0 +1,70 @@
+"""GET /api/v1/gpus (filtered, paged by uuid) and GET /api/v1/gpus/{id} (descriptor + latest)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from gateway import cursor, lookup, schemas
+from gateway.extension import current_store
+from gateway.openapi import Operation, operation
+from gateway.params import CURSOR, DEFAULT_LIMIT, LIMIT, Param, text
+from gateway.times import format_time
+
+bp = Blueprint("gpus", __name__, url_prefix="/api/v1")
+HOSTNAME = Param("hostname", "Only GPUs of this host (exact match).", {"type": "string"}, text)
+MODEL = Param("model", "Only GPUs of this model (exact match).", {"type": "string"}, text)
+STORE_ERRORS = (502, 503)
+
+
+@bp.get("/gpus")
+@operation(
+    Operation(
+        summary="List GPUs with data",
+        tag="gpus",
+        response=schemas.GpuPage,
+        description="Every GPU with stored data, ordered by uuid; one entry per uuid, so a "
+        "host-local index shows up once per host.",
+        query=(HOSTNAME, MODEL, LIMIT, CURSOR),
+        errors=(400, *STORE_ERRORS),
+    )
+)
+def list_gpus() -> Response:
+    """Return one page of GPUs."""
+    hostname, model = HOSTNAME.one(request.args), MODEL.one(request.args)
+    limit = LIMIT.one(request.args) or DEFAULT_LIMIT
+    query = cursor.fingerprint("gpus", hostname, model)
+    token = CURSOR.one(request.args)
+    after = cursor.uuid_key(token, query) if token else None
+    found = current_store().list_gpus(hostname, model, limit + 1, after)
+    page = found[:limit]
+    more = len(found) > limit
+    body: schemas.GpuPage = {
+        "gpus": [lookup.describe(g) for g in page],
+        "next_cursor": cursor.encode([page[-1].uuid], query) if more else None,
+    }
+    return jsonify(body)
+
+
+@bp.get("/gpus/<gpu_id>")
+@operation(
+    Operation(
+        summary="One GPU and the newest value of each metric",
+        tag="gpus",
+        response=schemas.GpuDetail,
+        path={"gpu_id": lookup.ID_HELP},
+        errors=(400, 404, 409, *STORE_ERRORS),
+    )
+)
+def get_gpu(gpu_id: str) -> Response:
+    """Return a GPU's descriptor and latest values."""
+    store = current_store()
+    gpu = lookup.resolve(store, gpu_id)
+    latest = store.latest(gpu.uuid)
+    body: schemas.GpuDetail = {
+        "gpu": lookup.describe(gpu),
+        "latest": [
+            {"metric": name, "time": format_time(p.time_ns), "value": p.value}
+            for name, p in sorted(latest.items())
+        ],
+    }
+    return jsonify(body)

@@ -1,0 +1,65 @@
+"""gunicorn settings for the gateway (`gunicorn -c python:gateway.gunicorn_conf ...`).
+
+gunicorn reads this module's globals when it starts; they come from GPUTEL_GATEWAY_* (see
+`gateway.config`). Metrics with several workers: `on_starting` points PROMETHEUS_MULTIPROC_DIR
+at a fresh temporary folder (unless one is given) before any worker imports prometheus_client,
+`child_exit` marks a dead worker's files and `on_exit` removes the folder it made. Logs are
+JSON lines on stderr; there is no access log (request metrics cover it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from gateway.config import MULTIPROC_ENV, from_env
+
+_config = from_env()
+bind = _config.bind
+workers = _config.workers
+threads = _config.threads
+worker_class = "gthread"
+loglevel = _config.log_level.lower()
+accesslog = None
+graceful_timeout = 10
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "walbroker.logs.JsonFormatter", "component": "gateway"}},
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "stream": "ext://sys.stderr",
+        }
+    },
+    "root": {"level": _config.log_level, "handlers": ["stderr"]},
+    "loggers": {
+        "gunicorn.error": {"level": _config.log_level, "handlers": ["stderr"], "propagate": False}
+    },
+}
+_OWNED_DIR = "GPUTEL_GATEWAY_OWNED_MULTIPROC_DIR"
+
+
+def on_starting(server: Any) -> None:
+    """Give the workers a private, empty multiprocess metrics folder."""
+    if not os.environ.get(MULTIPROC_ENV):
+        folder = tempfile.mkdtemp(prefix="gputel-gateway-metrics-")
+        os.environ[MULTIPROC_ENV] = folder
+        os.environ[_OWNED_DIR] = folder
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop a dead worker's live gauges (counters and histograms keep their totals)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def on_exit(server: Any) -> None:
+    """Remove the metrics folder `on_starting` made."""
+    folder = os.environ.get(_OWNED_DIR)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)

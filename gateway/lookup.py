@@ -1,0 +1,54 @@
+"""Resolving the `{id}` of /gpus/{id}: a uuid, or a bare host-local index matching one GPU."""
+
+from __future__ import annotations
+
+import re
+
+from gateway import schemas
+from gateway.errors import Conflict, NotFound
+from gateway.times import format_time
+from store import GpuSummary, Store
+
+_INDEX = re.compile(r"[0-9]{1,6}")
+ID_HELP = (
+    "The GPU's uuid, or a bare host-local index (like `1`) when exactly one host has that "
+    "index; an index present on several hosts answers 409 with the candidates."
+)
+
+
+def resolve(store: Store, gpu_id: str) -> GpuSummary:
+    """Return the GPU `gpu_id` names; 409 when an index is ambiguous, 404 when nothing has data."""
+    if _INDEX.fullmatch(gpu_id):
+        found = store.gpus_by_index(int(gpu_id))
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise Conflict(
+                f"GPU index {gpu_id} exists on {len(found)} hosts; use one of the candidate uuids",
+                candidates=[candidate(g) for g in found],
+            )
+    gpu = store.get_gpu(gpu_id)
+    if gpu is None:
+        raise NotFound(f"no GPU with uuid or index {gpu_id[:64]!r} has data")
+    return gpu
+
+
+def candidate(gpu: GpuSummary) -> schemas.Candidate:
+    """Return the short identity listed in a 409."""
+    return {"uuid": gpu.uuid, "hostname": gpu.hostname, "gpu": gpu.gpu}
+
+
+def describe(gpu: GpuSummary) -> schemas.Gpu:
+    """Return the GPU's descriptor as the API shows it."""
+    return {
+        "uuid": gpu.uuid,
+        "hostname": gpu.hostname,
+        "gpu": gpu.gpu,
+        "device": gpu.device,
+        "model": gpu.model,
+        "container": gpu.container or None,
+        "pod": gpu.pod or None,
+        "namespace": gpu.namespace or None,
+        "first_seen": format_time(gpu.first_seen_ns),
+        "last_seen": format_time(gpu.last_seen_ns),
+    }

@@ -1,0 +1,118 @@
+"""Response bodies as TypedDicts: views build them (checked by mypy), OpenAPI derives from them.
+
+`gateway.openapi` turns these types into JSON Schema (through pydantic), so the document and
+the code cannot drift apart; the schemathesis test checks real responses against it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, NotRequired
+
+from pydantic import Field
+from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
+
+Time = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+
+
+class Gpu(TypedDict):
+    """One GPU: its uuid is the identity; `gpu` is its index on its host (repeats across hosts)."""
+
+    uuid: str
+    hostname: str
+    gpu: Annotated[int, Field(ge=0, description="Host-local GPU index (0..7 on a DGX).")]
+    device: str
+    model: str
+    container: str | None
+    pod: str | None
+    namespace: str | None
+    first_seen: Annotated[Time, Field(description="Time of its oldest stored point.")]
+    last_seen: Annotated[Time, Field(description="Time of its newest stored point.")]
+
+
+class GpuPage(TypedDict):
+    """A page of GPUs ordered by uuid; `next_cursor` is null on the last page."""
+
+    gpus: list[Gpu]
+    next_cursor: str | None
+
+
+class LatestValue(TypedDict):
+    """The newest stored value of one metric."""
+
+    metric: str
+    time: Time
+    value: float
+
+
+class GpuDetail(TypedDict):
+    """A GPU's descriptor and the newest value of each of its metrics, ordered by metric."""
+
+    gpu: Gpu
+    latest: list[LatestValue]
+
+
+class Point(TypedDict):
+    """One point; with downsampling, `time` is the window's start (aligned to the epoch)."""
+
+    time: Time
+    metric: str
+    value: float
+
+
+class Downsampling(TypedDict):
+    """The window and aggregate applied to the points."""
+
+    every: str
+    agg: Literal["mean", "min", "max", "last"]
+
+
+class TelemetryPage(TypedDict):
+    """A page of one GPU's points ordered by (time, metric); bounds are inclusive."""
+
+    gpu: Gpu
+    start_time: Annotated[Time | None, Field(description="Inclusive lower bound, if given.")]
+    end_time: Annotated[Time | None, Field(description="Inclusive upper bound, if given.")]
+    metrics: Annotated[list[str] | None, Field(description="The metric filter, if given.")]
+    downsampling: Downsampling | None
+    points: list[Point]
+    next_cursor: str | None
+
+
+class HostList(TypedDict):
+    """Every hostname with data, sorted."""
+
+    hosts: list[str]
+
+
+class MetricList(TypedDict):
+    """Every metric name with data, sorted."""
+
+    metrics: list[str]
+
+
+class Status(TypedDict):
+    """A probe's answer."""
+
+    status: Literal["ok", "ready"]
+
+
+class Candidate(TypedDict):
+    """A GPU that an ambiguous index could mean."""
+
+    uuid: str
+    hostname: str
+    gpu: int
+
+
+class Problem(TypedDict):
+    """An RFC 9457 problem detail."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    parameter: NotRequired[Annotated[str, Field(description="The offending query parameter.")]]
+    candidates: NotRequired[
+        Annotated[list[Candidate], Field(description="GPUs an ambiguous index matches (409).")]
+    ]
