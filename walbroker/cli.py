@@ -9,7 +9,8 @@ import sys
 import threading
 from pathlib import Path
 
-from walbroker import logs
+from walbroker import admin_cli, logs
+from walbroker.admin_cli import add_admin_args
 from walbroker.config import BrokerConfig, LogConfig
 
 
@@ -112,9 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="walbroker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     add_serve_args(sub.add_parser("serve", help="run a broker"))
+    add_admin_args(sub.add_parser("admin", help="inspect topics and groups, reset offsets"))
     a = parser.parse_args(argv)
     if a.command == "serve":
         return serve(a)
+    if a.command == "admin":
+        return admin_cli.run(a)
     return 2  # pragma: no cover - argparse enforces the choices
 
 

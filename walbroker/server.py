@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from concurrent import futures
 from typing import Any
@@ -24,6 +23,7 @@ from proto.gen import walbroker_pb2_grpc as pb_grpc
 from walbroker.config import BrokerConfig
 from walbroker.errors import BrokerError, Code, InvalidArgument
 from walbroker.group import GroupCoordinator
+from walbroker.lag import group_lags
 from walbroker.log import Log
 from walbroker.metrics import BrokerMetrics, ExtentRow, LagRow
 from walbroker.session import Session, status_of
@@ -190,6 +190,9 @@ class Broker:
             ],
         )
         pb_grpc.add_BrokerServicer_to_server(BrokerServicer(self), self.server)
+        from walbroker import admin  # here: admin imports `abort` from this module
+
+        admin.add_to_server(self.server, self.wal, self.coordinator, self.metrics)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.extra_services: list[Any] = []
 
@@ -243,11 +246,5 @@ class Broker:
             yield tp.topic, tp.partition, info.log_start_offset, info.log_end_offset
 
     def _lags(self) -> Iterable[LagRow]:
-        now = time.time_ns()
-        for (group, tp), (committed, _) in list(self.wal.committed.items()):
-            end = self.wal.state(tp).info().log_end_offset
-            age = 0.0
-            if committed < end:
-                t = self.wal.publish_time_at(tp, committed)
-                age = max(now - t, 0) / 1e9 if t else 0.0
-            yield group, tp.topic, tp.partition, committed, end, age
+        for r in group_lags(self.wal, self.coordinator):
+            yield r.group, r.tp.topic, r.tp.partition, r.position, r.log_end_offset, r.lag_seconds

@@ -1,0 +1,343 @@
+"""`walbroker admin …`: a thin client of the broker's Admin service; tables or `--json`.
+
+Exit codes: 0 ok, 1 other broker error, 2 usage error (bad flags or a request the
+broker calls INVALID_ARGUMENT), 3 unknown topic or group, 4 broker unreachable.
+Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+
+from proto.gen import walbroker_admin_pb2 as apb
+from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
+from walbroker.client import channel, error_from_rpc
+from walbroker.errors import BrokerError, Code
+
+DEFAULT_BROKER = "127.0.0.1:7070"
+EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 1, 2, 3, 4
+_EXIT_BY_CODE = {
+    Code.INVALID_ARGUMENT: EXIT_USAGE,
+    Code.NOT_FOUND: EXIT_NOT_FOUND,
+    Code.UNAVAILABLE: EXIT_UNREACHABLE,
+    Code.DEADLINE_EXCEEDED: EXIT_UNREACHABLE,
+    Code.CANCELLED: EXIT_UNREACHABLE,
+}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+# ---- arguments --------------------------------------------------------------------------------
+
+
+def iso_datetime_ns(text: str) -> int:
+    """ISO 8601 date-time as ns since the epoch; without an offset it is UTC."""
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {text!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return (dt - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
+def offset(text: str) -> int:
+    """A non-negative offset."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"an offset is >= 0, got {value}")
+    return value
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: the flags may come before or after the command without overriding each other.
+    p.add_argument(
+        "--broker",
+        default=argparse.SUPPRESS,
+        help=f"HOST:PORT of the broker (env GPUTEL_BROKER_ADDRESS, default {DEFAULT_BROKER})",
+    )
+    p.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
+    p.add_argument(
+        "--timeout-s", type=float, default=argparse.SUPPRESS, help="per-call deadline (5)"
+    )
+
+
+def add_admin_args(p: argparse.ArgumentParser) -> None:
+    """The `admin` subcommands and their flags."""
+    _common(p)
+    sub = p.add_subparsers(dest="admin_command", required=True, metavar="COMMAND")
+
+    def cmd(name: str, help_text: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_text, description=help_text)
+        _common(c)
+        return c
+
+    cmd("topics", "every topic: partitions, log start/end offsets, bytes, publish times")
+    cmd("describe-topic", "one topic, per partition").add_argument("topic")
+    cmd("groups", "every group: state, members, total lag")
+    cmd(
+        "describe-group", "one group: members, per partition committed offset and lag"
+    ).add_argument("group")
+    r = cmd("reset-offsets", "move a group's committed offsets (live members follow)")
+    _group_topic(r)
+    to = r.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to-earliest", action="store_true", help="the log start offset")
+    to.add_argument("--to-latest", action="store_true", help="the log end offset (skip all)")
+    to.add_argument("--to-offset", type=offset, metavar="N")
+    to.add_argument(
+        "--to-datetime",
+        type=iso_datetime_ns,
+        metavar="ISO8601",
+        help="first record published at or after this time (UTC if no offset given)",
+    )
+    to.add_argument("--shift-by", type=int, metavar="±N", help="relative to the committed offset")
+    r = cmd("replay", "re-deliver a group's data from an offset or a time (a reset)")
+    _group_topic(r)
+    frm = r.add_mutually_exclusive_group(required=True)
+    frm.add_argument("--from-earliest", action="store_true")
+    frm.add_argument("--from-offset", type=offset, metavar="N")
+    frm.add_argument("--from-datetime", type=iso_datetime_ns, metavar="ISO8601")
+
+
+def _group_topic(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--group", required=True)
+    p.add_argument("--topic", required=True)
+    p.add_argument(
+        "--partition",
+        dest="partitions",
+        type=int,
+        action="append",
+        default=[],
+        metavar="P",
+        help="only this partition (repeatable; default: all)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+
+
+# ---- running ----------------------------------------------------------------------------------
+
+
+def run(a: argparse.Namespace) -> int:
+    """Run one admin command; print its output; return the exit code."""
+    address = getattr(a, "broker", "") or os.environ.get("GPUTEL_BROKER_ADDRESS", DEFAULT_BROKER)
+    as_json = bool(getattr(a, "json", False))
+    call, render = _COMMANDS[a.admin_command]
+    try:
+        with channel(address) as ch:
+            resp = call(apb_grpc.AdminStub(ch), a, float(getattr(a, "timeout_s", 5.0)))
+    except grpc.RpcError as exc:
+        return _fail(error_from_rpc(exc), address)
+    print(json.dumps(to_json(resp), indent=2) if as_json else render(resp))
+    if isinstance(resp, apb.ResetOffsetsResponse) and as_json:
+        for note in _clamp_notes(resp):
+            print(note, file=sys.stderr)
+    return 0
+
+
+def _fail(exc: BrokerError, address: str) -> int:
+    code = _EXIT_BY_CODE.get(exc.code, EXIT_ERROR)
+    detail = exc.message.splitlines()[0] if exc.message else exc.code.name
+    if code == EXIT_UNREACHABLE:
+        print(f"walbroker admin: broker {address} unreachable: {detail}", file=sys.stderr)
+    else:
+        print(f"walbroker admin: {detail}", file=sys.stderr)
+    return code
+
+
+Call = Callable[[Any, argparse.Namespace, float], Message]
+
+
+def _topics(s: Any, a: argparse.Namespace, t: float) -> Message:
+    return s.ListTopics(apb.ListTopicsRequest(), timeout=t)  # type: ignore[no-any-return]
+
+
+def _describe_topic(s: Any, a: argparse.Namespace, t: float) -> Message:
+    return s.DescribeTopic(apb.DescribeTopicRequest(topic=a.topic), timeout=t)  # type: ignore[no-any-return]
+
+
+def _groups(s: Any, a: argparse.Namespace, t: float) -> Message:
+    return s.ListGroups(apb.ListGroupsRequest(), timeout=t)  # type: ignore[no-any-return]
+
+
+def _describe_group(s: Any, a: argparse.Namespace, t: float) -> Message:
+    return s.DescribeGroup(apb.DescribeGroupRequest(group=a.group), timeout=t)  # type: ignore[no-any-return]
+
+
+def _reset(s: Any, a: argparse.Namespace, t: float) -> Message:
+    req = apb.ResetOffsetsRequest(
+        group=a.group, topic=a.topic, partitions=a.partitions, dry_run=a.dry_run
+    )
+    if getattr(a, "to_earliest", False) or getattr(a, "from_earliest", False):
+        req.to_earliest = True
+    elif getattr(a, "to_latest", False):
+        req.to_latest = True
+    elif (n := _first(a, "to_offset", "from_offset")) is not None:
+        req.to_offset = n
+    elif (ns := _first(a, "to_datetime", "from_datetime")) is not None:
+        req.to_time_ns = ns
+    else:
+        req.shift_by = a.shift_by
+    return s.ResetOffsets(req, timeout=t)  # type: ignore[no-any-return]
+
+
+def _first(a: argparse.Namespace, *names: str) -> int | None:
+    values = [getattr(a, n, None) for n in names]
+    return next((v for v in values if v is not None), None)
+
+
+# ---- output -----------------------------------------------------------------------------------
+
+
+def to_json(msg: Message) -> dict[str, Any]:
+    """A response as plain JSON values: integers stay integers, unset optional fields are null."""
+    out: dict[str, Any] = {}
+    for f in msg.DESCRIPTOR.fields:
+        value = getattr(msg, f.name)
+        if f.is_repeated:
+            out[f.name] = [to_json(v) if f.message_type else v for v in value]
+        elif f.message_type:
+            out[f.name] = to_json(value)
+        elif f.has_presence and not msg.HasField(f.name):
+            out[f.name] = None
+        else:
+            out[f.name] = value
+    return out
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned columns separated by two spaces."""
+    cells = [list(headers), *[[str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in cells)  # fmt: skip
+
+
+def fmt_time(ns: int) -> str:
+    """ns since the epoch as ISO 8601 UTC to the millisecond; '-' for 0."""
+    if not ns:
+        return "-"
+    dt = _EPOCH + timedelta(microseconds=ns // 1000)
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _render_topics(resp: Any) -> str:
+    head = ["TOPIC", "PARTITIONS", "LOG START", "LOG END", "BYTES", "OLDEST", "NEWEST"]
+    return table(head, [_topic_row(t) for t in resp.topics])
+
+
+def _topic_row(t: Any) -> list[object]:
+    return [
+        t.name,
+        t.partitions,
+        t.log_start_offset,
+        t.log_end_offset,
+        t.size_bytes,
+        fmt_time(t.first_publish_ns),
+        fmt_time(t.last_publish_ns),
+    ]
+
+
+def _render_topic(resp: Any) -> str:
+    head = ["PARTITION", "LOG START", "LOG END", "BYTES", "OLDEST", "NEWEST"]
+    rows = [
+        [
+            p.partition,
+            p.log_start_offset,
+            p.log_end_offset,
+            p.size_bytes,
+            fmt_time(p.first_publish_ns),
+            fmt_time(p.last_publish_ns),
+        ]
+        for p in resp.partitions
+    ]
+    summary = _render_topics(apb.ListTopicsResponse(topics=[resp.topic]))
+    return f"{summary}\n\n{table(head, rows)}\n\ngroups: {', '.join(resp.groups) or '-'}"
+
+
+def _render_groups(resp: Any) -> str:
+    head = ["GROUP", "TOPIC", "ROLE", "STATE", "GENERATION", "MEMBERS", "LAG", "LAG SECONDS"]
+    return table(head, [_group_row(g) for g in resp.groups])
+
+
+def _group_row(g: Any) -> list[object]:
+    return [
+        g.name,
+        g.topic,
+        g.role or "-",
+        g.state,
+        g.generation,
+        g.members,
+        g.lag_points,
+        f"{g.lag_seconds:.1f}",
+    ]
+
+
+def _render_group(resp: Any) -> str:
+    members = table(
+        ["MEMBER", "CLIENT", "PARTITIONS"],
+        [[m.member_id, m.client_id, ",".join(map(str, m.partitions)) or "-"] for m in resp.members],
+    )
+    head = ["TOPIC", "PARTITION", "OWNER", "COMMITTED", "LOG END", "LAG", "LAG SECONDS"]
+    rows = [
+        [
+            p.topic,
+            p.partition,
+            p.owner or "-",
+            p.committed_offset if p.HasField("committed_offset") else "-",
+            p.log_end_offset,
+            p.lag_points,
+            f"{p.lag_seconds:.1f}",
+        ]
+        for p in resp.partitions
+    ]
+    summary = _render_groups(apb.ListGroupsResponse(groups=[resp.group]))
+    return f"{summary}\n\n{members}\n\n{table(head, rows)}"
+
+
+def _render_reset(resp: Any) -> str:
+    head = ["PARTITION", "OLD", "NEW", "LOG START", "LOG END"]
+    rows = [
+        [
+            c.partition,
+            c.old_offset if c.HasField("old_offset") else "-",
+            c.new_offset,
+            c.log_start_offset,
+            c.log_end_offset,
+        ]
+        for c in resp.changes
+    ]
+    lines = [f"group {resp.group}, topic {resp.topic}:", table(head, rows), *_clamp_notes(resp)]
+    if resp.applied:
+        lines.append(f"applied: {len(rows)} partition(s) reset; live members resume from NEW")
+    else:
+        lines.append("dry run: nothing changed")
+    return "\n".join(lines)
+
+
+def _clamp_notes(resp: Any) -> list[str]:
+    return [
+        f"note: partition {c.partition}: offset {c.requested_offset} is outside the retained "
+        f"range {c.log_start_offset}..{c.log_end_offset}; clamped to {c.new_offset}"
+        for c in resp.changes
+        if c.clamped
+    ]
+
+
+_COMMANDS: dict[str, tuple[Call, Callable[[Any], str]]] = {
+    "topics": (_topics, _render_topics),
+    "describe-topic": (_describe_topic, _render_topic),
+    "groups": (_groups, _render_groups),
+    "describe-group": (_describe_group, _render_group),
+    "reset-offsets": (_reset, _render_reset),
+    "replay": (_reset, _render_reset),
+}
