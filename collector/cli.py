@@ -1,0 +1,81 @@
+"""`gputel-collector`: store telemetry from a walbroker consumer group in SQLite or InfluxDB.
+
+Exit codes: 0 after a clean stop (SIGTERM/SIGINT: flushed, committed, left the group),
+1 when the store or an HTTP port cannot be opened, 2 for bad flags (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from collector.config import PROG, CollectorConfig, ConfigError, from_args
+from collector.health import HttpEndpoint, Readiness
+from collector.metrics import CollectorMetrics
+from collector.runner import Collector
+from store import StoreError, open_store
+from walbroker import logs
+
+log = logging.getLogger(__name__)
+
+
+def endpoints(
+    config: CollectorConfig, readiness: Readiness, registry: CollectorRegistry
+) -> list[HttpEndpoint]:
+    """The HTTP endpoints to serve: /metrics (+ probes) and, if separate, the probes."""
+    made: list[HttpEndpoint] = []
+    if config.metrics_listen:
+        made.append(HttpEndpoint(config.metrics_listen, readiness, registry))
+    if config.health_listen and config.health_listen != config.metrics_listen:
+        made.append(HttpEndpoint(config.health_listen, readiness))
+    return made
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `gputel-collector` console script."""
+    try:
+        config = from_args(argv)
+    except ConfigError as exc:
+        return _fail(str(exc), 2)
+    logs.setup("collector", config.log_level)
+    log.info(
+        "collector starting",
+        extra={
+            "broker": config.broker, "topic": config.topic, "group": config.group,
+            "store": config.store, "influx_url": config.influx_url,
+            "influx_bucket": config.influx_bucket, "batch_size": config.batch_size,
+            "flush_ms": config.flush_ms, "metrics_listen": config.metrics_listen,
+            "health_listen": config.health_listen,
+        },
+    )  # fmt: skip
+    try:
+        store = open_store(config.store, **config.store_options())
+    except StoreError as exc:
+        return _fail(str(exc), 1)
+    with store:
+        collector = Collector(config, store, CollectorMetrics(REGISTRY))
+        try:
+            served = [e.start() for e in endpoints(config, collector.readiness, REGISTRY)]
+        except OSError as exc:
+            return _fail(f"cannot listen: {exc}", 1)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: collector.stop())
+        try:
+            collector.run()
+        finally:
+            for endpoint in served:
+                endpoint.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Collector configuration: one frozen dataclass, built from CLI flags and environment variables.
+
+Every flag has an environment fallback, read only when `from_args` is called:
+`GPUTEL_COLLECTOR_<FLAG>` (e.g. `GPUTEL_COLLECTOR_BATCH_SIZE`) and, for the InfluxDB store,
+`GPUTEL_INFLUX_URL`, `_ORG`, `_BUCKET` and `_TOKEN`. A flag wins over its variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from store import InvalidArgument, influx_settings
+
+PROG = "gputel-collector"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class ConfigError(ValueError):
+    """A flag or environment variable has an unusable value (reported as one line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorConfig:
+    """Everything `gputel-collector` needs; `influx_token` never appears in a repr."""
+
+    broker: str
+    store: str
+    topic: str = "telemetry"
+    group: str = "collectors"
+    influx_url: str = ""
+    influx_org: str = ""
+    influx_bucket: str = ""
+    influx_token: str = field(default="", repr=False)
+    batch_size: int = 5_000
+    flush_ms: int = 1_000
+    metrics_listen: str = "127.0.0.1:9103"
+    health_listen: str = ""
+    client_id: str = ""
+    max_unacked_points: int = 100_000
+    session_timeout_ms: int = 10_000
+    # Consecutive failed writes after which /readyz answers 503 (and polling has stopped).
+    failures_before_unready: int = 3
+    retry_initial_ms: int = 200
+    retry_max_ms: int = 5_000
+    # On SIGTERM, how long to keep retrying the last flush before leaving without it.
+    shutdown_timeout_s: float = 20.0
+    log_level: str = "INFO"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        """The topic that receives records the collector cannot store."""
+        return f"{self.topic}.dlq"
+
+    def store_options(self) -> dict[str, str]:
+        """Keyword arguments for `store.open_store` (empty for SQLite)."""
+        if self.store != "influx":
+            return {}
+        return {
+            "url": self.influx_url,
+            "org": self.influx_org,
+            "bucket": self.influx_bucket,
+            "token": self.influx_token,
+        }
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are a single line (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    def env_of(name: str, default: str = "") -> str:
+        return env.get(f"GPUTEL_COLLECTOR_{name}", default)
+
+    p = _Parser(prog=PROG, description="Store telemetry from walbroker in SQLite or InfluxDB.")
+    p.add_argument("--broker", default=env_of("BROKER"), help="walbroker HOST:PORT")
+    p.add_argument("--topic", default=env_of("TOPIC", "telemetry"))
+    p.add_argument("--group", default=env_of("GROUP", "collectors"), help="consumer group")
+    p.add_argument("--store", default=env_of("STORE"), help="sqlite:PATH or influx")
+    p.add_argument("--influx-url", default="")
+    p.add_argument("--influx-org", default="")
+    p.add_argument("--influx-bucket", default="")
+    p.add_argument("--influx-token", default="", help="prefer GPUTEL_INFLUX_TOKEN")
+    p.add_argument("--batch-size", default=env_of("BATCH_SIZE", "5000"), help="points per write")
+    p.add_argument("--flush-ms", default=env_of("FLUSH_MS", "1000"), help="max hold time")
+    p.add_argument("--metrics-listen", default=env_of("METRICS_LISTEN", "127.0.0.1:9103"))
+    p.add_argument("--health-listen", default=env_of("HEALTH_LISTEN", ""))
+    p.add_argument("--client-id", default=env_of("CLIENT_ID", ""))
+    p.add_argument("--max-unacked-points", default=env_of("MAX_UNACKED_POINTS", "100000"))
+    p.add_argument("--log-level", default=env_of("LOG_LEVEL", "INFO"))
+    return p
+
+
+def _positive(name: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, not {text!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, not {value}")
+    return value
+
+
+def _address(name: str, text: str, required: bool = False) -> str:
+    if not text:
+        if required:
+            raise ConfigError(f"{name} is required (HOST:PORT)")
+        return ""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{name} must be HOST:PORT, not {text!r}")
+    return text
+
+
+def from_args(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> CollectorConfig:
+    """Build the configuration from flags and env (default: `os.environ`, read now)."""
+    env = os.environ if env is None else env
+    a = _parser(env).parse_args(argv)
+    kind = a.store.partition(":")[0]
+    if not a.store:
+        raise ConfigError("--store is required: sqlite:PATH or influx")
+    if kind not in ("sqlite", "influx") or (kind == "sqlite" and a.store == "sqlite:"):
+        raise ConfigError(f"--store must be sqlite:PATH or influx, not {a.store!r}")
+    influx = {"url": "", "org": "", "bucket": "", "token": ""}
+    if a.store == "influx":
+        given = {"url": a.influx_url, "org": a.influx_org, "bucket": a.influx_bucket}
+        try:
+            influx = influx_settings(env, token=a.influx_token, **given)
+        except InvalidArgument as exc:
+            raise ConfigError(str(exc)) from None
+    batch_size = _positive("--batch-size", a.batch_size)
+    max_unacked = _positive("--max-unacked-points", a.max_unacked_points)
+    if max_unacked < batch_size:
+        # The broker stops delivering at max_unacked points: a bigger batch would never fill.
+        raise ConfigError(f"--max-unacked-points ({max_unacked}) is below --batch-size")
+    level = a.log_level.upper()
+    if level not in LOG_LEVELS:
+        choices = ", ".join(LOG_LEVELS)
+        raise ConfigError(f"--log-level must be one of {choices}, not {a.log_level!r}")
+    return CollectorConfig(
+        broker=_address("--broker", a.broker, required=True),
+        store=a.store,
+        topic=a.topic,
+        group=a.group,
+        influx_url=influx["url"],
+        influx_org=influx["org"],
+        influx_bucket=influx["bucket"],
+        influx_token=influx["token"],
+        batch_size=batch_size,
+        flush_ms=_positive("--flush-ms", a.flush_ms),
+        metrics_listen=_address("--metrics-listen", a.metrics_listen),
+        health_listen=_address("--health-listen", a.health_listen),
+        client_id=a.client_id,
+        max_unacked_points=max_unacked,
+        log_level=level,
+    )

@@ -1,0 +1,85 @@
+"""The dead-letter topic: records the collector cannot store, kept byte for byte.
+
+A dead letter is one walbroker record on `<topic>.dlq` (keyed by the source partition),
+its payload an envelope around the original bytes:
+
+    b"GTDL" | version (1 byte, = 1) | header length (4 bytes, big-endian) | header | payload
+
+The header is UTF-8 JSON: `topic`, `partition`, `base_offset`, `count`, `skip`,
+`publish_time_ns` of the source record, and `reason` (`decode` or `invalid`) with `error`.
+`payload` is the source record's payload, unchanged. `unwrap` reads an envelope back.
+
+Not thread-safe: the collector loop owns its `DeadLetters`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+from walbroker.consumer import Message
+from walbroker.producer import Producer
+
+MAGIC = b"GTDL"
+VERSION = 1
+_PREFIX = struct.Struct(">4sBI")
+
+
+def wrap(msg: Message, reason: str, error: str) -> bytes:
+    """Return the envelope of a source record that goes to the dead-letter topic."""
+    header = {
+        "topic": msg.topic,
+        "partition": msg.partition,
+        "base_offset": msg.base_offset,
+        "count": msg.count,
+        "skip": msg.skip,
+        "publish_time_ns": msg.publish_time_ns,
+        "reason": reason,
+        "error": error,
+    }
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return _PREFIX.pack(MAGIC, VERSION, len(head)) + head + msg.payload
+
+
+def unwrap(data: bytes) -> tuple[dict[str, Any], bytes]:
+    """Return (header, original payload) of an envelope; ValueError when it is not one."""
+    if len(data) < _PREFIX.size:
+        raise ValueError("not a dead-letter envelope: too short")
+    magic, version, size = _PREFIX.unpack_from(data)
+    if magic != MAGIC or version != VERSION:
+        raise ValueError(f"not a dead-letter envelope: {magic!r} v{version}")
+    start = _PREFIX.size
+    header: dict[str, Any] = json.loads(data[start : start + size])
+    return header, data[start + size :]
+
+
+def _first(items: list[bytes]) -> bytes:
+    return items[0]
+
+
+class DeadLetters:
+    """Publishes envelopes to the dead-letter topic with the idempotent producer (made lazily)."""
+
+    def __init__(self, broker: str, topic: str, producer_id: str = "") -> None:
+        self.broker, self.topic, self.producer_id = broker, topic, producer_id
+        self._producer: Producer[bytes] | None = None
+
+    def send(self, msg: Message, reason: str, error: str) -> None:
+        """Queue the envelope of `msg`; `flush` makes sure the broker stored it."""
+        if self._producer is None:
+            self._producer = Producer(
+                self.broker, self.topic, _first, producer_id=self.producer_id, batch_size=1
+            ).start()
+        self._producer.send(str(msg.partition), wrap(msg, reason, error))
+
+    def flush(self, timeout_s: float) -> None:
+        """Wait until every envelope sent is acknowledged (TimeoutError, BrokerError)."""
+        if self._producer is not None:
+            self._producer.flush(timeout_s)
+
+    def close(self) -> None:
+        """Flush briefly and stop the producer's loops."""
+        if self._producer is not None:
+            self._producer.close(timeout_s=5.0)
+            self._producer = None

@@ -1,0 +1,71 @@
+"""The collector's Prometheus metrics, registered on the registry the caller passes in.
+
+Names follow SPEC §7 (the reference dashboards use them): "messages" are points, since
+walbroker offsets count points.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+WRITE_ERROR_KINDS = ("unavailable", "invalid", "error", "dead_letter")
+DEAD_LETTER_REASONS = ("decode", "invalid")
+COMMIT_RESULTS = ("ok", "refused")
+FLUSH_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class CollectorMetrics:
+    """Points received, flushed, held and dead-lettered; write errors; store state; commits."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.received = Counter(
+            "gpu_telemetry_collector_messages_received_total",
+            "Points received from the broker (redeliveries included).",
+            registry=registry,
+        )
+        self.flushed = Counter(
+            "gpu_telemetry_collector_messages_flushed_total",
+            "Points written to the store and then committed.",
+            registry=registry,
+        )
+        self.backlog = Gauge(
+            "gpu_telemetry_collector_backlog",
+            "Points received and held, not yet written to the store.",
+            registry=registry,
+        )
+        self.flush_latency = Histogram(
+            "gpu_telemetry_collector_flush_latency_seconds",
+            "Time from the start of a flush (store write, retries included) to its commit.",
+            buckets=FLUSH_BUCKETS_S,
+            registry=registry,
+        )
+        self.write_errors = Counter(
+            "gpu_telemetry_collector_write_errors_total",
+            "Failed flushes by kind: unavailable, error, dead_letter (all retried), invalid.",
+            ["kind"],
+            registry=registry,
+        )
+        self.dead_lettered = Counter(
+            "gpu_telemetry_collector_dead_lettered_total",
+            "Points sent to the dead-letter topic, by reason (decode or invalid).",
+            ["reason"],
+            registry=registry,
+        )
+        self.store_up = Gauge(
+            "gpu_telemetry_collector_store_up",
+            "1 while the store accepts writes, 0 after repeated failures.",
+            registry=registry,
+        )
+        self.commits = Counter(
+            "gpu_telemetry_collector_commits_total",
+            "Offset commits after a flush, by result (refused: redelivered, rewritten).",
+            ["result"],
+            registry=registry,
+        )
+        # Export every label value at 0 so alerts and dashboards see the series from the start.
+        for kind in WRITE_ERROR_KINDS:
+            self.write_errors.labels(kind=kind)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_lettered.labels(reason=reason)
+        for result in COMMIT_RESULTS:
+            self.commits.labels(result=result)
