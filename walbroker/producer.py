@@ -136,7 +136,7 @@ class Producer(Generic[T]):
         return self
 
     def __enter__(self) -> Producer[T]:
-        return self
+        return self if self._threads else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -1,0 +1,90 @@
+"""A full disk budget: `block` holds producers back without losing anything; `drop-oldest` counts."""
+
+from __future__ import annotations
+
+import re
+import threading
+import urllib.request
+from collections import Counter
+
+from tests.walbroker.helpers import decode, encode, item
+from walbroker.consumer import Consumer
+from walbroker.errors import BrokerError, Code
+from walbroker.producer import Producer
+
+POINTS = 6_000  # 8 bytes each: ~48 KB of payload against a 16 KB budget
+
+
+def scrape(url: str, name: str) -> float:
+    body = urllib.request.urlopen(url, timeout=5).read().decode()
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", body, re.M))
+
+
+def test_block_policy_pushes_back_and_loses_nothing(broker_factory):
+    broker = broker_factory("--partitions", "2", "--retention-bytes", "16000").start()
+    pushed_back: list[BrokerError] = []
+    seen: Counter[int] = Counter()
+    stop = threading.Event()
+    consumer = Consumer(broker.address, "drain", "bp", max_unacked_points=2_000).start()
+
+    def consume() -> None:
+        while not stop.is_set():
+            for m in consumer.poll(0.2):
+                seen.update(decode(m))
+            consumer.commit()
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    try:
+        with Producer(
+            broker.address,
+            "bp",
+            encode,
+            batch_size=100,
+            linger_ms=2,
+            on_backpressure=pushed_back.append,
+        ) as p:
+            for n in range(POINTS):
+                p.send(str(n % 13), item(0, n))
+        assert pushed_back, "the producer was never told the budget is full"
+        assert all(
+            e.code in (Code.RESOURCE_EXHAUSTED, Code.FAILED_PRECONDITION) for e in pushed_back
+        )
+        assert any(e.code == Code.RESOURCE_EXHAUSTED for e in pushed_back)
+        deadline_ok = threading.Event()
+        for _ in range(100):
+            if len(seen) >= POINTS:
+                deadline_ok.set()
+                break
+            stop.wait(0.1)
+    finally:
+        stop.set()
+        reader.join(10)
+        consumer.close()
+    assert set(seen) == {item(0, n) for n in range(POINTS)}
+    assert max(seen.values()) == 1
+    assert scrape(broker.metrics_url, "gpu_telemetry_broker_publish_rejected_total") > 0
+    assert scrape(broker.metrics_url, "gpu_telemetry_broker_log_bytes") <= 16_000
+
+
+def test_drop_oldest_deletes_and_counts(broker_factory):
+    broker = broker_factory(
+        "--partitions", "2", "--retention-bytes", "16000", "--retention-policy", "drop-oldest"
+    ).start()
+    pushed_back: list[BrokerError] = []
+    with Producer(
+        broker.address,
+        "bp",
+        encode,
+        batch_size=100,
+        linger_ms=2,
+        on_backpressure=pushed_back.append,
+    ) as p:
+        for n in range(POINTS):
+            p.send(str(n % 13), item(0, n))
+    assert not pushed_back
+    deleted = scrape(broker.metrics_url, "gpu_telemetry_broker_retention_deleted_points_total")
+    enqueued = scrape(broker.metrics_url, "gpu_telemetry_broker_messages_enqueued_total")
+    start = scrape(broker.metrics_url, "gpu_telemetry_broker_log_start_offset")
+    assert enqueued == POINTS
+    assert deleted > 0 and deleted == start  # every deleted point moved a log start forward
