@@ -9,11 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+# Seal-to-acknowledgement times of a batch: a few ms with group commit, seconds under backpressure.
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class StreamerMetrics:
-    """Counters of rows read, rejected (by reason) and kept with a warning (by reason)."""
+    """Rows read, rejected and kept with a warning (by reason); points published; the group.
+
+    `batch_pending` is a gauge the runner binds to its producer (`set_function`).
+    """
 
     def __init__(
         self,
@@ -43,3 +49,34 @@ class StreamerMetrics:
             self.rows_rejected.labels(reason=reason)
         for reason in warning_reasons:
             self.row_warnings.labels(reason=reason)
+        self.published = Counter(
+            "gpu_telemetry_streamer_items_published",
+            "Points the broker acknowledged (appended, or already appended on a retry).",
+            registry=registry,
+        )
+        self.backpressure = Counter(
+            "gpu_telemetry_streamer_backpressure",
+            "Publish interruptions retried after a backoff (RESOURCE_EXHAUSTED, UNAVAILABLE, ...).",
+            registry=registry,
+        )
+        self.batch_pending = Gauge(
+            "gpu_telemetry_streamer_batch_pending",
+            "Points handed to the producer and not yet acknowledged.",
+            registry=registry,
+        )
+        self.publish_latency = Histogram(
+            "gpu_telemetry_streamer_publish_latency_seconds",
+            "Seconds from sealing a batch to its acknowledgement (retries included).",
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.partitions_owned = Gauge(
+            "gpu_telemetry_streamer_partitions_owned",
+            "Partitions (and so GPUs) this streamer owns in its producer group.",
+            registry=registry,
+        )
+        self.passes_completed = Counter(
+            "gpu_telemetry_streamer_partition_passes",
+            "Passes over one partition's rows completed by this streamer.",
+            registry=registry,
+        )

@@ -1,0 +1,64 @@
+"""`gputel-streamer`: stream a DCGM CSV into walbroker as a member of a producer group.
+
+Exit codes: 0 when finished (`--passes`) or stopped by SIGTERM/SIGINT after a clean
+flush; 1 when the CSV is unusable, a batch is refused for good, or shutdown could not
+flush; 2 for bad flags. Errors before streaming are one line on stderr, no traceback.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Sequence
+
+from prometheus_client import REGISTRY
+
+from streamer.config import ConfigError, StreamerConfig, parse_config
+from streamer.endpoints import Endpoints
+from streamer.runner import Streamer
+from streamer.source import SourceError, new_metrics, read_csv
+from walbroker import logs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `gputel-streamer` console script."""
+    try:
+        config = parse_config(argv)
+    except ConfigError as exc:
+        return _fail(str(exc), 2)
+    logs.setup("streamer", config.log_level)
+    streamers: list[Streamer] = []  # the probes answer before the CSV is parsed
+    endpoints = None
+    if config.metrics_listen:
+        try:
+            endpoints = Endpoints(
+                config.metrics_listen, REGISTRY, lambda: any(s.ready() for s in streamers)
+            ).start()
+        except (OSError, ValueError) as exc:
+            return _fail(f"--metrics-listen {config.metrics_listen}: {exc}", 1)
+    try:
+        return _stream(config, streamers)
+    except SourceError as exc:
+        return _fail(str(exc), 1)
+    finally:
+        if endpoints is not None:
+            endpoints.stop()
+
+
+def _stream(config: StreamerConfig, streamers: list[Streamer]) -> int:
+    """Parse the CSV once, then stream until finished or signalled."""
+    rows = read_csv(config.csv)
+    streamer = Streamer(config, rows, new_metrics(REGISTRY))
+    streamers.append(streamer)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: streamer.stop())
+    return streamer.run()
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"gputel-streamer: error: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Streamer configuration: one frozen dataclass, built from CLI flags and GPUTEL_STREAMER_* env.
+
+Every flag `--some-flag` can also be set as `GPUTEL_STREAMER_SOME_FLAG`; a flag on the
+command line wins. The environment is read when `parse_config` is called, never at import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+ENV_PREFIX = "GPUTEL_STREAMER_"
+
+
+class ConfigError(ValueError):
+    """The flags or environment do not make a usable configuration."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamerConfig:
+    """Everything `gputel-streamer` needs.
+
+    `passes` is the number of passes over each partition's rows (None: forever).
+    `rate_rows_per_s` paces this process's rows (token bucket); `pass_interval_s`
+    starts each partition's next pass at most once per interval; neither: full speed.
+    """
+
+    broker: str
+    csv: str = "/data/dcgm.csv"
+    topic: str = "telemetry"
+    group: str = "streamers"
+    passes: int | None = 1
+    rate_rows_per_s: float | None = None
+    pass_interval_s: float | None = None
+    batch_size: int = 1000
+    linger_ms: int = 20
+    max_pending_points: int = 200_000
+    metrics_listen: str = "127.0.0.1:9102"
+    commit_interval_s: float = 1.0
+    session_timeout_ms: int = 10_000
+    shutdown_timeout_s: float = 25.0
+    log_level: str = "INFO"
+
+
+def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    def e(name: str, default: str | None = None) -> str | None:
+        return env.get(ENV_PREFIX + name, default)
+
+    p = argparse.ArgumentParser(
+        prog="gputel-streamer",
+        description="Stream a DCGM CSV into walbroker, sharing the GPUs with other streamers.",
+    )
+    p.add_argument("--broker", default=e("BROKER"), help="broker HOST:PORT (required)")
+    p.add_argument("--csv", default=e("CSV", "/data/dcgm.csv"), help="DCGM exporter CSV file")
+    p.add_argument("--topic", default=e("TOPIC", "telemetry"))
+    p.add_argument("--group", default=e("GROUP", "streamers"), help="producer group name")
+    loop = p.add_mutually_exclusive_group()
+    loop.add_argument("--passes", type=int, default=None, help="passes over the file (default 1)")
+    loop.add_argument("--forever", action="store_true", default=None, help="loop until stopped")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=float, default=None, help="rows per second, this process")
+    pace.add_argument(
+        "--pass-interval", type=float, default=None, help="seconds between pass starts"
+    )
+    p.add_argument("--batch-size", type=int, default=int(e("BATCH_SIZE", "1000") or 0))
+    p.add_argument("--linger-ms", type=int, default=int(e("LINGER_MS", "20") or 0))
+    p.add_argument(
+        "--max-pending-points", type=int, default=int(e("MAX_PENDING_POINTS", "200000") or 0)
+    )
+    p.add_argument(
+        "--metrics-listen",
+        default=e("METRICS_LISTEN", "127.0.0.1:9102"),
+        help="HOST:PORT of /metrics, /healthz and /readyz ('' to disable)",
+    )
+    p.add_argument("--commit-interval", type=float, default=float(e("COMMIT_INTERVAL", "1.0") or 0))
+    p.add_argument(
+        "--session-timeout-ms", type=int, default=int(e("SESSION_TIMEOUT_MS", "10000") or 0)
+    )
+    p.add_argument("--log-level", default=e("LOG_LEVEL", "INFO"))
+    return p
+
+
+def _loop_and_pace(a: argparse.Namespace, env: Mapping[str, str]) -> dict[str, object]:
+    """Resolve passes/forever and rate/pass-interval: flags first, then the environment."""
+    forever = a.forever or (
+        a.passes is None and env.get(ENV_PREFIX + "FOREVER", "").lower() in ("1", "true", "yes")
+    )
+    passes = a.passes if a.passes is not None else int(env.get(ENV_PREFIX + "PASSES", "1"))
+    rate, interval = a.rate, a.pass_interval
+    if rate is None and interval is None:
+        rate = float(env[ENV_PREFIX + "RATE"]) if env.get(ENV_PREFIX + "RATE") else None
+        raw = env.get(ENV_PREFIX + "PASS_INTERVAL")
+        interval = float(raw) if raw and rate is None else None
+    return {
+        "passes": None if forever else passes,
+        "rate_rows_per_s": rate,
+        "pass_interval_s": interval,
+    }
+
+
+def parse_config(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> StreamerConfig:
+    """Return the configuration of the flags in `argv` and the `env` (default: os.environ).
+
+    Raise `ConfigError` for a missing broker or an out-of-range value; argparse itself
+    exits with status 2 on an unknown flag.
+    """
+    env = os.environ if env is None else env
+    a = _parser(env).parse_args(argv)
+    try:
+        loop_pace = _loop_and_pace(a, env)
+    except ValueError as exc:
+        raise ConfigError(f"bad {ENV_PREFIX}* value: {exc}") from None
+    if not a.broker:
+        raise ConfigError(f"--broker HOST:PORT is required (or {ENV_PREFIX}BROKER)")
+    config = StreamerConfig(
+        broker=a.broker,
+        csv=a.csv,
+        topic=a.topic,
+        group=a.group,
+        batch_size=a.batch_size,
+        linger_ms=a.linger_ms,
+        max_pending_points=a.max_pending_points,
+        metrics_listen=a.metrics_listen,
+        commit_interval_s=a.commit_interval,
+        session_timeout_ms=a.session_timeout_ms,
+        log_level=a.log_level,
+        **loop_pace,  # type: ignore[arg-type]
+    )
+    validate(config)
+    return config
+
+
+def validate(c: StreamerConfig) -> None:
+    """Raise `ConfigError` naming the first out-of-range setting."""
+    checks = [
+        (c.passes is None or c.passes >= 1, "--passes must be at least 1"),
+        (c.rate_rows_per_s is None or c.rate_rows_per_s > 0, "--rate must be positive"),
+        (c.pass_interval_s is None or c.pass_interval_s > 0, "--pass-interval must be positive"),
+        (c.batch_size >= 1, "--batch-size must be at least 1"),
+        (c.linger_ms >= 0, "--linger-ms must not be negative"),
+        (c.max_pending_points >= c.batch_size, "--max-pending-points must be >= --batch-size"),
+        (c.commit_interval_s > 0, "--commit-interval must be positive"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

@@ -1,0 +1,313 @@
+"""The streaming loop: the parsed CSV's rows of the owned partitions, paced, into the producer.
+
+One `Streamer` per process. Its thread (the caller of `run`) follows the producer group
+(`Ownership.reconcile`), sends each owned partition's next rows in chunks (round robin
+over partitions, so the stream keeps roughly the file's time order), stamps each row
+with the processing time in ns (strictly increasing within the process, so no two
+points of a series share a timestamp), and commits progress after acknowledgements.
+
+When is the job finished (`--passes K`)? A partition is done when its committed
+progress is K x its rows. A streamer whose own partitions are all done stays in the
+group (ready to take over the partitions of a streamer that stops) until the group's
+committed progress of EVERY partition of the topic has reached K x that partition's
+rows (read with the Admin service's DescribeGroup); then it leaves and exits 0. So
+all streamers of a finished job exit, and none exits while some GPU still has rows
+to send. All streamers of a group must read the same CSV. `--forever` never finishes.
+
+Shutdown (`stop`, e.g. on SIGTERM): stop reading, flush the pending batches, wait for
+their acknowledgement, commit progress, leave the group.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import grpc
+
+from proto.batch import Gpu
+from proto.codec import BatchBuilder, encode
+from proto.gen import walbroker_admin_pb2 as apb
+from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
+from proto.gen import walbroker_pb2 as pb
+from streamer.config import StreamerConfig
+from streamer.metrics import StreamerMetrics
+from streamer.ownership import Ownership, PartitionState
+from streamer.pacing import TokenBucket
+from streamer.plan import PartitionPlan
+from streamer.source import SourceRows, record_pass
+from walbroker.client import channel, error_from_rpc
+from walbroker.consumer import Consumer
+from walbroker.errors import BrokerError
+from walbroker.producer import Batch, Producer
+
+log = logging.getLogger(__name__)
+
+PointItem = tuple[Gpu, str, int, float, int]  # gpu, metric, time_ns, value, source_time_ns
+
+CHUNK_ROWS = 500  # rows of one partition sent before looking at the next partition
+IDLE_WAIT_S = 0.2
+FINISH_CHECK_S = 0.5
+
+
+def encode_points(items: list[PointItem]) -> bytes:
+    """Encode a partition's points as one telemetry batch (each GPU and metric listed once)."""
+    builder = BatchBuilder()
+    add = builder.add
+    for gpu, metric, time_ns, value, source_time_ns in items:
+        add(gpu, metric, time_ns, value, source_time_ns)
+    return encode(builder.build())
+
+
+def group_progress(broker: str, group: str, topic: str, timeout_s: float = 5.0) -> dict[int, int]:
+    """Return the committed progress of every partition of `topic` in `group` (Admin RPC)."""
+    with channel(broker) as ch:
+        try:
+            resp = apb_grpc.AdminStub(ch).DescribeGroup(
+                apb.DescribeGroupRequest(group=group), timeout=timeout_s
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+    return {
+        pl.partition: pl.committed_offset
+        for pl in resp.partitions
+        if pl.topic == topic and pl.HasField("committed_offset")
+    }
+
+
+class Streamer:
+    """Streams a parsed DCGM CSV into a topic as one member of a producer group."""
+
+    def __init__(
+        self,
+        config: StreamerConfig,
+        rows: SourceRows,
+        metrics: StreamerMetrics,
+        time_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.config, self.rows, self.metrics = config, rows, metrics
+        self.time_ns = time_ns
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.producer: Producer[PointItem] = Producer(
+            config.broker,
+            config.topic,
+            encode_points,
+            batch_size=config.batch_size,
+            linger_ms=config.linger_ms,
+            max_pending_points=config.max_pending_points,
+            on_ack=self._on_ack,
+            on_backpressure=lambda _exc: metrics.backpressure.inc(),
+        )
+        self.member = Consumer(
+            config.broker,
+            config.group,
+            config.topic,
+            role="producer",
+            session_timeout_ms=config.session_timeout_ms,
+            on_revoke=lambda _parts: self._wake.set(),
+            on_assignment=lambda _a: self._wake.set(),
+        )
+        self.own = Ownership(self.member, self.producer.flush)
+        self.plan: PartitionPlan | None = None
+        self._bucket = (
+            TokenBucket(config.rate_rows_per_s) if config.rate_rows_per_s is not None else None
+        )
+        self._started = False
+        self._last_ns = 0
+        self._recorded_pass = -1
+        metrics.batch_pending.set_function(lambda: self.producer.pending_points)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask `run` to shut down gracefully (safe from a signal handler or another thread)."""
+        self._stop.set()
+        self._wake.set()
+
+    def ready(self) -> bool:
+        """True once joined to the group and connected, until shutdown starts."""
+        return self._started and self.own.connected and not self._stop.is_set()
+
+    def run(self) -> int:
+        """Stream until finished or stopped; return the process exit code."""
+        self.member.start()
+        try:
+            if not self._connect():
+                return self._shutdown()
+            self._loop()
+            return self._shutdown()
+        except BrokerError as exc:
+            log.error("publish failed for good", extra={"code": exc.code.name, "reason": str(exc)})
+            self.member.close()
+            self.producer.close(timeout_s=1)
+            return 1
+
+    def _connect(self) -> bool:
+        """Start the producer (learning the partition count); False if stopped first."""
+        while not self._stop.is_set():
+            try:
+                self.producer.start(timeout_s=5)
+                break
+            except BrokerError as exc:
+                log.warning(
+                    "broker not reachable; retrying",
+                    extra={"broker": self.config.broker, "reason": str(exc)},
+                )
+        else:
+            return False
+        self.plan = PartitionPlan(self.rows, self.producer.partitions)
+        self._started = True
+        log.info(
+            "streaming",
+            extra={
+                "topic": self.config.topic, "group": self.config.group,
+                "partitions": self.plan.partitions, "rows": len(self.rows),
+                "passes": self.config.passes or "forever",
+            },
+        )  # fmt: skip
+        return True
+
+    def _shutdown(self) -> int:
+        """Flush, commit, leave the group; return 0 if everything sent was committed."""
+        ok = self.own.shutdown(self.config.shutdown_timeout_s) if self._started else True
+        self.member.close()
+        try:
+            self.producer.close(timeout_s=1)
+        except TimeoutError:
+            ok = False
+        self.metrics.partitions_owned.set(0)
+        log.info("streamer stopped", extra={"clean": ok})
+        return 0 if ok else 1
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        next_commit = time.monotonic() + self.config.commit_interval_s
+        next_finish_check = 0.0
+        while not self._stop.is_set():
+            self.own.reconcile()
+            self.metrics.partitions_owned.set(len(self.own.active))
+            sent = self._produce_round() if self.own.connected else 0
+            now = time.monotonic()
+            if now >= next_commit or not sent:
+                self.own.commit()
+                next_commit = now + self.config.commit_interval_s
+            if sent:
+                continue
+            if now >= next_finish_check:
+                next_finish_check = now + FINISH_CHECK_S
+                if self._finished():
+                    log.info("every partition is done; leaving the group")
+                    return
+            self._wake.wait(self._idle_wait_s())
+            self._wake.clear()
+
+    def _produce_round(self) -> int:
+        """Send the next chunk of every owned partition that is due; return rows sent."""
+        assert self.plan is not None
+        total = 0
+        for p in sorted(self.own.active):
+            if self._stop.is_set():
+                break
+            st = self.own.states[p]
+            n = self.plan.size(p)
+            left = self._rows_left(p, st)
+            if not n or not left or time.monotonic() < st.pass_started:
+                continue
+            start = st.sent % n
+            want = min(CHUNK_ROWS, left, n - start)
+            if self._bucket is not None:
+                want = self._bucket.take(want, self._stop)
+            sent = self._send(p, start, start + want)
+            st.sent += sent
+            total += sent
+            if sent and st.sent % n == 0:
+                self._pass_done(p, st, n)
+        return total
+
+    def _rows_left(self, p: int, st: PartitionState) -> int:
+        """Rows still to send for `p` (CHUNK_ROWS when streaming forever)."""
+        assert self.plan is not None
+        target = self.plan.target(p, self.config.passes)
+        return CHUNK_ROWS if target is None else max(0, target - st.sent)
+
+    def _send(self, p: int, start: int, end: int) -> int:
+        """Hand rows [start, end) of partition `p`'s pass to the producer; return how many."""
+        assert self.plan is not None
+        rows, send, time_ns = self.rows, self.producer.send, self.time_ns
+        gpus, metrics = rows.gpus, rows.metrics
+        gpu_of, metric_of, value_of = rows.gpu, rows.metric, rows.value
+        source_of = rows.source_time_ns
+        last = self._last_ns
+        n = 0
+        try:
+            for r in self.plan.rows_of(p)[start:end]:
+                t = time_ns()
+                last = t = t if t > last else last + 1
+                gpu = gpus[gpu_of[r]]
+                item = (gpu, metrics[metric_of[r]], t, value_of[r], source_of[r])
+                while True:
+                    try:
+                        send(gpu.uuid, item, p, 1.0)
+                        break
+                    except TimeoutError:  # backpressure: the pending bound is reached
+                        if self._stop.is_set():
+                            return n
+                n += 1
+        finally:
+            self._last_ns = last
+        return n
+
+    def _pass_done(self, p: int, st: PartitionState, n: int) -> None:
+        """Account for a completed pass of partition `p`; schedule its next pass."""
+        self.metrics.passes_completed.inc()
+        interval = self.config.pass_interval_s
+        now = time.monotonic()
+        st.pass_started = max(now, st.pass_started + interval) if interval else now
+        assert self.plan is not None
+        passes = [
+            self.own.states[q].sent // self.plan.size(q)
+            for q in self.own.active
+            if self.plan.size(q)
+        ]
+        if passes and min(passes) > self._recorded_pass:
+            self._recorded_pass = min(passes)
+            record_pass(self.rows.report, self.metrics, self._recorded_pass)
+        log.debug("partition pass done", extra={"partition": p, "progress": st.sent, "rows": n})
+
+    def _idle_wait_s(self) -> float:
+        """How long to sleep when nothing was due: until the next pass starts, at most 0.2 s."""
+        now = time.monotonic()
+        waits = [
+            st.pass_started - now
+            for st in (self.own.states[p] for p in self.own.active)
+            if st.pass_started > now and self._rows_left(st.partition, st)
+        ]
+        return min([IDLE_WAIT_S, *waits])
+
+    # ---- finishing ---------------------------------------------------------------------------
+
+    def _finished(self) -> bool:
+        """True when --passes K is reached by every partition of the topic (see module doc)."""
+        plan, passes = self.plan, self.config.passes
+        if plan is None or passes is None or not self.own.connected or not self.own.settled:
+            return False
+        for p in self.own.active:
+            if self.own.states[p].committed < passes * plan.size(p):
+                return False
+        try:
+            committed = group_progress(self.config.broker, self.config.group, self.config.topic)
+        except BrokerError as exc:
+            log.info("group progress unavailable", extra={"reason": str(exc)})
+            return False
+        return all(committed.get(p, 0) >= passes * plan.size(p) for p in range(plan.partitions))
+
+    # ---- producer callbacks (producer io thread) -----------------------------------------------
+
+    def _on_ack(self, batch: Batch, ack: pb.PublishAck) -> None:
+        self.own.on_ack(batch.partition, batch.count)
+        self.metrics.published.inc(batch.count)
+        self.metrics.publish_latency.observe(time.monotonic() - batch.created)
