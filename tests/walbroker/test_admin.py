@@ -279,6 +279,11 @@ def test_lag_metrics_agree_with_describe_group(broker, capsys):
         assert row["lag_seconds"] <= scraped <= row["lag_seconds"] + elapsed + 0.05
     groups = admin_json(capsys, broker, "groups")["groups"]
     assert [(g["name"], g["state"], g["lag_points"]) for g in groups] == [("m", "empty", 68)]
+    body = urllib.request.urlopen(broker.metrics_url, timeout=5).read().decode()
+    assert 'gpu_telemetry_broker_admin_actions_total{action="reset_offsets"} 1.0' in body
+    assert 'gpu_telemetry_broker_admin_actions_total{action="describe_group"} 1.0' in body
+    logged = [json.loads(line) for line in broker.log_text().splitlines() if "admin action" in line]
+    assert {(d["action"], d["result"]) for d in logged} >= {("reset_offsets", "OK")}
 
 
 def test_groups_known_only_from_committed_offsets_are_listed_after_a_restart(broker, capsys):
