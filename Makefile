@@ -43,7 +43,7 @@ cover-pkg: ## per-package coverage summary (run make cover first)
 	  printf '%-10s ' $$p; $(BIN)/coverage report --include="$$p/*" 2>/dev/null | tail -1 | awk '{print $$NF}'; done
 
 bench: ## benchmarks (not tests): writes bench/results/latest.json
-	$(PY) -m bench.run --out bench/results/latest.json
+	$(PY) -m bench.run --out bench/results/latest.json $(BENCH)
 
 clean:
 	rm -rf build *.egg-info .coverage .coverage.* htmlcov coverage.html .pytest_cache .mypy_cache .ruff_cache

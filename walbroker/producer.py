@@ -203,17 +203,35 @@ class Producer(Generic[T]):
             exc, self._failure = self._failure, None
             raise exc
 
+    def send_batch(
+        self, partition: int, payload: bytes, count: int, timeout_s: float | None = None
+    ) -> None:
+        """Publish an already encoded batch of `count` points (bypasses the accumulator)."""
+        with self._cond:
+            if not self._cond.wait_for(
+                lambda: self._pending < self.max_pending or self._stop.is_set(), timeout_s
+            ):
+                raise TimeoutError("producer pending bound reached")
+            self._raise_failure()
+            self._pending += count
+        self._submit(partition, count, lambda: payload)
+
     def _seal(self, p: int) -> None:
         with self._cond:
             open_batch = self._open.pop(p, None)
             if open_batch is None or not open_batch.items:
                 return
             items = open_batch.items
+        self._submit(p, len(items), lambda: self.encode(items))  # type: ignore[arg-type]
+
+    def _submit(self, p: int, count: int, payload: Callable[[], bytes]) -> None:
+        """Give a batch the partition's next sequence number and queue it for sending."""
+        with self._cond:
             seq = self._sequences.get(p, 0)
             self._sequences[p] = seq + 1
-            batch = Batch(self.topic, self.producer_id, p, seq, b"", len(items), next(self._ids))
+            batch = Batch(self.topic, self.producer_id, p, seq, b"", count, next(self._ids))
             self._unacked[batch.request_id] = batch
-        batch.payload = self.encode(items)  # type: ignore[arg-type]
+        batch.payload = payload()
         if len(batch.payload) > self.max_batch_bytes:
             self._fail(
                 batch,

@@ -1,0 +1,183 @@
+"""walbroker benchmarks: publish and consume throughput, and restart time on a large log.
+
+Each figure runs a real `walbroker serve` process (fsync on every commit) on
+loopback; producers run in separate processes so the client's GIL does not
+cap the broker. Payloads are opaque bytes of the size a 1,000-point telemetry
+batch has on the wire (~38 bytes per point).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.fixtures.broker import BrokerProcess, free_port, wait_serving
+from walbroker.config import LogConfig
+from walbroker.consumer import Consumer
+from walbroker.log import Log
+from walbroker.producer import Producer
+from walbroker.types import TopicPartition
+
+BYTES_PER_POINT = 38
+BATCH_POINTS = 1_000
+
+
+def _produce(address: str, topic: str, batches: int, seed: int, out: Any) -> None:
+    payload = os.urandom(BATCH_POINTS * BYTES_PER_POINT)
+    with Producer(address, topic, lambda items: b"", max_pending_points=64 * BATCH_POINTS) as p:
+        t0 = time.perf_counter()
+        for i in range(batches):
+            p.send_batch((seed + i) % p.partitions, payload, BATCH_POINTS)
+        p.flush(120)
+        out.put((time.perf_counter() - t0, p.stats.acked_points))
+
+
+def publish(address: str, topic: str, producers: int = 4, batches: int = 500) -> dict[str, Any]:
+    """Points/s acknowledged with `producers` processes publishing 1,000-point batches."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_produce, args=(address, topic, batches, i, out))
+        for i in range(producers)
+    ]
+    t0 = time.perf_counter()
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=300) for _ in procs]
+    wall = time.perf_counter() - t0
+    for p in procs:
+        p.join()
+    points = sum(r[1] for r in results)
+    slowest = max(r[0] for r in results)
+    return {
+        "producers": producers,
+        "batch_points": BATCH_POINTS,
+        "points": points,
+        "seconds": round(slowest, 3),
+        "points_per_s": round(points / slowest),
+        "wall_seconds_incl_startup": round(wall, 3),
+    }
+
+
+def consume(address: str, topic: str, expected: int) -> dict[str, Any]:
+    """Points/s one group member receives (and commits) from the start of the topic."""
+    c = Consumer(address, "bench-consume", topic, max_unacked_points=400_000).start()
+    try:
+        c.wait_for_assignment()
+        got = 0
+        t0 = time.perf_counter()
+        while got < expected:
+            msgs = c.poll(2.0, max_messages=5_000)
+            if not msgs and time.perf_counter() - t0 > 120:
+                break
+            got += sum(m.count for m in msgs)
+            c.commit()
+        seconds = time.perf_counter() - t0
+    finally:
+        c.close()
+    return {"points": got, "seconds": round(seconds, 3), "points_per_s": round(got / seconds)}
+
+
+def fill(data_dir: Path, points: int, partitions: int = 16) -> float:
+    """Write `points` points in 1,000-point records straight into a log; returns seconds."""
+    wal = Log(
+        LogConfig(
+            data_dir, default_partitions=partitions, fsync="interval", retention_bytes=64 * 1024**3
+        )
+    )
+    wal.start()
+    payload = os.urandom(BATCH_POINTS * BYTES_PER_POINT)
+    t0 = time.perf_counter()
+    wal.ensure_topic("big")
+    pending = []
+    for i in range(points // BATCH_POINTS):
+        pending.append(wal.append(TopicPartition("big", i % partitions), payload, BATCH_POINTS))
+        if len(pending) >= 256:
+            for f in pending:
+                f.result()
+            pending.clear()
+    for f in pending:
+        f.result()
+    wal.close()
+    return time.perf_counter() - t0
+
+
+def restart(data_dir: Path) -> dict[str, Any]:
+    """Seconds from `walbroker serve` exec to SERVING on an existing data dir."""
+    port, mport = free_port(), free_port()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "walbroker.cli",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--metrics-listen",
+            f"127.0.0.1:{mport}",
+            "--retention-bytes",
+            str(64 * 1024**3),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_serving(f"127.0.0.1:{port}", timeout_s=60)
+        return {"seconds_to_serving": round(time.perf_counter() - t0, 3)}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def run(big_points: int = 10_000_000) -> dict[str, Any]:
+    """All broker figures; `big_points` sizes the restart test's log."""
+    work = Path(tempfile.mkdtemp(prefix="gputel-bench-"))
+    try:
+        broker = BrokerProcess(
+            work / "broker", "--partitions", "16", "--retention-bytes", str(16 * 1024**3)
+        ).start()
+        try:
+            pub = publish(broker.address, "bench")
+            con = consume(broker.address, "bench", pub["points"])
+        finally:
+            broker.stop()
+        fill_s = fill(work / "big", big_points)
+        rst = restart(work / "big")
+        rst.update(points=big_points, fill_seconds=round(fill_s, 1))
+        cold = BrokerProcess(work / "big", "--retention-bytes", str(64 * 1024**3))
+        cold.data_dir = work / "big"
+        cold.start()
+        try:  # a catching-up member after a restart: everything comes from LMDB, not memory
+            con_cold = consume(cold.address, "big", min(big_points, 2_000_000))
+        finally:
+            cold.stop()
+        return {
+            "publish": pub,
+            "consume": con,
+            "consume_from_disk": con_cold,
+            "restart": rst,
+            "targets": {
+                "publish_points_per_s": 400_000,
+                "consume_points_per_s": 500_000,
+                "restart_seconds": 2.0,
+            },
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(run(int(os.environ.get("BENCH_BIG_POINTS", 10_000_000))), indent=2))
