@@ -84,7 +84,10 @@ def metadata(
 ) -> pb.MetadataResponse:
     """Topics, partitions and leaders; raises BrokerError."""
     try:
-        return stub(ch).Metadata(pb.MetadataRequest(topics=topics or []), timeout=timeout_s)
+        resp: pb.MetadataResponse = stub(ch).Metadata(
+            pb.MetadataRequest(topics=topics or []), timeout=timeout_s
+        )
+        return resp
     except grpc.RpcError as exc:
         raise error_from_rpc(exc) from None
 

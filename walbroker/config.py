@@ -1,4 +1,4 @@
-"""Broker configuration: one frozen dataclass, built from CLI flags (and GPUTEL_BROKER_* env) in `cli`."""
+"""Broker configuration: frozen dataclasses built from CLI flags and GPUTEL_BROKER_* in `cli`."""
 
 from __future__ import annotations
 

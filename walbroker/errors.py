@@ -1,4 +1,4 @@
-"""The broker's error tree: each error carries a gRPC status code number and whether a retry may help.
+"""The broker's error tree: each error carries a gRPC status code and whether a retry may help.
 
 The core never imports grpc; `walbroker.server` translates these to status
 codes in one place and `walbroker.client` translates status codes back.
@@ -38,7 +38,7 @@ class BrokerError(Exception):
 
 
 class InvalidArgument(BrokerError):
-    """The request is malformed: bad topic name, partition out of range, empty or oversized batch."""
+    """A malformed request: bad name, partition out of range, empty or oversized batch."""
 
     code = Code.INVALID_ARGUMENT
 
@@ -69,7 +69,7 @@ class NotAssigned(BrokerError):
 
 
 class OutOfOrderSequence(BrokerError):
-    """A producer sequence number skipped ahead: an earlier batch was not appended; resend it first."""
+    """A producer sequence skipped ahead: an earlier batch was not appended; resend it first."""
 
     code = Code.FAILED_PRECONDITION
     retriable = True

@@ -242,7 +242,7 @@ class Log:
             raise NotFound(f"unknown partition {tp.topic}/{tp.partition}") from None
 
     def read(self, tp: TopicPartition, offset: int, max_points: int) -> list[Record]:
-        """Records from the one holding `offset` on, about `max_points` points (at least one record).
+        """Records from the one holding `offset` on: about `max_points` points, at least one record.
 
         An offset below the log start reads from the log start; at or past the log end,
         nothing.
@@ -279,9 +279,9 @@ class Log:
         if found and cur.key() == key:
             return True
         moved = cur.prev() if found else cur.last()
-        if moved and cur.key().startswith(prefix):
+        if moved and bytes(cur.key()).startswith(prefix):
             _, n = keys.unpack_record_head(cur.value())
-            if keys.offset_of_key(cur.key()) + n > offset:
+            if keys.offset_of_key(bytes(cur.key())) + n > offset:
                 return True
             return bool(cur.next()) and bytes(cur.key()).startswith(prefix)
         return cur.set_range(prefix) and bytes(cur.key()).startswith(prefix)

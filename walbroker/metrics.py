@@ -17,7 +17,7 @@ ExtentRow = tuple[str, int, int, int]
 
 
 class BrokerMetrics:
-    """Counters, gauges and histograms of one broker; lag and offsets are computed at scrape time."""
+    """One broker's counters, gauges and histograms; lag and offsets are computed at scrape time."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()

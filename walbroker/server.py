@@ -41,7 +41,7 @@ def abort(context: grpc.ServicerContext, exc: BrokerError) -> None:
     context.abort(grpc.StatusCode[Code(exc.code).name], exc.message)
 
 
-class BrokerServicer(pb_grpc.BrokerServicer):
+class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
     """The Broker service over one log and one coordinator."""
 
     def __init__(self, broker: Broker) -> None:

@@ -127,7 +127,7 @@ class _Txn:
 
 
 class Writer:
-    """Owns every LMDB write transaction; runs the `log-writer`, `log-fsync` and `log-retention` loops."""
+    """Owns every LMDB write transaction; runs the log-writer, log-fsync and log-retention loops."""
 
     def __init__(self, wal: Log) -> None:
         self.wal = wal
@@ -241,9 +241,9 @@ class Writer:
         self.wal.metrics.commit_seconds.observe(elapsed)
         self.wal.metrics.commit_records.observe(len(ops))
         self._publish(staged)
-        for op, result, exc in results:
-            if exc is not None:
-                op.future.set_exception(exc)
+        for op, result, error in results:
+            if error is not None:
+                op.future.set_exception(error)
             else:
                 op.future.set_result(result)
         self.wal.notify()
@@ -324,7 +324,7 @@ class Writer:
         raw = staged.txn.get(keys.producer_key(op.producer_id, op.tp), db=self.wal.db["producers"])
         if raw is None:
             return None
-        last, window = keys.unpack_producer(raw)
+        last, window = keys.unpack_producer(bytes(raw))
         if op.sequence == last + 1:
             return None
         if op.sequence > last + 1:
@@ -339,7 +339,7 @@ class Writer:
     def _remember_sequence(self, staged: _Txn, op: AppendOp, base: int, t: int) -> None:
         key = keys.producer_key(op.producer_id, op.tp)
         raw = staged.txn.get(key, db=self.wal.db["producers"])
-        window = keys.unpack_producer(raw)[1] if raw is not None else []
+        window = keys.unpack_producer(bytes(raw))[1] if raw is not None else []
         window = [*window, (op.sequence, base, op.count, t)][-keys.PRODUCER_WINDOW :]
         staged.txn.put(key, keys.pack_producer(op.sequence, window), db=self.wal.db["producers"])
 
@@ -390,7 +390,7 @@ class Writer:
         """(key, value) of the partition's first record, seen through the write transaction."""
         prefix = keys.partition_prefix(tp)
         cur = staged.txn.cursor(db=self.wal.db["records"])
-        if cur.set_range(prefix) and cur.key().startswith(prefix):
+        if cur.set_range(prefix) and bytes(cur.key()).startswith(prefix):
             return bytes(cur.key()), bytes(cur.value())
         return None
 
