@@ -20,7 +20,7 @@ from collector.runner import Collector
 from store import StoreError, open_store
 from walbroker import logs
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("collector.cli")  # not __main__ under `python -m`
 
 
 def endpoints(

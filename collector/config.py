@@ -93,6 +93,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--health-listen", default=env_of("HEALTH_LISTEN", ""))
     p.add_argument("--client-id", default=env_of("CLIENT_ID", ""))
     p.add_argument("--max-unacked-points", default=env_of("MAX_UNACKED_POINTS", "100000"))
+    p.add_argument("--session-timeout-ms", default=env_of("SESSION_TIMEOUT_MS", "10000"))
     p.add_argument("--log-level", default=env_of("LOG_LEVEL", "INFO"))
     return p
 
@@ -160,5 +161,6 @@ def from_args(
         health_listen=_address("--health-listen", a.health_listen),
         client_id=a.client_id,
         max_unacked_points=max_unacked,
+        session_timeout_ms=_positive("--session-timeout-ms", a.session_timeout_ms),
         log_level=level,
     )
