@@ -4,7 +4,8 @@ gunicorn reads this module's globals when it starts; they come from GPUTEL_GATEW
 `gateway.config`). Metrics with several workers: `on_starting` points PROMETHEUS_MULTIPROC_DIR
 at a fresh temporary folder (unless one is given) before any worker imports prometheus_client,
 `child_exit` marks a dead worker's files and `on_exit` removes the folder it made. Logs are
-JSON lines on stderr; there is no access log (request metrics cover it).
+JSON lines on stderr; there is no access log (request metrics cover it). Read when gunicorn
+loads it, as gunicorn config modules are.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ worker_class = "gthread"
 loglevel = _config.log_level.lower()
 accesslog = None
 graceful_timeout = 10
+control_socket_disable = True  # no shared ~/.gunicorn socket; instances never collide
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -1,0 +1,169 @@
+"""The REST API through Flask's test client, on a real SQLite file and a real InfluxDB."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.times import format_time
+from tests.gateway import data
+from tests.gateway.data import METRICS, T0, TEMP, TIMES, UTIL, S
+
+UUID = "GPU-h1-0"
+TELEMETRY = f"/api/v1/gpus/{UUID}/telemetry"
+
+
+def problem(resp, status: int) -> dict:
+    """Return the problem+json body after checking status and media type."""
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    assert resp.content_type == "application/problem+json"
+    body = resp.get_json(force=True)
+    assert body["status"] == status and body["title"] and body["detail"]
+    assert "Traceback" not in resp.get_data(as_text=True)
+    return body
+
+
+def keys(points: list[dict]) -> list[tuple[str, str]]:
+    return [(p["time"], p["metric"]) for p in points]
+
+
+def test_list_gpus_has_every_gpu_once_by_uuid(client) -> None:
+    body = client.get("/api/v1/gpus").get_json()
+    assert [g["uuid"] for g in body["gpus"]] == sorted(g.uuid for g in data.GPUS)
+    assert body["next_cursor"] is None
+    first = body["gpus"][0]
+    assert first["first_seen"] == format_time(TIMES[0])
+    assert first["last_seen"] == format_time(TIMES[-1])
+    assert first["container"] is None
+
+
+def test_list_gpus_filters_and_pages(client) -> None:
+    body = client.get("/api/v1/gpus?hostname=host-2").get_json()
+    assert [g["uuid"] for g in body["gpus"]] == ["GPU-h2-0", "GPU-h2-1"]
+    body = client.get("/api/v1/gpus", query_string={"model": "NVIDIA A100-SXM4-80GB"}).get_json()
+    assert [g["uuid"] for g in body["gpus"]] == [data.UNIQUE.uuid]
+    seen, token = [], None
+    while True:
+        args = {"limit": 3, **({"cursor": token} if token else {})}
+        page = client.get("/api/v1/gpus", query_string=args).get_json()
+        seen += [g["uuid"] for g in page["gpus"]]
+        token = page["next_cursor"]
+        if token is None:
+            break
+    assert seen == sorted(g.uuid for g in data.GPUS)
+
+
+def test_gpu_detail_has_latest_per_metric(client) -> None:
+    body = client.get(f"/api/v1/gpus/{UUID}").get_json()
+    assert body["gpu"]["uuid"] == UUID and body["gpu"]["hostname"] == "host-1"
+    assert [v["metric"] for v in body["latest"]] == sorted(METRICS)
+    for v in body["latest"]:
+        assert v["time"] == format_time(TIMES[-1])
+        assert v["value"] == data.value(v["metric"], TIMES[-1])
+
+
+def test_ambiguous_index_is_409_with_candidates(client) -> None:
+    for path in ("/api/v1/gpus/1", "/api/v1/gpus/1/telemetry"):
+        body = problem(client.get(path), 409)
+        assert {(c["uuid"], c["hostname"]) for c in body["candidates"]} == {
+            ("GPU-h0-1", "host-0"),
+            ("GPU-h1-1", "host-1"),
+            ("GPU-h2-1", "host-2"),
+        }
+
+
+def test_single_host_index_resolves(client) -> None:
+    body = client.get("/api/v1/gpus/5/telemetry?limit=1").get_json()
+    assert body["gpu"]["uuid"] == data.UNIQUE.uuid
+    assert len(body["points"]) == 1
+
+
+@pytest.mark.parametrize("gpu_id", ["GPU-nope", "6", "99999"])
+def test_unknown_gpu_is_404(client, gpu_id: str) -> None:
+    problem(client.get(f"/api/v1/gpus/{gpu_id}"), 404)
+    problem(client.get(f"/api/v1/gpus/{gpu_id}/telemetry"), 404)
+
+
+def test_telemetry_all_points_in_order_with_identity_once(client) -> None:
+    body = client.get(TELEMETRY).get_json()
+    assert body["gpu"]["uuid"] == UUID
+    expected = [(format_time(t), m) for t in TIMES for m in sorted(METRICS)]
+    assert keys(body["points"]) == expected
+    assert set(body["points"][0]) == {"time", "metric", "value"}
+    assert body["next_cursor"] is None
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        format_time(T0 + 3 * S),
+        "2023-11-14T22:13:23Z",
+        "2023-11-15T00:13:23+02:00",
+        "2023-11-14T16:43:23.000-05:30",
+        "1700000003",
+        "1700000003.0",
+    ],
+)
+def test_equality_edge_returns_the_points_at_that_time(client, stamp: str) -> None:
+    args = {"start_time": stamp, "end_time": stamp}
+    body = client.get(TELEMETRY, query_string=args).get_json()
+    assert keys(body["points"]) == [(format_time(T0 + 3 * S), m) for m in sorted(METRICS)]
+
+
+def test_both_bounds_inclusive_and_one_ns_outside_excluded(client) -> None:
+    args = {"start_time": format_time(T0 + 2 * S), "end_time": format_time(T0 + 4 * S)}
+    body = client.get(TELEMETRY, query_string=args).get_json()
+    assert {p["time"] for p in body["points"]} == {format_time(T0 + k * S) for k in (2, 3, 4)}
+    args = {"start_time": format_time(T0 + 2 * S + 1), "end_time": format_time(T0 + 4 * S - 1)}
+    body = client.get(TELEMETRY, query_string=args).get_json()
+    assert {p["time"] for p in body["points"]} == {format_time(T0 + 3 * S)}
+
+
+def test_metric_filter_repeatable(client) -> None:
+    body = client.get(f"{TELEMETRY}?metric={UTIL}").get_json()
+    assert {p["metric"] for p in body["points"]} == {UTIL}
+    assert body["metrics"] == [UTIL]
+    body = client.get(f"{TELEMETRY}?metric={UTIL}&metric={TEMP}&limit=2").get_json()
+    assert keys(body["points"]) == [(format_time(T0), TEMP), (format_time(T0), UTIL)]
+    body = client.get(f"{TELEMETRY}?metric=DCGM_FI_DEV_NOT_THERE").get_json()
+    assert body["points"] == []
+
+
+def test_downsampling(client) -> None:
+    args = {"every": "2s", "agg": "max", "metric": UTIL}
+    body = client.get(TELEMETRY, query_string=args).get_json()
+    assert body["downsampling"] == {"every": "2s", "agg": "max"}
+    assert [(p["time"], p["value"]) for p in body["points"]] == [
+        (format_time(T0 + k * S), k + 1.5) for k in range(0, 10, 2)
+    ]
+    for agg, first in (("mean", 1.0), ("min", 0.5), ("last", 1.5)):
+        args = {"every": "2s", "agg": agg, "metric": UTIL, "limit": 1}
+        body = client.get(TELEMETRY, query_string=args).get_json()
+        assert body["points"] == [{"time": format_time(T0), "metric": UTIL, "value": first}]
+    body = client.get(TELEMETRY, query_string={"every": "5s", "metric": TEMP}).get_json()
+    assert [p["value"] for p in body["points"]] == [2.0, 7.0]  # default agg: mean
+
+
+def test_downsampled_pages_equal_one_request(client) -> None:
+    base = {"every": "2s", "agg": "mean", "start_time": format_time(T0 + S)}
+    whole = client.get(TELEMETRY, query_string=base).get_json()["points"]
+    assert whole[0]["time"] == format_time(T0)  # the cut first window keeps its aligned start
+    assert whole[0]["value"] == 1.0  # ...and aggregates only points >= start_time
+    paged, token = [], None
+    while True:
+        args = {**base, "limit": 3, **({"cursor": token} if token else {})}
+        page = client.get(TELEMETRY, query_string=args).get_json()
+        paged += page["points"]
+        token = page["next_cursor"]
+        if token is None:
+            break
+    assert paged == whole
+
+
+def test_hosts_and_metrics(client) -> None:
+    assert client.get("/api/v1/hosts").get_json() == {"hosts": [f"host-{h}" for h in range(4)]}
+    assert client.get("/api/v1/metrics").get_json() == {"metrics": sorted(METRICS)}
+
+
+def test_healthz_and_readyz(client) -> None:
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert client.get("/readyz").get_json() == {"status": "ready"}

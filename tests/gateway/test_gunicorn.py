@@ -1,0 +1,99 @@
+"""The real thing: `gputel-gateway` under gunicorn (2 workers) on both stores."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.config import GatewayConfig
+from gateway.times import format_time
+from tests.gateway import data
+from tests.gateway.conftest import Gateway
+from tests.gateway.data import METRICS, T0, S
+
+REQUESTS = "gpu_telemetry_gateway_requests"
+
+
+def get_json(gateway: Gateway, path: str) -> tuple[int, str, dict]:
+    status, ctype, body = gateway.get(path)
+    return status, ctype, json.loads(body)
+
+
+def request_counts(gateway: Gateway) -> dict[tuple[str, str], float]:
+    """Return {(route, status): count} summed over methods, from /metrics."""
+    status, ctype, body = gateway.get("/metrics")
+    assert status == 200 and ctype.startswith("text/plain")
+    counts: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name == f"{REQUESTS}_total":
+                key = (sample.labels["route"], sample.labels["status"])
+                counts[key] = counts.get(key, 0) + sample.value
+    return counts
+
+
+def test_endpoints_under_gunicorn(gateway: Gateway) -> None:
+    status, _, body = get_json(gateway, "/api/v1/gpus?limit=2")
+    assert status == 200 and len(body["gpus"]) == 2 and body["next_cursor"]
+    stamp = urllib.parse.quote("2023-11-15T00:13:25+02:00")
+    path = f"/api/v1/gpus/GPU-h2-1/telemetry?start_time={stamp}&end_time=1700000005"
+    status, _, body = get_json(gateway, path)
+    assert [p["time"] for p in body["points"]] == [format_time(T0 + 5 * S)] * len(METRICS)
+    status, ctype, body = get_json(gateway, "/api/v1/gpus/0")
+    assert (status, ctype, len(body["candidates"])) == (409, "application/problem+json", 3)
+    status, _, body = get_json(gateway, "/api/v1/gpus/5")
+    assert (status, body["gpu"]["uuid"]) == (200, data.UNIQUE.uuid)
+    assert get_json(gateway, "/api/v1/gpus/GPU-none")[0] == 404
+    status, ctype, body = get_json(gateway, "/api/v1/gpus/GPU-h0-0/telemetry?limit=0")
+    assert (status, ctype, body["parameter"]) == (400, "application/problem+json", "limit")
+    assert get_json(gateway, "/readyz")[:1] == (200,)
+
+
+def test_metrics_count_every_worker_by_route_and_status(gateway: Gateway) -> None:
+    before = request_counts(gateway)
+    for _ in range(12):
+        assert gateway.get("/api/v1/hosts")[0] == 200
+    for _ in range(5):
+        assert gateway.get("/api/v1/gpus/GPU-none")[0] == 404
+    after = request_counts(gateway)
+    hosts, missing = ("/api/v1/hosts", "200"), ("/api/v1/gpus/<gpu_id>", "404")
+    assert after.get(hosts, 0) - before.get(hosts, 0) == 12
+    assert after.get(missing, 0) - before.get(missing, 0) == 5
+    body = gateway.get("/metrics")[2]
+    assert f"{REQUESTS[:-9]}_request_duration_seconds_bucket" in body.decode()
+
+
+def test_swagger_ui_and_openapi_offline(gateway: Gateway) -> None:
+    status, ctype, page = gateway.get("/swagger/")
+    assert (status, ctype.split(";")[0]) == (200, "text/html")
+    html = page.decode()
+    assert "http" not in html.replace('href="', "").split("<body>")[1]  # no CDN
+    for asset in ("swagger-ui-bundle.js", "swagger-ui-standalone-preset.js", "gputel-init.js"):
+        assert f'src="{asset}"' in html
+        status, ctype, js = gateway.get(f"/swagger/{asset}")
+        assert status == 200 and "javascript" in ctype and len(js) > 100
+    status, ctype, css = gateway.get("/swagger/swagger-ui.css")
+    assert status == 200 and ctype.startswith("text/css") and b"swagger-ui" in css
+    assert gateway.get("/swagger/../../etc/passwd")[0] == 404
+    assert gateway.get("/swagger/index.j2")[0] == 404
+    status, _, doc = get_json(gateway, "/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.1")
+
+
+def test_influx_token_never_logged(influx_server, tmp_path) -> None:
+    secret = "gputel-secret-token:do-not-log-42"
+    conn = influx_server.create_database()
+    config = GatewayConfig(
+        store="influx", influx_url=conn.url, influx_bucket=conn.bucket, influx_token=secret
+    )
+    server = Gateway(config, tmp_path / "gateway.log", workers=1)
+    try:
+        assert server.get("/readyz")[0] == 200
+        assert server.get("/api/v1/gpus")[0] == 200
+    finally:
+        server.stop()
+    log = server.log_path.read_text()
+    assert "Current configuration" in log  # gunicorn's debug dump of its settings, as JSON
+    assert secret not in log and "do-not-log-42" not in log

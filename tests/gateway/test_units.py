@@ -1,0 +1,106 @@
+"""Unit tests without a store: time parsing, durations, cursors, config."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway import cursor
+from gateway.config import GatewayConfig, from_args, from_env
+from gateway.errors import BadRequest
+from gateway.times import format_time, parse_duration, parse_time
+from store.validate import MAX_NS
+
+S = 1_000_000_000
+
+
+@pytest.mark.parametrize(
+    ("text", "ns"),
+    [
+        ("1970-01-01T00:00:00Z", 0),
+        ("2023-11-14T22:13:20Z", 1_700_000_000 * S),
+        ("2023-11-14t22:13:20z", 1_700_000_000 * S),
+        ("2023-11-14 22:13:20Z", 1_700_000_000 * S),
+        ("2023-11-15T00:13:20+02:00", 1_700_000_000 * S),
+        ("2023-11-14T16:43:20.5-05:30", 1_700_000_000 * S + S // 2),
+        ("2023-11-14T22:13:20.000000001Z", 1_700_000_000 * S + 1),
+        ("2023-11-14T22:13:20.123456789+00:00", 1_700_000_000 * S + 123_456_789),
+        ("1700000000", 1_700_000_000 * S),
+        ("1700000000.25", 1_700_000_000 * S + S // 4),
+        ("1700000000.000000001", 1_700_000_000 * S + 1),
+        ("0", 0),
+    ],
+)
+def test_parse_time(text: str, ns: int) -> None:
+    assert parse_time(text) == ns
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("yesterday", "neither RFC 3339 nor Unix seconds"),
+        ("2023-11-14T22:13:20", "neither RFC 3339 nor Unix seconds"),  # no offset
+        ("2023-13-01T00:00:00Z", "month must be in 1..12"),
+        ("2023-02-30T00:00:00Z", "not a valid date-time"),
+        ("2023-11-14T22:13:60Z", "not a valid date-time"),
+        ("2023-11-14T22:13:20+24:00", "invalid UTC offset"),
+        ("1969-12-31T23:59:59Z", "before 1970"),
+        ("-1", "neither RFC 3339 nor Unix seconds"),
+        ("1e9", "neither RFC 3339 nor Unix seconds"),
+        ("1.0000000001", "more than 9 fractional digits"),
+        ("9999999999999", "neither RFC 3339 nor Unix seconds"),
+        ("9999999999", "latest storable time"),
+    ],
+)
+def test_parse_time_rejects(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_time(text)
+
+
+@pytest.mark.parametrize("ns", [0, 1, S, 1_700_000_000 * S + 123, MAX_NS])
+def test_format_time_round_trips(ns: int) -> None:
+    text = format_time(ns)
+    assert text.endswith("Z") and len(text) == 30
+    assert parse_time(text) == ns
+
+
+def test_durations() -> None:
+    assert parse_duration("1m") == 60 * S
+    assert parse_duration("500ms") == S // 2
+    assert parse_duration("2h") == 7200 * S
+    for bad in ("0s", "1", "m", "1.5m", "1w", "-1s"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_cursor_round_trip_and_binding() -> None:
+    fp = cursor.fingerprint("telemetry", "GPU-1", 0, 10)
+    token = cursor.encode([5, "DCGM_FI_DEV_GPU_UTIL"], fp)
+    assert cursor.time_key(token, fp) == (5, "DCGM_FI_DEV_GPU_UTIL")
+    other = cursor.fingerprint("telemetry", "GPU-2", 0, 10)
+    with pytest.raises(BadRequest, match="different query"):
+        cursor.time_key(token, other)
+    for bad in ("", "!!!", "bm90IGpzb24", cursor.encode(["x"], fp), token[:-3]):
+        with pytest.raises(BadRequest):
+            cursor.time_key(bad, fp)
+
+
+def test_config_from_flags_and_env() -> None:
+    env = {
+        "GPUTEL_GATEWAY_STORE": "influx",
+        "GPUTEL_INFLUX_URL": "http://db:8086",
+        "GPUTEL_INFLUX_TOKEN": "t0ken",
+        "GPUTEL_GATEWAY_WORKERS": "3",
+    }
+    config = from_env(env)
+    assert (config.store, config.influx_url, config.workers) == ("influx", "http://db:8086", 3)
+    assert "t0ken" not in repr(config)
+    flagged = from_args(["--store", "sqlite:/tmp/x.db", "--bind", "0.0.0.0:9"], env)
+    assert (flagged.store, flagged.bind, flagged.influx_token) == (
+        "sqlite:/tmp/x.db",
+        "0.0.0.0:9",
+        "t0ken",
+    )
+    assert from_env(config.to_env()) == config
+    assert GatewayConfig().workers == 1
+    with pytest.raises(SystemExit):
+        from_args(["--store", "postgres"], {})
