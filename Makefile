@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 PYTEST_ARGS ?=
 
-.PHONY: install proto proto-check lint fmt test cover cover-html cover-pkg bench clean
+.PHONY: install proto lint fmt test cover cover-html cover-pkg run bench clean
 
 install: ## create .venv and install the project (editable) with test extras
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ cover-html: cover ## HTML coverage report in htmlcov/ (and coverage.html)
 cover-pkg: ## per-package coverage summary (run make cover first)
 	@for p in walbroker streamer collector gateway store proto; do \
 	  printf '%-10s ' $$p; $(BIN)/coverage report --include="$$p/*" 2>/dev/null | tail -1 | awk '{print $$NF}'; done
+
+run: ## the whole pipeline locally (broker, collector, gateway, streamer) until Ctrl-C
+	$(BIN)/gputel-up $(RUN_ARGS)
 
 bench: ## benchmarks (not tests): writes bench/results/latest.json
 	$(PY) -m bench.run --out bench/results/latest.json $(BENCH)

@@ -118,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.command == "serve":
         return serve(a)
     if a.command == "admin":
-        return admin_cli.run(a)
+        try:
+            return admin_cli.run(a)
+        except BrokenPipeError:  # output piped into `head` and the like
+            sys.stderr.close()
+            return 0
     return 2  # pragma: no cover - argparse enforces the choices
 
 

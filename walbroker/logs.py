@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -51,7 +52,10 @@ class TextFormatter(logging.Formatter):
 def setup(component: str, level: str = "INFO", json_logs: bool | None = None) -> None:
     """Configure the root logger for a process (call once, from a `main`)."""
     handler = logging.StreamHandler(sys.stderr)
-    use_json = (not sys.stderr.isatty()) if json_logs is None else json_logs
+    fmt = os.environ.get("GPUTEL_LOG_FORMAT", "")  # "json" or "text" overrides the tty check
+    if json_logs is None:
+        json_logs = fmt == "json" if fmt in ("json", "text") else not sys.stderr.isatty()
+    use_json = json_logs
     handler.setFormatter(
         JsonFormatter(component)
         if use_json

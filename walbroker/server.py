@@ -217,7 +217,7 @@ class Broker:
         self._reaper = threading.Thread(target=self._reap, name="group-reaper", daemon=True)
         self._reaper.start()
         log.info("loop started", extra={"loop": "group-reaper"})
-        for service in ("", SERVICE_NAME):
+        for service in ("", SERVICE_NAME, "walbroker.v1.Admin"):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "broker serving", extra={"listen": self.address, "metrics": self.config.metrics_listen}

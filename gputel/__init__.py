@@ -1,0 +1,1 @@
+"""gputel: developer entry points that run the pipeline's components together (`gputel-up`)."""

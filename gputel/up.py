@@ -1,0 +1,345 @@
+"""`gputel-up`: the whole pipeline on this machine, one process per component, until Ctrl-C.
+
+Starts walbroker, the collectors, the gateway and the streamers (in that order,
+each only once the previous one is healthy), prints where everything is, streams
+every component's log lines with a prefix, and stops them all — streamers first,
+broker last — on Ctrl-C or when one of them dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+PACKAGED_CSV = Path(__file__).resolve().parent.parent / "data" / "dcgm.csv"
+COLOURS = ["36", "33", "35", "32", "34", "31", "96", "93"]
+
+
+class UpError(Exception):
+    """A problem worth one line to the user (port in use, missing file, unhealthy component)."""
+
+
+@dataclass
+class Component:
+    """One child process and how to tell it is healthy."""
+
+    name: str
+    argv: list[str]
+    health_url: str = ""
+    grpc_address: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+    threads: list[threading.Thread] = field(default_factory=list)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="gputel-up", description=__doc__)
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("var"),
+        help="broker log and SQLite store go here (default ./var)",
+    )
+    p.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        help="DCGM CSV to stream in a loop (default: the packaged data/dcgm.csv)",
+    )
+    p.add_argument("--port", type=int, default=8080, help="gateway port")
+    p.add_argument("--broker-port", type=int, default=7070)
+    p.add_argument("--store", choices=["sqlite", "influx"], default="sqlite")
+    p.add_argument("--influx-url", default="")
+    p.add_argument("--influx-org", default="")
+    p.add_argument("--influx-bucket", default="")
+    p.add_argument("--streamers", type=int, default=1)
+    p.add_argument("--collectors", type=int, default=1)
+    p.add_argument(
+        "--pass-interval",
+        type=float,
+        default=10.0,
+        help="seconds per pass over the CSV (each pass gets fresh timestamps)",
+    )
+    return p.parse_args(argv)
+
+
+def check_port(port: int) -> None:
+    """UpError if something already listens on 127.0.0.1:port."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise UpError(
+                f"port {port} is already in use (choose another with the flags, "
+                "or stop what uses it)"
+            ) from None
+
+
+def csv_path(a: argparse.Namespace) -> Path:
+    """The CSV to stream: --csv, else ./data/dcgm.csv, else the packaged sample."""
+    path: Path = a.csv or (
+        Path("data/dcgm.csv") if Path("data/dcgm.csv").exists() else PACKAGED_CSV
+    )
+    if not path.is_file():
+        raise UpError(f"CSV file not found: {path}")
+    return path
+
+
+def plan(a: argparse.Namespace) -> list[Component]:
+    """The components and their command lines, in start order."""
+    source = csv_path(a)
+    broker = f"127.0.0.1:{a.broker_port}"
+    store = (
+        ["--store", f"sqlite:{a.data_dir / 'gputel.db'}"]
+        if a.store == "sqlite"
+        else [
+            "--store",
+            "influx",
+            *(
+                x
+                for k in ("url", "org", "bucket")
+                if (v := getattr(a, f"influx_{k}"))
+                for x in (f"--influx-{k}", v)
+            ),
+        ]
+    )
+    comps = [
+        Component(
+            "broker",
+            [
+                "walbroker",
+                "serve",
+                "--data-dir",
+                str(a.data_dir / "broker"),
+                "--listen",
+                broker,
+                "--metrics-listen",
+                "127.0.0.1:9101",
+            ],
+            grpc_address=broker,
+        )
+    ]
+    for i in range(a.collectors):
+        port = 9120 + i
+        comps.append(
+            Component(
+                f"collector-{i}",
+                [
+                    "gputel-collector",
+                    "--broker",
+                    broker,
+                    "--group",
+                    "collectors",
+                    *store,
+                    "--metrics-listen",
+                    f"127.0.0.1:{port}",
+                ],
+                f"http://127.0.0.1:{port}/healthz",
+            )
+        )
+    comps.append(
+        Component(
+            "gateway",
+            ["gputel-gateway", *store, "--bind", f"127.0.0.1:{a.port}"],
+            f"http://127.0.0.1:{a.port}/readyz",
+        )
+    )
+    for i in range(a.streamers):
+        port = 9110 + i
+        comps.append(
+            Component(
+                f"streamer-{i}",
+                [
+                    "gputel-streamer",
+                    "--broker",
+                    broker,
+                    "--csv",
+                    str(source),
+                    "--forever",
+                    "--pass-interval",
+                    str(a.pass_interval),
+                    "--metrics-listen",
+                    f"127.0.0.1:{port}",
+                ],
+                f"http://127.0.0.1:{port}/healthz",
+            )
+        )
+    return comps
+
+
+def ports_of(a: argparse.Namespace) -> list[int]:
+    """Every port the plan listens on."""
+    return [
+        a.broker_port,
+        9101,
+        a.port,
+        *(9120 + i for i in range(a.collectors)),
+        *(9110 + i for i in range(a.streamers)),
+    ]
+
+
+def healthy(c: Component) -> bool:
+    """True once the component answers its health check."""
+    try:
+        if c.grpc_address:
+            with grpc.insecure_channel(c.grpc_address) as ch:
+                resp = health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1
+                )
+                return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+        with urllib.request.urlopen(c.health_url, timeout=1) as resp:
+            return bool(resp.status == 200)
+    except (grpc.RpcError, OSError):
+        return False
+
+
+def pump(c: Component, stream: object, colour: str, out: threading.Lock) -> None:
+    """Copy a child's output to ours, each line prefixed with the component's name."""
+    prefix = f"\x1b[{colour}m{c.name:>12}\x1b[0m |" if sys.stdout.isatty() else f"{c.name:>12} |"
+    for raw in iter(stream.readline, b""):  # type: ignore[attr-defined]
+        with out:
+            sys.stdout.write(f"{prefix} {raw.decode(errors='replace').rstrip()}\n")
+            sys.stdout.flush()
+
+
+def executable(name: str) -> str:
+    """A console script of this installation (next to the running Python), else on PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise UpError(f"{name} not found: run `make install` first")
+    return found
+
+
+def start(c: Component, colour: str, out: threading.Lock, timeout_s: float = 60.0) -> None:
+    """Spawn the component and wait until it is healthy."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GPUTEL_LOG_FORMAT": "text"}
+    c.proc = subprocess.Popen(
+        [executable(c.argv[0]), *c.argv[1:]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    t = threading.Thread(target=pump, args=(c, c.proc.stdout, colour, out), daemon=True)
+    t.start()
+    c.threads.append(t)
+    deadline = time.monotonic() + timeout_s
+    while not healthy(c):
+        if c.proc.poll() is not None:
+            raise UpError(f"{c.name} exited with code {c.proc.returncode} while starting")
+        if time.monotonic() > deadline:
+            raise UpError(f"{c.name} not healthy after {timeout_s:.0f}s")
+        time.sleep(0.2)
+
+
+def stop_all(comps: list[Component]) -> None:
+    """SIGTERM in reverse start order, each given time to flush; SIGKILL if it hangs."""
+    for c in reversed(comps):
+        if c.proc is None or c.proc.poll() is not None:
+            continue
+        c.proc.send_signal(signal.SIGTERM)
+        try:
+            c.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            c.proc.kill()
+            c.proc.wait()
+        for t in c.threads:
+            t.join(2)
+
+
+def sample_gpu(csv_path: Path) -> tuple[str, str]:
+    """(hostname, uuid) of the CSV's first row, for the example commands."""
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        row = next(csv.DictReader(f), None) or {}
+    return row.get("Hostname", "HOST"), row.get("uuid", "GPU-UUID")
+
+
+def banner(a: argparse.Namespace, csv_path: Path) -> str:
+    """Where everything is, and what to try."""
+    api = f"http://127.0.0.1:{a.port}"
+    host, uuid = sample_gpu(csv_path)
+    lines = [
+        "",
+        "gputel is up. Ctrl-C stops everything.",
+        "",
+        f"  REST API      {api}/api/v1/gpus",
+        f"  Swagger UI    {api}/swagger/",
+        f"  OpenAPI       {api}/openapi.json",
+        f"  broker        127.0.0.1:{a.broker_port} (gRPC), metrics http://127.0.0.1:9101/metrics",
+        *(
+            f"  collector-{i}   metrics http://127.0.0.1:{9120 + i}/metrics"
+            for i in range(a.collectors)
+        ),
+        *(
+            f"  streamer-{i}    metrics http://127.0.0.1:{9110 + i}/metrics"
+            for i in range(a.streamers)
+        ),
+        f"  gateway       metrics {api}/metrics",
+        "",
+        "Try:",
+        f"  curl -s {api}/api/v1/gpus | python -m json.tool | head -30",
+        f"  curl -s '{api}/api/v1/gpus?hostname={host}'",
+        f"  curl -s '{api}/api/v1/gpus/{uuid}/telemetry?metric=DCGM_FI_DEV_GPU_UTIL&limit=5'",
+        f"  walbroker admin --broker 127.0.0.1:{a.broker_port} describe-group collectors",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run(a: argparse.Namespace) -> int:
+    """Start everything, wait for Ctrl-C or a death, stop everything."""
+    for port in ports_of(a):
+        check_port(port)
+    comps = plan(a)
+    a.data_dir.mkdir(parents=True, exist_ok=True)
+    out = threading.Lock()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        for i, c in enumerate(comps):
+            start(c, COLOURS[i % len(COLOURS)], out)
+        with out:
+            print(banner(a, csv_path(a)), flush=True)
+        while not stop.wait(0.5):
+            dead = [c for c in comps if c.proc is not None and c.proc.poll() is not None]
+            if dead:
+                raise UpError(
+                    f"{dead[0].name} exited with code {dead[0].proc.returncode}"
+                    if dead[0].proc
+                    else "a component exited"
+                )
+        return 0
+    finally:
+        stop_all(comps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `gputel-up`."""
+    a = parse_args(argv)
+    try:
+        code = run(a)
+    except UpError as exc:
+        print(f"gputel-up: {exc}", file=sys.stderr)
+        return 1
+    print("gputel-up: stopped", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
