@@ -64,22 +64,29 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     pace.add_argument(
         "--pass-interval", type=float, default=None, help="seconds between pass starts"
     )
-    p.add_argument("--batch-size", type=int, default=int(e("BATCH_SIZE", "1000") or 0))
-    p.add_argument("--linger-ms", type=int, default=int(e("LINGER_MS", "20") or 0))
-    p.add_argument(
-        "--max-pending-points", type=int, default=int(e("MAX_PENDING_POINTS", "200000") or 0)
-    )
+    p.add_argument("--batch-size", type=int, default=e("BATCH_SIZE", "1000"))
+    p.add_argument("--linger-ms", type=int, default=e("LINGER_MS", "20"))
+    p.add_argument("--max-pending-points", type=int, default=e("MAX_PENDING_POINTS", "200000"))
     p.add_argument(
         "--metrics-listen",
         default=e("METRICS_LISTEN", "127.0.0.1:9102"),
         help="HOST:PORT of /metrics, /healthz and /readyz ('' to disable)",
     )
-    p.add_argument("--commit-interval", type=float, default=float(e("COMMIT_INTERVAL", "1.0") or 0))
-    p.add_argument(
-        "--session-timeout-ms", type=int, default=int(e("SESSION_TIMEOUT_MS", "10000") or 0)
-    )
+    p.add_argument("--commit-interval", type=float, default=e("COMMIT_INTERVAL", "1.0"))
+    p.add_argument("--session-timeout-ms", type=int, default=e("SESSION_TIMEOUT_MS", "10000"))
     p.add_argument("--log-level", default=e("LOG_LEVEL", "INFO"))
     return p
+
+
+def _number(env: Mapping[str, str], name: str, kind: type[int] | type[float]) -> float | None:
+    """Return the number in env var GPUTEL_STREAMER_<name>, None if unset; ConfigError if bad."""
+    raw = env.get(ENV_PREFIX + name, "").strip()
+    if not raw:
+        return None
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}{name}={raw!r} is not a number") from None
 
 
 def _loop_and_pace(a: argparse.Namespace, env: Mapping[str, str]) -> dict[str, object]:
@@ -87,14 +94,13 @@ def _loop_and_pace(a: argparse.Namespace, env: Mapping[str, str]) -> dict[str, o
     forever = a.forever or (
         a.passes is None and env.get(ENV_PREFIX + "FOREVER", "").lower() in ("1", "true", "yes")
     )
-    passes = a.passes if a.passes is not None else int(env.get(ENV_PREFIX + "PASSES", "1"))
+    passes = a.passes if a.passes is not None else _number(env, "PASSES", int)
     rate, interval = a.rate, a.pass_interval
     if rate is None and interval is None:
-        rate = float(env[ENV_PREFIX + "RATE"]) if env.get(ENV_PREFIX + "RATE") else None
-        raw = env.get(ENV_PREFIX + "PASS_INTERVAL")
-        interval = float(raw) if raw and rate is None else None
+        rate = _number(env, "RATE", float)
+        interval = None if rate is not None else _number(env, "PASS_INTERVAL", float)
     return {
-        "passes": None if forever else passes,
+        "passes": None if forever else int(passes if passes is not None else 1),
         "rate_rows_per_s": rate,
         "pass_interval_s": interval,
     }
@@ -110,10 +116,7 @@ def parse_config(
     """
     env = os.environ if env is None else env
     a = _parser(env).parse_args(argv)
-    try:
-        loop_pace = _loop_and_pace(a, env)
-    except ValueError as exc:
-        raise ConfigError(f"bad {ENV_PREFIX}* value: {exc}") from None
+    loop_pace = _loop_and_pace(a, env)
     if not a.broker:
         raise ConfigError(f"--broker HOST:PORT is required (or {ENV_PREFIX}BROKER)")
     config = StreamerConfig(

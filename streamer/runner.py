@@ -192,7 +192,7 @@ class Streamer:
             self.metrics.partitions_owned.set(len(self.own.active))
             sent = self._produce_round() if self.own.connected else 0
             now = time.monotonic()
-            if now >= next_commit or not sent:
+            if self.own.connected and (now >= next_commit or not sent):
                 self.own.commit()
                 next_commit = now + self.config.commit_interval_s
             if sent:

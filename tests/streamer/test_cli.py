@@ -1,0 +1,51 @@
+"""`gputel-streamer` start-up errors: one line on stderr, a non-zero exit code, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.streamer.dcgm_fixture import HEADER, csv_text, row
+from tests.streamer.streaming import STREAMER
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [STREAMER, "--metrics-listen", "", *args],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, result.stderr
+    for word in words:
+        assert word in errors[0]
+
+
+def test_missing_csv_file(tmp_path):
+    result = run_cli("--broker", "127.0.0.1:1", "--csv", str(tmp_path / "nope.csv"))
+    assert_one_line_error(result, "nope.csv")
+
+
+def test_missing_required_column_is_named(tmp_path):
+    header = [h for h in HEADER if h != "gpu_id"]
+    path = tmp_path / "no_gpu_id.csv"
+    path.write_text(csv_text([row()], header=header), encoding="utf-8")
+    result = run_cli("--broker", "127.0.0.1:1", "--csv", str(path))
+    assert_one_line_error(result, "gpu_id")
+
+
+@pytest.mark.parametrize(
+    ("args", "word"),
+    [
+        ([], "--broker"),
+        (["--broker", "b:1", "--passes", "0"], "--passes"),
+        (["--broker", "b:1", "--batch-size", "0"], "--batch-size"),
+    ],
+)
+def test_bad_configuration(args, word):
+    assert_one_line_error(run_cli(*args), word)

@@ -1,0 +1,95 @@
+"""Unit tests without a broker: configuration, the token bucket, partition plans, endpoints."""
+
+from __future__ import annotations
+
+import io
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from streamer.config import ConfigError, parse_config
+from streamer.endpoints import Endpoints, split_address
+from streamer.pacing import TokenBucket
+from streamer.plan import PartitionPlan
+from streamer.source import parse_csv
+from tests.streamer.dcgm_fixture import UUID0, UUID1, csv_text, row
+from walbroker.types import partition_for_key
+
+
+def test_flags_win_over_environment_and_defaults_apply():
+    env = {"GPUTEL_STREAMER_BROKER": "envhost:1", "GPUTEL_STREAMER_TOPIC": "t-env"}
+    c = parse_config(["--broker", "flag:2", "--rate", "50"], env)
+    assert (c.broker, c.topic, c.group, c.passes, c.rate_rows_per_s) == (
+        "flag:2", "t-env", "streamers", 1, 50.0,
+    )  # fmt: skip
+    assert c.pass_interval_s is None and c.csv == "/data/dcgm.csv"
+
+
+def test_environment_selects_forever_and_pass_interval():
+    env = {
+        "GPUTEL_STREAMER_BROKER": "b:1", "GPUTEL_STREAMER_FOREVER": "true",
+        "GPUTEL_STREAMER_PASS_INTERVAL": "30",
+    }  # fmt: skip
+    c = parse_config([], env)
+    assert c.passes is None and c.pass_interval_s == 30.0
+    assert parse_config(["--passes", "3"], env).passes == 3
+
+
+def test_conflicting_and_bad_values():
+    with pytest.raises(SystemExit):
+        parse_config(["--broker", "b:1", "--passes", "2", "--forever"], {})
+    with pytest.raises(SystemExit):
+        parse_config(["--broker", "b:1", "--rate", "5", "--pass-interval", "1"], {})
+    with pytest.raises(ConfigError, match="--rate"):
+        parse_config(["--broker", "b:1", "--rate", "-1"], {})
+    with pytest.raises(ConfigError, match="PASSES"):
+        parse_config(["--broker", "b:1"], {"GPUTEL_STREAMER_PASSES": "many"})
+
+
+def test_token_bucket_paces_to_the_rate():
+    now = [0.0]
+    bucket = TokenBucket(100, burst=10, clock=lambda: now[0])
+    assert bucket.grant(50) == 10  # the burst
+    assert bucket.grant(5) == 0
+    assert bucket.delay_s(1) == pytest.approx(0.01)
+    now[0] += 0.5
+    assert bucket.grant(100) == 10  # refilled, capped at the burst
+    stop = threading.Event()
+    stop.set()
+    assert bucket.take(5, stop) == 0  # never waits once stopped
+
+
+def test_plan_splits_rows_by_uuid_partition_in_file_order():
+    rows = parse_csv(io.StringIO(csv_text([
+        row(uuid=UUID0, value="1"), row(uuid=UUID1, value="2"), row(uuid=UUID0, value="3"),
+    ]), newline=""))  # fmt: skip
+    plan = PartitionPlan(rows, 64)
+    p0, p1 = partition_for_key(UUID0, 64), partition_for_key(UUID1, 64)
+    assert p0 != p1
+    assert list(plan.rows_of(p0)) == [0, 2] and list(plan.rows_of(p1)) == [1]
+    assert plan.target(p0, 3) == 6 and plan.target(p0, None) is None
+    assert plan.locate(p0, 5) == (2, 1)  # third pass, second row
+    assert sum(plan.size(p) for p in range(64)) == len(rows)
+
+
+def test_endpoints_answer_probes_and_metrics():
+    ready = threading.Event()
+    server = Endpoints("127.0.0.1:0", CollectorRegistry(), ready.is_set).start()
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        assert urllib.request.urlopen(base + "/healthz", timeout=2).status == 200
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(base + "/readyz", timeout=2)
+        assert err.value.code == 503
+        err.value.close()
+        ready.set()
+        assert urllib.request.urlopen(base + "/readyz", timeout=2).status == 200
+        assert urllib.request.urlopen(base + "/metrics", timeout=2).status == 200
+    finally:
+        server.stop()
+    assert split_address(":9102") == ("0.0.0.0", 9102)
+    with pytest.raises(ValueError):
+        split_address("nohost")

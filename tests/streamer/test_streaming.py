@@ -1,0 +1,139 @@
+"""The streamer against a real broker process: exact counts, order, groups, SIGTERM, kill -9."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+
+from tests.fixtures.broker import free_port
+from tests.streamer.streaming import (
+    committed,
+    make_csv,
+    owners,
+    read_log,
+    series_counts,
+)
+from walbroker.consumer import wait_until
+
+G, M, S = 24, 5, 2  # GPUs, metrics, scrapes per file: 240 rows per pass
+
+
+def test_one_pass_puts_every_row_in_the_log_once_in_order(broker, streamer_process, tmp_path):
+    csv = make_csv(tmp_path / "dcgm.csv", G, M, S)
+    s = streamer_process("--broker", broker.address, "--csv", str(csv))
+    assert s.wait() == 0, s.log_text()
+    logged = read_log(broker.address, "telemetry", G * M * S)
+    assert len(logged) == G * M * S
+    assert set(series_counts(logged).values()) == {1}
+    by_gpu = defaultdict(list)
+    for entry in sorted(logged, key=lambda e: (e.partition, e.offset)):
+        by_gpu[entry.point.gpu.uuid].append(entry.point)
+    assert len(by_gpu) == G
+    for points in by_gpu.values():  # log order = processing order, per GPU and so per metric
+        times = [p.time_ns for p in points]
+        assert times == sorted(times) and len(set(times)) == len(times)
+        for m in range(M):
+            series = [p.source_time_ns for p in points if p.metric == f"DCGM_FI_DEV_M{m}"]
+            assert series == sorted(series) and len(series) == S
+    one = logged[0].point
+    assert one.gpu.labels["UUID"] == one.gpu.uuid and "__name__" not in one.gpu.labels
+    assert abs(one.time_ns - time.time_ns()) < 60e9  # processing time, not the CSV's
+
+
+def test_three_streamers_share_the_gpus_and_one_stops_mid_run(
+    broker_factory, streamer_process, tmp_path
+):
+    broker = broker_factory("--partitions", "8").start()
+    csv = make_csv(tmp_path / "dcgm.csv", G, M, S)
+    passes = 3
+    args = ["--broker", broker.address, "--csv", str(csv), "--passes", str(passes)]
+    streamers = [streamer_process(*args, "--rate", "120", "--linger-ms", "5") for i in range(3)]
+    assert wait_until(lambda: len(set(owners(broker.address, "streamers").values())) == 3, 15)
+    victim = streamers[1]
+    time.sleep(0.5)
+    victim.terminate()
+    assert victim.wait(15) == 0, victim.log_text()
+    stopped_at = time.monotonic()
+    live = lambda: set(owners(broker.address, "streamers").values())  # noqa: E731
+    assert wait_until(lambda: len(live()) == 2 and "" not in live(), 15)
+    assert time.monotonic() - stopped_at < 15
+    for s in (streamers[0], streamers[2]):
+        assert s.wait(30) == 0, s.log_text()
+    total = passes * G * M * S
+    logged = read_log(broker.address, "telemetry", total)
+    assert len(logged) == total
+    assert set(series_counts(logged).values()) == {passes}  # no row twice in a pass, none lost
+    assert sum(committed(broker.address, "streamers", "telemetry").values()) == total
+    assert all("partition taken" in s.log_text() for s in streamers)
+
+
+def test_broker_killed_mid_run_every_row_lands_exactly_once(broker, streamer_process, tmp_path):
+    csv = make_csv(tmp_path / "dcgm.csv", G, M, S)
+    passes = 2
+    s = streamer_process(
+        "--broker", broker.address, "--csv", str(csv),
+        "--passes", str(passes), "--rate", "300", "--batch-size", "40",
+    )  # fmt: skip
+    assert wait_until(lambda: sum(committed(broker.address, "streamers", "telemetry").values())
+                      > 100, 15)  # fmt: skip
+    broker.kill()
+    time.sleep(1.0)
+    broker.start()
+    assert s.wait(40) == 0, s.log_text()
+    total = passes * G * M * S
+    logged = read_log(broker.address, "telemetry", total)
+    assert len(logged) == total
+    assert set(series_counts(logged).values()) == {passes}
+    assert "publish interrupted" in s.log_text()
+
+
+def test_sigterm_flushes_commits_and_exits_0_and_endpoints_answer(
+    broker, streamer_process, tmp_path
+):
+    csv = make_csv(tmp_path / "dcgm.csv", G, M, S)
+    port = free_port()
+    s = streamer_process(
+        "--broker", broker.address, "--csv", str(csv), "--forever", "--rate", "2000",
+        "--metrics-listen", f"127.0.0.1:{port}", "--linger-ms", "200",
+    )  # fmt: skip
+    assert wait_until(lambda: http_status(port, "/readyz") == 200, 15)
+    assert http_status(port, "/healthz") == 200
+    assert wait_until(lambda: "gpu_telemetry_streamer_items_published_total 0.0" not in
+                      http_body(port, "/metrics"), 10)  # fmt: skip
+    body = http_body(port, "/metrics")
+    for name in (
+        "gpu_telemetry_streamer_items_published_total",
+        "gpu_telemetry_streamer_backpressure_total",
+        "gpu_telemetry_streamer_batch_pending",
+        "gpu_telemetry_streamer_publish_latency_seconds_bucket",
+        "gpu_telemetry_streamer_rows_read_total",
+        'gpu_telemetry_streamer_rows_rejected_total{reason="missing_gpu_id"}',
+    ):
+        assert name in body, name
+    s.terminate()
+    assert s.wait(15) == 0, s.log_text()
+    progress = sum(committed(broker.address, "streamers", "telemetry").values())
+    assert progress > G * M * S  # it streamed past the first pass: --forever loops
+    logged = read_log(broker.address, "telemetry", progress)
+    assert len(logged) == progress  # the last (lingering) batch was flushed and committed
+    assert "streamer stopped" in s.log_text() and '"clean": true' in s.log_text()
+
+
+def http_status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+def http_body(port: int, path: str) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return str(r.read().decode())
+    except OSError:
+        return ""
