@@ -105,6 +105,9 @@ def points(
     return (
         source(bucket, start_ns, end_ns + 1)
         + predicate(fields, tags, metrics, extra)
+        # Each series is time-ordered, so the first `limit` rows overall are among the first
+        # `limit` of each series: cutting here keeps the pivot and sort small at any depth.
+        + f"\n  |> limit(n: {int(limit)})"
         + PIVOT_FIELDS
         + f'\n  |> keep(columns: ["_time", "{schema.TAG_METRIC}", "{schema.FIELD_VALUE}", '
         f'"{schema.FIELD_SOURCE_TIME}"])'
