@@ -40,7 +40,7 @@ class StreamerConfig:
     metrics_listen: str = "127.0.0.1:9102"
     commit_interval_s: float = 1.0
     session_timeout_ms: int = 10_000
-    shutdown_timeout_s: float = 25.0
+    shutdown_timeout_s: float = 20.0
     log_level: str = "INFO"
 
 

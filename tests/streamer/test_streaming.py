@@ -70,23 +70,38 @@ def test_three_streamers_share_the_gpus_and_one_stops_mid_run(
 
 
 def test_broker_killed_mid_run_every_row_lands_exactly_once(broker, streamer_process, tmp_path):
-    csv = make_csv(tmp_path / "dcgm.csv", G, M, S)
-    passes = 2
+    gpus, metrics, passes = 48, 10, 2  # 960 rows per pass
+    csv = make_csv(tmp_path / "dcgm.csv", gpus, metrics, S)
     s = streamer_process(
         "--broker", broker.address, "--csv", str(csv),
-        "--passes", str(passes), "--rate", "300", "--batch-size", "40",
+        "--passes", str(passes), "--rate", "1500", "--batch-size", "50",
     )  # fmt: skip
     assert wait_until(lambda: sum(committed(broker.address, "streamers", "telemetry").values())
-                      > 100, 15)  # fmt: skip
+                      > 600, 15)  # fmt: skip
     broker.kill()
     time.sleep(1.0)
     broker.start()
     assert s.wait(40) == 0, s.log_text()
-    total = passes * G * M * S
+    total = passes * gpus * metrics * S
     logged = read_log(broker.address, "telemetry", total)
     assert len(logged) == total
     assert set(series_counts(logged).values()) == {passes}
     assert "publish interrupted" in s.log_text()
+
+
+def test_pass_interval_spaces_the_passes(broker, streamer_process, tmp_path):
+    csv = make_csv(tmp_path / "dcgm.csv", 4, 2, 1)
+    s = streamer_process(
+        "--broker", broker.address, "--csv", str(csv), "--passes", "2", "--pass-interval", "1",
+    )  # fmt: skip
+    assert s.wait(20) == 0, s.log_text()
+    logged = read_log(broker.address, "telemetry", 16)
+    times: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for e in logged:
+        times[e.point.gpu.uuid, e.point.metric].append(e.point.time_ns)
+    assert len(times) == 8
+    for first, second in (sorted(t) for t in times.values()):
+        assert second - first >= 0.95e9
 
 
 def test_sigterm_flushes_commits_and_exits_0_and_endpoints_answer(
