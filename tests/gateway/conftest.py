@@ -35,7 +35,7 @@ class Backend:
     store: Store
 
 
-def _backend(kind: str, request: pytest.FixtureRequest, folder: Path) -> Backend:
+def make_backend(kind: str, request: pytest.FixtureRequest, folder: Path) -> Backend:
     if kind == "sqlite":
         config = GatewayConfig(store=f"sqlite:{folder / 'telemetry.db'}")
         store = open_store(config.store)
@@ -57,7 +57,7 @@ def _backend(kind: str, request: pytest.FixtureRequest, folder: Path) -> Backend
 @pytest.fixture(scope="module", params=["sqlite", "influx"])
 def seeded(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[Backend]:
     """Return a store of each kind holding the data set; tests must not write to it."""
-    backend = _backend(request.param, request, tmp_path_factory.mktemp("seeded"))
+    backend = make_backend(request.param, request, tmp_path_factory.mktemp("seeded"))
     yield backend
     backend.store.close()
 
@@ -65,7 +65,7 @@ def seeded(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[Backend
 @pytest.fixture(params=["sqlite", "influx"])
 def fresh(request: pytest.FixtureRequest, tmp_path) -> Iterator[Backend]:
     """Return a store of each kind holding the data set, private to one test."""
-    backend = _backend(request.param, request, tmp_path)
+    backend = make_backend(request.param, request, tmp_path)
     yield backend
     backend.store.close()
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.gateway.conftest import Backend, Gateway, _backend, app_for
+from tests.gateway.conftest import Backend, Gateway, app_for, make_backend
 
 PATHS = (
     "/api/v1/gpus",
@@ -20,7 +20,7 @@ PATHS = (
 
 @pytest.fixture
 def influx_backend(request, tmp_path) -> Backend:
-    backend = _backend("influx", request, tmp_path)
+    backend = make_backend("influx", request, tmp_path)
     backend.store.close()
     return backend
 
