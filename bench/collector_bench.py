@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
-import collector.runner
+import proto.codec
 from bench.store_bench import batches
 from collector.config import CollectorConfig
 from collector.metrics import CollectorMetrics
@@ -82,8 +82,8 @@ def drain(address: str, store: Store, group: str, points: int, batch_size: int) 
     registry = CollectorRegistry()
     c = Collector(config, store, CollectorMetrics(registry))
     decode_t, write_t, lp_t = Timer(), Timer(), Timer()
-    original_decode = collector.runner.decode
-    collector.runner.decode = decode_t.wrap(original_decode)
+    original_decode = proto.codec.decode
+    proto.codec.decode = decode_t.wrap(original_decode)
     store.write = write_t.wrap(store.write)  # type: ignore[method-assign]
     encoder = getattr(store, "_encoder", None)
     if encoder is not None:
@@ -99,7 +99,7 @@ def drain(address: str, store: Store, group: str, points: int, batch_size: int) 
     finally:
         c.stop()
         loop.join()
-        collector.runner.decode = original_decode
+        proto.codec.decode = original_decode
     out = {
         "points": points, "seconds": round(seconds, 3), "points_per_s": round(points / seconds),
         "decode_share": round(decode_t.seconds / seconds, 3),

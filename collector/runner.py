@@ -32,7 +32,7 @@ from collector.config import CollectorConfig
 from collector.deadletter import DeadLetters
 from collector.metrics import CollectorMetrics
 from collector.pending import HeldRecord, Pending, merge, tail
-from proto.codec import CodecError, decode
+from proto import codec
 from store import InvalidBatch, Store, StoreError, StoreUnavailable
 from walbroker.client import Backoff
 from walbroker.consumer import Consumer, Message
@@ -171,10 +171,10 @@ class Collector:
     def _accept(self, msg: Message) -> None:
         self.metrics.received.inc(msg.count - msg.skip)
         try:
-            batch = decode(msg.payload)
+            batch = codec.decode(msg.payload)
             if len(batch) != msg.count:
-                raise CodecError(f"record says {msg.count} points, payload holds {len(batch)}")
-        except CodecError as exc:
+                raise codec.CodecError(f"record of {msg.count} points holds {len(batch)}")
+        except codec.CodecError as exc:
             self._dead_letter(msg, "decode", str(exc))
             self.pending.add(HeldRecord(msg, None))
             return
