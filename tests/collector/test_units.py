@@ -1,0 +1,97 @@
+"""Fast tests without processes: configuration, held records, merging, dead-letter envelopes."""
+
+from __future__ import annotations
+
+import pytest
+
+from collector.config import ConfigError, from_args
+from collector.deadletter import unwrap, wrap
+from collector.pending import HeldRecord, Pending, merge, tail
+from proto.batch import Gpu, PointBatch
+from walbroker.consumer import Message
+
+A = Gpu(uuid="GPU-a", hostname="h1", gpu=0)
+B = Gpu(uuid="GPU-b", hostname="h2", gpu=0)
+
+
+def batch(gpus: list[Gpu], metrics: list[str], rows: list[tuple[int, int, int]]) -> PointBatch:
+    return PointBatch(
+        gpus=gpus,
+        metrics=metrics,
+        gpu_index=[g for g, _, _ in rows],
+        metric_index=[m for _, m, _ in rows],
+        time_ns=[t for _, _, t in rows],
+        value=[float(t) for _, _, t in rows],
+        source_time_ns=[0 for _ in rows],
+    )
+
+
+def points(b: PointBatch) -> list[tuple[str, str, int]]:
+    return [(p.gpu.uuid, p.metric, p.time_ns) for p in b.points()]
+
+
+def message(partition: int, base: int, count: int, payload: bytes = b"") -> Message:
+    return Message("telemetry", partition, base, count, 123, payload, 1)
+
+
+def test_env_is_read_when_called_and_flags_win():
+    env = {
+        "GPUTEL_COLLECTOR_BROKER": "b:1",
+        "GPUTEL_COLLECTOR_BATCH_SIZE": "700",
+        "GPUTEL_INFLUX_URL": "http://i:8086",
+        "GPUTEL_INFLUX_BUCKET": "telemetry",
+        "GPUTEL_INFLUX_TOKEN": "s3cret-token",
+    }
+    c = from_args(["--store", "influx", "--batch-size", "900"], env)
+    assert (c.broker, c.batch_size, c.influx_url, c.influx_token) == (
+        "b:1", 900, "http://i:8086", "s3cret-token"
+    )  # fmt: skip
+    assert c.dead_letter_topic == "telemetry.dlq"
+    assert "s3cret" not in repr(c)
+    assert from_args(["--store", "sqlite:x.db"], env).store_options() == {}
+
+
+def test_inconsistent_limits_are_rejected():
+    with pytest.raises(ConfigError, match="below --batch-size"):
+        from_args(["--broker", "b:1", "--store", "sqlite:x", "--max-unacked-points", "10"], {})
+    with pytest.raises(ConfigError, match="--log-level"):
+        from_args(["--broker", "b:1", "--store", "sqlite:x", "--log-level", "loud"], {})
+
+
+def test_merge_lists_each_gpu_and_metric_once_and_keeps_every_point():
+    b1 = batch([A, B], ["m1", "m2"], [(0, 0, 1), (1, 1, 2)])
+    b2 = batch([Gpu(uuid="GPU-b", hostname="h2", gpu=0)], ["m2", "m3"], [(0, 0, 3), (0, 1, 4)])
+    merged = merge([b1, b2])
+    assert [g.uuid for g in merged.gpus] == ["GPU-a", "GPU-b"]
+    assert merged.metrics == ["m1", "m2", "m3"]
+    assert points(merged) == points(b1) + points(b2)
+
+
+def test_tail_drops_points_already_consumed():
+    b = batch([A], ["m"], [(0, 0, t) for t in range(5)])
+    assert [t for _, _, t in points(tail(b, 2))] == [2, 3, 4]
+    assert tail(b, 0) is b
+
+
+def test_pending_offsets_drop_and_dead_records():
+    p = Pending()
+    good = HeldRecord(message(0, 0, 2), batch([A], ["m"], [(0, 0, 1), (0, 0, 2)]))
+    later = HeldRecord(message(0, 2, 1), batch([A], ["m"], [(0, 0, 3)]))
+    other = HeldRecord(message(1, 10, 1), batch([B], ["m"], [(0, 0, 1)]))
+    for r in (good, later, other):
+        p.add(r)
+    assert (p.points, p.offsets()) == (4, {0: 3, 1: 11})
+    p.mark_dead(later)
+    assert (p.points, p.offsets(), len(p.batches())) == (3, {0: 3, 1: 11}, 2)
+    assert p.drop({1}) == 1
+    assert (p.points, p.offsets()) == (2, {0: 3})
+
+
+def test_dead_letter_envelope_round_trip():
+    header, payload = unwrap(wrap(message(3, 42, 7, b"\x00raw"), "decode", "bad bytes"))
+    assert payload == b"\x00raw"
+    assert (header["partition"], header["base_offset"], header["count"]) == (3, 42, 7)
+    assert (header["reason"], header["error"]) == ("decode", "bad bytes")
+    assert header["topic"] == "telemetry"
+    with pytest.raises(ValueError, match="not a dead-letter envelope"):
+        unwrap(b"GTDX\x01\x00\x00\x00\x00")
