@@ -14,12 +14,18 @@ rows (read with the Admin service's DescribeGroup); then it leaves and exits 0. 
 all streamers of a finished job exit, and none exits while some GPU still has rows
 to send. All streamers of a group must read the same CSV. `--forever` never finishes.
 
+Pacing: `--rate` is rows per second of this process (a token bucket over all its
+partitions); `--pass-interval` starts each partition's next pass at most once per
+interval. Rejected rows are counted (and logged once per reason) each time this process
+completes a pass over all the partitions it owns.
+
 Shutdown (`stop`, e.g. on SIGTERM): stop reading, flush the pending batches, wait for
 their acknowledgement, commit progress, leave the group.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -142,7 +148,8 @@ class Streamer:
         except BrokerError as exc:
             log.error("publish failed for good", extra={"code": exc.code.name, "reason": str(exc)})
             self.member.close()
-            self.producer.close(timeout_s=1)
+            with contextlib.suppress(TimeoutError, BrokerError):  # the error above is the one
+                self.producer.close(timeout_s=1)
             return 1
 
     def _connect(self) -> bool:
