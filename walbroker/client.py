@@ -16,6 +16,7 @@ from proto.gen import walbroker_pb2_grpc as pb_grpc
 from walbroker.errors import (
     BrokerError,
     Code,
+    Fenced,
     InvalidArgument,
     NotFound,
     OutOfOrderSequence,
@@ -30,6 +31,7 @@ _BY_CODE: dict[int, type[BrokerError]] = {
     Code.RESOURCE_EXHAUSTED: ResourceExhausted,
     Code.FAILED_PRECONDITION: StaleGeneration,
     Code.UNAVAILABLE: Unavailable,
+    Code.ABORTED: Fenced,
     Code.CANCELLED: Unavailable,
     Code.DEADLINE_EXCEEDED: Unavailable,
 }

@@ -35,7 +35,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import grpc
@@ -75,6 +75,8 @@ class Assignment:
     positions: dict[int, int]
     restarted: frozenset[int]
     partition_count: int
+    # partition -> grant epoch; producer-group members fence their batches with it
+    epochs: dict[int, int] = field(default_factory=dict)
 
 
 class Consumer:
@@ -316,7 +318,12 @@ class Consumer:
             self._positions = {**positions, **kept, **held}
             self._drop_queued(lambda m: m.partition not in kept)
             self.assignment = Assignment(
-                a.generation, a.member_id, {**positions, **kept}, restarted, a.partition_count
+                a.generation,
+                a.member_id,
+                {**positions, **kept},
+                restarted,
+                a.partition_count,
+                {ap.partition: ap.epoch for ap in a.partitions},
             )
             self._cond.notify_all()
         log.info(

@@ -75,6 +75,12 @@ class OutOfOrderSequence(BrokerError):
     retriable = True
 
 
+class Fenced(BrokerError):
+    """A producer-group member published for a partition it no longer owns."""
+
+    code = Code.ABORTED
+
+
 class Unavailable(BrokerError):
     """The broker is shutting down or cannot serve right now."""
 

@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -53,6 +53,8 @@ class MemberAssignment:
     partitions: frozenset[int]
     restarted: frozenset[int]
     partition_count: int
+    # partition -> its grant epoch (unique per grant, also across broker restarts)
+    epochs: Mapping[int, int] = field(default_factory=dict)
 
 
 Listener = Callable[[MemberAssignment], None]
@@ -84,6 +86,8 @@ class Group:
     owners: dict[int, str] = field(default_factory=dict)
     # partition -> when its revocation started (monotonic clock)
     revoking: dict[int, float] = field(default_factory=dict)
+    # partition -> epoch of its grant to its current owner (fences producer-group appends)
+    epochs: dict[int, int] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
 
@@ -125,6 +129,8 @@ class GroupCoordinator:
         self._groups: dict[str, Group] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
+        # Grant epochs start at the wall clock in µs, so they never repeat across restarts.
+        self._epochs = itertools.count(time.time_ns() // 1000)
 
     # ---- membership ----------------------------------------------------------------------
 
@@ -181,6 +187,7 @@ class GroupCoordinator:
             for p in freed:
                 del g.owners[p]
                 g.revoking.pop(p, None)
+                g.epochs.pop(p, None)
             if freed:
                 self._rebalance(g, reason="release")
 
@@ -189,6 +196,7 @@ class GroupCoordinator:
         for p in [p for p, m in g.owners.items() if m == member_id]:
             del g.owners[p]
             g.revoking.pop(p, None)
+            g.epochs.pop(p, None)
 
     def heartbeat(self, group: str, member_id: str) -> None:
         """Keep a member's session alive; NotFound if it was removed."""
@@ -220,6 +228,7 @@ class GroupCoordinator:
                         extra={"group": g.name, "partition": p, "member": g.owners.get(p)},
                     )
                     g.owners.pop(p, None)
+                    g.epochs.pop(p, None)
                     del g.revoking[p]
                 if dead or stuck:
                     self._rebalance(g, reason="session timeout")
@@ -238,14 +247,24 @@ class GroupCoordinator:
             for p in holding[mid] - plan[mid]:
                 g.revoking.setdefault(p, now)
             for p in granted:
+                if g.owners.get(p) != mid:
+                    g.epochs[p] = next(self._epochs)
                 g.owners[p] = mid
                 g.revoking.pop(p, None)
             m.partitions = granted
         for mid, m in g.members.items():
             restarted = (m.partitions - previous[mid]) | (m.partitions & reset)
+            epochs = {p: g.epochs[p] for p in m.partitions}
             m.listener(
                 MemberAssignment(
-                    g.name, g.topic, mid, g.generation, m.partitions, restarted, g.partition_count
+                    g.name,
+                    g.topic,
+                    mid,
+                    g.generation,
+                    m.partitions,
+                    restarted,
+                    g.partition_count,
+                    epochs,
                 )
             )
         log.info(
@@ -328,6 +347,11 @@ class GroupCoordinator:
             return ""
         with g.lock:
             return next((m.member_id for m in g.members.values() if partition in m.partitions), "")
+
+    def epoch_of(self, group: str, partition: int) -> int | None:
+        """The grant epoch of a partition in a group (lock-free: the writer thread calls it)."""
+        g = self._groups.get(group)
+        return g.epochs.get(partition) if g is not None else None
 
     def member_count(self, group: str) -> int:
         """Live members of a group."""

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -44,7 +44,15 @@ from walbroker.config import LogConfig
 from walbroker.errors import InvalidArgument, NotFound, ResourceExhausted
 from walbroker.metrics import BrokerMetrics
 from walbroker.types import AppendResult, PartitionInfo, Record, TopicPartition, validate_name
-from walbroker.writer import AppendOp, CommitOffsetsOp, CreateTopicOp, RetentionOp, Writer
+from walbroker.writer import (
+    AppendOp,
+    BarrierOp,
+    CommitOffsetsOp,
+    CreateTopicOp,
+    Fence,
+    RetentionOp,
+    Writer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +126,8 @@ class Log:
         self.committed: dict[tuple[str, TopicPartition], tuple[int, int]] = {}
         self._listeners: set[threading.Event] = set()
         self._listeners_lock = threading.Lock()
+        # (group, partition) -> the partition's grant epoch; the broker wires the coordinator in.
+        self.epoch_of: Callable[[str, int], int | None] = lambda group, partition: None
         self._load()
         self.metrics.disk_budget.set(config.retention_bytes)
         self.metrics.log_bytes.set(self.total_bytes())
@@ -191,15 +201,22 @@ class Log:
         count: int,
         producer_id: str = "",
         sequence: int = 0,
+        fence: Fence | None = None,
     ) -> Future[AppendResult]:
         """Queue a batch for the writer; the future resolves once the batch is durable."""
         self._check_append(tp, payload, count)
         fut: Future[AppendResult] = Future()
         self.writer.submit(
-            AppendOp(tp, payload, count, producer_id, sequence, fut),
+            AppendOp(tp, payload, count, producer_id, sequence, fut, fence),
             bound=self.config.max_queue_batches,
         )
         return fut
+
+    def barrier(self) -> None:
+        """Block until everything queued so far is committed and visible in memory."""
+        fut: Future[None] = Future()
+        self.writer.submit(BarrierOp(fut))
+        fut.result()
 
     def _check_append(self, tp: TopicPartition, payload: bytes, count: int) -> None:
         n = self.ensure_topic(tp.topic)

@@ -53,6 +53,9 @@ class Batch:
     count: int
     request_id: int = 0
     created: float = field(default_factory=time.monotonic)
+    # (group, epoch, progress) when the partition is tracked for a producer group
+    fence: tuple[str, int, int] | None = None
+    dropped: bool = False
 
 
 @dataclass(slots=True)
@@ -65,6 +68,15 @@ class ProducerStats:
     backpressure: int = 0
     reconnects: int = 0
     failed_points: int = 0
+
+
+@dataclass(slots=True)
+class _Grant:
+    """A producer-group grant of one partition and the progress its batches carry."""
+
+    group: str
+    epoch: int
+    progress: int
 
 
 @dataclass(slots=True)
@@ -89,12 +101,15 @@ class Producer(Generic[T]):
         max_batch_bytes: int = 4 * 1024 * 1024,
         on_ack: Callable[[Batch, pb.PublishAck], None] | None = None,
         on_backpressure: Callable[[BrokerError], None] | None = None,
+        on_fenced: Callable[[int, int], None] | None = None,
     ) -> None:
         self.target, self.topic, self.encode = target, topic, encode
         self.producer_id = producer_id or uuid.uuid4().hex
         self.batch_size, self.linger_s = batch_size, linger_ms / 1000
         self.max_pending, self.max_batch_bytes = max_pending_points, max_batch_bytes
         self.on_ack, self.on_backpressure = on_ack, on_backpressure
+        self.on_fenced = on_fenced
+        self._fences: dict[int, _Grant] = {}
         self.stats = ProducerStats()
         self.partitions = 0
         self._channel = channel(target)
@@ -156,6 +171,22 @@ class Producer(Generic[T]):
             self._channel.close()
 
     # ---- sending -------------------------------------------------------------------------
+
+    def track(self, partition: int, group: str, epoch: int, progress: int) -> None:
+        """Fence the partition's next batches with a producer-group grant (exactly-once handover).
+
+        Each batch then carries `progress` + the points sent since, which the broker stores
+        as the group's committed offset in the same transaction as the batch — or refuses
+        (ABORTED) once the grant has moved on, in which case every unacknowledged batch of
+        the partition is dropped and `on_fenced(partition, points)` is called.
+        """
+        with self._cond:
+            self._fences[partition] = _Grant(group, epoch, progress)
+
+    def untrack(self, partition: int) -> None:
+        """Stop fencing a partition's batches."""
+        with self._cond:
+            self._fences.pop(partition, None)
 
     def partition_of(self, key: str) -> int:
         """The partition a key maps to (CRC-32 of its UTF-8 bytes)."""
@@ -230,6 +261,10 @@ class Producer(Generic[T]):
             seq = self._sequences.get(p, 0)
             self._sequences[p] = seq + 1
             batch = Batch(self.topic, self.producer_id, p, seq, b"", count, next(self._ids))
+            grant = self._fences.get(p)
+            if grant is not None:
+                grant.progress += count
+                batch.fence = (grant.group, grant.epoch, grant.progress)
             self._unacked[batch.request_id] = batch
         batch.payload = payload()
         if len(batch.payload) > self.max_batch_bytes:
@@ -298,12 +333,12 @@ class Producer(Generic[T]):
             raise Unavailable("publish stream ended")
 
     @staticmethod
+    @staticmethod
     def _requests(outbox: queue.Queue[Batch | None]) -> Iterator[pb.PublishRequest]:
-        while True:
-            batch = outbox.get()
-            if batch is None:
-                return
-            yield pb.PublishRequest(
+        while (batch := outbox.get()) is not None:
+            if batch.dropped:
+                continue
+            req = pb.PublishRequest(
                 request_id=batch.request_id,
                 topic=batch.topic,
                 partition=batch.partition,
@@ -312,6 +347,9 @@ class Producer(Generic[T]):
                 producer_id=batch.producer_id,
                 sequence=batch.sequence,
             )
+            if batch.fence is not None:
+                req.fence_group, req.fence_epoch, req.progress = batch.fence
+            yield req
 
     def _requeue(self) -> None:
         """A fresh outbox holding every unacknowledged batch in sending order."""
@@ -327,6 +365,9 @@ class Producer(Generic[T]):
             batch = self._unacked.get(ack.request_id)
         if batch is None:
             return None  # an ack for a batch resent and already acknowledged
+        if ack.status.code == Code.ABORTED:
+            self._fenced(batch)
+            return None
         if ack.status.code != Code.OK:
             exc = error_from_status(ack.status, publish=True)
             if exc.retriable:
@@ -343,6 +384,26 @@ class Producer(Generic[T]):
         if self.on_ack is not None:
             self.on_ack(batch, ack)
         return None
+
+    def _fenced(self, batch: Batch) -> None:
+        """The partition was granted to another member: drop all of its unacknowledged batches."""
+        p = batch.partition
+        with self._cond:
+            drop = [b for b in self._unacked.values() if b.partition == p]
+            for b in drop:
+                b.dropped = True
+                del self._unacked[b.request_id]
+            points = sum(b.count for b in drop)
+            self._pending -= points
+            self._sequences[p] = min(b.sequence for b in drop)
+            self._fences.pop(p, None)
+            self._cond.notify_all()
+        log.warning(
+            "partition fenced: its batches were dropped",
+            extra={"partition": p, "points": points, "batches": len(drop)},
+        )
+        if self.on_fenced is not None:
+            self.on_fenced(p, points)
 
     def _fail(self, batch: Batch, exc: BrokerError) -> None:
         """Drop a batch the broker will never take; close its sequence gap."""

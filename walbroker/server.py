@@ -28,6 +28,7 @@ from walbroker.log import Log
 from walbroker.metrics import BrokerMetrics, ExtentRow, LagRow
 from walbroker.session import Session, status_of
 from walbroker.types import AppendResult, TopicPartition
+from walbroker.writer import Fence
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,10 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
     def _submit(self, req: pb.PublishRequest) -> Any:
         try:
             tp = TopicPartition(req.topic, req.partition)
-            return self.wal.append(tp, req.payload, req.count, req.producer_id, req.sequence)
+            fence = (
+                Fence(req.fence_group, req.fence_epoch, req.progress) if req.fence_group else None
+            )
+            return self.wal.append(tp, req.payload, req.count, req.producer_id, req.sequence, fence)
         except BrokerError as exc:
             return exc
 
@@ -174,6 +178,7 @@ class Broker:
         self.metrics = BrokerMetrics()
         self.wal = Log(config.log, self.metrics)
         self.coordinator = GroupCoordinator(self.wal, self.metrics)
+        self.wal.epoch_of = self.coordinator.epoch_of
         self.metrics.add_offsets_collector(self._extents, self._lags)
         self.health = health.HealthServicer()
         self._stop = threading.Event()

@@ -123,6 +123,10 @@ class Session:
 
     def _on_assignment(self, a: MemberAssignment) -> None:
         """Coordinator callback (under the group lock): new positions, then tell the member."""
+        if self.role == "producer" and a.partitions - set(self.positions):
+            # Progress is committed with each fenced batch: let every batch queued before
+            # this grant land first, so the new owner resumes after the last one.
+            self.wal.barrier()
         with self.lock:
             positions: dict[int, int] = {}
             restarted: set[int] = set()
@@ -149,6 +153,7 @@ class Session:
                         position=pos,
                         committed=committed[p] or 0,
                         restarted=p in restarted,
+                        epoch=a.epochs.get(p, 0),
                     )
                     for p, pos in positions.items()
                 ],
@@ -156,9 +161,15 @@ class Session:
         self.push(pb.ConsumeResponse(assignment=msg))
 
     def _start_position(self, tp: TopicPartition) -> int:
-        """Where a (re)assigned partition starts: the committed offset clamped to the log."""
+        """Where a (re)assigned partition starts: the committed offset clamped to the log.
+
+        In a producer group the committed offset is the source's progress, not a log
+        offset: it is used as it is (0 when none).
+        """
         info = self.wal.state(tp).info()
         committed = self.wal.committed_offset(self.group, tp)
+        if self.role == "producer":
+            return committed or 0
         if committed is None:
             return info.log_start_offset
         return min(max(committed, info.log_start_offset), info.log_end_offset)

@@ -23,6 +23,7 @@ import lmdb
 from walbroker import keys
 from walbroker.errors import (
     BrokerError,
+    Fenced,
     InvalidArgument,
     OutOfOrderSequence,
     ResourceExhausted,
@@ -36,9 +37,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A producer-group claim: the grant epoch, and the progress to store with the batch."""
+
+    group: str
+    epoch: int
+    progress: int
+
+
 @dataclass(slots=True)
 class AppendOp:
-    """Append one batch (deduplicated by producer id and sequence)."""
+    """Append one batch (deduplicated by producer id and sequence; fenced when `fence` is set)."""
 
     tp: TopicPartition
     payload: bytes
@@ -46,6 +56,7 @@ class AppendOp:
     producer_id: str
     sequence: int
     future: Future[AppendResult]
+    fence: Fence | None = None
 
 
 @dataclass(slots=True)
@@ -74,7 +85,14 @@ class RetentionOp:
     future: Future[None]
 
 
-Op = AppendOp | CommitOffsetsOp | CreateTopicOp | RetentionOp
+@dataclass(slots=True)
+class BarrierOp:
+    """Resolves once every operation queued before it is committed and visible in memory."""
+
+    future: Future[None]
+
+
+Op = AppendOp | CommitOffsetsOp | CreateTopicOp | RetentionOp | BarrierOp
 
 
 @dataclass(slots=True)
@@ -260,6 +278,8 @@ class Writer:
             return self._commit_offsets(staged, op)
         if isinstance(op, CreateTopicOp):
             return self._create_topic(staged, op)
+        if isinstance(op, BarrierOp):
+            return None
         return self._delete_aged(staged)
 
     def _create_topic(self, staged: _Txn, op: CreateTopicOp) -> int:
@@ -292,6 +312,8 @@ class Writer:
         if dup is not None:
             staged.duplicates[op.tp.topic] = staged.duplicates.get(op.tp.topic, 0) + 1
             return dup
+        if op.fence is not None:
+            self._check_fence(op.tp, op.fence)
         ext = staged.extent(op.tp)
         value = keys.pack_record(0, op.count, op.payload)
         need = len(value) + len(keys.record_key(op.tp, 0))
@@ -314,6 +336,13 @@ class Writer:
         staged.put_extent(op.tp, ext)
         if op.producer_id:
             self._remember_sequence(staged, op, base, t)
+        if op.fence is not None:  # the source's progress, atomically with its data
+            self._commit_offsets(
+                staged,
+                CommitOffsetsOp(
+                    op.fence.group, op.tp.topic, {op.tp.partition: op.fence.progress}, Future()
+                ),
+            )
         staged.enqueued[op.tp.topic] = staged.enqueued.get(op.tp.topic, 0) + op.count
         return AppendResult(op.tp, base, op.count, t)
 
@@ -335,6 +364,15 @@ class Writer:
             if seq == op.sequence:
                 return AppendResult(op.tp, base, count, t, duplicate=True)
         return AppendResult(op.tp, 0, op.count, 0, duplicate=True)
+
+    def _check_fence(self, tp: TopicPartition, fence: Fence) -> None:
+        """Refuse a producer-group batch whose sender no longer holds the partition's grant."""
+        current = self.wal.epoch_of(fence.group, tp.partition)
+        if current != fence.epoch:
+            raise Fenced(
+                f"partition {tp.partition} of group {fence.group!r} is no longer granted "
+                f"under epoch {fence.epoch}; stop producing it"
+            )
 
     def _remember_sequence(self, staged: _Txn, op: AppendOp, base: int, t: int) -> None:
         key = keys.producer_key(op.producer_id, op.tp)

@@ -89,6 +89,9 @@ class PublishRequest(_message.Message):
     COUNT_FIELD_NUMBER: _builtins.int
     PRODUCER_ID_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    FENCE_GROUP_FIELD_NUMBER: _builtins.int
+    FENCE_EPOCH_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.int
     """Correlates the acknowledgement; chosen by the client."""
     topic: _builtins.str
@@ -103,6 +106,15 @@ class PublishRequest(_message.Message):
     acknowledged again with its original offsets and `duplicate` set.
     """
     sequence: _builtins.int
+    fence_group: _builtins.str
+    """Producer groups, exactly-once handover: when `fence_group` is set, the broker stores
+    `progress` as that group's committed offset of this partition IN THE SAME
+    TRANSACTION as the batch — provided `fence_epoch` is still the partition's grant
+    epoch in the group (see AssignedPartition.epoch). Otherwise the batch is refused
+    with ABORTED: its sender no longer owns the partition (it was fenced).
+    """
+    fence_epoch: _builtins.int
+    progress: _builtins.int
     def __init__(
         self,
         *,
@@ -113,10 +125,13 @@ class PublishRequest(_message.Message):
         count: _builtins.int = ...,
         producer_id: _builtins.str = ...,
         sequence: _builtins.int = ...,
+        fence_group: _builtins.str = ...,
+        fence_epoch: _builtins.int = ...,
+        progress: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "partition", b"partition", "payload", b"payload", "producer_id", b"producer_id", "request_id", b"request_id", "sequence", b"sequence", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "fence_epoch", b"fence_epoch", "fence_group", b"fence_group", "partition", b"partition", "payload", b"payload", "producer_id", b"producer_id", "progress", b"progress", "request_id", b"request_id", "sequence", b"sequence", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -374,6 +389,7 @@ class AssignedPartition(_message.Message):
     POSITION_FIELD_NUMBER: _builtins.int
     COMMITTED_FIELD_NUMBER: _builtins.int
     RESTARTED_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     partition: _builtins.int
     position: _builtins.int
     """Delivery starts (or continues) at this offset."""
@@ -383,6 +399,10 @@ class AssignedPartition(_message.Message):
     """True when delivery restarts at `position` (newly assigned or reset by an admin):
     the member must drop what it holds for this partition.
     """
+    epoch: _builtins.int
+    """Unique to this grant of the partition to this member (also across broker restarts);
+    producer-group members send it as PublishRequest.fence_epoch.
+    """
     def __init__(
         self,
         *,
@@ -390,10 +410,11 @@ class AssignedPartition(_message.Message):
         position: _builtins.int = ...,
         committed: _builtins.int = ...,
         restarted: _builtins.bool = ...,
+        epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed", b"committed", "partition", b"partition", "position", b"position", "restarted", b"restarted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed", b"committed", "epoch", b"epoch", "partition", b"partition", "position", b"position", "restarted", b"restarted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
