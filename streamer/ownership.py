@@ -1,20 +1,17 @@
 """The partitions this streamer owns in its producer group, and each partition's progress.
 
-Progress of a partition = rows of it acknowledged across passes (see `streamer.plan`).
-It is committed to the group after the acknowledgements (`commit`, periodically), and a
-new owner starts from the committed value, so a handover continues at the next row.
+Progress of a partition = rows of it appended to the log across passes (see
+`streamer.plan`). It is never committed separately: every batch carries its
+partition's progress and the partition's grant epoch (`Producer.track`), and the
+broker stores the progress as the group's committed offset in the same transaction
+as the batch, or refuses the batch (ABORTED) when the grant has moved to another
+member. So the committed progress is always exactly what is in the log, and a new
+owner — after a handover, a crash of a streamer or a restart of the broker —
+continues at exactly the next row: no row is sent twice and none is skipped.
 
-Handover is cooperative: when an assignment leaves a partition out, `reconcile` stops
-producing it (it leaves `active`), flushes the producer, commits the partition's
-progress and only then releases it. A partition lost without a revocation (the group
-stream broke and the broker forgot the group, e.g. after a restart) is treated the
-same way; its commit may then be refused, which is logged and the partition dropped.
-
-Regaining a partition: if its committed progress is still the one this streamer
-committed last, nobody produced it meanwhile and streaming continues from this
-streamer's own position (rows sent but not yet acknowledged are resent by the
-idempotent producer, so none is appended twice); otherwise it restarts from the
-committed progress.
+Handover is cooperative: when an assignment leaves a partition out, `reconcile`
+stops producing it (it leaves `active`), flushes the producer (its last batches carry
+the final progress) and only then releases it.
 
 Thread-safety: `on_ack` runs on the producer's io thread; everything else on the
 runner's thread. `_lock` guards the `acked` counters.
@@ -33,7 +30,6 @@ from walbroker.consumer import Assignment
 
 log = logging.getLogger(__name__)
 
-RELEASE_ATTEMPTS = 10
 FLUSH_STEP_S = 5.0
 
 
@@ -61,12 +57,21 @@ class PartitionState:
 class Ownership:
     """Tracks owned partitions; takes, commits and hands them back following the group."""
 
-    def __init__(self, member: GroupMember, flush: Callable[[float], None]) -> None:
+    def __init__(
+        self,
+        member: GroupMember,
+        flush: Callable[[float], None],
+        track: Callable[[int, int, int], None] = lambda p, epoch, progress: None,
+        untrack: Callable[[int], None] = lambda p: None,
+    ) -> None:
         self.member = member
         self.flush = flush
+        self.track, self.untrack = track, untrack
         self.states: dict[int, PartitionState] = {}
         self.active: set[int] = set()  # owned and being produced
         self._releasing: dict[int, int] = {}  # partition -> failed release attempts
+        self._revoked: set[int] = set()  # told by the group, possibly never taken
+        self.epochs: dict[int, int] = {}  # partition -> the grant epoch it is produced under
         self._lock = threading.Lock()
 
     # ---- acknowledgements (producer io thread) ---------------------------------------------
@@ -85,6 +90,11 @@ class Ownership:
 
     # ---- following the group -----------------------------------------------------------------
 
+    def revoked(self, partitions: set[int]) -> None:
+        """The group took `partitions` away (consumer io thread): hand them back next reconcile."""
+        with self._lock:
+            self._revoked |= partitions
+
     @property
     def connected(self) -> bool:
         """True while the member has an assignment (joined, stream up)."""
@@ -101,29 +111,29 @@ class Ownership:
         if a is None:
             return  # stream down: produce nothing new until the group answers again
         granted = set(a.positions)
-        gone = self.active - granted
+        with self._lock:
+            revoked, self._revoked = self._revoked, set()
+        gone = (self.active | revoked) - granted
         for p in gone:
             self.active.discard(p)
             self._releasing.setdefault(p, 0)
         if self._releasing:
             self._hand_back()
-        for p in sorted(granted - self.active - set(self._releasing)):
-            self._take(p, a.positions[p])
+        # A partition held under an older grant (e.g. the broker restarted and granted it
+        # again) restarts from the committed progress: its old batches are fenced.
+        regranted = {p for p in granted & self.active if a.epochs.get(p) != self.epochs.get(p)}
+        for p in sorted((granted - self.active - set(self._releasing)) | regranted):
+            self._take(p, a.positions[p], a.epochs.get(p, 0))
 
-    def _take(self, p: int, committed: int) -> None:
+    def _take(self, p: int, committed: int, epoch: int) -> None:
+        """Start producing `p` at its committed progress, which is exactly what the log holds."""
         with self._lock:
-            st = self.states.get(p)
-            if st is None or st.committed != committed:
-                resumed = st is not None
-                st = self.states[p] = PartitionState(p, committed, committed, committed)
-            else:
-                resumed = True
+            st = self.states[p] = PartitionState(p, committed, committed, committed)
             st.pass_started = time.monotonic()
+        self.track(p, epoch, committed)
+        self.epochs[p] = epoch
         self.active.add(p)
-        log.info(
-            "partition taken",
-            extra={"partition": p, "progress": st.sent, "committed": committed, "resumed": resumed},
-        )
+        log.info("partition taken", extra={"partition": p, "progress": committed, "epoch": epoch})
 
     def _hand_back(self) -> None:
         """Flush, commit the partitions being handed back, then release them."""
@@ -133,17 +143,9 @@ class Ownership:
             log.warning("flush before hand-back timed out; retrying", extra=self._extra())
             return
         parts = set(self._releasing)
-        if not self.commit(parts):
-            for p in parts:
-                self._releasing[p] += 1
-            stuck = {p for p in parts if self._releasing[p] >= RELEASE_ATTEMPTS}
-            if not stuck:
-                return
-            log.warning(
-                "progress of revoked partitions not committed; releasing anyway",
-                extra={"partitions": sorted(stuck), "acked": [self.acked(p) for p in stuck]},
-            )
-            parts = stuck
+        self.commit(parts)
+        for p in parts:
+            self.untrack(p)
         self.member.release(parts)
         for p in parts:
             del self._releasing[p]
@@ -155,18 +157,12 @@ class Ownership:
     # ---- commits ---------------------------------------------------------------------------
 
     def commit(self, partitions: Iterable[int] | None = None) -> bool:
-        """Commit the acknowledged progress of `partitions` (default: active); True if stored."""
+        """Note the acknowledged progress of `partitions` (the broker stored it already)."""
         parts = self.active if partitions is None else set(partitions)
         with self._lock:
-            offsets = {p: self.states[p].acked for p in parts}
-        changed = {p: o for p, o in offsets.items() if o != self.states[p].committed}
-        if not changed:
-            return True
-        if not self.member.commit(changed):
-            log.info("commit refused or timed out", extra={"partitions": sorted(changed)})
-            return False
-        for p, o in changed.items():
-            self.states[p].committed = o
+            for p in parts:
+                st = self.states[p]
+                st.committed = max(st.committed, st.acked)
         return True
 
     def shutdown(self, flush_timeout_s: float) -> bool:

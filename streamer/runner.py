@@ -113,10 +113,14 @@ class Streamer:
             config.topic,
             role="producer",
             session_timeout_ms=config.session_timeout_ms,
-            on_revoke=lambda _parts: self._wake.set(),
+            on_revoke=self._on_revoke,
             on_assignment=lambda _a: self._wake.set(),
         )
-        self.own = Ownership(self.member, self.producer.flush)
+        self.own = Ownership(
+            self.member, self.producer.flush,
+            track=lambda p, epoch, progress: self.producer.track(p, config.group, epoch, progress),
+            untrack=self.producer.untrack,
+        )  # fmt: skip
         self.plan: PartitionPlan | None = None
         self._bucket = (
             TokenBucket(config.rate_rows_per_s) if config.rate_rows_per_s is not None else None
@@ -313,6 +317,10 @@ class Streamer:
         return all(committed.get(p, 0) >= passes * plan.size(p) for p in range(plan.partitions))
 
     # ---- producer callbacks (producer io thread) -----------------------------------------------
+
+    def _on_revoke(self, partitions: set[int]) -> None:
+        self.own.revoked(partitions)
+        self._wake.set()
 
     def _on_ack(self, batch: Batch, ack: pb.PublishAck) -> None:
         self.own.on_ack(batch.partition, batch.count)

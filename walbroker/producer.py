@@ -386,21 +386,34 @@ class Producer(Generic[T]):
         return None
 
     def _fenced(self, batch: Batch) -> None:
-        """The partition was granted to another member: drop all of its unacknowledged batches."""
-        p = batch.partition
+        """The grant `batch` was sent under has moved on: drop that grant's unacknowledged batches.
+
+        Batches of a newer grant of the same partition stay; they are renumbered to close
+        the sequence gap and resent (the broker refused them as out of order meanwhile).
+        """
+        p, epoch = batch.partition, batch.fence[1] if batch.fence else 0
         with self._cond:
-            drop = [b for b in self._unacked.values() if b.partition == p]
+            mine = sorted(
+                (b for b in self._unacked.values() if b.partition == p), key=lambda b: b.sequence
+            )
+            drop = [b for b in mine if b.fence is not None and b.fence[1] == epoch]
             for b in drop:
                 b.dropped = True
                 del self._unacked[b.request_id]
+            keep = [b for b in mine if not b.dropped]
+            first = min(b.sequence for b in drop)
+            for seq, b in enumerate(keep, start=first):
+                b.sequence = seq
+            self._sequences[p] = first + len(keep)
+            grant = self._fences.get(p)
+            if grant is not None and grant.epoch == epoch:
+                del self._fences[p]
             points = sum(b.count for b in drop)
             self._pending -= points
-            self._sequences[p] = min(b.sequence for b in drop)
-            self._fences.pop(p, None)
             self._cond.notify_all()
         log.warning(
             "partition fenced: its batches were dropped",
-            extra={"partition": p, "points": points, "batches": len(drop)},
+            extra={"partition": p, "points": points, "batches": len(drop), "epoch": epoch},
         )
         if self.on_fenced is not None:
             self.on_fenced(p, points)

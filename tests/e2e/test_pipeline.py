@@ -1,0 +1,193 @@
+"""End to end, real processes, broken on purpose: the store ends with exactly K x G x M points.
+
+Every scenario runs against SQLite and against a real InfluxDB, and counts
+through the gateway's REST API per GPU and metric.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scripts import gen_dcgm
+from tests.e2e.pipeline import BIN, Pipeline, wait_for
+
+HOSTS = 4  # one host misses a GPU: 31 GPUs
+METRICS = 10
+PASSES = 24
+
+
+@pytest.fixture(scope="module")
+def csv_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "dcgm.csv"
+    with open(path, "w", newline="") as f:
+        gen_dcgm.write(f, seed=11, hosts=HOSTS, gpus_per_host=8, passes=1)
+    return path
+
+
+@pytest.fixture(scope="module")
+def series(csv_file: Path) -> set[tuple[str, str]]:
+    """(uuid, metric) of every row of the CSV."""
+    import csv
+
+    with open(csv_file, newline="") as f:
+        return {(r["uuid"], r["metric_name"]) for r in csv.DictReader(f)}
+
+
+@pytest.fixture(params=["sqlite", "influx"])
+def pipeline(request, tmp_path, broker_factory, csv_file) -> Iterator[Pipeline]:
+    if request.param == "sqlite":  # noqa: SIM108
+        store_args = ["--store", f"sqlite:{tmp_path / 'store.db'}"]
+        influx = None
+    else:
+        influx = request.getfixturevalue("influx_server")
+        conn = influx.create_database()
+        store_args = [
+            "--store",
+            "influx",
+            "--influx-url",
+            conn.url,
+            "--influx-org",
+            conn.org,
+            "--influx-bucket",
+            conn.bucket,
+            "--influx-token",
+            conn.token,
+        ]
+    broker = broker_factory("--partitions", "8").start()
+    p = Pipeline(tmp_path, broker, store_args, csv_file)
+    p.influx = influx  # type: ignore[attr-defined]
+    try:
+        yield p
+    finally:
+        p.stop_all()
+        if influx is not None and not influx.running:
+            influx.start()
+
+
+def expect_exact(
+    p: Pipeline, series: set[tuple[str, str]], passes: int, timeout_s: float = 90
+) -> None:
+    """Wait until the collectors caught up, then require exactly `passes` points per series."""
+    assert wait_for(lambda: p.lag() == 0, timeout_s), f"collectors still lag: {p.lag()}"
+    counts: Counter[tuple[str, str]] = Counter()
+
+    def exact() -> bool:
+        nonlocal counts
+        counts = p.counts()
+        return set(counts) == series and set(counts.values()) == {passes}
+
+    if not wait_for(exact, 30, interval_s=1.0):
+        wrong = {k: v for k, v in counts.items() if v != passes}
+        missing = series - set(counts)
+        pytest.fail(
+            f"{len(missing)} series missing, {len(wrong)} wrong counts, e.g. "
+            f"{list(wrong.items())[:5]}; expected {passes} per series"
+        )
+
+
+def streamers_finish(procs, timeout_s: float = 120) -> None:
+    for s in procs:
+        code = s.wait(timeout_s)
+        assert code == 0, f"{s.name} exited with {code}:\n{s.log_tail()}"
+
+
+def test_exactly_once_through_kill_9_of_broker_and_collector_and_a_streamer_handover(
+    pipeline: Pipeline, series
+):
+    p = pipeline
+    p.start_gateway()
+    collector = p.collector().start()
+    a = p.streamer("--passes", str(PASSES), "--pass-interval", "0.5").start()
+    b = p.streamer("--passes", str(PASSES), "--pass-interval", "0.5").start()
+    rng = random.Random(3)
+    chaos = ["collector", "broker", "streamer", "collector", "broker"]
+    for what in chaos:
+        time.sleep(rng.uniform(1.0, 2.0))
+        if what == "broker":
+            p.broker.restart()  # kill -9 and start again on the same data dir and port
+        elif what == "collector":
+            collector.kill()
+            collector.start()
+        else:
+            assert a.terminate() == 0, a.log_tail()  # b takes over a's GPUs mid-pass
+    assert b.running, "the remaining streamer finished before the chaos was over"
+    streamers_finish([b])
+    expect_exact(p, series, PASSES)
+
+
+def test_scale_three_streamers_and_collectors_down_to_one(pipeline: Pipeline, series):
+    p = pipeline
+    p.start_gateway()
+    collectors = [p.collector().start() for _ in range(3)]
+    streamers = [
+        p.streamer("--passes", str(PASSES), "--pass-interval", "0.4").start() for _ in range(3)
+    ]
+    time.sleep(3)
+    for proc in streamers[1:] + collectors[1:]:
+        assert proc.terminate() == 0, proc.log_tail()
+    streamers_finish(streamers[:1])
+    expect_exact(p, series, PASSES)
+
+
+def test_replay_from_earliest_reingests_without_duplicates(pipeline: Pipeline, series):
+    p = pipeline
+    p.start_gateway()
+    p.collector().start()
+    streamer = p.streamer("--passes", "6", "--pass-interval", "0.2").start()
+    streamers_finish([streamer])
+    expect_exact(p, series, 6)
+    out = subprocess.run(
+        [
+            str(BIN / "walbroker"),
+            "admin",
+            "--broker",
+            p.broker.address,
+            "replay",
+            "--group",
+            "collectors",
+            "--topic",
+            "telemetry",
+            "--from-earliest",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    assert wait_for(lambda: (p.lag() or 0) > 0, 5) or p.lag() == 0
+    expect_exact(p, series, 6)  # re-ingested, and idempotent writes keep the counts exact
+
+
+@pytest.mark.parametrize("pipeline", ["influx"], indirect=True)  # SQLite cannot go away
+def test_store_outage_loses_nothing_and_recovers_alone(pipeline: Pipeline, series):
+    p = pipeline
+    p.start_gateway()
+    collector = p.collector().start()
+    streamer = p.streamer("--passes", "40", "--pass-interval", "0.5").start()
+    time.sleep(2)
+    p.influx.stop()  # type: ignore[attr-defined]
+    try:
+        assert wait_for(lambda: not _ready(collector), 30), "collector stayed ready"
+        lag_during = [p.lag() for _ in range(3) if not time.sleep(2)]
+        assert max(x or 0 for x in lag_during) > 0, "lag did not grow during the outage"
+    finally:
+        time.sleep(max(0.0, 20 - 6))
+        p.influx.start()  # type: ignore[attr-defined]
+    assert wait_for(lambda: _ready(collector), 60), "collector did not become ready again"
+    streamers_finish([streamer], 120)
+    expect_exact(p, series, 40)
+
+
+def _ready(proc) -> bool:
+    from tests.e2e.pipeline import http_get
+
+    return http_get(proc.health_url.replace("/healthz", "/readyz"), 2)[0] == 200
