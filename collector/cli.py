@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from collector.config import PROG, CollectorConfig, ConfigError, from_args
-from collector.health import HttpEndpoint, Readiness
 from collector.metrics import CollectorMetrics
 from collector.runner import Collector
+from gputel.probes import ProbeServer, Readiness
 from store import StoreError, open_store
 from walbroker import logs
 
@@ -25,13 +25,13 @@ log = logging.getLogger("collector.cli")  # not __main__ under `python -m`
 
 def endpoints(
     config: CollectorConfig, readiness: Readiness, registry: CollectorRegistry
-) -> list[HttpEndpoint]:
+) -> list[ProbeServer]:
     """The HTTP endpoints to serve: /metrics (+ probes) and, if separate, the probes."""
-    made: list[HttpEndpoint] = []
+    made: list[ProbeServer] = []
     if config.metrics_listen:
-        made.append(HttpEndpoint(config.metrics_listen, readiness, registry))
+        made.append(ProbeServer(config.metrics_listen, readiness, registry, "collector-http"))
     if config.health_listen and config.health_listen != config.metrics_listen:
-        made.append(HttpEndpoint(config.health_listen, readiness))
+        made.append(ProbeServer(config.health_listen, readiness, name="collector-http"))
     return made
 
 

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 from prometheus_client import REGISTRY
 
+from gputel.probes import ProbeServer
 from streamer.config import ConfigError, StreamerConfig, parse_config
-from streamer.endpoints import Endpoints
 from streamer.runner import Streamer
 from streamer.source import SourceError, new_metrics, read_csv
 from walbroker import logs
@@ -31,8 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     endpoints = None
     if config.metrics_listen:
         try:
-            endpoints = Endpoints(
-                config.metrics_listen, REGISTRY, lambda: any(s.ready() for s in streamers)
+            endpoints = ProbeServer(
+                config.metrics_listen,
+                lambda: (any(s.ready() for s in streamers), {}),
+                REGISTRY,
+                "streamer-http",
             ).start()
         except (OSError, ValueError) as exc:
             return _fail(f"--metrics-listen {config.metrics_listen}: {exc}", 1)

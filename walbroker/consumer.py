@@ -31,7 +31,6 @@ import os
 import queue
 import socket
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -374,13 +373,3 @@ def _with_skip(msg: Message, skip: int) -> Message:
         msg.generation,
         skip,
     )
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
-    """Poll `predicate` until true or timeout (a helper for callers and tests)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()

@@ -21,6 +21,7 @@ from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
 from store import Store, open_store
 from tests.fixtures.broker import free_port
 from tests.fixtures.influx import InfluxConn
+from tests.support import wait_until as wait_for
 from walbroker.client import channel
 from walbroker.producer import Producer
 
@@ -171,15 +172,6 @@ class CollectorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()
 
 
 def wait_exact(store: Store, expected: dict[tuple[str, str], int], timeout_s: float = 60.0):

@@ -11,30 +11,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
-from tests.fixtures.broker import BrokerProcess, free_port
-from walbroker.client import channel
 from proto.gen import walbroker_admin_pb2 as apb
 from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
+from tests.fixtures.broker import BrokerProcess, free_port
+from tests.support import wait_until as wait_for
+from walbroker.client import channel
 
 BIN = Path(sys.executable).parent
 FAR_FUTURE = 4102444800  # 2100-01-01, Unix seconds
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.25) -> bool:
-    """Poll until `predicate()` or timeout; returns the last answer."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()
 
 
 def http_get(url: str, timeout_s: float = 10.0) -> tuple[int, bytes]:
@@ -51,9 +40,16 @@ def http_get(url: str, timeout_s: float = 10.0) -> tuple[int, bytes]:
 class Proc:
     """A pipeline component in a subprocess, with its log in a file and an HTTP health URL."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path, health_url: str) -> None:
+    def __init__(
+        self, name: str, argv: list[str], log_path: Path, health_url: str, port: int = 0
+    ) -> None:
         self.name, self.argv, self.log_path, self.health_url = name, argv, log_path, health_url
+        self.port = port  # the HTTP port serving /metrics and the health URL (0: unknown)
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/metrics"
 
     def start(self, wait: bool = True) -> Proc:
         with open(self.log_path, "ab") as logf:
@@ -125,6 +121,7 @@ class Pipeline:
             argv,
             self.tmp / f"{name}-{len(self.procs)}.log",
             f"http://127.0.0.1:{port}{health}",
+            port,
         )
         self.procs.append(p)
         return p

@@ -10,8 +10,8 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry
 
+from gputel.probes import ProbeServer, split_address
 from streamer.config import ConfigError, parse_config
-from streamer.endpoints import Endpoints, split_address
 from streamer.pacing import TokenBucket
 from streamer.plan import PartitionPlan
 from streamer.source import parse_csv
@@ -77,7 +77,7 @@ def test_plan_splits_rows_by_uuid_partition_in_file_order():
 
 def test_endpoints_answer_probes_and_metrics():
     ready = threading.Event()
-    server = Endpoints("127.0.0.1:0", CollectorRegistry(), ready.is_set).start()
+    server = ProbeServer("127.0.0.1:0", lambda: (ready.is_set(), {}), CollectorRegistry()).start()
     base = f"http://127.0.0.1:{server.port}"
     try:
         assert urllib.request.urlopen(base + "/healthz", timeout=2).status == 200

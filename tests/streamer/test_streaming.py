@@ -15,7 +15,7 @@ from tests.streamer.streaming import (
     read_log,
     series_counts,
 )
-from walbroker.consumer import wait_until
+from tests.support import wait_until
 
 G, M, S = 24, 5, 2  # GPUs, metrics, scrapes per file: 240 rows per pass
 

@@ -20,10 +20,11 @@ import pytest
 
 from proto.gen import walbroker_pb2 as pb
 from proto.gen import walbroker_pb2_grpc as pb_grpc
+from tests.support import wait_until
 from tests.walbroker.helpers import decode, drain, encode, item
 from walbroker.cli import main
 from walbroker.client import channel
-from walbroker.consumer import Consumer, wait_until
+from walbroker.consumer import Consumer
 from walbroker.errors import Code
 
 TOPIC = "t"

@@ -1,4 +1,4 @@
-"""A full disk budget: `block` holds producers back without losing anything; `drop-oldest` counts."""
+"""A full disk budget: `block` holds producers back and loses nothing; `drop-oldest` counts."""
 
 from __future__ import annotations
 

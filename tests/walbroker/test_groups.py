@@ -10,9 +10,10 @@ import grpc
 
 from proto.gen import walbroker_pb2 as pb
 from proto.gen import walbroker_pb2_grpc as pb_grpc
+from tests.support import wait_until
 from tests.walbroker.helpers import decode, encode, item
 from walbroker.client import channel, metadata
-from walbroker.consumer import Assignment, Consumer, wait_until
+from walbroker.consumer import Assignment, Consumer
 from walbroker.errors import Code
 from walbroker.producer import Producer
 
@@ -153,7 +154,7 @@ def _join(stub, group: str) -> tuple[object, list[pb.ConsumeRequest], pb.Assignm
         i = 0
         while True:
             with cond:
-                cond.wait_for(lambda: len(outbox) > i)
+                cond.wait_for(lambda n=i: len(outbox) > n)
                 req = outbox[i]
             i += 1
             if req is None:

@@ -1,8 +1,9 @@
-"""The collector's HTTP endpoint: /healthz, /readyz and (optionally) Prometheus /metrics.
+"""One small HTTP server per process for `/healthz`, `/readyz` and Prometheus `/metrics`.
 
-`/healthz` answers 200 while the process runs; `/readyz` answers 200 while the store
-accepts writes and 503 after repeated failures, with a small JSON body either way.
-One `HttpEndpoint` per listen address; its `collector-http` thread serves requests.
+`/healthz` answers 200 while the process runs. `/readyz` answers 200 while the
+process's readiness check says so, else 503, with the check's details as JSON.
+`/metrics` is served when a registry is given. The server runs in a named
+daemon thread, started and stopped explicitly (the streamer and the collector use it).
 """
 
 from __future__ import annotations
@@ -18,18 +19,30 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 log = logging.getLogger(__name__)
 
+# Returns (ready, details shown in the /readyz body).
 Readiness = Callable[[], tuple[bool, dict[str, Any]]]
 
 
-class HttpEndpoint:
-    """Serves health probes, and /metrics when given a registry, on one HOST:PORT."""
+def split_address(address: str) -> tuple[str, int]:
+    """(host, port) of `HOST:PORT`; an empty host means every interface."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"not a HOST:PORT address: {address!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class ProbeServer:
+    """Serves the probes, and /metrics when given a registry, on one HOST:PORT."""
 
     def __init__(
-        self, listen: str, readiness: Readiness, registry: CollectorRegistry | None = None
+        self,
+        listen: str,
+        readiness: Readiness,
+        registry: CollectorRegistry | None = None,
+        name: str = "probes-http",
     ) -> None:
-        host, _, port = listen.rpartition(":")
-        self.listen = listen
-        self._server = ThreadingHTTPServer((host, int(port)), _handler(readiness, registry))
+        self.listen, self.name = listen, name
+        self._server = ThreadingHTTPServer(split_address(listen), _handler(readiness, registry))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -38,13 +51,13 @@ class HttpEndpoint:
         """The bound port (useful when listening on port 0)."""
         return int(self._server.server_address[1])
 
-    def start(self) -> HttpEndpoint:
-        """Start the `collector-http` thread."""
+    def start(self) -> ProbeServer:
+        """Start serving in the server's named thread."""
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="collector-http", daemon=True
+            target=self._server.serve_forever, name=self.name, daemon=True
         )
         self._thread.start()
-        log.info("loop started", extra={"loop": "collector-http", "listen": self.listen})
+        log.info("loop started", extra={"loop": self.name, "listen": self.listen})
         return self
 
     def stop(self) -> None:
@@ -52,7 +65,7 @@ class HttpEndpoint:
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join(timeout=5)
-            log.info("loop stopped", extra={"loop": "collector-http", "listen": self.listen})
+            log.info("loop stopped", extra={"loop": self.name, "listen": self.listen})
         self._server.server_close()
 
 
@@ -81,6 +94,6 @@ def _handler(
             self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:
-            pass  # probes every few seconds would flood the log
+            pass  # probes every few seconds would flood the structured log
 
     return Handler
