@@ -127,14 +127,18 @@ def promtool() -> str:
     return find_tool("promtool")
 
 
-@pytest.fixture(scope="session")
-def chart(helm: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chart]:
-    root = tmp_path_factory.mktemp("chart") / "gputel"
+def dependency_free_chart(root: Path, helm: str) -> Chart:
+    """Copy chart/ to `root` without its `dependencies:` block and return its renderer."""
     shutil.copytree(CHART, root, ignore=shutil.ignore_patterns("charts", "*.tgz"))
     meta = yaml.safe_load((root / "Chart.yaml").read_text())
     assert meta.pop("dependencies"), "chart/Chart.yaml must declare the influxdb2 dependency"
     (root / "Chart.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
-    yield Chart(root, helm)
+    return Chart(root, helm)
+
+
+@pytest.fixture(scope="session")
+def chart(helm: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chart]:
+    yield dependency_free_chart(tmp_path_factory.mktemp("chart") / "gputel", helm)
 
 
 @pytest.fixture(scope="session", params=sorted(VARIANTS))

@@ -38,6 +38,8 @@ KNOWN_METRICS = {
     "gpu_telemetry_collector_backlog": "gauge",
     "gpu_telemetry_collector_flush_latency_seconds": "histogram",
     "gpu_telemetry_collector_write_errors_total": "counter",
+    "gpu_telemetry_collector_dead_lettered_total": "counter",
+    "gpu_telemetry_streamer_rows_rejected_total": "counter",
 }
 PROMETHEUS_BUILTINS = {"up"}
 # The reference README's panels, by title, and the lag panels this product adds.
@@ -57,6 +59,7 @@ REQUIRED_PANELS = [
     "Broker Log Size",
     "Broker fsync Latency",
     "Collector Write Errors",
+    "Rejected CSV Rows by Reason",
 ]
 # Grafana variables, replaced the way Grafana would before PromQL parsing.
 VARIABLES = {"$namespace": ".*", "${namespace}": ".*", "$__rate_interval": "1m"}

@@ -164,13 +164,17 @@ class Pipeline:
         )
 
     def start_gateway(self) -> Proc:
+        return self.gateway_proc().start()
+
+    def gateway_proc(self) -> Proc:
+        """The gateway, not started yet (its port is known, e.g. to configure a scraper)."""
         port = free_port()
         self.gateway = self._proc(
             "gateway",
             [str(BIN / "gputel-gateway"), *self.store_args, "--bind", f"127.0.0.1:{port}"],
             port,
             "/healthz",
-        ).start()
+        )
         return self.gateway
 
     def stop_all(self) -> None:
