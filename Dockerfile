@@ -15,6 +15,7 @@ COPY store/ store/
 COPY streamer/ streamer/
 COPY collector/ collector/
 COPY gateway/ gateway/
+COPY gputel/ gputel/
 RUN python -m venv /opt/gputel \
     && /opt/gputel/bin/pip install --no-cache-dir . \
     && find /opt/gputel -name '__pycache__' -prune -exec rm -rf {} +

@@ -19,7 +19,7 @@ proto: ## regenerate proto/gen from proto/*.proto
 lint: ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy walbroker streamer collector gateway store proto
+	$(BIN)/mypy walbroker streamer collector gateway store proto gputel
 
 fmt:
 	$(BIN)/ruff format .
