@@ -326,6 +326,14 @@ def test_a_misspelt_metric_or_label_would_fail(prometheus: Prometheus) -> None:
     assert prometheus.query(good.replace("namespace=", "namespaces=")) == []
 
 
+def test_the_malformed_row_shows_on_the_rejected_rows_panel(prometheus: Prometheus) -> None:
+    rejected = "gpu_telemetry_streamer_rows_rejected_total"
+    checks = {"field_count": f'{rejected}{{namespace="{NAMESPACE}", reason="field_count"}} > 0'}
+    assert eventually_all(prometheus, checks, bool) == {}
+    reasons = {r["metric"]["reason"] for r in prometheus.query(rejected)}
+    assert {"field_count", "value_not_numeric", "missing_metric"} <= reasons  # pre-set at 0
+
+
 def test_every_exposed_family_is_on_the_dashboard_or_left_out_on_purpose(
     prometheus: Prometheus,
 ) -> None:
