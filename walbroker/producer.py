@@ -10,7 +10,8 @@ least the broker's retry-after hint), opens a new stream and resends every
 unacknowledged batch in sequence order. The broker acknowledges a batch it
 already appended as a duplicate, so nothing is appended twice.
 
-`send` blocks while `max_pending_points` items are neither acknowledged nor
+`send` blocks while `max_pending_points` items, or `max_in_flight_bytes` bytes of
+sealed batches, are neither acknowledged nor
 dropped: that bound is the producer's backpressure on its caller.
 
 Thread-safety: `send`, `flush` and `close` may be called from any thread. The
@@ -99,6 +100,7 @@ class Producer(Generic[T]):
         linger_ms: int = 20,
         max_pending_points: int = 200_000,
         max_batch_bytes: int = 4 * 1024 * 1024,
+        max_in_flight_bytes: int = 64 * 1024 * 1024,
         on_ack: Callable[[Batch, pb.PublishAck], None] | None = None,
         on_backpressure: Callable[[BrokerError], None] | None = None,
         on_fenced: Callable[[int, int], None] | None = None,
@@ -107,6 +109,8 @@ class Producer(Generic[T]):
         self.producer_id = producer_id or uuid.uuid4().hex
         self.batch_size, self.linger_s = batch_size, linger_ms / 1000
         self.max_pending, self.max_batch_bytes = max_pending_points, max_batch_bytes
+        self.max_in_flight_bytes = max_in_flight_bytes
+        self._in_flight_bytes = 0
         self.on_ack, self.on_backpressure = on_ack, on_backpressure
         self.on_fenced = on_fenced
         self._fences: dict[int, _Grant] = {}
@@ -198,9 +202,7 @@ class Producer(Generic[T]):
         """Add an item; blocks while too many points are pending (backpressure)."""
         p = self.partition_of(key) if partition is None else partition
         with self._cond:
-            if not self._cond.wait_for(
-                lambda: self._pending < self.max_pending or self._stop.is_set(), timeout_s
-            ):
+            if not self._cond.wait_for(self._has_room, timeout_s):
                 raise TimeoutError("producer pending bound reached")
             self._raise_failure()
             batch = self._open.setdefault(p, _Open())
@@ -224,6 +226,12 @@ class Producer(Generic[T]):
                 raise TimeoutError(f"{self._pending} points still unacknowledged")
             self._raise_failure()
 
+    def _has_room(self) -> bool:
+        """True while the pending bounds allow another point (called with `_cond` held)."""
+        return self._stop.is_set() or (
+            self._pending < self.max_pending and self._in_flight_bytes < self.max_in_flight_bytes
+        )
+
     @property
     def pending_points(self) -> int:
         """Points added but not yet acknowledged."""
@@ -239,9 +247,7 @@ class Producer(Generic[T]):
     ) -> None:
         """Publish an already encoded batch of `count` points (bypasses the accumulator)."""
         with self._cond:
-            if not self._cond.wait_for(
-                lambda: self._pending < self.max_pending or self._stop.is_set(), timeout_s
-            ):
+            if not self._cond.wait_for(self._has_room, timeout_s):
                 raise TimeoutError("producer pending bound reached")
             self._raise_failure()
             self._pending += count
@@ -266,18 +272,21 @@ class Producer(Generic[T]):
                 grant.progress += count
                 batch.fence = (grant.group, grant.epoch, grant.progress)
             self._unacked[batch.request_id] = batch
-        batch.payload = payload()
-        if len(batch.payload) > self.max_batch_bytes:
-            self._fail(
-                batch,
-                InvalidArgument(
-                    f"batch of {len(batch.payload)} bytes is over "
-                    f"the {self.max_batch_bytes} byte limit"
-                ),
-            )
-            return
+        encoded = payload()
         with self._cond:
-            self._outbox.put(batch)
+            if batch.dropped:  # fenced while it was being encoded
+                return
+            batch.payload = encoded
+            self._in_flight_bytes += len(encoded)
+            if len(encoded) <= self.max_batch_bytes:
+                self._outbox.put(batch)
+                return
+        self._fail(
+            batch,
+            InvalidArgument(
+                f"batch of {len(encoded)} bytes is over the {self.max_batch_bytes} byte limit"
+            ),
+        )
 
     def _linger(self) -> None:
         while not self._stop.wait(max(self.linger_s / 2, 0.001)):
@@ -377,6 +386,7 @@ class Producer(Generic[T]):
         with self._cond:
             del self._unacked[ack.request_id]
             self._pending -= batch.count
+            self._in_flight_bytes -= len(batch.payload)
             self.stats.acked_points += batch.count
             self.stats.acked_batches += 1
             self.stats.duplicates += int(ack.duplicate)
@@ -410,6 +420,7 @@ class Producer(Generic[T]):
                 del self._fences[p]
             points = sum(b.count for b in drop)
             self._pending -= points
+            self._in_flight_bytes -= sum(len(b.payload) for b in drop)
             self._cond.notify_all()
         log.warning(
             "partition fenced: its batches were dropped",
@@ -436,6 +447,7 @@ class Producer(Generic[T]):
                     other.sequence -= 1
             self._sequences[batch.partition] -= 1
             self._pending -= batch.count
+            self._in_flight_bytes -= len(batch.payload)
             self.stats.failed_points += batch.count
             self._failure = exc
             self._cond.notify_all()

@@ -7,6 +7,8 @@ import threading
 import urllib.request
 from collections import Counter
 
+import pytest
+
 from tests.walbroker.helpers import decode, encode, item
 from walbroker.consumer import Consumer
 from walbroker.errors import BrokerError, Code
@@ -88,3 +90,27 @@ def test_drop_oldest_deletes_and_counts(broker_factory):
     start = scrape(broker.metrics_url, "gpu_telemetry_broker_log_start_offset")
     assert enqueued == POINTS
     assert deleted > 0 and deleted == start  # every deleted point moved a log start forward
+
+
+def test_producer_bounds_the_bytes_in_flight_while_the_broker_is_down(broker):
+    p = Producer(
+        broker.address,
+        "bp",
+        lambda items: b"x" * 1000 * len(items),
+        batch_size=1,
+        max_in_flight_bytes=10_000,
+        max_pending_points=10**6,
+    ).start()
+    try:
+        broker.kill()
+        sent = 0
+        with pytest.raises(TimeoutError):
+            for n in range(100):
+                p.send(str(n), n, timeout_s=0.5)
+                sent += 1
+        assert sent == 10  # ten 1,000-byte batches fill the 10,000-byte bound
+        broker.start()
+        p.flush(30)  # everything held back is delivered once the broker is back
+        assert p.stats.acked_points == sent
+    finally:
+        p.close()
