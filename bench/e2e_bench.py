@@ -448,7 +448,7 @@ def _accounting(
 
 def run(
     duration_s: float = 60.0,
-    rate: int = 55_000,
+    rate: int = 50_000,
     hosts: int = 64,
     warmup_s: float = 5.0,
     probe_gpus: int = 8,
