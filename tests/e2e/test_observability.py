@@ -45,7 +45,7 @@ INSTALL_HINT = (
     "prometheus not found: run scripts/install-tools.sh (it installs Debian's prometheus)"
 )
 SCRAPE_INTERVAL = "1s"
-DEADLINE_S = 40.0  # from the first scrape until every expression must have data
+DEADLINE_S = 25.0  # from the first scrape until every expression must have data
 # Grafana's variables as a dashboard user would have them; `$namespace` is the release namespace.
 GRAFANA_VARIABLES = {
     "${namespace}": NAMESPACE,
