@@ -60,6 +60,7 @@ class Session:
         self.generation = 0
         self.positions: dict[int, int] = {}
         self.credit = 0
+        self._turn = 0
 
     # ---- requests (reader thread) ----------------------------------------------------------
 
@@ -205,7 +206,12 @@ class Session:
         with self.lock:
             generation, credit = self.generation, self.credit
             positions = dict(self.positions)
-        for p, pos in positions.items():
+        order = sorted(positions)
+        if order:  # start each round at the next partition, so a backlog cannot starve others
+            self._turn = (self._turn + 1) % len(order)
+            order = order[self._turn :] + order[: self._turn]
+        for p in order:
+            pos = positions[p]
             if credit <= 0 or self.outbound or self.closed.is_set():
                 break
             tp = TopicPartition(self.topic, p)

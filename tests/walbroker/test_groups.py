@@ -204,3 +204,19 @@ def test_a_stale_generation_commit_is_rejected(broker):
             for _ in call:
                 pass
             assert call.code() == grpc.StatusCode.OK
+
+
+def test_a_backlog_on_one_partition_does_not_starve_the_others(broker):
+    with Producer(broker.address, "g", encode) as p:
+        for n in range(200):
+            p.send_batch(0, encode(list(range(100))), 100)
+        p.send_batch(3, encode([7]), 1)
+    c = Consumer(broker.address, "fair", "g", max_unacked_points=1_000).start()
+    try:
+        seen: list[int] = []
+        while len(seen) < 40:
+            seen += [m.partition for m in c.poll(1.0)]
+            c.commit()
+        assert 3 in seen[:40], "partition 3 waited behind partition 0's whole backlog"
+    finally:
+        c.close()
