@@ -1,1 +1,1 @@
-"""Wire formats: the walbroker gRPC API and the telemetry batch, with generated code in `proto.gen`."""
+"""Wire formats: the walbroker gRPC API and the telemetry batch; generated code in `proto.gen`."""

@@ -58,7 +58,11 @@ class PointBatch:
         """Yield every point with its GPU and metric resolved."""
         gpus, metrics = self.gpus, self.metrics
         for gi, mi, t, v, st in zip(
-            self.gpu_index, self.metric_index, self.time_ns, self.value, self.source_time_ns,
+            self.gpu_index,
+            self.metric_index,
+            self.time_ns,
+            self.value,
+            self.source_time_ns,
             strict=True,
         ):
             yield Point(gpus[gi], metrics[mi], t, v, st)

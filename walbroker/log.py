@@ -148,17 +148,13 @@ class Log:
     def _load(self) -> None:
         with self.env.begin() as txn:
             for k, v in txn.cursor(db=self.db["topics"]):
-                self.topics[bytes(k).decode()] = keys.unpack_topic(v)[0]
-            for topic, n in self.topics.items():
-                for p in range(n):
-                    tp = TopicPartition(topic, p)
-                    state = PartitionState(tp)
-                    raw = txn.get(keys.partition_prefix(tp), db=self.db["parts"])
-                    if raw is not None:
-                        (state.start, state.end, state.size, state.first_ns, state.last_ns) = (
-                            keys.unpack_partition(raw)
-                        )
-                    self.partitions[tp] = state
+                self.add_topic(bytes(k).decode(), keys.unpack_topic(v)[0])
+            for tp, state in self.partitions.items():
+                raw = txn.get(keys.partition_prefix(tp), db=self.db["parts"])
+                if raw is not None:
+                    (state.start, state.end, state.size, state.first_ns, state.last_ns) = (
+                        keys.unpack_partition(raw)
+                    )
             for k, v in txn.cursor(db=self.db["offsets"]):
                 group, tp = keys.split_group_key(bytes(k))
                 self.committed[(group, tp)] = keys.unpack_offset(v)
@@ -170,6 +166,14 @@ class Log:
                 "bytes": self.total_bytes(),
             },
         )
+
+    def add_topic(self, topic: str, partitions: int) -> None:
+        """Mirror a stored topic in memory (at start-up, and by the writer after creating it)."""
+        for p in range(partitions):
+            tp = TopicPartition(topic, p)
+            self.partitions.setdefault(tp, PartitionState(tp))
+        self.topics[topic] = partitions
+        self.metrics.declare_topic(topic)
 
     # ---- writes ------------------------------------------------------------------------
 

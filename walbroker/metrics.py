@@ -76,6 +76,13 @@ class BrokerMetrics:
             f"{NS}_admin_actions", "Admin operations.", ["action"], registry=r
         )
 
+    def declare_topic(self, topic: str) -> None:
+        """Export a topic's counters at 0 from the start, so dashboards see the series."""
+        for reason in ("size", "age"):
+            self.deleted.labels(topic, reason)
+        self.enqueued.labels(topic)
+        self.duplicates.labels(topic)
+
     def add_offsets_collector(
         self, extents: Callable[[], Iterable[ExtentRow]], lags: Callable[[], Iterable[LagRow]]
     ) -> None:

@@ -465,12 +465,7 @@ class Writer:
         """Mirror a committed transaction into memory and metrics."""
         wal, metrics = self.wal, self.wal.metrics
         for topic, n in staged.topics.items():
-            from walbroker.log import PartitionState
-
-            for p in range(n):
-                tp = TopicPartition(topic, p)
-                wal.partitions.setdefault(tp, PartitionState(tp))
-            wal.topics[topic] = n
+            wal.add_topic(topic, n)
         for tp, ext in staged.extents.items():
             self._publish_extent(wal.partitions[tp], ext)
         wal.committed.update(staged.offsets)

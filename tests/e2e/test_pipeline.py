@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import random
 import subprocess
-import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -44,7 +42,7 @@ def series(csv_file: Path) -> set[tuple[str, str]]:
 
 @pytest.fixture(params=["sqlite", "influx"])
 def pipeline(request, tmp_path, broker_factory, csv_file) -> Iterator[Pipeline]:
-    if request.param == "sqlite":  # noqa: SIM108
+    if request.param == "sqlite":
         store_args = ["--store", f"sqlite:{tmp_path / 'store.db'}"]
         influx = None
     else:

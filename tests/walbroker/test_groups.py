@@ -208,7 +208,7 @@ def test_a_stale_generation_commit_is_rejected(broker):
 
 def test_a_backlog_on_one_partition_does_not_starve_the_others(broker):
     with Producer(broker.address, "g", encode) as p:
-        for n in range(200):
+        for _ in range(200):
             p.send_batch(0, encode(list(range(100))), 100)
         p.send_batch(3, encode([7]), 1)
     c = Consumer(broker.address, "fair", "g", max_unacked_points=1_000).start()

@@ -142,6 +142,8 @@ def test_metrics_endpoint_exposes_the_dashboard_names(broker):
     ):
         assert name in body, name
     assert 'gpu_telemetry_broker_messages_enqueued_total{topic="t"} 3.0' in body
+    # declared at 0 when the topic is created, so retention panels have a series from the start
+    assert 'gpu_telemetry_broker_retention_deleted_points_total{reason="age",topic="t"} 0.0' in body
     assert 'gpu_telemetry_broker_committed_offset{group="g1",partition="0",topic="t"} 3.0' in body
 
 
