@@ -15,20 +15,20 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import lmdb
 
-from walbroker import keys
+from walbroker import keys, retention
 from walbroker.errors import (
     BrokerError,
     Fenced,
-    InvalidArgument,
     OutOfOrderSequence,
     ResourceExhausted,
     Unavailable,
 )
+from walbroker.txn import Extent, StagedTxn
 from walbroker.types import AppendResult, Record, TopicPartition
 
 if TYPE_CHECKING:
@@ -93,55 +93,6 @@ class BarrierOp:
 
 
 Op = AppendOp | CommitOffsetsOp | CreateTopicOp | RetentionOp | BarrierOp
-
-
-@dataclass(slots=True)
-class _Extent:
-    start: int
-    end: int
-    size: int
-    first_ns: int
-    last_ns: int
-    new: list[Record] = field(default_factory=list)
-
-
-class _Txn:
-    """One write transaction plus the partition extents it changed (staged until commit)."""
-
-    def __init__(self, wal: Log, txn: lmdb.Transaction) -> None:
-        self.wal = wal
-        self.txn = txn
-        self.extents: dict[TopicPartition, _Extent] = {}
-        self.deleted: dict[tuple[str, str], int] = {}
-        self.enqueued: dict[str, int] = {}
-        self.duplicates: dict[str, int] = {}
-        self.topics: dict[str, int] = {}
-        self.offsets: dict[tuple[str, TopicPartition], tuple[int, int]] = {}
-
-    def extent(self, tp: TopicPartition) -> _Extent:
-        ext = self.extents.get(tp)
-        if ext is None:
-            info = self.wal.state(tp).info()
-            ext = _Extent(
-                info.log_start_offset,
-                info.log_end_offset,
-                info.size_bytes,
-                info.first_publish_ns,
-                info.last_publish_ns,
-            )
-            self.extents[tp] = ext
-        return ext
-
-    def total_bytes(self) -> int:
-        staged = {tp: e.size for tp, e in self.extents.items()}
-        return sum(staged.get(tp, s.size) for tp, s in self.wal.partitions.items())
-
-    def put_extent(self, tp: TopicPartition, ext: _Extent) -> None:
-        self.txn.put(
-            keys.partition_prefix(tp),
-            keys.pack_partition(ext.start, ext.end, ext.size, ext.first_ns, ext.last_ns),
-            db=self.wal.db["parts"],
-        )
 
 
 class Writer:
@@ -236,7 +187,7 @@ class Writer:
         results: list[tuple[Op, Any, BaseException | None]] = []
         try:
             with self.wal.env.begin(write=True) as txn:
-                staged = _Txn(self.wal, txn)
+                staged = StagedTxn(self.wal, txn)
                 for op in ops:
                     try:
                         results.append((op, self._apply(staged, op), None))
@@ -271,7 +222,7 @@ class Writer:
         for op in ops:
             op.future.set_exception(exc)
 
-    def _apply(self, staged: _Txn, op: Op) -> Any:
+    def _apply(self, staged: StagedTxn, op: Op) -> Any:
         if isinstance(op, AppendOp):
             return self._append(staged, op)
         if isinstance(op, CommitOffsetsOp):
@@ -280,9 +231,9 @@ class Writer:
             return self._create_topic(staged, op)
         if isinstance(op, BarrierOp):
             return None
-        return self._delete_aged(staged)
+        return retention.delete_aged(staged)
 
-    def _create_topic(self, staged: _Txn, op: CreateTopicOp) -> int:
+    def _create_topic(self, staged: StagedTxn, op: CreateTopicOp) -> int:
         existing = self.wal.topics.get(op.topic) or staged.topics.get(op.topic)
         if existing:
             return existing
@@ -294,7 +245,7 @@ class Writer:
         staged.topics[op.topic] = op.partitions
         return op.partitions
 
-    def _commit_offsets(self, staged: _Txn, op: CommitOffsetsOp) -> None:
+    def _commit_offsets(self, staged: StagedTxn, op: CommitOffsetsOp) -> None:
         now = time.time_ns()
         for p, offset in op.offsets.items():
             tp = TopicPartition(op.topic, p)
@@ -307,7 +258,7 @@ class Writer:
 
     # ---- appends -----------------------------------------------------------------------
 
-    def _append(self, staged: _Txn, op: AppendOp) -> AppendResult:
+    def _append(self, staged: StagedTxn, op: AppendOp) -> AppendResult:
         dup = self._check_sequence(staged, op)
         if dup is not None:
             staged.duplicates[op.tp.topic] = staged.duplicates.get(op.tp.topic, 0) + 1
@@ -317,7 +268,7 @@ class Writer:
         ext = staged.extent(op.tp)
         value = keys.pack_record(0, op.count, op.payload)
         need = len(value) + len(keys.record_key(op.tp, 0))
-        self._make_room(staged, need)
+        retention.make_room(staged, need)
         t = max(time.time_ns(), ext.last_ns + 1)
         base = ext.end
         txn, db = staged.txn, self.wal.db
@@ -346,7 +297,7 @@ class Writer:
         staged.enqueued[op.tp.topic] = staged.enqueued.get(op.tp.topic, 0) + op.count
         return AppendResult(op.tp, base, op.count, t)
 
-    def _check_sequence(self, staged: _Txn, op: AppendOp) -> AppendResult | None:
+    def _check_sequence(self, staged: StagedTxn, op: AppendOp) -> AppendResult | None:
         """A duplicate's original result, None for the next sequence, else OutOfOrderSequence."""
         if not op.producer_id:
             return None
@@ -374,94 +325,16 @@ class Writer:
                 f"under epoch {fence.epoch}; stop producing it"
             )
 
-    def _remember_sequence(self, staged: _Txn, op: AppendOp, base: int, t: int) -> None:
+    def _remember_sequence(self, staged: StagedTxn, op: AppendOp, base: int, t: int) -> None:
         key = keys.producer_key(op.producer_id, op.tp)
         raw = staged.txn.get(key, db=self.wal.db["producers"])
         window = keys.unpack_producer(bytes(raw))[1] if raw is not None else []
         window = [*window, (op.sequence, base, op.count, t)][-keys.PRODUCER_WINDOW :]
         staged.txn.put(key, keys.pack_producer(op.sequence, window), db=self.wal.db["producers"])
 
-    # ---- retention ---------------------------------------------------------------------
-
-    def _make_room(self, staged: _Txn, need: int) -> None:
-        """Delete what the policy allows until `need` more bytes fit the budget, else refuse."""
-        budget = self.config.retention_bytes
-        while staged.total_bytes() + need > budget:
-            victim = self._oldest_deletable(staged)
-            if victim is None:
-                raise ResourceExhausted(
-                    f"disk budget of {budget} bytes is full (policy "
-                    f"{self.config.retention_policy}); consumers must commit to free space",
-                    retry_after_ms=self.config.retry_after_ms,
-                )
-            self._delete_first(staged, victim, "size")
-
-    def _oldest_deletable(self, staged: _Txn) -> TopicPartition | None:
-        """The partition whose first record is oldest and may be deleted under the policy."""
-        best: tuple[int, TopicPartition] | None = None
-        for tp in self.wal.partitions:
-            ext = staged.extent(tp)
-            if ext.start == ext.end:
-                continue
-            if self.config.retention_policy == "block" and not self._consumed(staged, tp):
-                continue
-            if best is None or ext.first_ns < best[0]:
-                best = (ext.first_ns, tp)
-        return best[1] if best else None
-
-    def _consumed(self, staged: _Txn, tp: TopicPartition) -> bool:
-        """True when every group on the topic has committed past the partition's first record."""
-        groups = self.wal.groups_on(tp.topic) | {
-            g for g, t in staged.offsets if t.topic == tp.topic
-        }
-        first = self._first_record(staged, tp)
-        if not groups or first is None:
-            return False
-        limit = keys.offset_of_key(first[0]) + keys.unpack_record_head(first[1])[1]
-        for g in groups:
-            entry = staged.offsets.get((g, tp)) or self.wal.committed.get((g, tp))
-            if entry is None or entry[0] < limit:
-                return False
-        return True
-
-    def _first_record(self, staged: _Txn, tp: TopicPartition) -> tuple[bytes, bytes] | None:
-        """(key, value) of the partition's first record, seen through the write transaction."""
-        prefix = keys.partition_prefix(tp)
-        cur = staged.txn.cursor(db=self.wal.db["records"])
-        if cur.set_range(prefix) and bytes(cur.key()).startswith(prefix):
-            return bytes(cur.key()), bytes(cur.value())
-        return None
-
-    def _delete_first(self, staged: _Txn, tp: TopicPartition, reason: str) -> None:
-        """Delete the partition's first record and advance its log start offset."""
-        ext = staged.extent(tp)
-        first = self._first_record(staged, tp)
-        if first is None:  # pragma: no cover - extents and records agree by construction
-            raise InvalidArgument(f"partition {tp} has no record to delete")
-        key, value = first
-        t, n = keys.unpack_record_head(value)
-        txn, db = staged.txn, self.wal.db
-        txn.delete(key, db=db["records"])
-        txn.delete(keys.time_key(tp, t), db=db["timeindex"])
-        ext.start = keys.offset_of_key(key) + n
-        ext.size -= len(key) + len(value)
-        nxt = self._first_record(staged, tp)
-        ext.first_ns = keys.unpack_record_head(nxt[1])[0] if nxt else 0
-        ext.new = [r for r in ext.new if r.base_offset >= ext.start]
-        staged.put_extent(tp, ext)
-        bucket = (tp.topic, reason)
-        staged.deleted[bucket] = staged.deleted.get(bucket, 0) + n
-
-    def _delete_aged(self, staged: _Txn) -> None:
-        cutoff = time.time_ns() - int(self.config.retention_age_s * 1e9)
-        for tp in list(self.wal.partitions):
-            ext = staged.extent(tp)
-            while ext.start < ext.end and ext.first_ns and ext.first_ns < cutoff:
-                self._delete_first(staged, tp, "age")
-
     # ---- after commit ------------------------------------------------------------------
 
-    def _publish(self, staged: _Txn) -> None:
+    def _publish(self, staged: StagedTxn) -> None:
         """Mirror a committed transaction into memory and metrics."""
         wal, metrics = self.wal, self.wal.metrics
         for topic, n in staged.topics.items():
@@ -477,7 +350,7 @@ class Writer:
             metrics.deleted.labels(topic, reason).inc(n)
         metrics.log_bytes.set(wal.total_bytes())
 
-    def _publish_extent(self, state: PartitionState, ext: _Extent) -> None:
+    def _publish_extent(self, state: PartitionState, ext: Extent) -> None:
         limit = self.config.hot_bytes_per_partition
         with state.lock:
             state.start, state.end, state.size = ext.start, ext.end, ext.size
