@@ -169,6 +169,18 @@ def histogram_quantile(
     return math.inf
 
 
+def hist_delta(before: dict[str, float], after: dict[str, float], name: str) -> tuple[float, float]:
+    """(observations, sum of observed values) of a histogram between two scrapes, all labels."""
+
+    def total(samples: dict[str, float], suffix: str) -> float:
+        return sum(v for k, v in samples.items() if k.startswith(f"{name}_{suffix}{{"))
+
+    return (
+        total(after, "count") - total(before, "count"),
+        total(after, "sum") - total(before, "sum"),
+    )
+
+
 def metrics_url(p: Proc) -> str:
     return p.health_url.rsplit("/", 1)[0] + "/metrics"
 
@@ -345,8 +357,9 @@ def influxd_pid(tmp: Path) -> int | None:
 
 
 def run_store(
-    kind: str, duration_s: float, rate: int, hosts: int, warmup_s: float, probe_gpus: int
-) -> dict[str, Any]:
+    kind: str, batch_size: int, duration_s: float, rate: int, hosts: int, warmup_s: float,
+    probe_gpus: int,
+) -> dict[str, Any]:  # fmt: skip
     """The whole pipeline on one store for `duration_s` seconds at `rate` points/s."""
     with tempfile.TemporaryDirectory(prefix=f"gputel-e2e-bench-{kind}-") as tmpdir:
         tmp = Path(tmpdir)
@@ -358,7 +371,9 @@ def run_store(
             with store_args(kind, tmp) as (flags, spec, opts):
                 pipe = Pipeline(tmp, broker, flags, csv)
                 try:
-                    return _measure(pipe, tmp, spec, opts, duration_s, rate, warmup_s, probe_gpus)
+                    return _measure(
+                        pipe, tmp, spec, opts, batch_size, duration_s, rate, warmup_s, probe_gpus
+                    )
                 finally:
                     pipe.stop_all()
         finally:
@@ -366,10 +381,10 @@ def run_store(
 
 
 def _measure(
-    pipe: Pipeline, tmp: Path, spec: str, opts: dict[str, str],
+    pipe: Pipeline, tmp: Path, spec: str, opts: dict[str, str], batch_size: int,
     duration_s: float, rate: int, warmup_s: float, probe_gpus: int,
 ) -> dict[str, Any]:  # fmt: skip
-    collector = pipe.collector("--flush-ms", "1000").start()
+    collector = pipe.collector("--flush-ms", "1000", "--batch-size", str(batch_size)).start()
     gateway = pipe.start_gateway()
     streamer = pipe.streamer("--forever", "--rate", str(rate)).start()
     base = gateway.health_url.rsplit("/", 1)[0]
@@ -382,15 +397,17 @@ def _measure(
     tree["bench_probe"] = [os.getpid()]  # this process alone, not its children
     cpu = CpuMeter(tree)
     time.sleep(warmup_s)
-    m0 = {"c": scrape(metrics_url(collector)), "s": scrape(metrics_url(streamer))}
+    urls = {"c": metrics_url(collector), "s": metrics_url(streamer), "b": pipe.broker.metrics_url}
+    m0 = {k: scrape(u) for k, u in urls.items()}
     w0, t0 = time.time_ns(), time.monotonic()
     cpu.start()
     time.sleep(duration_s)
     cores = cpu.stop()
-    m1 = {"c": scrape(metrics_url(collector)), "s": scrape(metrics_url(streamer))}
+    m1 = {k: scrape(u) for k, u in urls.items()}
     w1, seconds = time.time_ns(), time.monotonic() - t0
     lag_at_end = pipe.lag()
     out = _throughput(m0, m1, seconds, rate)
+    out["where_the_time_goes"] = _breakdown(m0, m1, seconds)
     out["lag_points_at_window_end"] = lag_at_end
     stopped = time.monotonic()
     out["streamer_exit_code"] = streamer.terminate(60)
@@ -409,19 +426,40 @@ def _throughput(
 ) -> dict[str, Any]:
     stored = counter(m1["c"], FLUSHED) - counter(m0["c"], FLUSHED)
     published = counter(m1["s"], PUBLISHED) - counter(m0["s"], PUBLISHED)
-    pub_p99 = histogram_quantile(
-        m0["s"], m1["s"], "gpu_telemetry_streamer_publish_latency_seconds", 0.99
-    )
-    flush_p99 = histogram_quantile(
-        m0["c"], m1["c"], "gpu_telemetry_collector_flush_latency_seconds", 0.99
-    )
     return {
         "offered_points_per_s": rate, "window_s": round(seconds, 2),
         "published_points_per_s": round(published / seconds),
         "stored_points_per_s": round(stored / seconds),
-        "streamer_publish_latency_p99_bucket_s": pub_p99,
-        "collector_flush_latency_p99_bucket_s": flush_p99,
     }  # fmt: skip
+
+
+def _breakdown(
+    m0: dict[str, dict[str, float]], m1: dict[str, dict[str, float]], seconds: float
+) -> dict[str, Any]:
+    """Per-component timings over the window, from each process's own histograms."""
+    pub_n, pub_s = hist_delta(m0["s"], m1["s"], "gpu_telemetry_streamer_publish_latency_seconds")
+    fs_n, fs_s = hist_delta(m0["b"], m1["b"], "gpu_telemetry_broker_fsync_seconds")
+    rec_n, rec_s = hist_delta(m0["b"], m1["b"], "gpu_telemetry_broker_group_commit_records")
+    fl_n, fl_s = hist_delta(m0["c"], m1["c"], "gpu_telemetry_collector_flush_latency_seconds")
+    flushed = counter(m1["c"], FLUSHED) - counter(m0["c"], FLUSHED)
+    ms = lambda total, n: round(total / n * 1000, 1) if n else None  # noqa: E731
+    return {
+        "streamer_batches_per_s": round(pub_n / seconds, 1),
+        "streamer_publish_mean_ms": ms(pub_s, pub_n),
+        "streamer_publish_p99_bucket_s": histogram_quantile(
+            m0["s"], m1["s"], "gpu_telemetry_streamer_publish_latency_seconds", 0.99
+        ),
+        "broker_group_commits_per_s": round(fs_n / seconds, 1),
+        "broker_group_commit_mean_ms": ms(fs_s, fs_n),
+        "broker_records_per_group_commit": round(rec_s / rec_n, 1) if rec_n else None,
+        "collector_flushes_per_s": round(fl_n / seconds, 1),
+        "collector_points_per_flush": round(flushed / fl_n) if fl_n else None,
+        "collector_flush_mean_ms": ms(fl_s, fl_n),
+        "collector_flush_p99_bucket_s": histogram_quantile(
+            m0["c"], m1["c"], "gpu_telemetry_collector_flush_latency_seconds", 0.99
+        ),
+        "collector_share_of_time_flushing": round(fl_s / seconds, 3),
+    }
 
 
 def _accounting(
@@ -453,19 +491,28 @@ def run(
     warmup_s: float = 5.0,
     probe_gpus: int = 8,
     stores: tuple[str, ...] = ("sqlite", "influx"),
+    collector_batch_sizes: tuple[int, ...] = (5_000, 20_000),
 ) -> dict[str, Any]:
-    """The end-to-end figures for each store; targets as in issue 7."""
+    """The end-to-end figures per store and collector batch size; targets as in issue 7.
+
+    5,000 is the collector's default `--batch-size`; 20,000 shows what a larger batch
+    (fewer write + commit round trips per point) changes.
+    """
     result: dict[str, Any] = {
         "duration_s": duration_s, "offered_points_per_s": rate,
         "csv": f"{hosts} hosts x 8 GPUs x 10 metrics x 10 scrapes, looped",
+        "streamer": f"1 process, --forever --rate {rate}, defaults otherwise",
         "broker": f"fsync always, {PARTITIONS} partitions",
-        "collector": "1 process, --batch-size 5000 (default), --flush-ms 1000 (default)",
+        "collector": "1 process, --flush-ms 1000 (default), --batch-size per figure",
         "gateway": "1 gunicorn worker, 4 threads (defaults)",
         "targets": {"stored_points_per_s": 50_000, "latency_p99_s": 2.0},
     }  # fmt: skip
     for kind in stores:
-        print(f"e2e_bench: {kind} ...", file=sys.stderr, flush=True)
-        result[kind] = run_store(kind, duration_s, rate, hosts, warmup_s, probe_gpus)
+        for batch in collector_batch_sizes:
+            print(f"e2e_bench: {kind}, collector batch {batch} ...", file=sys.stderr, flush=True)
+            result[f"{kind}_batch_{batch}"] = run_store(
+                kind, batch, duration_s, rate, hosts, warmup_s, probe_gpus
+            )
     return result
 
 
