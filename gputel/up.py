@@ -61,6 +61,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--port", type=int, default=8080, help="gateway port")
     p.add_argument("--broker-port", type=int, default=7070)
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9100,
+        help="base of the /metrics ports: broker +1, streamers +10.., collectors +20..",
+    )
     p.add_argument("--store", choices=["sqlite", "influx"], default="sqlite")
     p.add_argument("--influx-url", default="")
     p.add_argument("--influx-org", default="")
@@ -128,13 +134,13 @@ def plan(a: argparse.Namespace) -> list[Component]:
                 "--listen",
                 broker,
                 "--metrics-listen",
-                "127.0.0.1:9101",
+                f"127.0.0.1:{a.metrics_port + 1}",
             ],
             grpc_address=broker,
         )
     ]
     for i in range(a.collectors):
-        port = 9120 + i
+        port = a.metrics_port + 20 + i
         comps.append(
             Component(
                 f"collector-{i}",
@@ -159,7 +165,7 @@ def plan(a: argparse.Namespace) -> list[Component]:
         )
     )
     for i in range(a.streamers):
-        port = 9110 + i
+        port = a.metrics_port + 10 + i
         comps.append(
             Component(
                 f"streamer-{i}",
@@ -185,10 +191,10 @@ def ports_of(a: argparse.Namespace) -> list[int]:
     """Every port the plan listens on."""
     return [
         a.broker_port,
-        9101,
+        a.metrics_port + 1,
         a.port,
-        *(9120 + i for i in range(a.collectors)),
-        *(9110 + i for i in range(a.streamers)),
+        *(a.metrics_port + 20 + i for i in range(a.collectors)),
+        *(a.metrics_port + 10 + i for i in range(a.streamers)),
     ]
 
 
@@ -280,13 +286,14 @@ def banner(a: argparse.Namespace, csv_path: Path) -> str:
         f"  REST API      {api}/api/v1/gpus",
         f"  Swagger UI    {api}/swagger/",
         f"  OpenAPI       {api}/openapi.json",
-        f"  broker        127.0.0.1:{a.broker_port} (gRPC), metrics http://127.0.0.1:9101/metrics",
+        f"  broker        127.0.0.1:{a.broker_port} (gRPC),"
+        f" metrics http://127.0.0.1:{a.metrics_port + 1}/metrics",
         *(
-            f"  collector-{i}   metrics http://127.0.0.1:{9120 + i}/metrics"
+            f"  collector-{i}   metrics http://127.0.0.1:{a.metrics_port + 20 + i}/metrics"
             for i in range(a.collectors)
         ),
         *(
-            f"  streamer-{i}    metrics http://127.0.0.1:{9110 + i}/metrics"
+            f"  streamer-{i}    metrics http://127.0.0.1:{a.metrics_port + 10 + i}/metrics"
             for i in range(a.streamers)
         ),
         f"  gateway       metrics {api}/metrics",

@@ -1,0 +1,127 @@
+"""`gputel-up` (make run): the whole pipeline starts, serves data, and stops cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import socket
+import subprocess
+import time
+
+from tests.e2e.pipeline import BIN, http_get
+from tests.support import wait_until
+
+
+def free_block(size: int = 40) -> int:
+    """A base port with `size` free ports after it."""
+    for _ in range(50):
+        base = random.randrange(20_000, 60_000)
+        try:
+            for port in range(base, base + size):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free block of ports")
+
+
+def up(tmp_path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(BIN / "gputel-up"), "--data-dir", str(tmp_path / "var"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+
+
+def test_up_runs_every_component_serves_data_and_stops_on_ctrl_c(tmp_path):
+    base = free_block()
+    proc = up(
+        tmp_path,
+        "--port",
+        str(base),
+        "--broker-port",
+        str(base + 1),
+        "--metrics-port",
+        str(base + 2),
+        "--pass-interval",
+        "1",
+    )
+    lines: list[str] = []
+    try:
+        while "gputel is up" not in "".join(lines):
+            line = proc.stdout.readline()
+            assert line, "gputel-up ended before it was up:\n" + "".join(lines)
+            lines.append(line)
+        api = f"http://127.0.0.1:{base}"
+
+        def gpus() -> list:
+            status, body = http_get(f"{api}/api/v1/gpus")
+            return json.loads(body)["gpus"] if status == 200 else []
+
+        assert wait_until(lambda: len(gpus()) == 255, 60), "the sample's 255 GPUs never arrived"
+        for prefix in ("broker |", "collector-0 |", "gateway |", "streamer-0 |"):
+            assert any(prefix in line for line in lines), prefix
+        out = subprocess.run(
+            [
+                str(BIN / "walbroker"),
+                "admin",
+                "--broker",
+                f"127.0.0.1:{base + 1}",
+                "describe-group",
+                "collectors",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 0 and "collectors" in out.stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, rest
+    assert "gputel-up: stopped" in rest
+    time.sleep(0.5)
+    for port in (base, base + 1, base + 3):  # gateway, broker, broker metrics: nobody listens
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+            s.bind(("127.0.0.1", port))
+
+
+def test_port_in_use_and_missing_csv_are_one_line_errors(tmp_path):
+    base = free_block()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", base))
+        busy.listen()
+        p = up(
+            tmp_path,
+            "--port",
+            str(base),
+            "--broker-port",
+            str(base + 1),
+            "--metrics-port",
+            str(base + 2),
+        )
+        out, _ = p.communicate(timeout=30)
+    assert p.returncode == 1
+    assert (
+        out.strip() == f"gputel-up: port {base} is already in use (choose another with "
+        "the flags, or stop what uses it)"
+    )
+    p = up(
+        tmp_path,
+        "--port",
+        str(base),
+        "--broker-port",
+        str(base + 1),
+        "--metrics-port",
+        str(base + 2),
+        "--csv",
+        str(tmp_path / "nope.csv"),
+    )
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 1
+    assert out.strip() == f"gputel-up: CSV file not found: {tmp_path / 'nope.csv'}"
