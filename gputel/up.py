@@ -105,24 +105,22 @@ def csv_path(a: argparse.Namespace) -> Path:
     return path
 
 
+def store_args(a: argparse.Namespace) -> list[str]:
+    """The --store flags the collectors and the gateway share (the token comes from the env)."""
+    if a.store == "sqlite":
+        return ["--store", f"sqlite:{a.data_dir / 'gputel.db'}"]
+    influx = [(f"--influx-{k}", getattr(a, f"influx_{k}")) for k in ("url", "org", "bucket")]
+    return ["--store", "influx", *(x for flag, value in influx if value for x in (flag, value))]
+
+
+def _local(port: int) -> str:
+    return f"127.0.0.1:{port}"
+
+
 def plan(a: argparse.Namespace) -> list[Component]:
     """The components and their command lines, in start order."""
-    source = csv_path(a)
-    broker = f"127.0.0.1:{a.broker_port}"
-    store = (
-        ["--store", f"sqlite:{a.data_dir / 'gputel.db'}"]
-        if a.store == "sqlite"
-        else [
-            "--store",
-            "influx",
-            *(
-                x
-                for k in ("url", "org", "bucket")
-                if (v := getattr(a, f"influx_{k}"))
-                for x in (f"--influx-{k}", v)
-            ),
-        ]
-    )
+    source, store, broker = csv_path(a), store_args(a), _local(a.broker_port)
+    data = str(a.data_dir / "broker")
     comps = [
         Component(
             "broker",
@@ -130,61 +128,42 @@ def plan(a: argparse.Namespace) -> list[Component]:
                 "walbroker",
                 "serve",
                 "--data-dir",
-                str(a.data_dir / "broker"),
+                data,
                 "--listen",
                 broker,
                 "--metrics-listen",
-                f"127.0.0.1:{a.metrics_port + 1}",
+                _local(a.metrics_port + 1),
             ],
             grpc_address=broker,
         )
     ]
     for i in range(a.collectors):
         port = a.metrics_port + 20 + i
-        comps.append(
-            Component(
-                f"collector-{i}",
-                [
-                    "gputel-collector",
-                    "--broker",
-                    broker,
-                    "--group",
-                    "collectors",
-                    *store,
-                    "--metrics-listen",
-                    f"127.0.0.1:{port}",
-                ],
-                f"http://127.0.0.1:{port}/healthz",
-            )
-        )
-    comps.append(
-        Component(
-            "gateway",
-            ["gputel-gateway", *store, "--bind", f"127.0.0.1:{a.port}"],
-            f"http://127.0.0.1:{a.port}/readyz",
-        )
-    )
+        argv = ["gputel-collector", "--broker", broker, "--group", "collectors", *store]
+        comps.append(_http_component(f"collector-{i}", argv, port))
+    gateway = ["gputel-gateway", *store, "--bind", _local(a.port)]
+    comps.append(Component("gateway", gateway, f"http://{_local(a.port)}/readyz"))
     for i in range(a.streamers):
         port = a.metrics_port + 10 + i
-        comps.append(
-            Component(
-                f"streamer-{i}",
-                [
-                    "gputel-streamer",
-                    "--broker",
-                    broker,
-                    "--csv",
-                    str(source),
-                    "--forever",
-                    "--pass-interval",
-                    str(a.pass_interval),
-                    "--metrics-listen",
-                    f"127.0.0.1:{port}",
-                ],
-                f"http://127.0.0.1:{port}/healthz",
-            )
-        )
+        argv = [
+            "gputel-streamer",
+            "--broker",
+            broker,
+            "--csv",
+            str(source),
+            "--forever",
+            "--pass-interval",
+            str(a.pass_interval),
+        ]
+        comps.append(_http_component(f"streamer-{i}", argv, port))
     return comps
+
+
+def _http_component(name: str, argv: list[str], port: int) -> Component:
+    """A component serving /metrics and /healthz on `port`."""
+    return Component(
+        name, [*argv, "--metrics-listen", _local(port)], f"http://{_local(port)}/healthz"
+    )
 
 
 def ports_of(a: argparse.Namespace) -> list[int]:
