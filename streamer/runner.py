@@ -47,7 +47,8 @@ from streamer.source import SourceRows, record_pass
 from walbroker.client import channel, error_from_rpc
 from walbroker.consumer import Consumer
 from walbroker.errors import BrokerError
-from walbroker.producer import Batch, Producer
+from walbroker.inflight import Batch
+from walbroker.producer import Producer
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,6 @@ Thread-safety: `send`, `flush` and `close` may be called from any thread. The
 
 from __future__ import annotations
 
-import itertools
 import logging
 import queue
 import threading
@@ -35,28 +34,12 @@ import grpc
 from proto.gen import walbroker_pb2 as pb
 from walbroker.client import Backoff, channel, error_from_rpc, error_from_status, metadata, stub
 from walbroker.errors import BrokerError, Code, InvalidArgument, Unavailable
+from walbroker.inflight import Batch, Grant, InFlight
 from walbroker.types import partition_for_key
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-@dataclass(slots=True)
-class Batch:
-    """A sealed batch waiting for its acknowledgement."""
-
-    topic: str
-    producer_id: str
-    partition: int
-    sequence: int
-    payload: bytes
-    count: int
-    request_id: int = 0
-    created: float = field(default_factory=time.monotonic)
-    # (group, epoch, progress) when the partition is tracked for a producer group
-    fence: tuple[str, int, int] | None = None
-    dropped: bool = False
 
 
 @dataclass(slots=True)
@@ -69,15 +52,6 @@ class ProducerStats:
     backpressure: int = 0
     reconnects: int = 0
     failed_points: int = 0
-
-
-@dataclass(slots=True)
-class _Grant:
-    """A producer-group grant of one partition and the progress its batches carry."""
-
-    group: str
-    epoch: int
-    progress: int
 
 
 @dataclass(slots=True)
@@ -110,19 +84,14 @@ class Producer(Generic[T]):
         self.batch_size, self.linger_s = batch_size, linger_ms / 1000
         self.max_pending, self.max_batch_bytes = max_pending_points, max_batch_bytes
         self.max_in_flight_bytes = max_in_flight_bytes
-        self._in_flight_bytes = 0
         self.on_ack, self.on_backpressure = on_ack, on_backpressure
         self.on_fenced = on_fenced
-        self._fences: dict[int, _Grant] = {}
         self.stats = ProducerStats()
         self.partitions = 0
         self._channel = channel(target)
         self._cond = threading.Condition()
         self._open: dict[int, _Open] = {}
-        self._sequences: dict[int, int] = {}
-        self._unacked: dict[int, Batch] = {}  # request id -> batch, in sending order
-        self._pending = 0
-        self._ids = itertools.count(1)
+        self._inflight = InFlight(topic, self.producer_id)  # guarded by _cond
         self._outbox: queue.Queue[Batch | None] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -185,12 +154,12 @@ class Producer(Generic[T]):
         the partition is dropped and `on_fenced(partition, points)` is called.
         """
         with self._cond:
-            self._fences[partition] = _Grant(group, epoch, progress)
+            self._inflight.grants[partition] = Grant(group, epoch, progress)
 
     def untrack(self, partition: int) -> None:
         """Stop fencing a partition's batches."""
         with self._cond:
-            self._fences.pop(partition, None)
+            self._inflight.grants.pop(partition, None)
 
     def partition_of(self, key: str) -> int:
         """The partition a key maps to (CRC-32 of its UTF-8 bytes)."""
@@ -209,7 +178,7 @@ class Producer(Generic[T]):
             if not batch.items:
                 batch.since = time.monotonic()
             batch.items.append(item)
-            self._pending += 1
+            self._inflight.points += 1
             full = len(batch.items) >= self.batch_size
         if full:
             self._seal(p)
@@ -220,22 +189,25 @@ class Producer(Generic[T]):
             self._seal(p)
         with self._cond:
             if not self._cond.wait_for(
-                lambda: self._pending == 0 or self._failure is not None or self._stop.is_set(),
+                lambda: (
+                    self._inflight.points == 0 or self._failure is not None or self._stop.is_set()
+                ),
                 timeout_s,
             ):
-                raise TimeoutError(f"{self._pending} points still unacknowledged")
+                raise TimeoutError(f"{self._inflight.points} points still unacknowledged")
             self._raise_failure()
 
     def _has_room(self) -> bool:
         """True while the pending bounds allow another point (called with `_cond` held)."""
+        inflight = self._inflight
         return self._stop.is_set() or (
-            self._pending < self.max_pending and self._in_flight_bytes < self.max_in_flight_bytes
+            inflight.points < self.max_pending and inflight.bytes < self.max_in_flight_bytes
         )
 
     @property
     def pending_points(self) -> int:
         """Points added but not yet acknowledged."""
-        return self._pending
+        return self._inflight.points
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
@@ -250,7 +222,7 @@ class Producer(Generic[T]):
             if not self._cond.wait_for(self._has_room, timeout_s):
                 raise TimeoutError("producer pending bound reached")
             self._raise_failure()
-            self._pending += count
+            self._inflight.points += count
         self._submit(partition, count, lambda: payload)
 
     def _seal(self, p: int) -> None:
@@ -264,20 +236,11 @@ class Producer(Generic[T]):
     def _submit(self, p: int, count: int, payload: Callable[[], bytes]) -> None:
         """Give a batch the partition's next sequence number and queue it for sending."""
         with self._cond:
-            seq = self._sequences.get(p, 0)
-            self._sequences[p] = seq + 1
-            batch = Batch(self.topic, self.producer_id, p, seq, b"", count, next(self._ids))
-            grant = self._fences.get(p)
-            if grant is not None:
-                grant.progress += count
-                batch.fence = (grant.group, grant.epoch, grant.progress)
-            self._unacked[batch.request_id] = batch
+            batch = self._inflight.seal(p, count)
         encoded = payload()
         with self._cond:
-            if batch.dropped:  # fenced while it was being encoded
-                return
-            batch.payload = encoded
-            self._in_flight_bytes += len(encoded)
+            if not self._inflight.encoded(batch, encoded):
+                return  # fenced while it was being encoded
             if len(encoded) <= self.max_batch_bytes:
                 self._outbox.put(batch)
                 return
@@ -315,7 +278,7 @@ class Producer(Generic[T]):
                     extra={
                         "code": exc.code.name,
                         "reason": exc.message,
-                        "unacked": len(self._unacked),
+                        "unacked": len(self._inflight.batches),
                     },
                 )
                 if not backoff.wait(self._stop, exc.retry_after_ms):
@@ -342,7 +305,6 @@ class Producer(Generic[T]):
             raise Unavailable("publish stream ended")
 
     @staticmethod
-    @staticmethod
     def _requests(outbox: queue.Queue[Batch | None]) -> Iterator[pb.PublishRequest]:
         while (batch := outbox.get()) is not None:
             if batch.dropped:
@@ -365,13 +327,12 @@ class Producer(Generic[T]):
         with self._cond:
             old, self._outbox = self._outbox, queue.Queue()
             old.put(None)
-            for b in sorted(self._unacked.values(), key=lambda b: b.request_id):
-                if b.payload:
-                    self._outbox.put(b)
+            for b in self._inflight.in_order():
+                self._outbox.put(b)
 
     def _on_ack(self, ack: pb.PublishAck) -> BrokerError | None:
         with self._cond:
-            batch = self._unacked.get(ack.request_id)
+            batch = self._inflight.batches.get(ack.request_id)
         if batch is None:
             return None  # an ack for a batch resent and already acknowledged
         if ack.status.code == Code.ABORTED:
@@ -384,9 +345,7 @@ class Producer(Generic[T]):
             self._fail(batch, exc)
             return exc  # later batches of the partition were renumbered: resend them
         with self._cond:
-            del self._unacked[ack.request_id]
-            self._pending -= batch.count
-            self._in_flight_bytes -= len(batch.payload)
+            self._inflight.acked(ack.request_id)
             self.stats.acked_points += batch.count
             self.stats.acked_batches += 1
             self.stats.duplicates += int(ack.duplicate)
@@ -396,41 +355,20 @@ class Producer(Generic[T]):
         return None
 
     def _fenced(self, batch: Batch) -> None:
-        """The grant `batch` was sent under has moved on: drop that grant's unacknowledged batches.
-
-        Batches of a newer grant of the same partition stay; they are renumbered to close
-        the sequence gap and resent (the broker refused them as out of order meanwhile).
-        """
-        p, epoch = batch.partition, batch.fence[1] if batch.fence else 0
+        """The grant `batch` was sent under has moved on: drop that grant's batches."""
         with self._cond:
-            mine = sorted(
-                (b for b in self._unacked.values() if b.partition == p), key=lambda b: b.sequence
-            )
-            drop = [b for b in mine if b.fence is not None and b.fence[1] == epoch]
-            for b in drop:
-                b.dropped = True
-                del self._unacked[b.request_id]
-            keep = [b for b in mine if not b.dropped]
-            first = min(b.sequence for b in drop)
-            for seq, b in enumerate(keep, start=first):
-                b.sequence = seq
-            self._sequences[p] = first + len(keep)
-            grant = self._fences.get(p)
-            if grant is not None and grant.epoch == epoch:
-                del self._fences[p]
-            points = sum(b.count for b in drop)
-            self._pending -= points
-            self._in_flight_bytes -= sum(len(b.payload) for b in drop)
+            dropped = self._inflight.fence(batch)
             self._cond.notify_all()
+        points = sum(b.count for b in dropped)
         log.warning(
             "partition fenced: its batches were dropped",
-            extra={"partition": p, "points": points, "batches": len(drop), "epoch": epoch},
+            extra={"partition": batch.partition, "points": points, "batches": len(dropped)},
         )
         if self.on_fenced is not None:
-            self.on_fenced(p, points)
+            self.on_fenced(batch.partition, points)
 
     def _fail(self, batch: Batch, exc: BrokerError) -> None:
-        """Drop a batch the broker will never take; close its sequence gap."""
+        """Drop a batch the broker will never take; the next send or flush raises `exc`."""
         log.error(
             "batch refused",
             extra={
@@ -441,13 +379,7 @@ class Producer(Generic[T]):
             },
         )
         with self._cond:
-            self._unacked.pop(batch.request_id, None)
-            for other in self._unacked.values():
-                if other.partition == batch.partition and other.sequence > batch.sequence:
-                    other.sequence -= 1
-            self._sequences[batch.partition] -= 1
-            self._pending -= batch.count
-            self._in_flight_bytes -= len(batch.payload)
+            self._inflight.fail(batch)
             self.stats.failed_points += batch.count
             self._failure = exc
             self._cond.notify_all()

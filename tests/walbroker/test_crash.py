@@ -8,7 +8,8 @@ import time
 
 from proto.gen import walbroker_pb2 as pb
 from tests.walbroker.helpers import assert_contiguous, drain, encode, item
-from walbroker.producer import Batch, Producer
+from walbroker.inflight import Batch
+from walbroker.producer import Producer
 
 PRODUCERS = 4
 KILLS = 4

@@ -1,0 +1,52 @@
+"""The producer's in-flight bookkeeping: sequences, grants, gaps closed after drops."""
+
+from __future__ import annotations
+
+from walbroker.inflight import Grant, InFlight
+
+
+def sealed(f: InFlight, partition: int, count: int, payload: bytes = b"xx"):
+    batch = f.seal(partition, count)
+    f.points += count
+    assert f.encoded(batch, payload)
+    return batch
+
+
+def test_sequences_count_per_partition_and_acks_release_points_and_bytes():
+    f = InFlight("t", "p")
+    a, b, c = sealed(f, 0, 3), sealed(f, 1, 4), sealed(f, 0, 5)
+    assert [(x.partition, x.sequence) for x in (a, b, c)] == [(0, 0), (1, 0), (0, 1)]
+    assert (f.points, f.bytes) == (12, 6)
+    assert f.acked(a.request_id) is a and f.acked(a.request_id) is None
+    assert (f.points, f.bytes) == (9, 4)
+    assert f.in_order() == [b, c]
+
+
+def test_a_refused_batch_leaves_no_gap():
+    f = InFlight("t", "p")
+    a, b, c = (sealed(f, 0, 1) for _ in range(3))
+    f.fail(b)
+    assert b.dropped and (a.sequence, c.sequence) == (0, 1)
+    assert f.seal(0, 1).sequence == 2
+
+
+def test_fencing_drops_the_old_grant_only_and_renumbers_the_new_one():
+    f = InFlight("t", "p")
+    f.grants[0] = Grant("streamers", epoch=7, progress=100)
+    old = [sealed(f, 0, 10) for _ in range(2)]
+    assert [b.fence for b in old] == [("streamers", 7, 110), ("streamers", 7, 120)]
+    f.grants[0] = Grant("streamers", epoch=9, progress=100)  # regranted from committed 100
+    new = sealed(f, 0, 10)
+    assert new.fence == ("streamers", 9, 110) and new.sequence == 2
+    assert f.fence(old[0]) == old
+    assert f.batches == {new.request_id: new} and new.sequence == 0
+    assert f.grants[0].epoch == 9  # the newer grant stays
+    assert f.points == 10
+
+
+def test_a_batch_fenced_while_encoding_is_not_sent():
+    f = InFlight("t", "p")
+    f.grants[0] = Grant("g", 1, 0)
+    batch = f.seal(0, 5)
+    f.fence(batch)
+    assert not f.encoded(batch, b"late") and f.bytes == 0

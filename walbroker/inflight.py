@@ -1,0 +1,125 @@
+"""The producer's sealed batches until they are acknowledged: sequences, grants and bounds.
+
+Each batch gets its partition's next sequence number when it is sealed. A
+partition tracked for a producer group (a `Grant`) also stamps each batch with
+the grant's epoch and the progress after it. When a batch can never be
+appended — refused for good, or fenced because its grant moved on — it leaves
+a gap in its partition's sequence; the later batches are renumbered to close
+it, and the broker (which refused them as out of order) gets them again.
+
+Not thread-safe on its own: the producer guards it with its condition lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Batch:
+    """A sealed batch waiting for its acknowledgement."""
+
+    topic: str
+    producer_id: str
+    partition: int
+    sequence: int
+    payload: bytes
+    count: int
+    request_id: int = 0
+    created: float = field(default_factory=time.monotonic)
+    # (group, epoch, progress) when the partition is tracked for a producer group
+    fence: tuple[str, int, int] | None = None
+    dropped: bool = False
+
+
+@dataclass(slots=True)
+class Grant:
+    """A producer-group grant of one partition and the progress its batches carry."""
+
+    group: str
+    epoch: int
+    progress: int
+
+
+class InFlight:
+    """Unacknowledged batches by request id (= sending order), with point and byte counts."""
+
+    def __init__(self, topic: str, producer_id: str) -> None:
+        self.topic, self.producer_id = topic, producer_id
+        self.batches: dict[int, Batch] = {}
+        self.grants: dict[int, Grant] = {}
+        self.points = 0  # items accepted and not yet acknowledged or dropped (open ones too)
+        self.bytes = 0  # encoded bytes of sealed, unacknowledged batches
+        self._sequences: dict[int, int] = {}
+        self._ids = itertools.count(1)
+
+    def seal(self, partition: int, count: int) -> Batch:
+        """A new batch with the partition's next sequence (and its grant's progress)."""
+        seq = self._sequences.get(partition, 0)
+        self._sequences[partition] = seq + 1
+        batch = Batch(self.topic, self.producer_id, partition, seq, b"", count, next(self._ids))
+        grant = self.grants.get(partition)
+        if grant is not None:
+            grant.progress += count
+            batch.fence = (grant.group, grant.epoch, grant.progress)
+        self.batches[batch.request_id] = batch
+        return batch
+
+    def encoded(self, batch: Batch, payload: bytes) -> bool:
+        """Attach the payload; False when the batch was dropped while being encoded."""
+        if batch.dropped:
+            return False
+        batch.payload = payload
+        self.bytes += len(payload)
+        return True
+
+    def acked(self, request_id: int) -> Batch | None:
+        """Forget an acknowledged batch (None if it was already acknowledged or dropped)."""
+        batch = self.batches.pop(request_id, None)
+        if batch is not None:
+            self._release([batch])
+        return batch
+
+    def in_order(self) -> list[Batch]:
+        """Encoded, unacknowledged batches in sending order (for a resend)."""
+        return [b for _, b in sorted(self.batches.items()) if b.payload]
+
+    def fail(self, batch: Batch) -> None:
+        """Drop one batch the broker will never take, and close its sequence gap."""
+        self._drop(batch.partition, [batch])
+
+    def fence(self, batch: Batch) -> list[Batch]:
+        """Drop every batch of `batch`'s grant (it moved on); return them."""
+        epoch = batch.fence[1] if batch.fence else None
+        doomed = [
+            b
+            for b in self.batches.values()
+            if b.partition == batch.partition and b.fence is not None and b.fence[1] == epoch
+        ]
+        self._drop(batch.partition, doomed)
+        grant = self.grants.get(batch.partition)
+        if grant is not None and grant.epoch == epoch:
+            del self.grants[batch.partition]
+        return doomed
+
+    def _drop(self, partition: int, doomed: list[Batch]) -> None:
+        if not doomed:
+            return
+        for b in doomed:
+            b.dropped = True
+            self.batches.pop(b.request_id, None)
+        self._release(doomed)
+        first = min(b.sequence for b in doomed)
+        later = sorted(
+            (b for b in self.batches.values() if b.partition == partition and b.sequence > first),
+            key=lambda b: b.sequence,
+        )
+        for seq, b in enumerate(later, start=first):
+            b.sequence = seq
+        self._sequences[partition] = first + len(later)
+
+    def _release(self, batches: list[Batch]) -> None:
+        self.points -= sum(b.count for b in batches)
+        self.bytes -= sum(len(b.payload) for b in batches)
