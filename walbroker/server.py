@@ -21,7 +21,7 @@ from prometheus_client import start_http_server
 from proto.gen import walbroker_pb2 as pb
 from proto.gen import walbroker_pb2_grpc as pb_grpc
 from walbroker.config import BrokerConfig
-from walbroker.errors import BrokerError, Code, InvalidArgument
+from walbroker.errors import BrokerError, Code, InvalidArgument, NotFound
 from walbroker.group import GroupCoordinator
 from walbroker.lag import group_lags
 from walbroker.log import Log
@@ -52,7 +52,9 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
     def Publish(
         self, request_iterator: Iterator[pb.PublishRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.PublishAck]:
-        pending: queue.Queue[tuple[pb.PublishRequest, Any] | None] = queue.Queue()
+        pending: queue.Queue[
+            tuple[pb.PublishRequest, futures.Future[AppendResult] | BrokerError] | None
+        ] = queue.Queue()
 
         def read() -> None:
             try:
@@ -68,7 +70,7 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
             req, outcome = item
             yield self._ack(req, outcome)
 
-    def _submit(self, req: pb.PublishRequest) -> Any:
+    def _submit(self, req: pb.PublishRequest) -> futures.Future[AppendResult] | BrokerError:
         try:
             tp = TopicPartition(req.topic, req.partition)
             fence = (
@@ -78,12 +80,14 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
         except BrokerError as exc:
             return exc
 
-    def _ack(self, req: pb.PublishRequest, outcome: Any) -> pb.PublishAck:
+    def _ack(
+        self, req: pb.PublishRequest, outcome: futures.Future[AppendResult] | BrokerError
+    ) -> pb.PublishAck:
         ack = pb.PublishAck(request_id=req.request_id, topic=req.topic, partition=req.partition)
         try:
-            result: AppendResult = (
-                outcome.result() if isinstance(outcome, futures.Future) else _raise(outcome)
-            )
+            if isinstance(outcome, BrokerError):
+                raise outcome
+            result = outcome.result()
         except BrokerError as exc:
             self.broker.metrics.rejected.labels(exc.code.name).inc()
             ack.status.CopyFrom(status_of(exc))
@@ -147,7 +151,7 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
         resp.brokers.add(node_id=self.broker.config.node_id, address=self.broker.address)
         for name in names:
             if name not in wal.topics:
-                abort(context, _not_found(name))
+                abort(context, NotFound(f"unknown topic {name!r}"))
             t = resp.topics.add(name=name)
             for p in range(wal.topics[name]):
                 info = wal.state(TopicPartition(name, p)).info()
@@ -158,16 +162,6 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
                     log_end_offset=info.log_end_offset,
                 )
         return resp
-
-
-def _raise(exc: BrokerError) -> AppendResult:
-    raise exc
-
-
-def _not_found(topic: str) -> BrokerError:
-    from walbroker.errors import NotFound
-
-    return NotFound(f"unknown topic {topic!r}")
 
 
 class Broker:
