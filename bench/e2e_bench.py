@@ -292,7 +292,9 @@ def window_latencies(probe: LatencyProbe, base_url: str, w0: int, w1: int) -> di
     lat.sort()
 
     def pct(q: float) -> float | None:
-        return round(lat[min(len(lat) - 1, int(q * len(lat)))], 3) if lat else None
+        """The q-quantile in seconds; None when it is a point the probe never saw."""
+        x = lat[min(len(lat) - 1, int(q * len(lat)))] if lat else math.inf
+        return None if x == math.inf else round(x, 3)
 
     return {
         "sampled_gpus": len(probe.uuids), "points": len(lat),
