@@ -117,6 +117,27 @@ def points(
     )
 
 
+def first_time(
+    bucket: str, start_ns: int, end_ns: int, tags: dict[str, str], metrics: Sequence[str] | None
+) -> str:
+    """Return the query for the time of the first point in [start_ns, end_ns] (one row or none).
+
+    `first()` is answered by the storage engine without reading the series, so this is
+    cheap at any depth; paging uses it to skip empty time before probing windows. No
+    `until` clause here (it would stop the push-down): a result just past `end_ns`, which
+    1.8's inclusive `stop` may give, means the range is empty and the caller sees it.
+    """
+    return (
+        source(bucket, start_ns, end_ns + 1)
+        + predicate(tags=tags, metrics=metrics)
+        + "\n  |> first()"
+        + '\n  |> keep(columns: ["_time"])'
+        + "\n  |> group()"
+        + '\n  |> sort(columns: ["_time"])'
+        + "\n  |> limit(n: 1)"
+    )
+
+
 def series_edge(bucket: str, edge: str, tags: dict[str, str], extra: Sequence[str] = ()) -> str:
     """Return the first or last `value` row of every series matching `tags` (all time)."""
     if edge not in ("first", "last"):

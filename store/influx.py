@@ -53,6 +53,10 @@ def translate_error(exc: Exception, action: str) -> StoreError:
 _CLIENT_ERRORS = (ApiException, urllib3.exceptions.HTTPError, OSError)
 
 
+# Pages are read in windows starting at this size (x4 each time), never all history at once.
+PROBE_WINDOW_NS = 3600 * 1_000_000_000
+
+
 class InfluxStore(Store):
     """Telemetry in one InfluxDB bucket, measurement `gpu_telemetry` (see `store.schema`)."""
 
@@ -158,16 +162,24 @@ class InfluxStore(Store):
         """
         tags = {schema.TAG_UUID: validate.text("uuid", uuid)}
         start, end = validate.time_range(start_ns, end_ns)
-        query = flux.points(
-            self.bucket,
-            start,
-            end,
-            tags,
-            validate.metrics(metrics),
-            validate.positive("limit", limit),
-            validate.cursor(after),
-        )
-        return [_point(row) for row in self._rows(query)]
+        wanted, limit = validate.metrics(metrics), validate.positive("limit", limit)
+        after = validate.cursor(after)
+        lo = max(start, after[0]) if after else start
+        if end - lo > PROBE_WINDOW_NS:  # skip empty time cheaply, then probe growing windows
+            first = next(
+                iter(self._rows(flux.first_time(self.bucket, lo, end, tags, wanted))), None
+            )
+            if first is None:
+                return []
+            lo = flux.parse_time(first["_time"])
+        out: list[StoredPoint] = []
+        window = PROBE_WINDOW_NS
+        while lo <= end and len(out) < limit:  # cost follows the page, not the history
+            hi = min(end, lo + window - 1)
+            query = flux.points(self.bucket, lo, hi, tags, wanted, limit - len(out), after)
+            out += [_point(row) for row in self._rows(query)]
+            lo, window = hi + 1, window * 4
+        return out
 
     def latest(self, uuid: str) -> dict[str, StoredPoint]:
         """Return the newest point of each metric of this GPU (empty when unknown)."""

@@ -88,6 +88,29 @@ def test_keyset_paging_stable_while_writing(store: Store) -> None:
     assert all(m == UTIL for _, m in seen[10:])
 
 
+def test_sparse_history_pages_in_order_across_long_gaps(store: Store) -> None:
+    """Points hours to years apart: pages find them in order, none lost or repeated."""
+    g = gpu(1)
+    hour = 3600 * 1_000_000_000
+    times = [T0, T0 + 1, T0 + 5 * hour, T0 + 300 * hour, T0 + 9000 * hour, T0 + 9000 * hour + 1]
+    store.write(grid([g], [UTIL, TEMP], times))
+    seen: list[tuple[int, str]] = []
+    after = None
+    while True:
+        page = store.query_points(g.uuid, 0, T0 + 9000 * hour + 1, limit=3, after=after)
+        seen += [(p.time_ns, p.metric) for p in page]
+        if len(page) < 3:
+            break
+        after = seen[-1]
+    assert seen == sorted((t, m) for t in times for m in (UTIL, TEMP))
+    assert store.query_points(g.uuid, T0 + 2, T0 + 5 * hour - 1) == []
+    assert [p.time_ns for p in store.query_points(g.uuid, 0, T0 + 5 * hour, [UTIL])] == [
+        T0,
+        T0 + 1,
+        T0 + 5 * hour,
+    ]
+
+
 def test_limit(store: Store) -> None:
     g = gpu(1)
     store.write(grid([g], [UTIL], [T0 + i * S for i in range(10)]))
