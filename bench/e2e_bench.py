@@ -18,15 +18,15 @@ warm-up, a measurement window of `duration_s` seconds:
   the visibility delay: the point became visible after the previous poll of its GPU
   was answered; the mean poll cycle (`poll_cycle_ms`) is the resolution. After the
   run the sampled GPUs' points of the window are read again through the gateway; any
-  the probe never saw count as infinitely late (`missed`). Every point of the sampled
-  GPUs is measured, not only the newest, so points that wait for a flush are counted
-  at their true age.
+  the probe never saw count as infinitely late (`missed`; a percentile falling on one
+  is null). Every point of the sampled GPUs is measured, not only the newest, so points
+  that wait for a flush are counted at their true age.
 - Accounting: after the streamer stops (SIGTERM: flush, commit) and the collectors'
   lag is 0, the store's exact count must equal the broker's log end offsets (points
   appended), the streamer group's committed progress and the collector's flushed count.
 - CPU: utime+stime from /proc/<pid>/stat of each process (gunicorn's workers included)
-  over the window, as cores used; `machine_busy_cores` from /proc/stat shows how much
-  of the 2 cores everything else on the machine took at the same time.
+  over the window, as cores used; `machine_busy_cores` (from /proc/stat) is what the
+  whole machine used meanwhile: minus `pipeline_total_cores`, the other tenants' share.
 
 `run()` is called by `bench/run.py`; `python -m bench.e2e_bench [seconds]` prints JSON.
 """
