@@ -6,7 +6,9 @@ the API printed a point's time selects exactly that point.
 
 from __future__ import annotations
 
+import functools
 import re
+import time
 from datetime import UTC, datetime, timedelta, timezone
 
 from store.validate import MAX_NS
@@ -84,8 +86,16 @@ def parse_time(text: str) -> int:
 def format_time(ns: int) -> str:
     """Return `ns` as RFC 3339 in UTC with nine fractional digits (parse_time's exact inverse)."""
     seconds, frac = divmod(ns, NS_PER_S)
-    stamp = (_EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{stamp}.{frac:09d}Z"
+    return f"{_second(seconds)}.{frac:09d}Z"
+
+
+@functools.lru_cache(maxsize=65536)
+def _second(seconds: int) -> str:
+    """The date-time part of a whole second (cached: a page's points share few seconds)."""
+    if seconds < 0 or seconds > 253402300799:  # outside years 1970..9999: the slow, exact way
+        return (_EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+    t = time.gmtime(seconds)
+    return f"{t[0]:04d}-{t[1]:02d}-{t[2]:02d}T{t[3]:02d}:{t[4]:02d}:{t[5]:02d}"
 
 
 def parse_duration(text: str) -> int:

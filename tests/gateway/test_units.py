@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway import cursor
 from gateway.config import GatewayConfig, from_args, from_env
@@ -104,3 +108,13 @@ def test_config_from_flags_and_env() -> None:
     assert GatewayConfig().workers == 1
     with pytest.raises(SystemExit):
         from_args(["--store", "postgres"], {})
+
+
+@given(st.integers(min_value=0, max_value=2**63 - 2))
+def test_format_time_matches_datetime_and_round_trips(ns: int) -> None:
+    seconds, frac = divmod(ns, 1_000_000_000)
+    stamp = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)).strftime(
+        "%Y-%m-%dT%H:%M:%S"
+    )
+    assert format_time(ns) == f"{stamp}.{frac:09d}Z"
+    assert parse_time(format_time(ns)) == ns
