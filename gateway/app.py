@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from flask import Flask
 
-from gateway import catalog, docs, errors, extension, gpus, metrics, ops, telemetry
+from gateway import (
+    catalog,
+    catalog_cache,
+    docs,
+    errors,
+    extension,
+    gpus,
+    metrics,
+    ops,
+    telemetry,
+)
 from gateway.config import GatewayConfig, from_env
 from store import Store, open_store
 
@@ -26,6 +36,7 @@ def create_app(config: GatewayConfig | None = None) -> Flask:
     extension.init_app(app, lambda: store_opener(config))
     errors.init_app(app)
     metrics.init_app(app)
+    catalog_cache.init_app(app, config.catalog_cache_s)
     for blueprint in (gpus.bp, telemetry.bp, catalog.bp, ops.bp, docs.bp):
         app.register_blueprint(blueprint)
     return app

@@ -32,6 +32,8 @@ class GatewayConfig:
     workers: int = 1
     threads: int = 4
     log_level: str = "INFO"
+    # Seconds a GPU-list page is served from memory (0: always ask the store).
+    catalog_cache_s: float = 1.0
 
     def store_opts(self) -> dict[str, str]:
         """Return the InfluxDB keyword arguments of `store.open_store` (empty means env)."""
@@ -50,6 +52,7 @@ class GatewayConfig:
             "GPUTEL_GATEWAY_WORKERS": str(self.workers),
             "GPUTEL_GATEWAY_THREADS": str(self.threads),
             "GPUTEL_GATEWAY_LOG_LEVEL": self.log_level,
+            "GPUTEL_GATEWAY_CATALOG_CACHE_S": str(self.catalog_cache_s),
         }
         for name, value in self.store_opts().items():
             if value:
@@ -90,6 +93,12 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive, default=gw("WORKERS", "1"))
     p.add_argument("--threads", type=_positive, default=gw("THREADS", "4"), help="per worker")
     p.add_argument("--log-level", default=gw("LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--catalog-cache-s",
+        type=float,
+        default=gw("CATALOG_CACHE_S", "1.0"),
+        help="seconds a GPU-list page is served from memory (0: off)",
+    )
     return p
 
 
@@ -108,6 +117,7 @@ def from_args(
         workers=a.workers,
         threads=a.threads,
         log_level=a.log_level.upper(),
+        catalog_cache_s=max(float(a.catalog_cache_s), 0.0),
     )
 
 

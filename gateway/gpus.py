@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 from gateway import cursor, lookup, schemas
+from gateway.catalog_cache import current_cache
 from gateway.extension import current_store
 from gateway.openapi import Operation, operation
 from gateway.params import CURSOR, DEFAULT_LIMIT, LIMIT, Param, text
@@ -29,20 +30,25 @@ STORE_ERRORS = (502, 503)
     )
 )
 def list_gpus() -> Response:
-    """Return one page of GPUs."""
+    """Return one page of GPUs (served from the catalog cache for a moment)."""
     hostname, model = HOSTNAME.one(request.args), MODEL.one(request.args)
     limit = LIMIT.one(request.args) or DEFAULT_LIMIT
     query = cursor.fingerprint("gpus", hostname, model)
     token = CURSOR.one(request.args)
     after = cursor.uuid_key(token, query) if token else None
-    found = current_store().list_gpus(hostname, model, limit + 1, after)
-    page = found[:limit]
-    more = len(found) > limit
-    body: schemas.GpuPage = {
-        "gpus": [lookup.describe(g) for g in page],
-        "next_cursor": cursor.encode([page[-1].uuid], query) if more else None,
-    }
-    return jsonify(body)
+
+    def page() -> bytes:
+        found = current_store().list_gpus(hostname, model, limit + 1, after)
+        body: schemas.GpuPage = {
+            "gpus": [lookup.describe(g) for g in found[:limit]],
+            "next_cursor": cursor.encode([found[limit - 1].uuid], query)
+            if len(found) > limit
+            else None,
+        }
+        return jsonify(body).get_data()
+
+    data = current_cache().get((hostname, model, limit, after), page)
+    return Response(data, mimetype="application/json")
 
 
 @bp.get("/gpus/<gpu_id>")
