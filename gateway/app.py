@@ -16,6 +16,7 @@ from gateway import (
     telemetry,
 )
 from gateway.config import GatewayConfig, from_env
+from gateway.jsonprovider import OrjsonProvider
 from store import Store, open_store
 
 
@@ -30,9 +31,8 @@ def create_app(config: GatewayConfig | None = None) -> Flask:
     """Return a gateway app for `config` (built from the environment when None)."""
     config = config or from_env()
     app = Flask(__name__)
+    app.json = OrjsonProvider(app)
     app.config["GPUTEL"] = config
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.json.compact = True  # type: ignore[attr-defined]
     extension.init_app(app, lambda: store_opener(config))
     errors.init_app(app)
     metrics.init_app(app)

@@ -225,7 +225,7 @@ class SqliteStore(Store):
             args += [cursor[0], cursor[0], cursor[1]]
         sql += " ORDER BY p.time_ns, p.metric LIMIT ?"
         rows = self._read(sql, [*args, validate.positive("limit", limit)])
-        return [StoredPoint(str(m), int(t), float(v), int(s)) for m, t, v, s in rows]
+        return list(map(StoredPoint._make, rows))  # column types are fixed by the schema
 
     def latest(self, uuid: str) -> dict[str, StoredPoint]:
         """Return the newest point of each metric of this GPU (empty when unknown)."""
