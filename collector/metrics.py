@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 WRITE_ERROR_KINDS = ("unavailable", "invalid", "error", "dead_letter")
 DEAD_LETTER_REASONS = ("decode", "invalid")
-COMMIT_RESULTS = ("ok", "refused")
+COMMIT_RESULTS = ("ok", "refused", "sent")
 FLUSH_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -58,7 +58,8 @@ class CollectorMetrics:
         )
         self.commits = Counter(
             "gpu_telemetry_collector_commits_total",
-            "Offset commits after a flush, by result (refused: redelivered, rewritten).",
+            "Offset commits after a flush: ok or refused (then redelivered, rewritten) when waited "
+            "for; sent when not (a refusal is then logged by the consumer).",
             ["result"],
             registry=registry,
         )

@@ -117,7 +117,7 @@ class Collector:
         try:
             while not self._stop.is_set():
                 self._step()
-            done = self._flush() if len(self.pending) else True
+            done = self._flush(wait=True) if len(self.pending) else True
             if not done:
                 log.warning(
                     "leaving with points not stored; they stay uncommitted and are redelivered",
@@ -199,8 +199,12 @@ class Collector:
 
     # ---- flush: write, then commit ---------------------------------------------------------
 
-    def _flush(self) -> bool:
-        """Write everything held, then commit it; False if stopping gave up on a failing store."""
+    def _flush(self, wait: bool = False) -> bool:
+        """Write everything held, then commit it; False if stopping gave up on a failing store.
+
+        The commit is only waited for when `wait` (before a release or leaving the group):
+        otherwise polling goes on while the broker stores it.
+        """
         start = time.monotonic()
         while True:
             try:
@@ -216,7 +220,7 @@ class Collector:
         if not self._store_ok or self._failures:
             log.info("store writes succeed again", extra={"failed_attempts": self._failures})
         self._set_store_ok(True)
-        self._commit(self.pending.offsets())
+        self._commit(self.pending.offsets(), wait)
         self.metrics.flushed.inc(self.pending.points)
         self.metrics.flush_latency.observe(time.monotonic() - start)
         self.pending.clear()
@@ -279,12 +283,12 @@ class Collector:
         time.sleep(min(delay, left))
         return True
 
-    def _commit(self, offsets: dict[int, int]) -> None:
+    def _commit(self, offsets: dict[int, int], wait: bool) -> None:
         """Commit offsets of partitions still owned (and return credit for what was polled)."""
         owned = set(self.consumer.positions())
         mine = {p: o for p, o in offsets.items() if p in owned}
-        if self.consumer.commit(mine):
-            self.metrics.commits.labels(result="ok").inc()
+        if self.consumer.commit(mine, wait=wait):
+            self.metrics.commits.labels(result="ok" if wait else "sent").inc()
             return
         self.metrics.commits.labels(result="refused").inc()
         log.info(
@@ -302,7 +306,7 @@ class Collector:
             return
         held = {r.partition for r in self.pending.records} & revoked
         if held and can_flush and self._store_ok:
-            self._flush()
+            self._flush(wait=True)
         dropped = self.pending.drop(revoked)
         self.metrics.backlog.set(self.pending.points)
         self.consumer.release(revoked)

@@ -172,8 +172,15 @@ class Consumer:
                 self._positions.pop(p, None)
         self._requests.put(pb.ConsumeRequest(release=pb.Release(partitions=sorted(partitions))))
 
-    def commit(self, offsets: dict[int, int] | None = None, timeout_s: float = 10.0) -> bool:
-        """Commit `offsets` (default: current positions) and return credit; True if stored."""
+    def commit(
+        self, offsets: dict[int, int] | None = None, timeout_s: float = 10.0, wait: bool = True
+    ) -> bool:
+        """Commit `offsets` (default: current positions) and return credit; True if stored.
+
+        With `wait=False` the commit is sent and True returned at once; a refusal is then
+        logged and kept in `last_error` when its acknowledgement arrives (a refused commit
+        only means those records are delivered again).
+        """
         with self._cond:
             if self.assignment is None:
                 return False
@@ -186,7 +193,8 @@ class Consumer:
             return True
         cid = next(self._commit_ids)
         fut: Future[pb.CommitAck] = Future()
-        self._commits[cid] = fut
+        if wait:
+            self._commits[cid] = fut
         self._requests.put(
             pb.ConsumeRequest(
                 commit=pb.Commit(
@@ -196,6 +204,8 @@ class Consumer:
                 )
             )
         )
+        if not wait:
+            return True
         try:
             ack = fut.result(timeout_s)
         except (TimeoutError, BrokerError) as exc:
@@ -203,18 +213,22 @@ class Consumer:
             return False
         finally:
             self._commits.pop(cid, None)
-        if ack.status.code != Code.OK:
-            self.last_error = error_from_status(ack.status)
-            log.info(
-                "commit refused",
-                extra={
-                    "group": self.group,
-                    "code": Code(ack.status.code).name,
-                    "reason": ack.status.message,
-                },
-            )
-            return False
-        return True
+        return self._accepted(ack)
+
+    def _accepted(self, ack: pb.CommitAck) -> bool:
+        """True for a stored commit; a refusal is logged and kept in `last_error`."""
+        if ack.status.code == Code.OK:
+            return True
+        self.last_error = error_from_status(ack.status)
+        log.info(
+            "commit refused",
+            extra={
+                "group": self.group,
+                "code": Code(ack.status.code).name,
+                "reason": ack.status.message,
+            },
+        )
+        return False
 
     # ---- the stream ------------------------------------------------------------------------
 
@@ -294,7 +308,9 @@ class Consumer:
             self._on_assigned(resp.assignment)
         elif kind == "commit_ack":
             fut = self._commits.get(resp.commit_ack.commit_id)
-            if fut is not None and not fut.done():
+            if fut is None:
+                self._accepted(resp.commit_ack)  # a commit sent without waiting
+            elif not fut.done():
                 fut.set_result(resp.commit_ack)
 
     def _on_assigned(self, a: pb.Assignment) -> None:
