@@ -19,7 +19,7 @@ from schemathesis.specs.openapi.checks import (
 from gateway.config import GatewayConfig
 from store import open_store
 from tests.gateway import data
-from tests.gateway.conftest import app_for
+from tests.gateway.conftest import Gateway, app_for
 
 CHECKS = [
     schemathesis.checks.not_a_server_error,
@@ -30,14 +30,22 @@ CHECKS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def api_schema(tmp_path_factory) -> Iterator[schemathesis.schemas.BaseSchema]:
-    """Return the document served by an app on a seeded SQLite file."""
-    path = tmp_path_factory.mktemp("fuzz") / "telemetry.db"
-    with open_store(f"sqlite:{path}") as store:
+@pytest.fixture(scope="module", params=["wsgi", "live-gunicorn"])
+def api_schema(request, tmp_path_factory) -> Iterator[schemathesis.schemas.BaseSchema]:
+    """The document served by the app on a seeded SQLite file: in-process, and by gunicorn."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    config = GatewayConfig(store=f"sqlite:{folder / 'telemetry.db'}")
+    with open_store(config.store) as store:
         store.write(data.seed())
-    for app in app_for(GatewayConfig(store=f"sqlite:{path}")):
-        yield schemathesis.openapi.from_wsgi("/openapi.json", app)
+    if request.param == "wsgi":
+        for app in app_for(config):
+            yield schemathesis.openapi.from_wsgi("/openapi.json", app)
+        return
+    server = Gateway(config, folder / "gateway.log")
+    try:
+        yield schemathesis.openapi.from_url(server.url + "/openapi.json")
+    finally:
+        server.stop()
 
 
 def strategy(operation, mode: GenerationMode):
