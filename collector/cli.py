@@ -63,12 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), 1)
     with store:
         collector = Collector(config, store, CollectorMetrics(REGISTRY))
+        for sig in (signal.SIGTERM, signal.SIGINT):  # before the probes can say "ready"
+            signal.signal(sig, lambda *_: collector.stop())
         try:
             served = [e.start() for e in endpoints(config, collector.readiness, REGISTRY)]
         except OSError as exc:
             return _fail(f"cannot listen: {exc}", 1)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: collector.stop())
         try:
             collector.run()
         finally:
