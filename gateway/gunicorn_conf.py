@@ -29,7 +29,7 @@ control_socket_disable = True  # no shared ~/.gunicorn socket; instances never c
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "walbroker.logs.JsonFormatter", "component": "gateway"}},
+    "formatters": {"json": {"()": "walbroker.logs.formatter", "component": "gateway"}},
     "handlers": {
         "stderr": {
             "class": "logging.StreamHandler",

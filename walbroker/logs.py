@@ -49,18 +49,20 @@ class TextFormatter(logging.Formatter):
         return f"{base} {extras}" if extras else base
 
 
+def formatter(component: str, json_logs: bool | None = None) -> logging.Formatter:
+    """JSON unless stderr is a terminal; GPUTEL_LOG_FORMAT=json|text decides when set."""
+    fmt = os.environ.get("GPUTEL_LOG_FORMAT", "")
+    if json_logs is None:
+        json_logs = fmt == "json" if fmt in ("json", "text") else not sys.stderr.isatty()
+    if json_logs:
+        return JsonFormatter(component)
+    return TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def setup(component: str, level: str = "INFO", json_logs: bool | None = None) -> None:
     """Configure the root logger for a process (call once, from a `main`)."""
     handler = logging.StreamHandler(sys.stderr)
-    fmt = os.environ.get("GPUTEL_LOG_FORMAT", "")  # "json" or "text" overrides the tty check
-    if json_logs is None:
-        json_logs = fmt == "json" if fmt in ("json", "text") else not sys.stderr.isatty()
-    use_json = json_logs
-    handler.setFormatter(
-        JsonFormatter(component)
-        if use_json
-        else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
+    handler.setFormatter(formatter(component, json_logs))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
