@@ -15,8 +15,6 @@ from store import schema
 _ESCAPE_TAG = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
 _ESCAPE_MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ "})
 
-GpuKey = tuple[str, str, int, str, str, str, str, str]
-
 
 def escape_tag(text: str) -> str:
     """Escape a tag key or value (commas, equals signs, spaces)."""
@@ -26,20 +24,6 @@ def escape_tag(text: str) -> str:
 def escape_measurement(text: str) -> str:
     """Escape a measurement name (commas, spaces)."""
     return text.translate(_ESCAPE_MEASUREMENT)
-
-
-def gpu_key(gpu: Gpu) -> GpuKey:
-    """Return the hashable part of a GPU that its tags depend on."""
-    return (
-        gpu.uuid,
-        gpu.hostname,
-        gpu.gpu,
-        gpu.device,
-        gpu.model,
-        gpu.container,
-        gpu.pod,
-        gpu.namespace,
-    )
 
 
 def series_key(gpu: Gpu, metric: str) -> str:
@@ -56,10 +40,10 @@ class LineProtocolEncoder:
 
     def __init__(self, max_cached: int = 100_000) -> None:
         self._max_cached = max_cached
-        self._keys: OrderedDict[tuple[GpuKey, str], str] = OrderedDict()
+        self._keys: OrderedDict[tuple[schema.GpuFields, str], str] = OrderedDict()
 
     def _prefix(self, gpu: Gpu, metric: str) -> str:
-        key = (gpu_key(gpu), metric)
+        key = (schema.gpu_fields(gpu), metric)
         prefix = self._keys.get(key)
         if prefix is None:
             prefix = f"{series_key(gpu, metric)} {schema.FIELD_VALUE}="

@@ -42,6 +42,23 @@ MAX_TAG_LEN = 256
 _BAD_TAG_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
+GpuFields = tuple[str, str, int, str, str, str, str, str]
+
+
+def gpu_fields(gpu: Gpu) -> GpuFields:
+    """The GPU's stored descriptor in GPU_TAGS order (hashable: a cache key, a table row)."""
+    return (
+        gpu.uuid,
+        gpu.hostname,
+        gpu.gpu,
+        gpu.device,
+        gpu.model,
+        gpu.container,
+        gpu.pod,
+        gpu.namespace,
+    )
+
+
 def gpu_tags(gpu: Gpu) -> dict[str, str]:
     """Return the GPU's tags by name, leaving out empty ones (uuid is always present)."""
     tags = {

@@ -307,19 +307,7 @@ class SqliteStore(Store):
 
 
 def _upsert_gpu(conn: sqlite3.Connection, gpu: Gpu) -> int:
-    row = conn.execute(
-        _UPSERT_GPU,
-        (
-            gpu.uuid,
-            gpu.hostname,
-            gpu.gpu,
-            gpu.device,
-            gpu.model,
-            gpu.container,
-            gpu.pod,
-            gpu.namespace,
-        ),
-    ).fetchone()
+    row = conn.execute(_UPSERT_GPU, schema.gpu_fields(gpu)).fetchone()
     return int(row[0])
 
 
