@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from proto.batch import PointBatch
-from store.lineprotocol import GpuKey, gpu_key
+from store.schema import GpuFields, gpu_fields
 from walbroker.consumer import Message
 
 K = TypeVar("K")
@@ -114,10 +114,10 @@ def merge(batches: list[PointBatch]) -> PointBatch:
     if len(batches) == 1:
         return batches[0]
     out = PointBatch()
-    gpu_slot: dict[GpuKey, int] = {}
+    gpu_slot: dict[GpuFields, int] = {}
     metric_slot: dict[str, int] = {}
     for b in batches:
-        gmap = [_slot(gpu_slot, gpu_key(g), g, out.gpus) for g in b.gpus]
+        gmap = [_slot(gpu_slot, gpu_fields(g), g, out.gpus) for g in b.gpus]
         mmap = [_slot(metric_slot, m, m, out.metrics) for m in b.metrics]
         out.gpu_index.extend(_remap(b.gpu_index, gmap))
         out.metric_index.extend(_remap(b.metric_index, mmap))
