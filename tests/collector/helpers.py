@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -21,6 +18,7 @@ from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
 from store import Store, open_store
 from tests.fixtures.broker import free_port
 from tests.fixtures.influx import InfluxConn
+from tests.fixtures.process import ManagedProcess
 from tests.support import wait_until as wait_for
 from walbroker.client import channel
 from walbroker.producer import Producer
@@ -125,18 +123,16 @@ class StoreTarget:
         return open_store(opts.pop("spec"), **opts)
 
 
-class CollectorProcess:
+class CollectorProcess(ManagedProcess):
     """`gputel-collector` in a subprocess with its /metrics, /healthz and /readyz on a free port."""
 
     def __init__(self, broker: str, target: StoreTarget, log_path: Path, *extra: str) -> None:
         self.port = free_port()
-        self.log_path = log_path
         cmd = [sys.executable, "-m", "collector.cli", "--broker", broker, *target.args]
         cmd += ["--metrics-listen", f"127.0.0.1:{self.port}", "--session-timeout-ms", "3000"]
         cmd += ["--batch-size", "1000", "--flush-ms", "200", *extra]
-        env = {**os.environ, **target.env, "PYTHONUNBUFFERED": "1"}
-        with open(log_path, "ab") as logf:
-            self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+        super().__init__(cmd, log_path)
+        self.spawn(target.env)
 
     def get(self, path: str) -> tuple[int, str]:
         """GET a path of the metrics port: (status, body); (0, '') when not answering."""
@@ -160,18 +156,8 @@ class CollectorProcess:
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         assert wait_for(lambda: self.get("/readyz")[0] == 200, timeout_s), self.log()
 
-    def kill(self) -> None:
-        """kill -9."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def terminate(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM; return the exit code."""
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout_s)
-
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.log_text()
 
 
 def wait_exact(store: Store, expected: dict[tuple[str, str], int], timeout_s: float = 60.0):

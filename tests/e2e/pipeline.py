@@ -7,9 +7,6 @@ metric, every page.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import urllib.parse
 import urllib.request
@@ -19,6 +16,7 @@ from pathlib import Path
 from proto.gen import walbroker_admin_pb2 as apb
 from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
 from tests.fixtures.broker import BrokerProcess, free_port
+from tests.fixtures.process import ManagedProcess
 from tests.support import wait_until as wait_for
 from walbroker.client import channel
 
@@ -37,67 +35,28 @@ def http_get(url: str, timeout_s: float = 10.0) -> tuple[int, bytes]:
         return 0, b""
 
 
-class Proc:
+class Proc(ManagedProcess):
     """A pipeline component in a subprocess, with its log in a file and an HTTP health URL."""
 
     def __init__(
         self, name: str, argv: list[str], log_path: Path, health_url: str, port: int = 0
     ) -> None:
-        self.name, self.argv, self.log_path, self.health_url = name, argv, log_path, health_url
+        super().__init__(argv, log_path)
+        self.name, self.health_url = name, health_url
         self.port = port  # the HTTP port serving /metrics and the health URL (0: unknown)
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/metrics"
 
     def start(self, wait: bool = True) -> Proc:
-        with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
+        self.spawn()
         if wait and not wait_for(self.healthy, 30):
             raise TimeoutError(f"{self.name} not healthy; log:\n{self.log_tail()}")
         return self
 
     def healthy(self) -> bool:
         return http_get(self.health_url, 1)[0] == 200
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.running:
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def terminate(self, timeout_s: float = 30.0) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return int(self.proc.returncode)
-
-    def wait(self, timeout_s: float) -> int | None:
-        assert self.proc is not None
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
 
 
 class Pipeline:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import time
 import uuid as uuidlib
@@ -18,6 +15,7 @@ from proto.batch import Point
 from proto.codec import decode
 from proto.gen import walbroker_admin_pb2 as apb
 from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
+from tests.fixtures.process import ManagedProcess
 from tests.streamer.dcgm_fixture import csv_text, labels_raw, row
 from walbroker.client import channel
 from walbroker.consumer import Consumer
@@ -112,29 +110,9 @@ def owners(address: str, group: str) -> dict[int, str]:
     return {p.partition: p.owner for p in describe_group(address, group)}
 
 
-class StreamerProcess:
-    """A `gputel-streamer` subprocess; stderr goes to a file."""
+class StreamerProcess(ManagedProcess):
+    """A `gputel-streamer` subprocess; its output goes to a file."""
 
     def __init__(self, tmp: Path, name: str, *args: str) -> None:
-        self.log_path = tmp / f"{name}.log"
-        with open(self.log_path, "wb") as logf:
-            self.proc = subprocess.Popen(
-                [STREAMER, "--metrics-listen", "", *args],
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-
-    def wait(self, timeout_s: float = 30.0) -> int:
-        return self.proc.wait(timeout_s)
-
-    def terminate(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        super().__init__([STREAMER, "--metrics-listen", "", *args], tmp / f"{name}.log")
+        self.spawn()
