@@ -35,7 +35,7 @@ class StreamerConfig:
     passes: int | None = 1
     rate_rows_per_s: float | None = None
     pass_interval_s: float | None = None
-    batch_size: int = 1000
+    batch_size: int = 2000
     linger_ms: int = 20
     max_pending_points: int = 200_000
     encode_cache_bytes: int = 64 * 1024 * 1024
@@ -66,7 +66,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     pace.add_argument(
         "--pass-interval", type=float, default=None, help="seconds between pass starts"
     )
-    p.add_argument("--batch-size", type=int, default=e("BATCH_SIZE", "1000"))
+    p.add_argument("--batch-size", type=int, default=e("BATCH_SIZE", "2000"))
     p.add_argument("--linger-ms", type=int, default=e("LINGER_MS", "20"))
     p.add_argument("--max-pending-points", type=int, default=e("MAX_PENDING_POINTS", "200000"))
     p.add_argument(

@@ -136,7 +136,8 @@ class Streamer:
         )
         self._started = False
         self._last_ns = 0
-        self._recorded_pass = -1
+        self._recorded_pass = -1  # the last pass over every owned partition counted
+        self._first_pass: dict[int, int] = {}  # partition -> the pass this process began in
         metrics.batch_pending.set_function(lambda: self.producer.pending_points)
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -239,6 +240,7 @@ class Streamer:
             if not n or not left or time.monotonic() < st.pass_started:
                 continue
             start = st.sent % n
+            self._first_pass.setdefault(p, st.sent // n)
             want = min(self.config.batch_size, left, n - start)
             if self._bucket is not None:
                 want = self._bucket.take(want, self._stop)
@@ -287,6 +289,8 @@ class Streamer:
             for q in self.own.active
             if self.plan.size(q)
         ]
+        if self._recorded_pass < 0:  # nothing counted yet: start from where this process began
+            self._recorded_pass = min(self._first_pass.get(q, 0) for q in self.own.active)
         if passes and min(passes) > self._recorded_pass:
             self._recorded_pass = min(passes)
             record_pass(self.rows.report, self.metrics, self._recorded_pass)
