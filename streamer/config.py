@@ -67,7 +67,12 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--pass-interval", type=float, default=None, help="seconds between pass starts"
     )
     p.add_argument("--batch-size", type=int, default=e("BATCH_SIZE", "2000"))
-    p.add_argument("--linger-ms", type=int, default=e("LINGER_MS", "20"))
+    p.add_argument(
+        "--linger-ms",
+        type=int,
+        default=e("LINGER_MS", "20"),
+        help="producer linger; rows go out in whole chunks of --batch-size, so none lingers",
+    )
     p.add_argument("--max-pending-points", type=int, default=e("MAX_PENDING_POINTS", "200000"))
     p.add_argument(
         "--encode-cache-mb",
