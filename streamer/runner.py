@@ -201,7 +201,16 @@ class Streamer:
         except TimeoutError:
             ok = False
         self.metrics.partitions_owned.set(0)
-        log.info("streamer stopped", extra={"clean": ok})
+        cache = self.chunks
+        log.info(
+            "streamer stopped",
+            extra={
+                "clean": ok,
+                "encode_cache_hits": cache.hits if cache else 0,
+                "encode_cache_misses": cache.misses if cache else 0,
+                "encode_cache_bytes": cache.cached_bytes if cache else 0,
+            },
+        )
         return 0 if ok else 1
 
     # ---- the loop ----------------------------------------------------------------------------
