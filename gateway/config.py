@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 DEFAULT_STORE = "sqlite:gputel.db"
 DEFAULT_BIND = "127.0.0.1:8080"
+# Threads per worker on InfluxDB, where a request mostly waits for a Flux query.
+INFLUX_THREADS = 4
 # prometheus_client reads it when first imported, so gunicorn sets it before workers start.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -30,10 +32,12 @@ class GatewayConfig:
     influx_token: str = field(default="", repr=False)
     bind: str = DEFAULT_BIND
     workers: int = 1
-    threads: int = 4
+    threads: int = 1
     log_level: str = "INFO"
     # Seconds a GPU-list page is served from memory (0: always ask the store).
     catalog_cache_s: float = 1.0
+    # Requests served on one keep-alive connection before it is closed (0: no limit).
+    keepalive_requests: int = 100
 
     def store_opts(self) -> dict[str, str]:
         """Return the InfluxDB keyword arguments of `store.open_store` (empty means env)."""
@@ -53,6 +57,7 @@ class GatewayConfig:
             "GPUTEL_GATEWAY_THREADS": str(self.threads),
             "GPUTEL_GATEWAY_LOG_LEVEL": self.log_level,
             "GPUTEL_GATEWAY_CATALOG_CACHE_S": str(self.catalog_cache_s),
+            "GPUTEL_GATEWAY_KEEPALIVE_REQUESTS": str(self.keepalive_requests),
         }
         for name, value in self.store_opts().items():
             if value:
@@ -60,10 +65,22 @@ class GatewayConfig:
         return env
 
 
+def default_threads(store: str) -> int:
+    """Return the threads per worker that serve `store` best (see gateway/README.md)."""
+    return INFLUX_THREADS if store == "influx" else 1
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _not_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
     return value
 
 
@@ -91,13 +108,26 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--influx-token", default=influx("TOKEN"), help="prefer GPUTEL_INFLUX_TOKEN")
     p.add_argument("--bind", default=gw("BIND", DEFAULT_BIND), help="HOST:PORT")
     p.add_argument("--workers", type=_positive, default=gw("WORKERS", "1"))
-    p.add_argument("--threads", type=_positive, default=gw("THREADS", "4"), help="per worker")
+    p.add_argument(
+        "--threads",
+        type=_positive,
+        default=gw("THREADS", "") or None,
+        help="per worker; 1 (default on SQLite): one request at a time, no keep-alive; "
+        f"more (default {INFLUX_THREADS} on InfluxDB): threads and keep-alive",
+    )
     p.add_argument("--log-level", default=gw("LOG_LEVEL", "INFO"))
     p.add_argument(
         "--catalog-cache-s",
         type=float,
         default=gw("CATALOG_CACHE_S", "1.0"),
         help="seconds a GPU-list page is served from memory (0: off)",
+    )
+    p.add_argument(
+        "--keepalive-requests",
+        type=_not_negative,
+        default=gw("KEEPALIVE_REQUESTS", "100"),
+        help="requests per keep-alive connection before it is closed, so clients reconnect "
+        "and connections spread over the workers again (0: no limit)",
     )
     return p
 
@@ -115,9 +145,10 @@ def from_args(
         influx_token=a.influx_token,
         bind=a.bind,
         workers=a.workers,
-        threads=a.threads,
+        threads=a.threads or default_threads(a.store),
         log_level=a.log_level.upper(),
         catalog_cache_s=max(float(a.catalog_cache_s), 0.0),
+        keepalive_requests=a.keepalive_requests,
     )
 
 
