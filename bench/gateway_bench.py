@@ -295,7 +295,7 @@ def _runs(
 
 # Gateway flags per measured setup. The first is the SQLite default (one thread: gunicorn's
 # sync worker, no keep-alive); the second the threaded worker with keep-alive (the InfluxDB
-# default, and the SQLite default before), closing a connection after 100 requests.
+# default, and the SQLite default before).
 SETUPS: dict[str, list[str]] = {
     "workers_2": ["--workers", "2"],
     "workers_2_threads_4": ["--workers", "2", "--threads", "4"],

@@ -36,8 +36,6 @@ class GatewayConfig:
     log_level: str = "INFO"
     # Seconds a GPU-list page is served from memory (0: always ask the store).
     catalog_cache_s: float = 1.0
-    # Requests served on one keep-alive connection before it is closed (0: no limit).
-    keepalive_requests: int = 100
 
     def store_opts(self) -> dict[str, str]:
         """Return the InfluxDB keyword arguments of `store.open_store` (empty means env)."""
@@ -57,7 +55,6 @@ class GatewayConfig:
             "GPUTEL_GATEWAY_THREADS": str(self.threads),
             "GPUTEL_GATEWAY_LOG_LEVEL": self.log_level,
             "GPUTEL_GATEWAY_CATALOG_CACHE_S": str(self.catalog_cache_s),
-            "GPUTEL_GATEWAY_KEEPALIVE_REQUESTS": str(self.keepalive_requests),
         }
         for name, value in self.store_opts().items():
             if value:
@@ -74,13 +71,6 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _not_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
     return value
 
 
@@ -122,13 +112,6 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=gw("CATALOG_CACHE_S", "1.0"),
         help="seconds a GPU-list page is served from memory (0: off)",
     )
-    p.add_argument(
-        "--keepalive-requests",
-        type=_not_negative,
-        default=gw("KEEPALIVE_REQUESTS", "100"),
-        help="requests per keep-alive connection before it is closed, so clients reconnect "
-        "and connections spread over the workers again (0: no limit)",
-    )
     return p
 
 
@@ -148,7 +131,6 @@ def from_args(
         threads=a.threads or default_threads(a.store),
         log_level=a.log_level.upper(),
         catalog_cache_s=max(float(a.catalog_cache_s), 0.0),
-        keepalive_requests=a.keepalive_requests,
     )
 
 

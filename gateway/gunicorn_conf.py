@@ -48,19 +48,6 @@ logconfig_dict = {
 _OWNED_DIR = "GPUTEL_GATEWAY_OWNED_MULTIPROC_DIR"
 
 
-def pre_request(worker: Any, req: Any) -> None:
-    """Answer `Connection: close` on a connection's `keepalive_requests`-th request.
-
-    Each worker keeps the keep-alive connections it accepted, and a few long-lived clients can
-    all land on one worker while another idles (seen under load: 15 of 16 connections on one of
-    two workers). A client that reconnects now and then is accepted again by whichever worker
-    gets there first, so a lopsided split does not last. `req_number` counts requests per
-    connection (gunicorn's parser).
-    """
-    if _config.keepalive_requests and req.req_number >= _config.keepalive_requests:
-        req.must_close = True
-
-
 def on_starting(server: Any) -> None:
     """Give the workers a private, empty multiprocess metrics folder."""
     if not os.environ.get(MULTIPROC_ENV):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import http.client
 import json
 import urllib.parse
@@ -120,13 +119,3 @@ def test_connections_by_store_default(gateway: Gateway, seeded: Backend) -> None
     """SQLite: one thread (sync worker), each answer closes; InfluxDB: threads and keep-alive."""
     expected = "close" if seeded.kind == "sqlite" else "keep-alive"
     assert connection_headers(gateway.port, 3) == [expected] * 3
-
-
-def test_keepalive_connection_closes_after_keepalive_requests(seeded: Backend, tmp_path) -> None:
-    config = dataclasses.replace(seeded.config, keepalive_requests=3)
-    server = Gateway(config, tmp_path / "gateway.log", workers=1, threads=2)
-    try:
-        got = connection_headers(server.port, 4)
-    finally:
-        server.stop()
-    assert got == ["keep-alive", "keep-alive", "close", "keep-alive"]

@@ -94,7 +94,6 @@ def test_config_from_flags_and_env() -> None:
         "GPUTEL_INFLUX_URL": "http://db:8086",
         "GPUTEL_INFLUX_TOKEN": "t0ken",
         "GPUTEL_GATEWAY_WORKERS": "3",
-        "GPUTEL_GATEWAY_KEEPALIVE_REQUESTS": "5",
     }
     config = from_env(env)
     assert (config.store, config.influx_url, config.workers) == ("influx", "http://db:8086", 3)
@@ -106,12 +105,11 @@ def test_config_from_flags_and_env() -> None:
         "t0ken",
     )
     assert from_env(config.to_env()) == config
-    assert (config.keepalive_requests, config.threads) == (5, 4)  # InfluxDB: 4 threads
-    flagged = from_args(["--keepalive-requests", "0", "--store", "sqlite:x.db"], env)
-    assert (flagged.keepalive_requests, flagged.threads) == (0, 1)  # SQLite: 1 thread
+    assert config.threads == 4  # InfluxDB: requests wait on Flux
+    assert from_args(["--store", "sqlite:x.db"], env).threads == 1  # SQLite: CPU-bound
     assert from_args(["--threads", "3"], env).threads == 3
     assert GatewayConfig().workers == 1
-    for bad in (["--store", "postgres"], ["--keepalive-requests", "-1"], ["--threads", "0"]):
+    for bad in (["--store", "postgres"], ["--threads", "0"]):
         with pytest.raises(SystemExit):
             from_args(bad, {})
 
