@@ -13,8 +13,8 @@ warm-up, a measurement window of `duration_s` seconds:
   point with its processing time (wall clock, ns). A probe in this process polls the
   gateway's telemetry endpoint for a few sampled GPUs (keep-alive HTTP, one GPU after
   the other, each request asking for everything from that GPU's newest seen point
-  minus an overlap up to now plus the overlap: one query on either store) and records, per point, when the response that first
-  contained it arrived. latency = first seen - stamped time. That is an upper bound on
+  minus an overlap up to now plus the overlap: one query on either store) and records,
+  per point, when the response that first contained it arrived. latency = first seen - stamped time. That is an upper bound on
   the visibility delay: the point became visible after the previous poll of its GPU
   was answered; the mean poll cycle (`poll_cycle_ms`) is the resolution. After the
   run the sampled GPUs' points of the window are read again through the gateway; any

@@ -32,10 +32,14 @@ class GatewayConfig:
     influx_token: str = field(default="", repr=False)
     bind: str = DEFAULT_BIND
     workers: int = 1
-    threads: int = 1
+    threads: int = 0  # 0: the store's default (default_threads)
     log_level: str = "INFO"
     # Seconds a GPU-list page is served from memory (0: always ask the store).
     catalog_cache_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:  # frozen: the resolved default is set once, here
+            object.__setattr__(self, "threads", default_threads(self.store))
 
     def store_opts(self) -> dict[str, str]:
         """Return the InfluxDB keyword arguments of `store.open_store` (empty means env)."""
@@ -128,7 +132,7 @@ def from_args(
         influx_token=a.influx_token,
         bind=a.bind,
         workers=a.workers,
-        threads=a.threads or default_threads(a.store),
+        threads=a.threads or 0,
         log_level=a.log_level.upper(),
         catalog_cache_s=max(float(a.catalog_cache_s), 0.0),
     )
