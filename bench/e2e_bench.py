@@ -12,15 +12,15 @@ warm-up, a measurement window of `duration_s` seconds:
 - Latency, "processing time -> visible through the gateway": the streamer stamps each
   point with its processing time (wall clock, ns). A probe in this process polls the
   gateway's telemetry endpoint for a few sampled GPUs (keep-alive HTTP, one GPU after
-  the other, each request asking for everything from that GPU's newest seen point
-  minus an overlap up to now plus the overlap: one query on either store) and records,
-  per point, when the response that first contained it arrived. latency = first seen - stamped time. That is an upper bound on
-  the visibility delay: the point became visible after the previous poll of its GPU
-  was answered; the mean poll cycle (`poll_cycle_ms`) is the resolution. After the
-  run the sampled GPUs' points of the window are read again through the gateway; any
-  the probe never saw count as infinitely late (`missed`; a percentile falling on one
-  is null). Every point of the sampled GPUs is measured, not only the newest, so points
-  that wait for a flush are counted at their true age.
+  the other, each request asking for everything from that GPU's newest seen point minus
+  an overlap up to now plus the overlap: one query on either store) and records, per
+  point, when the response that first contained it arrived. latency = first seen -
+  stamped time. That is an upper bound on the visibility delay: the point became visible
+  after the previous poll of its GPU was answered; the mean poll cycle (`poll_cycle_ms`)
+  is the resolution. After the run the sampled GPUs' points of the window are read again
+  through the gateway; any the probe never saw count as infinitely late (`missed`; a
+  percentile falling on one is null). Every point of the sampled GPUs is measured, not
+  only the newest, so points that wait for a flush are counted at their true age.
 - Accounting: after the streamer stops (SIGTERM: flush, commit) and the collectors'
   lag is 0, the store's exact count must equal the broker's log end offsets (points
   appended), the streamer group's committed progress and the collector's flushed count.
