@@ -12,15 +12,15 @@ warm-up, a measurement window of `duration_s` seconds:
 - Latency, "processing time -> visible through the gateway": the streamer stamps each
   point with its processing time (wall clock, ns). A probe in this process polls the
   gateway's telemetry endpoint for a few sampled GPUs (keep-alive HTTP, one GPU after
-  the other, each request asking for everything newer than that GPU's newest seen
-  point minus an overlap) and records, per point, when the response that first
-  contained it arrived. latency = first seen - stamped time. That is an upper bound on
-  the visibility delay: the point became visible after the previous poll of its GPU
-  was answered; the mean poll cycle (`poll_cycle_ms`) is the resolution. After the
-  run the sampled GPUs' points of the window are read again through the gateway; any
-  the probe never saw count as infinitely late (`missed`; a percentile falling on one
-  is null). Every point of the sampled GPUs is measured, not only the newest, so points
-  that wait for a flush are counted at their true age.
+  the other, each request asking for everything from that GPU's newest seen point minus
+  an overlap up to now plus the overlap: one query on either store) and records, per
+  point, when the response that first contained it arrived. latency = first seen -
+  stamped time. That is an upper bound on the visibility delay: the point became visible
+  after the previous poll of its GPU was answered; the mean poll cycle (`poll_cycle_ms`)
+  is the resolution. After the run the sampled GPUs' points of the window are read again
+  through the gateway; any the probe never saw count as infinitely late (`missed`; a
+  percentile falling on one is null). Every point of the sampled GPUs is measured, not
+  only the newest, so points that wait for a flush are counted at their true age.
 - Accounting: after the streamer stops (SIGTERM: flush, commit) and the collectors'
   lag is 0, the store's exact count must equal the broker's log end offsets (points
   appended), the streamer group's committed progress and the collector's flushed count.
@@ -55,7 +55,7 @@ from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
 from scripts import gen_dcgm
 from store import open_store
 from streamer.runner import group_progress
-from tests.e2e.pipeline import FAR_FUTURE, Pipeline, Proc, http_get, wait_for
+from tests.e2e.pipeline import Pipeline, Proc, http_get, wait_for
 from tests.fixtures.broker import BrokerProcess
 from walbroker.client import channel
 
@@ -240,9 +240,15 @@ class LatencyProbe:
 
     def _poll(self, conn: http.client.HTTPConnection, uuid: str) -> None:
         start = max(0, self.newest[uuid] - self.overlap_ns)
+        # Points are stamped on this machine's clock before they are sent, so none can be
+        # newer than now: a window ending just after now holds every visible one, and a
+        # window of seconds is one query on either store (an open end would make the
+        # InfluxDB store first look up where the data starts: a second Flux query per poll,
+        # load that the probe, not the pipeline, would put on influxd).
+        end = time.time_ns() + self.overlap_ns
         cursor = None
         while True:
-            points, cursor = get_page(conn, uuid, start, FAR_FUTURE * 10**9, cursor)
+            points, cursor = get_page(conn, uuid, start, end, cursor)
             now = time.time_ns()
             for t, metric in points:
                 self.seen.setdefault((uuid, t, metric), now)

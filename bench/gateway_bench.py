@@ -3,8 +3,9 @@
 The store holds `hosts` x 8 GPUs x 10 metrics scraped every 30 s (10 M points: 256 GPUs,
 ~32.5 hours). It is filled once through `SqliteStore.write` in 50,000-point batches and
 cached in ~/.cache/gputel/bench/ under a name made of its parameters, so re-runs skip the
-fill. `gputel-gateway --workers N` (gthread, 4 threads per worker) serves it; the load
-comes from a separate process with 16 keep-alive connections for `seconds`:
+fill. `gputel-gateway` serves it in each setup of SETUPS (workers, threads); every telemetry path
+is requested once first (page cache). The load comes from a separate process with 16
+connections for `seconds` (keep-alive where the server keeps them):
 
 - `gpus`: `GET /api/v1/gpus` (every GPU with first and last seen, one page).
 - `telemetry_1h`: `GET /api/v1/gpus/{uuid}/telemetry?start_time=..&end_time=..&limit=1000`
@@ -238,11 +239,25 @@ class PythonLoad:
 # ---- measurements ---------------------------------------------------------------------
 
 
-def gateway(db: Path, workers: int, tmp: Path) -> Proc:
+def gateway(db: Path, flags: list[str], tmp: Path, name: str) -> Proc:
     port = free_port()
     argv = [str(BIN / "gputel-gateway"), "--store", f"sqlite:{db}",
-            "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]  # fmt: skip
-    return Proc("gateway", argv, tmp / f"gateway-{workers}.log", f"http://127.0.0.1:{port}/healthz")
+            "--bind", f"127.0.0.1:{port}", *flags]  # fmt: skip
+    return Proc("gateway", argv, tmp / f"gateway-{name}.log", f"http://127.0.0.1:{port}/healthz")
+
+
+def warm(gw: Proc, todo: list[str]) -> None:
+    """Request every path once, so no measured request is the first to read its pages.
+
+    The SQLite file is larger than what this machine keeps in its page cache between runs;
+    without this, a page's first read from disk lands in the measured window.
+    """
+    host, port = gw.health_url.removeprefix("http://").split("/")[0].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    for path in todo:
+        conn.request("GET", path)
+        conn.getresponse().read()
+    conn.close()
 
 
 def measure(
@@ -271,11 +286,20 @@ def _runs(
     runs: dict[str, Any] = {}
     for client in ("wrk", "python") if python_too else ("wrk",):
         for endpoint, todo_e in todo.items():
-            print(f"gateway_bench: {gw.argv[-1]} workers, {client}, {endpoint}", file=sys.stderr)
+            print(f"gateway_bench: {gw.argv[6:]}, {client}, {endpoint}", file=sys.stderr)
             runs[f"{endpoint}_{client}"] = measure(gw, client, todo_e, seconds, tmp, CONNECTIONS)
     for endpoint, todo_e in todo.items():  # service time without queueing
         runs[f"{endpoint}_wrk_1_connection"] = measure(gw, "wrk", todo_e, seconds / 3, tmp, 1)
     return runs
+
+
+# Gateway flags per measured setup. The first is the SQLite default (one thread: gunicorn's
+# sync worker, no keep-alive); the second the threaded worker with keep-alive (the InfluxDB
+# default, and the SQLite default before).
+SETUPS: dict[str, list[str]] = {
+    "workers_2": ["--workers", "2"],
+    "workers_2_threads_4": ["--workers", "2", "--threads", "4"],
+}
 
 
 def run(
@@ -283,27 +307,28 @@ def run(
     points: int = 10_000_000,
     hosts: int = 32,
     interval_s: int = 30,
-    workers: tuple[int, ...] = (2, 4),
-    python_client_workers: tuple[int, ...] = (2,),
+    setups: tuple[str, ...] = tuple(SETUPS),
+    python_client_setups: tuple[str, ...] = ("workers_2",),
 ) -> dict[str, Any]:
-    """Load figures per worker count, endpoint and client; targets as in issue 6."""
+    """Load figures per gateway setup, endpoint and client; targets as in issue 6."""
     db, fill_s = filled_store(points, hosts, interval_s)
     result: dict[str, Any] = {
         "store": {"kind": "sqlite", "points": points, "gpus": hosts * 8,
                   "metrics": len(METRICS), "scrape_interval_s": interval_s,
                   "size_mib": round(db.stat().st_size / 2**20), "fill_s": fill_s},
-        "connections": CONNECTIONS, "seconds": seconds, "threads_per_worker": 4,
+        "connections": CONNECTIONS, "seconds": seconds,
+        "setups": {name: SETUPS[name] for name in setups},
         "targets": {"gpus_requests_per_s": 1000, "telemetry_1h_p99_ms": 50},
     }  # fmt: skip
     todo = {e: paths(e, points, hosts, interval_s) for e in ("gpus", "telemetry_1h")}
     with tempfile.TemporaryDirectory(prefix="gputel-gateway-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        for n in workers:
-            gw = gateway(db, n, tmp).start()
+        for name in setups:
+            gw = gateway(db, SETUPS[name], tmp, name).start()
             try:
-                warm = todo["telemetry_1h"] + todo["gpus"]
-                measure(gw, "wrk", warm, 3, tmp, CONNECTIONS)  # imports, page cache
-                result[f"workers_{n}"] = _runs(gw, todo, seconds, tmp, n in python_client_workers)
+                warm(gw, todo["telemetry_1h"])  # page cache
+                measure(gw, "wrk", todo["telemetry_1h"] + todo["gpus"], 3, tmp, CONNECTIONS)
+                result[name] = _runs(gw, todo, seconds, tmp, name in python_client_setups)
             finally:
                 gw.terminate(15)
     return result

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 DEFAULT_STORE = "sqlite:gputel.db"
 DEFAULT_BIND = "127.0.0.1:8080"
+# Threads per worker on InfluxDB, where a request mostly waits for a Flux query.
+INFLUX_THREADS = 4
 # prometheus_client reads it when first imported, so gunicorn sets it before workers start.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -30,10 +32,14 @@ class GatewayConfig:
     influx_token: str = field(default="", repr=False)
     bind: str = DEFAULT_BIND
     workers: int = 1
-    threads: int = 4
+    threads: int = 0  # 0: the store's default (default_threads)
     log_level: str = "INFO"
     # Seconds a GPU-list page is served from memory (0: always ask the store).
     catalog_cache_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:  # frozen: the resolved default is set once, here
+            object.__setattr__(self, "threads", default_threads(self.store))
 
     def store_opts(self) -> dict[str, str]:
         """Return the InfluxDB keyword arguments of `store.open_store` (empty means env)."""
@@ -58,6 +64,11 @@ class GatewayConfig:
             if value:
                 env[f"GPUTEL_INFLUX_{name.upper()}"] = value
         return env
+
+
+def default_threads(store: str) -> int:
+    """Return the threads per worker that serve `store` best (see gateway/README.md)."""
+    return INFLUX_THREADS if store == "influx" else 1
 
 
 def _positive(text: str) -> int:
@@ -91,7 +102,13 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--influx-token", default=influx("TOKEN"), help="prefer GPUTEL_INFLUX_TOKEN")
     p.add_argument("--bind", default=gw("BIND", DEFAULT_BIND), help="HOST:PORT")
     p.add_argument("--workers", type=_positive, default=gw("WORKERS", "1"))
-    p.add_argument("--threads", type=_positive, default=gw("THREADS", "4"), help="per worker")
+    p.add_argument(
+        "--threads",
+        type=_positive,
+        default=gw("THREADS", "") or None,
+        help="per worker; 1 (default on SQLite): one request at a time, no keep-alive; "
+        f"more (default {INFLUX_THREADS} on InfluxDB): threads and keep-alive",
+    )
     p.add_argument("--log-level", default=gw("LOG_LEVEL", "INFO"))
     p.add_argument(
         "--catalog-cache-s",
@@ -115,7 +132,7 @@ def from_args(
         influx_token=a.influx_token,
         bind=a.bind,
         workers=a.workers,
-        threads=a.threads,
+        threads=a.threads or 0,
         log_level=a.log_level.upper(),
         catalog_cache_s=max(float(a.catalog_cache_s), 0.0),
     )

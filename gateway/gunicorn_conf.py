@@ -21,7 +21,10 @@ _config = from_env()
 bind = _config.bind
 workers = _config.workers
 threads = _config.threads
-worker_class = "gthread"
+# One thread: gunicorn's sync worker, which accepts a connection only when it is free and
+# closes it after the answer, so every request goes to an idle worker. More threads: gunicorn
+# runs its gthread worker instead (keep-alive, a thread pool). See gateway/README.md.
+worker_class = "sync"
 loglevel = _config.log_level.lower()
 accesslog = None
 graceful_timeout = 10

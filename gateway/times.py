@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import re
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta, timezone
 
 from store.validate import MAX_NS
@@ -87,6 +88,11 @@ def format_time(ns: int) -> str:
     """Return `ns` as RFC 3339 in UTC with nine fractional digits (parse_time's exact inverse)."""
     seconds, frac = divmod(ns, NS_PER_S)
     return f"{_second(seconds)}.{frac:09d}Z"
+
+
+def format_times(ns: Iterable[int]) -> dict[int, str]:
+    """Return `format_time` of each distinct time (a page's points share few timestamps)."""
+    return {t: format_time(t) for t in set(ns)}
 
 
 @functools.lru_cache(maxsize=65536)

@@ -4,13 +4,16 @@ The streamer encodes, the collector decodes; the broker carries the bytes unread
 `encode` and `decode` validate the same invariants (equal column lengths, indexes in
 range, finite values) and raise `CodecError` when one is broken, so a bad batch never
 leaves a producer and never reaches a store. Both are pure functions and thread-safe;
-a `BatchBuilder` is not (one per partition and thread).
+a `BatchBuilder` is not (one per partition and thread). `encode_untimed` + `with_times`
+split `encode` in two, so points sent again with new processing times are encoded once.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence, Sized
+from collections.abc import Iterable, Sequence, Sized
+from dataclasses import dataclass, replace
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
@@ -27,6 +30,46 @@ class CodecError(ValueError):
 def encode(batch: PointBatch) -> bytes:
     """Return the wire form of `batch`; raise `CodecError` if it breaks an invariant."""
     check(batch)
+    msg = _untimed_message(batch)
+    _extend(msg.time_ns, batch.time_ns)
+    return msg.SerializeToString()
+
+
+@dataclass(frozen=True, slots=True)
+class UntimedBatch:
+    """The wire form of a batch without its `time_ns` column, and its point count.
+
+    `with_times` completes it. A producer that sends the same points again and again
+    with new processing times (the streamer's later passes) encodes them only once.
+    """
+
+    wire: bytes
+    count: int
+
+
+def encode_untimed(batch: PointBatch) -> UntimedBatch:
+    """Return `batch` minus its time column (ignored); raise `CodecError` on a broken invariant."""
+    n = len(batch.value)
+    check(replace(batch, time_ns=[0] * n))
+    return UntimedBatch(_untimed_message(batch).SerializeToString(), n)
+
+
+def with_times(untimed: UntimedBatch, time_ns: Sequence[int]) -> bytes:
+    """Return the wire form of the batch `untimed` with the time column `time_ns`.
+
+    Protobuf parses concatenated messages as one merged message and appends the
+    elements of a repeated field that occurs twice, so the untimed bytes followed by a
+    message holding only `time_ns` decode as the whole batch.
+    """
+    if len(time_ns) != untimed.count:
+        raise CodecError(f"{len(time_ns)} timestamps for a batch of {untimed.count} points")
+    times = pb.PointBatch()
+    _extend(times.time_ns, time_ns)
+    return untimed.wire + times.SerializeToString()
+
+
+def _untimed_message(batch: PointBatch) -> pb.PointBatch:
+    """Return the message of every field of `batch` but `time_ns` (invariants checked)."""
     msg = pb.PointBatch(metrics=batch.metrics)
     add_gpu = msg.gpus.add
     for g in batch.gpus:
@@ -36,15 +79,19 @@ def encode(batch: PointBatch) -> bytes:
             uuid=g.uuid, hostname=g.hostname, gpu=g.gpu, device=g.device, model=g.model,
             container=g.container, pod=g.pod, namespace=g.namespace, labels=g.labels,
         )  # fmt: skip
+    _extend(msg.gpu_index, batch.gpu_index)
+    _extend(msg.metric_index, batch.metric_index)
+    _extend(msg.value, batch.value)
+    _extend(msg.source_time_ns, batch.source_time_ns)
+    return msg
+
+
+def _extend(column: Any, values: Iterable[Any]) -> None:
+    """Append `values` to a repeated field; `CodecError` when one does not fit its wire type."""
     try:
-        msg.gpu_index.extend(batch.gpu_index)
-        msg.metric_index.extend(batch.metric_index)
-        msg.time_ns.extend(batch.time_ns)
-        msg.value.extend(batch.value)
-        msg.source_time_ns.extend(batch.source_time_ns)
+        column.extend(values)
     except (TypeError, ValueError, OverflowError) as exc:
         raise CodecError(f"column value out of range for its wire type: {exc}") from exc
-    return msg.SerializeToString()
 
 
 def decode(data: bytes) -> PointBatch:

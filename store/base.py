@@ -71,6 +71,10 @@ class WindowValue(NamedTuple):
     value: float
 
 
+RawPoint = tuple[int, str, float]
+"""One point as a plain tuple: (time_ns, metric, value), what a telemetry page shows."""
+
+
 class PointCursor(NamedTuple):
     """Keyset cursor for `query_points`: the (time_ns, metric) of the last point already seen."""
 
@@ -147,6 +151,23 @@ class Store(abc.ABC):
         Points are ordered by (time_ns, metric); with `after` = (time_ns, metric), a keyset
         cursor, only points after it are returned, so paging is stable while new data arrives.
         """
+
+    def query_raw(
+        self,
+        uuid: str,
+        start_ns: int,
+        end_ns: int,
+        metrics: Sequence[str] | None = None,
+        limit: int = 1000,
+        after: tuple[int, str] | None = None,
+    ) -> list[RawPoint]:
+        """Return what `query_points` returns, as (time_ns, metric, value) tuples.
+
+        Same bounds, order, limit and cursor. The gateway's page path: a store overrides it
+        when plain tuples cost less to build than `StoredPoint`s.
+        """
+        found = self.query_points(uuid, start_ns, end_ns, metrics, limit, after)
+        return [(p.time_ns, p.metric, p.value) for p in found]
 
     @abc.abstractmethod
     def latest(self, uuid: str) -> dict[str, StoredPoint]:

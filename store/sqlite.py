@@ -31,6 +31,7 @@ from store import schema, validate
 from store.base import (
     Aggregate,
     GpuSummary,
+    RawPoint,
     Store,
     StoredPoint,
     StoreError,
@@ -209,23 +210,22 @@ class SqliteStore(Store):
         Points are ordered by (time_ns, metric); with `after` = (time_ns, metric), a keyset
         cursor, only points after it are returned, so paging is stable while new data arrives.
         """
-        start, end = validate.time_range(start_ns, end_ns)
-        sql = (
-            "SELECT p.metric, p.time_ns, p.value, p.source_time_ns FROM points p"
-            " JOIN gpus g ON g.id = p.gpu_id WHERE g.uuid = ? AND p.time_ns BETWEEN ? AND ?"
-        )
-        args: list[object] = [validate.text("uuid", uuid), start, end]
-        names = validate.metrics(metrics)
-        if names:
-            sql += f" AND p.metric IN ({','.join('?' * len(names))})"
-            args += names
-        cursor = validate.cursor(after)
-        if cursor:
-            sql += " AND p.time_ns >= ? AND (p.time_ns > ? OR p.metric > ?)"
-            args += [cursor[0], cursor[0], cursor[1]]
-        sql += " ORDER BY p.time_ns, p.metric LIMIT ?"
-        rows = self._read(sql, [*args, validate.positive("limit", limit)])
+        columns = "p.metric, p.time_ns, p.value, p.source_time_ns"
+        rows = self._read(*_points_query(columns, uuid, start_ns, end_ns, metrics, limit, after))
         return list(map(StoredPoint._make, rows))  # column types are fixed by the schema
+
+    def query_raw(
+        self,
+        uuid: str,
+        start_ns: int,
+        end_ns: int,
+        metrics: Sequence[str] | None = None,
+        limit: int = 1000,
+        after: tuple[int, str] | None = None,
+    ) -> list[RawPoint]:
+        """Return what `query_points` returns, as (time_ns, metric, value) tuples."""
+        columns = "p.time_ns, p.metric, p.value"
+        return self._read(*_points_query(columns, uuid, start_ns, end_ns, metrics, limit, after))
 
     def latest(self, uuid: str) -> dict[str, StoredPoint]:
         """Return the newest point of each metric of this GPU (empty when unknown)."""
@@ -304,6 +304,38 @@ class SqliteStore(Store):
         for conn in conns:
             conn.close()
         self._local = threading.local()
+
+
+def _points_query(
+    columns: str,
+    uuid: str,
+    start_ns: int,
+    end_ns: int,
+    metrics: Sequence[str] | None,
+    limit: int,
+    after: tuple[int, str] | None,
+) -> tuple[str, list[object]]:
+    """Return the SQL and arguments selecting `columns` of one GPU's points, in index order.
+
+    A range scan of the primary key (gpu_id, time_ns, metric) from the bound or the cursor:
+    the cost follows the page, never the GPU's history.
+    """
+    start, end = validate.time_range(start_ns, end_ns)
+    sql = (
+        f"SELECT {columns} FROM points p JOIN gpus g ON g.id = p.gpu_id"
+        " WHERE g.uuid = ? AND p.time_ns BETWEEN ? AND ?"
+    )
+    args: list[object] = [validate.text("uuid", uuid), start, end]
+    names = validate.metrics(metrics)
+    if names:
+        sql += f" AND p.metric IN ({','.join('?' * len(names))})"
+        args += names
+    cursor = validate.cursor(after)
+    if cursor:
+        sql += " AND p.time_ns >= ? AND (p.time_ns > ? OR p.metric > ?)"
+        args += [cursor[0], cursor[0], cursor[1]]
+    args.append(validate.positive("limit", limit))
+    return sql + " ORDER BY p.time_ns, p.metric LIMIT ?", args
 
 
 def _upsert_gpu(conn: sqlite3.Connection, gpu: Gpu) -> int:

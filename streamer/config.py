@@ -25,6 +25,7 @@ class StreamerConfig:
     `passes` is the number of passes over each partition's rows (None: forever).
     `rate_rows_per_s` paces this process's rows (token bucket); `pass_interval_s`
     starts each partition's next pass at most once per interval; neither: full speed.
+    `encode_cache_bytes` bounds the encoded chunks kept for later passes (0: none).
     """
 
     broker: str
@@ -34,9 +35,10 @@ class StreamerConfig:
     passes: int | None = 1
     rate_rows_per_s: float | None = None
     pass_interval_s: float | None = None
-    batch_size: int = 1000
+    batch_size: int = 2000
     linger_ms: int = 20
     max_pending_points: int = 200_000
+    encode_cache_bytes: int = 64 * 1024 * 1024
     metrics_listen: str = "127.0.0.1:9102"
     commit_interval_s: float = 1.0
     session_timeout_ms: int = 10_000
@@ -64,9 +66,20 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     pace.add_argument(
         "--pass-interval", type=float, default=None, help="seconds between pass starts"
     )
-    p.add_argument("--batch-size", type=int, default=e("BATCH_SIZE", "1000"))
-    p.add_argument("--linger-ms", type=int, default=e("LINGER_MS", "20"))
+    p.add_argument("--batch-size", type=int, default=e("BATCH_SIZE", "2000"))
+    p.add_argument(
+        "--linger-ms",
+        type=int,
+        default=e("LINGER_MS", "20"),
+        help="producer linger; rows go out in whole chunks of --batch-size, so none lingers",
+    )
     p.add_argument("--max-pending-points", type=int, default=e("MAX_PENDING_POINTS", "200000"))
+    p.add_argument(
+        "--encode-cache-mb",
+        type=float,
+        default=e("ENCODE_CACHE_MB", "64"),
+        help="memory for encoded chunks reused by later passes (0: encode every pass)",
+    )
     p.add_argument(
         "--metrics-listen",
         default=e("METRICS_LISTEN", "127.0.0.1:9102"),
@@ -127,6 +140,7 @@ def parse_config(
         batch_size=a.batch_size,
         linger_ms=a.linger_ms,
         max_pending_points=a.max_pending_points,
+        encode_cache_bytes=int(float(a.encode_cache_mb) * 1024 * 1024),
         metrics_listen=a.metrics_listen,
         commit_interval_s=a.commit_interval,
         session_timeout_ms=a.session_timeout_ms,
@@ -146,6 +160,7 @@ def validate(c: StreamerConfig) -> None:
         (c.batch_size >= 1, "--batch-size must be at least 1"),
         (c.linger_ms >= 0, "--linger-ms must not be negative"),
         (c.max_pending_points >= c.batch_size, "--max-pending-points must be >= --batch-size"),
+        (c.encode_cache_bytes >= 0, "--encode-cache-mb must not be negative"),
         (c.commit_interval_s > 0, "--commit-interval must be positive"),
     ]
     for ok, message in checks:

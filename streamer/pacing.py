@@ -1,7 +1,10 @@
 """Pacing of the stream: a token bucket for rows per second.
 
 The bucket holds at most `burst` tokens and refills at `rate_per_s`; `take` waits
-(on a stop event, so shutdown never waits for it) until the tokens it asks for exist.
+(on a stop event, so shutdown never waits for it) until all the tokens it asks for
+(at most a burst) exist, in one sleep: a paced sender then sends whole chunks (one
+batch each) instead of the few rows that trickled in since its last call, and wakes
+once per chunk instead of once per row.
 """
 
 from __future__ import annotations
@@ -45,10 +48,14 @@ class TokenBucket:
         return max(0.0, missing / self.rate)
 
     def take(self, want: int, stop: threading.Event) -> int:
-        """Wait until some units are available; return how many were granted (0 if stopped)."""
-        while not stop.is_set():
-            n = self.grant(want)
-            if n:
-                return n
-            stop.wait(self.delay_s(1))
+        """Wait until `want` units (capped at the burst) are available and spend them.
+
+        Return how many were granted: min(want, burst), or 0 if `stop` was set first.
+        """
+        want = min(want, int(self.burst))
+        while want > 0 and not stop.is_set():
+            delay = self.delay_s(want)
+            if delay <= 0:
+                return self.grant(want)
+            stop.wait(delay)
         return 0

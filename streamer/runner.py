@@ -6,6 +6,13 @@ over partitions, so the stream keeps roughly the file's time order), stamps each
 with the processing time in ns (strictly increasing within the process, so no two
 points of a series share a timestamp), and commits progress after acknowledgements.
 
+A chunk is `--batch-size` rows (fewer at the end of a pass, or a burst of the pacer
+when that is smaller) and goes to the producer as one encoded batch
+(`streamer.chunks`): its rows are stamped when the chunk is sent, so batching adds
+no latency, and a paced stream still sends full batches — one publish, one broker
+group commit and one delivery per batch — instead of whatever trickled in within
+the producer's linger time.
+
 When is the job finished (`--passes K`)? A partition is done when its committed
 progress is K x its rows. A streamer whose own partitions are all done stays in the
 group (ready to take over the partitions of a streamer that stops) until the group's
@@ -15,9 +22,9 @@ all streamers of a finished job exit, and none exits while some GPU still has ro
 to send. All streamers of a group must read the same CSV. `--forever` never finishes.
 
 Pacing: `--rate` is rows per second of this process (a token bucket over all its
-partitions); `--pass-interval` starts each partition's next pass at most once per
-interval. Rejected rows are counted (and logged once per reason) each time this process
-completes a pass over all the partitions it owns.
+partitions, granting whole chunks); `--pass-interval` starts each partition's next
+pass at most once per interval. Rejected rows are counted (and logged once per reason)
+each time this process completes a pass over all the partitions it owns.
 
 Shutdown (`stop`, e.g. on SIGTERM): stop reading, flush the pending batches, wait for
 their acknowledgement, commit progress, leave the group.
@@ -38,6 +45,7 @@ from proto.codec import BatchBuilder, encode
 from proto.gen import walbroker_admin_pb2 as apb
 from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
 from proto.gen import walbroker_pb2 as pb
+from streamer.chunks import ChunkEncoder
 from streamer.config import StreamerConfig
 from streamer.metrics import StreamerMetrics
 from streamer.ownership import Ownership, PartitionState
@@ -54,13 +62,12 @@ log = logging.getLogger(__name__)
 
 PointItem = tuple[Gpu, str, int, float, int]  # gpu, metric, time_ns, value, source_time_ns
 
-CHUNK_ROWS = 500  # rows of one partition sent before looking at the next partition
 IDLE_WAIT_S = 0.2
 FINISH_CHECK_S = 0.5
 
 
 def encode_points(items: list[PointItem]) -> bytes:
-    """Encode a partition's points as one telemetry batch (each GPU and metric listed once)."""
+    """Encode points as one telemetry batch (the producer's accumulator; chunks bypass it)."""
     builder = BatchBuilder()
     add = builder.add
     for gpu, metric, time_ns, value, source_time_ns in items:
@@ -123,12 +130,14 @@ class Streamer:
             untrack=self.producer.untrack,
         )  # fmt: skip
         self.plan: PartitionPlan | None = None
+        self.chunks: ChunkEncoder | None = None
         self._bucket = (
             TokenBucket(config.rate_rows_per_s) if config.rate_rows_per_s is not None else None
         )
         self._started = False
         self._last_ns = 0
-        self._recorded_pass = -1
+        self._recorded_pass = -1  # the last pass over every owned partition counted
+        self._first_pass: dict[int, int] = {}  # partition -> the pass this process began in
         metrics.batch_pending.set_function(lambda: self.producer.pending_points)
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -171,6 +180,7 @@ class Streamer:
         else:
             return False
         self.plan = PartitionPlan(self.rows, self.producer.partitions)
+        self.chunks = ChunkEncoder(self.rows, self.plan, self.config.encode_cache_bytes)
         self._started = True
         log.info(
             "streaming",
@@ -191,7 +201,16 @@ class Streamer:
         except TimeoutError:
             ok = False
         self.metrics.partitions_owned.set(0)
-        log.info("streamer stopped", extra={"clean": ok})
+        cache = self.chunks
+        log.info(
+            "streamer stopped",
+            extra={
+                "clean": ok,
+                "encode_cache_hits": cache.hits if cache else 0,
+                "encode_cache_misses": cache.misses if cache else 0,
+                "encode_cache_bytes": cache.cached_bytes if cache else 0,
+            },
+        )
         return 0 if ok else 1
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -230,10 +249,11 @@ class Streamer:
             if not n or not left or time.monotonic() < st.pass_started:
                 continue
             start = st.sent % n
-            want = min(CHUNK_ROWS, left, n - start)
+            self._first_pass.setdefault(p, st.sent // n)
+            want = min(self.config.batch_size, left, n - start)
             if self._bucket is not None:
                 want = self._bucket.take(want, self._stop)
-            sent = self._send(p, start, start + want)
+            sent = self._send(p, start, start + want) if want else 0
             st.sent += sent
             total += sent
             if sent and st.sent % n == 0:
@@ -241,37 +261,30 @@ class Streamer:
         return total
 
     def _rows_left(self, p: int, st: PartitionState) -> int:
-        """Rows still to send for `p` (CHUNK_ROWS when streaming forever)."""
+        """Rows still to send for `p` (a chunk's worth when streaming forever)."""
         assert self.plan is not None
         target = self.plan.target(p, self.config.passes)
-        return CHUNK_ROWS if target is None else max(0, target - st.sent)
+        return self.config.batch_size if target is None else max(0, target - st.sent)
 
     def _send(self, p: int, start: int, end: int) -> int:
-        """Hand rows [start, end) of partition `p`'s pass to the producer; return how many."""
-        assert self.plan is not None
-        rows, send, time_ns = self.rows, self.producer.send, self.time_ns
-        gpus, metrics = rows.gpus, rows.metrics
-        gpu_of, metric_of, value_of = rows.gpu, rows.metric, rows.value
-        source_of = rows.source_time_ns
-        last = self._last_ns
-        n = 0
-        try:
-            for r in self.plan.rows_of(p)[start:end]:
-                t = time_ns()
-                last = t = t if t > last else last + 1
-                gpu = gpus[gpu_of[r]]
-                item = (gpu, metrics[metric_of[r]], t, value_of[r], source_of[r])
-                while True:
-                    try:
-                        send(gpu.uuid, item, p, 1.0)
-                        break
-                    except TimeoutError:  # backpressure: the pending bound is reached
-                        if self._stop.is_set():
-                            return n
-                n += 1
-        finally:
-            self._last_ns = last
-        return n
+        """Hand rows [start, end) of partition `p`'s pass to the producer as one batch.
+
+        Return how many rows were sent: all of them, or 0 when stopped while the
+        producer's pending bound held the batch back.
+        """
+        assert self.chunks is not None
+        count = end - start
+        first = max(self.time_ns(), self._last_ns + 1)
+        payload = self.chunks.encode(p, start, end, first)
+        while True:
+            try:
+                self.producer.send_batch(p, payload, count, 1.0)
+                break
+            except TimeoutError:  # backpressure: the pending bound is reached
+                if self._stop.is_set():
+                    return 0
+        self._last_ns = first + count - 1
+        return count
 
     def _pass_done(self, p: int, st: PartitionState, n: int) -> None:
         """Account for a completed pass of partition `p`; schedule its next pass."""
@@ -285,6 +298,8 @@ class Streamer:
             for q in self.own.active
             if self.plan.size(q)
         ]
+        if self._recorded_pass < 0:  # nothing counted yet: start from where this process began
+            self._recorded_pass = min(self._first_pass.get(q, 0) for q in self.own.active)
         if passes and min(passes) > self._recorded_pass:
             self._recorded_pass = min(passes)
             record_pass(self.rows.report, self.metrics, self._recorded_pass)

@@ -94,6 +94,7 @@ class Producer(Generic[T]):
         self._inflight = InFlight(topic, self.producer_id)  # guarded by _cond
         self._outbox: queue.Queue[Batch | None] = queue.Queue()
         self._stop = threading.Event()
+        self._opened = threading.Event()  # set when a batch opens: wakes the linger loop
         self._threads: list[threading.Thread] = []
         self._failure: BrokerError | None = None
 
@@ -135,6 +136,7 @@ class Producer(Generic[T]):
             self.flush(timeout_s)
         finally:
             self._stop.set()
+            self._opened.set()
             self._outbox.put(None)
             with self._cond:
                 self._cond.notify_all()
@@ -177,6 +179,7 @@ class Producer(Generic[T]):
             batch = self._open.setdefault(p, _Open())
             if not batch.items:
                 batch.since = time.monotonic()
+                self._opened.set()
             batch.items.append(item)
             self._inflight.points += 1
             full = len(batch.items) >= self.batch_size
@@ -252,14 +255,23 @@ class Producer(Generic[T]):
         )
 
     def _linger(self) -> None:
-        while not self._stop.wait(max(self.linger_s / 2, 0.001)):
+        """Seal each open batch `linger_ms` after its first item; sleep while none is open."""
+        while not self._stop.is_set():
+            self._opened.clear()
             now = time.monotonic()
             with self._cond:
+                since = [b.since for b in self._open.values() if b.items]
                 due = [
                     p for p, b in self._open.items() if b.items and now - b.since >= self.linger_s
                 ]
             for p in due:
                 self._seal(p)
+            if due:
+                continue
+            if since:
+                self._stop.wait(min(since) + self.linger_s - now)
+            else:
+                self._opened.wait()
 
     # ---- the stream ----------------------------------------------------------------------
 

@@ -73,7 +73,8 @@ class Session:
             raise InvalidArgument("join.topic is required")
         self.group, self.topic, self.role = req.group, req.topic, role
         self.credit = min(req.credit_points, self.max_unacked)
-        self.wal.subscribe(self.wake)
+        if role == "consumer":  # a producer-group member gets no records: no wake per commit
+            self.wal.subscribe(self.wake)
         self.member_id = self.coordinator.join(
             req.group,
             req.topic,

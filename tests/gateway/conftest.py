@@ -96,7 +96,9 @@ def fresh_client(fresh: Backend) -> Iterator[FlaskClient]:
 class Gateway:
     """One `gputel-gateway` process (gunicorn) on a free loopback port."""
 
-    def __init__(self, config: GatewayConfig, log_path: Path, workers: int = 2) -> None:
+    def __init__(
+        self, config: GatewayConfig, log_path: Path, workers: int = 2, threads: int | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -104,7 +106,10 @@ class Gateway:
         env.update(config.to_env())
         env.pop("GPUTEL_INFLUX_TOKEN", None)  # passed as a flag to prove it is never logged
         argv = [str(BIN / "gputel-gateway"), f"--bind=127.0.0.1:{self.port}"]
-        argv += [f"--workers={workers}", "--threads=2", "--log-level=debug"]
+        argv += [f"--workers={workers}", "--log-level=debug"]
+        env.pop("GPUTEL_GATEWAY_THREADS")  # the store's default unless given
+        if threads is not None:
+            argv.append(f"--threads={threads}")
         if config.influx_token:
             argv.append(f"--influx-token={config.influx_token}")
         with log_path.open("wb") as log:
@@ -146,7 +151,7 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def gateway(seeded: Backend, tmp_path_factory) -> Iterator[Gateway]:
-    """Return a real gunicorn gateway (2 workers) on the seeded store."""
+    """Return a real gunicorn gateway (2 workers, the store default threads) on seeded data."""
     server = Gateway(seeded.config, tmp_path_factory.mktemp("gw") / "gateway.log")
     yield server
     server.stop()

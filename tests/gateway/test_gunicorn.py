@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.parse
 
@@ -10,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.config import GatewayConfig
 from gateway.times import format_time
 from tests.gateway import data
-from tests.gateway.conftest import Gateway
+from tests.gateway.conftest import Backend, Gateway
 from tests.gateway.data import METRICS, T0, S
 
 REQUESTS = "gpu_telemetry_gateway_requests"
@@ -97,3 +98,24 @@ def test_influx_token_never_logged(influx_server, tmp_path) -> None:
     log = server.log_path.read_text()
     assert "Current configuration" in log  # gunicorn's debug dump of its settings, as JSON
     assert secret not in log and "do-not-log-42" not in log
+
+
+def connection_headers(port: int, requests: int) -> list[str | None]:
+    """Return the Connection header of each answer to `requests` GETs on one client connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    found = []
+    try:
+        for _ in range(requests):
+            conn.request("GET", "/api/v1/hosts")
+            resp = conn.getresponse()
+            assert resp.status == 200 and json.loads(resp.read())["hosts"]
+            found.append(resp.getheader("Connection"))
+    finally:
+        conn.close()
+    return found
+
+
+def test_connections_by_store_default(gateway: Gateway, seeded: Backend) -> None:
+    """SQLite: one thread (sync worker), each answer closes; InfluxDB: threads and keep-alive."""
+    expected = "close" if seeded.kind == "sqlite" else "keep-alive"
+    assert connection_headers(gateway.port, 3) == [expected] * 3

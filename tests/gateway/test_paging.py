@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 from gateway.times import format_time
 from tests.gateway import data
 from tests.gateway.data import METRICS, TIMES, S
+from tests.store.helpers import batch
 
 
 def test_pages_while_writing_lose_and_repeat_nothing(fresh, fresh_client) -> None:
@@ -43,3 +46,39 @@ def test_gpu_list_pages_while_gpus_appear(fresh, fresh_client) -> None:
         if extra:
             fresh.store.write(data.points((extra.pop(),), TIMES[:1]))
     assert seen == sorted({g.uuid for g in data.GPUS} | {f"GPU-h9-{i}" for i in range(3)})
+
+
+def test_page_bytes_match_the_stored_points(fresh, fresh_client) -> None:
+    """Every point of every page, byte for byte: time to the nanosecond, metric, exact value.
+
+    Several points share each timestamp and timestamps differ only in their nanoseconds, so a
+    page that formats each distinct time once must still stamp every point with its own time.
+    """
+    target = data.GPUS[0]
+    t1 = TIMES[-1] + S
+    stamps = [t1, t1 + 1, t1 + 999_999_999, t1 + S]
+    odd = ((target, 'a,metric "quoted"', t1, 0.1 + 0.2), (target, data.UTIL, t1 + 1, 1e-300))
+    fresh.store.write(batch([*odd, *((target, data.TEMP, t, -2.5) for t in stamps)]))
+    expected = [
+        {"time": format_time(p.time_ns), "metric": p.metric, "value": p.value}
+        for p in fresh.store.query_points(target.uuid, t1, t1 + S)
+    ]
+    assert len(expected) == 6
+    served, token = [], None
+    while True:
+        args = {"start_time": format_time(t1), "end_time": format_time(t1 + S), "limit": 4}
+        resp = fresh_client.get(
+            f"/api/v1/gpus/{target.uuid}/telemetry",
+            query_string={**args, **({"cursor": token} if token else {})},
+        )
+        body = json.loads(resp.get_data())
+        served += body["points"]
+        # Same keys in the same order, compact, as the encoder of the previous release wrote.
+        raw = resp.get_data()
+        assert json.dumps(body["points"], separators=(",", ":")).encode() in raw
+        token = body["next_cursor"]
+        if token is None:
+            break
+    assert served == expected
+    assert served[0] == {"time": format_time(t1), "metric": data.TEMP, "value": -2.5}
+    assert (served[1]["metric"], served[1]["value"]) == ('a,metric "quoted"', 0.1 + 0.2)

@@ -105,9 +105,16 @@ def test_config_from_flags_and_env() -> None:
         "t0ken",
     )
     assert from_env(config.to_env()) == config
+    assert config.threads == 4  # InfluxDB: requests wait on Flux
+    assert from_args(["--store", "sqlite:x.db"], env).threads == 1  # SQLite: CPU-bound
+    assert from_args(["--threads", "3"], env).threads == 3
     assert GatewayConfig().workers == 1
-    with pytest.raises(SystemExit):
-        from_args(["--store", "postgres"], {})
+    # Built in code, the same per-store default applies unless threads are given.
+    assert (GatewayConfig().threads, GatewayConfig(store="influx").threads) == (1, 4)
+    assert GatewayConfig(store="influx", threads=2).threads == 2
+    for bad in (["--store", "postgres"], ["--threads", "0"]):
+        with pytest.raises(SystemExit):
+            from_args(bad, {})
 
 
 @given(st.integers(min_value=0, max_value=2**63 - 2))

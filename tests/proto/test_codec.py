@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proto.batch import Gpu, PointBatch
-from proto.codec import BatchBuilder, CodecError, check, decode, encode
+from proto.codec import (
+    BatchBuilder,
+    CodecError,
+    check,
+    decode,
+    encode,
+    encode_untimed,
+    with_times,
+)
 from proto.gen import telemetry_pb2 as pb
 
 H100 = "NVIDIA H100 80GB HBM3"
@@ -174,3 +183,29 @@ def test_property_arbitrary_bytes_decode_or_raise_codec_error(data: bytes) -> No
     except CodecError:
         return
     check(batch)
+
+
+def test_untimed_wire_plus_a_time_column_decodes_as_the_whole_batch() -> None:
+    batch = sample_batch()
+    untimed = encode_untimed(batch)
+    assert untimed.count == 3
+    later = [t + 10**9 for t in batch.time_ns]  # the same points sent again, later
+    out = decode(with_times(untimed, later))
+    assert list(out.points()) == list(replace(batch, time_ns=later).points())
+    assert decode(with_times(untimed, batch.time_ns)) == decode(encode(batch))
+
+
+def test_untimed_encoding_checks_the_invariants_and_the_time_column_length() -> None:
+    bad = sample_batch()
+    bad.metric_index[0] = 9
+    with pytest.raises(CodecError, match="metric_index"):
+        encode_untimed(bad)
+    nan = sample_batch()
+    nan.value[1] = math.nan
+    with pytest.raises(CodecError, match="finite"):
+        encode_untimed(nan)
+    untimed = encode_untimed(sample_batch())
+    with pytest.raises(CodecError, match="2 timestamps for a batch of 3"):
+        with_times(untimed, [1, 2])
+    with pytest.raises(CodecError, match="out of range"):
+        with_times(untimed, [1, 2, 2**64])

@@ -166,6 +166,29 @@ def test_limit(store: Store) -> None:
     assert len(store.query_points(g.uuid, T0, T0 + 10 * S, limit=4)) == 4
 
 
+def test_query_raw_is_query_points_as_tuples(store: Store) -> None:
+    """The gateway's fast path selects, orders, limits and pages exactly like query_points."""
+    a, b = gpu(1), gpu(2)
+    times = [T0, T0 + 1, T0 + S, T0 + 2 * S, T0 + 2 * S + 999_999_999]
+    store.write(grid([a, b], [UTIL, TEMP, POWER], times))
+    store.write(batch([(a, UTIL, T0 + S, 0.1 + 0.2)]))
+    cases: list[tuple[int, int, list[str] | None, int, tuple[int, str] | None]] = [
+        (T0, T0 + 3 * S, None, 1000, None),
+        (T0 + 1, T0 + 2 * S, None, 1000, None),  # both bounds land on points
+        (T0 + 2, T0 + S - 1, None, 1000, None),  # nothing inside
+        (T0, T0 + 3 * S, [POWER, UTIL], 4, None),
+        (T0, T0 + 3 * S, None, 5, (T0 + 1, TEMP)),
+        (T0, T0 + 3 * S, [TEMP], 1000, (T0 + S, TEMP)),
+    ]
+    for start, end, metrics, limit, after in cases:
+        points = store.query_points(a.uuid, start, end, metrics, limit, after)
+        raw = store.query_raw(a.uuid, start, end, metrics, limit, after)
+        assert raw == [(p.time_ns, p.metric, p.value) for p in points]
+    assert (T0 + S, UTIL, 0.1 + 0.2) in store.query_raw(a.uuid, T0, T0 + S)
+    with pytest.raises(InvalidArgument):
+        store.query_raw(a.uuid, T0 + 1, T0)
+
+
 def test_latest(store: Store) -> None:
     g = gpu(1)
     store.write(batch([(g, UTIL, T0 + S, 2.0), (g, TEMP, T0, 40.0)]))

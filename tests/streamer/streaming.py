@@ -82,6 +82,24 @@ def read_log(address: str, topic: str, expected: int, timeout_s: float = 20.0) -
     return out
 
 
+def read_records(address: str, topic: str, expected: int) -> dict[int, list[int]]:
+    """The point count of each record (= published batch) per partition, in log order."""
+    counts: dict[int, list[int]] = {}
+    group = f"verify-{uuidlib.uuid4().hex[:8]}"
+    c = Consumer(address, group, topic, max_unacked_points=500_000).start()
+    try:
+        deadline, seen = time.monotonic() + 20, 0
+        while seen < expected and time.monotonic() < deadline:
+            for m in c.poll(0.2):
+                assert len(decode(m.payload)) == m.count, "payload and count disagree"
+                counts.setdefault(m.partition, []).append(m.count)
+                seen += m.count
+            c.commit()
+    finally:
+        c.close()
+    return counts
+
+
 def series_counts(points: list[Logged]) -> Counter[tuple[str, str, int]]:
     """How often each (uuid, metric, source_time) appears: once per pass when nothing repeats."""
     return Counter((p.point.gpu.uuid, p.point.metric, p.point.source_time_ns) for p in points)

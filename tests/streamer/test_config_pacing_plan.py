@@ -62,6 +62,31 @@ def test_token_bucket_paces_to_the_rate():
     assert bucket.take(5, stop) == 0  # never waits once stopped
 
 
+class FakeClockStop(threading.Event):
+    """A stop event whose `wait` advances a fake clock instead of sleeping."""
+
+    def __init__(self, now: list[float]) -> None:
+        super().__init__()
+        self.now, self.waits = now, []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        assert timeout is not None
+        self.waits.append(timeout)
+        self.now[0] += timeout
+        return self.is_set()
+
+
+def test_token_bucket_take_waits_once_for_a_whole_chunk():
+    now = [0.0]
+    bucket = TokenBucket(1000, burst=100, clock=lambda: now[0])
+    stop = FakeClockStop(now)
+    assert bucket.take(100, stop) == 100 and stop.waits == []  # the burst is there
+    assert bucket.take(40, stop) == 40  # all 40, not the few that trickled in
+    assert stop.waits == [pytest.approx(0.04)]  # one sleep, as long as the chunk needs
+    assert bucket.take(500, stop) == 100  # never more than a burst at once
+    assert now[0] == pytest.approx(0.14)  # 240 rows at 1,000/s: the rate holds
+
+
 def test_plan_splits_rows_by_uuid_partition_in_file_order():
     rows = parse_csv(io.StringIO(csv_text([
         row(uuid=UUID0, value="1"), row(uuid=UUID1, value="2"), row(uuid=UUID0, value="3"),

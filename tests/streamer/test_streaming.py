@@ -7,13 +7,21 @@ import urllib.error
 import urllib.request
 from collections import defaultdict
 
+from prometheus_client import CollectorRegistry
+
+from streamer.config import StreamerConfig
+from streamer.runner import Streamer
+from streamer.source import new_metrics, read_csv
 from tests.fixtures.broker import free_port
+from tests.streamer.dcgm_fixture import csv_text, row
 from tests.streamer.streaming import (
     committed,
     make_csv,
     owners,
     read_log,
+    read_records,
     series_counts,
+    uuid_of,
 )
 from tests.support import wait_until
 
@@ -115,8 +123,8 @@ def test_sigterm_flushes_commits_and_exits_0_and_endpoints_answer(
     )  # fmt: skip
     assert wait_until(lambda: http_status(port, "/readyz") == 200, 15)
     assert http_status(port, "/healthz") == 200
-    assert wait_until(lambda: "gpu_telemetry_streamer_items_published_total 0.0" not in
-                      http_body(port, "/metrics"), 10)  # fmt: skip
+    # --forever loops: wait until it has published past the first pass, then stop it.
+    assert wait_until(lambda: published(port) > G * M * S, 10)
     body = http_body(port, "/metrics")
     for name in (
         "gpu_telemetry_streamer_items_published_total",
@@ -130,10 +138,18 @@ def test_sigterm_flushes_commits_and_exits_0_and_endpoints_answer(
     s.terminate()
     assert s.wait(15) == 0, s.log_text()
     progress = sum(committed(broker.address, "streamers", "telemetry").values())
-    assert progress > G * M * S  # it streamed past the first pass: --forever loops
+    assert progress > G * M * S
     logged = read_log(broker.address, "telemetry", progress)
-    assert len(logged) == progress  # the last (lingering) batch was flushed and committed
+    assert len(logged) == progress  # the batches in flight at SIGTERM were acked and committed
     assert "streamer stopped" in s.log_text() and '"clean": true' in s.log_text()
+
+
+def published(port: int) -> float:
+    """The streamer's items_published_total (0 while /metrics does not answer)."""
+    for line in http_body(port, "/metrics").splitlines():
+        if line.startswith("gpu_telemetry_streamer_items_published_total "):
+            return float(line.split()[1])
+    return 0.0
 
 
 def http_status(port: int, path: str) -> int:
@@ -152,3 +168,37 @@ def http_body(port: int, path: str) -> str:
             return str(r.read().decode())
     except OSError:
         return ""
+
+
+def test_paced_stream_sends_whole_batches_and_counts_rejects_once_per_pass(broker, tmp_path):
+    gpus, metrics, passes, batch = 48, 10, 3, 16  # 960 good rows per pass over 16 partitions
+    csv = make_csv(tmp_path / "dcgm.csv", gpus, metrics, S)
+    bad = [row(gpu_id="", uuid=uuid_of(0))] * 3 + [row(value="nan", uuid=uuid_of(1))] * 2
+    with open(csv, "a", encoding="utf-8") as f:
+        f.write(csv_text(bad).split("\n", 1)[1])  # the rows without a second header
+    registry = CollectorRegistry()
+    config = StreamerConfig(
+        broker=broker.address, csv=str(csv), passes=passes, rate_rows_per_s=5000,
+        batch_size=batch, metrics_listen="",
+    )  # fmt: skip
+    rows = read_csv(csv)
+    streamer = Streamer(config, rows, new_metrics(registry))
+    assert streamer.run() == 0
+    good = gpus * metrics * S
+    assert len(rows) == good
+    # Rejected rows are counted once per pass, by reason, and every row read is counted.
+    rejected = "gpu_telemetry_streamer_rows_rejected_total"
+    assert registry.get_sample_value(rejected, {"reason": "missing_gpu_id"}) == 3 * passes
+    assert registry.get_sample_value(rejected, {"reason": "value_not_finite"}) == 2 * passes
+    read = registry.get_sample_value("gpu_telemetry_streamer_rows_read_total")
+    assert read == (good + 5) * passes
+    # Every batch is a whole chunk of --batch-size rows; only a pass's last one is shorter.
+    records = read_records(broker.address, "telemetry", passes * good)
+    assert sum(map(sum, records.values())) == passes * good
+    for counts in records.values():
+        n = sum(counts) // passes  # the partition's rows per pass
+        one_pass = [batch] * (n // batch) + ([n % batch] if n % batch else [])
+        assert counts == one_pass * passes
+    logged = read_log(broker.address, "telemetry", passes * good)
+    assert len(logged) == passes * good
+    assert set(series_counts(logged).values()) == {passes}
