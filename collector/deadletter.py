@@ -9,13 +9,15 @@ The header is UTF-8 JSON: `topic`, `partition`, `base_offset`, `count`, `skip`,
 `publish_time_ns` of the source record, and `reason` (`decode` or `invalid`) with `error`.
 `payload` is the source record's payload, unchanged. `unwrap` reads an envelope back.
 
-Not thread-safe: the collector loop owns its `DeadLetters`.
+Thread-safe: the collector loop sends records that do not decode, its writer thread those
+the store rejects and flushes before each commit.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+import threading
 from typing import Any
 
 from walbroker.consumer import Message
@@ -64,22 +66,31 @@ class DeadLetters:
     def __init__(self, broker: str, topic: str, producer_id: str = "") -> None:
         self.broker, self.topic, self.producer_id = broker, topic, producer_id
         self._producer: Producer[bytes] | None = None
+        self._lock = threading.Lock()  # guards making and closing the producer, not its use
+
+    def _get(self, create: bool) -> Producer[bytes] | None:
+        with self._lock:
+            if self._producer is None and create:
+                self._producer = Producer(
+                    self.broker, self.topic, _first, producer_id=self.producer_id, batch_size=1
+                ).start()
+            return self._producer
 
     def send(self, msg: Message, reason: str, error: str) -> None:
         """Queue the envelope of `msg`; `flush` makes sure the broker stored it."""
-        if self._producer is None:
-            self._producer = Producer(
-                self.broker, self.topic, _first, producer_id=self.producer_id, batch_size=1
-            ).start()
-        self._producer.send(str(msg.partition), wrap(msg, reason, error))
+        producer = self._get(create=True)
+        assert producer is not None
+        producer.send(str(msg.partition), wrap(msg, reason, error))
 
     def flush(self, timeout_s: float) -> None:
         """Wait until every envelope sent is acknowledged (TimeoutError, BrokerError)."""
-        if self._producer is not None:
-            self._producer.flush(timeout_s)
+        producer = self._get(create=False)
+        if producer is not None:
+            producer.flush(timeout_s)
 
     def close(self) -> None:
         """Flush briefly and stop the producer's loops."""
-        if self._producer is not None:
-            self._producer.close(timeout_s=5.0)
-            self._producer = None
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.close(timeout_s=5.0)

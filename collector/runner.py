@@ -4,21 +4,31 @@ Offsets are committed only after the store acknowledged every point below them, 
 crash at any moment loses nothing: uncommitted records are redelivered and rewritten,
 and stores treat the same (uuid, metric, time_ns) twice as one point. No duplicates.
 
+Two threads share the work (`collector.writer`): the loop thread polls, decodes and holds
+records, and at a flush prepares them (merge, validate, encode: `Store.prepare`); the
+`collector-writer` thread writes the prepared batch, makes sure its dead letters are on
+the broker and commits its offsets. While the writer stores batch N the loop prepares
+batch N+1, then waits until N is committed before handing N+1 over: one batch in the
+writer at a time, so commits stay in offset order and each follows its write.
+
 - A flush happens when `batch_size` points are held or the oldest held record is
-  `flush_ms` old. A failed write is retried with exponential backoff and jitter; the loop
-  does not poll meanwhile, so it stops returning credit and the broker stops delivering.
+  `flush_ms` old. A failed write comes back to the loop, which retries it with
+  exponential backoff and jitter; the loop does not poll meanwhile, so it stops
+  returning credit and the broker stops delivering. The batch prepared behind it waits.
   After `failures_before_unready` consecutive failures the collector reports not-ready.
 - A record that does not decode, or that the store rejects as invalid, goes to the
   dead-letter topic (`deadletter`), is counted and logged once, and its offset is
   committed with the flush: it never blocks its partition.
-- Revoked partitions (cooperative rebalance) are flushed, committed and released; if the
-  store is down their held records are dropped uncommitted instead (the new owner re-reads
-  them) so a rebalance never waits for the store.
-- `stop()` (SIGTERM) ends polling; `run` flushes what is held (retrying up to
-  `shutdown_timeout_s`), commits, and leaves the group.
+- Revoked partitions (cooperative rebalance) are flushed, committed (waiting for the
+  broker's acknowledgement) and released; if the store is down their held records are
+  dropped uncommitted instead (the new owner re-reads them) so a rebalance never waits
+  for the store.
+- `stop()` (SIGTERM) ends polling; `run` finishes the write in flight, flushes what is
+  held (retrying up to `shutdown_timeout_s`), waits for the commits, and leaves the group.
 
-Thread-safety: `run` executes on one thread, which owns the held records and the store
-writes; `stop`, `readiness` and the consumer's revoke callback may run on any thread.
+Thread-safety: `run` executes on the loop thread, which owns the held records, the retry
+policy and rebalances; the writer thread owns a job only while it runs it. `stop`,
+`readiness` and the consumer's revoke callback may run on any thread.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from collector.config import CollectorConfig
 from collector.deadletter import DeadLetters
 from collector.metrics import CollectorMetrics
 from collector.pending import HeldRecord, Pending, merge, tail
+from collector.writer import WriteJob, Writer
 from proto import codec
 from store import InvalidBatch, Store, StoreError, StoreUnavailable
 from walbroker.client import Backoff
@@ -85,6 +96,13 @@ class Collector:
         self._stop_at = 0.0
         self._revoked: set[int] = set()
         self._revoked_lock = threading.Lock()
+        self._writer = Writer(self._execute, config.group)
+        self._inflight: WriteJob | None = None  # handed to the writer, not yet committed
+        self._ready: WriteJob | None = None  # prepared, waiting for the one in flight
+        # Offsets committed without waiting since the last waited-for commit, so that the
+        # next waited-for commit (before a release or leaving) covers them too.
+        self._sent: dict[int, int] = {}
+        self._sent_lock = threading.Lock()
 
     # ---- any thread --------------------------------------------------------------------
 
@@ -113,25 +131,30 @@ class Collector:
         """Collect until `stop()`; True when everything received was stored and committed."""
         self._check_store()
         self.consumer.start()
+        self._writer.start()
         log.info("loop started", extra={"loop": "collector", "group": self.config.group})
         try:
             while not self._stop.is_set():
                 self._step()
-            done = self._flush(wait=True) if len(self.pending) else True
+            done = self._flush(wait=True)
             if not done:
                 log.warning(
                     "leaving with points not stored; they stay uncommitted and are redelivered",
-                    extra={"points": self.pending.points, "records": len(self.pending)},
+                    extra={"points": self._held_points(), "records": self._held_records()},
                 )
             return done
         finally:
+            self._writer.stop(self.config.shutdown_timeout_s)
             self.dead_letters.close()
             self.consumer.close()
             log.info("loop stopped", extra={"loop": "collector", "group": self.config.group})
 
     def _step(self) -> None:
         self._handle_revoke(can_flush=True)
-        if not self._store_ok and not len(self.pending):
+        inflight = self._inflight
+        if inflight is not None and inflight.done.is_set() and not self._finish_inflight():
+            return  # stopping gave up on a failing store
+        if not self._store_ok and not self._holds_anything():
             self._check_store()  # not ready and idle: probe instead of taking more records
             if not self._store_ok:
                 self._stop.wait(self._backoff.next_s())
@@ -166,6 +189,21 @@ class Collector:
             self._failures = 0
             self._backoff.reset()
 
+    def _jobs(self) -> list[WriteJob]:
+        return [j for j in (self._inflight, self._ready) if j is not None]
+
+    def _holds_anything(self) -> bool:
+        return bool(len(self.pending) or self._jobs())
+
+    def _held_points(self) -> int:
+        return self.pending.points + sum(j.points for j in self._jobs() if not j.written)
+
+    def _held_records(self) -> int:
+        return len(self.pending) + sum(len(j.held) for j in self._jobs())
+
+    def _update_backlog(self) -> None:
+        self.metrics.backlog.set(self._held_points())
+
     # ---- records in ----------------------------------------------------------------------
 
     def _accept(self, msg: Message) -> None:
@@ -179,9 +217,10 @@ class Collector:
             self.pending.add(HeldRecord(msg, None))
             return
         self.pending.add(HeldRecord(msg, tail(batch, msg.skip)))
-        self.metrics.backlog.set(self.pending.points)
+        self._update_backlog()
 
     def _dead_letter(self, msg: Message, reason: str, error: str) -> None:
+        """Send `msg` to the dead-letter topic (from the loop or the writer thread)."""
         self.dead_letters.send(msg, reason, error)
         self.metrics.dead_lettered.labels(reason=reason).inc(msg.count - msg.skip)
         log.warning(
@@ -197,68 +236,78 @@ class Collector:
             },
         )
 
-    # ---- flush: write, then commit ---------------------------------------------------------
+    # ---- flush: prepare here, write and commit on the writer thread -------------------------
 
     def _flush(self, wait: bool = False) -> bool:
-        """Write everything held, then commit it; False if stopping gave up on a failing store.
+        """Prepare everything held and hand it to the writer once the batch before it is committed.
 
-        The commit is only waited for when `wait` (before a release or leaving the group):
-        otherwise polling goes on while the broker stores it.
+        Returns False if stopping gave up on a failing store. With `wait` (before a release
+        or leaving the group) it also waits until this batch is written and the broker
+        stored its commit and every earlier one; otherwise polling goes on meanwhile.
         """
-        start = time.monotonic()
-        while True:
-            try:
-                self._write_held()
-                break
-            except FlushFailed as exc:
-                self._on_failure(exc)
-                if not self._wait_retry():
-                    return False
-                self._handle_revoke(can_flush=False)
-                if not len(self.pending):
-                    return True
-        if not self._store_ok or self._failures:
-            log.info("store writes succeed again", extra={"failed_attempts": self._failures})
-        self._set_store_ok(True)
-        self._commit(self.pending.offsets(), wait)
-        self.metrics.flushed.inc(self.pending.points)
-        self.metrics.flush_latency.observe(time.monotonic() - start)
-        self.pending.clear()
-        self.metrics.backlog.set(0)
-        return True
+        held, self.pending = self.pending, Pending()
+        if self._ready is not None:  # left behind when stopping gave up: it goes first
+            first, self._ready = self._ready.held, None
+            for record in held.records:
+                first.add(record)
+            held = first
+        job = WriteJob(held, wait=wait)
+        if not len(job.held) and not wait:
+            return True
+        self._prepare(job)  # while the writer still writes the batch before it
+        self._ready = job
+        if not self._finish_inflight():
+            return False
+        self._ready = None
+        if not len(job.held) and not (wait and self._has_sent()):
+            self._update_backlog()
+            return True
+        if job.stale:
+            self._prepare(job)
+        job.started = time.monotonic()
+        self._inflight = job
+        self._writer.submit(job)
+        return self._finish_inflight() if wait else True
 
-    def _write_held(self) -> None:
-        """Store every held batch and make sure dead letters are on the broker."""
-        batches = self.pending.batches()
+    def _prepare(self, job: WriteJob) -> None:
+        """Merge and encode the job's points (`Store.prepare`); mark it invalid if rejected."""
+        job.prepared, job.one_by_one, job.stale = None, False, False
+        batches = job.held.batches()
+        if not batches:
+            return
         try:
-            if batches:
-                self.store.write(merge(batches))
+            job.prepared = self.store.prepare(merge(batches))
         except InvalidBatch:
-            self._write_one_by_one()
-        except StoreUnavailable as exc:
-            raise FlushFailed("unavailable", exc) from exc
-        except StoreError as exc:
-            raise FlushFailed("error", exc) from exc
-        try:
-            self.dead_letters.flush(DEAD_LETTER_TIMEOUT_S)
-        except (BrokerError, TimeoutError) as exc:
-            if isinstance(exc, BrokerError) and not exc.retriable:
-                log.error("dead letter refused by the broker", extra={"error": str(exc)})
-                self.metrics.write_errors.labels(kind="dead_letter").inc()
-                return
-            raise FlushFailed("dead_letter", exc) from exc
+            job.one_by_one = True
 
-    def _write_one_by_one(self) -> None:
-        """Find the records the store rejects: dead-letter them, write the others."""
-        for record in list(self.pending.records):
-            if record.batch is None:
-                continue
-            try:
-                self.store.write(record.batch)
-            except InvalidBatch as exc:
-                self.metrics.write_errors.labels(kind="invalid").inc()
-                self._dead_letter(record.message, "invalid", str(exc))
-                self.pending.mark_dead(record)
+    def _finish_inflight(self) -> bool:
+        """Wait until the writer's job is committed, retrying it with backoff while it fails.
+
+        Returns False once stopping has run out of time for a failing store (the job stays
+        uncommitted); re-raises what is not a store, dead-letter or commit failure (a bug).
+        """
+        while (job := self._inflight) is not None:
+            if not job.failed:
+                job.done.wait()
+                if job.error is None:
+                    self._inflight = None
+                    break
+                if not isinstance(job.error, FlushFailed):
+                    raise job.error
+                self._on_failure(job.error)
+                job.failed = True
+            if not self._wait_retry():
+                return False
+            self._handle_revoke(can_flush=False)
+            if not len(job.held) and not job.wait:
+                self._inflight = None
+                break
+            if job.stale:
+                self._prepare(job)
+            job.failed = False
+            self._writer.submit(job)
+        self._update_backlog()
+        return True
 
     def _on_failure(self, exc: FlushFailed) -> None:
         self._failures += 1
@@ -283,18 +332,86 @@ class Collector:
         time.sleep(min(delay, left))
         return True
 
-    def _commit(self, offsets: dict[int, int], wait: bool) -> None:
+    # ---- the writer thread -----------------------------------------------------------------
+
+    def _execute(self, job: WriteJob) -> None:
+        """On the writer thread: store the job's points, flush dead letters, then commit."""
+        if not job.written:
+            try:
+                if job.prepared is not None:
+                    self.store.write_prepared(job.prepared)
+                elif job.one_by_one:
+                    self._write_one_by_one(job)
+            except InvalidBatch:  # a store that only validates while writing
+                job.prepared, job.one_by_one = None, True
+                self._write_one_by_one(job)
+            except StoreUnavailable as exc:
+                raise FlushFailed("unavailable", exc) from exc
+            except StoreError as exc:
+                raise FlushFailed("error", exc) from exc
+            job.written = True
+        self._flush_dead_letters()
+        if len(job.held):  # not for a commit-only job (confirming earlier commits)
+            if not self._store_ok or self._failures:
+                log.info("store writes succeed again", extra={"failed_attempts": self._failures})
+            self._set_store_ok(True)
+        self._commit(job)
+        if len(job.held):
+            self.metrics.flushed.inc(job.points)
+            self.metrics.flush_latency.observe(time.monotonic() - job.started)
+
+    def _write_one_by_one(self, job: WriteJob) -> None:
+        """Find the records the store rejects: dead-letter them, write the others."""
+        for record in list(job.held.records):
+            if record.batch is None:
+                continue
+            try:
+                self.store.write(record.batch)
+            except InvalidBatch as exc:
+                self.metrics.write_errors.labels(kind="invalid").inc()
+                self._dead_letter(record.message, "invalid", str(exc))
+                job.held.mark_dead(record)
+            except StoreUnavailable as exc:
+                raise FlushFailed("unavailable", exc) from exc
+            except StoreError as exc:
+                raise FlushFailed("error", exc) from exc
+
+    def _flush_dead_letters(self) -> None:
+        """Make sure every dead letter sent so far is on the broker before a commit."""
+        try:
+            self.dead_letters.flush(DEAD_LETTER_TIMEOUT_S)
+        except (BrokerError, TimeoutError) as exc:
+            if isinstance(exc, BrokerError) and not exc.retriable:
+                log.error("dead letter refused by the broker", extra={"error": str(exc)})
+                self.metrics.write_errors.labels(kind="dead_letter").inc()
+                return
+            raise FlushFailed("dead_letter", exc) from exc
+
+    def _commit(self, job: WriteJob) -> None:
         """Commit offsets of partitions still owned (and return credit for what was polled)."""
+        offsets = job.held.offsets()
+        with self._sent_lock:
+            merged = _highest(self._sent, offsets)
+            if job.wait:
+                offsets, self._sent = merged, {}
+            else:
+                self._sent = merged
+        if not offsets:
+            return
         owned = set(self.consumer.positions())
         mine = {p: o for p, o in offsets.items() if p in owned}
-        if self.consumer.commit(mine, wait=wait):
-            self.metrics.commits.labels(result="ok" if wait else "sent").inc()
+        if self.consumer.commit(mine, wait=job.wait):
+            self.metrics.commits.labels(result="ok" if job.wait else "sent").inc()
             return
         self.metrics.commits.labels(result="refused").inc()
         log.info(
             "commit refused; the stored records will be redelivered and rewritten",
             extra={"offsets": mine, "error": str(self.consumer.last_error)},
         )
+
+    def _has_sent(self) -> bool:
+        with self._sent_lock:
+            return bool(self._sent)
 
     # ---- rebalance -------------------------------------------------------------------------
 
@@ -304,13 +421,33 @@ class Collector:
             revoked, self._revoked = self._revoked, set()
         if not revoked:
             return
-        held = {r.partition for r in self.pending.records} & revoked
-        if held and can_flush and self._store_ok:
+        held = {r.partition for r in self.pending.records}
+        for job in self._jobs():
+            held |= job.partitions()
+        if held & revoked and can_flush and self._store_ok:
             self._flush(wait=True)
+        elif self._inflight is not None and not self._inflight.failed:
+            # Never change a job the writer holds: let its attempt end first.
+            self._inflight.done.wait()
+            if self._inflight.error is None:
+                self._inflight = None
         dropped = self.pending.drop(revoked)
-        self.metrics.backlog.set(self.pending.points)
+        for job in self._jobs():
+            dropped += job.drop(revoked)
+        with self._sent_lock:  # a partition owned again later must not get these back
+            for p in revoked:
+                self._sent.pop(p, None)
+        self._update_backlog()
         self.consumer.release(revoked)
         log.info(
             "revoked partitions released",
             extra={"partitions": sorted(revoked), "dropped_points": dropped},
         )
+
+
+def _highest(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
+    """Per partition, the higher of two offset maps."""
+    out = dict(a)
+    for p, o in b.items():
+        out[p] = max(out.get(p, 0), o)
+    return out

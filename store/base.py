@@ -85,12 +85,38 @@ class PointCursor(NamedTuple):
 CountMap = Mapping[tuple[str, str], int]
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedWrite:
+    """A batch made ready for `Store.write_prepared` by `Store.prepare`.
+
+    A write has a CPU-bound half that needs no store (validation, encoding the request body)
+    and an I/O half. Splitting them lets the collector prepare the next batch while the
+    previous one is being written. `body` is the store's encoded request (None when the
+    store encodes nothing ahead, e.g. SQLite binds the batch's columns directly).
+    """
+
+    batch: PointBatch
+    body: bytes | None = None
+
+
 class Store(abc.ABC):
     """A telemetry store; implementations document their own thread-safety."""
 
     @abc.abstractmethod
     def write(self, batch: PointBatch) -> None:
         """Persist every point of `batch`; the same (uuid, metric, time_ns) twice is one point."""
+
+    def prepare(self, batch: PointBatch) -> PreparedWrite:
+        """Do the part of `write(batch)` that needs no I/O; InvalidBatch when unstorable.
+
+        Thread-safe in every store. The default prepares nothing: `write_prepared` then
+        does all of `write`.
+        """
+        return PreparedWrite(batch)
+
+    def write_prepared(self, prepared: PreparedWrite) -> None:
+        """Finish the write `prepare` started: same result and errors as `write(batch)`."""
+        self.write(prepared.batch)
 
     @abc.abstractmethod
     def list_gpus(

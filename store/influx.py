@@ -1,30 +1,37 @@
 """The InfluxDB store: InfluxDB 2.x API through `influxdb-client`, Flux in the 1.8 subset.
 
 Writes send hand-built line protocol (`store.lineprotocol`), gzip-compressed, through the
-synchronous write API with client-side retries off: the caller (the collector) owns retries and
-only commits offsets after `write` returned. Queries read Flux's CSV directly so timestamps keep
-their nanoseconds. Thread-safe: the HTTP client pools connections and the encoder has a lock.
+client's write service with client-side retries off: the caller (the collector) owns retries and
+only commits offsets after `write` returned. The body is compressed here at level 1
+(`GZIP_LEVEL`), not by the client (which always uses level 9): on line protocol level 1 is
+~7x cheaper for a ~7 % bigger body, and the collector runs on the same cores as InfluxDB.
+`prepare` does the CPU half (validate, encode, compress) so the collector can do it while the
+previous batch is being written. Queries read Flux's CSV directly so timestamps keep their
+nanoseconds. Thread-safe: the HTTP clients pool (and reuse) connections and the encoder has a
+lock.
 Against InfluxDB 1.8 the bucket is "db" or "db/rp", the org is ignored and the token is
 "user:password" (anything when auth is off).
 """
 
 from __future__ import annotations
 
+import gzip
 import threading
 from collections.abc import Iterator, Sequence
 
 import urllib3
 from influxdb_client.client.influxdb_client import InfluxDBClient
-from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.domain.dialect import Dialect
 from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
+from influxdb_client.service.write_service import WriteService
 
 from proto.batch import PointBatch
 from store import flux, schema, validate
 from store.base import (
     Aggregate,
     GpuSummary,
+    PreparedWrite,
     Store,
     StoredPoint,
     StoreError,
@@ -53,6 +60,10 @@ def translate_error(exc: Exception, action: str) -> StoreError:
 _CLIENT_ERRORS = (ApiException, urllib3.exceptions.HTTPError, OSError)
 
 
+# zlib level for write bodies: line protocol compresses ~26x at level 1 and ~28x at level 9,
+# but level 9 costs ~2.8 us of CPU per point (14 ms per 5,000-point batch) and level 1 ~0.4 us.
+GZIP_LEVEL = 1
+
 # Pages are read in windows starting at this size (x4 each time), never all history at once.
 PROBE_WINDOW_NS = 3600 * 1_000_000_000
 
@@ -72,23 +83,44 @@ class InfluxStore(Store):
             enable_gzip=True,
             retries=False,
         )
-        self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+        # Writes go through their own client without the client's gzip (fixed at level 9):
+        # the body arrives compressed at GZIP_LEVEL with `Content-Encoding: gzip`.
+        self._write_client = InfluxDBClient(
+            url=url, token=token, org=org or "-", timeout=timeout_ms, retries=False
+        )
+        self._write_service = WriteService(self._write_client.api_client)  # type: ignore[no-untyped-call]
+        self._org = org or "-"
         self._query_api = self._client.query_api()
         self._encoder = LineProtocolEncoder()
         self._encode_lock = threading.Lock()
 
     def write(self, batch: PointBatch) -> None:
         """Persist every point of `batch`; the same (uuid, metric, time_ns) twice is one point."""
+        self.write_prepared(self.prepare(batch))
+
+    def prepare(self, batch: PointBatch) -> PreparedWrite:
+        """Validate `batch` and build its request body (gzip of the line protocol)."""
         if not len(batch):
-            return
+            return PreparedWrite(batch, b"")
         schema.check_batch(batch)
         with self._encode_lock:
-            body = self._encoder.encode(batch)
+            lines = self._encoder.encode(batch)
+        return PreparedWrite(batch, gzip.compress(lines, compresslevel=GZIP_LEVEL, mtime=0))
+
+    def write_prepared(self, prepared: PreparedWrite) -> None:
+        """Send a prepared body to /api/v2/write; returns once InfluxDB acknowledged it."""
+        if prepared.body is None:
+            prepared = self.prepare(prepared.batch)
+        if not prepared.body:
+            return
         try:
-            self._write_api.write(
+            self._write_service.post_write(  # type: ignore[no-untyped-call]
+                org=self._org,
                 bucket=self.bucket,
-                record=body,
-                write_precision=WritePrecision.NS,  # type: ignore[arg-type]
+                body=prepared.body,
+                precision=WritePrecision.NS,
+                content_encoding="gzip",
+                content_type="text/plain; charset=utf-8",
             )
         except _CLIENT_ERRORS as exc:
             raise translate_error(exc, "write") from exc
@@ -260,7 +292,7 @@ class InfluxStore(Store):
 
     def close(self) -> None:
         """Release connections; the store must not be used afterwards."""
-        self._write_api.close()  # type: ignore[no-untyped-call]
+        self._write_client.close()  # type: ignore[no-untyped-call]
         self._client.close()  # type: ignore[no-untyped-call]
 
 

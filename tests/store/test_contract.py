@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
+import threading
+
 import pytest
 
 from store import InvalidArgument, InvalidBatch, Store, StoredPoint, StoreUnavailable, open_store
+from store.base import PreparedWrite
+from store.influx import InfluxStore
+from store.lineprotocol import LineProtocolEncoder
 from tests.fixtures.influx import InfluxServer, require_influxd
 from tests.store.helpers import T0, S, batch, gpu, grid
 
@@ -18,6 +24,49 @@ def test_rewrite_is_idempotent(store: Store) -> None:
     store.write(b)
     assert store.count_points() == {(g.uuid, UTIL): 2, (g.uuid, TEMP): 2}
     assert len(store.query_points(g.uuid, T0, T0 + S)) == 4
+
+
+def test_prepared_write_from_another_thread_stores_the_batch_once(store: Store) -> None:
+    # The collector prepares on its loop thread and writes on its writer thread, and writes
+    # a prepared batch again when the first attempt failed.
+    g = gpu(1)
+    b = grid([g], [UTIL, TEMP], [T0, T0 + S, T0 + 2 * S])
+    prepared = store.prepare(b)
+    errors: list[BaseException] = []
+
+    def write_twice() -> None:
+        try:
+            store.write_prepared(prepared)
+            store.write_prepared(prepared)
+        except BaseException as exc:
+            errors.append(exc)
+
+    writer = threading.Thread(target=write_twice, name="test-writer")
+    writer.start()
+    writer.join()
+    assert not errors
+    assert store.count_points() == {(g.uuid, UTIL): 3, (g.uuid, TEMP): 3}
+    assert store.query_points(g.uuid, T0, T0) == [
+        StoredPoint(TEMP, T0, 0.1, T0 - S),
+        StoredPoint(UTIL, T0, 0.0, T0 - S),
+    ]
+
+
+def test_prepared_unstorable_batch_rejected(store: Store) -> None:
+    bad = batch([(gpu(1, host="h\\", index=0), UTIL, T0, 1.0)])
+    with pytest.raises(InvalidBatch):
+        store.write_prepared(store.prepare(bad))
+    with pytest.raises(InvalidBatch):
+        store.write_prepared(PreparedWrite(bad))
+    assert store.count_points() == {}
+
+
+def test_influx_body_is_line_protocol_gzipped_by_the_store(influx_server: InfluxServer) -> None:
+    b = grid([gpu(1), gpu(2)], [UTIL, TEMP], [T0, T0 + S])
+    with InfluxStore(**influx_server.create_database().store_opts()) as store:
+        body = store.prepare(b).body
+    assert body is not None and body[:2] == b"\x1f\x8b"  # the gzip magic
+    assert gzip.decompress(body) == LineProtocolEncoder().encode(b)
 
 
 def test_rewrite_replaces_value(store: Store) -> None:
@@ -306,7 +355,10 @@ def test_influx_down_raises_unavailable(tmp_path) -> None:
     store = open_store("influx", **conn.store_opts())
     try:
         store.write(grid([gpu(1)], [UTIL], [T0]))
+        prepared = store.prepare(grid([gpu(1)], [UTIL], [T0 + 2 * S]))
         server.stop()
+        with pytest.raises(StoreUnavailable):
+            store.write_prepared(prepared)
         with pytest.raises(StoreUnavailable):
             store.ping()
         with pytest.raises(StoreUnavailable):
@@ -316,7 +368,8 @@ def test_influx_down_raises_unavailable(tmp_path) -> None:
         server.start()
         store.ping()
         store.write(grid([gpu(1)], [UTIL], [T0 + S]))
-        assert store.count_points() == {(gpu(1).uuid, UTIL): 2}
+        store.write_prepared(prepared)  # the same body, sent again once InfluxDB is back
+        assert store.count_points() == {(gpu(1).uuid, UTIL): 3}
     finally:
         store.close()
         server.stop()

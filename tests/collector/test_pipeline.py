@@ -1,0 +1,243 @@
+"""The pipelined flush, in process: the loop prepares, the `collector-writer` thread writes and
+commits. Real broker, real SQLite file, the real `Consumer` (recording its commits).
+
+SQLite's own write lock is the lever: the test takes it with a second connection, so the
+collector's write either waits in flight (long busy timeout) or fails with "database is
+locked" (short one) for as long as the test wants, without touching the collector's code.
+Every commit is recorded with the number of points the file held just before it was sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from collector.config import CollectorConfig
+from collector.metrics import CollectorMetrics
+from collector.runner import Collector
+from store.sqlite import SqliteStore
+from tests.collector.helpers import GROUP, TOPIC, Telemetry, lag, wait_for
+from tests.fixtures.broker import BrokerProcess
+from walbroker.consumer import Consumer
+
+BATCH = 480  # five ticks of the default data set (4 hosts x 8 GPUs x 3 metrics)
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One commit the collector sent: offsets, whether it waited, points stored just before."""
+
+    offsets: dict[int, int]
+    wait: bool
+    stored: int
+
+
+def stored_points(path: Path) -> int:
+    """Points in the SQLite file, read through a connection of our own."""
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM points").fetchone()[0])
+
+
+class CommitLog:
+    """Commits of every collector of a test, in the order of their `stored` readings."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.commits: list[Commit] = []
+        self._lock = threading.Lock()
+
+    def record(self, offsets: dict[int, int], wait: bool) -> None:
+        with self._lock:  # read and append together: `stored` grows along the list
+            self.commits.append(Commit(dict(offsets), wait, stored_points(self.db)))
+
+
+class RecordingConsumer(Consumer):
+    """The real group consumer; every commit is recorded just before it is sent."""
+
+    def __init__(self, address: str, log: CommitLog) -> None:
+        super().__init__(address, GROUP, TOPIC, max_unacked_points=20_000, session_timeout_ms=3000)
+        self.log = log
+
+    def commit(
+        self, offsets: dict[int, int] | None = None, timeout_s: float = 10.0, wait: bool = True
+    ) -> bool:
+        self.log.record(offsets or {}, wait)
+        return super().commit(offsets, timeout_s, wait)
+
+
+class Running:
+    """A collector running `run()` on a thread of this process (`start()` starts it)."""
+
+    def __init__(self, broker: BrokerProcess, log: CommitLog, busy_timeout_s: float) -> None:
+        db = log.db
+        config = CollectorConfig(
+            broker=broker.address, store=f"sqlite:{db}", batch_size=BATCH, flush_ms=100,
+            metrics_listen="", retry_initial_ms=20, retry_max_ms=200, shutdown_timeout_s=20,
+        )  # fmt: skip
+        self.registry = CollectorRegistry()
+        self.store = SqliteStore(db, timeout_s=busy_timeout_s)
+        consumer = RecordingConsumer(broker.address, log)
+        self.collector = Collector(config, self.store, CollectorMetrics(self.registry), consumer)
+        consumer.on_revoke = self.collector._on_revoke
+        self.result: list[bool] = []
+        # A daemon: a failed test must not leave the session waiting for a running collector.
+        self.thread = threading.Thread(target=self._run, name="test-collector", daemon=True)
+
+    def start(self) -> Running:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        self.result.append(self.collector.run())
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    def stop(self, timeout_s: float = 60) -> bool:
+        self.collector.stop()
+        self.thread.join(timeout_s)
+        assert not self.thread.is_alive(), "collector did not stop"
+        self.store.close()
+        return self.result == [True]
+
+
+@pytest.fixture
+def collectors(broker: BrokerProcess) -> Iterator[Callable[[CommitLog, float], Running]]:
+    """Make in-process collectors (`collectors(log, busy_timeout_s)`); stopped afterwards."""
+    made: list[Running] = []
+
+    def make(log: CommitLog, busy_timeout_s: float) -> Running:
+        made.append(Running(broker, log, busy_timeout_s))
+        return made[-1]
+
+    yield make
+    for c in made:
+        if c.thread.is_alive():
+            c.collector.stop()
+            c.thread.join(30)
+
+
+@contextmanager
+def write_lock(db: Path) -> Iterator[None]:
+    """Hold SQLite's write lock on `db` (another writer waits for its busy timeout, then fails)."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")
+        conn.close()
+
+
+def check_commits(log: CommitLog) -> None:
+    """Each commit came after the points below it were stored, and no offset went back."""
+    committed: dict[int, int] = {}
+    assert log.commits
+    for commit in log.commits:
+        for partition, offset in commit.offsets.items():
+            assert offset >= committed.get(partition, 0), f"offset went back: {log.commits}"
+            committed[partition] = offset
+        # Offsets count points and every published point is distinct, so the points below
+        # the committed offsets must all be in the file already.
+        assert sum(committed.values()) <= commit.stored, f"committed before stored: {commit}"
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "telemetry.db"
+    SqliteStore(path).close()  # the tables exist before the test takes the lock
+    return path
+
+
+def test_write_in_flight_is_committed_only_after_the_store_acknowledged_it(broker, collectors, db):
+    data = Telemetry(broker.address)
+    data.publish(range(40))  # 3,840 points, 8 batches
+    log = CommitLog(db)
+    c = collectors(log, 60)
+    with write_lock(db):
+        c.start()  # its first write waits for the lock
+        # The loop goes on while the writer waits: it receives and prepares the next batch.
+        received = "gpu_telemetry_collector_messages_received_total"
+        assert wait_for(lambda: c.metric(received) >= 2 * BATCH, 20)
+        assert c.metric("gpu_telemetry_collector_messages_flushed_total") == 0
+        assert log.commits == [] and sum(lag(broker.address).values()) == 3840
+    assert wait_for(lambda: set(lag(broker.address).values()) == {0}, 30), lag(broker.address)
+    assert c.stop()
+    check_commits(log)
+    with SqliteStore(db) as store:
+        assert store.count_points() == data.expected()
+
+
+def test_failed_writes_lose_no_batch_and_block_the_batches_behind(broker, collectors, db):
+    data = Telemetry(broker.address)
+    data.publish(range(40))
+    log = CommitLog(db)
+    c = collectors(log, 0.02)
+    with write_lock(db):
+        c.start()  # its writes fail at once
+        assert wait_for(lambda: not c.collector.readiness()[0], 20)  # failures_before_unready
+        errors = c.metric("gpu_telemetry_collector_write_errors_total", kind="unavailable")
+        assert errors >= 3
+        received = c.metric("gpu_telemetry_collector_messages_received_total")
+        assert received >= 2 * BATCH  # a batch is prepared behind the failing one...
+        assert log.commits == [] and sum(lag(broker.address).values()) == 3840  # nor committed
+    assert wait_for(lambda: set(lag(broker.address).values()) == {0}, 30), lag(broker.address)
+    assert c.collector.readiness()[0]
+    assert c.metric("gpu_telemetry_collector_store_up") == 1
+    assert c.stop()
+    check_commits(log)
+    with SqliteStore(db) as store:
+        assert store.count_points() == data.expected()
+
+
+def test_stop_finishes_the_write_in_flight_then_waits_for_the_commit(
+    broker, collectors, db, caplog
+):
+    caplog.set_level(logging.INFO, logger="collector")
+    data = Telemetry(broker.address)
+    data.publish(range(40))
+    log = CommitLog(db)
+    c = collectors(log, 60)
+    with write_lock(db):
+        c.start()
+        received = "gpu_telemetry_collector_messages_received_total"
+        assert wait_for(lambda: c.metric(received) >= 2 * BATCH, 20)
+        assert "collector-writer" in {t.name for t in threading.enumerate()}
+        c.collector.stop()  # SIGTERM while a write waits for the lock
+    assert c.stop()
+    check_commits(log)
+    assert log.commits[-1].wait  # the last commit was acknowledged by the broker before leaving
+    with SqliteStore(db) as store:
+        stored = sum(store.count_points().values())
+    committed = 3840 - sum(lag(broker.address).values())
+    assert committed == stored  # everything polled was stored and committed, no more
+    assert stored >= 2 * BATCH
+    writer_logs = [
+        r.getMessage() for r in caplog.records if getattr(r, "loop", "") == "collector-writer"
+    ]
+    assert writer_logs == ["loop started", "loop stopped"]
+    assert "collector-writer" not in {t.name for t in threading.enumerate()}
+
+
+def test_revoke_mid_run_flushes_waits_and_releases_with_exact_counts(broker, collectors, db):
+    data = Telemetry(broker.address)
+    log = CommitLog(db)
+    first = collectors(log, 30).start()
+    join = data.in_background(range(300), pace_s=0.01)
+    assert wait_for(lambda: first.metric("gpu_telemetry_collector_messages_flushed_total") > 0, 20)
+    second = collectors(log, 30).start()  # takes partitions from the first
+    assert wait_for(lambda: second.metric("gpu_telemetry_collector_messages_flushed_total") > 0, 30)
+    join()
+    assert wait_for(lambda: set(lag(broker.address).values()) == {0}, 30), lag(broker.address)
+    assert first.stop() and second.stop()
+    check_commits(log)
+    with SqliteStore(db) as store:
+        assert store.count_points() == data.expected()
