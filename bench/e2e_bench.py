@@ -205,6 +205,7 @@ class LatencyProbe:
         self.seen: dict[tuple[str, int, str], int] = {}  # (uuid, time_ns, metric) -> seen at
         self.newest = dict.fromkeys(uuids, 0)
         self.cycles, self.errors = 0, 0
+        self.error_reasons: dict[str, int] = {}  # why polls failed, by first 160 chars
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bench-latency-probe")
         self._started = 0.0
@@ -230,8 +231,10 @@ class LatencyProbe:
                 for uuid in self.uuids:
                     try:
                         self._poll(conn, uuid)
-                    except (OSError, http.client.HTTPException, ValueError):
+                    except (OSError, http.client.HTTPException, ValueError) as exc:
                         self.errors += 1
+                        reason = f"{type(exc).__name__}: {exc}"[:160]
+                        self.error_reasons[reason] = self.error_reasons.get(reason, 0) + 1
                         conn.close()
                 self.cycles += 1
                 self._stop.wait(self.min_cycle_s - (time.monotonic() - started))
@@ -307,6 +310,7 @@ def window_latencies(probe: LatencyProbe, base_url: str, w0: int, w1: int) -> di
         "missed": sum(1 for x in lat if x == math.inf),
         "p50_s": pct(0.50), "p99_s": pct(0.99), "max_s": pct(1.0),
         "poll_cycle_ms": round(probe.cycle_ms, 1), "poll_errors": probe.errors,
+        "poll_error_reasons": probe.error_reasons,
     }  # fmt: skip
 
 
@@ -512,7 +516,7 @@ def run(
         "streamer": f"1 process, --forever --rate {rate}, defaults otherwise",
         "broker": f"fsync always, {PARTITIONS} partitions",
         "collector": "1 process, --flush-ms 1000 (default), --batch-size per figure",
-        "gateway": "1 gunicorn worker, 4 threads (defaults)",
+        "gateway": "1 gunicorn worker, the store's default threads (SQLite 1, InfluxDB 4)",
         "targets": {"stored_points_per_s": 50_000, "latency_p99_s": 2.0},
     }  # fmt: skip
     for kind in stores:

@@ -209,7 +209,10 @@ class InfluxStore(Store):
         while lo <= end and len(out) < limit:  # cost follows the page, not the history
             hi = min(end, lo + window - 1)
             query = flux.points(self.bucket, lo, hi, tags, wanted, limit - len(out), after)
-            out += [_point(row) for row in self._rows(query)]
+            for row in list(self._rows(query)):  # read whole: the response is released
+                if not _complete(row):  # end the page before it: no cursor may pass it
+                    return out
+                out.append(_point(row))
             lo, window = hi + 1, window * 4
         return out
 
@@ -217,6 +220,8 @@ class InfluxStore(Store):
         """Return the newest point of each metric of this GPU (empty when unknown)."""
         newest: dict[str, StoredPoint] = {}
         for row in self._rows(flux.latest(self.bucket, validate.text("uuid", uuid))):
+            if not _complete(row):
+                continue
             point = _point(row)
             if point.metric not in newest or point.time_ns > newest[point.metric].time_ns:
                 newest[point.metric] = point
@@ -300,13 +305,23 @@ def _tags(**values: str | None) -> dict[str, str]:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def _complete(row: Row) -> bool:
+    """Whether both fields of the point are visible.
+
+    InfluxDB 1.8 makes a batch's fields visible series by series, so a query that runs while
+    a write lands can see a point's `source_time` without its `value` (or the reverse): the
+    pivot then yields a row with an empty column. Such a point is still being written, not
+    stored; a reader treats it as not there yet.
+    """
+    return bool(row.get(schema.FIELD_VALUE)) and bool(row.get(schema.FIELD_SOURCE_TIME))
+
+
 def _point(row: Row) -> StoredPoint:
-    source_time = row.get(schema.FIELD_SOURCE_TIME) or "0"
     return StoredPoint(
         row[schema.TAG_METRIC],
         flux.parse_time(row["_time"]),
         float(row[schema.FIELD_VALUE]),
-        int(source_time),
+        int(row[schema.FIELD_SOURCE_TIME]),
     )
 
 
