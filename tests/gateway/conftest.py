@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 import urllib.error
@@ -21,6 +20,7 @@ from gateway.config import GatewayConfig
 from gateway.extension import extension
 from store import Store, open_store
 from tests.fixtures.influx import InfluxServer, free_port
+from tests.fixtures.process import ManagedProcess
 from tests.gateway import data
 
 BIN = Path(sys.executable).parent
@@ -93,15 +93,14 @@ def fresh_client(fresh: Backend) -> Iterator[FlaskClient]:
         yield app.test_client()
 
 
-class Gateway:
-    """One `gputel-gateway` process (gunicorn) on a free loopback port."""
+class Gateway(ManagedProcess):
+    """One `gputel-gateway` process (gunicorn) on a free loopback port, healthy on return."""
 
     def __init__(
         self, config: GatewayConfig, log_path: Path, workers: int = 2, threads: int | None = None
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
         env = {k: v for k, v in os.environ.items() if not k.startswith("GPUTEL_")}
         env.update(config.to_env())
         env.pop("GPUTEL_INFLUX_TOKEN", None)  # passed as a flag to prove it is never logged
@@ -112,15 +111,15 @@ class Gateway:
             argv.append(f"--threads={threads}")
         if config.influx_token:
             argv.append(f"--influx-token={config.influx_token}")
-        with log_path.open("wb") as log:
-            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        super().__init__(argv, log_path)
+        self.spawn(env, inherit=False)
         self._wait_healthy()
 
     def _wait_healthy(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited: {self.log_path.read_text()[-2000:]}")
+            if not self.running:
+                raise RuntimeError(f"gateway exited: {self.log_tail()}")
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1):
                     return
@@ -139,14 +138,8 @@ class Gateway:
                 return exc.code, exc.headers["Content-Type"], exc.read()
 
     def stop(self) -> None:
-        """Stop gunicorn (SIGTERM) and wait for it."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """Stop gunicorn (SIGTERM, SIGKILL after 15 s) and wait for it."""
+        self.terminate(timeout_s=15)
 
 
 @pytest.fixture(scope="module")
