@@ -339,12 +339,12 @@ class Collector:
         if not job.written:
             try:
                 if job.prepared is not None:
-                    self.store.write_prepared(job.prepared)
-                elif job.one_by_one:
+                    try:
+                        self.store.write_prepared(job.prepared)
+                    except InvalidBatch:  # a store that only validates while writing
+                        job.prepared, job.one_by_one = None, True
+                if job.one_by_one:
                     self._write_one_by_one(job)
-            except InvalidBatch:  # a store that only validates while writing
-                job.prepared, job.one_by_one = None, True
-                self._write_one_by_one(job)
             except StoreUnavailable as exc:
                 raise FlushFailed("unavailable", exc) from exc
             except StoreError as exc:
@@ -361,7 +361,10 @@ class Collector:
             self.metrics.flush_latency.observe(time.monotonic() - job.started)
 
     def _write_one_by_one(self, job: WriteJob) -> None:
-        """Find the records the store rejects: dead-letter them, write the others."""
+        """Find the records the store rejects: dead-letter them, write the others.
+
+        Other store errors propagate to `_execute`, which turns them into a FlushFailed.
+        """
         for record in list(job.held.records):
             if record.batch is None:
                 continue
@@ -371,10 +374,6 @@ class Collector:
                 self.metrics.write_errors.labels(kind="invalid").inc()
                 self._dead_letter(record.message, "invalid", str(exc))
                 job.held.mark_dead(record)
-            except StoreUnavailable as exc:
-                raise FlushFailed("unavailable", exc) from exc
-            except StoreError as exc:
-                raise FlushFailed("error", exc) from exc
 
     def _flush_dead_letters(self) -> None:
         """Make sure every dead letter sent so far is on the broker before a commit."""

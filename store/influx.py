@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import threading
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import urllib3
 from influxdb_client.client.influxdb_client import InfluxDBClient
@@ -75,21 +76,18 @@ class InfluxStore(Store):
         self, url: str, org: str, bucket: str, token: str, timeout_ms: int = 10_000
     ) -> None:
         self.bucket = validate.text("bucket", bucket)
-        self._client = InfluxDBClient(
-            url=url,
-            token=token,
-            org=org or "-",
-            timeout=timeout_ms,
-            enable_gzip=True,
-            retries=False,
-        )
+        self._org = org or "-"
+        common: dict[str, Any] = {
+            "url": url,
+            "token": token,
+            "org": self._org,
+            "timeout": timeout_ms,
+        }
+        self._client = InfluxDBClient(**common, enable_gzip=True, retries=False)
         # Writes go through their own client without the client's gzip (fixed at level 9):
         # the body arrives compressed at GZIP_LEVEL with `Content-Encoding: gzip`.
-        self._write_client = InfluxDBClient(
-            url=url, token=token, org=org or "-", timeout=timeout_ms, retries=False
-        )
+        self._write_client = InfluxDBClient(**common, retries=False)
         self._write_service = WriteService(self._write_client.api_client)  # type: ignore[no-untyped-call]
-        self._org = org or "-"
         self._query_api = self._client.query_api()
         self._encoder = LineProtocolEncoder()
         self._encode_lock = threading.Lock()
