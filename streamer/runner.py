@@ -40,8 +40,6 @@ from collections.abc import Callable
 
 import grpc
 
-from proto.batch import Gpu
-from proto.codec import BatchBuilder, encode
 from proto.gen import walbroker_admin_pb2 as apb
 from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
 from proto.gen import walbroker_pb2 as pb
@@ -60,19 +58,8 @@ from walbroker.producer import Producer
 
 log = logging.getLogger(__name__)
 
-PointItem = tuple[Gpu, str, int, float, int]  # gpu, metric, time_ns, value, source_time_ns
-
 IDLE_WAIT_S = 0.2
 FINISH_CHECK_S = 0.5
-
-
-def encode_points(items: list[PointItem]) -> bytes:
-    """Encode points as one telemetry batch (the producer's accumulator; chunks bypass it)."""
-    builder = BatchBuilder()
-    add = builder.add
-    for gpu, metric, time_ns, value, source_time_ns in items:
-        add(gpu, metric, time_ns, value, source_time_ns)
-    return encode(builder.build())
 
 
 def group_progress(broker: str, group: str, topic: str, timeout_s: float = 5.0) -> dict[int, int]:
@@ -105,10 +92,10 @@ class Streamer:
         self.time_ns = time_ns
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self.producer: Producer[PointItem] = Producer(
+        # Chunks arrive encoded (`streamer.chunks`, `send_batch`): no per-item encoder.
+        self.producer: Producer[object] = Producer(
             config.broker,
             config.topic,
-            encode_points,
             batch_size=config.batch_size,
             linger_ms=config.linger_ms,
             max_pending_points=config.max_pending_points,

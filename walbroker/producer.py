@@ -67,7 +67,7 @@ class Producer(Generic[T]):
         self,
         target: str,
         topic: str,
-        encode: Callable[[list[T]], bytes],
+        encode: Callable[[list[T]], bytes] | None = None,
         *,
         producer_id: str = "",
         batch_size: int = 1000,
@@ -171,6 +171,8 @@ class Producer(Generic[T]):
         self, key: str, item: T, partition: int | None = None, timeout_s: float | None = None
     ) -> None:
         """Add an item; blocks while too many points are pending (backpressure)."""
+        if self.encode is None:
+            raise TypeError("this producer has no encoder: it sends encoded batches (send_batch)")
         p = self.partition_of(key) if partition is None else partition
         with self._cond:
             if not self._cond.wait_for(self._has_room, timeout_s):
@@ -234,7 +236,9 @@ class Producer(Generic[T]):
             if open_batch is None or not open_batch.items:
                 return
             items = open_batch.items
-        self._submit(p, len(items), lambda: self.encode(items))  # type: ignore[arg-type]
+        encode = self.encode
+        assert encode is not None  # items are only accepted with an encoder (send)
+        self._submit(p, len(items), lambda: encode(items))  # type: ignore[arg-type]
 
     def _submit(self, p: int, count: int, payload: Callable[[], bytes]) -> None:
         """Give a batch the partition's next sequence number and queue it for sending."""

@@ -114,3 +114,22 @@ def test_producer_bounds_the_bytes_in_flight_while_the_broker_is_down(broker):
         assert p.stats.acked_points == sent
     finally:
         p.close()
+
+
+def test_a_producer_without_an_encoder_sends_batches_and_refuses_items(broker):
+    """The streamer's shape: whole encoded batches only; an item would have no encoder."""
+    with Producer(broker.address, "no-encoder") as p:
+        p.send_batch(0, encode([1, 2, 3]), 3)
+        with pytest.raises(TypeError, match="send_batch"):
+            p.send("k", 4)
+    c = Consumer(broker.address, "reader", "no-encoder").start()
+    try:
+        got: list[int] = []
+        for _ in range(20):
+            for m in c.poll(1.0):
+                got += decode(m)
+            if got:
+                break
+        assert got == [1, 2, 3]
+    finally:
+        c.close()
