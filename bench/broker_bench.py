@@ -96,7 +96,7 @@ def fill(data_dir: Path, points: int, partitions: int = 16) -> float:
     wal.start()
     payload = os.urandom(BATCH_POINTS * BYTES_PER_POINT)
     t0 = time.perf_counter()
-    wal.ensure_topic("big")
+    wal.create_topic("big", partitions)
     pending = []
     for i in range(points // BATCH_POINTS):
         pending.append(wal.append(TopicPartition("big", i % partitions), payload, BATCH_POINTS))
@@ -145,7 +145,7 @@ def run(big_points: int = 10_000_000) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="gputel-bench-"))
     try:
         broker = BrokerProcess(
-            work / "broker", "--partitions", "16", "--retention-bytes", str(16 * 1024**3)
+            work / "broker", "--topic", "bench:16", "--retention-bytes", str(16 * 1024**3)
         ).start()
         try:
             pub = publish(broker.address, "bench")

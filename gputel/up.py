@@ -133,6 +133,11 @@ def plan(a: argparse.Namespace) -> list[Component]:
                 broker,
                 "--metrics-listen",
                 _local(a.metrics_port + 1),
+                # Auto-creation is off: the collectors' topic and its dead-letter topic.
+                "--topic",
+                "telemetry:16",
+                "--topic",
+                "telemetry.dlq:4",
             ],
             grpc_address=broker,
         )

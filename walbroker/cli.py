@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -12,6 +13,13 @@ from pathlib import Path
 from walbroker import admin_cli, logs
 from walbroker.admin_cli import add_admin_args
 from walbroker.config import BrokerConfig, LogConfig
+from walbroker.disk import StartupError
+from walbroker.errors import BrokerError
+from walbroker.types import validate_name
+
+log = logging.getLogger(__name__)
+
+EXIT_SHUTDOWN_TIMEOUT = 3
 
 
 def _env(name: str, default: str) -> str:
@@ -37,7 +45,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         "--partitions",
         type=int,
         default=int(_env("PARTITIONS", "16")),
-        help="partitions of a topic created on first use",
+        help="partitions of a --topic given without a count (and of auto-created topics)",
     )
     p.add_argument("--fsync", choices=["always", "interval"], default=_env("FSYNC", "always"))
     p.add_argument("--fsync-interval-ms", type=int, default=int(_env("FSYNC_INTERVAL_MS", "50")))
@@ -66,6 +74,63 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         "--max-unacked-points", type=int, default=int(_env("MAX_UNACKED_POINTS", "200000"))
     )
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    _add_topic_args(p)
+    _add_limit_args(p)
+
+
+def topic_spec(text: str) -> tuple[str, int]:
+    """NAME or NAME:PARTITIONS (0 partitions = the --partitions default)."""
+    name, _, count = text.partition(":")
+    try:
+        validate_name("topic", name)
+        partitions = int(count) if count else 0
+    except (BrokerError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"bad topic {text!r}: {exc}") from None
+    if partitions < 0:
+        raise argparse.ArgumentTypeError(f"bad topic {text!r}: negative partition count")
+    return name, partitions
+
+
+def _add_topic_args(p: argparse.ArgumentParser) -> None:
+    env_topics = [topic_spec(t) for t in _env("TOPICS", "").replace(",", " ").split()]
+    p.add_argument(
+        "--topic",
+        dest="topics",
+        type=topic_spec,
+        action="append",
+        default=env_topics,
+        metavar="NAME[:PARTITIONS]",
+        help="create this topic at start if missing (repeatable; env GPUTEL_BROKER_TOPICS, "
+        "comma-separated)",
+    )
+    p.add_argument(
+        "--auto-create-topics",
+        action="store_true",
+        default=_env("AUTO_CREATE_TOPICS", "") in ("1", "true"),
+        help="create unknown topics on first use (off: publishing to one is NOT_FOUND)",
+    )
+    p.add_argument("--max-topics", type=int, default=int(_env("MAX_TOPICS", "1000")))
+
+
+def _add_limit_args(p: argparse.ArgumentParser) -> None:
+    """The bounds of docs/limits.md."""
+    for flag, default, text in (
+        ("max-streams", 2000, "open Publish/Consume streams in total"),
+        ("max-streams-per-peer", 1000, "open streams from one client address"),
+        ("hot-buffer-bytes", 128 * 1024**2, "memory for recent records, over all partitions"),
+        ("max-queue-bytes", 128 * 1024**2, "payload bytes waiting for the log writer"),
+        ("min-point-bytes", 1, "bytes a batch must carry per declared point"),
+        ("min-free-bytes", 256 * 1024**2, "free space kept on the data volume"),
+    ):
+        name = flag.upper().replace("-", "_")
+        p.add_argument(f"--{flag}", type=int, default=int(_env(name, str(default))), help=text)
+    for flag, fdefault, text in (
+        ("group-retention-s", 7 * 86400.0, "forget a group empty for this long"),
+        ("retention-ignore-idle-group-s", 86400.0, "block retention ignores groups idle longer"),
+        ("shutdown-timeout-s", 10.0, "SIGTERM: exit within this"),
+    ):
+        name = flag.upper().replace("-", "_")
+        p.add_argument(f"--{flag}", type=float, default=float(_env(name, str(fdefault))), help=text)
 
 
 def config_from_args(a: argparse.Namespace) -> BrokerConfig:
@@ -78,7 +143,16 @@ def config_from_args(a: argparse.Namespace) -> BrokerConfig:
         retention_bytes=a.retention_bytes,
         retention_age_s=a.retention_age_s,
         retention_policy=a.retention_policy,
+        auto_create_topics=a.auto_create_topics,
+        max_topics=a.max_topics,
+        hot_buffer_bytes=a.hot_buffer_bytes,
+        max_queue_bytes=a.max_queue_bytes,
+        min_point_bytes=a.min_point_bytes,
+        min_free_bytes=a.min_free_bytes,
+        retention_ignore_idle_group_s=a.retention_ignore_idle_group_s,
     )
+    # A later --topic of the same name wins; NAME alone takes the --partitions default.
+    topics = {name: n or a.partitions for name, n in a.topics}
     return BrokerConfig(
         log=log_config,
         listen=a.listen,
@@ -86,26 +160,43 @@ def config_from_args(a: argparse.Namespace) -> BrokerConfig:
         advertised_address=a.advertised_address,
         session_timeout_ms=a.session_timeout_ms,
         max_unacked_points=a.max_unacked_points,
+        topics=tuple(topics.items()),
+        max_streams=a.max_streams,
+        max_streams_per_peer=a.max_streams_per_peer,
+        group_retention_s=a.group_retention_s,
+        shutdown_timeout_s=a.shutdown_timeout_s,
     )
 
 
 def serve(a: argparse.Namespace) -> int:
-    """Run a broker until SIGTERM or SIGINT."""
+    """Run a broker until SIGTERM or SIGINT (exit 0), or until a background loop fails (exit 1)."""
     from walbroker.server import Broker
 
     logs.setup("walbroker", a.log_level)
-    broker = Broker(config_from_args(a))
+    config = config_from_args(a)
     try:
+        broker = Broker(config)
         broker.start()
-    except OSError as exc:
+    except (OSError, StartupError, BrokerError) as exc:
         print(f"walbroker: {exc}", file=sys.stderr)
         return 1
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
-    done.wait()
-    broker.stop()
-    return 0
+    while not done.wait(0.5) and not broker.fatal.is_set():
+        pass
+    watchdog = threading.Timer(config.shutdown_timeout_s, _shutdown_timed_out, [config])
+    watchdog.daemon = True
+    watchdog.start()
+    broker.stop(grace_s=min(5.0, config.shutdown_timeout_s / 3))
+    return 1 if broker.fatal.is_set() else 0
+
+
+def _shutdown_timed_out(config: BrokerConfig) -> None:
+    """The shutdown bound passed: leave now (LMDB needs no clean close to stay consistent)."""
+    log.error("shutdown timed out; exiting", extra={"timeout_s": config.shutdown_timeout_s})
+    logging.shutdown()
+    os._exit(EXIT_SHUTDOWN_TIMEOUT)
 
 
 def main(argv: list[str] | None = None) -> int:

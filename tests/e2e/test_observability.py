@@ -199,7 +199,9 @@ def prometheus(
         gen_dcgm.write(f, seed=5, hosts=2, gpus_per_host=8, passes=1)
         f.write('"2025-07-18T20:42:30Z","DCGM_FI_DEV_GPU_UTIL","0","nvidia0"\n')  # field_count
     # ~10 kB of log per second: the budget fills within seconds and retention deletes.
-    broker = BrokerProcess(tmp / "broker", "--partitions", "4", "--retention-bytes", "60000")
+    broker = BrokerProcess(
+        tmp / "broker", "--topic", "telemetry:4", "--topic", "telemetry.dlq:2", "--retention-bytes", "60000"
+    )
     p = Pipeline(tmp, broker, ["--store", f"sqlite:{tmp / 'store.db'}"], csv)
     procs: dict[str, Proc | BrokerProcess] = {
         "broker": broker,

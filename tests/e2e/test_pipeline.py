@@ -60,7 +60,7 @@ def pipeline(request, tmp_path, broker_factory, csv_file) -> Iterator[Pipeline]:
             "--influx-token",
             conn.token,
         ]
-    broker = broker_factory("--partitions", "8").start()
+    broker = broker_factory("--topic", "telemetry:8", "--topic", "telemetry.dlq:2").start()
     p = Pipeline(tmp_path, broker, store_args, csv_file)
     p.influx = influx  # type: ignore[attr-defined]
     try:
