@@ -6,13 +6,13 @@ commit; with it, appends are refused with RESOURCE_EXHAUSTED (and a retry-after)
 while `min_free_bytes` are still free, so offset commits, deletions and
 retention, which need a few pages, can still run and free space.
 
-Thread-safe: `check` is called by every publishing thread; it reads statvfs at
-most every `interval_s` (a racy refresh only costs one extra statvfs call).
+Thread-safe: `check` is called by every publishing thread, under one lock.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -33,29 +33,43 @@ class DiskGuard:
         self.min_free_bytes = min_free_bytes
         self.retry_after_ms = retry_after_ms
         self.interval_s = interval_s
+        self._lock = threading.Lock()  # guards the reading and what was admitted since
         self._free = self._read()
         self._read_at = time.monotonic()
+        self._admitted = 0
 
     def _read(self) -> int:
         st = os.statvfs(self.path)
         return st.f_bavail * st.f_frsize
 
     def free_bytes(self) -> int:
-        """Bytes free for the broker on the data directory's file system (cached briefly)."""
-        now = time.monotonic()
-        if now - self._read_at >= self.interval_s:
-            self._free, self._read_at = self._read(), now
-        return self._free
+        """Free bytes on the data directory's file system (a fresh reading)."""
+        with self._lock:
+            self._refresh()
+            return self._free
 
-    def check(self) -> None:
-        """Raise ResourceExhausted when free space is below the watermark."""
-        free = self.free_bytes()
-        if free < self.min_free_bytes:
-            raise ResourceExhausted(
-                f"broker disk nearly full: {free} bytes free, below the watermark of "
-                f"{self.min_free_bytes} (--min-free-bytes)",
-                retry_after_ms=max(self.retry_after_ms, 1000),
-            )
+    def _refresh(self) -> None:
+        self._free, self._read_at, self._admitted = self._read(), time.monotonic(), 0
+
+    def check(self, size: int = 0) -> None:
+        """Admit `size` more bytes, or raise ResourceExhausted below the watermark.
+
+        The reading is at most `interval_s` old; bytes admitted since count as used,
+        and near the watermark every call reads afresh (statvfs is cheap).
+        """
+        with self._lock:
+            estimate = self._free - self._admitted
+            stale = time.monotonic() - self._read_at >= self.interval_s
+            if stale or estimate - size < 2 * self.min_free_bytes:
+                self._refresh()
+                estimate = self._free
+            if estimate - size < self.min_free_bytes:
+                raise ResourceExhausted(
+                    f"broker disk nearly full: {estimate} bytes free, below the watermark of "
+                    f"{self.min_free_bytes} (--min-free-bytes)",
+                    retry_after_ms=max(self.retry_after_ms, 1000),
+                )
+            self._admitted += size
 
 
 def check_map_size(path: Path, map_size_bytes: int) -> None:

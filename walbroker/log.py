@@ -297,7 +297,7 @@ class Log:
             )
         if len(payload) > config.retention_bytes:
             raise ResourceExhausted("batch larger than the whole disk budget")
-        self.disk.check()
+        self.disk.check(len(payload))
 
     def commit_offsets(self, group: str, topic: str, offsets: dict[int, int]) -> None:
         """Store committed offsets durably (blocks until the writer's transaction is synced)."""

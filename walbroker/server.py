@@ -41,6 +41,8 @@ from walbroker.writer import Fence
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "walbroker.v1.Broker"
+# Publish requests read ahead of their acks, per stream.
+MAX_PENDING_ACKS = 1024
 
 
 def default_interceptors(config: BrokerConfig, metrics: BrokerMetrics) -> list[Any]:
@@ -61,16 +63,23 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
     def Publish(
         self, request_iterator: Iterator[pb.PublishRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.PublishAck]:
+        # Acks go out in request order. Only the ack's head is kept per request (the
+        # payload is the writer's alone once queued), and at most this many wait, so
+        # a client that sends faster than acks return is held back by flow control
+        # instead of by the broker's memory.
         pending: queue.Queue[
-            tuple[pb.PublishRequest, futures.Future[AppendResult] | BrokerError] | None
-        ] = queue.Queue()
-
+            tuple[pb.PublishAck, futures.Future[AppendResult] | BrokerError] | None
+        ] = queue.Queue(maxsize=MAX_PENDING_ACKS)
         failure: list[BrokerError] = []
 
         def read() -> None:
             try:
                 for req in request_iterator:
-                    pending.put((req, self._submit(req)))
+                    head = pb.PublishAck(
+                        request_id=req.request_id, topic=req.topic, partition=req.partition
+                    )
+                    pending.put((head, self._submit(req)))
+                    del req
             except grpc.RpcError:
                 pass  # the client went away; acks for what was read are still produced
             except BrokerError as exc:  # a malformed frame: the stream ends with its status
@@ -80,8 +89,8 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
 
         threading.Thread(target=read, name="publish-reader", daemon=True).start()
         while (item := pending.get()) is not None:
-            req, outcome = item
-            yield self._ack(req, outcome)
+            head, outcome = item
+            yield self._ack(head, outcome)
         if failure:
             abort(context, failure[0])
 
@@ -97,9 +106,8 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
             return exc
 
     def _ack(
-        self, req: pb.PublishRequest, outcome: futures.Future[AppendResult] | BrokerError
+        self, ack: pb.PublishAck, outcome: futures.Future[AppendResult] | BrokerError
     ) -> pb.PublishAck:
-        ack = pb.PublishAck(request_id=req.request_id, topic=req.topic, partition=req.partition)
         try:
             if isinstance(outcome, BrokerError):
                 raise outcome

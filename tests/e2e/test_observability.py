@@ -200,7 +200,13 @@ def prometheus(
         f.write('"2025-07-18T20:42:30Z","DCGM_FI_DEV_GPU_UTIL","0","nvidia0"\n')  # field_count
     # ~10 kB of log per second: the budget fills within seconds and retention deletes.
     broker = BrokerProcess(
-        tmp / "broker", "--topic", "telemetry:4", "--topic", "telemetry.dlq:2", "--retention-bytes", "60000"
+        tmp / "broker",
+        "--topic",
+        "telemetry:4",
+        "--topic",
+        "telemetry.dlq:2",
+        "--retention-bytes",
+        "60000",
     )
     p = Pipeline(tmp, broker, ["--store", f"sqlite:{tmp / 'store.db'}"], csv)
     procs: dict[str, Proc | BrokerProcess] = {
