@@ -296,7 +296,9 @@ class Broker:
 
     def _reap(self) -> None:
         """The group-reaper loop: session timeouts, group retention, the writer's health."""
-        interval = max(0.5, min(self.config.group_retention_s / 4, 30.0))
+        # Group retention and the idle-group bound are checked a few times per bound.
+        bounds = [self.config.group_retention_s, self.config.log.retention_ignore_idle_group_s]
+        interval = max(0.5, min([b / 4 for b in bounds if b > 0] + [30.0]))
         next_retention = 0.0
         while not self._stop.wait(0.5):
             try:
