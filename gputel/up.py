@@ -22,12 +22,13 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gputel import secure
-from gputel.secure import SecureSetup
+if TYPE_CHECKING:  # gputel.secure needs `cryptography`: imported only with --secure
+    from gputel.secure import SecureSetup
 
 PACKAGED_CSV = Path(__file__).resolve().parent.parent / "data" / "dcgm.csv"
 COLOURS = ["36", "33", "35", "32", "34", "31", "96", "93"]
@@ -340,7 +341,11 @@ def run(a: argparse.Namespace) -> int:
         check_port(port)
     csv_path(a)  # a missing CSV is reported before anything is made
     a.data_dir.mkdir(parents=True, exist_ok=True)
-    tls = secure.ensure(a.data_dir) if a.secure else None
+    tls = None
+    if a.secure:
+        from gputel import secure
+
+        tls = secure.ensure(a.data_dir)
     comps = plan(a, tls)
     out = threading.Lock()
     stop = threading.Event()
