@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import csv
 import logging
-from math import isfinite
 import os
 import time
 from array import array
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from math import isfinite
 from operator import itemgetter
 
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -40,8 +40,8 @@ from streamer.timestamps import parse_timestamp_ns
 
 __all__ = [
     "Defect", "Issue", "ParseReport", "PartRows", "Reject", "RowBlock", "RowParser",
-    "SourceError", "SourceRows", "check_header", "describe_gpu", "new_metrics", "open_csv", "parse_csv",
-    "read_csv", "record_pass",
+    "SourceError", "SourceRows", "check_header", "describe_gpu", "new_metrics", "open_csv",
+    "parse_csv", "read_csv", "record_pass",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -180,8 +180,7 @@ class RowParser:
     def _new_parts(self) -> list[PartRows]:
         parts = [PartRows() for _ in range(self.partitions)]
         self._appenders = [
-            (p.gpu.append, p.metric.append, p.value.append, p.source_time_ns.append)
-            for p in parts
+            (p.gpu.append, p.metric.append, p.value.append, p.source_time_ns.append) for p in parts
         ]
         return parts
 
@@ -239,9 +238,7 @@ class RowParser:
             return self.rejected.add(
                 Reject.BAD_TIMESTAMP if ns == _BAD_TIME else Reject.TIMESTAMP_OUT_OF_RANGE, line
             )
-        append_gpu, append_metric, append_value, append_time = self._appenders[
-            self._partition[g]
-        ]
+        append_gpu, append_metric, append_value, append_time = self._appenders[self._partition[g]]
         append_gpu(g)
         append_metric(metric)
         append_value(value)
@@ -381,8 +378,13 @@ def parse_csv(lines: Iterable[str], source: str = "<stream>") -> SourceRows:
     started = time.perf_counter()
     table = GpuTable(lambda _uuid: 0)
     rows = PartRows()
-    parser: RowParser | None = None
-    for parser, block in blocks(lines, lambda c: RowParser(c, table, 1), 65_536, source):
+    parsers: list[RowParser] = []
+
+    def parser_for(cols: Columns) -> RowParser:
+        parsers.append(RowParser(cols, table, 1))
+        return parsers[0]
+
+    for _parser, block in blocks(lines, parser_for, 65_536, source):
         (part,) = block.parts
         for mine, theirs in zip(
             (rows.gpu, rows.metric, rows.value, rows.source_time_ns),
@@ -390,7 +392,7 @@ def parse_csv(lines: Iterable[str], source: str = "<stream>") -> SourceRows:
             strict=True,
         ):
             mine.extend(theirs)  # type: ignore[attr-defined]
-    assert parser is not None
+    parser = parsers[0]
     return SourceRows(
         tuple(table.gpus), tuple(parser.metrics), rows.gpu, rows.metric, rows.value,
         rows.source_time_ns, parser.report(source, time.perf_counter() - started),

@@ -93,10 +93,15 @@ def test_scans_split_rows_by_uuid_partition_in_file_order_and_reuse_the_cache():
     p0, p1 = partition_for_key(UUID0, 64), partition_for_key(UUID1, 64)
     assert p0 != p1
     for budget, cached in ((1 << 20, True), (0, False), (48, False)):
-        reads = []
+        reads: list[int] = []
+
+        def lines(reads: list[int] = reads) -> io.StringIO:
+            reads.append(1)
+            return io.StringIO(text, newline="")
+
         scanner = CsvScanner(
             "mem.csv", 64, lambda uuid: partition_for_key(uuid, 64), budget, block_rows=2,
-            lines=lambda: reads.append(1) or io.StringIO(text, newline=""),
+            lines=lines,
         )  # fmt: skip
         for _ in range(3):
             parts = [b.parts for b in scanner.scan()]
