@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections import defaultdict
+from itertools import pairwise
 from pathlib import Path
 
 from streamer.pacing import PassGrid
@@ -34,7 +35,7 @@ def gaps_s(logged) -> list[float]:
     out = []
     for t in times.values():
         t.sort()
-        out += [(b - a) / 1e9 for a, b in zip(t, t[1:], strict=False)]
+        out += [(b - a) / 1e9 for a, b in pairwise(t)]
     return out
 
 
