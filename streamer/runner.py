@@ -64,7 +64,8 @@ from streamer.scan import CsvScanner
 from streamer.source import PartRows, RowBlock, SourceError, record_pass
 from walbroker.client import channel, error_from_rpc
 from walbroker.consumer import Consumer
-from walbroker.errors import BrokerError
+from walbroker.credentials import ClientSecurity
+from walbroker.errors import AccessError, BrokerError
 from walbroker.inflight import Batch
 from walbroker.producer import Producer
 from walbroker.types import partition_for_key
@@ -76,15 +77,21 @@ FINISH_CHECK_S = 0.5
 STAMP_CACHE_MAX = 100_000  # source times remembered per scan (processing-time stamps)
 
 
-def group_progress(broker: str, group: str, topic: str, timeout_s: float = 5.0) -> dict[int, int]:
+def group_progress(
+    broker: str,
+    group: str,
+    topic: str,
+    timeout_s: float = 5.0,
+    security: ClientSecurity | None = None,
+) -> dict[int, int]:
     """Return the committed progress of every partition of `topic` in `group` (Admin RPC)."""
-    with channel(broker) as ch:
+    with channel(broker, security) as ch:
         try:
             resp = apb_grpc.AdminStub(ch).DescribeGroup(
                 apb.DescribeGroupRequest(group=group), timeout=timeout_s
             )
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from None
+            raise error_from_rpc(exc, ch) from None
     return {
         pl.partition: pl.committed_offset
         for pl in resp.partitions
@@ -126,6 +133,7 @@ class Streamer:
             max_pending_points=config.max_pending_points,
             on_ack=self._on_ack,
             on_backpressure=lambda _exc: metrics.backpressure.inc(),
+            security=config.security,
         )
         self.member = Consumer(
             config.broker,
@@ -135,6 +143,7 @@ class Streamer:
             session_timeout_ms=config.session_timeout_ms,
             on_revoke=self._on_revoke,
             on_assignment=lambda _a: self._wake.set(),
+            security=config.security,
         )
         self.own = Ownership(
             self.member, self.producer.flush,
@@ -184,6 +193,8 @@ class Streamer:
             try:
                 self.producer.start(timeout_s=5)
                 break
+            except AccessError:
+                raise  # a wrong token or TLS setting does not heal by waiting
             except BrokerError as exc:
                 log.warning(
                     "broker not reachable; retrying",
@@ -226,6 +237,8 @@ class Streamer:
     def _loop(self) -> None:
         next_finish_check = 0.0
         while not self._stop.is_set():
+            if self.member.failure is not None:
+                raise self.member.failure  # the group refused our credentials
             self._follow_group()
             sent = self._scan() if self.own.connected else 0
             if sent or self._stop.is_set():
@@ -426,7 +439,12 @@ class Streamer:
             if self.own.states[p].committed < passes * sizes[p]:
                 return False
         try:
-            committed = group_progress(self.config.broker, self.config.group, self.config.topic)
+            committed = group_progress(
+                self.config.broker,
+                self.config.group,
+                self.config.topic,
+                security=self.config.security,
+            )
         except BrokerError as exc:
             log.info("group progress unavailable", extra={"reason": str(exc)})
             return False
