@@ -9,9 +9,16 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from walbroker.credentials import (
+    ClientSecurity,
+    add_client_security_args,
+    client_security_from_args,
+)
 
 ENV_PREFIX = "GPUTEL_STREAMER_"
+TIME_MODES = ("processing", "source")
 
 
 class ConfigError(ValueError):
@@ -25,7 +32,9 @@ class StreamerConfig:
     `passes` is the number of passes over each partition's rows (None: forever).
     `rate_rows_per_s` paces this process's rows (token bucket); `pass_interval_s`
     starts each partition's next pass at most once per interval; neither: full speed.
-    `encode_cache_bytes` bounds the encoded chunks kept for later passes (0: none).
+    `source_cache_bytes` bounds the parsed rows kept for later passes (a larger file is
+    parsed again each pass; 0: always). `time_mode` is "processing" (points stamped when
+    sent) or "source" (the CSV's own timestamps: importing a historical export).
     """
 
     broker: str
@@ -38,12 +47,15 @@ class StreamerConfig:
     batch_size: int = 2000
     linger_ms: int = 20
     max_pending_points: int = 200_000
-    encode_cache_bytes: int = 64 * 1024 * 1024
+    source_cache_bytes: int = 64 * 1024 * 1024
+    time_mode: str = "processing"
     metrics_listen: str = "127.0.0.1:9102"
     commit_interval_s: float = 1.0
     session_timeout_ms: int = 10_000
     shutdown_timeout_s: float = 20.0
     log_level: str = "INFO"
+    # Token file and TLS files for the broker (walbroker.credentials).
+    security: ClientSecurity = field(default_factory=ClientSecurity)
 
 
 def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -75,10 +87,18 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     p.add_argument("--max-pending-points", type=int, default=e("MAX_PENDING_POINTS", "200000"))
     p.add_argument(
-        "--encode-cache-mb",
+        "--source-cache-mb",
         type=float,
-        default=e("ENCODE_CACHE_MB", "64"),
-        help="memory for encoded chunks reused by later passes (0: encode every pass)",
+        default=e("SOURCE_CACHE_MB", "64"),
+        help="memory for parsed rows reused by later passes, 24 bytes a row; a larger "
+        "file is read again each pass (0: always read)",
+    )
+    p.add_argument(
+        "--time",
+        choices=TIME_MODES,
+        default=e("TIME", "processing"),
+        help="point timestamps: processing (when sent) or source (the CSV's own, to "
+        "import a historical export); one timestamp per source row group either way",
     )
     p.add_argument(
         "--metrics-listen",
@@ -88,6 +108,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--commit-interval", type=float, default=e("COMMIT_INTERVAL", "1.0"))
     p.add_argument("--session-timeout-ms", type=int, default=e("SESSION_TIMEOUT_MS", "10000"))
     p.add_argument("--log-level", default=e("LOG_LEVEL", "INFO"))
+    add_client_security_args(p, env)
     return p
 
 
@@ -132,6 +153,10 @@ def parse_config(
     loop_pace = _loop_and_pace(a, env)
     if not a.broker:
         raise ConfigError(f"--broker HOST:PORT is required (or {ENV_PREFIX}BROKER)")
+    try:
+        security = client_security_from_args(a, env)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     config = StreamerConfig(
         broker=a.broker,
         csv=a.csv,
@@ -140,11 +165,13 @@ def parse_config(
         batch_size=a.batch_size,
         linger_ms=a.linger_ms,
         max_pending_points=a.max_pending_points,
-        encode_cache_bytes=int(float(a.encode_cache_mb) * 1024 * 1024),
+        source_cache_bytes=int(float(a.source_cache_mb) * 1024 * 1024),
+        time_mode=a.time,
         metrics_listen=a.metrics_listen,
         commit_interval_s=a.commit_interval,
         session_timeout_ms=a.session_timeout_ms,
         log_level=a.log_level,
+        security=security,
         **loop_pace,  # type: ignore[arg-type]
     )
     validate(config)
@@ -160,7 +187,8 @@ def validate(c: StreamerConfig) -> None:
         (c.batch_size >= 1, "--batch-size must be at least 1"),
         (c.linger_ms >= 0, "--linger-ms must not be negative"),
         (c.max_pending_points >= c.batch_size, "--max-pending-points must be >= --batch-size"),
-        (c.encode_cache_bytes >= 0, "--encode-cache-mb must not be negative"),
+        (c.source_cache_bytes >= 0, "--source-cache-mb must not be negative"),
+        (c.time_mode in TIME_MODES, f"--time must be one of {', '.join(TIME_MODES)}"),
         (c.commit_interval_s > 0, "--commit-interval must be positive"),
     ]
     for ok, message in checks:

@@ -10,11 +10,12 @@ import sys
 import threading
 from pathlib import Path
 
-from walbroker import admin_cli, logs
+from walbroker import admin_cli, logs, token_cli
 from walbroker.admin_cli import add_admin_args
 from walbroker.config import BrokerConfig, LogConfig
 from walbroker.disk import StartupError
 from walbroker.errors import BrokerError
+from walbroker.security import add_security_args, security_from_args
 from walbroker.types import validate_name
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     _add_topic_args(p)
     _add_limit_args(p)
+    add_security_args(p)
 
 
 def topic_spec(text: str) -> tuple[str, int]:
@@ -165,6 +167,7 @@ def config_from_args(a: argparse.Namespace) -> BrokerConfig:
         max_streams_per_peer=a.max_streams_per_peer,
         group_retention_s=a.group_retention_s,
         shutdown_timeout_s=a.shutdown_timeout_s,
+        security=security_from_args(a),
     )
 
 
@@ -174,15 +177,16 @@ def serve(a: argparse.Namespace) -> int:
 
     logs.setup("walbroker", a.log_level)
     config = config_from_args(a)
-    try:
+    try:  # a bad token or TLS file, or an exposed port without them: refuse to start
         broker = Broker(config)
         broker.start()
-    except (OSError, StartupError, BrokerError) as exc:
+    except (OSError, ValueError, StartupError, BrokerError) as exc:
         print(f"walbroker: {exc}", file=sys.stderr)
         return 1
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
+    signal.signal(signal.SIGHUP, lambda *_: broker.guard.reload())
     while not done.wait(0.5) and not broker.fatal.is_set():
         pass
     watchdog = threading.Timer(config.shutdown_timeout_s, _shutdown_timed_out, [config])
@@ -205,9 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_serve_args(sub.add_parser("serve", help="run a broker"))
     add_admin_args(sub.add_parser("admin", help="inspect topics and groups, reset offsets"))
+    token_cli.add_token_args(sub.add_parser("token", help="make bearer tokens"))
     a = parser.parse_args(argv)
     if a.command == "serve":
         return serve(a)
+    if a.command == "token":
+        return token_cli.run(a)
     if a.command == "admin":
         try:
             return admin_cli.run(a)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from walbroker.security import SecurityConfig
 
 FsyncPolicy = Literal["always", "interval"]
 RetentionPolicy = Literal["block", "drop-oldest"]
@@ -84,3 +86,5 @@ class BrokerConfig:
     group_retention_s: float = 7 * 24 * 3600.0
     # SIGTERM: the process exits within this, whatever clients are doing.
     shutdown_timeout_s: float = 10.0
+    # Authentication and TLS (off by default: then only loopback listening is allowed).
+    security: SecurityConfig = field(default_factory=SecurityConfig)

@@ -28,10 +28,12 @@ from walbroker.errors import BrokerError, InvalidArgument
 from walbroker.frames import MalformedFrames
 from walbroker.group import GroupCoordinator
 from walbroker.group_retention import expire_groups, update_retention_ignored
+from walbroker.guard import Guard
 from walbroker.lag import group_lags
 from walbroker.limits import StreamLimits
 from walbroker.log import Log
 from walbroker.metrics import BrokerMetrics, ExtentRow, LagRow
+from walbroker.security import check_exposure
 from walbroker.session import Session
 from walbroker.status import abort, status_of
 from walbroker.types import AppendResult, TopicPartition, validate_name
@@ -45,11 +47,17 @@ SERVICE_NAME = "walbroker.v1.Broker"
 MAX_PENDING_ACKS = 1024
 
 
-def default_interceptors(config: BrokerConfig, metrics: BrokerMetrics) -> list[Any]:
-    """The server's interceptors, outermost first (an auth interceptor goes in front)."""
+def default_interceptors(config: BrokerConfig, metrics: BrokerMetrics, guard: Guard) -> list[Any]:
+    """The server's interceptors, outermost first.
+
+    Malformed frames first: a request that does not parse is INVALID_ARGUMENT whoever
+    sent it (nothing runs on it). Then authentication, so nothing else runs for a
+    stranger; then the stream limits, so a stranger never holds a stream slot.
+    """
     return [
-        StreamLimits(config.max_streams, config.max_streams_per_peer, metrics),
         MalformedFrames(metrics),
+        guard.interceptor,
+        StreamLimits(config.max_streams, config.max_streams_per_peer, metrics),
     ]
 
 
@@ -223,12 +231,17 @@ class Broker:
         # Set when a background loop cannot go on; the process then exits non-zero.
         self.fatal = threading.Event()
         self.port = 0
-        if interceptors is None:
-            interceptors = default_interceptors(config, self.metrics)
+        sec = config.security
+        self.guard = Guard.build(sec, self.metrics.registry)  # bad token/TLS file: refuse
+        self.interceptors: list[grpc.ServerInterceptor] = (
+            default_interceptors(config, self.metrics, self.guard)
+            if interceptors is None
+            else interceptors
+        )
         workers = config.max_streams + config.reserved_workers
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
-            interceptors=interceptors,
+            interceptors=self.interceptors,
             # A backstop only: StreamLimits refuses streams well before this.
             maximum_concurrent_rpcs=workers + 4 * config.reserved_workers,
             options=[
@@ -250,6 +263,8 @@ class Broker:
 
     def start(self) -> None:
         """Open for business: writer, configured topics, gRPC, metrics endpoint, reaper."""
+        sec = self.config.security
+        check_exposure("walbroker", self.config.listen, sec.authenticated, sec.tls, sec.insecure)
         self.wal.start()
         for topic, partitions in self.config.topics:
             n = self.wal.create_topic(topic, partitions)
@@ -258,7 +273,7 @@ class Broker:
                     "configured topic exists with another partition count; kept as it is",
                     extra={"topic": topic, "partitions": n, "configured": partitions},
                 )
-        self.port = self.server.add_insecure_port(self.config.listen)
+        self.port = self.guard.bind(self.server, self.config.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
         self.server.start()
@@ -273,7 +288,13 @@ class Broker:
         for service in ("", SERVICE_NAME, "walbroker.v1.Admin"):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "broker serving", extra={"listen": self.address, "metrics": self.config.metrics_listen}
+            "broker serving",
+            extra={
+                "listen": self.address,
+                "metrics": self.config.metrics_listen,
+                "tls": sec.tls,
+                "auth": self.guard.access.enabled,
+            },
         )
 
     def stop(self, grace_s: float = 5.0) -> None:
