@@ -119,8 +119,8 @@ def _add_limit_args(p: argparse.ArgumentParser) -> None:
     for flag, default, text in (
         ("max-streams", 2000, "open Publish/Consume streams in total"),
         ("max-streams-per-peer", 1000, "open streams from one client address"),
-        ("hot-buffer-bytes", 128 * 1024**2, "memory for recent records, over all partitions"),
-        ("max-queue-bytes", 128 * 1024**2, "payload bytes waiting for the log writer"),
+        ("hot-buffer-bytes", 64 * 1024**2, "memory for recent records, over all partitions"),
+        ("max-queue-bytes", 64 * 1024**2, "payload bytes waiting for the log writer"),
         ("min-point-bytes", 1, "bytes a batch must carry per declared point"),
         ("min-free-bytes", 256 * 1024**2, "free space kept on the data volume"),
     ):

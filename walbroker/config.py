@@ -30,7 +30,7 @@ class LogConfig:
     retention_policy: RetentionPolicy = "block"
     retention_check_s: float = 5.0
     # One budget for the recent records kept in memory, shared by every partition.
-    hot_buffer_bytes: int = 128 * MiB
+    hot_buffer_bytes: int = 64 * MiB
     max_batch_bytes: int = 4 * MiB
     max_batch_points: int = 1_000_000
     # A batch's declared point count may not exceed its payload bytes / this.
@@ -38,7 +38,7 @@ class LogConfig:
     # Appends waiting for the writer (count and payload bytes); beyond either,
     # producers get RESOURCE_EXHAUSTED.
     max_queue_batches: int = 2048
-    max_queue_bytes: int = 128 * MiB
+    max_queue_bytes: int = 64 * MiB
     max_records_per_commit: int = 512
     # Off as in Kafka (auto.create.topics.enable=false): topics come from --topic or admin.
     auto_create_topics: bool = False

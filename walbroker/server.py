@@ -111,7 +111,9 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
             )
             return self.wal.append(tp, req.payload, req.count, req.producer_id, req.sequence, fence)
         except BrokerError as exc:
-            return exc
+            # Its traceback holds the request's frames (and payload) until the ack goes
+            # out, which may wait behind earlier batches: drop it.
+            return exc.with_traceback(None)
 
     def _ack(
         self, ack: pb.PublishAck, outcome: futures.Future[AppendResult] | BrokerError

@@ -280,8 +280,8 @@ class Writer:
             for op in ops:
                 try:
                     results.append((op, self._apply(staged, op), None))
-                except BrokerError as exc:
-                    results.append((op, None, exc))
+                except BrokerError as exc:  # without its traceback: that holds the payload
+                    results.append((op, None, exc.with_traceback(None)))
         return staged, results
 
     def _error_of(self, exc: Exception) -> BrokerError:
@@ -356,8 +356,7 @@ class Writer:
         if op.fence is not None:
             self._check_fence(op.tp, op.fence)
         ext = staged.extent(op.tp)
-        value = keys.pack_record(0, op.count, op.payload)
-        need = len(value) + len(keys.record_key(op.tp, 0))
+        need = keys.RECORD_HEADER_SIZE + len(op.payload) + len(keys.record_key(op.tp, 0))
         retention.make_room(staged, need)
         t = max(time.time_ns(), ext.last_ns + 1)
         base = ext.end
