@@ -16,8 +16,12 @@ and a producer group (streamers) can hand a GPU over without sending a row twice
 Thread-safety: every public method may be called from any thread. The registry
 of groups has its own lock; each group's state is guarded by the group's lock,
 which is also held while a commit is written to the log, so a commit and an
-admin reset can never interleave. Listeners are called under the group lock and
-must not block (they enqueue).
+admin reset can never interleave. Listeners are called under the group lock:
+they enqueue for their stream, except that a producer-group member's listener
+waits for a log barrier (`Log.barrier`, one group commit at most, bounded by the
+writer timeout) so its new partitions resume after every batch queued before the
+grant. The log's writer never takes a group lock (fencing reads `epoch_of`
+lock-free), so this wait cannot deadlock; it holds only this group's lock.
 """
 
 from __future__ import annotations

@@ -189,6 +189,7 @@ class Log:
             self.partitions.setdefault(tp, PartitionState(tp))
         self.topics[topic] = partitions
         self.metrics.declare_topic(topic)
+        self.metrics.topics.set(len(self.topics))
 
     # ---- writes ------------------------------------------------------------------------
 
@@ -258,6 +259,7 @@ class Log:
         for p in range(n):
             self.partitions.pop(TopicPartition(topic, p), None)
         self.metrics.forget_topic(topic)
+        self.metrics.topics.set(len(self.topics))
 
     def append(
         self,

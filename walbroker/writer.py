@@ -184,6 +184,7 @@ class Writer:
                     retry_after_ms=self.config.retry_after_ms,
                 )
             self.queued_bytes += size
+            self.wal.metrics.queue_bytes.set(self.queued_bytes)
         self.queue.put(op)
         self.wal.metrics.queue_depth.set(self.queue.qsize())
 
@@ -219,6 +220,7 @@ class Writer:
         size = sum(len(op.payload) for op in ops if isinstance(op, AppendOp))
         with self._bytes_lock:
             self.queued_bytes -= size
+            self.wal.metrics.queue_bytes.set(self.queued_bytes)
         self.wal.metrics.queue_depth.set(self.queue.qsize())
         return ops
 

@@ -45,7 +45,7 @@ def _long_producer_ids(address: str, seconds: float, out: Any) -> None:
         codes += [a.status.code for a in acks]
         message = message or acks[0].status.message
         i += 100
-        time.sleep(0.1)
+        time.sleep(0.3)  # ~300 bad batches/s: the point is their errors, not their CPU
     out.put((codes, message))
 
 
@@ -56,13 +56,13 @@ def test_long_producer_id_fails_alone_and_never_an_innocent_batch(hostile_broker
     baseline = good.baseline(2)
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    hostile = ctx.Process(target=_long_producer_ids, args=(broker.address, 8.0, out))
+    hostile = ctx.Process(target=_long_producer_ids, args=(broker.address, 10.0, out))
     hostile.start()
     time.sleep(1.0)  # the attack is under way
     assert_unaffected(baseline, lambda: good.publish_for(1.5))
     codes, message = out.get(timeout=60)
     hostile.join(30)
-    assert len(codes) >= 1000
+    assert len(codes) >= 1500
     assert set(codes) == {Code.INVALID_ARGUMENT}
     assert "producer_id of 600 bytes exceeds the limit of 128" in message
     good.assert_nothing_lost()
