@@ -121,8 +121,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )  # fmt: skip
     scrape.add_argument("--scrape-interval-s", type=float, default=e("SCRAPE_INTERVAL_S", "10"))
     scrape.add_argument(
-        "--scrape-timeout-s", type=float, default=e("SCRAPE_TIMEOUT_S", "5"),
-        help="a scrape slower than this fails (reason timeout); at most the interval",
+        "--scrape-timeout-s", type=float, default=e("SCRAPE_TIMEOUT_S"),
+        help="a scrape slower than this fails (reason timeout); at most the interval "
+        "(default: 5, or the interval if shorter)",
     )  # fmt: skip
     scrape.add_argument(
         "--scrape-concurrency", type=int, default=e("SCRAPE_CONCURRENCY", "64"),
@@ -206,7 +207,11 @@ def parse_config(
         targets_file=a.targets_file,
         targets_dns=tuple(a.targets_dns or _split(env.get(ENV_PREFIX + "TARGETS_DNS", ""))),
         scrape_interval_s=float(a.scrape_interval_s),
-        scrape_timeout_s=float(a.scrape_timeout_s),
+        scrape_timeout_s=(
+            float(a.scrape_timeout_s)
+            if a.scrape_timeout_s is not None
+            else min(5.0, float(a.scrape_interval_s))
+        ),
         scrape_concurrency=int(a.scrape_concurrency),
         metrics_listen=a.metrics_listen,
         commit_interval_s=a.commit_interval,
