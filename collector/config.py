@@ -15,6 +15,11 @@ from typing import NoReturn
 
 from collector.future import DEFAULT_MAX_FUTURE_SKEW_S
 from store import InvalidArgument, influx_settings
+from walbroker.credentials import (
+    ClientSecurity,
+    add_client_security_args,
+    client_security_from_args,
+)
 
 PROG = "gputel-collector"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -54,6 +59,8 @@ class CollectorConfig:
     # Points stamped further ahead of this clock are dead-lettered (collector.future).
     max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S
     log_level: str = "INFO"
+    # Token file and TLS files for the broker (walbroker.credentials).
+    security: ClientSecurity = field(default_factory=ClientSecurity)
 
     @property
     def dead_letter_topic(self) -> str:
@@ -105,6 +112,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="points stamped further ahead of this clock go to the dead-letter topic",
     )
     p.add_argument("--log-level", default=env_of("LOG_LEVEL", "INFO"))
+    add_client_security_args(p, env)
     return p
 
 
@@ -162,6 +170,10 @@ def from_args(
     if max_unacked < batch_size:
         # The broker stops delivering at max_unacked points: a bigger batch would never fill.
         raise ConfigError(f"--max-unacked-points ({max_unacked}) is below --batch-size")
+    try:
+        security = client_security_from_args(a, env)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     level = a.log_level.upper()
     if level not in LOG_LEVELS:
         choices = ", ".join(LOG_LEVELS)
@@ -184,4 +196,5 @@ def from_args(
         session_timeout_ms=_positive("--session-timeout-ms", a.session_timeout_ms),
         max_future_skew_s=_seconds("--max-future-skew-s", a.max_future_skew_s),
         log_level=level,
+        security=security,
     )
