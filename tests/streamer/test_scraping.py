@@ -161,11 +161,11 @@ def test_kill_9_of_a_streamer_moves_its_targets_exactly_once_within_the_bound(
     session_s = 2.0
     args = scrape_args(broker, sd, "--session-timeout-ms", str(int(session_s * 1000)))
     a, b = streamer_process(*args), streamer_process(*args)
-    assert wait_until(lambda: len(set(owners(broker.address, "streamers").values())) == 2, 15)
+    live = lambda: set(owners(broker.address, "streamers").values())  # noqa: E731
+    assert wait_until(lambda: len(live() - {""}) == 2, 30)
     time.sleep(3.0)
     a.kill()  # kill -9: no hand-back; the group gives its partitions away after its session
     killed_at = time.time()
-    live = lambda: set(owners(broker.address, "streamers").values())  # noqa: E731
     assert wait_until(lambda: len(live()) == 1 and "" not in live(), 15)
     time.sleep(3.0)
     assert b.terminate() == 0, b.log_text()
