@@ -28,6 +28,7 @@ SUITES = [
     "collector_bench",
     "e2e_bench",
     "gateway_bench",
+    "fleet_bench",
 ]
 
 
