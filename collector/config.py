@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from store import InvalidArgument, influx_settings
+from walbroker.credentials import (
+    ClientSecurity,
+    add_client_security_args,
+    client_security_from_args,
+)
 
 PROG = "gputel-collector"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -53,6 +58,8 @@ class CollectorConfig:
     # The GPU catalog's last_seen lags the newest point by less than this (InfluxDB store).
     catalog_granularity_s: float = 60.0
     log_level: str = "INFO"
+    # Token file and TLS files for the broker (walbroker.credentials).
+    security: ClientSecurity = field(default_factory=ClientSecurity)
 
     @property
     def dead_letter_topic(self) -> str:
@@ -104,6 +111,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="rewrite a GPU's catalog last_seen when it moved this much (InfluxDB store)",
     )
     p.add_argument("--log-level", default=env_of("LOG_LEVEL", "INFO"))
+    add_client_security_args(p, env)
     return p
 
 
@@ -151,6 +159,10 @@ def from_args(
     if max_unacked < batch_size:
         # The broker stops delivering at max_unacked points: a bigger batch would never fill.
         raise ConfigError(f"--max-unacked-points ({max_unacked}) is below --batch-size")
+    try:
+        security = client_security_from_args(a, env)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     level = a.log_level.upper()
     if level not in LOG_LEVELS:
         choices = ", ".join(LOG_LEVELS)
@@ -173,4 +185,5 @@ def from_args(
         session_timeout_ms=_positive("--session-timeout-ms", a.session_timeout_ms),
         catalog_granularity_s=_positive("--catalog-granularity-s", a.catalog_granularity_s),
         log_level=level,
+        security=security,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 DEFAULT_STORE = "sqlite:gputel.db"
@@ -36,6 +36,13 @@ class GatewayConfig:
     log_level: str = "INFO"
     # Seconds a GPU-list page is served from memory (0: always ask the store).
     catalog_cache_s: float = 1.0
+    # Trust (gateway.auth): token file (read role), TLS files, what else needs a token.
+    auth_tokens: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    auth_metrics: bool = False
+    auth_docs: bool = False
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         if self.threads < 1:  # frozen: the resolved default is set once, here
@@ -59,11 +66,25 @@ class GatewayConfig:
             "GPUTEL_GATEWAY_THREADS": str(self.threads),
             "GPUTEL_GATEWAY_LOG_LEVEL": self.log_level,
             "GPUTEL_GATEWAY_CATALOG_CACHE_S": str(self.catalog_cache_s),
+            "GPUTEL_GATEWAY_AUTH_TOKENS": self.auth_tokens,
+            "GPUTEL_GATEWAY_TLS_CERT": self.tls_cert,
+            "GPUTEL_GATEWAY_TLS_KEY": self.tls_key,
+            "GPUTEL_GATEWAY_AUTH_METRICS": _flag(self.auth_metrics),
+            "GPUTEL_GATEWAY_AUTH_DOCS": _flag(self.auth_docs),
+            "GPUTEL_GATEWAY_INSECURE": _flag(self.insecure),
         }
         for name, value in self.store_opts().items():
             if value:
                 env[f"GPUTEL_INFLUX_{name.upper()}"] = value
         return env
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else ""
+
+
+def _truthy(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes")
 
 
 def default_threads(store: str) -> int:
@@ -116,7 +137,33 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=gw("CATALOG_CACHE_S", "1.0"),
         help="seconds a GPU-list page is served from memory (0: off)",
     )
+    _trust_args(p, gw)
     return p
+
+
+def _trust_args(p: argparse.ArgumentParser, gw: Callable[[str, str], str]) -> None:
+    p.add_argument(
+        "--auth-tokens",
+        default=gw("AUTH_TOKENS", ""),
+        metavar="FILE",
+        help="require bearer tokens with the read role on /api/v1 (walbroker's token-file "
+        "format; docs/security.md)",
+    )
+    p.add_argument("--tls-cert", default=gw("TLS_CERT", ""), metavar="PEM", help="serve HTTPS")
+    p.add_argument("--tls-key", default=gw("TLS_KEY", ""), metavar="PEM")
+    for name, what in (("metrics", "/metrics"), ("docs", "/swagger/ and /openapi.json")):
+        p.add_argument(
+            f"--auth-{name}",
+            action="store_true",
+            default=_truthy(gw(f"AUTH_{name.upper()}", "")),
+            help=f"require a token for {what} too (default: open)",
+        )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=_truthy(gw("INSECURE", "")),
+        help="allow a non-loopback --bind without --auth-tokens and TLS",
+    )
 
 
 def from_args(
@@ -135,6 +182,12 @@ def from_args(
         threads=a.threads or 0,
         log_level=a.log_level.upper(),
         catalog_cache_s=max(float(a.catalog_cache_s), 0.0),
+        auth_tokens=a.auth_tokens,
+        tls_cert=a.tls_cert,
+        tls_key=a.tls_key,
+        auth_metrics=a.auth_metrics,
+        auth_docs=a.auth_docs,
+        insecure=a.insecure,
     )
 
 

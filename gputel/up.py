@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -21,9 +22,13 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+if TYPE_CHECKING:  # gputel.secure needs `cryptography`: imported only with --secure
+    from gputel.secure import SecureSetup
 
 PACKAGED_CSV = Path(__file__).resolve().parent.parent / "data" / "dcgm.csv"
 COLOURS = ["36", "33", "35", "32", "34", "31", "96", "93"]
@@ -41,6 +46,7 @@ class Component:
     argv: list[str]
     health_url: str = ""
     grpc_address: str = ""
+    secure: SecureSetup | None = None  # how to reach it over TLS (--secure)
     proc: subprocess.Popen[bytes] | None = None
     threads: list[threading.Thread] = field(default_factory=list)
 
@@ -78,6 +84,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=10.0,
         help="seconds per pass over the CSV (each pass gets fresh timestamps)",
+    )
+    p.add_argument(
+        "--secure",
+        action="store_true",
+        help="TLS (mutual, to the broker) and one least-privilege token per component; "
+        "CA, certificates and tokens are made once under DATA_DIR/secure (mode 0600)",
     )
     return p.parse_args(argv)
 
@@ -117,10 +129,14 @@ def _local(port: int) -> str:
     return f"127.0.0.1:{port}"
 
 
-def plan(a: argparse.Namespace) -> list[Component]:
-    """The components and their command lines, in start order."""
+def plan(a: argparse.Namespace, tls: SecureSetup | None = None) -> list[Component]:
+    """The components and their command lines, in start order (with `tls`: secured)."""
     source, store, broker = csv_path(a), store_args(a), _local(a.broker_port)
     data = str(a.data_dir / "broker")
+
+    def client(principal: str) -> list[str]:
+        return tls.client_args(principal) if tls else []
+
     comps = [
         Component(
             "broker",
@@ -133,16 +149,26 @@ def plan(a: argparse.Namespace) -> list[Component]:
                 broker,
                 "--metrics-listen",
                 _local(a.metrics_port + 1),
+                *(tls.broker_args() if tls else []),
             ],
             grpc_address=broker,
+            secure=tls,
         )
     ]
     for i in range(a.collectors):
         port = a.metrics_port + 20 + i
         argv = ["gputel-collector", "--broker", broker, "--group", "collectors", *store]
-        comps.append(_http_component(f"collector-{i}", argv, port))
+        comps.append(_http_component(f"collector-{i}", [*argv, *client("collector")], port))
     gateway = ["gputel-gateway", *store, "--bind", _local(a.port)]
-    comps.append(Component("gateway", gateway, f"http://{_local(a.port)}/readyz"))
+    scheme = "https" if tls else "http"
+    comps.append(
+        Component(
+            "gateway",
+            [*gateway, *(tls.gateway_args() if tls else [])],
+            f"{scheme}://{_local(a.port)}/readyz",
+            secure=tls,
+        )
+    )
     for i in range(a.streamers):
         port = a.metrics_port + 10 + i
         argv = [
@@ -154,6 +180,7 @@ def plan(a: argparse.Namespace) -> list[Component]:
             "--forever",
             "--pass-interval",
             str(a.pass_interval),
+            *client("streamer"),
         ]
         comps.append(_http_component(f"streamer-{i}", argv, port))
     return comps
@@ -181,15 +208,27 @@ def healthy(c: Component) -> bool:
     """True once the component answers its health check."""
     try:
         if c.grpc_address:
-            with grpc.insecure_channel(c.grpc_address) as ch:
+            with _grpc_channel(c) as ch:
                 resp = health_pb2_grpc.HealthStub(ch).Check(
                     health_pb2.HealthCheckRequest(), timeout=1
                 )
                 return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
-        with urllib.request.urlopen(c.health_url, timeout=1) as resp:
+        ctx = ssl.create_default_context(cafile=str(c.secure.ca)) if c.secure else None
+        with urllib.request.urlopen(c.health_url, timeout=1, context=ctx) as resp:
             return bool(resp.status == 200)
     except (grpc.RpcError, OSError):
         return False
+
+
+def _grpc_channel(c: Component) -> grpc.Channel:
+    """A channel to the broker: plaintext, or TLS with the admin's client certificate."""
+    if c.secure is None:
+        return grpc.insecure_channel(c.grpc_address)
+    tls = c.secure
+    creds = grpc.ssl_channel_credentials(
+        tls.ca.read_bytes(), tls.key("admin").read_bytes(), tls.cert("admin").read_bytes()
+    )
+    return grpc.secure_channel(c.grpc_address, creds)
 
 
 def pump(c: Component, stream: object, colour: str, out: threading.Lock) -> None:
@@ -254,10 +293,14 @@ def sample_gpu(csv_path: Path) -> tuple[str, str]:
     return row.get("Hostname", "HOST"), row.get("uuid", "GPU-UUID")
 
 
-def banner(a: argparse.Namespace, csv_path: Path) -> str:
-    """Where everything is, and what to try."""
-    api = f"http://127.0.0.1:{a.port}"
+def banner(a: argparse.Namespace, csv_path: Path, tls: SecureSetup | None = None) -> str:
+    """Where everything is, and what to try (with --secure: with the CA and the tokens)."""
+    api = f"{'https' if tls else 'http'}://127.0.0.1:{a.port}"
     host, uuid = sample_gpu(csv_path)
+    curl, admin = "curl -s", f"walbroker admin --broker 127.0.0.1:{a.broker_port}"
+    if tls:
+        curl += f' --cacert {tls.ca} -H "Authorization: Bearer $(cat {tls.token("api")})"'
+        admin += " " + " ".join(tls.client_args("admin"))
     lines = [
         "",
         "gputel is up. Ctrl-C stops everything.",
@@ -276,12 +319,17 @@ def banner(a: argparse.Namespace, csv_path: Path) -> str:
             for i in range(a.streamers)
         ),
         f"  gateway       metrics {api}/metrics",
+        *(
+            [f"  secure        TLS + a token per component; CA, certificates, tokens in {tls.root}"]
+            if tls
+            else []
+        ),
         "",
         "Try:",
-        f"  curl -s {api}/api/v1/gpus | python -m json.tool | head -30",
-        f"  curl -s '{api}/api/v1/gpus?hostname={host}'",
-        f"  curl -s '{api}/api/v1/gpus/{uuid}/telemetry?metric=DCGM_FI_DEV_GPU_UTIL&limit=5'",
-        f"  walbroker admin --broker 127.0.0.1:{a.broker_port} describe-group collectors",
+        f"  {curl} {api}/api/v1/gpus | python -m json.tool | head -30",
+        f"  {curl} '{api}/api/v1/gpus?hostname={host}'",
+        f"  {curl} '{api}/api/v1/gpus/{uuid}/telemetry?metric=DCGM_FI_DEV_GPU_UTIL&limit=5'",
+        f"  {admin} describe-group collectors",
         "",
     ]
     return "\n".join(lines)
@@ -291,8 +339,14 @@ def run(a: argparse.Namespace) -> int:
     """Start everything, wait for Ctrl-C or a death, stop everything."""
     for port in ports_of(a):
         check_port(port)
-    comps = plan(a)
+    csv_path(a)  # a missing CSV is reported before anything is made
     a.data_dir.mkdir(parents=True, exist_ok=True)
+    tls = None
+    if a.secure:
+        from gputel import secure
+
+        tls = secure.ensure(a.data_dir)
+    comps = plan(a, tls)
     out = threading.Lock()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -301,7 +355,7 @@ def run(a: argparse.Namespace) -> int:
         for i, c in enumerate(comps):
             start(c, COLOURS[i % len(COLOURS)], out)
         with out:
-            print(banner(a, csv_path(a)), flush=True)
+            print(banner(a, csv_path(a), tls), flush=True)
         while not stop.wait(0.5):
             dead = [c for c in comps if c.proc is not None and c.proc.poll() is not None]
             if dead:

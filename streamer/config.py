@@ -9,7 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from walbroker.credentials import (
+    ClientSecurity,
+    add_client_security_args,
+    client_security_from_args,
+)
 
 ENV_PREFIX = "GPUTEL_STREAMER_"
 
@@ -44,6 +50,8 @@ class StreamerConfig:
     session_timeout_ms: int = 10_000
     shutdown_timeout_s: float = 20.0
     log_level: str = "INFO"
+    # Token file and TLS files for the broker (walbroker.credentials).
+    security: ClientSecurity = field(default_factory=ClientSecurity)
 
 
 def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -88,6 +96,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--commit-interval", type=float, default=e("COMMIT_INTERVAL", "1.0"))
     p.add_argument("--session-timeout-ms", type=int, default=e("SESSION_TIMEOUT_MS", "10000"))
     p.add_argument("--log-level", default=e("LOG_LEVEL", "INFO"))
+    add_client_security_args(p, env)
     return p
 
 
@@ -132,6 +141,10 @@ def parse_config(
     loop_pace = _loop_and_pace(a, env)
     if not a.broker:
         raise ConfigError(f"--broker HOST:PORT is required (or {ENV_PREFIX}BROKER)")
+    try:
+        security = client_security_from_args(a, env)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     config = StreamerConfig(
         broker=a.broker,
         csv=a.csv,
@@ -145,6 +158,7 @@ def parse_config(
         commit_interval_s=a.commit_interval,
         session_timeout_ms=a.session_timeout_ms,
         log_level=a.log_level,
+        security=security,
         **loop_pace,  # type: ignore[arg-type]
     )
     validate(config)

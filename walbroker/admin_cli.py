@@ -1,7 +1,8 @@
 """`walbroker admin …`: a thin client of the broker's Admin service; tables or `--json`.
 
 Exit codes: 0 ok, 1 other broker error, 2 usage error (bad flags or a request the
-broker calls INVALID_ARGUMENT), 3 unknown topic or group, 4 broker unreachable.
+broker calls INVALID_ARGUMENT), 3 unknown topic or group, 4 broker unreachable,
+5 refused (UNAUTHENTICATED or PERMISSION_DENIED: check --token-file).
 Errors are one line on stderr, never a traceback.
 """
 
@@ -21,11 +22,14 @@ from google.protobuf.message import Message
 from proto.gen import walbroker_admin_pb2 as apb
 from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
 from walbroker.client import channel, error_from_rpc
+from walbroker.credentials import add_client_security_args, client_security_from_args
 from walbroker.errors import BrokerError, Code
 
 DEFAULT_BROKER = "127.0.0.1:7070"
-EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 1, 2, 3, 4
+EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNREACHABLE, EXIT_REFUSED = 1, 2, 3, 4, 5
 _EXIT_BY_CODE = {
+    Code.UNAUTHENTICATED: EXIT_REFUSED,
+    Code.PERMISSION_DENIED: EXIT_REFUSED,
     Code.INVALID_ARGUMENT: EXIT_USAGE,
     Code.NOT_FOUND: EXIT_NOT_FOUND,
     Code.UNAVAILABLE: EXIT_UNREACHABLE,
@@ -70,6 +74,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--timeout-s", type=float, default=argparse.SUPPRESS, help="per-call deadline (5)"
     )
+    add_client_security_args(p, suppress=True)
 
 
 def add_admin_args(p: argparse.ArgumentParser) -> None:
@@ -133,10 +138,15 @@ def run(a: argparse.Namespace) -> int:
     as_json = bool(getattr(a, "json", False))
     call, render = _COMMANDS[a.admin_command]
     try:
-        with channel(address) as ch:
+        ch = channel(address, client_security_from_args(a))
+    except ValueError as exc:
+        print(f"walbroker admin: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with ch:
+        try:
             resp = call(apb_grpc.AdminStub(ch), a, float(getattr(a, "timeout_s", 5.0)))
-    except grpc.RpcError as exc:
-        return _fail(error_from_rpc(exc), address)
+        except grpc.RpcError as exc:
+            return _fail(error_from_rpc(exc, ch), address)
     print(json.dumps(to_json(resp), indent=2) if as_json else render(resp))
     if isinstance(resp, apb.ResetOffsetsResponse) and as_json:
         for note in _clamp_notes(resp):

@@ -9,9 +9,10 @@ import sys
 import threading
 from pathlib import Path
 
-from walbroker import admin_cli, logs
+from walbroker import admin_cli, logs, token_cli
 from walbroker.admin_cli import add_admin_args
 from walbroker.config import BrokerConfig, LogConfig
+from walbroker.security import add_security_args, security_from_args
 
 
 def _env(name: str, default: str) -> str:
@@ -66,6 +67,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         "--max-unacked-points", type=int, default=int(_env("MAX_UNACKED_POINTS", "200000"))
     )
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    add_security_args(p)
 
 
 def config_from_args(a: argparse.Namespace) -> BrokerConfig:
@@ -86,6 +88,7 @@ def config_from_args(a: argparse.Namespace) -> BrokerConfig:
         advertised_address=a.advertised_address,
         session_timeout_ms=a.session_timeout_ms,
         max_unacked_points=a.max_unacked_points,
+        security=security_from_args(a),
     )
 
 
@@ -94,15 +97,16 @@ def serve(a: argparse.Namespace) -> int:
     from walbroker.server import Broker
 
     logs.setup("walbroker", a.log_level)
-    broker = Broker(config_from_args(a))
-    try:
+    try:  # a bad token or TLS file, or an exposed port without them: refuse to start
+        broker = Broker(config_from_args(a))
         broker.start()
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         print(f"walbroker: {exc}", file=sys.stderr)
         return 1
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
+    signal.signal(signal.SIGHUP, lambda *_: broker.guard.reload())
     done.wait()
     broker.stop()
     return 0
@@ -114,9 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_serve_args(sub.add_parser("serve", help="run a broker"))
     add_admin_args(sub.add_parser("admin", help="inspect topics and groups, reset offsets"))
+    token_cli.add_token_args(sub.add_parser("token", help="make bearer tokens"))
     a = parser.parse_args(argv)
     if a.command == "serve":
         return serve(a)
+    if a.command == "token":
+        return token_cli.run(a)
     if a.command == "admin":
         try:
             return admin_cli.run(a)
