@@ -9,12 +9,14 @@ Per store (SQLite file; InfluxDB 1.8.10, the real test server):
   gzipped line protocol). The filled store is cached under ~/.cache/gputel/bench/ by its
   parameters, so a re-run skips the load.
 - Served by a real `gputel-gateway` (gunicorn, 2 workers, the store's default threads, the
-  GPU-list cache off so every request reaches the store) and loaded by wrk with 16
-  connections per endpoint: a random page of `/api/v1/gpus?limit=1000` (every page of the
-  fleet, found by following cursors), `/api/v1/hosts` pages, `/api/v1/metrics`, a random
+  GPU-list cache off so every request reaches the store) and loaded by wrk, per endpoint
+  with 2 connections (one per worker) and with 16: a random page of
+  `/api/v1/gpus?limit=1000` (every page of the fleet, found by following cursors),
+  `/api/v1/hosts` pages, `/api/v1/metrics`, a random
   `/api/v1/gpus/{uuid}`, and a random one-hour telemetry page (1,200 points stored, limit
-  1,000) of a deep GPU. Targets: lists p99 <= 100 ms, detail p99 <= 50 ms, telemetry
-  (InfluxDB) p99 <= 100 ms.
+  1,000) of a deep GPU. Targets: lists p99 <= 100 ms, detail p99 <= 50 ms (judged at 2
+  connections: the store's latency, no request waiting for a busy worker), telemetry on
+  InfluxDB p99 <= 100 ms at 16 connections.
 - Collector throughput with and without the catalog, in the same run: a broker topic holds
   `stream_gpus` GPUs x 10 metrics x 6 scrapes 20 s apart (new GPUs at first, then one
   catalog update per GPU at the 60-s granularity); one collector drains it into a fresh
@@ -52,6 +54,9 @@ HOUR = 3600 * S
 DEEP = 16  # GPUs with two hours of history
 DEEP_SCRAPES = 240  # every 30 s
 VERSION = 1  # of the cached data: bump when the layout changes
+# The list and detail targets are judged with one connection per gateway worker (no request
+# waits for a busy worker: the store's latency), the telemetry page with 16 (issue 18).
+QUIET_CONNECTIONS = 2
 TARGETS_MS = {"gpus": 100, "hosts": 100, "metrics": 100, "gpu_detail": 50, "telemetry_1h": 100}
 
 
@@ -162,18 +167,23 @@ def serve_and_measure(
         for endpoint, paths in todo.items():
             warm(gw, paths[:200])
             print(f"fleet_bench: {name} {endpoint}", file=sys.stderr, flush=True)
-            figures = measure(gw, "wrk", paths, seconds, tmp, CONNECTIONS)
+            figures = {
+                f"connections_{n}": measure(gw, "wrk", paths, seconds, tmp, n)
+                for n in (QUIET_CONNECTIONS, CONNECTIONS)
+            }
             target = TARGETS_MS.get(endpoint)
             if target is not None and (endpoint != "telemetry_1h" or name == "influx"):
-                figures["target_p99_ms"] = target
-                figures["met"] = figures["p99_ms"] <= target and figures["errors"] == 0
+                n = CONNECTIONS if endpoint == "telemetry_1h" else QUIET_CONNECTIONS
+                judged = figures[f"connections_{n}"]
+                met = judged["p99_ms"] <= target and not judged["errors"]
+                figures["target"] = {"p99_ms": target, "connections": n, "met": met}
             out[endpoint] = figures
         return out
     finally:
         gw.terminate(15)
 
 
-def run(gpus: int = 100_000, seconds: float = 15.0, stream_gpus: int = 10_000) -> dict[str, Any]:
+def run(gpus: int = 100_000, seconds: float = 10.0, stream_gpus: int = 10_000) -> dict[str, Any]:
     """Fleet figures per store; see the module docstring."""
     the_fleet = fleet(gpus)
     result: dict[str, Any] = {
