@@ -29,7 +29,7 @@ from typing import TypeVar
 
 from proto.batch import PointBatch
 from store import schema
-from store.base import GpuSummary
+from store.base import GpuSummary, newest_bound_ns
 
 GPU_SHARDS = 256  # ~390 GPUs per shard at 100,000 GPUs: a 1,000 page reads about 3 shards
 NAME_SHARDS = {"host": 32, "metric": 1, "model": 1}
@@ -110,11 +110,17 @@ def _identity(fields: schema.GpuFields) -> tuple[str, int, str]:
     return fields[1], fields[2], fields[4]
 
 
-def spans(batch: PointBatch) -> list[tuple[int, int]]:
-    """Return (oldest, newest) point time of each GPU of `batch` (-1, -1 when it has none)."""
+def spans(batch: PointBatch, bound_ns: int) -> list[tuple[int, int]]:
+    """Return (oldest, newest) point time of each GPU of `batch` (-1, -1 when it has none).
+
+    Points after `bound_ns` (`store.base.newest_bound_ns`: stamped in the future) are left
+    out: they are never a GPU's last_seen, and a GPU with only such points is not listed.
+    """
     lo = [-1] * len(batch.gpus)
     hi = [-1] * len(batch.gpus)
     for g, t in zip(batch.gpu_index, batch.time_ns, strict=True):
+        if t > bound_ns:
+            continue
         if lo[g] < 0 or t < lo[g]:
             lo[g] = t
         if t > hi[g]:
@@ -147,7 +153,7 @@ class CatalogTracker:
         names: dict[tuple[str, str], int] = {}
         batch_lo = min(batch.time_ns)
         with self._lock:
-            for gpu, (lo, hi) in zip(batch.gpus, spans(batch), strict=True):
+            for gpu, (lo, hi) in zip(batch.gpus, spans(batch, newest_bound_ns()), strict=True):
                 if lo < 0:
                     continue
                 fields = schema.gpu_fields(gpu)

@@ -44,6 +44,7 @@ from store.base import (
     StoreError,
     StoreUnavailable,
     WindowValue,
+    newest_bound_ns,
 )
 
 DDL = """
@@ -97,9 +98,13 @@ FROM gpus g WHERE g.first_seen_ns IS NOT NULL"""
 
 _BACKFILL_GPU = """
 UPDATE gpus SET shard = ?,
-    first_seen_ns = (SELECT MIN(time_ns) FROM points p WHERE p.gpu_id = gpus.id),
-    last_seen_ns = (SELECT MAX(time_ns) FROM points p WHERE p.gpu_id = gpus.id)
+    first_seen_ns = (SELECT MIN(time_ns) FROM points p WHERE p.gpu_id = gpus.id AND p.time_ns <= ?),
+    last_seen_ns = (SELECT MAX(time_ns) FROM points p WHERE p.gpu_id = gpus.id AND p.time_ns <= ?)
 WHERE id = ?"""
+# The newest point of a metric at or before a bound (when `latest` holds a future one).
+_NEWEST_BEFORE = """
+SELECT time_ns, value, source_time_ns FROM points
+WHERE gpu_id = ? AND metric = ? AND time_ns <= ? ORDER BY time_ns DESC LIMIT 1"""
 
 _AGG_SQL = {"mean": "AVG(value)", "min": "MIN(value)", "max": "MAX(value)", "last": "value"}
 
@@ -179,7 +184,11 @@ class SqliteStore(Store):
         schema.check_batch(batch)
         names = self._new_names(batch) if self._catalog else []
         with self._tx() as conn:
-            spans = catalog.spans(batch) if self._catalog else [(-1, -1)] * len(batch.gpus)
+            spans = (
+                catalog.spans(batch, newest_bound_ns())
+                if self._catalog
+                else [(-1, -1)] * len(batch.gpus)
+            )
             ids = [
                 _upsert_gpu(conn, gpu, lo, hi)
                 for gpu, (lo, hi) in zip(batch.gpus, spans, strict=True)
@@ -271,7 +280,10 @@ class SqliteStore(Store):
         """Build the catalog from the stored points (one-off; O(data)); return GPUs found."""
         gpus = self._read("SELECT id, uuid FROM gpus")
         with self._tx() as conn:
-            conn.executemany(_BACKFILL_GPU, [(catalog.shard_of(u), i) for i, u in gpus])
+            bound = newest_bound_ns()  # a point from the future is never last_seen
+            conn.executemany(
+                _BACKFILL_GPU, [(catalog.shard_of(u), bound, bound, i) for i, u in gpus]
+            )
             names = [
                 ("metric", str(r[0])) for r in conn.execute("SELECT DISTINCT metric FROM latest")
             ]
@@ -321,11 +333,19 @@ class SqliteStore(Store):
     def latest(self, uuid: str) -> dict[str, StoredPoint]:
         """Return the newest point of each metric of this GPU (empty when unknown)."""
         rows = self._read(
-            "SELECT l.metric, l.time_ns, l.value, l.source_time_ns FROM latest l"
+            "SELECT l.gpu_id, l.metric, l.time_ns, l.value, l.source_time_ns FROM latest l"
             " JOIN gpus g ON g.id = l.gpu_id WHERE g.uuid = ?",
             [validate.text("uuid", uuid)],
         )
-        return {str(m): StoredPoint(str(m), int(t), float(v), int(s)) for m, t, v, s in rows}
+        bound, out = newest_bound_ns(), {}
+        for gpu_id, m, t, v, s in rows:
+            if t > bound:  # a point from the future: the newest one before the bound instead
+                before = self._read(_NEWEST_BEFORE, [gpu_id, m, bound])
+                if not before:
+                    continue
+                t, v, s = before[0]
+            out[str(m)] = StoredPoint(str(m), int(t), float(v), int(s))
+        return out
 
     def downsample(
         self,
