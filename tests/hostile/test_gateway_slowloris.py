@@ -10,6 +10,7 @@ of its own; `bench/gateway_slowloris.py` runs the full 60 s and measures the p99
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import HEAD_TIMEOUT_S, GatewayConfig
 from store import open_store
+from tests.fixtures.secure import Credentials
 from tests.gateway import data
 from tests.gateway.conftest import Gateway
+from tests.gateway.test_auth import SecureGateway
 from tests.hostile.slowloris import SlowlorisProcess, probe
 
 SLOW = 50
@@ -87,3 +90,27 @@ def test_slowloris_leaves_normal_requests_served(gateway: Gateway) -> None:
     assert max(attack.held_s) <= HEAD_TIMEOUT_S + 2.0, sorted(attack.held_s)[-5:]
     assert min(attack.held_s) >= HEAD_TIMEOUT_S - 0.5
     assert metric(gateway, "gpu_telemetry_gateway_slow_clients_total") >= attack.closed_by_server
+
+
+@pytest.fixture
+def tls_gateway(tmp_path: Path, db: Path) -> Iterator[SecureGateway]:
+    creds = Credentials(tmp_path / "creds")
+    creds.add("grafana", "read")
+    gw = SecureGateway(GatewayConfig(store=f"sqlite:{db}"), creds, tmp_path / "gw.log")
+    yield gw
+    gw.terminate(15)
+
+
+def test_silent_tls_clients_are_cut_after_the_head_timeout(tls_gateway: SecureGateway) -> None:
+    """A TLS handshake that never starts is a slow request head too."""
+    silent = [socket.create_connection(("127.0.0.1", tls_gateway.port)) for _ in range(10)]
+    started = time.monotonic()
+    try:
+        assert tls_gateway.get("/healthz")[0] == 200  # served meanwhile
+        for sock in silent:
+            sock.settimeout(HEAD_TIMEOUT_S + 5)
+            assert sock.recv(1) == b""  # closed by the server, not by our timeout
+        assert time.monotonic() - started <= HEAD_TIMEOUT_S + 2.0
+    finally:
+        for sock in silent:
+            sock.close()
