@@ -13,6 +13,8 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from walbroker import flags
+
 DEFAULT_STORE = "sqlite:gputel.db"
 DEFAULT_BIND = "127.0.0.1:8080"
 # Threads per worker on InfluxDB, where a request mostly waits for a Flux query.
@@ -95,13 +97,22 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         return env.get(f"GPUTEL_INFLUX_{name}", "")
 
     p = argparse.ArgumentParser(prog="gputel-gateway", description="Serve the REST API.")
-    p.add_argument("--store", type=_store_spec, default=gw("STORE", DEFAULT_STORE))
-    p.add_argument("--influx-url", default=influx("URL"))
-    p.add_argument("--influx-org", default=influx("ORG"))
-    p.add_argument("--influx-bucket", default=influx("BUCKET"))
-    p.add_argument("--influx-token", default=influx("TOKEN"), help="prefer GPUTEL_INFLUX_TOKEN")
+    p.add_argument(
+        "--store",
+        type=_store_spec,
+        default=gw("STORE", DEFAULT_STORE),
+        help="sqlite:PATH or influx",
+    )
+    p.add_argument("--influx-url", default=influx("URL"), help="InfluxDB URL (with --store influx)")
+    p.add_argument("--influx-org", default=influx("ORG"), help="InfluxDB organisation")
+    p.add_argument("--influx-bucket", default=influx("BUCKET"), help="InfluxDB bucket")
+    p.add_argument(
+        "--influx-token", default=influx("TOKEN"), help="InfluxDB token; prefer the variable"
+    )
     p.add_argument("--bind", default=gw("BIND", DEFAULT_BIND), help="HOST:PORT")
-    p.add_argument("--workers", type=_positive, default=gw("WORKERS", "1"))
+    p.add_argument(
+        "--workers", type=_positive, default=gw("WORKERS", "1"), help="gunicorn worker processes"
+    )
     p.add_argument(
         "--threads",
         type=_positive,
@@ -109,14 +120,14 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="per worker; 1 (default on SQLite): one request at a time, no keep-alive; "
         f"more (default {INFLUX_THREADS} on InfluxDB): threads and keep-alive",
     )
-    p.add_argument("--log-level", default=gw("LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", default=gw("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING")
     p.add_argument(
         "--catalog-cache-s",
         type=float,
         default=gw("CATALOG_CACHE_S", "1.0"),
         help="seconds a GPU-list page is served from memory (0: off)",
     )
-    return p
+    return flags.finish(p, env, "GPUTEL_GATEWAY_")
 
 
 def from_args(

@@ -25,6 +25,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from walbroker import flags
+
 PACKAGED_CSV = Path(__file__).resolve().parent.parent / "data" / "dcgm.csv"
 COLOURS = ["36", "33", "35", "32", "34", "31", "96", "93"]
 
@@ -51,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--data-dir",
         type=Path,
         default=Path("var"),
-        help="broker log and SQLite store go here (default ./var)",
+        help="broker log and SQLite store go here",
     )
     p.add_argument(
         "--csv",
@@ -59,27 +61,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="DCGM CSV to stream in a loop (default: the packaged data/dcgm.csv)",
     )
-    p.add_argument("--port", type=int, default=8080, help="gateway port")
-    p.add_argument("--broker-port", type=int, default=7070)
+    p.add_argument("--port", type=int, default=8080, help="gateway port (REST API, web view)")
+    p.add_argument("--broker-port", type=int, default=7070, help="the broker's gRPC port")
     p.add_argument(
         "--metrics-port",
         type=int,
         default=9100,
         help="base of the /metrics ports: broker +1, streamers +10.., collectors +20..",
     )
-    p.add_argument("--store", choices=["sqlite", "influx"], default="sqlite")
-    p.add_argument("--influx-url", default="")
-    p.add_argument("--influx-org", default="")
-    p.add_argument("--influx-bucket", default="")
-    p.add_argument("--streamers", type=int, default=1)
-    p.add_argument("--collectors", type=int, default=1)
+    p.add_argument(
+        "--store",
+        choices=["sqlite", "influx"],
+        default="sqlite",
+        help="sqlite: DATA_DIR/gputel.db; influx: the --influx-* flags, GPUTEL_INFLUX_TOKEN",
+    )
+    p.add_argument("--influx-url", default="", help="InfluxDB URL (with --store influx)")
+    p.add_argument("--influx-org", default="", help="InfluxDB organisation")
+    p.add_argument("--influx-bucket", default="", help="InfluxDB bucket")
+    p.add_argument("--streamers", type=int, default=1, help="streamer processes (one group)")
+    p.add_argument("--collectors", type=int, default=1, help="collector processes (one group)")
     p.add_argument(
         "--pass-interval",
         type=float,
         default=10.0,
         help="seconds per pass over the CSV (each pass gets fresh timestamps)",
     )
-    return p.parse_args(argv)
+    return flags.finish(p, os.environ, "GPUTEL_UP_").parse_args(argv)
 
 
 def check_port(port: int) -> None:

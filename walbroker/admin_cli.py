@@ -22,8 +22,15 @@ from proto.gen import walbroker_admin_pb2 as apb
 from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
 from walbroker.client import channel, error_from_rpc
 from walbroker.errors import BrokerError, Code
+from walbroker.flags import TRUE_WORDS
 
 DEFAULT_BROKER = "127.0.0.1:7070"
+DEFAULT_TIMEOUT_S = 5.0
+ENV_BROKER, ENV_JSON, ENV_TIMEOUT = (
+    "GPUTEL_BROKER_ADDRESS",
+    "GPUTEL_ADMIN_JSON",
+    "GPUTEL_ADMIN_TIMEOUT_S",
+)
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 1, 2, 3, 4
 _EXIT_BY_CODE = {
     Code.INVALID_ARGUMENT: EXIT_USAGE,
@@ -62,13 +69,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--broker",
         default=argparse.SUPPRESS,
-        help=f"HOST:PORT of the broker (env GPUTEL_BROKER_ADDRESS, default {DEFAULT_BROKER})",
+        help=f"HOST:PORT of the broker (default: {DEFAULT_BROKER}; env {ENV_BROKER})",
     )
     p.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help=f"machine-readable output, exact numbers (default: off; env {ENV_JSON})",
     )
     p.add_argument(
-        "--timeout-s", type=float, default=argparse.SUPPRESS, help="per-call deadline (5)"
+        "--timeout-s",
+        type=float,
+        default=argparse.SUPPRESS,
+        help=f"per-call deadline (default: {DEFAULT_TIMEOUT_S:g}; env {ENV_TIMEOUT})",
     )
 
 
@@ -93,7 +106,7 @@ def add_admin_args(p: argparse.ArgumentParser) -> None:
     to = r.add_mutually_exclusive_group(required=True)
     to.add_argument("--to-earliest", action="store_true", help="the log start offset")
     to.add_argument("--to-latest", action="store_true", help="the log end offset (skip all)")
-    to.add_argument("--to-offset", type=offset, metavar="N")
+    to.add_argument("--to-offset", type=offset, metavar="N", help="this offset")
     to.add_argument(
         "--to-datetime",
         type=iso_datetime_ns,
@@ -104,14 +117,19 @@ def add_admin_args(p: argparse.ArgumentParser) -> None:
     r = cmd("replay", "re-deliver a group's data from an offset or a time (a reset)")
     _group_topic(r)
     frm = r.add_mutually_exclusive_group(required=True)
-    frm.add_argument("--from-earliest", action="store_true")
-    frm.add_argument("--from-offset", type=offset, metavar="N")
-    frm.add_argument("--from-datetime", type=iso_datetime_ns, metavar="ISO8601")
+    frm.add_argument("--from-earliest", action="store_true", help="the log start offset")
+    frm.add_argument("--from-offset", type=offset, metavar="N", help="this offset")
+    frm.add_argument(
+        "--from-datetime",
+        type=iso_datetime_ns,
+        metavar="ISO8601",
+        help="first record published at or after this time (UTC if no offset given)",
+    )
 
 
 def _group_topic(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--group", required=True)
-    p.add_argument("--topic", required=True)
+    p.add_argument("--group", required=True, help="the consumer group")
+    p.add_argument("--topic", required=True, help="the topic whose offsets move")
     p.add_argument(
         "--partition",
         dest="partitions",
@@ -129,12 +147,14 @@ def _group_topic(p: argparse.ArgumentParser) -> None:
 
 def run(a: argparse.Namespace) -> int:
     """Run one admin command; print its output; return the exit code."""
-    address = getattr(a, "broker", "") or os.environ.get("GPUTEL_BROKER_ADDRESS", DEFAULT_BROKER)
-    as_json = bool(getattr(a, "json", False))
+    address = getattr(a, "broker", "") or os.environ.get(ENV_BROKER, DEFAULT_BROKER)
+    # The common flags default to SUPPRESS (see _common), so their variables are read here.
+    as_json = bool(getattr(a, "json", os.environ.get(ENV_JSON, "").lower() in TRUE_WORDS))
+    timeout_s = float(getattr(a, "timeout_s", os.environ.get(ENV_TIMEOUT) or DEFAULT_TIMEOUT_S))
     call, render = _COMMANDS[a.admin_command]
     try:
         with channel(address) as ch:
-            resp = call(apb_grpc.AdminStub(ch), a, float(getattr(a, "timeout_s", 5.0)))
+            resp = call(apb_grpc.AdminStub(ch), a, timeout_s)
     except grpc.RpcError as exc:
         return _fail(error_from_rpc(exc), address)
     print(json.dumps(to_json(resp), indent=2) if as_json else render(resp))
