@@ -11,6 +11,7 @@ from gateway import (
     errors,
     extension,
     gpus,
+    known_metrics,
     metrics,
     ops,
     telemetry,
@@ -37,6 +38,7 @@ def create_app(config: GatewayConfig | None = None) -> Flask:
     errors.init_app(app)
     metrics.init_app(app)
     catalog_cache.init_app(app, config.catalog_cache_s)
+    known_metrics.init_app(app)
     for blueprint in (gpus.bp, telemetry.bp, catalog.bp, ops.bp, docs.bp):
         app.register_blueprint(blueprint)
     return app
