@@ -250,8 +250,18 @@ def fmt_time(ns: int) -> str:
     return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def human_bytes(n: int) -> str:
+    """A byte count for people: 512 B, 1.5 KiB, 8.0 GiB (exact numbers are in --json)."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _render_topics(resp: Any) -> str:
-    head = ["TOPIC", "PARTITIONS", "LOG START", "LOG END", "BYTES", "OLDEST", "NEWEST"]
+    head = ["TOPIC", "PARTITIONS", "LOG START", "LOG END", "SIZE", "OLDEST", "NEWEST"]
     return table(head, [_topic_row(t) for t in resp.topics])
 
 
@@ -261,20 +271,20 @@ def _topic_row(t: Any) -> list[object]:
         t.partitions,
         t.log_start_offset,
         t.log_end_offset,
-        t.size_bytes,
+        human_bytes(t.size_bytes),
         fmt_time(t.first_publish_ns),
         fmt_time(t.last_publish_ns),
     ]
 
 
 def _render_topic(resp: Any) -> str:
-    head = ["PARTITION", "LOG START", "LOG END", "BYTES", "OLDEST", "NEWEST"]
+    head = ["PARTITION", "LOG START", "LOG END", "SIZE", "OLDEST", "NEWEST"]
     rows = [
         [
             p.partition,
             p.log_start_offset,
             p.log_end_offset,
-            p.size_bytes,
+            human_bytes(p.size_bytes),
             fmt_time(p.first_publish_ns),
             fmt_time(p.last_publish_ns),
         ]
@@ -304,8 +314,16 @@ def _group_row(g: Any) -> list[object]:
 
 def _render_group(resp: Any) -> str:
     members = table(
-        ["MEMBER", "CLIENT", "PARTITIONS"],
-        [[m.member_id, m.client_id, ",".join(map(str, m.partitions)) or "-"] for m in resp.members],
+        ["MEMBER", "CLIENT", "HOST", "PARTITIONS"],
+        [
+            [
+                m.member_id,
+                m.client_id or "-",
+                m.host or "-",
+                ",".join(map(str, m.partitions)) or "-",
+            ]
+            for m in resp.members
+        ],
     )
     head = ["TOPIC", "PARTITION", "OWNER", "COMMITTED", "LOG END", "LAG", "LAG SECONDS"]
     rows = [
