@@ -1,15 +1,14 @@
 """`gputel-up`: the whole pipeline on this machine, one process per component, until Ctrl-C.
 
 Starts walbroker, the collectors, the gateway and the streamers (in that order,
-each only once the previous one is healthy), prints where everything is, streams
-every component's log lines with a prefix, and stops them all — streamers first,
-broker last — on Ctrl-C or when one of them dies.
+each only once the previous one is healthy), prints where everything is and a status
+line every 10 s, passes on the components' logs (see gputel.console), and stops them
+all — streamers first, broker last — on Ctrl-C or when one of them dies.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
 import signal
@@ -25,7 +24,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gputel import status
+from gputel.banner import banner, urls
+from gputel.console import Console
 from walbroker import flags
+from walbroker.admin_client import AdminClient
 
 PACKAGED_CSV = Path(__file__).resolve().parent.parent / "data" / "dcgm.csv"
 COLOURS = ["36", "33", "35", "32", "34", "31", "96", "93"]
@@ -85,6 +88,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=10.0,
         help="seconds per pass over the CSV (each pass gets fresh timestamps)",
+    )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="on a terminal, keep showing every component's log lines after start-up",
+    )
+    p.add_argument(
+        "--status-interval-s",
+        type=float,
+        default=status.INTERVAL_S,
+        help="seconds between status lines (points/s, lag, store; 0: none)",
     )
     return flags.finish(p, os.environ, "GPUTEL_UP_").parse_args(argv)
 
@@ -199,13 +213,10 @@ def healthy(c: Component) -> bool:
         return False
 
 
-def pump(c: Component, stream: object, colour: str, out: threading.Lock) -> None:
-    """Copy a child's output to ours, each line prefixed with the component's name."""
-    prefix = f"\x1b[{colour}m{c.name:>12}\x1b[0m |" if sys.stdout.isatty() else f"{c.name:>12} |"
+def pump(c: Component, stream: object, colour: str, console: Console) -> None:
+    """Copy a child's output to ours (see gputel.console for how)."""
     for raw in iter(stream.readline, b""):  # type: ignore[attr-defined]
-        with out:
-            sys.stdout.write(f"{prefix} {raw.decode(errors='replace').rstrip()}\n")
-            sys.stdout.flush()
+        console.child(c.name, colour, raw.decode(errors="replace"))
 
 
 def executable(name: str) -> str:
@@ -217,9 +228,9 @@ def executable(name: str) -> str:
     return found
 
 
-def start(c: Component, colour: str, out: threading.Lock, timeout_s: float = 60.0) -> None:
+def start(c: Component, colour: str, console: Console, timeout_s: float = 60.0) -> None:
     """Spawn the component and wait until it is healthy."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GPUTEL_LOG_FORMAT": "text"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GPUTEL_LOG_FORMAT": console.child_format}
     c.proc = subprocess.Popen(
         [executable(c.argv[0]), *c.argv[1:]],
         stdout=subprocess.PIPE,
@@ -227,7 +238,9 @@ def start(c: Component, colour: str, out: threading.Lock, timeout_s: float = 60.
         env=env,
         start_new_session=True,
     )
-    t = threading.Thread(target=pump, args=(c, c.proc.stdout, colour, out), daemon=True)
+    t = threading.Thread(
+        target=pump, args=(c, c.proc.stdout, colour, console), name=f"pump-{c.name}", daemon=True
+    )
     t.start()
     c.threads.append(t)
     deadline = time.monotonic() + timeout_s
@@ -254,44 +267,33 @@ def stop_all(comps: list[Component]) -> None:
             t.join(2)
 
 
-def sample_gpu(csv_path: Path) -> tuple[str, str]:
-    """(hostname, uuid) of the CSV's first row, for the example commands."""
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        row = next(csv.DictReader(f), None) or {}
-    return row.get("Hostname", "HOST"), row.get("uuid", "GPU-UUID")
+def wait_for_data(a: argparse.Namespace, stop: threading.Event, timeout_s: float = 30.0) -> None:
+    """Wait (bounded) until the store holds a GPU, so the banner's examples answer with data."""
+    url = f"http://127.0.0.1:{a.port}/api/v1/gpus?limit=1"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not stop.is_set():
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if b'"uuid"' in resp.read():
+                    return
+        except OSError:
+            pass
+        stop.wait(0.5)
 
 
-def banner(a: argparse.Namespace, csv_path: Path) -> str:
-    """Where everything is, and what to try."""
-    api = f"http://127.0.0.1:{a.port}"
-    host, uuid = sample_gpu(csv_path)
-    lines = [
-        "",
-        "gputel is up. Ctrl-C stops everything.",
-        "",
-        f"  REST API      {api}/api/v1/gpus",
-        f"  Swagger UI    {api}/swagger/",
-        f"  OpenAPI       {api}/openapi.json",
-        f"  broker        127.0.0.1:{a.broker_port} (gRPC),"
-        f" metrics http://127.0.0.1:{a.metrics_port + 1}/metrics",
-        *(
-            f"  collector-{i}   metrics http://127.0.0.1:{a.metrics_port + 20 + i}/metrics"
-            for i in range(a.collectors)
-        ),
-        *(
-            f"  streamer-{i}    metrics http://127.0.0.1:{a.metrics_port + 10 + i}/metrics"
-            for i in range(a.streamers)
-        ),
-        f"  gateway       metrics {api}/metrics",
-        "",
-        "Try:",
-        f"  curl -s {api}/api/v1/gpus | python -m json.tool | head -30",
-        f"  curl -s '{api}/api/v1/gpus?hostname={host}'",
-        f"  curl -s '{api}/api/v1/gpus/{uuid}/telemetry?metric=DCGM_FI_DEV_GPU_UTIL&limit=5'",
-        f"  walbroker admin --broker 127.0.0.1:{a.broker_port} describe-group collectors",
-        "",
-    ]
-    return "\n".join(lines)
+def status_reporter(a: argparse.Namespace, console: Console) -> status.StatusReporter | None:
+    """The thread printing a status line every --status-interval-s (None when 0)."""
+    if a.status_interval_s <= 0:
+        return None
+    admin = AdminClient(_local(a.broker_port), timeout_s=2.0)
+    readyz = f"http://127.0.0.1:{a.port}/readyz"
+
+    def emit(f: dict[str, object]) -> None:
+        console.say(status.line(f), **({"status": f} if console.json_lines else {}))
+
+    return status.StatusReporter(
+        lambda: status.sample(admin, "telemetry", "collectors", readyz), emit, a.status_interval_s
+    )
 
 
 def run(a: argparse.Namespace) -> int:
@@ -300,15 +302,19 @@ def run(a: argparse.Namespace) -> int:
         check_port(port)
     comps = plan(a)
     a.data_dir.mkdir(parents=True, exist_ok=True)
-    out = threading.Lock()
+    console = Console.for_stdout(os.environ.get("GPUTEL_LOG_FORMAT", ""), a.verbose)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    reporter = None
     try:
         for i, c in enumerate(comps):
-            start(c, COLOURS[i % len(COLOURS)], out)
-        with out:
-            print(banner(a, csv_path(a)), flush=True)
+            start(c, COLOURS[i % len(COLOURS)], console)
+        wait_for_data(a, stop)
+        console.banner(banner(a, csv_path(a), executable("walbroker")), **urls(a))
+        reporter = status_reporter(a, console)
+        if reporter is not None:
+            reporter.start()
         while not stop.wait(0.5):
             dead = [c for c in comps if c.proc is not None and c.proc.poll() is not None]
             if dead:
@@ -319,6 +325,8 @@ def run(a: argparse.Namespace) -> int:
                 )
         return 0
     finally:
+        if reporter is not None:
+            reporter.stop()
         stop_all(comps)
 
 
