@@ -18,6 +18,7 @@ from gateway import (
 )
 from gateway.config import GatewayConfig, from_env
 from gateway.jsonprovider import OrjsonProvider
+from gateway.ui import pages
 from store import Store, open_store
 
 
@@ -39,6 +40,6 @@ def create_app(config: GatewayConfig | None = None) -> Flask:
     metrics.init_app(app)
     catalog_cache.init_app(app, config.catalog_cache_s)
     known_metrics.init_app(app)
-    for blueprint in (gpus.bp, telemetry.bp, catalog.bp, ops.bp, docs.bp):
+    for blueprint in (gpus.bp, telemetry.bp, catalog.bp, ops.bp, docs.bp, pages.bp, pages.root):
         app.register_blueprint(blueprint)
     return app

@@ -38,6 +38,8 @@ class GatewayConfig:
     log_level: str = "INFO"
     # Seconds a GPU-list page is served from memory (0: always ask the store).
     catalog_cache_s: float = 1.0
+    # walbroker HOST:PORT whose Admin API the web view's pipeline page reads ("": no page data).
+    broker: str = ""
 
     def __post_init__(self) -> None:
         if self.threads < 1:  # frozen: the resolved default is set once, here
@@ -61,6 +63,7 @@ class GatewayConfig:
             "GPUTEL_GATEWAY_THREADS": str(self.threads),
             "GPUTEL_GATEWAY_LOG_LEVEL": self.log_level,
             "GPUTEL_GATEWAY_CATALOG_CACHE_S": str(self.catalog_cache_s),
+            "GPUTEL_GATEWAY_BROKER": self.broker,
         }
         for name, value in self.store_opts().items():
             if value:
@@ -127,6 +130,12 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=gw("CATALOG_CACHE_S", "1.0"),
         help="seconds a GPU-list page is served from memory (0: off)",
     )
+    p.add_argument(
+        "--broker",
+        default=gw("BROKER", ""),
+        help="walbroker HOST:PORT whose Admin API (read calls only) feeds the web view's "
+        "pipeline page",
+    )
     return flags.finish(p, env, "GPUTEL_GATEWAY_")
 
 
@@ -146,6 +155,7 @@ def from_args(
         threads=a.threads or 0,
         log_level=a.log_level.upper(),
         catalog_cache_s=max(float(a.catalog_cache_s), 0.0),
+        broker=a.broker,
     )
 
 

@@ -30,6 +30,7 @@ def banner(a: argparse.Namespace, csv_path: Path, walbroker: str) -> str:
         "",
         "gputel is up. Ctrl-C stops everything.",
         "",
+        f"  Web view      {api}/ui/   (fleet, GPU plots, pipeline and lag)",
         f"  REST API      {api}/api/v1/gpus",
         f"  Swagger UI    {api}/swagger/",
         f"  OpenAPI       {api}/openapi.json",
@@ -61,6 +62,7 @@ def urls(a: argparse.Namespace) -> dict[str, str]:
     """Where everything is, for the JSON form of the banner."""
     api = f"http://127.0.0.1:{a.port}"
     return {
+        "ui": f"{api}/ui/",
         "api": f"{api}/api/v1/gpus",
         "swagger": f"{api}/swagger/",
         "broker": _local(a.broker_port),

@@ -162,7 +162,7 @@ def plan(a: argparse.Namespace) -> list[Component]:
         port = a.metrics_port + 20 + i
         argv = ["gputel-collector", "--broker", broker, "--group", "collectors", *store]
         comps.append(_http_component(f"collector-{i}", argv, port))
-    gateway = ["gputel-gateway", *store, "--bind", _local(a.port)]
+    gateway = ["gputel-gateway", *store, "--bind", _local(a.port), "--broker", broker]
     comps.append(Component("gateway", gateway, f"http://{_local(a.port)}/readyz"))
     for i in range(a.streamers):
         port = a.metrics_port + 10 + i

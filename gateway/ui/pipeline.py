@@ -1,0 +1,70 @@
+"""GET /ui/api/pipeline: the broker's topics and groups as the Admin API describes them.
+
+Read calls only (ListTopics, DescribeTopic, ListGroups, DescribeGroup) through
+`walbroker.admin_client`, so the client settings of every broker connection apply; each topic
+and group is the JSON `walbroker admin describe-topic|describe-group --json` prints. One
+AdminClient per app, opened on first use; thread-safe like the gRPC channel under it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from flask import Flask, Response, current_app, jsonify
+
+from gateway.config import GatewayConfig
+from gateway.errors import ApiError
+from walbroker.admin_cli import to_json
+from walbroker.admin_client import AdminClient
+from walbroker.errors import BrokerError, NotFound
+
+_KEY = "gputel.admin_client"
+_LOCK = threading.Lock()
+
+
+class BrokerUnavailable(ApiError):
+    """The broker's Admin API did not answer."""
+
+    status = 503
+    title = "Service Unavailable"
+
+
+def broker_address() -> str:
+    """The broker the gateway was told about ('' when none)."""
+    config: GatewayConfig = current_app.config["GPUTEL"]
+    return config.broker
+
+
+def _client(app: Flask) -> AdminClient:
+    with _LOCK:
+        client: AdminClient | None = app.extensions.get(_KEY)
+        if client is None:
+            client = app.extensions[_KEY] = AdminClient(broker_address(), timeout_s=3.0)
+        return client
+
+
+def snapshot() -> Response:
+    """Every topic with its partitions and every group with its lag, read now."""
+    address = broker_address()
+    if not address:
+        return jsonify({"broker": None, "topics": [], "groups": [], "read_at_ms": _now_ms()})
+    admin = _client(current_app)
+    try:
+        topics = [to_json(admin.describe_topic(t.name)) for t in admin.topics().topics]
+        groups = []
+        for g in admin.groups().groups:
+            try:
+                groups.append(to_json(admin.describe_group(g.name)))
+            except NotFound:  # expired between the two calls
+                continue
+    except BrokerError as exc:
+        raise BrokerUnavailable(
+            f"broker {address}: {exc.message.splitlines()[0] if exc.message else exc.code.name}",
+            broker=address,
+        ) from None
+    return jsonify({"broker": address, "topics": topics, "groups": groups, "read_at_ms": _now_ms()})
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
