@@ -19,6 +19,7 @@ from collector.runner import Collector
 from gputel.probes import ProbeServer, Readiness
 from store import StoreError, open_store
 from walbroker import logs
+from walbroker.errors import AccessError
 
 log = logging.getLogger("collector.cli")  # not __main__ under `python -m`
 
@@ -71,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(f"cannot listen: {exc}", 1)
         try:
             collector.run()
+        except AccessError as exc:  # the broker refused our token or TLS settings
+            return _fail(f"broker {config.broker}: {exc.message}", 1)
         finally:
             for endpoint in served:
                 endpoint.stop()

@@ -15,6 +15,11 @@ from typing import NoReturn
 
 from store import InvalidArgument, influx_settings
 from walbroker import flags
+from walbroker.credentials import (
+    ClientSecurity,
+    add_client_security_args,
+    client_security_from_args,
+)
 
 PROG = "gputel-collector"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -52,6 +57,8 @@ class CollectorConfig:
     # On SIGTERM, how long to keep retrying the last flush before leaving without it.
     shutdown_timeout_s: float = 20.0
     log_level: str = "INFO"
+    # Token file and TLS files for the broker (walbroker.credentials).
+    security: ClientSecurity = field(default_factory=ClientSecurity)
 
     @property
     def dead_letter_topic(self) -> str:
@@ -116,6 +123,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="the group moves this member's partitions after this long without a heartbeat",
     )
     p.add_argument("--log-level", default=env_of("LOG_LEVEL", "INFO"), help=", ".join(LOG_LEVELS))
+    add_client_security_args(p, env)
     return flags.finish(p, env, "GPUTEL_COLLECTOR_")
 
 
@@ -163,6 +171,10 @@ def from_args(
     if max_unacked < batch_size:
         # The broker stops delivering at max_unacked points: a bigger batch would never fill.
         raise ConfigError(f"--max-unacked-points ({max_unacked}) is below --batch-size")
+    try:
+        security = client_security_from_args(a, env)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     level = a.log_level.upper()
     if level not in LOG_LEVELS:
         choices = ", ".join(LOG_LEVELS)
@@ -184,4 +196,5 @@ def from_args(
         max_unacked_points=max_unacked,
         session_timeout_ms=_positive("--session-timeout-ms", a.session_timeout_ms),
         log_level=level,
+        security=security,
     )

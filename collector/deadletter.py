@@ -21,6 +21,7 @@ import threading
 from typing import Any
 
 from walbroker.consumer import Message
+from walbroker.credentials import ClientSecurity
 from walbroker.producer import Producer
 
 MAGIC = b"GTDL"
@@ -63,8 +64,15 @@ def _first(items: list[bytes]) -> bytes:
 class DeadLetters:
     """Publishes envelopes to the dead-letter topic with the idempotent producer (made lazily)."""
 
-    def __init__(self, broker: str, topic: str, producer_id: str = "") -> None:
+    def __init__(
+        self,
+        broker: str,
+        topic: str,
+        producer_id: str = "",
+        security: ClientSecurity | None = None,
+    ) -> None:
         self.broker, self.topic, self.producer_id = broker, topic, producer_id
+        self.security = security
         self._producer: Producer[bytes] | None = None
         self._lock = threading.Lock()  # guards making and closing the producer, not its use
 
@@ -72,7 +80,12 @@ class DeadLetters:
         with self._lock:
             if self._producer is None and create:
                 self._producer = Producer(
-                    self.broker, self.topic, _first, producer_id=self.producer_id, batch_size=1
+                    self.broker,
+                    self.topic,
+                    _first,
+                    producer_id=self.producer_id,
+                    batch_size=1,
+                    security=self.security,
                 ).start()
             return self._producer
 

@@ -85,8 +85,11 @@ class Collector:
             max_unacked_points=config.max_unacked_points,
             session_timeout_ms=config.session_timeout_ms,
             on_revoke=self._on_revoke,
+            security=config.security,
         )
-        self.dead_letters = DeadLetters(config.broker, config.dead_letter_topic)
+        self.dead_letters = DeadLetters(
+            config.broker, config.dead_letter_topic, security=config.security
+        )
         self.pending = Pending()
         self._flush_s = config.flush_ms / 1000
         self._backoff = Backoff(initial_ms=config.retry_initial_ms, max_ms=config.retry_max_ms)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from flask import Flask
 
 from gateway import (
+    auth,
     catalog,
     catalog_cache,
     docs,
@@ -38,6 +41,8 @@ def create_app(config: GatewayConfig | None = None) -> Flask:
     extension.init_app(app, lambda: store_opener(config))
     errors.init_app(app)
     metrics.init_app(app)
+    tokens = Path(config.auth_tokens) if config.auth_tokens else None
+    auth.init_app(app, tokens, metrics=config.auth_metrics, docs=config.auth_docs)
     catalog_cache.init_app(app, config.catalog_cache_s)
     known_metrics.init_app(app)
     for blueprint in (gpus.bp, telemetry.bp, catalog.bp, ops.bp, docs.bp, pages.bp, pages.root):

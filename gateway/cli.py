@@ -10,10 +10,13 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from gateway.config import GatewayConfig, from_args
 from store import InvalidArgument, influx_settings
 from walbroker import logs
+from walbroker.security import ExposureError, check_exposure
+from walbroker.tokens import TokenFile, TokenFileError
 
 log = logging.getLogger(__name__)
 APP = "gateway.app:create_app()"
@@ -25,9 +28,21 @@ def gunicorn_argv() -> list[str]:
 
 
 def check(config: GatewayConfig) -> None:
-    """Raise InvalidArgument when the store settings cannot work (before starting gunicorn)."""
+    """Raise InvalidArgument when the settings cannot work (before starting gunicorn)."""
     if config.store == "influx":
         influx_settings(None, **config.store_opts())
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise InvalidArgument("--tls-cert and --tls-key go together")
+    for flag, path in (("--tls-cert", config.tls_cert), ("--tls-key", config.tls_key)):
+        if path and not Path(path).is_file():
+            raise InvalidArgument(f"{flag} {path}: no such file")
+    try:
+        if config.auth_tokens:
+            TokenFile(Path(config.auth_tokens))
+        check_exposure("gputel-gateway", config.bind, bool(config.auth_tokens),
+                       bool(config.tls_cert), config.insecure)  # fmt: skip
+    except (TokenFileError, ExposureError) as exc:
+        raise InvalidArgument(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,7 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     log.info(
         "starting gunicorn",
-        extra={"bind": config.bind, "workers": config.workers, "store": config.store},
+        extra={
+            "bind": config.bind,
+            "workers": config.workers,
+            "store": config.store,
+            "tls": bool(config.tls_cert),
+            "auth": bool(config.auth_tokens),
+        },
     )
     sys.stdout.flush()
     sys.stderr.flush()

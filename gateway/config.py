@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from walbroker import flags
@@ -40,6 +40,13 @@ class GatewayConfig:
     catalog_cache_s: float = 1.0
     # walbroker HOST:PORT whose Admin API the web view's pipeline page reads ("": no page data).
     broker: str = ""
+    # Trust (gateway.auth): token file (read role), TLS files, what else needs a token.
+    auth_tokens: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    auth_metrics: bool = False
+    auth_docs: bool = False
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         if self.threads < 1:  # frozen: the resolved default is set once, here
@@ -64,11 +71,25 @@ class GatewayConfig:
             "GPUTEL_GATEWAY_LOG_LEVEL": self.log_level,
             "GPUTEL_GATEWAY_CATALOG_CACHE_S": str(self.catalog_cache_s),
             "GPUTEL_GATEWAY_BROKER": self.broker,
+            "GPUTEL_GATEWAY_AUTH_TOKENS": self.auth_tokens,
+            "GPUTEL_GATEWAY_TLS_CERT": self.tls_cert,
+            "GPUTEL_GATEWAY_TLS_KEY": self.tls_key,
+            "GPUTEL_GATEWAY_AUTH_METRICS": _flag(self.auth_metrics),
+            "GPUTEL_GATEWAY_AUTH_DOCS": _flag(self.auth_docs),
+            "GPUTEL_GATEWAY_INSECURE": _flag(self.insecure),
         }
         for name, value in self.store_opts().items():
             if value:
                 env[f"GPUTEL_INFLUX_{name.upper()}"] = value
         return env
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else ""
+
+
+def _truthy(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes")
 
 
 def default_threads(store: str) -> int:
@@ -130,6 +151,7 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=gw("CATALOG_CACHE_S", "1.0"),
         help="seconds a GPU-list page is served from memory (0: off)",
     )
+    _trust_args(p, gw)
     p.add_argument(
         "--broker",
         default=gw("BROKER", ""),
@@ -137,6 +159,31 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "pipeline page",
     )
     return flags.finish(p, env, "GPUTEL_GATEWAY_")
+
+
+def _trust_args(p: argparse.ArgumentParser, gw: Callable[[str, str], str]) -> None:
+    p.add_argument(
+        "--auth-tokens",
+        default=gw("AUTH_TOKENS", ""),
+        metavar="FILE",
+        help="require bearer tokens with the read role on /api/v1 (walbroker's token-file "
+        "format; docs/security.md)",
+    )
+    p.add_argument("--tls-cert", default=gw("TLS_CERT", ""), metavar="PEM", help="serve HTTPS")
+    p.add_argument("--tls-key", default=gw("TLS_KEY", ""), metavar="PEM")
+    for name, what in (("metrics", "/metrics"), ("docs", "/swagger/ and /openapi.json")):
+        p.add_argument(
+            f"--auth-{name}",
+            action="store_true",
+            default=_truthy(gw(f"AUTH_{name.upper()}", "")),
+            help=f"require a token for {what} too (default: open)",
+        )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=_truthy(gw("INSECURE", "")),
+        help="allow a non-loopback --bind without --auth-tokens and TLS",
+    )
 
 
 def from_args(
@@ -156,6 +203,12 @@ def from_args(
         log_level=a.log_level.upper(),
         catalog_cache_s=max(float(a.catalog_cache_s), 0.0),
         broker=a.broker,
+        auth_tokens=a.auth_tokens,
+        tls_cert=a.tls_cert,
+        tls_key=a.tls_key,
+        auth_metrics=a.auth_metrics,
+        auth_docs=a.auth_docs,
+        insecure=a.insecure,
     )
 
 

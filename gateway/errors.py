@@ -31,6 +31,7 @@ class ApiError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.extra = extra
+        self.headers: dict[str, str] = {}  # e.g. WWW-Authenticate on a 401
 
 
 class BadRequest(ApiError):
@@ -68,7 +69,9 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> Response:
 
 
 def _api_error(exc: ApiError) -> Response:
-    return problem(exc.status, exc.title, exc.detail, **exc.extra)
+    response = problem(exc.status, exc.title, exc.detail, **exc.extra)
+    response.headers.update(exc.headers)
+    return response
 
 
 def _invalid_argument(exc: InvalidArgument) -> Response:

@@ -4,8 +4,10 @@ gunicorn reads this module's globals when it starts; they come from GPUTEL_GATEW
 `gateway.config`). Metrics with several workers: `on_starting` points PROMETHEUS_MULTIPROC_DIR
 at a fresh temporary folder (unless one is given) before any worker imports prometheus_client,
 `child_exit` marks a dead worker's files and `on_exit` removes the folder it made. Logs are
-JSON lines on stderr; there is no access log (request metrics cover it). Read when gunicorn
-loads it, as gunicorn config modules are.
+JSON lines on stderr; gunicorn's own access log is off because it would print query strings:
+the app writes one JSON line per request instead (`gateway.auth`). With --tls-cert/--tls-key
+gunicorn serves HTTPS (SIGHUP re-reads the files as it restarts the workers). Read when
+gunicorn loads it, as gunicorn config modules are.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ threads = _config.threads
 worker_class = "sync"
 loglevel = _config.log_level.lower()
 accesslog = None
+if _config.tls_cert:
+    certfile, keyfile = _config.tls_cert, _config.tls_key
 graceful_timeout = 10
 control_socket_disable = True  # no shared ~/.gunicorn socket; instances never collide
 logconfig_dict = {

@@ -32,6 +32,9 @@ VERSION = "1"
 DEFAULT_OUT = Path(__file__).with_name("openapi.json")
 _REASONS = {
     400: "Bad parameter (problem+json names it in `detail` and `parameter`).",
+    401: "No valid bearer token (when the gateway runs with --auth-tokens); "
+    "`WWW-Authenticate: Bearer` says so.",
+    403: "The token lacks the `read` role.",
     404: "No GPU with this uuid or index has data.",
     409: "The index matches GPUs on several hosts; `candidates` lists their uuids and hostnames.",
     502: "The store failed to answer.",
@@ -73,13 +76,26 @@ def _path(rule: str) -> str:
     return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
 
 
-def _responses(op: Operation, ref: Callable[[type], dict[str, Any]]) -> dict[str, Any]:
+SECURED_PREFIX = "/api/"
+SECURITY_SCHEMES = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A token of a principal with the `read` role, required on /api/v1 when "
+        "the gateway runs with --auth-tokens (docs/security.md).",
+    }
+}
+
+
+def _responses(
+    op: Operation, ref: Callable[[type], dict[str, Any]], secured: bool = False
+) -> dict[str, Any]:
     if isinstance(op.response, str):
         ok = {op.response: {"schema": {"type": "string"}}}
     else:
         ok = {"application/json": {"schema": ref(op.response)}}
     out: dict[str, Any] = {"200": {"description": "OK", "content": ok}}
-    for status in op.errors:
+    for status in sorted({*op.errors, *((401, 403) if secured else ())}):
         out[str(status)] = {
             "description": _REASONS[status],
             "content": {PROBLEM_JSON: {"schema": ref(schemas.Problem)}},
@@ -88,7 +104,7 @@ def _responses(op: Operation, ref: Callable[[type], dict[str, Any]]) -> dict[str
 
 
 def _operation_doc(
-    endpoint: str, op: Operation, ref: Callable[[type], dict[str, Any]]
+    path: str, endpoint: str, op: Operation, ref: Callable[[type], dict[str, Any]]
 ) -> dict[str, Any]:
     path_params = [
         {"name": n, "in": "path", "required": True, "description": d, "schema": {"type": "string"}}
@@ -100,7 +116,10 @@ def _operation_doc(
     doc["tags"] = [op.tag]
     if path_params or op.query:
         doc["parameters"] = path_params + [p.openapi() for p in op.query]
-    doc["responses"] = _responses(op, ref)
+    secured = path.startswith(SECURED_PREFIX)
+    if secured:
+        doc["security"] = [{"bearerAuth": []}]
+    doc["responses"] = _responses(op, ref, secured)
     return doc
 
 
@@ -143,7 +162,7 @@ def document(app: Flask) -> dict[str, Any]:
     collected = _Schemas()
     paths: dict[str, dict[str, Any]] = {}
     for path, method, endpoint, op in _operations(app):
-        paths.setdefault(path, {})[method] = _operation_doc(endpoint, op, collected.ref)
+        paths.setdefault(path, {})[method] = _operation_doc(path, endpoint, op, collected.ref)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -153,7 +172,10 @@ def document(app: Flask) -> dict[str, Any]:
             "time bounds are inclusive; errors are RFC 9457 problem+json.",
         },
         "paths": paths,
-        "components": {"schemas": collected.components()},
+        "components": {
+            "schemas": collected.components(),
+            "securitySchemes": SECURITY_SCHEMES,
+        },
     }
 
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 import argparse
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # gputel.secure needs `cryptography`: imported only with --secure
+    from gputel.secure import SecureSetup
 
 
 def _local(port: int) -> str:
@@ -22,10 +26,16 @@ def sample_gpu(csv_path: Path) -> tuple[str, str]:
     return row.get("Hostname", "HOST"), row.get("uuid", "GPU-UUID")
 
 
-def banner(a: argparse.Namespace, csv_path: Path, walbroker: str) -> str:
-    """Where everything is, and what to try."""
-    api = f"http://127.0.0.1:{a.port}"
+def banner(
+    a: argparse.Namespace, csv_path: Path, walbroker: str, tls: SecureSetup | None = None
+) -> str:
+    """Where everything is, and what to try (with --secure: with the CA and the tokens)."""
+    api = f"{'https' if tls else 'http'}://127.0.0.1:{a.port}"
     host, uuid = sample_gpu(csv_path)
+    curl, admin = "curl -s", f"{walbroker} admin --broker 127.0.0.1:{a.broker_port}"
+    if tls:
+        curl += f' --cacert {tls.ca} -H "Authorization: Bearer $(cat {tls.token("api")})"'
+        admin += " " + " ".join(tls.client_args("admin"))
     lines = [
         "",
         "gputel is up. Ctrl-C stops everything.",
@@ -45,12 +55,17 @@ def banner(a: argparse.Namespace, csv_path: Path, walbroker: str) -> str:
             for i in range(a.streamers)
         ),
         f"  gateway       metrics {api}/metrics",
+        *(
+            [f"  secure        TLS + a token per component; CA, certificates, tokens in {tls.root}"]
+            if tls
+            else []
+        ),
         "",
         "Try (copy and paste):",
-        f"  curl -s {api}/api/v1/gpus | python3 -m json.tool | head -30",
-        f"  curl -s '{api}/api/v1/gpus?hostname={host}'",
-        f"  curl -s '{api}/api/v1/gpus/{uuid}/telemetry?metric=DCGM_FI_DEV_GPU_UTIL&limit=5'",
-        f"  {walbroker} admin --broker 127.0.0.1:{a.broker_port} describe-group collectors",
+        f"  {curl} {api}/api/v1/gpus | python3 -m json.tool | head -30",
+        f"  {curl} '{api}/api/v1/gpus?hostname={host}'",
+        f"  {curl} '{api}/api/v1/gpus/{uuid}/telemetry?metric=DCGM_FI_DEV_GPU_UTIL&limit=5'",
+        f"  {admin} describe-group collectors",
         "",
         f"(or `source {Path(walbroker).parent}/activate` once, then `walbroker …`)",
         "",

@@ -8,6 +8,7 @@ after its store acknowledged the write). Rates are the differences between two s
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 import urllib.error
@@ -34,7 +35,9 @@ class Sample:
     broker: str = "ok"
 
 
-def sample(admin: AdminClient, topic: str, group: str, readyz_url: str) -> Sample:
+def sample(
+    admin: AdminClient, topic: str, group: str, readyz_url: str, ctx: ssl.SSLContext | None = None
+) -> Sample:
     """Read the counters now; an unreachable broker or store is a state, not an error."""
     appended = committed = lag = 0
     lag_s, broker = 0.0, "ok"
@@ -48,15 +51,14 @@ def sample(admin: AdminClient, topic: str, group: str, readyz_url: str) -> Sampl
             pass
     except BrokerError as exc:
         broker = f"unreachable ({exc.code.name})"
-    return Sample(
-        time.monotonic(), appended, committed, lag, lag_s, store_state(readyz_url), broker
-    )
+    state = store_state(readyz_url, ctx)
+    return Sample(time.monotonic(), appended, committed, lag, lag_s, state, broker)
 
 
-def store_state(readyz_url: str) -> str:
+def store_state(readyz_url: str, ctx: ssl.SSLContext | None = None) -> str:
     """'ready' when the gateway's /readyz answers 200, else what went wrong."""
     try:
-        with urllib.request.urlopen(readyz_url, timeout=2) as resp:
+        with urllib.request.urlopen(readyz_url, timeout=2, context=ctx) as resp:
             return "ready" if resp.status == 200 else f"HTTP {resp.status}"
     except urllib.error.HTTPError as exc:
         return "unavailable" if exc.code == 503 else f"HTTP {exc.code}"

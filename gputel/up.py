@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -20,15 +21,20 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+if TYPE_CHECKING:  # gputel.secure needs `cryptography`: imported only with --secure
+    from gputel.secure import SecureSetup
 from gputel import status
 from gputel.banner import banner, urls
 from gputel.console import Console
 from walbroker import flags
 from walbroker.admin_client import AdminClient
+from walbroker.credentials import ENV as BROKER_CLIENT_ENV
+from walbroker.credentials import ClientSecurity
 
 PACKAGED_CSV = Path(__file__).resolve().parent.parent / "data" / "dcgm.csv"
 COLOURS = ["36", "33", "35", "32", "34", "31", "96", "93"]
@@ -46,6 +52,8 @@ class Component:
     argv: list[str]
     health_url: str = ""
     grpc_address: str = ""
+    secure: SecureSetup | None = None  # how to reach it over TLS (--secure)
+    env: dict[str, str] = field(default_factory=dict)  # added to the child's environment
     proc: subprocess.Popen[bytes] | None = None
     threads: list[threading.Thread] = field(default_factory=list)
 
@@ -88,6 +96,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=10.0,
         help="seconds per pass over the CSV (each pass gets fresh timestamps)",
+    )
+    p.add_argument(
+        "--secure",
+        action="store_true",
+        help="TLS (mutual, to the broker) and one least-privilege token per component; "
+        "CA, certificates and tokens are made once under DATA_DIR/secure (mode 0600)",
     )
     p.add_argument(
         "--verbose",
@@ -138,10 +152,14 @@ def _local(port: int) -> str:
     return f"127.0.0.1:{port}"
 
 
-def plan(a: argparse.Namespace) -> list[Component]:
-    """The components and their command lines, in start order."""
+def plan(a: argparse.Namespace, tls: SecureSetup | None = None) -> list[Component]:
+    """The components and their command lines, in start order (with `tls`: secured)."""
     source, store, broker = csv_path(a), store_args(a), _local(a.broker_port)
     data = str(a.data_dir / "broker")
+
+    def client(principal: str) -> list[str]:
+        return tls.client_args(principal) if tls else []
+
     comps = [
         Component(
             "broker",
@@ -154,16 +172,27 @@ def plan(a: argparse.Namespace) -> list[Component]:
                 broker,
                 "--metrics-listen",
                 _local(a.metrics_port + 1),
+                *(tls.broker_args() if tls else []),
             ],
             grpc_address=broker,
+            secure=tls,
         )
     ]
     for i in range(a.collectors):
         port = a.metrics_port + 20 + i
         argv = ["gputel-collector", "--broker", broker, "--group", "collectors", *store]
-        comps.append(_http_component(f"collector-{i}", argv, port))
+        comps.append(_http_component(f"collector-{i}", [*argv, *client("collector")], port))
     gateway = ["gputel-gateway", *store, "--bind", _local(a.port), "--broker", broker]
-    comps.append(Component("gateway", gateway, f"http://{_local(a.port)}/readyz"))
+    scheme = "https" if tls else "http"
+    comps.append(
+        Component(
+            "gateway",
+            [*gateway, *(tls.gateway_args() if tls else [])],
+            f"{scheme}://{_local(a.port)}/readyz",
+            secure=tls,
+            env=gateway_broker_env(tls),
+        )
+    )
     for i in range(a.streamers):
         port = a.metrics_port + 10 + i
         argv = [
@@ -175,9 +204,17 @@ def plan(a: argparse.Namespace) -> list[Component]:
             "--forever",
             "--pass-interval",
             str(a.pass_interval),
+            *client("streamer"),
         ]
         comps.append(_http_component(f"streamer-{i}", argv, port))
     return comps
+
+
+def gateway_broker_env(tls: SecureSetup | None) -> dict[str, str]:
+    """How the gateway's pipeline page reaches a --secure broker: the read-only principal."""
+    if tls is None or not tls.token("gateway").exists():  # made before that principal existed
+        return {}
+    return {BROKER_CLIENT_ENV[k]: str(v) for k, v in client_files(tls, "gateway").items()}
 
 
 def _http_component(name: str, argv: list[str], port: int) -> Component:
@@ -202,15 +239,27 @@ def healthy(c: Component) -> bool:
     """True once the component answers its health check."""
     try:
         if c.grpc_address:
-            with grpc.insecure_channel(c.grpc_address) as ch:
+            with _grpc_channel(c) as ch:
                 resp = health_pb2_grpc.HealthStub(ch).Check(
                     health_pb2.HealthCheckRequest(), timeout=1
                 )
                 return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
-        with urllib.request.urlopen(c.health_url, timeout=1) as resp:
+        ctx = ssl.create_default_context(cafile=str(c.secure.ca)) if c.secure else None
+        with urllib.request.urlopen(c.health_url, timeout=1, context=ctx) as resp:
             return bool(resp.status == 200)
     except (grpc.RpcError, OSError):
         return False
+
+
+def _grpc_channel(c: Component) -> grpc.Channel:
+    """A channel to the broker: plaintext, or TLS with the admin's client certificate."""
+    if c.secure is None:
+        return grpc.insecure_channel(c.grpc_address)
+    tls = c.secure
+    creds = grpc.ssl_channel_credentials(
+        tls.ca.read_bytes(), tls.key("admin").read_bytes(), tls.cert("admin").read_bytes()
+    )
+    return grpc.secure_channel(c.grpc_address, creds)
 
 
 def pump(c: Component, stream: object, colour: str, console: Console) -> None:
@@ -231,6 +280,7 @@ def executable(name: str) -> str:
 def start(c: Component, colour: str, console: Console, timeout_s: float = 60.0) -> None:
     """Spawn the component and wait until it is healthy."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "GPUTEL_LOG_FORMAT": console.child_format}
+    env.update(c.env)
     c.proc = subprocess.Popen(
         [executable(c.argv[0]), *c.argv[1:]],
         stdout=subprocess.PIPE,
@@ -281,27 +331,49 @@ def wait_for_data(a: argparse.Namespace, stop: threading.Event, timeout_s: float
         stop.wait(0.5)
 
 
-def status_reporter(a: argparse.Namespace, console: Console) -> status.StatusReporter | None:
+def status_reporter(
+    a: argparse.Namespace, console: Console, tls: SecureSetup | None
+) -> status.StatusReporter | None:
     """The thread printing a status line every --status-interval-s (None when 0)."""
     if a.status_interval_s <= 0:
         return None
-    admin = AdminClient(_local(a.broker_port), timeout_s=2.0)
-    readyz = f"http://127.0.0.1:{a.port}/readyz"
+    security = ClientSecurity.build(**client_files(tls, "admin")) if tls else None
+    admin = AdminClient(_local(a.broker_port), security, timeout_s=2.0)
+    readyz = f"{'https' if tls else 'http'}://127.0.0.1:{a.port}/readyz"
+    ctx = ssl.create_default_context(cafile=str(tls.ca)) if tls else None
 
     def emit(f: dict[str, object]) -> None:
         console.say(status.line(f), **({"status": f} if console.json_lines else {}))
 
     return status.StatusReporter(
-        lambda: status.sample(admin, "telemetry", "collectors", readyz), emit, a.status_interval_s
+        lambda: status.sample(admin, "telemetry", "collectors", readyz, ctx),
+        emit,
+        a.status_interval_s,
     )
+
+
+def client_files(tls: SecureSetup, principal: str) -> dict[str, Path]:
+    """The broker-client files of `principal` (ClientSecurity.build's keywords)."""
+    return {
+        "token_file": tls.token(principal),
+        "tls_ca": tls.ca,
+        "tls_cert": tls.cert(principal),
+        "tls_key": tls.key(principal),
+    }
 
 
 def run(a: argparse.Namespace) -> int:
     """Start everything, wait for Ctrl-C or a death, stop everything."""
     for port in ports_of(a):
         check_port(port)
-    comps = plan(a)
+    csv_path(a)  # a missing CSV is reported before anything is made
     a.data_dir.mkdir(parents=True, exist_ok=True)
+    tls = None
+    if a.secure:
+        from gputel import secure
+
+        tls = secure.ensure(a.data_dir)
+    comps = plan(a, tls)
     console = Console.for_stdout(os.environ.get("GPUTEL_LOG_FORMAT", ""), a.verbose)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -311,8 +383,8 @@ def run(a: argparse.Namespace) -> int:
         for i, c in enumerate(comps):
             start(c, COLOURS[i % len(COLOURS)], console)
         wait_for_data(a, stop)
-        console.banner(banner(a, csv_path(a), executable("walbroker")), **urls(a))
-        reporter = status_reporter(a, console)
+        console.banner(banner(a, csv_path(a), executable("walbroker"), tls), **urls(a))
+        reporter = status_reporter(a, console, tls)
         if reporter is not None:
             reporter.start()
         while not stop.wait(0.5):

@@ -9,9 +9,14 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from walbroker import flags
+from walbroker.credentials import (
+    ClientSecurity,
+    add_client_security_args,
+    client_security_from_args,
+)
 
 ENV_PREFIX = "GPUTEL_STREAMER_"
 
@@ -46,6 +51,8 @@ class StreamerConfig:
     session_timeout_ms: int = 10_000
     shutdown_timeout_s: float = 20.0
     log_level: str = "INFO"
+    # Token file and TLS files for the broker (walbroker.credentials).
+    security: ClientSecurity = field(default_factory=ClientSecurity)
 
 
 def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -107,6 +114,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="the group gives this streamer's GPUs away after this long without a heartbeat",
     )
     p.add_argument("--log-level", default=e("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING")
+    add_client_security_args(p, env)
     # The loop and pace variables are resolved in _loop_and_pace: a flag of the other kind wins.
     return flags.finish(p, env, ENV_PREFIX, own=("passes", "forever", "rate", "pass_interval"))
 
@@ -152,6 +160,10 @@ def parse_config(
     loop_pace = _loop_and_pace(a, env)
     if not a.broker:
         raise ConfigError(f"--broker HOST:PORT is required (or {ENV_PREFIX}BROKER)")
+    try:
+        security = client_security_from_args(a, env)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     config = StreamerConfig(
         broker=a.broker,
         csv=a.csv,
@@ -165,6 +177,7 @@ def parse_config(
         commit_interval_s=a.commit_interval,
         session_timeout_ms=a.session_timeout_ms,
         log_level=a.log_level,
+        security=security,
         **loop_pace,  # type: ignore[arg-type]
     )
     validate(config)

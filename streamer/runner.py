@@ -52,7 +52,8 @@ from streamer.plan import PartitionPlan
 from streamer.source import SourceRows, record_pass
 from walbroker.client import channel, error_from_rpc
 from walbroker.consumer import Consumer
-from walbroker.errors import BrokerError
+from walbroker.credentials import ClientSecurity
+from walbroker.errors import AccessError, BrokerError
 from walbroker.inflight import Batch
 from walbroker.producer import Producer
 
@@ -62,15 +63,21 @@ IDLE_WAIT_S = 0.2
 FINISH_CHECK_S = 0.5
 
 
-def group_progress(broker: str, group: str, topic: str, timeout_s: float = 5.0) -> dict[int, int]:
+def group_progress(
+    broker: str,
+    group: str,
+    topic: str,
+    timeout_s: float = 5.0,
+    security: ClientSecurity | None = None,
+) -> dict[int, int]:
     """Return the committed progress of every partition of `topic` in `group` (Admin RPC)."""
-    with channel(broker) as ch:
+    with channel(broker, security) as ch:
         try:
             resp = apb_grpc.AdminStub(ch).DescribeGroup(
                 apb.DescribeGroupRequest(group=group), timeout=timeout_s
             )
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from None
+            raise error_from_rpc(exc, ch) from None
     return {
         pl.partition: pl.committed_offset
         for pl in resp.partitions
@@ -101,6 +108,7 @@ class Streamer:
             max_pending_points=config.max_pending_points,
             on_ack=self._on_ack,
             on_backpressure=lambda _exc: metrics.backpressure.inc(),
+            security=config.security,
         )
         self.member = Consumer(
             config.broker,
@@ -110,6 +118,7 @@ class Streamer:
             session_timeout_ms=config.session_timeout_ms,
             on_revoke=self._on_revoke,
             on_assignment=lambda _a: self._wake.set(),
+            security=config.security,
         )
         self.own = Ownership(
             self.member, self.producer.flush,
@@ -159,6 +168,8 @@ class Streamer:
             try:
                 self.producer.start(timeout_s=5)
                 break
+            except AccessError:
+                raise  # a wrong token or TLS setting does not heal by waiting
             except BrokerError as exc:
                 log.warning(
                     "broker not reachable; retrying",
@@ -206,6 +217,8 @@ class Streamer:
         next_commit = time.monotonic() + self.config.commit_interval_s
         next_finish_check = 0.0
         while not self._stop.is_set():
+            if self.member.failure is not None:
+                raise self.member.failure  # the group refused our credentials
             self.own.reconcile()
             self.metrics.partitions_owned.set(len(self.own.active))
             sent = self._produce_round() if self.own.connected else 0
@@ -313,7 +326,12 @@ class Streamer:
             if self.own.states[p].committed < passes * plan.size(p):
                 return False
         try:
-            committed = group_progress(self.config.broker, self.config.group, self.config.topic)
+            committed = group_progress(
+                self.config.broker,
+                self.config.group,
+                self.config.topic,
+                security=self.config.security,
+            )
         except BrokerError as exc:
             log.info("group progress unavailable", extra={"reason": str(exc)})
             return False

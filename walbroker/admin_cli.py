@@ -1,7 +1,8 @@
 """`walbroker admin …`: a thin client of the broker's Admin service; tables or `--json`.
 
 Exit codes: 0 ok, 1 other broker error, 2 usage error (bad flags or a request the
-broker calls INVALID_ARGUMENT), 3 unknown topic or group, 4 broker unreachable.
+broker calls INVALID_ARGUMENT), 3 unknown topic or group, 4 broker unreachable,
+5 refused (UNAUTHENTICATED or PERMISSION_DENIED: check --token-file).
 Errors are one line on stderr, never a traceback.
 """
 
@@ -21,6 +22,7 @@ from google.protobuf.message import Message
 from proto.gen import walbroker_admin_pb2 as apb
 from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
 from walbroker.client import channel, error_from_rpc
+from walbroker.credentials import add_client_security_args, client_security_from_args
 from walbroker.errors import BrokerError, Code
 from walbroker.flags import TRUE_WORDS
 
@@ -31,8 +33,10 @@ ENV_BROKER, ENV_JSON, ENV_TIMEOUT = (
     "GPUTEL_ADMIN_JSON",
     "GPUTEL_ADMIN_TIMEOUT_S",
 )
-EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNREACHABLE = 1, 2, 3, 4
+EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNREACHABLE, EXIT_REFUSED = 1, 2, 3, 4, 5
 _EXIT_BY_CODE = {
+    Code.UNAUTHENTICATED: EXIT_REFUSED,
+    Code.PERMISSION_DENIED: EXIT_REFUSED,
     Code.INVALID_ARGUMENT: EXIT_USAGE,
     Code.NOT_FOUND: EXIT_NOT_FOUND,
     Code.UNAVAILABLE: EXIT_UNREACHABLE,
@@ -83,6 +87,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help=f"per-call deadline (default: {DEFAULT_TIMEOUT_S:g}; env {ENV_TIMEOUT})",
     )
+    add_client_security_args(p, suppress=True)
 
 
 def add_admin_args(p: argparse.ArgumentParser) -> None:
@@ -153,10 +158,15 @@ def run(a: argparse.Namespace) -> int:
     timeout_s = float(getattr(a, "timeout_s", os.environ.get(ENV_TIMEOUT) or DEFAULT_TIMEOUT_S))
     call, render = _COMMANDS[a.admin_command]
     try:
-        with channel(address) as ch:
+        ch = channel(address, client_security_from_args(a))
+    except ValueError as exc:
+        print(f"walbroker admin: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with ch:
+        try:
             resp = call(apb_grpc.AdminStub(ch), a, timeout_s)
-    except grpc.RpcError as exc:
-        return _fail(error_from_rpc(exc), address)
+        except grpc.RpcError as exc:
+            return _fail(error_from_rpc(exc, ch), address)
     print(json.dumps(to_json(resp), indent=2) if as_json else render(resp))
     if isinstance(resp, apb.ResetOffsetsResponse) and as_json:
         for note in _clamp_notes(resp):

@@ -14,6 +14,7 @@ import grpc
 from proto.gen import walbroker_admin_pb2 as apb
 from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
 from walbroker.client import channel, error_from_rpc
+from walbroker.credentials import ClientSecurity
 
 T = TypeVar("T")
 
@@ -21,17 +22,20 @@ T = TypeVar("T")
 class AdminClient:
     """Topics, groups and lag, read from one broker; one channel, thread-safe."""
 
-    def __init__(self, address: str, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, address: str, security: ClientSecurity | None = None, timeout_s: float = 5.0
+    ) -> None:
+        """ValueError when a file of `security` is unusable."""
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = channel(address)
+        self._channel = channel(address, security)
         self._stub = apb_grpc.AdminStub(self._channel)
 
     def _call(self, method: Callable[..., T], request: object) -> T:
         try:
             return method(request, timeout=self.timeout_s)
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from None
+            raise error_from_rpc(exc, self._channel) from None
 
     def topics(self) -> apb.ListTopicsResponse:
         """Every topic with its offsets and size."""

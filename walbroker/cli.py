@@ -10,9 +10,10 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from walbroker import admin_cli, flags, logs
+from walbroker import admin_cli, flags, logs, token_cli
 from walbroker.admin_cli import add_admin_args
 from walbroker.config import BrokerConfig, LogConfig
+from walbroker.security import add_security_args, security_from_args
 
 
 def _env(name: str, default: str) -> str:
@@ -89,6 +90,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         help="credit: points a consumer may hold uncommitted",
     )
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING")
+    add_security_args(p)
 
 
 def config_from_args(a: argparse.Namespace) -> BrokerConfig:
@@ -109,6 +111,7 @@ def config_from_args(a: argparse.Namespace) -> BrokerConfig:
         advertised_address=a.advertised_address,
         session_timeout_ms=a.session_timeout_ms,
         max_unacked_points=a.max_unacked_points,
+        security=security_from_args(a),
     )
 
 
@@ -117,15 +120,16 @@ def serve(a: argparse.Namespace) -> int:
     from walbroker.server import Broker
 
     logs.setup("walbroker", a.log_level)
-    broker = Broker(config_from_args(a))
-    try:
+    try:  # a bad token or TLS file, or an exposed port without them: refuse to start
+        broker = Broker(config_from_args(a))
         broker.start()
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         print(f"walbroker: {exc}", file=sys.stderr)
         return 1
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
+    signal.signal(signal.SIGHUP, lambda *_: broker.guard.reload())
     done.wait()
     broker.stop()
     return 0
@@ -150,6 +154,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     add_admin_args(admin)
     flags.finish(admin, env, "GPUTEL_ADMIN_", {"broker": admin_cli.ENV_BROKER})
+    token = sub.add_parser("token", help="make bearer tokens", description="Make bearer tokens.")
+    token_cli.add_token_args(token)
+    flags.finish(token, env, "GPUTEL_TOKEN_")
     return flags.finish(parser, env, "GPUTEL_BROKER_")
 
 
@@ -158,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser(os.environ).parse_args(argv)
     if a.command == "serve":
         return serve(a)
+    if a.command == "token":
+        return token_cli.run(a)
     if a.command == "admin":
         try:
             return admin_cli.run(a)

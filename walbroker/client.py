@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import random
 import threading
+import weakref
 from dataclasses import dataclass
 
 import grpc
 
 from proto.gen import walbroker_pb2 as pb
 from proto.gen import walbroker_pb2_grpc as pb_grpc
+from walbroker.credentials import BearerToken, ClientSecurity, TokenSource
 from walbroker.errors import (
     BrokerError,
     Code,
@@ -20,10 +22,14 @@ from walbroker.errors import (
     InvalidArgument,
     NotFound,
     OutOfOrderSequence,
+    PermissionDenied,
     ResourceExhausted,
     StaleGeneration,
+    TlsMismatch,
+    Unauthenticated,
     Unavailable,
 )
+from walbroker.tls import channel_credentials, speaks_tls
 
 _BY_CODE: dict[int, type[BrokerError]] = {
     Code.INVALID_ARGUMENT: InvalidArgument,
@@ -34,6 +40,8 @@ _BY_CODE: dict[int, type[BrokerError]] = {
     Code.ABORTED: Fenced,
     Code.CANCELLED: Unavailable,
     Code.DEADLINE_EXCEEDED: Unavailable,
+    Code.UNAUTHENTICATED: Unauthenticated,
+    Code.PERMISSION_DENIED: PermissionDenied,
 }
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
@@ -46,8 +54,12 @@ def error_from_status(status: pb.Status, publish: bool = False) -> BrokerError:
     return cls(status.message or Code(status.code).name, retry_after_ms=status.retry_after_ms)
 
 
-def error_from_rpc(exc: grpc.RpcError) -> BrokerError:
-    """The BrokerError of a failed call (UNAVAILABLE when the broker is unreachable)."""
+def error_from_rpc(exc: grpc.RpcError, ch: grpc.Channel | None = None) -> BrokerError:
+    """The BrokerError of a failed call (UNAVAILABLE when the broker is unreachable).
+
+    Given the call's channel, a plaintext connection closed during the handshake is checked:
+    when the broker answers TLS, the error is TlsMismatch (retrying cannot help).
+    """
     code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
     retry_after = 0
@@ -56,24 +68,56 @@ def error_from_rpc(exc: grpc.RpcError) -> BrokerError:
             if key == "retry-after-ms":
                 retry_after = int(value)
     number = code.value[0] if code is not None else Code.INTERNAL
+    target = _PLAINTEXT.get(ch) if ch is not None else None
+    if (
+        target
+        and number == Code.UNAVAILABLE
+        and _closed_in_handshake(details)
+        and speaks_tls(target)
+    ):
+        return TlsMismatch(
+            f"the broker at {target} speaks TLS but this client connects in plaintext: "
+            "give --tls-ca (GPUTEL_BROKER_TLS_CA)"
+        )
     return error_from_status(
         pb.Status(code=number, message=details or code.name, retry_after_ms=retry_after)
     )
 
 
-def channel(target: str) -> grpc.Channel:
-    """A channel to a broker with keepalives and the broker's message size limit."""
-    return grpc.insecure_channel(
-        target,
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.keepalive_time_ms", 10_000),
-            ("grpc.keepalive_timeout_ms", 5_000),
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 1_000),
-        ],
-    )
+# Plaintext channels and their targets, to explain a TLS broker closing on them.
+_PLAINTEXT: weakref.WeakKeyDictionary[grpc.Channel, str] = weakref.WeakKeyDictionary()
+
+
+def _closed_in_handshake(details: str | None) -> bool:
+    text = (details or "").lower()
+    return "socket closed" in text or "connection reset" in text or "handshake" in text
+
+
+def channel(target: str, security: ClientSecurity | None = None) -> grpc.Channel:
+    """A channel to a broker with keepalives and the broker's message size limit.
+
+    With `security`: TLS when it names a CA or a client certificate, and the bearer token of
+    its token file on every call. ValueError if a file is unusable.
+    """
+    sec = security or ClientSecurity()
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_timeout_ms", 5_000),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1_000),
+    ]
+    if sec.tls:
+        creds = channel_credentials(sec.tls_ca, sec.tls_cert, sec.tls_key)
+        ch = grpc.secure_channel(target, creds, options=options)
+    else:
+        ch = grpc.insecure_channel(target, options=options)
+    if sec.token_file is not None:
+        ch = grpc.intercept_channel(ch, BearerToken(TokenSource(sec.token_file)))
+    if not sec.tls:
+        _PLAINTEXT[ch] = target
+    return ch
 
 
 def stub(ch: grpc.Channel) -> pb_grpc.BrokerStub:
@@ -91,7 +135,7 @@ def metadata(
         )
         return resp
     except grpc.RpcError as exc:
-        raise error_from_rpc(exc) from None
+        raise error_from_rpc(exc, ch) from None
 
 
 @dataclass(slots=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from walbroker.security import SecurityConfig
 
 FsyncPolicy = Literal["always", "interval"]
 RetentionPolicy = Literal["block", "drop-oldest"]
@@ -56,3 +58,5 @@ class BrokerConfig:
     max_unacked_points: int = 200_000
     grpc_workers: int = 64
     grpc_max_message_bytes: int = 32 * MiB
+    # Authentication and TLS (off by default: then only loopback listening is allowed).
+    security: SecurityConfig = field(default_factory=SecurityConfig)

@@ -41,7 +41,8 @@ import grpc
 
 from proto.gen import walbroker_pb2 as pb
 from walbroker.client import Backoff, channel, error_from_rpc, error_from_status, stub
-from walbroker.errors import BrokerError, Code, StaleGeneration, Unavailable
+from walbroker.credentials import ClientSecurity
+from walbroker.errors import AccessError, BrokerError, Code, StaleGeneration, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class Consumer:
         session_timeout_ms: int = 10_000,
         on_assignment: Callable[[Assignment], None] | None = None,
         on_revoke: Callable[[set[int]], None] | None = None,
+        security: ClientSecurity | None = None,
     ) -> None:
         self.target, self.group, self.topic, self.role = target, group, topic, role
         self.client_id = client_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -103,7 +105,9 @@ class Consumer:
         self.member_id = ""
         self.assignment: Assignment | None = None
         self.last_error: BrokerError | None = None
-        self._channel = channel(target)
+        # Set when the broker refused our credentials: the loop has stopped; poll raises it.
+        self.failure: AccessError | None = None
+        self._channel = channel(target, security)
         self._cond = threading.Condition()
         self._queue: deque[Message] = deque()
         self._positions: dict[int, int] = {}
@@ -126,8 +130,12 @@ class Consumer:
     def wait_for_assignment(self, timeout_s: float = 30.0) -> Assignment:
         """Block until the member has an assignment."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self.assignment is not None, timeout_s):
+            if not self._cond.wait_for(
+                lambda: self.assignment is not None or self.failure is not None, timeout_s
+            ):
                 raise TimeoutError(f"no assignment from group {self.group!r}")
+            if self.failure is not None:
+                raise self.failure
             assert self.assignment is not None
             return self.assignment
 
@@ -148,6 +156,8 @@ class Consumer:
         out: list[Message] = []
         with self._cond:
             self._cond.wait_for(lambda: bool(self._queue) or self._stop.is_set(), timeout_s)
+            if self.failure is not None:
+                raise self.failure
             while self._queue and len(out) < max_messages:
                 msg = self._queue.popleft()
                 pos = self._positions.get(msg.partition)
@@ -237,6 +247,9 @@ class Consumer:
         while not self._stop.is_set():
             try:
                 self._stream_once(backoff)
+            except AccessError as exc:
+                self._give_up(exc)
+                return
             except BrokerError as exc:
                 self.last_error = exc
                 self._reset_stream(exc)
@@ -265,11 +278,23 @@ class Consumer:
                 self._on_response(resp)
         except grpc.RpcError as exc:
             if not self._stop.is_set():
-                raise error_from_rpc(exc) from None
+                raise error_from_rpc(exc, self._channel) from None
         finally:
             call.cancel()
         if not self._stop.is_set():
             raise Unavailable("consume stream ended")
+
+    def _give_up(self, exc: AccessError) -> None:
+        """The broker refused our credentials or transport: stop; poll raises `exc`."""
+        log.error(
+            "group membership refused: check the token and TLS settings",
+            extra={"group": self.group, "code": exc.code.name, "reason": exc.message},
+        )
+        self._reset_stream(exc)
+        with self._cond:
+            self.last_error = self.failure = exc
+            self._stop.set()
+            self._cond.notify_all()
 
     def _outgoing(
         self, join: pb.Join, requests: queue.Queue[pb.ConsumeRequest | None]

@@ -17,12 +17,14 @@ class Code(IntEnum):
     INVALID_ARGUMENT = 3
     DEADLINE_EXCEEDED = 4
     NOT_FOUND = 5
+    PERMISSION_DENIED = 7
     RESOURCE_EXHAUSTED = 8
     FAILED_PRECONDITION = 9
     ABORTED = 10
     OUT_OF_RANGE = 11
     INTERNAL = 13
     UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
 
 
 class BrokerError(Exception):
@@ -86,3 +88,25 @@ class Unavailable(BrokerError):
 
     code = Code.UNAVAILABLE
     retriable = True
+
+
+class AccessError(BrokerError):
+    """The client's credentials or transport settings are wrong: retrying cannot help."""
+
+
+class Unauthenticated(AccessError):
+    """No token (or client certificate) was presented, or the broker does not know it."""
+
+    code = Code.UNAUTHENTICATED
+
+
+class PermissionDenied(AccessError):
+    """The principal lacks the role or scope for the operation on the named resource."""
+
+    code = Code.PERMISSION_DENIED
+
+
+class TlsMismatch(AccessError):
+    """A plaintext client reached a broker that speaks TLS."""
+
+    code = Code.UNAVAILABLE

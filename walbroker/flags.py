@@ -17,6 +17,7 @@ this module makes the names uniform, documented and true for every flag.
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Collection, Mapping
 from importlib import metadata
 
@@ -25,6 +26,7 @@ SHARED_PREFIXES = {"influx_": "GPUTEL_INFLUX_"}
 SECRET_WORDS = ("token", "password", "secret")
 TRUE_WORDS = ("1", "true", "yes", "on")
 _FINISHED = "_gputel_flags_finished"
+_NAMED = re.compile(r"\benv (GPUTEL_[A-Z0-9_]+)")
 
 
 def version() -> str:
@@ -73,7 +75,12 @@ def finish(
         elif id(action) in chosen:
             _document(action, "")
         elif action.option_strings and not _is_meta(action):
-            name = (names or {}).get(action.dest) or env_name(prefix, action.dest)
+            named = _NAMED.search(action.help or "")  # a flag that documents its own variable
+            name = (
+                (names or {}).get(action.dest)
+                or (named[1] if named else "")
+                or env_name(prefix, action.dest)
+            )
             if action.default is not argparse.SUPPRESS and action.dest not in own:
                 _take_env(action, env, name)
             _document(action, name)
@@ -125,6 +132,8 @@ def _is_bool(action: argparse.Action) -> bool:
 def _shown(action: argparse.Action) -> str:
     """The default as the help prints it; secrets and empty values say so instead."""
     value = action.default
+    if value is argparse.SUPPRESS:
+        return "none"
     if any(word in action.dest for word in SECRET_WORDS):
         return "hidden" if value else "none"
     if action.nargs == 0 and _is_bool(action):

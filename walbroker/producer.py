@@ -33,7 +33,8 @@ import grpc
 
 from proto.gen import walbroker_pb2 as pb
 from walbroker.client import Backoff, channel, error_from_rpc, error_from_status, metadata, stub
-from walbroker.errors import BrokerError, Code, InvalidArgument, Unavailable
+from walbroker.credentials import ClientSecurity
+from walbroker.errors import AccessError, BrokerError, Code, InvalidArgument, Unavailable
 from walbroker.inflight import Batch, Grant, InFlight
 from walbroker.types import partition_for_key
 
@@ -78,6 +79,7 @@ class Producer(Generic[T]):
         on_ack: Callable[[Batch, pb.PublishAck], None] | None = None,
         on_backpressure: Callable[[BrokerError], None] | None = None,
         on_fenced: Callable[[int, int], None] | None = None,
+        security: ClientSecurity | None = None,
     ) -> None:
         self.target, self.topic, self.encode = target, topic, encode
         self.producer_id = producer_id or uuid.uuid4().hex
@@ -88,7 +90,7 @@ class Producer(Generic[T]):
         self.on_fenced = on_fenced
         self.stats = ProducerStats()
         self.partitions = 0
-        self._channel = channel(target)
+        self._channel = channel(target, security)
         self._cond = threading.Condition()
         self._open: dict[int, _Open] = {}
         self._inflight = InFlight(topic, self.producer_id)  # guarded by _cond
@@ -114,7 +116,7 @@ class Producer(Generic[T]):
                     md = metadata(self._channel)
                     self.partitions = md.default_partitions
                     break
-                if time.monotonic() > deadline:
+                if isinstance(exc, AccessError) or time.monotonic() > deadline:
                     raise
                 time.sleep(backoff.next_s())
         for name, target in (("producer-io", self._io_loop), ("producer-linger", self._linger)):
@@ -216,8 +218,21 @@ class Producer(Generic[T]):
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
-            exc, self._failure = self._failure, None
+            exc = self._failure
+            if not isinstance(exc, AccessError):  # a wrong credential stays wrong
+                self._failure = None
             raise exc
+
+    def _give_up(self, exc: AccessError) -> None:
+        """The broker refused our credentials or transport: fail every send from now on."""
+        log.error(
+            "publish refused: check the token and TLS settings",
+            extra={"code": exc.code.name, "reason": exc.message, "topic": self.topic},
+        )
+        with self._cond:
+            self._failure = exc
+            self._stop.set()
+            self._cond.notify_all()
 
     def send_batch(
         self, partition: int, payload: bytes, count: int, timeout_s: float | None = None
@@ -285,6 +300,9 @@ class Producer(Generic[T]):
             try:
                 self._stream_once(backoff)
                 return
+            except AccessError as exc:
+                self._give_up(exc)
+                return
             except BrokerError as exc:
                 self.stats.backpressure += 1
                 if self.on_backpressure is not None:
@@ -314,7 +332,7 @@ class Producer(Generic[T]):
         except grpc.RpcError as exc:
             if self._stop.is_set():
                 return
-            raise error_from_rpc(exc) from None
+            raise error_from_rpc(exc, self._channel) from None
         finally:
             call.cancel()
         if not self._stop.is_set():

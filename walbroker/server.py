@@ -23,9 +23,11 @@ from proto.gen import walbroker_pb2_grpc as pb_grpc
 from walbroker.config import BrokerConfig
 from walbroker.errors import BrokerError, Code, InvalidArgument, NotFound
 from walbroker.group import GroupCoordinator
+from walbroker.guard import Guard
 from walbroker.lag import group_lags
 from walbroker.log import Log
 from walbroker.metrics import BrokerMetrics, ExtentRow, LagRow
+from walbroker.security import check_exposure
 from walbroker.session import Session, status_of
 from walbroker.types import AppendResult, TopicPartition
 from walbroker.writer import Fence
@@ -188,9 +190,14 @@ class Broker:
         self._reaper: threading.Thread | None = None
         self._metrics_server: Any = None
         self.port = 0
+        sec = config.security
+        self.guard = Guard.build(sec, self.metrics.registry)  # bad token/TLS file: refuse
+        # Applied in order; authentication first, so nothing else runs for a stranger.
+        self.interceptors: list[grpc.ServerInterceptor] = [self.guard.interceptor]
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.grpc_workers, thread_name_prefix="grpc"),
             maximum_concurrent_rpcs=config.grpc_workers - 4,
+            interceptors=self.interceptors,
             options=[
                 ("grpc.max_receive_message_length", config.grpc_max_message_bytes),
                 ("grpc.max_send_message_length", config.grpc_max_message_bytes),
@@ -212,8 +219,10 @@ class Broker:
 
     def start(self) -> None:
         """Open for business: writer, gRPC, metrics endpoint, session reaper."""
+        sec = self.config.security
+        check_exposure("walbroker", self.config.listen, sec.authenticated, sec.tls, sec.insecure)
         self.wal.start()
-        self.port = self.server.add_insecure_port(self.config.listen)
+        self.port = self.guard.bind(self.server, self.config.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
         self.server.start()
@@ -228,7 +237,13 @@ class Broker:
         for service in ("", SERVICE_NAME, "walbroker.v1.Admin"):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "broker serving", extra={"listen": self.address, "metrics": self.config.metrics_listen}
+            "broker serving",
+            extra={
+                "listen": self.address,
+                "metrics": self.config.metrics_listen,
+                "tls": sec.tls,
+                "auth": self.guard.access.enabled,
+            },
         )
 
     def stop(self, grace_s: float = 5.0) -> None:

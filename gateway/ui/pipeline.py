@@ -1,8 +1,9 @@
 """GET /ui/api/pipeline: the broker's topics and groups as the Admin API describes them.
 
-Read calls only (ListTopics, DescribeTopic, ListGroups, DescribeGroup) through
-`walbroker.admin_client`, so the client settings of every broker connection apply; each topic
-and group is the JSON `walbroker admin describe-topic|describe-group --json` prints. One
+Read calls only (ListTopics, DescribeTopic, ListGroups, DescribeGroup: the broker's `read`
+role suffices) through `walbroker.admin_client`, with the broker-client credentials of every
+walbroker client (GPUTEL_BROKER_TOKEN_FILE, _TLS_CA, _TLS_CLIENT_CERT, _TLS_CLIENT_KEY); each
+topic and group is the JSON `walbroker admin describe-topic|describe-group --json` prints. One
 AdminClient per app, opened on first use; thread-safe like the gRPC channel under it.
 """
 
@@ -17,6 +18,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import ApiError
 from walbroker.admin_cli import to_json
 from walbroker.admin_client import AdminClient
+from walbroker.credentials import ClientSecurity
 from walbroker.errors import BrokerError, NotFound
 
 _KEY = "gputel.admin_client"
@@ -40,7 +42,9 @@ def _client(app: Flask) -> AdminClient:
     with _LOCK:
         client: AdminClient | None = app.extensions.get(_KEY)
         if client is None:
-            client = app.extensions[_KEY] = AdminClient(broker_address(), timeout_s=3.0)
+            security = ClientSecurity.from_env()  # ValueError names an unusable file
+            client = AdminClient(broker_address(), security, timeout_s=3.0)
+            app.extensions[_KEY] = client
         return client
 
 

@@ -21,6 +21,7 @@ from tests.fixtures.influx import InfluxConn
 from tests.fixtures.process import ManagedProcess
 from tests.support import wait_until as wait_for
 from walbroker.client import channel
+from walbroker.credentials import ClientSecurity
 from walbroker.producer import Producer
 
 TOPIC = "telemetry"
@@ -57,11 +58,17 @@ class Telemetry:
     metrics: list[str] = field(default_factory=lambda: list(METRICS))
     batch_size: int = 200
     ticks_sent: int = 0
+    security: ClientSecurity | None = None
 
     def publish(self, ticks: Iterable[int], pace_s: float = 0.0) -> None:
         """Publish the given ticks (acknowledged by the broker when this returns)."""
         with Producer(
-            self.address, TOPIC, encode_items, batch_size=self.batch_size, linger_ms=10
+            self.address,
+            TOPIC,
+            encode_items,
+            batch_size=self.batch_size,
+            linger_ms=10,
+            security=self.security,
         ).start() as p:
             for tick in ticks:
                 t = T0 + tick * 1_000_000_000
@@ -173,9 +180,9 @@ def wait_exact(store: Store, expected: dict[tuple[str, str], int], timeout_s: fl
     return counts
 
 
-def lag(address: str, group: str = GROUP) -> dict[int, int]:
+def lag(address: str, group: str = GROUP, security: ClientSecurity | None = None) -> dict[int, int]:
     """Per partition of the group's topic, log end offset minus committed offset."""
-    with channel(address) as ch:
+    with channel(address, security) as ch:
         resp = apb_grpc.AdminStub(ch).DescribeGroup(
             apb.DescribeGroupRequest(group=group), timeout=5
         )

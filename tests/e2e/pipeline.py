@@ -7,27 +7,38 @@ metric, every page.
 from __future__ import annotations
 
 import json
+import ssl
 import sys
 import urllib.parse
 import urllib.request
 from collections import Counter
 from pathlib import Path
 
+from gputel.secure import SecureSetup
 from proto.gen import walbroker_admin_pb2 as apb
 from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
 from tests.fixtures.broker import BrokerProcess, free_port
 from tests.fixtures.process import ManagedProcess
 from tests.support import wait_until as wait_for
 from walbroker.client import channel
+from walbroker.credentials import ClientSecurity
 
 BIN = Path(sys.executable).parent
 FAR_FUTURE = 4102444800  # 2100-01-01, Unix seconds
 
 
-def http_get(url: str, timeout_s: float = 10.0) -> tuple[int, bytes]:
+def http_get(
+    url: str,
+    timeout_s: float = 10.0,
+    context: ssl.SSLContext | None = None,
+    token: str | None = None,
+) -> tuple[int, bytes]:
     """(status, body) of a GET, including error statuses; (0, b'') when unreachable."""
+    req = urllib.request.Request(url)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        with urllib.request.urlopen(req, timeout=timeout_s, context=context) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -44,6 +55,7 @@ class Proc(ManagedProcess):
         super().__init__(argv, log_path)
         self.name, self.health_url = name, health_url
         self.port = port  # the HTTP port serving /metrics and the health URL (0: unknown)
+        self.context: ssl.SSLContext | None = None  # HTTPS (the secure gateway)
 
     @property
     def metrics_url(self) -> str:
@@ -56,7 +68,7 @@ class Proc(ManagedProcess):
         return self
 
     def healthy(self) -> bool:
-        return http_get(self.health_url, 1)[0] == 200
+        return http_get(self.health_url, 1, self.context)[0] == 200
 
 
 class Pipeline:
@@ -69,8 +81,12 @@ class Pipeline:
         store_args: list[str],
         csv: Path,
         env_token: str = "",
+        secure: SecureSetup | None = None,
     ) -> None:
         self.tmp, self.broker, self.store_args, self.csv = tmp, broker, store_args, csv
+        # TLS and a token per component, made as `gputel-up --secure` makes them.
+        self.secure = secure
+        self.context = ssl.create_default_context(cafile=str(secure.ca)) if secure else None
         self.procs: list[Proc] = []
         self.gateway: Proc | None = None
 
@@ -97,11 +113,15 @@ class Pipeline:
                 str(self.csv),
                 "--metrics-listen",
                 f"127.0.0.1:{port}",
+                *self._client("streamer"),
                 *args,
             ],
             port,
             "/healthz",
         )
+
+    def _client(self, principal: str) -> list[str]:
+        return self.secure.client_args(principal) if self.secure else []
 
     def collector(self, *args: str) -> Proc:
         port = free_port()
@@ -116,6 +136,7 @@ class Pipeline:
                 "200",
                 "--metrics-listen",
                 f"127.0.0.1:{port}",
+                *self._client("collector"),
                 *args,
             ],
             port,
@@ -128,12 +149,13 @@ class Pipeline:
     def gateway_proc(self) -> Proc:
         """The gateway, not started yet (its port is known, e.g. to configure a scraper)."""
         port = free_port()
-        self.gateway = self._proc(
-            "gateway",
-            [str(BIN / "gputel-gateway"), *self.store_args, "--bind", f"127.0.0.1:{port}"],
-            port,
-            "/healthz",
-        )
+        argv = [str(BIN / "gputel-gateway"), *self.store_args, "--bind", f"127.0.0.1:{port}"]
+        if self.secure:
+            argv += self.secure.gateway_args()
+        self.gateway = self._proc("gateway", argv, port, "/healthz")
+        if self.secure:
+            self.gateway.health_url = self.gateway.health_url.replace("http:", "https:")
+            self.gateway.context = self.context
         return self.gateway
 
     def stop_all(self) -> None:
@@ -145,7 +167,9 @@ class Pipeline:
     def api(self, path: str, **params: object) -> dict:
         assert self.gateway is not None
         query = urllib.parse.urlencode(params, doseq=True)
-        status, body = http_get(f"{self.gateway.health_url.rsplit('/', 1)[0]}{path}?{query}", 30)
+        token = self.secure.token("api").read_text().strip() if self.secure else None
+        base = self.gateway.health_url.rsplit("/", 1)[0]
+        status, body = http_get(f"{base}{path}?{query}", 30, self.context, token)
         assert status == 200, f"GET {path}: {status} {body[:300]!r}"
         return json.loads(body)
 
@@ -178,7 +202,11 @@ class Pipeline:
     def lag(self, group: str = "collectors") -> int | None:
         """Total lag of a group in points (None if the broker is unreachable)."""
         try:
-            with channel(self.broker.address) as ch:
+            sec = None
+            if self.secure:
+                s = self.secure
+                sec = ClientSecurity(s.token("admin"), s.ca, s.cert("admin"), s.key("admin"))
+            with channel(self.broker.address, sec) as ch:
                 resp = apb_grpc.AdminStub(ch).DescribeGroup(
                     apb.DescribeGroupRequest(group=group), timeout=5
                 )

@@ -13,8 +13,11 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
+from gputel import secure
+from gputel.secure import SecureSetup
 from scripts import gen_dcgm
 from tests.e2e.pipeline import BIN, Pipeline, wait_for
 
@@ -42,7 +45,20 @@ def series(csv_file: Path) -> set[tuple[str, str]]:
 
 @pytest.fixture(params=["sqlite", "influx"])
 def pipeline(request, tmp_path, broker_factory, csv_file) -> Iterator[Pipeline]:
-    if request.param == "sqlite":
+    yield from make_pipeline(request, tmp_path, broker_factory, csv_file)
+
+
+@pytest.fixture
+def secure_pipeline(request, tmp_path, broker_factory, csv_file) -> Iterator[Pipeline]:
+    """The pipeline with TLS (mutual, to the broker) and a token per component, made by the
+    code of `gputel-up --secure`; SQLite store."""
+    yield from make_pipeline(request, tmp_path, broker_factory, csv_file, secure.ensure(tmp_path))
+
+
+def make_pipeline(
+    request, tmp_path, broker_factory, csv_file, tls: SecureSetup | None = None
+) -> Iterator[Pipeline]:
+    if tls is not None or request.param == "sqlite":
         store_args = ["--store", f"sqlite:{tmp_path / 'store.db'}"]
         influx = None
     else:
@@ -60,8 +76,14 @@ def pipeline(request, tmp_path, broker_factory, csv_file) -> Iterator[Pipeline]:
             "--influx-token",
             conn.token,
         ]
-    broker = broker_factory("--partitions", "8").start()
-    p = Pipeline(tmp_path, broker, store_args, csv_file)
+    credentials = None
+    if tls is not None:
+        credentials = grpc.ssl_channel_credentials(
+            tls.ca.read_bytes(), tls.key("admin").read_bytes(), tls.cert("admin").read_bytes()
+        )
+    args = tls.broker_args() if tls else []
+    broker = broker_factory("--partitions", "8", *args, credentials=credentials).start()
+    p = Pipeline(tmp_path, broker, store_args, csv_file, secure=tls)
     p.influx = influx  # type: ignore[attr-defined]
     try:
         yield p
@@ -101,7 +123,18 @@ def streamers_finish(procs, timeout_s: float = 120) -> None:
 def test_exactly_once_through_kill_9_of_broker_and_collector_and_a_streamer_handover(
     pipeline: Pipeline, series
 ):
-    p = pipeline
+    kill_9_scenario(pipeline, series)
+
+
+def test_exactly_once_through_kill_9_with_tls_and_tokens(secure_pipeline: Pipeline, series):
+    kill_9_scenario(secure_pipeline, series)
+    assert secure_pipeline.secure is not None
+    log = secure_pipeline.broker.log_text()
+    assert '"tls": true' in log or "tls=True" in log
+
+
+def kill_9_scenario(p: Pipeline, series: set[tuple[str, str]]) -> None:
+    """kill -9 the broker twice and the collector twice, hand a streamer's GPUs over."""
     p.start_gateway()
     collector = p.collector().start()
     a = p.streamer("--passes", str(PASSES), "--pass-interval", "0.5").start()

@@ -1,0 +1,143 @@
+"""Bearer tokens and TLS on the real gateway: gunicorn serving HTTPS with a token file.
+
+401 problem+json with WWW-Authenticate without a (valid) token, 403 with a token lacking
+the read role, 200 with one; probes stay open; /metrics and the docs as configured; one
+JSON access-log line per request without query values; a non-loopback bind refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.config import GatewayConfig
+from store import open_store
+from tests.fixtures.broker import free_port
+from tests.fixtures.process import ManagedProcess
+from tests.fixtures.secure import Credentials
+from tests.gateway import data
+
+BIN = Path(sys.executable).parent
+
+
+class SecureGateway(ManagedProcess):
+    """gputel-gateway over HTTPS with a token file, on a free loopback port."""
+
+    def __init__(self, config: GatewayConfig, creds: Credentials, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.ctx = ssl.create_default_context(cafile=str(creds.ca_file))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GPUTEL_")}
+        env["GPUTEL_LOG_FORMAT"] = "json"
+        argv = [str(BIN / "gputel-gateway"), f"--bind=127.0.0.1:{self.port}", "--workers=2",
+                f"--store={config.store}", f"--auth-tokens={creds.token_file}",
+                f"--tls-cert={creds.server_cert}", f"--tls-key={creds.server_key}",
+                "--auth-docs"]  # fmt: skip
+        super().__init__(argv, log_path)
+        self.spawn(env, inherit=False)
+        deadline = time.monotonic() + 30
+        while self.get("/healthz")[0] != 200:
+            assert self.running and time.monotonic() < deadline, self.log_tail()
+            time.sleep(0.1)
+
+    def get(self, path: str, token: str | None = None) -> tuple[int, dict[str, str], bytes]:
+        req = urllib.request.Request(self.url + path)
+        if token is not None:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=10, context=self.ctx) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, dict(exc.headers), exc.read()
+        except OSError:
+            return 0, {}, b""
+
+
+@pytest.fixture(scope="module")
+def creds(tmp_path_factory: pytest.TempPathFactory) -> Credentials:
+    c = Credentials(tmp_path_factory.mktemp("creds"))
+    c.add("grafana", "read")
+    c.add("streamer", "produce")
+    return c
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    creds: Credentials, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SecureGateway]:
+    folder = tmp_path_factory.mktemp("gw")
+    config = GatewayConfig(store=f"sqlite:{folder / 'telemetry.db'}")
+    with open_store(config.store) as store:
+        store.write(data.seed())
+    gw = SecureGateway(config, creds, folder / "gateway.log")
+    yield gw
+    gw.terminate(15)
+
+
+def test_401_403_200_over_https(gateway: SecureGateway, creds: Credentials) -> None:
+    status, headers, body = gateway.get("/api/v1/gpus")
+    assert status == 401 and headers["Content-Type"] == "application/problem+json"
+    assert headers["WWW-Authenticate"] == 'Bearer realm="gputel"'
+    assert json.loads(body)["status"] == 401
+    status, headers, body = gateway.get("/api/v1/gpus", token="gpt_wrong")
+    assert status == 401 and 'error="invalid_token"' in headers["WWW-Authenticate"]
+    status, headers, body = gateway.get("/api/v1/hosts", token=creds.tokens["streamer"])
+    assert status == 403 and headers["Content-Type"] == "application/problem+json"
+    assert "read" in json.loads(body)["detail"]
+    status, _, body = gateway.get("/api/v1/gpus?limit=2", token=creds.tokens["grafana"])
+    assert status == 200 and len(json.loads(body)["gpus"]) == 2
+
+
+def test_probes_open_metrics_and_docs_as_configured(
+    gateway: SecureGateway, creds: Credentials
+) -> None:
+    assert gateway.get("/healthz")[0] == 200 and gateway.get("/readyz")[0] == 200
+    assert gateway.get("/metrics")[0] == 200  # open unless --auth-metrics
+    assert gateway.get("/openapi.json")[0] == 401  # --auth-docs
+    assert gateway.get("/swagger/")[0] == 401
+    assert gateway.get("/openapi.json", token=creds.tokens["grafana"])[0] == 200
+
+
+def test_plain_http_against_the_tls_gateway_fails(gateway: SecureGateway) -> None:
+    with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+        urllib.request.urlopen(f"http://127.0.0.1:{gateway.port}/healthz", timeout=5).read()
+
+
+def test_access_log_one_json_line_per_request_without_query_values(
+    gateway: SecureGateway, creds: Credentials
+) -> None:
+    secret = "s3cr3t-value"
+    gateway.get(f"/api/v1/gpus?hostname={secret}", token=creds.tokens["grafana"])
+    gateway.get("/api/v1/hosts")
+    time.sleep(0.5)
+    text = gateway.log_text()
+    lines = [json.loads(ln) for ln in text.splitlines() if ln.startswith("{")]
+    access = [ln for ln in lines if ln.get("logger") == "gateway.access"]
+    ok = [a for a in access if a["route"] == "/api/v1/gpus" and a["principal"] == "grafana"]
+    assert ok and ok[-1]["status"] == 200 and ok[-1]["latency_ms"] >= 0
+    refused = [a for a in access if a["route"] == "/api/v1/hosts" and a["status"] == 401]
+    assert refused and refused[-1]["principal"] is None
+    assert secret not in text
+    for token in creds.tokens.values():
+        assert token not in text
+
+
+def test_non_loopback_bind_without_auth_and_tls_is_refused(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [str(BIN / "gputel-gateway"), f"--store=sqlite:{tmp_path / 'x.db'}",
+         f"--bind=0.0.0.0:{free_port()}"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "refuses to listen" in out.stderr and "authentication and TLS" in out.stderr
