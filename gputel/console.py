@@ -55,8 +55,8 @@ class Console:
 
     def banner(self, text: str, **extra: Any) -> None:
         """The banner; from now on children's routine lines are held back on a terminal."""
-        if self.json_lines:
-            self.say(text.strip().splitlines()[0], **extra)
+        if self.json_lines:  # the whole text too: its commands are meant to be copied
+            self.say(text.strip().splitlines()[0], banner=text.strip(), **extra)
         else:
             self._write(text)
         self._quiet = True

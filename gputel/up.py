@@ -343,7 +343,7 @@ def status_reporter(
     ctx = ssl.create_default_context(cafile=str(tls.ca)) if tls else None
 
     def emit(f: dict[str, object]) -> None:
-        console.say(status.line(f), **({"status": f} if console.json_lines else {}))
+        console.say(status.line(f), **({"pipeline": f} if console.json_lines else {}))
 
     return status.StatusReporter(
         lambda: status.sample(admin, "telemetry", "collectors", readyz, ctx),

@@ -8,7 +8,7 @@ added anywhere later is covered without touching this module:
   line wins over the variable, the variable over the built-in default;
 - every flag's help ends with its default and its variable, e.g.
   `(default: 16; env GPUTEL_BROKER_PARTITIONS)`; a secret's value is never shown;
-- the top-level command gets `--version`.
+- every command gets `--version`, and a sub-command without a description gets its help line.
 
 Commands that already read their variables themselves keep doing so under the same names;
 this module makes the names uniform, documented and true for every flag.
@@ -70,7 +70,10 @@ def finish(
     }
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
+            helps = {c.dest: c.help for c in action._choices_actions}
+            for name, sub in action.choices.items():
+                if not sub.description and helps.get(name):  # `--help` says what it does
+                    sub.description = f"{helps[name][0].upper()}{helps[name][1:]}."
                 finish(sub, env, prefix, names, own)
         elif id(action) in chosen:
             _document(action, "")

@@ -82,16 +82,18 @@ def test_up_runs_every_component_serves_data_and_stops_on_ctrl_c(tmp_path):
         assert wait_until(lambda: len(gpus()) == 255, 60), "the sample's 255 GPUs never arrived"
 
         def flowing(ls: list[str]) -> bool:
-            docs = [json.loads(line) for line in ls if '"status"' in line]
+            docs = [json.loads(line) for line in ls if '"pipeline"' in line]
             return any(
-                d["status"]["stored_per_s"] > 0 and d["status"]["store"] == "ready" for d in docs
+                d["pipeline"]["stored_per_s"] > 0 and d["pipeline"]["store"] == "ready"
+                for d in docs
+                if d.get("component") == "gputel-up"
             )
 
         read_until(proc, lines, flowing)
         docs = [json.loads(line) for line in lines]  # every line is one JSON object
         components = {d.get("component") for d in docs}
         assert {"walbroker", "collector", "gateway", "streamer", "gputel-up"} <= components
-        status_doc = next(d for d in docs if "status" in d)
+        status_doc = next(d for d in docs if "pipeline" in d)
         assert (
             status_doc["msg"].startswith("status: ") and "points/s published" in status_doc["msg"]
         )
@@ -179,7 +181,8 @@ def test_port_in_use_and_missing_csv_are_one_line_errors(tmp_path):
 def test_up_secure_runs_over_tls_with_a_token_per_component(tmp_path):
     base = free_block()
     proc = up(tmp_path, "--secure", "--port", str(base), "--broker-port", str(base + 1),
-              "--metrics-port", str(base + 2), "--pass-interval", "1")  # fmt: skip
+              "--metrics-port", str(base + 2), "--pass-interval", "1",
+              log_format="text")  # fmt: skip
     lines: list[str] = []
     secure_dir = tmp_path / "var" / "secure"
     try:
@@ -212,6 +215,10 @@ def test_up_secure_runs_over_tls_with_a_token_per_component(tmp_path):
             return json.loads(body)["gpus"] if status == 200 else []
 
         assert wait_until(lambda: len(gpus()) == 255, 90), "the sample's 255 GPUs never arrived"
+        # The web view's pipeline relay reads the broker with its own read-only principal.
+        assert get("/ui/api/pipeline", None)[0] == 401
+        status, body = get("/ui/api/pipeline", token)
+        assert status == 200 and json.loads(body)["topics"][0]["topic"]["name"] == "telemetry"
         # The admin command the banner shows works as printed; without credentials it does not.
         admin_line = next(ln for ln in lines if "walbroker admin" in ln and "describe-group" in ln)
         argv = shlex.split(admin_line.strip())

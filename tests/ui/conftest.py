@@ -92,6 +92,8 @@ class Web:
     url: str
     broker: BrokerProcess
     gateway: Gateway
+    config: GatewayConfig
+    folder: Path
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +111,7 @@ def web(tmp_path_factory) -> Iterator[Web]:
         config = GatewayConfig(store=f"sqlite:{folder / 'telemetry.db'}", broker=broker.address)
         gateway = Gateway(config, folder / "gateway.log", workers=2, threads=4)
         try:
-            yield Web(gateway.url, broker, gateway)
+            yield Web(gateway.url, broker, gateway, config, folder)
         finally:
             gateway.stop()
     finally:

@@ -2,9 +2,23 @@
 "use strict";
 
 const gputel = (() => {
+  // With --auth-tokens the API wants a bearer token: asked for once, kept for this tab only.
+  const TOKEN_KEY = "gputel.token";
+
+  function askForToken(rejected) {
+    const form = document.getElementById("token-form");
+    form.hidden = false;
+    form.dataset.rejected = rejected ? "yes" : "no";
+    document.getElementById("token").focus();
+  }
+
   /** GET a JSON document of this gateway; throws an Error carrying the problem+json detail. */
   async function getJson(path) {
-    const resp = await fetch(path, { headers: { Accept: "application/json" } });
+    const headers = { Accept: "application/json" };
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const resp = await fetch(path, { headers });
+    if (resp.status === 401) askForToken(Boolean(token));
     const body = await resp.json().catch(() => null);
     if (!resp.ok) {
       const detail = body && body.detail ? body.detail : resp.statusText;
@@ -104,6 +118,13 @@ const gputel = (() => {
     return state;
   }
 
-  document.addEventListener("DOMContentLoaded", storeState);
+  document.addEventListener("DOMContentLoaded", () => {
+    storeState();
+    document.getElementById("token-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      sessionStorage.setItem(TOKEN_KEY, document.getElementById("token").value.trim());
+      location.reload();
+    });
+  });
   return { getJson, allPages, pool, el, table, fmt, fmtBytes, fmtTime, showError, storeState };
 })();
