@@ -8,6 +8,7 @@ after its store acknowledged the write). Rates are the differences between two s
 
 from __future__ import annotations
 
+import argparse
 import ssl
 import threading
 import time
@@ -15,9 +16,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from walbroker.admin_client import AdminClient
+from walbroker.credentials import ClientSecurity
 from walbroker.errors import BrokerError, NotFound
+
+if TYPE_CHECKING:  # gputel.secure needs `cryptography`: imported only with --secure
+    from gputel.console import Console
+    from gputel.secure import SecureSetup
 
 INTERVAL_S = 10.0
 
@@ -119,3 +126,50 @@ class StatusReporter:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(10)
+
+
+def _https(tls: SecureSetup | None) -> tuple[str, ssl.SSLContext | None, dict[str, str]]:
+    """Scheme, TLS context and headers of a request to the gateway (--secure: CA and token)."""
+    if tls is None:
+        return "http", None, {}
+    token = tls.token("api").read_text().strip()
+    ctx = ssl.create_default_context(cafile=str(tls.ca))
+    return "https", ctx, {"Authorization": f"Bearer {token}"}
+
+
+def wait_for_data(
+    a: argparse.Namespace, stop: threading.Event, tls: SecureSetup | None, timeout_s: float = 30
+) -> None:
+    """Wait (bounded) until the store holds a GPU, so the banner's examples answer with data."""
+    scheme, ctx, headers = _https(tls)
+    req = urllib.request.Request(
+        f"{scheme}://127.0.0.1:{a.port}/api/v1/gpus?limit=1", headers=headers
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not stop.is_set():
+        try:
+            with urllib.request.urlopen(req, timeout=2, context=ctx) as resp:
+                if b'"uuid"' in resp.read():
+                    return
+        except OSError:
+            pass
+        stop.wait(0.5)
+
+
+def reporter(
+    a: argparse.Namespace, console: Console, tls: SecureSetup | None
+) -> StatusReporter | None:
+    """The thread printing a status line every --status-interval-s (None when 0)."""
+    if a.status_interval_s <= 0:
+        return None
+    security = ClientSecurity.build(**tls.client_files("admin")) if tls else None
+    admin = AdminClient(f"127.0.0.1:{a.broker_port}", security, timeout_s=2.0)
+    scheme, ctx, _ = _https(tls)
+    readyz = f"{scheme}://127.0.0.1:{a.port}/readyz"
+
+    def emit(f: dict[str, object]) -> None:
+        console.say(line(f), **({"pipeline": f} if console.json_lines else {}))
+
+    return StatusReporter(
+        lambda: sample(admin, "telemetry", "collectors", readyz, ctx), emit, a.status_interval_s
+    )

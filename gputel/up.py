@@ -32,9 +32,6 @@ from gputel import status
 from gputel.banner import banner, urls
 from gputel.console import Console
 from walbroker import flags
-from walbroker.admin_client import AdminClient
-from walbroker.credentials import ENV as BROKER_CLIENT_ENV
-from walbroker.credentials import ClientSecurity
 
 PACKAGED_CSV = Path(__file__).resolve().parent.parent / "data" / "dcgm.csv"
 COLOURS = ["36", "33", "35", "32", "34", "31", "96", "93"]
@@ -52,6 +49,7 @@ class Component:
     argv: list[str]
     health_url: str = ""
     grpc_address: str = ""
+    finishes: bool = False  # exiting with 0 is the job done (a streamer with --passes)
     secure: SecureSetup | None = None  # how to reach it over TLS (--secure)
     env: dict[str, str] = field(default_factory=dict)  # added to the child's environment
     proc: subprocess.Popen[bytes] | None = None
@@ -104,6 +102,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "CA, certificates and tokens are made once under DATA_DIR/secure (mode 0600)",
     )
     p.add_argument(
+        "--passes",
+        type=int,
+        default=None,
+        help="passes over the CSV, then the streamers exit and the rest keeps serving "
+        "(default: loop forever)",
+    )
+    p.add_argument(
+        "--time",
+        choices=["processing", "source"],
+        default="processing",
+        help="point timestamps: processing (when streamed) or source (the CSV's own: "
+        "`--csv FILE --passes 1 --time source` imports an export once)",
+    )
+    p.add_argument(
         "--verbose",
         action="store_true",
         help="on a terminal, keep showing every component's log lines after start-up",
@@ -114,7 +126,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=status.INTERVAL_S,
         help="seconds between status lines (points/s, lag, store; 0: none)",
     )
-    return flags.finish(p, os.environ, "GPUTEL_UP_").parse_args(argv)
+    a = flags.finish(p, os.environ, "GPUTEL_UP_").parse_args(argv)
+    if a.passes is not None and a.passes < 1:
+        p.error("--passes must be at least 1")
+    return a
 
 
 def check_port(port: int) -> None:
@@ -190,7 +205,7 @@ def plan(a: argparse.Namespace, tls: SecureSetup | None = None) -> list[Componen
             [*gateway, *(tls.gateway_args() if tls else [])],
             f"{scheme}://{_local(a.port)}/readyz",
             secure=tls,
-            env=gateway_broker_env(tls),
+            env=tls.broker_client_env("gateway") if tls else {},
         )
     )
     for i in range(a.streamers):
@@ -201,20 +216,16 @@ def plan(a: argparse.Namespace, tls: SecureSetup | None = None) -> list[Componen
             broker,
             "--csv",
             str(source),
-            "--forever",
+            *(["--forever"] if a.passes is None else ["--passes", str(a.passes)]),
             "--pass-interval",
             str(a.pass_interval),
+            "--time",
+            a.time,
             *client("streamer"),
         ]
         comps.append(_http_component(f"streamer-{i}", argv, port))
+        comps[-1].finishes = a.passes is not None
     return comps
-
-
-def gateway_broker_env(tls: SecureSetup | None) -> dict[str, str]:
-    """How the gateway's pipeline page reaches a --secure broker: the read-only principal."""
-    if tls is None or not tls.token("gateway").exists():  # made before that principal existed
-        return {}
-    return {BROKER_CLIENT_ENV[k]: str(v) for k, v in client_files(tls, "gateway").items()}
 
 
 def _http_component(name: str, argv: list[str], port: int) -> Component:
@@ -295,6 +306,8 @@ def start(c: Component, colour: str, console: Console, timeout_s: float = 60.0) 
     c.threads.append(t)
     deadline = time.monotonic() + timeout_s
     while not healthy(c):
+        if c.proc.poll() == 0 and c.finishes:
+            return  # done before its health check answered (a small import)
         if c.proc.poll() is not None:
             raise UpError(f"{c.name} exited with code {c.proc.returncode} while starting")
         if time.monotonic() > deadline:
@@ -317,51 +330,6 @@ def stop_all(comps: list[Component]) -> None:
             t.join(2)
 
 
-def wait_for_data(a: argparse.Namespace, stop: threading.Event, timeout_s: float = 30.0) -> None:
-    """Wait (bounded) until the store holds a GPU, so the banner's examples answer with data."""
-    url = f"http://127.0.0.1:{a.port}/api/v1/gpus?limit=1"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not stop.is_set():
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if b'"uuid"' in resp.read():
-                    return
-        except OSError:
-            pass
-        stop.wait(0.5)
-
-
-def status_reporter(
-    a: argparse.Namespace, console: Console, tls: SecureSetup | None
-) -> status.StatusReporter | None:
-    """The thread printing a status line every --status-interval-s (None when 0)."""
-    if a.status_interval_s <= 0:
-        return None
-    security = ClientSecurity.build(**client_files(tls, "admin")) if tls else None
-    admin = AdminClient(_local(a.broker_port), security, timeout_s=2.0)
-    readyz = f"{'https' if tls else 'http'}://127.0.0.1:{a.port}/readyz"
-    ctx = ssl.create_default_context(cafile=str(tls.ca)) if tls else None
-
-    def emit(f: dict[str, object]) -> None:
-        console.say(status.line(f), **({"pipeline": f} if console.json_lines else {}))
-
-    return status.StatusReporter(
-        lambda: status.sample(admin, "telemetry", "collectors", readyz, ctx),
-        emit,
-        a.status_interval_s,
-    )
-
-
-def client_files(tls: SecureSetup, principal: str) -> dict[str, Path]:
-    """The broker-client files of `principal` (ClientSecurity.build's keywords)."""
-    return {
-        "token_file": tls.token(principal),
-        "tls_ca": tls.ca,
-        "tls_cert": tls.cert(principal),
-        "tls_key": tls.key(principal),
-    }
-
-
 def run(a: argparse.Namespace) -> int:
     """Start everything, wait for Ctrl-C or a death, stop everything."""
     for port in ports_of(a):
@@ -382,13 +350,22 @@ def run(a: argparse.Namespace) -> int:
     try:
         for i, c in enumerate(comps):
             start(c, COLOURS[i % len(COLOURS)], console)
-        wait_for_data(a, stop)
+        status.wait_for_data(a, stop, tls)
         console.banner(banner(a, csv_path(a), executable("walbroker"), tls), **urls(a))
-        reporter = status_reporter(a, console, tls)
+        reporter = status.reporter(a, console, tls)
         if reporter is not None:
             reporter.start()
+        finished: set[str] = set()
         while not stop.wait(0.5):
-            dead = [c for c in comps if c.proc is not None and c.proc.poll() is not None]
+            done = [c for c in comps if c.finishes and c.proc and c.proc.poll() == 0]
+            for c in done:
+                if c.name not in finished:
+                    finished.add(c.name)
+                    console.say(f"gputel-up: {c.name} finished its passes")
+            dead = [
+                c for c in comps
+                if c.proc is not None and c.proc.poll() is not None and c not in done
+            ]  # fmt: skip
             if dead:
                 raise UpError(
                     f"{dead[0].name} exited with code {dead[0].proc.returncode}"

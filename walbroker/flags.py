@@ -70,10 +70,11 @@ def finish(
     }
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            helps = {c.dest: c.help for c in action._choices_actions}
+            helps = {c.dest: c.help or "" for c in action._choices_actions}
             for name, sub in action.choices.items():
-                if not sub.description and helps.get(name):  # `--help` says what it does
-                    sub.description = f"{helps[name][0].upper()}{helps[name][1:]}."
+                said = helps.get(name, "")
+                if not sub.description and said:  # `--help` of the command says what it does
+                    sub.description = f"{said[0].upper()}{said[1:]}."
                 finish(sub, env, prefix, names, own)
         elif id(action) in chosen:
             _document(action, "")

@@ -147,12 +147,13 @@ affinity:
 {{- end }}
 {{- end -}}
 
-{{/* HTTP liveness (/healthz) and readiness (/readyz) probes on a named port. */}}
+{{/* HTTP liveness (/healthz) and readiness (/readyz) probes: (dict "port" name "scheme" s). */}}
 {{- define "gputel.httpProbes" -}}
 livenessProbe:
   httpGet:
     path: /healthz
-    port: {{ . }}
+    port: {{ .port }}
+    scheme: {{ .scheme }}
   initialDelaySeconds: 5
   periodSeconds: 10
   timeoutSeconds: 2
@@ -160,7 +161,8 @@ livenessProbe:
 readinessProbe:
   httpGet:
     path: /readyz
-    port: {{ . }}
+    port: {{ .port }}
+    scheme: {{ .scheme }}
   periodSeconds: 5
   timeoutSeconds: 2
   failureThreshold: 3

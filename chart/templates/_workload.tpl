@@ -1,8 +1,9 @@
 {{/*
 A hardened Deployment for one stateless component.
-(dict "root" $ "component" "collector" "values" .Values.collector "args" (list ...) "env" "<yaml>" "portName" "http")
-Every container gets the chart's securityContext and a writable emptyDir at /tmp; the root
-filesystem stays read-only.
+(dict "root" $ "component" "collector" "values" .Values.collector "args" (list ...) "env" "<yaml>"
+      "portName" "http" "tls" "ca"|"server" "scheme" "HTTP"|"HTTPS")
+Every container gets the chart's securityContext, a writable emptyDir at /tmp and its own
+credentials (gputel.trustVolumes); the root filesystem stays read-only.
 */}}
 {{- define "gputel.deployment" -}}
 {{- $root := .root -}}
@@ -51,7 +52,7 @@ spec:
             - name: {{ .portName }}
               containerPort: {{ $v.port }}
               protocol: TCP
-          {{- include "gputel.httpProbes" .portName | nindent 10 }}
+          {{- include "gputel.httpProbes" (dict "port" .portName "scheme" (.scheme | default "HTTP")) | nindent 10 }}
           resources:
             {{- toYaml $v.resources | nindent 12 }}
           securityContext:
@@ -59,10 +60,12 @@ spec:
           volumeMounts:
             - name: tmp
               mountPath: /tmp
+            {{- include "gputel.trustMounts" $root | nindent 12 }}
       volumes:
         - name: tmp
           emptyDir:
             sizeLimit: 256Mi
+        {{- include "gputel.trustVolumes" (dict "root" $root "component" .component "tls" (.tls | default "ca")) | nindent 8 }}
 {{- end -}}
 
 {{/* A ClusterIP Service for one component's single HTTP port. */}}
