@@ -68,6 +68,11 @@ def page_is_clean(browser, web) -> None:
     assert not foreign, foreign
 
 
+def short_time(text: str) -> str:
+    """The API's RFC 3339 time as the pages print it (common.js fmtTime)."""
+    return text.replace("T", " ").split(".")[0].removesuffix("Z") + " UTC"
+
+
 def shot(browser, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     browser.execute_script("window.scrollTo(0, 0)")
@@ -145,6 +150,10 @@ def test_gpu_page_plots_each_metric_and_downsamples_long_windows(web, browser):
     latest = api(web, f"/api/v1/gpus/{gpu.uuid}")["latest"]
     rows = browser.find_elements(By.CSS_SELECTOR, "#latest tbody tr")
     assert [r.get_attribute("data-metric") for r in rows] == [p["metric"] for p in latest]
+    for row, point in zip(rows, latest, strict=True):  # the source time, where known
+        cells = [c.text for c in row.find_elements(By.CSS_SELECTOR, "td")]
+        assert point["source_time"] and cells[3] == short_time(point["source_time"])
+        assert cells[2] == short_time(point["time"]) != cells[3]
     text = browser.find_element(By.ID, "descriptor").text
     assert gpu.hostname in text and gpu.model in text and gpu.device in text
     shot(browser, "gpu")
