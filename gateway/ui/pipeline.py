@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import Flask, Response, current_app, jsonify
 
@@ -21,6 +23,7 @@ from walbroker.admin_client import AdminClient
 from walbroker.credentials import ClientSecurity
 from walbroker.errors import BrokerError, NotFound
 
+T = TypeVar("T")
 _KEY = "gputel.admin_client"
 _LOCK = threading.Lock()
 
@@ -55,19 +58,42 @@ def snapshot() -> Response:
         return jsonify({"broker": None, "topics": [], "groups": [], "read_at_ms": _now_ms()})
     admin = _client(current_app)
     try:
-        topics = [to_json(admin.describe_topic(t.name)) for t in admin.topics().topics]
-        groups = []
-        for g in admin.groups().groups:
-            try:
-                groups.append(to_json(admin.describe_group(g.name)))
-            except NotFound:  # expired between the two calls
-                continue
+        topics, groups = off_the_hub(lambda: _read(admin))
     except BrokerError as exc:
         raise BrokerUnavailable(
             f"broker {address}: {exc.message.splitlines()[0] if exc.message else exc.code.name}",
             broker=address,
         ) from None
     return jsonify({"broker": address, "topics": topics, "groups": groups, "read_at_ms": _now_ms()})
+
+
+def _read(admin: AdminClient) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every topic described, every group described (one that vanished meanwhile is left out)."""
+    topics = [to_json(admin.describe_topic(t.name)) for t in admin.topics().topics]
+    groups = []
+    for g in admin.groups().groups:
+        try:
+            groups.append(to_json(admin.describe_group(g.name)))
+        except NotFound:  # expired between the two calls
+            continue
+    return topics, groups
+
+
+def off_the_hub(fn: Callable[[], T]) -> T:
+    """Run `fn` so that its blocking gRPC waits do not stall a gevent worker.
+
+    Under the gateway's gevent worker sockets are cooperative but gRPC's C core is not: a call
+    made on the hub would hold every other request of the worker until it returns (up to the
+    3 s deadline when the broker is down). gevent's thread pool waits for it cooperatively.
+    """
+    try:
+        from gevent import get_hub, monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency of the gateway
+        return fn()
+    if not monkey.is_module_patched("socket"):
+        return fn()
+    result: T = get_hub().threadpool.apply(fn)
+    return result
 
 
 def _now_ms() -> int:
