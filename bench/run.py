@@ -29,6 +29,7 @@ SUITES = [
     "e2e_bench",
     "import_bench",
     "gateway_bench",
+    "fleet_bench",
 ]
 
 

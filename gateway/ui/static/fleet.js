@@ -80,9 +80,11 @@
   }
 
   async function init() {
-    const [metrics, hosts, all] = await Promise.all([
-      getJson("/api/v1/metrics"), getJson("/api/v1/hosts"), allPages("/api/v1/gpus?limit=1000", "gpus"),
+    const [metricNames, hostNames, all] = await Promise.all([
+      allPages("/api/v1/metrics?limit=1000", "metrics"), allPages("/api/v1/hosts?limit=1000", "hosts"),
+      allPages("/api/v1/gpus?limit=1000", "gpus"),
     ]);
+    const metrics = { metrics: metricNames }, hosts = { hosts: hostNames };
     const p = params();
     const chosen = p.get("metric") || PREFERRED.find((m) => metrics.metrics.includes(m)) || metrics.metrics[0] || "";
     $("metric").replaceChildren(...metrics.metrics.map((m) => el("option", { value: m, text: m })));
