@@ -72,7 +72,7 @@ def test_every_flag_says_its_default_and_variable(entry, monkeypatch):
             assert "default" in text or "required" in text, f"{flag}: no default in {text!r}"
             assert "env GPUTEL_" in text or "no env:" in text, f"{flag}: no variable in {text!r}"
             checked += 1
-    assert checked >= 5
+    assert checked >= 1, "no flag found: the parser was not captured"
 
 
 @pytest.mark.parametrize("entry", scripts(), ids=lambda e: e.name)
