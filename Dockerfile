@@ -16,8 +16,15 @@ COPY streamer/ streamer/
 COPY collector/ collector/
 COPY gateway/ gateway/
 COPY gputel/ gputel/
+# Wheels in wheelhouse/ (made on the host by `make image`: pip there can reach the index) are
+# installed offline; an empty wheelhouse installs from the package index as usual.
+COPY wheelhouse/ /wheelhouse/
 RUN python -m venv /opt/gputel \
-    && /opt/gputel/bin/pip install --no-cache-dir . \
+    && if ls /wheelhouse/*.whl >/dev/null 2>&1; then \
+         /opt/gputel/bin/pip install --no-cache-dir --no-index --find-links /wheelhouse gputel; \
+       else \
+         /opt/gputel/bin/pip install --no-cache-dir .; \
+       fi \
     && find /opt/gputel -name '__pycache__' -prune -exec rm -rf {} +
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -159,6 +159,18 @@ port-forward-grafana: ## Grafana on http://localhost:8484
 chart-test: ## offline chart, rules, dashboard and Dockerfile tests (installs helm/promtool first)
 	PYTHON=$(PY) scripts/install-tools.sh
 	$(BIN)/pytest -q tests/chart $(PYTEST_ARGS)
+# --- the image and the chart on real machinery (CI runs both after make test) ----------------
+# make image: Debian's docker engine (started without bridge or iptables), a local base image
+# (debootstrap minbase + python3.11, cached) unless IMAGE_BASE=default keeps python:3.11-slim.
+IMAGE_BASE ?= local
+.PHONY: image image-test
+
+image: ## build $(IMAGE) with a local Docker engine; prints its size and the build time
+	IMAGE=$(IMAGE) BASE=$(IMAGE_BASE) PYTHON=$(PY) scripts/image.sh build
+
+image-test: image ## run broker, collector, gateway and a streamer as hardened containers; points must arrive
+	GPUTEL_IMAGE=$(IMAGE) $(BIN)/pytest -q -p no:cacheprovider tests/image $(PYTEST_ARGS)
+
 # --- end of containers and Kubernetes ---------------------------------------------------------
 
 # --- gateway: OpenAPI document and Swagger UI ------------------------------------------------

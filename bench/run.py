@@ -28,6 +28,7 @@ SUITES = [
     "collector_bench",
     "e2e_bench",
     "secure_bench",
+    "import_bench",
     "gateway_bench",
 ]
 

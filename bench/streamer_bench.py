@@ -34,14 +34,14 @@ def run(
         path = Path(tmp) / "dcgm.csv"
         with open(path, "w", encoding="utf-8", newline="") as f:
             gen_dcgm.write(f, 11, hosts, 8, scrapes)
-        rows = read_csv(path)
+        rows = read_csv(path)  # only to count the accepted rows
         broker = BrokerProcess(Path(tmp) / "broker", "--partitions", "16").start()
         try:
             config = StreamerConfig(
                 broker=broker.address, csv=str(path), passes=passes, batch_size=batch_size,
                 metrics_listen="",
             )  # fmt: skip
-            streamer = Streamer(config, rows, new_metrics(CollectorRegistry()))
+            streamer = Streamer(config, new_metrics(CollectorRegistry()))
             marks = _watch(streamer, len(rows), passes * len(rows))
             started = time.perf_counter()
             code = streamer.run()

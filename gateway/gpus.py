@@ -69,7 +69,12 @@ def get_gpu(gpu_id: str) -> Response:
     body: schemas.GpuDetail = {
         "gpu": lookup.describe(gpu),
         "latest": [
-            {"metric": name, "time": format_time(p.time_ns), "value": p.value}
+            {
+                "metric": name,
+                "time": format_time(p.time_ns),
+                "value": p.value,
+                "source_time": format_time(p.source_time_ns) if p.source_time_ns else None,
+            }
             for name, p in sorted(latest.items())
         ],
     }

@@ -12,6 +12,14 @@ from pydantic import Field
 from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
 Time = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+SourceTime = Annotated[
+    Time | None,
+    Field(
+        description="The point's own time in its source (the DCGM export's timestamp or the "
+        "scrape's sample time); null when unknown and for window aggregates. `time` is the "
+        "time it was ingested, or the same as this with the streamer's --time source."
+    ),
+]
 
 
 class Gpu(TypedDict):
@@ -42,6 +50,7 @@ class LatestValue(TypedDict):
     metric: str
     time: Time
     value: float
+    source_time: SourceTime
 
 
 class GpuDetail(TypedDict):
@@ -57,6 +66,7 @@ class Point(TypedDict):
     time: Time
     metric: str
     value: float
+    source_time: SourceTime
 
 
 class Downsampling(TypedDict):

@@ -132,8 +132,10 @@ def raw_page(
     page = found[: q.limit]
     # Plain tuples and one formatted stamp per distinct time: this loop is most of a page's CPU.
     stamps = format_times([row[0] for row in page])
+    sources = format_times([row[3] for row in page if row[3]])
     points: list[schemas.Point] = [
-        {"time": stamps[t], "metric": metric, "value": value} for t, metric, value in page
+        {"time": stamps[t], "metric": metric, "value": value, "source_time": sources.get(s)}
+        for t, metric, value, s in page
     ]
     more = len(found) > q.limit
     return points, cursor.encode([page[-1][0], page[-1][1]], fp) if more else None
@@ -149,7 +151,8 @@ def window_page(
     spec = windows.Window(gpu.uuid, q.lo, q.hi, q.metrics, parse_duration(q.every), q.agg)
     found, resume = windows.page(store, spec, q.limit, after)
     points: list[schemas.Point] = [
-        {"time": format_time(w.time_ns), "metric": w.metric, "value": w.value} for w in found
+        {"time": format_time(w.time_ns), "metric": w.metric, "value": w.value, "source_time": None}
+        for w in found
     ]
     return points, cursor.encode(list(resume), fp) if resume else None
 

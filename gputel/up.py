@@ -46,6 +46,7 @@ class Component:
     argv: list[str]
     health_url: str = ""
     grpc_address: str = ""
+    finishes: bool = False  # exiting with 0 is the job done (a streamer with --passes)
     secure: SecureSetup | None = None  # how to reach it over TLS (--secure)
     proc: subprocess.Popen[bytes] | None = None
     threads: list[threading.Thread] = field(default_factory=list)
@@ -91,7 +92,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="TLS (mutual, to the broker) and one least-privilege token per component; "
         "CA, certificates and tokens are made once under DATA_DIR/secure (mode 0600)",
     )
-    return p.parse_args(argv)
+    p.add_argument(
+        "--passes",
+        type=int,
+        default=None,
+        help="passes over the CSV, then the streamers exit and the rest keeps serving "
+        "(default: loop forever)",
+    )
+    p.add_argument(
+        "--time",
+        choices=["processing", "source"],
+        default="processing",
+        help="point timestamps: processing (when streamed) or source (the CSV's own: "
+        "`--csv FILE --passes 1 --time source` imports an export once)",
+    )
+    a = p.parse_args(argv)
+    if a.passes is not None and a.passes < 1:
+        p.error("--passes must be at least 1")
+    return a
 
 
 def check_port(port: int) -> None:
@@ -177,12 +195,15 @@ def plan(a: argparse.Namespace, tls: SecureSetup | None = None) -> list[Componen
             broker,
             "--csv",
             str(source),
-            "--forever",
+            *(["--forever"] if a.passes is None else ["--passes", str(a.passes)]),
             "--pass-interval",
             str(a.pass_interval),
+            "--time",
+            a.time,
             *client("streamer"),
         ]
         comps.append(_http_component(f"streamer-{i}", argv, port))
+        comps[-1].finishes = a.passes is not None
     return comps
 
 
@@ -264,6 +285,8 @@ def start(c: Component, colour: str, out: threading.Lock, timeout_s: float = 60.
     c.threads.append(t)
     deadline = time.monotonic() + timeout_s
     while not healthy(c):
+        if c.proc.poll() == 0 and c.finishes:
+            return  # done before its health check answered (a small import)
         if c.proc.poll() is not None:
             raise UpError(f"{c.name} exited with code {c.proc.returncode} while starting")
         if time.monotonic() > deadline:
@@ -356,8 +379,18 @@ def run(a: argparse.Namespace) -> int:
             start(c, COLOURS[i % len(COLOURS)], out)
         with out:
             print(banner(a, csv_path(a), tls), flush=True)
+        finished: set[str] = set()
         while not stop.wait(0.5):
-            dead = [c for c in comps if c.proc is not None and c.proc.poll() is not None]
+            done = [c for c in comps if c.finishes and c.proc and c.proc.poll() == 0]
+            for c in done:
+                if c.name not in finished:
+                    finished.add(c.name)
+                    with out:
+                        print(f"gputel-up: {c.name} finished its passes", flush=True)
+            dead = [
+                c for c in comps
+                if c.proc is not None and c.proc.poll() is not None and c not in done
+            ]  # fmt: skip
             if dead:
                 raise UpError(
                     f"{dead[0].name} exited with code {dead[0].proc.returncode}"

@@ -71,8 +71,8 @@ class WindowValue(NamedTuple):
     value: float
 
 
-RawPoint = tuple[int, str, float]
-"""One point as a plain tuple: (time_ns, metric, value), what a telemetry page shows."""
+RawPoint = tuple[int, str, float, int]
+"""One point as a plain tuple: (time_ns, metric, value, source_time_ns), what a page shows."""
 
 
 class PointCursor(NamedTuple):
@@ -161,13 +161,13 @@ class Store(abc.ABC):
         limit: int = 1000,
         after: tuple[int, str] | None = None,
     ) -> list[RawPoint]:
-        """Return what `query_points` returns, as (time_ns, metric, value) tuples.
+        """Return what `query_points` returns, as (time_ns, metric, value, source_time_ns) tuples.
 
         Same bounds, order, limit and cursor. The gateway's page path: a store overrides it
         when plain tuples cost less to build than `StoredPoint`s.
         """
         found = self.query_points(uuid, start_ns, end_ns, metrics, limit, after)
-        return [(p.time_ns, p.metric, p.value) for p in found]
+        return [(p.time_ns, p.metric, p.value, p.source_time_ns) for p in found]
 
     @abc.abstractmethod
     def latest(self, uuid: str) -> dict[str, StoredPoint]:

@@ -223,8 +223,8 @@ class SqliteStore(Store):
         limit: int = 1000,
         after: tuple[int, str] | None = None,
     ) -> list[RawPoint]:
-        """Return what `query_points` returns, as (time_ns, metric, value) tuples."""
-        columns = "p.time_ns, p.metric, p.value"
+        """Return what `query_points` returns, as (time_ns, metric, value, source_time_ns)."""
+        columns = "p.time_ns, p.metric, p.value, p.source_time_ns"
         return self._read(*_points_query(columns, uuid, start_ns, end_ns, metrics, limit, after))
 
     def latest(self, uuid: str) -> dict[str, StoredPoint]:

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from gputel.probes import ProbeServer
 from streamer.config import ConfigError, StreamerConfig, parse_config
 from streamer.runner import Streamer
-from streamer.source import SourceError, new_metrics, read_csv
+from streamer.source import SourceError, check_header, new_metrics
 from walbroker import logs
 
 
@@ -49,9 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _stream(config: StreamerConfig, streamers: list[Streamer]) -> int:
-    """Parse the CSV once, then stream until finished or signalled."""
-    rows = read_csv(config.csv)
-    streamer = Streamer(config, rows, new_metrics(REGISTRY))
+    """Stream the CSV until finished or signalled."""
+    check_header(config.csv)  # a file that cannot be streamed fails before connecting
+    streamer = Streamer(config, new_metrics(REGISTRY))
     streamers.append(streamer)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: streamer.stop())

@@ -18,6 +18,7 @@ from walbroker.credentials import (
 )
 
 ENV_PREFIX = "GPUTEL_STREAMER_"
+TIME_MODES = ("processing", "source")
 
 
 class ConfigError(ValueError):
@@ -31,7 +32,9 @@ class StreamerConfig:
     `passes` is the number of passes over each partition's rows (None: forever).
     `rate_rows_per_s` paces this process's rows (token bucket); `pass_interval_s`
     starts each partition's next pass at most once per interval; neither: full speed.
-    `encode_cache_bytes` bounds the encoded chunks kept for later passes (0: none).
+    `source_cache_bytes` bounds the parsed rows kept for later passes (a larger file is
+    parsed again each pass; 0: always). `time_mode` is "processing" (points stamped when
+    sent) or "source" (the CSV's own timestamps: importing a historical export).
     """
 
     broker: str
@@ -44,7 +47,8 @@ class StreamerConfig:
     batch_size: int = 2000
     linger_ms: int = 20
     max_pending_points: int = 200_000
-    encode_cache_bytes: int = 64 * 1024 * 1024
+    source_cache_bytes: int = 64 * 1024 * 1024
+    time_mode: str = "processing"
     metrics_listen: str = "127.0.0.1:9102"
     commit_interval_s: float = 1.0
     session_timeout_ms: int = 10_000
@@ -83,10 +87,18 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     p.add_argument("--max-pending-points", type=int, default=e("MAX_PENDING_POINTS", "200000"))
     p.add_argument(
-        "--encode-cache-mb",
+        "--source-cache-mb",
         type=float,
-        default=e("ENCODE_CACHE_MB", "64"),
-        help="memory for encoded chunks reused by later passes (0: encode every pass)",
+        default=e("SOURCE_CACHE_MB", "64"),
+        help="memory for parsed rows reused by later passes, 24 bytes a row; a larger "
+        "file is read again each pass (0: always read)",
+    )
+    p.add_argument(
+        "--time",
+        choices=TIME_MODES,
+        default=e("TIME", "processing"),
+        help="point timestamps: processing (when sent) or source (the CSV's own, to "
+        "import a historical export); one timestamp per source row group either way",
     )
     p.add_argument(
         "--metrics-listen",
@@ -153,7 +165,8 @@ def parse_config(
         batch_size=a.batch_size,
         linger_ms=a.linger_ms,
         max_pending_points=a.max_pending_points,
-        encode_cache_bytes=int(float(a.encode_cache_mb) * 1024 * 1024),
+        source_cache_bytes=int(float(a.source_cache_mb) * 1024 * 1024),
+        time_mode=a.time,
         metrics_listen=a.metrics_listen,
         commit_interval_s=a.commit_interval,
         session_timeout_ms=a.session_timeout_ms,
@@ -174,7 +187,8 @@ def validate(c: StreamerConfig) -> None:
         (c.batch_size >= 1, "--batch-size must be at least 1"),
         (c.linger_ms >= 0, "--linger-ms must not be negative"),
         (c.max_pending_points >= c.batch_size, "--max-pending-points must be >= --batch-size"),
-        (c.encode_cache_bytes >= 0, "--encode-cache-mb must not be negative"),
+        (c.source_cache_bytes >= 0, "--source-cache-mb must not be negative"),
+        (c.time_mode in TIME_MODES, f"--time must be one of {', '.join(TIME_MODES)}"),
         (c.commit_interval_s > 0, "--commit-interval must be positive"),
     ]
     for ok, message in checks:

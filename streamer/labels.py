@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 
 _PAIR = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,|$)', re.DOTALL)
+# The common case (no blanks, no escapes): every pair at once, checked by rebuilding the text.
+_SIMPLE_PAIR = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="([^"\\]*)"')
 _ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 _UNESCAPED = {"n": "\n", "\\": "\\", '"': '"'}
 
@@ -24,7 +26,12 @@ def parse_labels(text: str) -> dict[str, str]:
     body = text.strip()
     if body.startswith("{") and body.endswith("}"):
         body = body[1:-1]
-    labels: dict[str, str] = {}
+    if "\\" not in body:
+        pairs = _SIMPLE_PAIR.findall(body)
+        labels = dict(pairs)
+        if len(labels) == len(pairs) and ",".join(f'{k}="{v}"' for k, v in pairs) == body:
+            return labels
+    labels = {}
     pos, end = 0, len(body)
     while pos < end and not body[pos:].isspace():
         m = _PAIR.match(body, pos)

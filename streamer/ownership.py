@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -51,7 +50,8 @@ class PartitionState:
     sent: int = 0  # rows handed to the producer (across passes)
     acked: int = 0  # rows the broker acknowledged
     committed: int = 0  # the progress this streamer last committed (or found committed)
-    pass_started: float = 0.0  # monotonic time the current pass began (for --pass-interval)
+    next_pass_at: float | None = None  # wall clock the next pass may start (None: not planned)
+    slot: int = 0  # the pass grid's slot of the current pass (`streamer.pacing.PassGrid`)
 
 
 class Ownership:
@@ -128,8 +128,7 @@ class Ownership:
     def _take(self, p: int, committed: int, epoch: int) -> None:
         """Start producing `p` at its committed progress, which is exactly what the log holds."""
         with self._lock:
-            st = self.states[p] = PartitionState(p, committed, committed, committed)
-            st.pass_started = time.monotonic()
+            self.states[p] = PartitionState(p, committed, committed, committed)
         self.track(p, epoch, committed)
         self.epochs[p] = epoch
         self.active.add(p)

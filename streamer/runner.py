@@ -1,17 +1,25 @@
-"""The streaming loop: the parsed CSV's rows of the owned partitions, paced, into the producer.
+"""The streaming loop: scans of the CSV, the rows of the owned partitions, into the producer.
 
 One `Streamer` per process. Its thread (the caller of `run`) follows the producer group
-(`Ownership.reconcile`), sends each owned partition's next rows in chunks (round robin
-over partitions, so the stream keeps roughly the file's time order), stamps each row
-with the processing time in ns (strictly increasing within the process, so no two
-points of a series share a timestamp), and commits progress after acknowledgements.
+(`Ownership.reconcile`, between blocks), reads the source one *scan* (a pass over the
+file, `streamer.scan`) at a time, and hands each owned partition's rows to the producer
+in batches of `--batch-size` (one encoded batch each: one publish, one broker group
+commit, one delivery). Progress is committed after acknowledgements.
 
-A chunk is `--batch-size` rows (fewer at the end of a pass, or a burst of the pacer
-when that is smaller) and goes to the producer as one encoded batch
-(`streamer.chunks`): its rows are stamped when the chunk is sent, so batching adds
-no latency, and a paced stream still sends full batches — one publish, one broker
-group commit and one delivery per batch — instead of whatever trickled in within
-the producer's linger time.
+Progress and passes: a partition's progress is the number of its rows acknowledged
+across passes (`streamer.ownership`); with `n` rows of it in the file, progress `P` means
+pass `P // n`, next row `P % n`. A scan visits every partition's rows in file order, so
+a partition takes part in a scan when its next row is still ahead of the scan: at the
+start of a scan, or later if none of its rows has gone by yet. `n` is known after the
+first complete scan; until then, the position is the progress itself (a restarted
+streamer whose partition is past its first pass sends nothing for it in that scan and
+resumes at the exact row in the next).
+
+Time (`--time`): `processing` (default) stamps each point with the time it is sent;
+`source` with the CSV's own timestamp (importing a historical export). Either way, the
+points of one source row group (one CSV timestamp, i.e. one scrape) share one
+timestamp: in processing mode the first batch that sends a row of the group takes a
+stamp (strictly increasing in the process) and the rest of the group gets the same.
 
 When is the job finished (`--passes K`)? A partition is done when its committed
 progress is K x its rows. A streamer whose own partitions are all done stays in the
@@ -19,15 +27,18 @@ group (ready to take over the partitions of a streamer that stops) until the gro
 committed progress of EVERY partition of the topic has reached K x that partition's
 rows (read with the Admin service's DescribeGroup); then it leaves and exits 0. So
 all streamers of a finished job exit, and none exits while some GPU still has rows
-to send. All streamers of a group must read the same CSV. `--forever` never finishes.
+to send. All streamers of a group must read the same CSV, unchanged while they run.
+`--forever` never finishes.
 
-Pacing: `--rate` is rows per second of this process (a token bucket over all its
-partitions, granting whole chunks); `--pass-interval` starts each partition's next
-pass at most once per interval. Rejected rows are counted (and logged once per reason)
-each time this process completes a pass over all the partitions it owns.
+Pacing: `--rate` is rows per second of this process (a token bucket granting whole
+batches); `--pass-interval` starts passes on a wall-clock grid (multiples of the
+interval since the epoch, `PassClock`), so every streamer — including one that took the
+partition over a moment ago — agrees when a partition's next pass may start: at most
+one pass per partition per interval, also across restarts and rebalances. Rejected rows
+are counted (and logged once per reason) after each complete scan that sent rows.
 
-Shutdown (`stop`, e.g. on SIGTERM): stop reading, flush the pending batches, wait for
-their acknowledgement, commit progress, leave the group.
+Shutdown (`stop`, e.g. on SIGTERM): stop reading, send the rows already taken from
+the scan, wait for their acknowledgement, commit progress, leave the group.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ import contextlib
 import logging
 import threading
 import time
+from array import array
 from collections.abc import Callable
 
 import grpc
@@ -43,24 +55,26 @@ import grpc
 from proto.gen import walbroker_admin_pb2 as apb
 from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
 from proto.gen import walbroker_pb2 as pb
-from streamer.chunks import ChunkEncoder
 from streamer.config import StreamerConfig
+from streamer.encode import encode_rows
 from streamer.metrics import StreamerMetrics
 from streamer.ownership import Ownership, PartitionState
-from streamer.pacing import TokenBucket
-from streamer.plan import PartitionPlan
-from streamer.source import SourceRows, record_pass
+from streamer.pacing import PassGrid, TokenBucket
+from streamer.scan import CsvScanner
+from streamer.source import PartRows, RowBlock, SourceError, record_pass
 from walbroker.client import channel, error_from_rpc
 from walbroker.consumer import Consumer
 from walbroker.credentials import ClientSecurity
 from walbroker.errors import AccessError, BrokerError
 from walbroker.inflight import Batch
 from walbroker.producer import Producer
+from walbroker.types import partition_for_key
 
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.2
 FINISH_CHECK_S = 0.5
+STAMP_CACHE_MAX = 100_000  # source times remembered per scan (processing-time stamps)
 
 
 def group_progress(
@@ -85,21 +99,32 @@ def group_progress(
     }
 
 
+class _Scan:
+    """The state of one scan: partitions taking part, rows of each gone by, pending rows."""
+
+    def __init__(self, partitions: int) -> None:
+        self.taking: set[int] = set()
+        self.seen = [0] * partitions  # rows of each partition the scan has gone past
+        self.sent: set[int] = set()  # partitions that sent rows in this scan
+        self.pending: dict[int, PartRows] = {}
+        self.stamps: dict[int, int] = {}  # source time -> processing time (one per row group)
+
+
 class Streamer:
-    """Streams a parsed DCGM CSV into a topic as one member of a producer group."""
+    """Streams a DCGM CSV into a topic as one member of a producer group."""
 
     def __init__(
         self,
         config: StreamerConfig,
-        rows: SourceRows,
         metrics: StreamerMetrics,
         time_ns: Callable[[], int] = time.time_ns,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config, self.rows, self.metrics = config, rows, metrics
+        self.config, self.metrics = config, metrics
         self.time_ns = time_ns
         self._stop = threading.Event()
         self._wake = threading.Event()
-        # Chunks arrive encoded (`streamer.chunks`, `send_batch`): no per-item encoder.
+        # Batches arrive encoded (`streamer.encode`, `send_batch`): no per-item encoder.
         self.producer: Producer[object] = Producer(
             config.broker,
             config.topic,
@@ -125,15 +150,14 @@ class Streamer:
             track=lambda p, epoch, progress: self.producer.track(p, config.group, epoch, progress),
             untrack=self.producer.untrack,
         )  # fmt: skip
-        self.plan: PartitionPlan | None = None
-        self.chunks: ChunkEncoder | None = None
+        self.source: CsvScanner | None = None
+        self.grid = PassGrid(config.pass_interval_s, wall_clock)
         self._bucket = (
             TokenBucket(config.rate_rows_per_s) if config.rate_rows_per_s is not None else None
         )
         self._started = False
         self._last_ns = 0
-        self._recorded_pass = -1  # the last pass over every owned partition counted
-        self._first_pass: dict[int, int] = {}  # partition -> the pass this process began in
+        self._next_commit = 0.0
         metrics.batch_pending.set_function(lambda: self.producer.pending_points)
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -155,8 +179,9 @@ class Streamer:
                 return self._shutdown()
             self._loop()
             return self._shutdown()
-        except BrokerError as exc:
-            log.error("publish failed for good", extra={"code": exc.code.name, "reason": str(exc)})
+        except (BrokerError, SourceError) as exc:
+            code = exc.code.name if isinstance(exc, BrokerError) else "SOURCE"
+            log.error("streaming failed for good", extra={"code": code, "reason": str(exc)})
             self.member.close()
             with contextlib.suppress(TimeoutError, BrokerError):  # the error above is the one
                 self.producer.close(timeout_s=1)
@@ -177,15 +202,20 @@ class Streamer:
                 )
         else:
             return False
-        self.plan = PartitionPlan(self.rows, self.producer.partitions)
-        self.chunks = ChunkEncoder(self.rows, self.plan, self.config.encode_cache_bytes)
+        partitions = self.producer.partitions
+        self.source = CsvScanner(
+            self.config.csv,
+            partitions,
+            lambda uuid: partition_for_key(uuid, partitions),
+            self.config.source_cache_bytes,
+        )
         self._started = True
         log.info(
             "streaming",
             extra={
                 "topic": self.config.topic, "group": self.config.group,
-                "partitions": self.plan.partitions, "rows": len(self.rows),
-                "passes": self.config.passes or "forever",
+                "partitions": partitions, "source": self.config.csv,
+                "time": self.config.time_mode, "passes": self.config.passes or "forever",
             },
         )  # fmt: skip
         return True
@@ -199,35 +229,21 @@ class Streamer:
         except TimeoutError:
             ok = False
         self.metrics.partitions_owned.set(0)
-        cache = self.chunks
-        log.info(
-            "streamer stopped",
-            extra={
-                "clean": ok,
-                "encode_cache_hits": cache.hits if cache else 0,
-                "encode_cache_misses": cache.misses if cache else 0,
-                "encode_cache_bytes": cache.cached_bytes if cache else 0,
-            },
-        )
+        log.info("streamer stopped", extra={"clean": ok})
         return 0 if ok else 1
 
     # ---- the loop ----------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        next_commit = time.monotonic() + self.config.commit_interval_s
         next_finish_check = 0.0
         while not self._stop.is_set():
             if self.member.failure is not None:
                 raise self.member.failure  # the group refused our credentials
-            self.own.reconcile()
-            self.metrics.partitions_owned.set(len(self.own.active))
-            sent = self._produce_round() if self.own.connected else 0
-            now = time.monotonic()
-            if self.own.connected and (now >= next_commit or not sent):
-                self.own.commit()
-                next_commit = now + self.config.commit_interval_s
-            if sent:
+            self._follow_group()
+            sent = self._scan() if self.own.connected else 0
+            if sent or self._stop.is_set():
                 continue
+            now = time.monotonic()
             if now >= next_finish_check:
                 next_finish_check = now + FINISH_CHECK_S
                 if self._finished():
@@ -236,94 +252,191 @@ class Streamer:
             self._wake.wait(self._idle_wait_s())
             self._wake.clear()
 
-    def _produce_round(self) -> int:
-        """Send the next chunk of every owned partition that is due; return rows sent."""
-        assert self.plan is not None
+    def _follow_group(self) -> None:
+        """Apply the group's assignment and commit acknowledged progress when due."""
+        self.own.reconcile()
+        self.metrics.partitions_owned.set(len(self.own.active))
+        now = time.monotonic()
+        if self.own.connected and now >= self._next_commit:
+            self.own.commit()
+            self._next_commit = now + self.config.commit_interval_s
+
+    # ---- one scan ------------------------------------------------------------------------------
+
+    def _scan(self) -> int:
+        """Read the source once, sending the rows of every partition taking part; rows sent."""
+        assert self.source is not None
+        scan = _Scan(self.source.partitions)
+        scan.taking = {p for p in self.own.active if self._due(p)}
+        if not scan.taking and self.source.sizes is not None:
+            return 0  # (before the first complete scan, scan anyway: it counts the rows)
         total = 0
-        for p in sorted(self.own.active):
+        complete = True
+        for block in self.source.scan():
             if self._stop.is_set():
+                complete = False
                 break
-            st = self.own.states[p]
-            n = self.plan.size(p)
-            left = self._rows_left(p, st)
-            if not n or not left or time.monotonic() < st.pass_started:
-                continue
-            start = st.sent % n
-            self._first_pass.setdefault(p, st.sent // n)
-            want = min(self.config.batch_size, left, n - start)
-            if self._bucket is not None:
-                want = self._bucket.take(want, self._stop)
-            sent = self._send(p, start, start + want) if want else 0
-            st.sent += sent
-            total += sent
-            if sent and st.sent % n == 0:
-                self._pass_done(p, st, n)
+            self._follow_group()
+            self._join(scan)
+            total += self._take_block(scan, block)
+        total += self._flush(scan, everything=True)
+        if complete:
+            self._scan_done(scan)
         return total
 
-    def _rows_left(self, p: int, st: PartitionState) -> int:
-        """Rows still to send for `p` (a chunk's worth when streaming forever)."""
-        assert self.plan is not None
-        target = self.plan.target(p, self.config.passes)
-        return self.config.batch_size if target is None else max(0, target - st.sent)
+    def _join(self, scan: _Scan) -> None:
+        """Drop partitions the group took away; let in new ones whose next row is ahead."""
+        scan.taking &= self.own.active
+        for p in list(scan.pending):
+            if p not in scan.taking:
+                del scan.pending[p]  # never handed to the producer: the new owner sends them
+        for p in self.own.active - scan.taking:
+            if scan.seen[p] <= self._position(p) and self._due(p):
+                scan.taking.add(p)
 
-    def _send(self, p: int, start: int, end: int) -> int:
-        """Hand rows [start, end) of partition `p`'s pass to the producer as one batch.
+    def _take_block(self, scan: _Scan, block: RowBlock) -> int:
+        """Move the block's rows of the partitions taking part to their pending batches."""
+        for p, part in enumerate(block.parts):
+            k = len(part)
+            if not k:
+                continue
+            seen = scan.seen[p]
+            scan.seen[p] = seen + k
+            if p not in scan.taking:
+                continue
+            st = self.own.states[p]
+            lo = self._position(p) - seen
+            if lo >= k:
+                continue
+            lo = max(lo, 0)
+            hi = min(k, lo + self._rows_left(st))
+            if hi <= lo:
+                continue
+            if lo + seen == 0:
+                st.slot = self.grid.slot(st.next_pass_at or 0.0)  # a pass starts
+            _extend(scan.pending.setdefault(p, PartRows()), part, lo, hi)
+            st.sent += hi - lo
+            scan.sent.add(p)
+        return self._flush(scan, everything=False)
 
-        Return how many rows were sent: all of them, or 0 when stopped while the
-        producer's pending bound held the batch back.
-        """
-        assert self.chunks is not None
+    def _flush(self, scan: _Scan, everything: bool) -> int:
+        """Send the pending rows of each partition in full batches (all of them if asked)."""
+        size = self.config.batch_size
+        total = 0
+        for p, rows in list(scan.pending.items()):
+            n = len(rows)
+            start = 0
+            while n - start >= size or (everything and start < n):
+                end = min(n, start + size)
+                total += self._send(scan, p, rows, start, end)
+                start = end
+            if start:
+                rest = PartRows()
+                _extend(rest, rows, start, n)
+                scan.pending[p] = rest
+        return total
+
+    def _send(self, scan: _Scan, p: int, rows: PartRows, start: int, end: int) -> int:
+        """Hand rows [start, end) of `p` to the producer as one batch; return the count."""
+        assert self.source is not None
         count = end - start
-        first = max(self.time_ns(), self._last_ns + 1)
-        payload = self.chunks.encode(p, start, end, first)
+        self._pace(count)
+        sources = rows.source_time_ns[start:end]
+        times = sources if self.config.time_mode == "source" else self._stamps(scan, sources)
+        payload = encode_rows(
+            self.source.table, self.source.metrics, rows.gpu[start:end],
+            rows.metric[start:end], times, rows.value[start:end], sources,
+        )  # fmt: skip
         while True:
             try:
                 self.producer.send_batch(p, payload, count, 1.0)
-                break
+                return count
             except TimeoutError:  # backpressure: the pending bound is reached
                 if self._stop.is_set():
+                    # Never handed over, never acknowledged: the committed progress stays
+                    # before these rows, so whoever streams `p` next sends them.
                     return 0
-        self._last_ns = first + count - 1
-        return count
 
-    def _pass_done(self, p: int, st: PartitionState, n: int) -> None:
-        """Account for a completed pass of partition `p`; schedule its next pass."""
-        self.metrics.passes_completed.inc()
-        interval = self.config.pass_interval_s
-        now = time.monotonic()
-        st.pass_started = max(now, st.pass_started + interval) if interval else now
-        assert self.plan is not None
-        passes = [
-            self.own.states[q].sent // self.plan.size(q)
-            for q in self.own.active
-            if self.plan.size(q)
-        ]
-        if self._recorded_pass < 0:  # nothing counted yet: start from where this process began
-            self._recorded_pass = min(self._first_pass.get(q, 0) for q in self.own.active)
-        if passes and min(passes) > self._recorded_pass:
-            self._recorded_pass = min(passes)
-            record_pass(self.rows.report, self.metrics, self._recorded_pass)
-        log.debug("partition pass done", extra={"partition": p, "progress": st.sent, "rows": n})
+    def _stamps(self, scan: _Scan, sources: array[int]) -> list[int]:
+        """Processing times of rows: one per source time (row group) per scan, increasing."""
+        stamps = scan.stamps
+        if len(stamps) > STAMP_CACHE_MAX:
+            stamps.clear()
+        for s in set(sources).difference(stamps):
+            stamps[s] = self._last_ns = max(self.time_ns(), self._last_ns + 1)
+        return [stamps[s] for s in sources]
+
+    def _pace(self, count: int) -> None:
+        """Wait for `count` rows' worth of tokens under `--rate` (not at all when stopping)."""
+        bucket = self._bucket
+        while bucket is not None and count > 0 and not self._stop.is_set():
+            count -= bucket.take(count, self._stop)
+
+    def _scan_done(self, scan: _Scan) -> None:
+        """After a complete scan: passes completed, rejected rows counted."""
+        assert self.source is not None and self.source.sizes is not None
+        sizes = self.source.sizes
+        for p in scan.sent & self.own.active:
+            st = self.own.states[p]
+            if sizes[p] and st.sent % sizes[p] == 0:
+                self.metrics.passes_completed.inc()
+                st.next_pass_at = self.grid.next_start(st.slot)
+        if scan.sent and self.source.report is not None:
+            record_pass(self.source.report, self.metrics, self.source.scans)
+
+    # ---- positions -----------------------------------------------------------------------------
+
+    def _size(self, p: int) -> int | None:
+        """Rows of `p` in one pass (None until the first complete scan)."""
+        sizes = self.source.sizes if self.source is not None else None
+        return None if sizes is None else sizes[p]
+
+    def _position(self, p: int) -> int:
+        """The next row of `p` within its pass (the progress itself before sizes are known)."""
+        sent, n = self.own.states[p].sent, self._size(p)
+        return sent if n is None else (sent % n if n else 0)
+
+    def _rows_left(self, st: PartitionState) -> int:
+        """Rows still to send for the partition (unbounded when streaming forever)."""
+        n, passes = self._size(st.partition), self.config.passes
+        if passes is None or n is None:
+            return 1 << 62
+        return max(0, passes * n - st.sent)
+
+    def _due(self, p: int) -> bool:
+        """True when `p` has rows to send now: mid-pass, or its next pass may start."""
+        st = self.own.states[p]
+        n = self._size(p)
+        if n is None:
+            return True  # the first scan: it tells where the partition stands
+        if not n or not self._rows_left(st):
+            return False
+        if st.sent % n:
+            return True
+        if st.next_pass_at is None:  # just taken at a pass boundary
+            st.next_pass_at = 0.0 if st.sent == 0 else self.grid.after_handover()
+        return self.grid.due(st.next_pass_at)
 
     def _idle_wait_s(self) -> float:
         """How long to sleep when nothing was due: until the next pass starts, at most 0.2 s."""
-        now = time.monotonic()
+        now = self.grid.clock()
         waits = [
-            st.pass_started - now
+            st.next_pass_at - now
             for st in (self.own.states[p] for p in self.own.active)
-            if st.pass_started > now and self._rows_left(st.partition, st)
+            if st.next_pass_at is not None and st.next_pass_at > now
         ]
-        return min([IDLE_WAIT_S, *waits])
+        return max(0.0, min([IDLE_WAIT_S, *waits]))
 
     # ---- finishing ---------------------------------------------------------------------------
 
     def _finished(self) -> bool:
         """True when --passes K is reached by every partition of the topic (see module doc)."""
-        plan, passes = self.plan, self.config.passes
-        if plan is None or passes is None or not self.own.connected or not self.own.settled:
+        passes = self.config.passes
+        sizes = self.source.sizes if self.source is not None else None
+        if sizes is None or passes is None or not self.own.connected or not self.own.settled:
             return False
         for p in self.own.active:
-            if self.own.states[p].committed < passes * plan.size(p):
+            if self.own.states[p].committed < passes * sizes[p]:
                 return False
         try:
             committed = group_progress(
@@ -335,7 +448,7 @@ class Streamer:
         except BrokerError as exc:
             log.info("group progress unavailable", extra={"reason": str(exc)})
             return False
-        return all(committed.get(p, 0) >= passes * plan.size(p) for p in range(plan.partitions))
+        return all(committed.get(p, 0) >= passes * n for p, n in enumerate(sizes))
 
     # ---- producer callbacks (producer io thread) -----------------------------------------------
 
@@ -347,3 +460,11 @@ class Streamer:
         self.own.on_ack(batch.partition, batch.count)
         self.metrics.published.inc(batch.count)
         self.metrics.publish_latency.observe(time.monotonic() - batch.created)
+
+
+def _extend(into: PartRows, rows: PartRows, start: int, end: int) -> None:
+    """Append rows [start, end) of `rows` to `into`."""
+    into.gpu.extend(rows.gpu[start:end])
+    into.metric.extend(rows.metric[start:end])
+    into.value.extend(rows.value[start:end])
+    into.source_time_ns.extend(rows.source_time_ns[start:end])

@@ -14,7 +14,9 @@ import time
 import urllib.error
 import urllib.request
 
+from gateway.times import format_time
 from tests.e2e.pipeline import BIN, http_get
+from tests.streamer.streaming import START, make_csv, uuid_of
 from tests.support import wait_until
 
 
@@ -130,6 +132,44 @@ def test_port_in_use_and_missing_csv_are_one_line_errors(tmp_path):
     out, _ = p.communicate(timeout=30)
     assert p.returncode == 1
     assert out.strip() == f"gputel-up: CSV file not found: {tmp_path / 'nope.csv'}"
+
+
+def test_import_once_at_source_time_round_trips_through_the_api(tmp_path):
+    """`gputel-up --csv FILE --passes 1 --time source`: every row once, at its own time."""
+    gpus, metrics, scrapes = 12, 3, 4
+    csv = make_csv(tmp_path / "export.csv", gpus, metrics, scrapes)
+    base = free_block()
+    ports = ["--port", str(base), "--broker-port", str(base + 1), "--metrics-port", str(base + 2)]
+    proc = up(tmp_path, *ports, "--csv", str(csv), "--passes", "1", "--time", "source",
+              "--streamers", "2")  # fmt: skip
+    lines: list[str] = []
+    try:
+        while sum("finished its passes" in line for line in lines) < 2:
+            line = proc.stdout.readline()
+            assert line, "gputel-up ended before the import finished:\n" + "".join(lines)
+            lines.append(line)
+        api = f"http://127.0.0.1:{base}/api/v1"
+        window = f"start_time={START}&end_time={START + 30 * scrapes}&limit=10000"
+
+        def points(i: int) -> list[dict]:
+            status, body = http_get(f"{api}/gpus/{uuid_of(i)}/telemetry?{window}")
+            return json.loads(body)["points"] if status == 200 else []
+
+        assert wait_until(lambda: all(len(points(i)) == metrics * scrapes for i in range(gpus)), 30)
+        for i in range(gpus):
+            got = [(p["time"], p["source_time"], p["metric"], p["value"]) for p in points(i)]
+            expected = [
+                (stamp, stamp, f"DCGM_FI_DEV_M{m}", float(s * 100 + m))
+                for s in range(scrapes)
+                for stamp in [format_time((START + 30 * s) * 10**9)]
+                for m in range(metrics)
+            ]
+            assert got == expected
+        assert proc.poll() is None  # the rest keeps serving after the import
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, rest
 
 
 def test_up_secure_runs_over_tls_with_a_token_per_component(tmp_path):

@@ -59,6 +59,7 @@ def test_gpu_detail_has_latest_per_metric(client) -> None:
     for v in body["latest"]:
         assert v["time"] == format_time(TIMES[-1])
         assert v["value"] == data.value(v["metric"], TIMES[-1])
+        assert v["source_time"] == format_time(TIMES[-1] - S)
 
 
 def test_ambiguous_index_is_409_with_candidates(client) -> None:
@@ -88,7 +89,11 @@ def test_telemetry_all_points_in_order_with_identity_once(client) -> None:
     assert body["gpu"]["uuid"] == UUID
     expected = [(format_time(t), m) for t in TIMES for m in sorted(METRICS)]
     assert keys(body["points"]) == expected
-    assert set(body["points"][0]) == {"time", "metric", "value"}
+    assert set(body["points"][0]) == {"time", "metric", "value", "source_time"}
+    # The source's own time of every point is served beside the ingest time.
+    assert [p["source_time"] for p in body["points"]] == [
+        format_time(t - S) for t in TIMES for _ in METRICS
+    ]
     assert body["next_cursor"] is None
 
 
@@ -138,7 +143,9 @@ def test_downsampling(client) -> None:
     for agg, first in (("mean", 1.0), ("min", 0.5), ("last", 1.5)):
         args = {"every": "2s", "agg": agg, "metric": UTIL, "limit": 1}
         body = client.get(TELEMETRY, query_string=args).get_json()
-        assert body["points"] == [{"time": format_time(T0), "metric": UTIL, "value": first}]
+        assert body["points"] == [
+            {"time": format_time(T0), "metric": UTIL, "value": first, "source_time": None}
+        ]
     body = client.get(TELEMETRY, query_string={"every": "5s", "metric": TEMP}).get_json()
     assert [p["value"] for p in body["points"]] == [2.0, 7.0]  # default agg: mean
 

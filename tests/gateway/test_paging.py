@@ -60,7 +60,12 @@ def test_page_bytes_match_the_stored_points(fresh, fresh_client) -> None:
     odd = ((target, 'a,metric "quoted"', t1, 0.1 + 0.2), (target, data.UTIL, t1 + 1, 1e-300))
     fresh.store.write(batch([*odd, *((target, data.TEMP, t, -2.5) for t in stamps)]))
     expected = [
-        {"time": format_time(p.time_ns), "metric": p.metric, "value": p.value}
+        {
+            "time": format_time(p.time_ns),
+            "metric": p.metric,
+            "value": p.value,
+            "source_time": format_time(p.source_time_ns),
+        }
         for p in fresh.store.query_points(target.uuid, t1, t1 + S)
     ]
     assert len(expected) == 6
@@ -80,5 +85,10 @@ def test_page_bytes_match_the_stored_points(fresh, fresh_client) -> None:
         if token is None:
             break
     assert served == expected
-    assert served[0] == {"time": format_time(t1), "metric": data.TEMP, "value": -2.5}
+    assert served[0] == {
+        "time": format_time(t1),
+        "metric": data.TEMP,
+        "value": -2.5,
+        "source_time": format_time(t1 - S),
+    }
     assert (served[1]["metric"], served[1]["value"]) == ('a,metric "quoted"', 0.1 + 0.2)

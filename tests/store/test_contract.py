@@ -92,7 +92,7 @@ def test_influx_point_seen_in_part_is_not_there_yet(
         assert store.query_points(g.uuid, T0, T0 + 2 * S) == [
             StoredPoint(UTIL, T0, whole.value[0], T0 - S)
         ]
-        assert store.query_raw(g.uuid, T0, T0 + 2 * S) == [(T0, UTIL, whole.value[0])]
+        assert store.query_raw(g.uuid, T0, T0 + 2 * S) == [(T0, UTIL, whole.value[0], T0 - S)]
         assert store.latest(g.uuid)[UTIL].time_ns == T0 + 2 * S
         assert store.query_points(g.uuid, T0 + S, T0 + S) == []
         store.write_prepared(PreparedWrite(whole, gzip.compress(middle.encode())))
@@ -217,8 +217,8 @@ def test_query_raw_is_query_points_as_tuples(store: Store) -> None:
     for start, end, metrics, limit, after in cases:
         points = store.query_points(a.uuid, start, end, metrics, limit, after)
         raw = store.query_raw(a.uuid, start, end, metrics, limit, after)
-        assert raw == [(p.time_ns, p.metric, p.value) for p in points]
-    assert (T0 + S, UTIL, 0.1 + 0.2) in store.query_raw(a.uuid, T0, T0 + S)
+        assert raw == [(p.time_ns, p.metric, p.value, p.source_time_ns) for p in points]
+    assert (T0 + S, UTIL, 0.1 + 0.2) in [r[:3] for r in store.query_raw(a.uuid, T0, T0 + S)]
     with pytest.raises(InvalidArgument):
         store.query_raw(a.uuid, T0 + 1, T0)
 

@@ -13,8 +13,7 @@ from prometheus_client import CollectorRegistry
 from gputel.probes import ProbeServer, split_address
 from streamer.config import ConfigError, parse_config
 from streamer.pacing import TokenBucket
-from streamer.plan import PartitionPlan
-from streamer.source import parse_csv
+from streamer.scan import CsvScanner
 from tests.streamer.dcgm_fixture import UUID0, UUID1, csv_text, row
 from walbroker.types import partition_for_key
 
@@ -87,17 +86,30 @@ def test_token_bucket_take_waits_once_for_a_whole_chunk():
     assert now[0] == pytest.approx(0.14)  # 240 rows at 1,000/s: the rate holds
 
 
-def test_plan_splits_rows_by_uuid_partition_in_file_order():
-    rows = parse_csv(io.StringIO(csv_text([
+def test_scans_split_rows_by_uuid_partition_in_file_order_and_reuse_the_cache():
+    text = csv_text([
         row(uuid=UUID0, value="1"), row(uuid=UUID1, value="2"), row(uuid=UUID0, value="3"),
-    ]), newline=""))  # fmt: skip
-    plan = PartitionPlan(rows, 64)
+    ])  # fmt: skip
     p0, p1 = partition_for_key(UUID0, 64), partition_for_key(UUID1, 64)
     assert p0 != p1
-    assert list(plan.rows_of(p0)) == [0, 2] and list(plan.rows_of(p1)) == [1]
-    assert plan.target(p0, 3) == 6 and plan.target(p0, None) is None
-    assert plan.locate(p0, 5) == (2, 1)  # third pass, second row
-    assert sum(plan.size(p) for p in range(64)) == len(rows)
+    for budget, cached in ((1 << 20, True), (0, False), (48, False)):
+        reads: list[int] = []
+
+        def lines(reads: list[int] = reads) -> io.StringIO:
+            reads.append(1)
+            return io.StringIO(text, newline="")
+
+        scanner = CsvScanner(
+            "mem.csv", 64, lambda uuid: partition_for_key(uuid, 64), budget, block_rows=2,
+            lines=lines,
+        )  # fmt: skip
+        for _ in range(3):
+            parts = [b.parts for b in scanner.scan()]
+            values = [[v for b in parts for v in b[p].value] for p in (p0, p1)]
+            assert values == [[1.0, 3.0], [2.0]]
+        assert len(reads) == (1 if cached else 3) and scanner.cached is cached
+        assert scanner.sizes is not None and scanner.sizes[p0] == 2 and sum(scanner.sizes) == 3
+        assert scanner.scans == 3
 
 
 def test_endpoints_answer_probes_and_metrics():

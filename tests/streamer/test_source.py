@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.source import Defect, Reject, SourceError, SourceRows, parse_csv, read_csv
+from streamer.source import Defect, Issue, Reject, SourceError, SourceRows, parse_csv, read_csv
 from tests.streamer.dcgm_fixture import (
     HEADER,
     MODEL,
@@ -125,12 +125,36 @@ def test_wrong_field_count_and_malformed_csv_rows_do_not_stop_the_read() -> None
     assert rows.report.rejected[Reject.MALFORMED_CSV].first_line == 5
 
 
-def test_bad_timestamp_and_bad_labels_keep_the_row_and_count_a_defect() -> None:
-    rows = parse(csv_text([row(timestamp="yesterday"), row(labels_raw='UUID="x" job="y"')]))
-    assert list(rows.source_time_ns) == [0, 1_752_871_350 * 10**9]
-    assert rows.report.defects[Defect.BAD_TIMESTAMP].first_line == 2
-    assert rows.report.defects[Defect.BAD_LABELS].first_line == 3
-    assert dict(rows.gpus[rows.gpu[1]].labels) == {} and rows.report.rows_rejected == 0
+@pytest.mark.parametrize(
+    ("timestamp", "reason"),
+    [("yesterday", Reject.BAD_TIMESTAMP), ("2025-13-01T00:00:00Z", Reject.BAD_TIMESTAMP),
+     ("1969-12-31T23:59:59Z", Reject.TIMESTAMP_OUT_OF_RANGE),
+     ("2262-04-12T00:00:00Z", Reject.TIMESTAMP_OUT_OF_RANGE),
+     ("2299-01-01T00:00:00Z", Reject.TIMESTAMP_OUT_OF_RANGE),
+     ("99999999999", Reject.TIMESTAMP_OUT_OF_RANGE), ("-1", Reject.TIMESTAMP_OUT_OF_RANGE),
+     ("10000-01-01T00:00:00Z", Reject.BAD_TIMESTAMP)],
+)  # fmt: skip
+def test_a_timestamp_that_does_not_fit_rejects_the_row_and_the_stream_goes_on(
+    timestamp: str, reason: Reject
+) -> None:
+    rows = parse(csv_text([row(timestamp=timestamp), row(), row(timestamp=timestamp)]))
+    assert list(rows.source_time_ns) == [1_752_871_350 * 10**9]
+    issue = rows.report.rejected[reason]
+    assert (issue.count, issue.first_line) == (2, 2) and rows.report.rows_rejected == 2
+
+
+def test_the_last_instants_an_int64_holds_are_kept() -> None:
+    edge = ["1970-01-01T00:00:00Z", "2262-04-11T23:47:16.854775807Z"]
+    rows = parse(csv_text([row(timestamp=t) for t in edge]))
+    assert list(rows.source_time_ns) == [0, 2**63 - 1]
+
+
+def test_bad_labels_keep_the_row_and_count_a_defect_once_per_gpu() -> None:
+    bad = row(labels_raw='UUID="x" job="y"')
+    rows = parse(csv_text([bad, bad, row(uuid=UUID1, labels_raw="")]))
+    assert rows.report.defects[Defect.BAD_LABELS] == Issue("bad_labels", 1, 2)
+    assert dict(rows.gpus[rows.gpu[0]].labels) == {} and rows.report.rows_rejected == 0
+    assert len(rows) == 3
 
 
 def test_gpu_id_repeats_across_hosts_identity_is_the_uuid() -> None:

@@ -41,10 +41,16 @@ def test_one_pass_puts_every_row_in_the_log_once_in_order(broker, streamer_proce
     assert len(by_gpu) == G
     for points in by_gpu.values():  # log order = processing order, per GPU and so per metric
         times = [p.time_ns for p in points]
-        assert times == sorted(times) and len(set(times)) == len(times)
+        assert times == sorted(times)
         for m in range(M):
-            series = [p.source_time_ns for p in points if p.metric == f"DCGM_FI_DEV_M{m}"]
-            assert series == sorted(series) and len(series) == S
+            series = [p for p in points if p.metric == f"DCGM_FI_DEV_M{m}"]
+            assert [p.source_time_ns for p in series] == sorted(p.source_time_ns for p in series)
+            assert len({p.time_ns for p in series}) == S  # one point per time in a series
+        # The points of one source row group (one CSV timestamp) share one timestamp.
+        by_scrape = defaultdict(set)
+        for p in points:
+            by_scrape[p.source_time_ns].add(p.time_ns)
+        assert len(by_scrape) == S and all(len(t) == 1 for t in by_scrape.values())
     one = logged[0].point
     assert one.gpu.labels["UUID"] == one.gpu.uuid and "__name__" not in one.gpu.labels
     assert abs(one.time_ns - time.time_ns()) < 60e9  # processing time, not the CSV's
@@ -181,11 +187,10 @@ def test_paced_stream_sends_whole_batches_and_counts_rejects_once_per_pass(broke
         broker=broker.address, csv=str(csv), passes=passes, rate_rows_per_s=5000,
         batch_size=batch, metrics_listen="",
     )  # fmt: skip
-    rows = read_csv(csv)
-    streamer = Streamer(config, rows, new_metrics(registry))
+    streamer = Streamer(config, new_metrics(registry))
     assert streamer.run() == 0
     good = gpus * metrics * S
-    assert len(rows) == good
+    assert len(read_csv(csv)) == good
     # Rejected rows are counted once per pass, by reason, and every row read is counted.
     rejected = "gpu_telemetry_streamer_rows_rejected_total"
     assert registry.get_sample_value(rejected, {"reason": "missing_gpu_id"}) == 3 * passes

@@ -1,0 +1,144 @@
+"""Import of a real-format DCGM export: CSV -> streamer -> walbroker (fsync) -> collector -> SQLite.
+
+The export is generated (`scripts/gen_dcgm.py`, 3,088 hosts x 8 GPUs x 10 metrics, one
+scrape: 247,030 distinct rows of 24,703 GPUs, every field quoted, ~400-character
+`labels_raw` with doubled quotes, ~111 MB) and kept in `~/.cache/gputel/bench/`. The
+broker (fsync on every commit), one collector and the streamer are processes on
+loopback; the streamer runs `--passes 1 --time source`, as `gputel-up --csv FILE --passes
+1 --time source` does.
+
+Figures: `points_per_s` = rows / (streamer spawn -> the collector's flushed count reaches
+every row, i.e. written to SQLite AND committed); the streamer's own rate and exit time;
+`first_publish_s` (spawn -> the first acknowledged point, from the streamer's
+`/metrics`, so the interpreter's start-up is in it); `scan_elapsed_s`, the streamer's own
+time for reading the file; its peak RSS (VmHWM); the store's exact count, which must equal
+the rows.
+
+`run()` is called by `bench/run.py`; `python -m bench.import_bench [hosts]` prints JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.e2e_bench import FLUSHED, PUBLISHED, counter, scrape
+from scripts import gen_dcgm
+from store import open_store
+from tests.e2e.pipeline import Pipeline, Proc
+from tests.fixtures.broker import BrokerProcess
+
+CACHE = Path.home() / ".cache" / "gputel" / "bench"
+PARTITIONS = 16
+
+
+def export(hosts: int) -> Path:
+    """The generated export of `hosts` x 8 GPUs (made once, then reused)."""
+    path = CACHE / f"dcgm-real-{hosts}x8-seed11.csv"
+    if not path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        part = path.with_suffix(".part")
+        with open(part, "w", encoding="utf-8", newline="") as f:
+            gen_dcgm.write(f, 11, hosts, 8, 1)
+        part.rename(path)
+    return path
+
+
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM of a live process in MiB (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _metric(p: Proc, name: str) -> float:
+    try:
+        return counter(scrape(p.metrics_url), name)
+    except (OSError, ValueError):
+        return 0.0
+
+
+def _watch(streamer: Proc, collector: Proc, rows: int, t0: float) -> dict[str, Any]:
+    """Poll until every row is flushed; the times and the streamer's peak RSS on the way."""
+    assert streamer.proc is not None
+    first = streamed = None
+    rss = 0.0
+    deadline = t0 + 600
+    while time.monotonic() < deadline:
+        rss = max(rss, peak_rss_mib(streamer.proc.pid))
+        if first is None and _metric(streamer, PUBLISHED) > 0:
+            first = time.monotonic() - t0
+        if streamed is None and streamer.proc.poll() is not None:
+            streamed = time.monotonic() - t0
+        if _metric(collector, FLUSHED) >= rows:
+            break
+        time.sleep(0.05)
+    done = time.monotonic() - t0
+    code = streamer.wait(120)
+    streamed = streamed or time.monotonic() - t0
+    return {
+        "first_publish_s": None if first is None else round(first, 2),
+        "streamer_exit_s": None if streamed is None else round(streamed, 2),
+        "end_to_end_s": round(done, 2),
+        "streamer_peak_rss_mib": round(rss, 1),
+        "streamer_exit_code": code,
+    }
+
+
+def run(hosts: int = 3088) -> dict[str, Any]:
+    """Import the export once; return the figures (see the module docstring)."""
+    csv = export(hosts)
+    rows = hosts * 8 * len(gen_dcgm.METRICS) - len(gen_dcgm.METRICS)  # one host misses a GPU
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        broker = BrokerProcess(tmp / "broker", "--partitions", str(PARTITIONS)).start()
+        db = tmp / "gputel.db"
+        pipe = Pipeline(tmp, broker, ["--store", f"sqlite:{db}"], csv)
+        try:
+            collector = pipe.collector().start()
+            streamer = pipe.streamer("--passes", "1", "--time", "source")
+            t0 = time.monotonic()
+            streamer.start(wait=False)
+            figures = _watch(streamer, collector, rows, t0)
+            log = streamer.log_text()
+            with open_store(f"sqlite:{db}") as store:
+                stored = sum(store.count_points().values())
+        finally:
+            pipe.stop_all()
+            broker.stop()
+    return {
+        "rows": rows,
+        "file_mib": round(csv.stat().st_size / 2**20, 1),
+        "stored": stored,
+        "points_per_s": round(rows / figures["end_to_end_s"]),
+        "streamer_rows_per_s": round(rows / figures["streamer_exit_s"]),
+        **figures,
+        "scan_elapsed_s": _log_number(log, '"msg": "source scanned"', "elapsed_s"),
+    }
+
+
+def _log_number(log: str, marker: str, key: str) -> float | None:
+    """A number from the first JSON log line holding `marker`."""
+    for line in log.splitlines():
+        if marker in line:
+            value = json.loads(line).get(key)
+            return float(value) if value is not None else None
+    return None
+
+
+def main() -> None:
+    """Print the numbers as JSON."""
+    hosts = int(sys.argv[1]) if len(sys.argv) > 1 else 3088
+    print(json.dumps(run(hosts), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The GPUs a source describes, interned once: `labels_raw` is parsed once per GPU, not per row.
+
+A row's GPU is looked up by its descriptor columns (uuid, Hostname, gpu_id, device,
+modelName, container, pod, namespace) — one dict lookup per row, without reading
+`labels_raw`. The first row of a GPU parses its labels (the series labels minus
+`__name__`, which names the metric, not the GPU). When `uuid` or `Hostname` is empty,
+the identity comes from the labels, so such rows are keyed by their label string too
+(then parsed once per series).
+
+Each GPU gets an ordinal, its partition (`partition_for(uuid)`, computed once) and,
+on first use, its wire entry (`wire`): the encoded `gpus` element of a telemetry batch,
+so a batch is assembled from cached bytes instead of building a label map per point.
+
+Memory grows with the number of distinct GPUs (~1.5 KB each with 10 labels), not with
+the rows. Not thread-safe: one table per streamer thread.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Callable, Mapping
+from enum import IntEnum
+
+from proto.batch import Gpu
+from proto.gen import telemetry_pb2 as pb
+from streamer.labels import LabelsError, parse_labels
+
+_NO_LABELS: Mapping[str, str] = {}
+_UINT32_MAX = 2**32 - 1
+
+Descriptor = tuple[str, str, str, str, str, str, str, str]  # uuid, host, gpu_id, dev, model, k8s
+
+
+class Unusable(IntEnum):
+    """Why a descriptor names no GPU (negative ordinals in the lookup tables)."""
+
+    MISSING_GPU_ID = -1
+    BAD_GPU_ID = -2
+    NO_IDENTITY = -3
+    NEEDS_LABELS = -4  # identity incomplete in the columns: look at the labels too
+
+
+class GpuTable:
+    """Interns GPU descriptors; `ordinal` is the hot path (one dict lookup per row)."""
+
+    def __init__(self, partition_for: Callable[[str], int]) -> None:
+        self.partition_for = partition_for
+        self.gpus: list[Gpu] = []
+        self.partition: array[int] = array("I")
+        self.bad_labels = 0  # label strings that did not parse (counted per GPU or series)
+        self.by_columns: dict[Descriptor, int] = {}
+        self._by_labels: dict[tuple[Descriptor, str], int] = {}
+        self._ordinal: dict[tuple[object, ...], int] = {}
+        self._wire: dict[int, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self.gpus)
+
+    def ordinal(self, d: Descriptor, raw_labels: str) -> int:
+        """Return the ordinal of the row's GPU, or a negative `Unusable` code."""
+        o = self.by_columns.get(d)
+        if o is None:
+            o = self.by_columns[d] = self._from_columns(d, raw_labels)
+        if o != Unusable.NEEDS_LABELS:
+            return o
+        key = (d, raw_labels)
+        o = self._by_labels.get(key)
+        if o is None:
+            o = self._by_labels[key] = self._intern(d, self._labels(raw_labels))
+        return o
+
+    def _from_columns(self, d: Descriptor, raw_labels: str) -> int:
+        """Resolve a descriptor seen for the first time (labels parsed here, once)."""
+        gpu_id = d[2].strip()
+        if not gpu_id:
+            return Unusable.MISSING_GPU_ID
+        if not gpu_id.isascii() or not gpu_id.isdigit() or int(gpu_id) > _UINT32_MAX:
+            return Unusable.BAD_GPU_ID
+        if not (d[0].strip() and d[1].strip()):
+            return Unusable.NEEDS_LABELS
+        return self._intern(d, self._labels(raw_labels))
+
+    def _labels(self, raw: str) -> Mapping[str, str] | None:
+        """Parse a label string without `__name__`; None (and counted) if malformed."""
+        if not raw:
+            return _NO_LABELS
+        try:
+            labels = parse_labels(raw)
+        except LabelsError:
+            self.bad_labels += 1
+            return None
+        labels.pop("__name__", None)  # the metric name, not a property of the GPU
+        return labels
+
+    def _intern(self, d: Descriptor, labels: Mapping[str, str] | None) -> int:
+        """Return the ordinal of the GPU the descriptor and labels describe."""
+        uuid, host, gpu_id, device, model, container, pod, namespace = d
+        gpu = describe_gpu(
+            uuid, host, int(gpu_id.strip()), device, model, container, pod, namespace,
+            labels=_NO_LABELS if labels is None else labels,
+        )  # fmt: skip
+        if gpu is None:
+            return Unusable.NO_IDENTITY
+        key = (
+            gpu.uuid, gpu.hostname, gpu.gpu, gpu.device, gpu.model, gpu.container, gpu.pod,
+            gpu.namespace, tuple(sorted(gpu.labels.items())),
+        )  # fmt: skip
+        o = self._ordinal.get(key)
+        if o is None:
+            o = self._ordinal[key] = len(self.gpus)
+            self.gpus.append(gpu)
+            self.partition.append(self.partition_for(gpu.uuid))
+        return o
+
+    def wire(self, ordinal: int) -> bytes:
+        """The encoded `gpus` entry of a telemetry batch for this GPU (cached)."""
+        w = self._wire.get(ordinal)
+        if w is None:
+            g = self.gpus[ordinal]
+            entry = pb.Gpu(
+                uuid=g.uuid, hostname=g.hostname, gpu=g.gpu, device=g.device, model=g.model,
+                container=g.container, pod=g.pod, namespace=g.namespace, labels=g.labels,
+            )  # fmt: skip
+            w = self._wire[ordinal] = pb.PointBatch(gpus=[entry]).SerializeToString()
+        return w
+
+
+def describe_gpu(
+    uuid: str,
+    hostname: str,
+    gpu_id: int,
+    device: str,
+    model: str,
+    container: str,
+    pod: str,
+    namespace: str,
+    labels: Mapping[str, str] = _NO_LABELS,
+) -> Gpu | None:
+    """Return the GPU a row describes (blanks filled from its labels); None without identity."""
+    uuid = uuid.strip() or labels.get("UUID", "")
+    hostname = hostname.strip() or labels.get("Hostname", "")
+    if not uuid:
+        if not hostname:
+            return None
+        uuid = f"{hostname}/{gpu_id}"
+    return Gpu(
+        uuid=uuid,
+        hostname=hostname,
+        gpu=gpu_id,
+        device=device.strip() or labels.get("device", ""),
+        model=model.strip() or labels.get("modelName", ""),
+        container=container.strip() or labels.get("container", ""),
+        pod=pod.strip() or labels.get("pod", ""),
+        namespace=namespace.strip() or labels.get("namespace", ""),
+        labels=labels,
+    )
