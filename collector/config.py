@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
 
+from collector.future import DEFAULT_MAX_FUTURE_SKEW_S
 from store import InvalidArgument, influx_settings
 from walbroker.credentials import (
     ClientSecurity,
@@ -55,6 +56,8 @@ class CollectorConfig:
     retry_max_ms: int = 5_000
     # On SIGTERM, how long to keep retrying the last flush before leaving without it.
     shutdown_timeout_s: float = 20.0
+    # Points stamped further ahead of this clock are dead-lettered (collector.future).
+    max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S
     log_level: str = "INFO"
     # Token file and TLS files for the broker (walbroker.credentials).
     security: ClientSecurity = field(default_factory=ClientSecurity)
@@ -103,6 +106,11 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--client-id", default=env_of("CLIENT_ID", ""))
     p.add_argument("--max-unacked-points", default=env_of("MAX_UNACKED_POINTS", "100000"))
     p.add_argument("--session-timeout-ms", default=env_of("SESSION_TIMEOUT_MS", "10000"))
+    p.add_argument(
+        "--max-future-skew-s",
+        default=env_of("MAX_FUTURE_SKEW_S", str(int(DEFAULT_MAX_FUTURE_SKEW_S))),
+        help="points stamped further ahead of this clock go to the dead-letter topic",
+    )
     p.add_argument("--log-level", default=env_of("LOG_LEVEL", "INFO"))
     add_client_security_args(p, env)
     return p
@@ -115,6 +123,16 @@ def _positive(name: str, text: str) -> int:
         raise ConfigError(f"{name} must be an integer, not {text!r}") from None
     if value <= 0:
         raise ConfigError(f"{name} must be positive, not {value}")
+    return value
+
+
+def _seconds(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, not {text!r}") from None
+    if not 0 <= value < 10**9:
+        raise ConfigError(f"{name} must be in [0, 1e9), not {text}")
     return value
 
 
@@ -176,6 +194,7 @@ def from_args(
         client_id=a.client_id,
         max_unacked_points=max_unacked,
         session_timeout_ms=_positive("--session-timeout-ms", a.session_timeout_ms),
+        max_future_skew_s=_seconds("--max-future-skew-s", a.max_future_skew_s),
         log_level=level,
         security=security,
     )

@@ -12,6 +12,7 @@ Read when gunicorn loads it, as gunicorn config modules are.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -23,10 +24,19 @@ _config = from_env()
 bind = _config.bind
 workers = _config.workers
 threads = _config.threads
-# One thread: gunicorn's sync worker, which accepts a connection only when it is free and
-# closes it after the answer, so every request goes to an idle worker. More threads: gunicorn
-# runs its gthread worker instead (keep-alive, a thread pool). See gateway/README.md.
-worker_class = "sync"
+worker_connections = _config.max_connections
+# gevent (default): a greenlet per connection, so slow clients hold no worker or thread; each
+# request head must arrive within --head-timeout-s and each connection closes after its answer
+# (see gateway/worker.py). gthread and sync are there to compare (gateway/README.md).
+if _config.worker_class == "gevent":
+    worker_class = "gateway.worker.GatewayWorker"
+    # On: gunicorn's async worker times a head read only on its keep-alive path;
+    # GatewayWorker applies --head-timeout-s itself, and the hook below closes each connection.
+    keepalive = 1
+else:
+    worker_class = _config.worker_class
+    # gthread: seconds an idle kept-alive connection (or one that sent nothing yet) is kept.
+    keepalive = max(1, math.ceil(_config.head_timeout_s))
 loglevel = _config.log_level.lower()
 accesslog = None
 if _config.tls_cert:
@@ -50,6 +60,13 @@ logconfig_dict = {
     },
 }
 _OWNED_DIR = "GPUTEL_GATEWAY_OWNED_MULTIPROC_DIR"
+
+
+def pre_request(worker: Any, req: Any) -> None:
+    """gevent: answer with `Connection: close` and close, so a worker takes a new connection
+    only when its loop is free and load spreads over workers (as with the sync worker)."""
+    if _config.worker_class == "gevent":
+        req.must_close = True
 
 
 def on_starting(server: Any) -> None:

@@ -8,14 +8,25 @@ its host-local `gpu` index repeats on every host and is never an identity.
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 from proto.batch import PointBatch
 
+# A point stamped further ahead of the clock is never a reader's "newest": not a GPU's
+# latest value, not its last_seen. The collector dead-letters such points
+# (`collector.future`, same default); this guards points stored before or by other writers.
+MAX_FUTURE_SKEW_S = 300.0
+
 Aggregate = Literal["mean", "min", "max", "last"]
 AGGREGATES: tuple[Aggregate, ...] = ("mean", "min", "max", "last")
+
+
+def newest_bound_ns() -> int:
+    """The newest time a reader may answer as "latest" or last_seen now (clock + skew)."""
+    return time.time_ns() + int(MAX_FUTURE_SKEW_S * 1e9)
 
 
 class StoreError(Exception):
@@ -171,7 +182,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def latest(self, uuid: str) -> dict[str, StoredPoint]:
-        """Return the newest point of each metric of this GPU (empty when unknown)."""
+        """Return the newest point of each metric of this GPU (empty when unknown).
+
+        Points stamped after `newest_bound_ns()` are never the newest (nor a GpuSummary's
+        last_seen; a GPU with no other point is not listed).
+        """
 
     @abc.abstractmethod
     def list_hosts(self) -> list[str]:

@@ -38,6 +38,7 @@ from store.base import (
     StoreError,
     StoreUnavailable,
     WindowValue,
+    newest_bound_ns,
 )
 from store.lineprotocol import LineProtocolEncoder
 
@@ -144,7 +145,8 @@ class InfluxStore(Store):
             t, uuid = flux.parse_time(row["_time"]), row[schema.TAG_UUID]
             first[uuid] = min(t, first.get(uuid, t))
         newest: dict[str, tuple[int, Row]] = {}
-        for row in self._rows(flux.series_edge(self.bucket, "last", tags, extra)):
+        stop = newest_bound_ns() + 1  # never a last_seen from the future
+        for row in self._rows(flux.series_edge(self.bucket, "last", tags, extra, stop)):
             t, uuid = flux.parse_time(row["_time"]), row[schema.TAG_UUID]
             if uuid not in newest or t > newest[uuid][0]:
                 newest[uuid] = (t, row)
@@ -217,7 +219,8 @@ class InfluxStore(Store):
     def latest(self, uuid: str) -> dict[str, StoredPoint]:
         """Return the newest point of each metric of this GPU (empty when unknown)."""
         newest: dict[str, StoredPoint] = {}
-        for row in self._rows(flux.latest(self.bucket, validate.text("uuid", uuid))):
+        query = flux.latest(self.bucket, validate.text("uuid", uuid), newest_bound_ns() + 1)
+        for row in self._rows(query):
             if not _complete(row):
                 continue
             point = _point(row)

@@ -37,6 +37,7 @@ from store.base import (
     StoreError,
     StoreUnavailable,
     WindowValue,
+    newest_bound_ns,
 )
 
 DDL = """
@@ -71,9 +72,13 @@ ON CONFLICT (gpu_id, metric) DO UPDATE SET time_ns = excluded.time_ns, value = e
 _SUMMARY = """
 SELECT g.uuid, g.hostname, g.gpu, g.device, g.model,
     (SELECT MIN(time_ns) FROM points p WHERE p.gpu_id = g.id),
-    (SELECT MAX(time_ns) FROM points p WHERE p.gpu_id = g.id),
+    (SELECT MAX(time_ns) FROM points p WHERE p.gpu_id = g.id AND p.time_ns <= ?1),
     g.container, g.pod, g.namespace
-FROM gpus g WHERE EXISTS (SELECT 1 FROM points p WHERE p.gpu_id = g.id)"""
+FROM gpus g WHERE EXISTS (SELECT 1 FROM points p WHERE p.gpu_id = g.id AND p.time_ns <= ?1)"""
+# The newest point of a metric at or before a bound (when `latest` holds a future one).
+_NEWEST_BEFORE = """
+SELECT time_ns, value, source_time_ns FROM points
+WHERE gpu_id = ? AND metric = ? AND time_ns <= ? ORDER BY time_ns DESC LIMIT 1"""
 
 _AGG_SQL = {"mean": "AVG(value)", "min": "MIN(value)", "max": "MAX(value)", "last": "value"}
 
@@ -161,7 +166,9 @@ class SqliteStore(Store):
             conn.executemany(_UPSERT_LATEST, _newest_rows(rows))
 
     def _summaries(self, where: str, args: Sequence[object], limit: int) -> list[GpuSummary]:
-        rows = self._read(f"{_SUMMARY} {where} ORDER BY g.uuid LIMIT ?", [*args, limit])
+        rows = self._read(
+            f"{_SUMMARY} {where} ORDER BY g.uuid LIMIT ?", [newest_bound_ns(), *args, limit]
+        )
         return [_summary(row) for row in rows]
 
     def list_gpus(
@@ -230,11 +237,19 @@ class SqliteStore(Store):
     def latest(self, uuid: str) -> dict[str, StoredPoint]:
         """Return the newest point of each metric of this GPU (empty when unknown)."""
         rows = self._read(
-            "SELECT l.metric, l.time_ns, l.value, l.source_time_ns FROM latest l"
+            "SELECT l.gpu_id, l.metric, l.time_ns, l.value, l.source_time_ns FROM latest l"
             " JOIN gpus g ON g.id = l.gpu_id WHERE g.uuid = ?",
             [validate.text("uuid", uuid)],
         )
-        return {str(m): StoredPoint(str(m), int(t), float(v), int(s)) for m, t, v, s in rows}
+        bound, out = newest_bound_ns(), {}
+        for gpu_id, m, t, v, s in rows:
+            if t > bound:  # a point from the future: the newest one before the bound instead
+                before = self._read(_NEWEST_BEFORE, [gpu_id, m, bound])
+                if not before:
+                    continue
+                t, v, s = before[0]
+            out[str(m)] = StoredPoint(str(m), int(t), float(v), int(s))
+        return out
 
     def list_hosts(self) -> list[str]:
         """Return every hostname with data, sorted."""

@@ -2,7 +2,9 @@
 
 Exit codes: 0 when finished (`--passes`) or stopped by SIGTERM/SIGINT after a clean
 flush; 1 when the CSV is unusable, a batch is refused for good, or shutdown could not
-flush; 2 for bad flags. Errors before streaming are one line on stderr, no traceback.
+flush; 2 for bad flags; 3 when a background loop (a producer's or the group member's
+io) crashed, after that loop logged the error once with its name. Errors before streaming
+are one line on stderr, no traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from streamer.config import ConfigError, StreamerConfig, parse_config
 from streamer.runner import Streamer
 from streamer.source import SourceError, check_header, new_metrics
 from walbroker import logs
+from walbroker.loops import LoopCrashed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _stream(config, streamers)
     except SourceError as exc:
         return _fail(str(exc), 1)
+    except LoopCrashed as exc:
+        return _fail(f"stopping: {exc}", 3)
     finally:
         if endpoints is not None:
             endpoints.stop()
