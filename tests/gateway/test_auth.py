@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -155,10 +156,10 @@ def test_token_file_changes_apply_without_restart(
     assert wait_until(lambda: gateway.get("/api/v1/hosts", token=token)[0] == 401, 10)
 
 
-def test_a_renewed_certificate_is_served_without_restart(
+def test_sighup_serves_a_renewed_certificate_without_restart(
     gateway: SecureGateway, creds: Credentials
 ) -> None:
-    """gunicorn loads the certificate files for every new connection."""
+    """gunicorn's workers hold their TLS context; SIGHUP replaces them with fresh ones."""
     pid = gateway.proc.pid if gateway.proc else 0
     renewed = creds.ca.issue("broker", ["127.0.0.1", "localhost"])
     creds.server_cert.write_bytes(renewed.cert_pem)
@@ -175,6 +176,8 @@ def test_a_renewed_certificate_is_served_without_restart(
         except OSError:  # workers restarting
             return b""
 
-    assert wait_until(lambda: served() == wanted, 20)
+    assert gateway.proc is not None
+    gateway.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: served() == wanted, 30)
     assert gateway.get("/healthz")[0] == 200
     assert gateway.proc is not None and gateway.proc.pid == pid and gateway.running
