@@ -30,6 +30,7 @@ SUITES = [
     "secure_bench",
     "import_bench",
     "gateway_bench",
+    "fleet_bench",
 ]
 
 

@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from gateway.config import MULTIPROC_ENV, from_env
@@ -61,6 +62,25 @@ logconfig_dict = {
     },
 }
 _OWNED_DIR = "GPUTEL_GATEWAY_OWNED_MULTIPROC_DIR"
+
+
+def ssl_context(conf: Any, default_ssl_context_factory: Callable[[], Any]) -> Any:
+    """gunicorn's TLS context; under gevent the handshake waits for the worker's handler.
+
+    gevent's server would complete the handshake while wrapping the socket, before the
+    handler runs and with no deadline, so a client that never sends a ClientHello would hold
+    its connection for good. Deferred, `GatewayWorker` runs it under the request-head deadline.
+    """
+    context = default_ssl_context_factory()
+    if _config.worker_class == "gevent":
+        wrap = context.wrap_socket
+
+        def wrap_socket(sock: Any, *args: Any, **kwargs: Any) -> Any:
+            kwargs["do_handshake_on_connect"] = False
+            return wrap(sock, *args, **kwargs)
+
+        context.wrap_socket = wrap_socket
+    return context
 
 
 def pre_request(worker: Any, req: Any) -> None:

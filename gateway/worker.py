@@ -7,8 +7,10 @@ gateway, 8 the chart's 2 x 4). Here each connection is a greenlet waiting on its
 a slow client costs a few KiB, not a worker. Bounds, each with a flag and a metric:
 
 - `--head-timeout-s`: a connection that has not sent a whole request head by then is closed
-  (`gpu_telemetry_gateway_slow_clients_total`). gunicorn's async worker times the head read
-  with `timeout_ctx()` on its keep-alive path, so `gunicorn_conf` turns keep-alive on and
+  (`gpu_telemetry_gateway_slow_clients_total`); with TLS, the handshake counts as part of the
+  head (gevent would otherwise complete it before the handler, with no deadline).
+  gunicorn's async worker times the head read with `timeout_ctx()` on its keep-alive
+  path, so `gunicorn_conf` turns keep-alive on and
   its `pre_request` hook closes each connection after its answer (as the sync worker did): a
   worker takes a new connection only when its loop is free, so load spreads over workers.
 - `--max-connections`: open connections per worker (gunicorn's `worker_connections`); past
@@ -23,6 +25,7 @@ process after gunicorn set PROMETHEUS_MULTIPROC_DIR, never in the arbiter.
 from __future__ import annotations
 
 import socket as _socket
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -80,24 +83,45 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         self.slow_metrics.connections.inc()
         try:
+            if isinstance(client, ssl.SSLSocket) and not self._handshake(client):
+                return  # the server closes the socket after this returns
             super().handle(listener, client, addr)
         finally:
             self.slow_metrics.connections.dec()
+
+    def _handshake(self, client: Any) -> bool:
+        """The TLS handshake is part of the request head: same deadline (see gunicorn_conf)."""
+        client.setblocking(1)
+        try:
+            with self._head_deadline() as deadline:
+                client.do_handshake()
+        except (ssl.SSLError, OSError) as exc:  # not TLS, or gone: nothing to answer
+            self.log.debug("TLS handshake failed: %s", exc)
+            return False
+        return not deadline.expired
 
     def timeout_ctx(self) -> Any:
         return self._head_deadline()
 
     @contextmanager
-    def _head_deadline(self) -> Iterator[None]:
+    def _head_deadline(self) -> Iterator[_Deadline]:
         """Give up on a request head after `head_timeout_s`; the caller then closes."""
+        deadline = _Deadline()
         timer = gevent.Timeout(self.head_timeout_s)
         timer.start()
         try:
-            yield
+            yield deadline
         except gevent.Timeout as exc:
             if exc is not timer:
                 raise
+            deadline.expired = True
             self.slow_metrics.slow.inc()
             self.log.debug("request head not complete in time; connection closed")
         finally:
             timer.close()
+
+
+class _Deadline:
+    """Whether a head deadline expired (set by `GatewayWorker._head_deadline`)."""
+
+    expired = False

@@ -5,15 +5,19 @@ A slowloris client opens a connection, sends a request line and then one header 
 (as the attack tools do), until `seconds` have passed. The probe meanwhile sends ordinary GET
 requests, one connection per request, a few at a time, and records each one's status and
 latency; a request that fails or takes longer than its timeout counts as failed.
+`SlowlorisProcess` runs the attack from a process of its own, so that its 50 threads do not
+compete with the probe's for one interpreter lock (which would show as probe latency).
 """
 
 from __future__ import annotations
 
 import http.client
+import multiprocessing as mp
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -86,6 +90,45 @@ class Slowloris:
         self._stop.set()
         for t in self._threads:
             t.join(10)
+
+
+def _attack(
+    host: str, port: int, connections: int, seconds: float, interval_s: float, out: Any
+) -> None:
+    attack = Slowloris(host, port, connections, seconds, interval_s).start()
+    for t in attack._threads:
+        t.join()
+    out.put((attack.opened, attack.closed_by_server, attack.held_s))
+
+
+class SlowlorisProcess:
+    """`Slowloris` in a child process; `result()` waits for its end and returns its figures."""
+
+    def __init__(
+        self, host: str, port: int, connections: int, seconds: float, interval_s: float = 1.0
+    ) -> None:
+        ctx = mp.get_context("spawn")
+        self.seconds = seconds
+        self._out = ctx.Queue()
+        args = (host, port, connections, seconds, interval_s, self._out)
+        self._proc = ctx.Process(target=_attack, args=args, name="slowloris", daemon=True)
+
+    def start(self) -> SlowlorisProcess:
+        self._proc.start()
+        return self
+
+    def result(self) -> Slowloris:
+        """The finished attack's counts (opened, closed_by_server, held_s)."""
+        opened, closed, held = self._out.get(timeout=self.seconds + 60)
+        self._proc.join(10)
+        done = Slowloris("", 0, 0, 0.0)
+        done.opened, done.closed_by_server, done.held_s = opened, closed, held
+        return done
+
+    def kill(self) -> None:
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(10)
 
 
 @dataclass
