@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from walbroker import flags
 from walbroker.credentials import (
     ClientSecurity,
     add_client_security_args,
@@ -81,7 +82,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     p.add_argument("--broker", default=e("BROKER"), help="broker HOST:PORT (required)")
     p.add_argument("--csv", default=e("CSV", "/data/dcgm.csv"), help="DCGM exporter CSV file")
-    p.add_argument("--topic", default=e("TOPIC", "telemetry"))
+    p.add_argument("--topic", default=e("TOPIC", "telemetry"), help="walbroker topic to publish to")
     p.add_argument("--group", default=e("GROUP", "streamers"), help="producer group name")
     loop = p.add_mutually_exclusive_group()
     loop.add_argument("--passes", type=int, default=None, help="passes over the file (default 1)")
@@ -91,14 +92,21 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     pace.add_argument(
         "--pass-interval", type=float, default=None, help="seconds between pass starts"
     )
-    p.add_argument("--batch-size", type=int, default=e("BATCH_SIZE", "2000"))
+    p.add_argument(
+        "--batch-size", type=int, default=e("BATCH_SIZE", "2000"), help="points per published batch"
+    )
     p.add_argument(
         "--linger-ms",
         type=int,
         default=e("LINGER_MS", "20"),
         help="producer linger; rows go out in whole chunks of --batch-size, so none lingers",
     )
-    p.add_argument("--max-pending-points", type=int, default=e("MAX_PENDING_POINTS", "200000"))
+    p.add_argument(
+        "--max-pending-points",
+        type=int,
+        default=e("MAX_PENDING_POINTS", "200000"),
+        help="points published but not yet acknowledged before the streamer waits",
+    )
     p.add_argument(
         "--source-cache-mb",
         type=float,
@@ -141,11 +149,22 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=e("METRICS_LISTEN", "127.0.0.1:9102"),
         help="HOST:PORT of /metrics, /healthz and /readyz ('' to disable)",
     )
-    p.add_argument("--commit-interval", type=float, default=e("COMMIT_INTERVAL", "1.0"))
-    p.add_argument("--session-timeout-ms", type=int, default=e("SESSION_TIMEOUT_MS", "10000"))
-    p.add_argument("--log-level", default=e("LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--commit-interval",
+        type=float,
+        default=e("COMMIT_INTERVAL", "1.0"),
+        help="seconds between heartbeats that report source progress",
+    )
+    p.add_argument(
+        "--session-timeout-ms",
+        type=int,
+        default=e("SESSION_TIMEOUT_MS", "10000"),
+        help="the group gives this streamer's GPUs away after this long without a heartbeat",
+    )
+    p.add_argument("--log-level", default=e("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING")
     add_client_security_args(p, env)
-    return p
+    # The loop and pace variables are resolved in _loop_and_pace: a flag of the other kind wins.
+    return flags.finish(p, env, ENV_PREFIX, own=("passes", "forever", "rate", "pass_interval"))
 
 
 def _number(env: Mapping[str, str], name: str, kind: type[int] | type[float]) -> float | None:
