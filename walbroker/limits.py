@@ -34,9 +34,12 @@ STREAM_METHODS = frozenset({"/walbroker.v1.Broker/Publish", "/walbroker.v1.Broke
 
 
 def peer_host(peer: str) -> str:
-    """The address part of a grpc peer string ('ipv4:1.2.3.4:5678' -> 'ipv4:1.2.3.4')."""
-    host, sep, port = peer.rpartition(":")
-    return host if sep and port.isdigit() else peer
+    """The address of a gRPC peer without its port: 'ipv4:10.0.0.7:5312' -> '10.0.0.7'."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        host = rest.rpartition(":")[0] or rest
+        return host.strip("[]")
+    return rest or peer  # unix sockets and the like: the path, as given
 
 
 class StreamLimits(grpc.ServerInterceptor):  # type: ignore[misc]

@@ -30,7 +30,7 @@ from walbroker.group import GroupCoordinator
 from walbroker.group_retention import expire_groups, update_retention_ignored
 from walbroker.guard import Guard
 from walbroker.lag import group_lags
-from walbroker.limits import StreamLimits
+from walbroker.limits import StreamLimits, peer_host
 from walbroker.log import Log
 from walbroker.metrics import BrokerMetrics, ExtentRow, LagRow
 from walbroker.security import check_exposure
@@ -147,7 +147,7 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
             first = next(request_iterator, None)
             if first is None or first.WhichOneof("kind") != "join":
                 raise InvalidArgument("the first message of a Consume stream must be a join")
-            session.join(first.join)
+            session.join(first.join, peer_host(context.peer()))
             threading.Thread(
                 target=self._read_session,
                 args=(request_iterator, session),

@@ -1,4 +1,5 @@
-"""Hostile-client tests: a real broker process, a hostile client and a well-behaved one."""
+"""Fixtures of tests/hostile: a real broker with a well-behaved client's topic, idle streams from
+another process; collector processes and targets come from the collector tests."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.collector.conftest import collectors, sqlite_target
 from tests.fixtures.broker import BrokerProcess
 from tests.hostile.support import GOOD_TOPIC, scrape
+
+__all__ = ["collectors", "sqlite_target"]
 
 
 @pytest.fixture
