@@ -199,7 +199,11 @@ class Session:
     # ---- responses (writer thread) ---------------------------------------------------------
 
     def responses(self) -> Iterator[pb.ConsumeResponse]:
-        """Control messages and records, until the stream closes."""
+        """Control messages and records, until the stream closes.
+
+        Control messages queued before the close (the join's assignment, a commit's
+        ack) are still sent: a member that joins and leaves at once gets its answer.
+        """
         while not self.closed.is_set():
             self.wake.wait(0.5)
             self.wake.clear()
@@ -207,6 +211,8 @@ class Session:
                 yield self.outbound.popleft()
             if self.role == "consumer":
                 yield from self._deliver()
+        while self.outbound:
+            yield self.outbound.popleft()
 
     def _deliver(self) -> Iterator[pb.ConsumeResponse]:
         with self.lock:

@@ -344,7 +344,7 @@ def test_client_token_rotation_keeps_an_open_stream_going(
     """Rotate as docs/security.md says: add the new token, hand it to the client, revoke the
     old one. The client's open stream is cut by the revocation and resumes with the new token
     read from its file: nothing fails, nothing is lost or stored twice."""
-    b = broker_factory("--partitions", "2", *creds.broker_args(tls=False)).start()
+    b = broker_factory("--topic", "telemetry:2", *creds.broker_args(tls=False)).start()
     sec = creds.client("only-produce", tls=False)
     old = creds.tokens["only-produce"]
     p = Producer(b.address, "telemetry", lambda xs: b"x" * len(xs), security=sec).start()
