@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     )  # fmt: skip
     try:
-        store = open_store(config.store, **config.store_options())
+        store = open_store(config.store, config.catalog_granularity_s, **config.store_options())
     except StoreError as exc:
         return _fail(str(exc), 1)
     with store:

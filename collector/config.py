@@ -56,6 +56,8 @@ class CollectorConfig:
     retry_max_ms: int = 5_000
     # On SIGTERM, how long to keep retrying the last flush before leaving without it.
     shutdown_timeout_s: float = 20.0
+    # The GPU catalog's last_seen lags the newest point by less than this (InfluxDB store).
+    catalog_granularity_s: float = 60.0
     # Points stamped further ahead of this clock are dead-lettered (collector.future).
     max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S
     log_level: str = "INFO"
@@ -106,6 +108,11 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--client-id", default=env_of("CLIENT_ID", ""))
     p.add_argument("--max-unacked-points", default=env_of("MAX_UNACKED_POINTS", "100000"))
     p.add_argument("--session-timeout-ms", default=env_of("SESSION_TIMEOUT_MS", "10000"))
+    p.add_argument(
+        "--catalog-granularity-s",
+        default=env_of("CATALOG_GRANULARITY_S", "60"),
+        help="rewrite a GPU's catalog last_seen when it moved this much (InfluxDB store)",
+    )
     p.add_argument(
         "--max-future-skew-s",
         default=env_of("MAX_FUTURE_SKEW_S", str(int(DEFAULT_MAX_FUTURE_SKEW_S))),
@@ -194,6 +201,7 @@ def from_args(
         client_id=a.client_id,
         max_unacked_points=max_unacked,
         session_timeout_ms=_positive("--session-timeout-ms", a.session_timeout_ms),
+        catalog_granularity_s=_positive("--catalog-granularity-s", a.catalog_granularity_s),
         max_future_skew_s=_seconds("--max-future-skew-s", a.max_future_skew_s),
         log_level=level,
         security=security,

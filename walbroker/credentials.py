@@ -141,9 +141,19 @@ class BearerToken(
 
     def __init__(self, source: TokenSource) -> None:
         self.source = source
+        self.sent = ""  # the token of the latest call
+
+    def rotated(self) -> bool:
+        """True if the token file now holds another token than the latest call carried
+        (a refusal of that call is then worth a retry with the new one)."""
+        try:
+            return self.source.token() != self.sent
+        except ValueError:
+            return False
 
     def _with_token(self, d: Any) -> Any:
-        metadata = [*(d.metadata or ()), ("authorization", f"Bearer {self.source.token()}")]
+        self.sent = self.source.token()
+        metadata = [*(d.metadata or ()), ("authorization", f"Bearer {self.sent}")]
         details = _Details(d.method, d.timeout, metadata, d.credentials, d.wait_for_ready,
                            d.compression)  # fmt: skip
         return _ClientCallDetails(*details)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from gateway.times import format_time
+from store.catalog import gpu_key
 from tests.gateway import data
 from tests.gateway.data import METRICS, TIMES, S
 from tests.store.helpers import batch
@@ -35,7 +36,10 @@ def test_pages_while_writing_lose_and_repeat_nothing(fresh, fresh_client) -> Non
 def test_gpu_list_pages_while_gpus_appear(fresh, fresh_client) -> None:
     seen: list[str] = []
     token = None
-    extra = [data.gpu(9, i) for i in range(3)]  # sort after every seeded uuid
+    last = max(gpu_key(g.uuid) for g in data.GPUS)
+    extra = [g for g in (data.gpu(9, i) for i in range(64)) if gpu_key(g.uuid) > last][:3]
+    assert len(extra) == 3  # GPUs that sort after every seeded one in catalog order
+    added = {g.uuid for g in extra}
     while True:
         args = {"limit": 2, **({"cursor": token} if token else {})}
         body = fresh_client.get("/api/v1/gpus", query_string=args).get_json()
@@ -45,7 +49,7 @@ def test_gpu_list_pages_while_gpus_appear(fresh, fresh_client) -> None:
             break
         if extra:
             fresh.store.write(data.points((extra.pop(),), TIMES[:1]))
-    assert seen == sorted({g.uuid for g in data.GPUS} | {f"GPU-h9-{i}" for i in range(3)})
+    assert seen == sorted({g.uuid for g in data.GPUS} | added, key=gpu_key)
 
 
 def test_page_bytes_match_the_stored_points(fresh, fresh_client) -> None:
