@@ -116,6 +116,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "`--csv FILE --passes 1 --time source` imports an export once)",
     )
     p.add_argument(
+        "--scrape-demo",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the live path: N fake dcgm-exporters (8 GPUs each) scraped by the streamers "
+        "instead of the CSV",
+    )
+    p.add_argument("--scrape-interval", type=float, default=5.0, help="with --scrape-demo")
+    p.add_argument(
         "--verbose",
         action="store_true",
         help="on a terminal, keep showing every component's log lines after start-up",
@@ -127,6 +136,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds between status lines (points/s, lag, store; 0: none)",
     )
     a = flags.finish(p, os.environ, "GPUTEL_UP_").parse_args(argv)
+    if a.scrape_demo < 0:
+        p.error("--scrape-demo must not be negative")
     if a.passes is not None and a.passes < 1:
         p.error("--passes must be at least 1")
     return a
@@ -208,24 +219,34 @@ def plan(a: argparse.Namespace, tls: SecureSetup | None = None) -> list[Componen
             env=tls.broker_client_env("gateway") if tls else {},
         )
     )
+    source_args = [
+        "--csv", str(source),
+        *(["--forever"] if a.passes is None else ["--passes", str(a.passes)]),
+        "--pass-interval", str(a.pass_interval), "--time", a.time,
+    ]  # fmt: skip
+    if a.scrape_demo:
+        exporter, source_args = scrape_demo(a)
+        comps.append(exporter)
     for i in range(a.streamers):
         port = a.metrics_port + 10 + i
-        argv = [
-            "gputel-streamer",
-            "--broker",
-            broker,
-            "--csv",
-            str(source),
-            *(["--forever"] if a.passes is None else ["--passes", str(a.passes)]),
-            "--pass-interval",
-            str(a.pass_interval),
-            "--time",
-            a.time,
-            *client("streamer"),
-        ]
+        argv = ["gputel-streamer", "--broker", broker, *source_args, *client("streamer")]
         comps.append(_http_component(f"streamer-{i}", argv, port))
-        comps[-1].finishes = a.passes is not None
+        comps[-1].finishes = a.passes is not None and not a.scrape_demo
     return comps
+
+
+def scrape_demo(a: argparse.Namespace) -> tuple[Component, list[str]]:
+    """The fake dcgm-exporters (`--scrape-demo N`) and the streamer flags that scrape them."""
+    listen = _local(a.metrics_port + 40)
+    targets = a.data_dir / "scrape-targets.json"
+    exporter = Component(
+        "exporters",
+        ["gputel-fake-exporter", "--listen", listen, "--targets", str(a.scrape_demo),
+         "--prefix", "demo", "--targets-file", str(targets)],
+        f"http://{listen}/targets/0/metrics",
+    )  # fmt: skip
+    args = ["--targets-file", str(targets), "--scrape-interval-s", str(a.scrape_interval)]
+    return exporter, args
 
 
 def _http_component(name: str, argv: list[str], port: int) -> Component:
@@ -243,6 +264,7 @@ def ports_of(a: argparse.Namespace) -> list[int]:
         a.port,
         *(a.metrics_port + 20 + i for i in range(a.collectors)),
         *(a.metrics_port + 10 + i for i in range(a.streamers)),
+        *([a.metrics_port + 40] if a.scrape_demo else []),
     ]
 
 

@@ -49,12 +49,25 @@ class StreamerConfig:
     linger_ms: int = 20
     max_pending_points: int = 200_000
     source_cache_bytes: int = 64 * 1024 * 1024
+    # Scrape mode (any of these set): live dcgm-exporter targets instead of the CSV.
+    scrape: tuple[str, ...] = ()
+    targets_file: str = ""
+    targets_dns: tuple[str, ...] = ()
+    scrape_interval_s: float = 10.0
+    scrape_timeout_s: float = 5.0
+    scrape_concurrency: int = 64
     time_mode: str = "processing"
     metrics_listen: str = "127.0.0.1:9102"
     commit_interval_s: float = 1.0
     session_timeout_ms: int = 10_000
     shutdown_timeout_s: float = 20.0
     log_level: str = "INFO"
+
+    @property
+    def scraping(self) -> bool:
+        """True in scrape mode (targets given), False when streaming the CSV."""
+        return bool(self.scrape or self.targets_file or self.targets_dns)
+
     # Token file and TLS files for the broker (walbroker.credentials).
     security: ClientSecurity = field(default_factory=ClientSecurity)
 
@@ -101,6 +114,29 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="memory for parsed rows reused by later passes, 24 bytes a row; a larger "
         "file is read again each pass (0: always read)",
     )
+    scrape = p.add_argument_group("scrape mode (live dcgm-exporter targets instead of --csv)")
+    scrape.add_argument(
+        "--scrape", action="append", default=None, metavar="URL",
+        help="a target's metrics URL (repeatable)",
+    )  # fmt: skip
+    scrape.add_argument(
+        "--targets-file", default=e("TARGETS_FILE", ""),
+        help="Prometheus file_sd file (JSON or YAML), re-read when it changes",
+    )  # fmt: skip
+    scrape.add_argument(
+        "--targets-dns", action="append", default=None, metavar="NAME:PORT",
+        help="scrape every address of NAME (e.g. a headless Service), re-resolved each interval",
+    )  # fmt: skip
+    scrape.add_argument("--scrape-interval-s", type=float, default=e("SCRAPE_INTERVAL_S", "10"))
+    scrape.add_argument(
+        "--scrape-timeout-s", type=float, default=e("SCRAPE_TIMEOUT_S"),
+        help="a scrape slower than this fails (reason timeout); at most the interval "
+        "(default: 5, or the interval if shorter)",
+    )  # fmt: skip
+    scrape.add_argument(
+        "--scrape-concurrency", type=int, default=e("SCRAPE_CONCURRENCY", "64"),
+        help="scrapes in flight at once; a slow target holds one slot, never the others",
+    )  # fmt: skip
     p.add_argument(
         "--time",
         choices=TIME_MODES,
@@ -186,6 +222,16 @@ def parse_config(
         max_pending_points=a.max_pending_points,
         source_cache_bytes=int(float(a.source_cache_mb) * 1024 * 1024),
         time_mode=a.time,
+        scrape=tuple(a.scrape or _split(env.get(ENV_PREFIX + "SCRAPE", ""))),
+        targets_file=a.targets_file,
+        targets_dns=tuple(a.targets_dns or _split(env.get(ENV_PREFIX + "TARGETS_DNS", ""))),
+        scrape_interval_s=float(a.scrape_interval_s),
+        scrape_timeout_s=(
+            float(a.scrape_timeout_s)
+            if a.scrape_timeout_s is not None
+            else min(5.0, float(a.scrape_interval_s))
+        ),
+        scrape_concurrency=int(a.scrape_concurrency),
         metrics_listen=a.metrics_listen,
         commit_interval_s=a.commit_interval,
         session_timeout_ms=a.session_timeout_ms,
@@ -195,6 +241,11 @@ def parse_config(
     )
     validate(config)
     return config
+
+
+def _split(value: str) -> list[str]:
+    """A comma-separated env value as a list (empty items dropped)."""
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def validate(c: StreamerConfig) -> None:
@@ -208,6 +259,12 @@ def validate(c: StreamerConfig) -> None:
         (c.max_pending_points >= c.batch_size, "--max-pending-points must be >= --batch-size"),
         (c.source_cache_bytes >= 0, "--source-cache-mb must not be negative"),
         (c.time_mode in TIME_MODES, f"--time must be one of {', '.join(TIME_MODES)}"),
+        (c.scrape_interval_s > 0, "--scrape-interval-s must be positive"),
+        (
+            0 < c.scrape_timeout_s <= c.scrape_interval_s,
+            "--scrape-timeout-s must be positive and at most --scrape-interval-s",
+        ),
+        (c.scrape_concurrency >= 1, "--scrape-concurrency must be at least 1"),
         (c.commit_interval_s > 0, "--commit-interval must be positive"),
     ]
     for ok, message in checks:

@@ -279,3 +279,35 @@ def test_up_secure_runs_over_tls_with_a_token_per_component(tmp_path):
         rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, rest
     assert "gputel-up: stopped" in rest
+
+
+def test_scrape_demo_shows_the_live_path(tmp_path):
+    """`gputel-up --scrape-demo 3`: fake exporters scraped live, their GPUs in the API."""
+    base = free_block(50)
+    proc = up(tmp_path, "--port", str(base), "--broker-port", str(base + 1), "--metrics-port",
+              str(base + 2), "--scrape-demo", "3", "--scrape-interval", "1")  # fmt: skip
+    lines: list[str] = []
+    try:
+        while "gputel is up" not in "".join(lines):
+            line = proc.stdout.readline()
+            assert line, "gputel-up ended before it was up:\n" + "".join(lines)
+            lines.append(line)
+        api = f"http://127.0.0.1:{base}/api/v1"
+
+        def gpus() -> list:
+            status, body = http_get(f"{api}/gpus")
+            return json.loads(body)["gpus"] if status == 200 else []
+
+        assert wait_until(lambda: len(gpus()) == 24, 60), "the demo's 24 GPUs never arrived"
+        assert {g["hostname"] for g in gpus()} == {"demo-0000", "demo-0001", "demo-0002"}
+        uuid = gpus()[0]["uuid"]
+
+        def scrapes() -> int:
+            status, body = http_get(f"{api}/gpus/{uuid}/telemetry?metric=DCGM_FI_DEV_GPU_UTIL")
+            return len(json.loads(body)["points"]) if status == 200 else 0
+
+        assert wait_until(lambda: scrapes() >= 3, 30)  # a new scrape every second
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, rest
