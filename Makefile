@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 PYTEST_ARGS ?=
 
-.PHONY: install proto lint fmt test cover cover-html cover-pkg run bench clean
+.PHONY: install provision proto lint fmt test cover cover-html cover-pkg run bench clean
 
 install: ## create .venv and install the project (editable) with test extras
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,13 @@ fmt:
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: ## the whole suite (unit + integration against real processes)
+provision: ## what the tests need besides .venv (InfluxDB, helm, kubectl, promtool, chromium); cached, idempotent
+	PYTHON=$(PY) scripts/provision-tests.sh
+
+test: provision ## the whole suite (unit + integration against real processes)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-cover: ## the suite with coverage (also of subprocesses), summary; fails under 85 %
+cover: provision ## the suite with coverage (also of subprocesses), summary; fails under 85 %
 	rm -f .coverage .coverage.*
 	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml $(BIN)/pytest -q --cov --cov-report= $(PYTEST_ARGS)
 	$(BIN)/coverage combine -q || true

@@ -22,6 +22,7 @@ from typing import Any
 from tests.fixtures.broker import BrokerProcess, free_port, wait_serving
 from walbroker.config import LogConfig
 from walbroker.consumer import Consumer
+from walbroker.credentials import ClientSecurity
 from walbroker.log import Log
 from walbroker.producer import Producer
 from walbroker.types import TopicPartition
@@ -30,9 +31,22 @@ BYTES_PER_POINT = 38
 BATCH_POINTS = 1_000
 
 
-def _produce(address: str, topic: str, batches: int, seed: int, out: Any) -> None:
+def _produce(
+    address: str,
+    topic: str,
+    batches: int,
+    seed: int,
+    out: Any,
+    security: ClientSecurity | None = None,
+) -> None:
     payload = os.urandom(BATCH_POINTS * BYTES_PER_POINT)
-    with Producer(address, topic, lambda items: b"", max_pending_points=64 * BATCH_POINTS) as p:
+    with Producer(
+        address,
+        topic,
+        lambda items: b"",
+        max_pending_points=64 * BATCH_POINTS,
+        security=security,
+    ) as p:
         t0 = time.perf_counter()
         for i in range(batches):
             p.send_batch((seed + i) % p.partitions, payload, BATCH_POINTS)
@@ -40,12 +54,18 @@ def _produce(address: str, topic: str, batches: int, seed: int, out: Any) -> Non
         out.put((time.perf_counter() - t0, p.stats.acked_points))
 
 
-def publish(address: str, topic: str, producers: int = 4, batches: int = 500) -> dict[str, Any]:
+def publish(
+    address: str,
+    topic: str,
+    producers: int = 4,
+    batches: int = 500,
+    security: ClientSecurity | None = None,
+) -> dict[str, Any]:
     """Points/s acknowledged with `producers` processes publishing 1,000-point batches."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     procs = [
-        ctx.Process(target=_produce, args=(address, topic, batches, i, out))
+        ctx.Process(target=_produce, args=(address, topic, batches, i, out, security))
         for i in range(producers)
     ]
     t0 = time.perf_counter()
@@ -67,9 +87,13 @@ def publish(address: str, topic: str, producers: int = 4, batches: int = 500) ->
     }
 
 
-def consume(address: str, topic: str, expected: int) -> dict[str, Any]:
+def consume(
+    address: str, topic: str, expected: int, security: ClientSecurity | None = None
+) -> dict[str, Any]:
     """Points/s one group member receives (and commits) from the start of the topic."""
-    c = Consumer(address, "bench-consume", topic, max_unacked_points=400_000).start()
+    c = Consumer(
+        address, "bench-consume", topic, max_unacked_points=400_000, security=security
+    ).start()
     try:
         c.wait_for_assignment()
         got = 0

@@ -293,12 +293,14 @@ def _runs(
     return runs
 
 
-# Gateway flags per measured setup. The first is the SQLite default (one thread: gunicorn's
-# sync worker, no keep-alive); the second the threaded worker with keep-alive (the InfluxDB
-# default, and the SQLite default before).
+# Gateway flags per measured setup. The first is the default (gevent workers, one request per
+# connection; see gateway/worker.py); the sync worker was the SQLite default before it (the same
+# one-request-per-connection shape, but one slow client holds a whole worker); the third is
+# gthread with keep-alive (the InfluxDB default before).
 SETUPS: dict[str, list[str]] = {
     "workers_2": ["--workers", "2"],
-    "workers_2_threads_4": ["--workers", "2", "--threads", "4"],
+    "workers_2_sync": ["--workers", "2", "--worker-class", "sync"],
+    "workers_2_threads_4": ["--workers", "2", "--worker-class", "gthread", "--threads", "4"],
 }
 
 

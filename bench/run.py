@@ -27,8 +27,10 @@ SUITES = [
     "streamer_bench",
     "collector_bench",
     "e2e_bench",
+    "secure_bench",
     "import_bench",
     "gateway_bench",
+    "fleet_bench",
 ]
 
 

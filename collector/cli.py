@@ -1,7 +1,10 @@
 """`gputel-collector`: store telemetry from a walbroker consumer group in SQLite or InfluxDB.
 
 Exit codes: 0 after a clean stop (SIGTERM/SIGINT: flushed, committed, left the group),
-1 when the store or an HTTP port cannot be opened, 2 for bad flags (one line on stderr).
+1 when the store or an HTTP port cannot be opened, 2 for bad flags (one line on stderr),
+3 when a background loop (the writer, the consumer's or a producer's io) crashed: the
+loop logged the error once with its name; what was not committed is redelivered to the
+restarted process.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from gputel.probes import ProbeServer, Readiness
 from store import StoreError, open_store
 from walbroker import logs
 from walbroker.errors import AccessError
+from walbroker.loops import LoopCrashed
 
 log = logging.getLogger("collector.cli")  # not __main__ under `python -m`
 
@@ -59,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     )  # fmt: skip
     try:
-        store = open_store(config.store, **config.store_options())
+        store = open_store(config.store, config.catalog_granularity_s, **config.store_options())
     except StoreError as exc:
         return _fail(str(exc), 1)
     with store:
@@ -74,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             collector.run()
         except AccessError as exc:  # the broker refused our token or TLS settings
             return _fail(f"broker {config.broker}: {exc.message}", 1)
+        except LoopCrashed as exc:
+            log.error("stopping: a background loop crashed", extra={"loop": exc.loop})
+            return 3
         finally:
             for endpoint in served:
                 endpoint.stop()

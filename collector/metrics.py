@@ -9,7 +9,7 @@ from __future__ import annotations
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 WRITE_ERROR_KINDS = ("unavailable", "invalid", "error", "dead_letter")
-DEAD_LETTER_REASONS = ("decode", "invalid")
+DEAD_LETTER_REASONS = ("decode", "invalid", "future_time")
 COMMIT_RESULTS = ("ok", "refused", "sent")
 FLUSH_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -47,7 +47,8 @@ class CollectorMetrics:
         )
         self.dead_lettered = Counter(
             "gpu_telemetry_collector_dead_lettered_total",
-            "Points sent to the dead-letter topic, by reason (decode or invalid).",
+            "Points not stored, their record sent to the dead-letter topic, by reason "
+            "(decode, invalid, future_time).",
             ["reason"],
             registry=registry,
         )

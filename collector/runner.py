@@ -18,7 +18,9 @@ writer at a time, so commits stay in offset order and each follows its write.
   After `failures_before_unready` consecutive failures the collector reports not-ready.
 - A record that does not decode, or that the store rejects as invalid, goes to the
   dead-letter topic (`deadletter`), is counted and logged once, and its offset is
-  committed with the flush: it never blocks its partition.
+  committed with the flush: it never blocks its partition. So does a record holding
+  points stamped more than `max_future_skew_s` ahead of the clock (`collector.future`);
+  its other points are written.
 - Revoked partitions (cooperative rebalance) are flushed, committed (waiting for the
   broker's acknowledgement) and released; if the store is down their held records are
   dropped uncommitted instead (the new owner re-reads them) so a rebalance never waits
@@ -27,8 +29,11 @@ writer at a time, so commits stay in offset order and each follows its write.
   held (retrying up to `shutdown_timeout_s`), waits for the commits, and leaves the group.
 
 Thread-safety: `run` executes on the loop thread, which owns the held records, the retry
-policy and rebalances; the writer thread owns a job only while it runs it. `stop`,
-`readiness` and the consumer's revoke callback may run on any thread.
+policy, readiness (`_store_ok`, `_failures`: written only here) and rebalances; the writer
+thread owns a job only while it is WRITING (`collector.writer`). Both threads send dead
+letters (`DeadLetters` is thread-safe) and update metrics; `_sent` is guarded by its lock.
+`stop`, `readiness` (reads only) and the consumer's revoke callback (on the consumer-io
+thread: it only notes the partitions, under `_revoked_lock`) may run on any thread.
 """
 
 from __future__ import annotations
@@ -40,9 +45,10 @@ from typing import Any
 
 from collector.config import CollectorConfig
 from collector.deadletter import DeadLetters
+from collector.future import split_future
 from collector.metrics import CollectorMetrics
 from collector.pending import HeldRecord, Pending, merge, tail
-from collector.writer import WriteJob, Writer
+from collector.writer import FlushFailed, JobState, WriteJob, Writer
 from proto import codec
 from store import InvalidBatch, Store, StoreError, StoreUnavailable
 from walbroker.client import Backoff
@@ -53,15 +59,8 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 0.2
 DEAD_LETTER_TIMEOUT_S = 10.0
-
-
-class FlushFailed(Exception):
-    """A flush step failed; `kind` labels the write-error metric."""
-
-    def __init__(self, kind: str, error: Exception) -> None:
-        super().__init__(f"{kind}: {error}")
-        self.kind = kind
-        self.error = error
+# A submitted job the loop has not yet seen back from the writer (see `_settle`).
+_UNSETTLED = frozenset({JobState.WRITING, JobState.COMMITTED, JobState.FAILED})
 
 
 class Collector:
@@ -199,7 +198,7 @@ class Collector:
         return bool(len(self.pending) or self._jobs())
 
     def _held_points(self) -> int:
-        return self.pending.points + sum(j.points for j in self._jobs() if not j.written)
+        return self.pending.points + sum(j.points for j in self._jobs() if not j.stored)
 
     def _held_records(self) -> int:
         return len(self.pending) + sum(len(j.held) for j in self._jobs())
@@ -219,13 +218,20 @@ class Collector:
             self._dead_letter(msg, "decode", str(exc))
             self.pending.add(HeldRecord(msg, None))
             return
-        self.pending.add(HeldRecord(msg, tail(batch, msg.skip)))
+        split = split_future(tail(batch, msg.skip), self.config.max_future_skew_s)
+        if split.future:
+            self._dead_letter(msg, "future_time", split.reason(), points=split.future)
+        self.pending.add(HeldRecord(msg, split.kept))
         self._update_backlog()
 
-    def _dead_letter(self, msg: Message, reason: str, error: str) -> None:
-        """Send `msg` to the dead-letter topic (from the loop or the writer thread)."""
+    def _dead_letter(self, msg: Message, reason: str, error: str, points: int = -1) -> None:
+        """Send `msg` to the dead-letter topic (from the loop or the writer thread).
+
+        `points` counts what is not stored (default: the whole record).
+        """
         self.dead_letters.send(msg, reason, error)
-        self.metrics.dead_lettered.labels(reason=reason).inc(msg.count - msg.skip)
+        dropped = msg.count - msg.skip if points < 0 else points
+        self.metrics.dead_lettered.labels(reason=reason).inc(dropped)
         log.warning(
             "record sent to the dead-letter topic",
             extra={
@@ -265,7 +271,7 @@ class Collector:
         if not len(job.held) and not (wait and self._has_sent()):
             self._update_backlog()
             return True
-        if job.stale:
+        if job.state is JobState.HELD:  # records were dropped since it was prepared
             self._prepare(job)
         job.started = time.monotonic()
         self._inflight = job
@@ -274,14 +280,14 @@ class Collector:
 
     def _prepare(self, job: WriteJob) -> None:
         """Merge and encode the job's points (`Store.prepare`); mark it invalid if rejected."""
-        job.prepared, job.one_by_one, job.stale = None, False, False
+        job.prepared, job.one_by_one = None, False
         batches = job.held.batches()
-        if not batches:
-            return
-        try:
-            job.prepared = self.store.prepare(merge(batches))
-        except InvalidBatch:
-            job.one_by_one = True
+        if batches:
+            try:
+                job.prepared = self.store.prepare(merge(batches))
+            except InvalidBatch:
+                job.one_by_one = True
+        job.to(JobState.PREPARED)
 
     def _finish_inflight(self) -> bool:
         """Wait until the writer's job is committed, retrying it with backoff while it fails.
@@ -290,32 +296,50 @@ class Collector:
         uncommitted); re-raises what is not a store, dead-letter or commit failure (a bug).
         """
         while (job := self._inflight) is not None:
-            if not job.failed:
-                job.done.wait()
-                if job.error is None:
-                    self._inflight = None
-                    break
-                if not isinstance(job.error, FlushFailed):
-                    raise job.error
-                self._on_failure(job.error)
-                job.failed = True
+            if job.state in _UNSETTLED and self._settle(job):
+                self._inflight = None
+                break
             if not self._wait_retry():
                 return False
             self._handle_revoke(can_flush=False)
             if not len(job.held) and not job.wait:
                 self._inflight = None
                 break
-            if job.stale:
+            if job.state is JobState.HELD:  # records were dropped: prepare what is left
                 self._prepare(job)
-            job.failed = False
             self._writer.submit(job)
         self._update_backlog()
         return True
 
+    def _settle(self, job: WriteJob) -> bool:
+        """Wait until the writer hands `job` back; True when committed.
+
+        A failure is counted (the job is then RETRYING); a crash of the writer is re-raised.
+        """
+        job.done.wait()
+        if job.state is JobState.COMMITTED:
+            if len(job.held):  # not for a commit-only job (confirming earlier commits)
+                if not self._store_ok or self._failures:
+                    extra = {"failed_attempts": self._failures}
+                    log.info("store writes succeed again", extra=extra)
+                self._set_store_ok(True)
+            return True
+        if not isinstance(job.error, FlushFailed):
+            assert job.error is not None
+            raise job.error  # LoopCrashed: the writer logged it and stopped
+        self._on_failure(job.error)
+        job.to(JobState.RETRYING)
+        return False
+
     def _on_failure(self, exc: FlushFailed) -> None:
         self._failures += 1
         self.metrics.write_errors.labels(kind=exc.kind).inc()
-        extra = {"kind": exc.kind, "error": str(exc.error), "attempt": self._failures}
+        extra = {
+            "loop": Writer.NAME,
+            "kind": exc.kind,
+            "error": str(exc.error),
+            "attempt": self._failures,
+        }
         if self._failures == 1:
             log.warning("flush failed; retrying with backoff", extra=extra)
         if self._failures == self.config.failures_before_unready:
@@ -339,7 +363,7 @@ class Collector:
 
     def _execute(self, job: WriteJob) -> None:
         """On the writer thread: store the job's points, flush dead letters, then commit."""
-        if not job.written:
+        if not job.stored:
             try:
                 if job.prepared is not None:
                     try:
@@ -352,12 +376,8 @@ class Collector:
                 raise FlushFailed("unavailable", exc) from exc
             except StoreError as exc:
                 raise FlushFailed("error", exc) from exc
-            job.written = True
+            job.stored = True
         self._flush_dead_letters()
-        if len(job.held):  # not for a commit-only job (confirming earlier commits)
-            if not self._store_ok or self._failures:
-                log.info("store writes succeed again", extra={"failed_attempts": self._failures})
-            self._set_store_ok(True)
         self._commit(job)
         if len(job.held):
             self.metrics.flushed.inc(job.points)
@@ -428,11 +448,12 @@ class Collector:
             held |= job.partitions()
         if held & revoked and can_flush and self._store_ok:
             self._flush(wait=True)
-        elif self._inflight is not None and not self._inflight.failed:
-            # Never change a job the writer holds: let its attempt end first.
-            self._inflight.done.wait()
-            if self._inflight.error is None:
-                self._inflight = None
+        elif (
+            self._inflight is not None
+            and self._inflight.state in _UNSETTLED  # the writer holds it, or just gave it back
+            and self._settle(self._inflight)  # never change a job before its attempt ended
+        ):
+            self._inflight = None
         dropped = self.pending.drop(revoked)
         for job in self._jobs():
             dropped += job.drop(revoked)

@@ -10,10 +10,25 @@ letters on the broker, its offsets committed). So every commit follows the write
 point below it, and commits reach the broker in offset order. A failed job goes back to
 the loop, which owns the retry policy, readiness and rebalances; the writer never retries
 on its own and never holds more than the one job.
+
+A job's lifecycle is one `JobState`, changed only through `WriteJob.to`, which asserts the
+transition:
+
+    HELD --prepare--> PREPARED --submit--> WRITING --+--> COMMITTED
+      ^                  ^                            |
+      |                  |                            +--> FAILED --count--> RETRYING
+      +---- records dropped (not yet stored) ---------+                          |
+                         +------------------ prepare again / resubmit -----------+
+
+An expected failure of a step (store down, dead letters not acknowledged, commit refused
+in transit) is a `FlushFailed` and leaves the job FAILED for the loop to retry. Anything
+else is a bug: the writer logs it once as a crash of `collector-writer`, fails the job with
+`LoopCrashed` and stops; the loop re-raises it and the process exits non-zero.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import queue
 import threading
@@ -22,30 +37,67 @@ from dataclasses import dataclass, field
 
 from collector.pending import Pending
 from store.base import PreparedWrite
+from walbroker.loops import LoopCrashed, run_loop
 
 log = logging.getLogger(__name__)
+
+
+class FlushFailed(Exception):
+    """A flush step failed in a way a retry may fix; `kind` labels the write-error metric."""
+
+    def __init__(self, kind: str, error: Exception) -> None:
+        super().__init__(f"{kind}: {error}")
+        self.kind = kind
+        self.error = error
+
+
+class JobState(enum.Enum):
+    """Where a write job is; see the module docstring for the transitions."""
+
+    HELD = "held"  # records held, not prepared (or records dropped since): prepare first
+    PREPARED = "prepared"  # merged and encoded (or to be written one by one)
+    WRITING = "writing"  # owned by the writer thread
+    FAILED = "failed"  # the last attempt failed (`error`); the loop has not counted it yet
+    RETRYING = "retrying"  # the loop counted the failure and will submit it again
+    COMMITTED = "committed"  # stored and committed: done
+
+
+_NEXT: dict[JobState, frozenset[JobState]] = {
+    JobState.HELD: frozenset({JobState.PREPARED}),
+    JobState.PREPARED: frozenset({JobState.WRITING, JobState.HELD}),
+    JobState.WRITING: frozenset({JobState.COMMITTED, JobState.FAILED}),
+    JobState.FAILED: frozenset({JobState.RETRYING}),
+    JobState.RETRYING: frozenset({JobState.WRITING, JobState.HELD, JobState.PREPARED}),
+    JobState.COMMITTED: frozenset(),
+}
 
 
 @dataclass(eq=False)
 class WriteJob:
     """One flush: held records to store, then their offsets to commit.
 
-    Owned by the loop thread except between `Writer.submit` and `done` being set, when the
-    writer thread owns it.
+    Owned by the loop thread except while WRITING, when the writer thread owns it; `done`
+    is set when the writer hands it back (COMMITTED or FAILED).
     """
 
     held: Pending
     # Wait for the broker to store the commit (before a release or leaving the group); such a
     # commit also covers every earlier commit that was only sent.
     wait: bool = False
-    prepared: PreparedWrite | None = None  # None: no points to write (or one_by_one)
+    state: JobState = JobState.HELD
+    prepared: PreparedWrite | None = None  # None: nothing to write (or one_by_one)
     one_by_one: bool = False  # the merged batch is invalid: write record by record
-    stale: bool = False  # records were dropped after `prepared` was made: prepare again
-    written: bool = False  # the store acknowledged the points; a retry only commits
-    failed: bool = False  # the loop counted the last failure and will submit it again
+    # The store acknowledged the points (set by the writer, once): a retry only commits, and
+    # dropping records no longer means preparing again.
+    stored: bool = False
     started: float = 0.0  # monotonic time of the first submit (flush latency)
-    error: Exception | None = None  # why the last attempt failed
+    error: Exception | None = None  # why the last attempt failed (state FAILED)
     done: threading.Event = field(default_factory=threading.Event)
+
+    def to(self, state: JobState) -> None:
+        """Move to `state`; a transition the lifecycle does not have is a bug."""
+        assert state in _NEXT[self.state], f"write job: {self.state.name} -> {state.name}"
+        self.state = state
 
     @property
     def points(self) -> int:
@@ -57,11 +109,17 @@ class WriteJob:
         return {r.partition for r in self.held.records}
 
     def drop(self, partitions: set[int]) -> int:
-        """Forget the records of `partitions` (uncommitted, so redelivered); return points."""
+        """Forget the records of `partitions` (uncommitted, so redelivered); return points.
+
+        Not while WRITING (the writer owns the job). A prepared job whose points are not yet
+        stored goes back to HELD: what it prepared still holds the dropped records.
+        """
+        assert self.state is not JobState.WRITING, "dropping records of a job being written"
         before = len(self.held)
         dropped = self.held.drop(partitions)
-        if len(self.held) != before and not self.written:
-            self.stale = True
+        needs_prepare = (JobState.PREPARED, JobState.RETRYING)
+        if len(self.held) != before and not self.stored and self.state in needs_prepare:
+            self.to(JobState.HELD)
         return dropped
 
 
@@ -74,8 +132,16 @@ class Writer:
         self._execute = execute
         self._group = group
         self._jobs: queue.SimpleQueue[WriteJob | None] = queue.SimpleQueue()
+        self._crash: LoopCrashed | None = None
         # A daemon so that a write hung past every timeout cannot keep the process alive.
-        self._thread = threading.Thread(target=self._loop, name=self.NAME, daemon=True)
+        self._thread = threading.Thread(
+            target=run_loop,
+            args=(self.NAME, self._loop, self._crashed),
+            kwargs={"group": group},
+            name=self.NAME,
+            daemon=True,
+        )
+        self._current: WriteJob | None = None  # the job being executed (writer thread only)
 
     def start(self) -> None:
         """Start the thread."""
@@ -83,6 +149,9 @@ class Writer:
 
     def submit(self, job: WriteJob) -> None:
         """Hand `job` to the thread; `job.done` is set when it succeeded or failed."""
+        if self._crash is not None:
+            raise self._crash
+        job.to(JobState.WRITING)
         job.done.clear()
         job.error = None
         self._jobs.put(job)
@@ -97,14 +166,24 @@ class Writer:
             log.error("writer did not stop in time", extra={"loop": self.NAME})
 
     def _loop(self) -> None:
-        log.info("loop started", extra={"loop": self.NAME, "group": self._group})
-        try:
-            while (job := self._jobs.get()) is not None:
-                try:
-                    self._execute(job)
-                except Exception as exc:  # the loop thread decides: retry, or re-raise a bug
-                    job.error = exc
-                finally:
-                    job.done.set()
-        finally:
-            log.info("loop stopped", extra={"loop": self.NAME, "group": self._group})
+        while (job := self._jobs.get()) is not None:
+            self._current = job
+            try:
+                self._execute(job)
+            except FlushFailed as exc:  # expected: the loop thread retries it
+                job.error = exc
+                job.to(JobState.FAILED)
+                job.done.set()
+            else:
+                job.to(JobState.COMMITTED)
+                job.done.set()
+            self._current = None
+
+    def _crashed(self, crash: LoopCrashed) -> None:
+        """An unexpected error: hand it to the job's waiter (the loop re-raises it)."""
+        self._crash = crash
+        job = self._current
+        if job is not None:
+            job.error = crash
+            job.state = JobState.FAILED  # a crash ends the lifecycle wherever it was
+            job.done.set()

@@ -1,14 +1,30 @@
-"""GET /api/v1/hosts and GET /api/v1/metrics: what the store holds data for."""
+"""GET /api/v1/hosts and GET /api/v1/metrics: pages of the names the GPU catalog holds.
+
+Both read the store's catalog (`Store.page_names`), never the telemetry, so a page costs
+the same with 100 GPUs or 100,000.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 
-from gateway import schemas
+from gateway import cursor, schemas
 from gateway.extension import current_store
 from gateway.openapi import Operation, operation
+from gateway.params import CURSOR, DEFAULT_LIMIT, LIMIT
 
 bp = Blueprint("catalog", __name__, url_prefix="/api/v1")
+
+
+def _page(kind: str) -> tuple[list[str], str | None]:
+    """Return one page of names of `kind` and the cursor of the next (None on the last)."""
+    limit = LIMIT.one(request.args) or DEFAULT_LIMIT
+    query = cursor.fingerprint("names", kind)
+    token = CURSOR.one(request.args)
+    after = cursor.name_key(token, query) if token else None
+    found = current_store().page_names(kind, limit + 1, after)
+    more = len(found) > limit
+    return found[:limit], cursor.encode([found[limit - 1]], query) if more else None
 
 
 @bp.get("/hosts")
@@ -17,12 +33,16 @@ bp = Blueprint("catalog", __name__, url_prefix="/api/v1")
         summary="Hostnames with data",
         tag="catalog",
         response=schemas.HostList,
+        description="Hostnames in catalog order (a stable hash of the name, then the name), "
+        "so a page reads only the catalog shards it covers; follow `next_cursor`.",
+        query=(LIMIT, CURSOR),
         errors=(400, 502, 503),
     )
 )
 def hosts() -> Response:
-    """Return every hostname with data."""
-    body: schemas.HostList = {"hosts": current_store().list_hosts()}
+    """Return a page of hostnames with data."""
+    names, next_cursor = _page("host")
+    body: schemas.HostList = {"hosts": names, "next_cursor": next_cursor}
     return jsonify(body)
 
 
@@ -32,10 +52,13 @@ def hosts() -> Response:
         summary="Metric names with data",
         tag="catalog",
         response=schemas.MetricList,
+        description="Metric names, sorted; follow `next_cursor`.",
+        query=(LIMIT, CURSOR),
         errors=(400, 502, 503),
     )
 )
 def metrics() -> Response:
-    """Return every metric name with data."""
-    body: schemas.MetricList = {"metrics": current_store().list_metrics()}
+    """Return a page of metric names with data."""
+    names, next_cursor = _page("metric")
+    body: schemas.MetricList = {"metrics": names, "next_cursor": next_cursor}
     return jsonify(body)

@@ -1,6 +1,7 @@
 """Gateway configuration: one frozen dataclass, from `gputel-gateway` flags or GPUTEL_* env.
 
-Flags fall back to GPUTEL_GATEWAY_<NAME> (store, bind, workers, threads, log level) and
+Flags fall back to GPUTEL_GATEWAY_<NAME> (store, bind, workers, worker class, threads, slow-client
+bounds, log level) and
 GPUTEL_INFLUX_<URL|ORG|BUCKET|TOKEN>; the environment is read only when a builder is called.
 The token never appears in `repr()` and travels to gunicorn workers through the environment,
 never on a command line.
@@ -13,10 +14,20 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from walbroker import flags
+
 DEFAULT_STORE = "sqlite:gputel.db"
 DEFAULT_BIND = "127.0.0.1:8080"
-# Threads per worker on InfluxDB, where a request mostly waits for a Flux query.
-INFLUX_THREADS = 4
+# gunicorn worker models (see gateway/README.md, "Workers and slow clients"): gevent serves
+# every connection in a greenlet, so a slow client holds no thread; the other two are kept for
+# comparison and for deployments behind a buffering proxy.
+WORKER_CLASSES = ("gevent", "gthread", "sync")
+# Threads per gthread worker (a request mostly waits for the store there).
+GTHREAD_THREADS = 4
+# A client gets this long to send a whole request head (request line and headers).
+HEAD_TIMEOUT_S = 5.0
+# Open connections per worker (gunicorn's worker_connections), slow ones included.
+MAX_CONNECTIONS = 1000
 # prometheus_client reads it when first imported, so gunicorn sets it before workers start.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -32,10 +43,15 @@ class GatewayConfig:
     influx_token: str = field(default="", repr=False)
     bind: str = DEFAULT_BIND
     workers: int = 1
-    threads: int = 0  # 0: the store's default (default_threads)
+    worker_class: str = "gevent"
+    threads: int = 0  # gthread only; 0: GTHREAD_THREADS
+    head_timeout_s: float = HEAD_TIMEOUT_S
+    max_connections: int = MAX_CONNECTIONS
     log_level: str = "INFO"
     # Seconds a GPU-list page is served from memory (0: always ask the store).
     catalog_cache_s: float = 1.0
+    # walbroker HOST:PORT whose Admin API the web view's pipeline page reads ("": no page data).
+    broker: str = ""
     # Trust (gateway.auth): token file (read role), TLS files, what else needs a token.
     auth_tokens: str = ""
     tls_cert: str = ""
@@ -45,8 +61,11 @@ class GatewayConfig:
     insecure: bool = False
 
     def __post_init__(self) -> None:
+        if self.worker_class not in WORKER_CLASSES:
+            raise ValueError(f"worker_class {self.worker_class!r}: use one of {WORKER_CLASSES}")
         if self.threads < 1:  # frozen: the resolved default is set once, here
-            object.__setattr__(self, "threads", default_threads(self.store))
+            threads = GTHREAD_THREADS if self.worker_class == "gthread" else 1
+            object.__setattr__(self, "threads", threads)
 
     def store_opts(self) -> dict[str, str]:
         """Return the InfluxDB keyword arguments of `store.open_store` (empty means env)."""
@@ -63,9 +82,13 @@ class GatewayConfig:
             "GPUTEL_GATEWAY_STORE": self.store,
             "GPUTEL_GATEWAY_BIND": self.bind,
             "GPUTEL_GATEWAY_WORKERS": str(self.workers),
+            "GPUTEL_GATEWAY_WORKER_CLASS": self.worker_class,
             "GPUTEL_GATEWAY_THREADS": str(self.threads),
+            "GPUTEL_GATEWAY_HEAD_TIMEOUT_S": str(self.head_timeout_s),
+            "GPUTEL_GATEWAY_MAX_CONNECTIONS": str(self.max_connections),
             "GPUTEL_GATEWAY_LOG_LEVEL": self.log_level,
             "GPUTEL_GATEWAY_CATALOG_CACHE_S": str(self.catalog_cache_s),
+            "GPUTEL_GATEWAY_BROKER": self.broker,
             "GPUTEL_GATEWAY_AUTH_TOKENS": self.auth_tokens,
             "GPUTEL_GATEWAY_TLS_CERT": self.tls_cert,
             "GPUTEL_GATEWAY_TLS_KEY": self.tls_key,
@@ -87,15 +110,17 @@ def _truthy(text: str) -> bool:
     return text.lower() in ("1", "true", "yes")
 
 
-def default_threads(store: str) -> int:
-    """Return the threads per worker that serve `store` best (see gateway/README.md)."""
-    return INFLUX_THREADS if store == "influx" else 1
-
-
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_s(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
     return value
 
 
@@ -116,21 +141,48 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         return env.get(f"GPUTEL_INFLUX_{name}", "")
 
     p = argparse.ArgumentParser(prog="gputel-gateway", description="Serve the REST API.")
-    p.add_argument("--store", type=_store_spec, default=gw("STORE", DEFAULT_STORE))
-    p.add_argument("--influx-url", default=influx("URL"))
-    p.add_argument("--influx-org", default=influx("ORG"))
-    p.add_argument("--influx-bucket", default=influx("BUCKET"))
-    p.add_argument("--influx-token", default=influx("TOKEN"), help="prefer GPUTEL_INFLUX_TOKEN")
+    p.add_argument(
+        "--store",
+        type=_store_spec,
+        default=gw("STORE", DEFAULT_STORE),
+        help="sqlite:PATH or influx",
+    )
+    p.add_argument("--influx-url", default=influx("URL"), help="InfluxDB URL (with --store influx)")
+    p.add_argument("--influx-org", default=influx("ORG"), help="InfluxDB organisation")
+    p.add_argument("--influx-bucket", default=influx("BUCKET"), help="InfluxDB bucket")
+    p.add_argument(
+        "--influx-token", default=influx("TOKEN"), help="InfluxDB token; prefer the variable"
+    )
     p.add_argument("--bind", default=gw("BIND", DEFAULT_BIND), help="HOST:PORT")
-    p.add_argument("--workers", type=_positive, default=gw("WORKERS", "1"))
+    p.add_argument(
+        "--workers", type=_positive, default=gw("WORKERS", "1"), help="gunicorn worker processes"
+    )
+    p.add_argument(
+        "--worker-class",
+        choices=WORKER_CLASSES,
+        default=gw("WORKER_CLASS", "gevent"),
+        help="gunicorn worker: gevent (default; slow clients hold no thread), gthread or "
+        "sync (one slow client holds a thread or the whole worker: only behind a buffering proxy)",
+    )
     p.add_argument(
         "--threads",
         type=_positive,
         default=gw("THREADS", "") or None,
-        help="per worker; 1 (default on SQLite): one request at a time, no keep-alive; "
-        f"more (default {INFLUX_THREADS} on InfluxDB): threads and keep-alive",
+        help=f"threads per gthread worker (default {GTHREAD_THREADS}); other workers ignore it",
     )
-    p.add_argument("--log-level", default=gw("LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--head-timeout-s",
+        type=_positive_s,
+        default=gw("HEAD_TIMEOUT_S", str(HEAD_TIMEOUT_S)),
+        help="seconds a client has to send a whole request head before the connection is closed",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=_positive,
+        default=gw("MAX_CONNECTIONS", str(MAX_CONNECTIONS)),
+        help="open connections per worker, slow ones included (more wait in the listen backlog)",
+    )
+    p.add_argument("--log-level", default=gw("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING")
     p.add_argument(
         "--catalog-cache-s",
         type=float,
@@ -138,7 +190,13 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="seconds a GPU-list page is served from memory (0: off)",
     )
     _trust_args(p, gw)
-    return p
+    p.add_argument(
+        "--broker",
+        default=gw("BROKER", ""),
+        help="walbroker HOST:PORT whose Admin API (read calls only) feeds the web view's "
+        "pipeline page",
+    )
+    return flags.finish(p, env, "GPUTEL_GATEWAY_")
 
 
 def _trust_args(p: argparse.ArgumentParser, gw: Callable[[str, str], str]) -> None:
@@ -179,9 +237,13 @@ def from_args(
         influx_token=a.influx_token,
         bind=a.bind,
         workers=a.workers,
+        worker_class=a.worker_class,
         threads=a.threads or 0,
+        head_timeout_s=float(a.head_timeout_s),
+        max_connections=int(a.max_connections),
         log_level=a.log_level.upper(),
         catalog_cache_s=max(float(a.catalog_cache_s), 0.0),
+        broker=a.broker,
         auth_tokens=a.auth_tokens,
         tls_cert=a.tls_cert,
         tls_key=a.tls_key,

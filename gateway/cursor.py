@@ -67,7 +67,12 @@ def time_key(text: str, query: str) -> tuple[int, str]:
 
 def uuid_key(text: str, query: str) -> str:
     """Return the uuid a GPU-list cursor holds."""
+    return name_key(text, query, "GPU-list")
+
+
+def name_key(text: str, query: str, what: str = "list") -> str:
+    """Return the name (uuid, hostname, metric) a list cursor holds."""
     position = decode(text, query)
     if len(position) != 1 or not isinstance(position[0], str) or not position[0]:
-        raise _bad("not a GPU-list cursor")
+        raise _bad(f"not a {what} cursor")
     return position[0]

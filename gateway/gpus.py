@@ -13,7 +13,13 @@ from gateway.times import format_time
 
 bp = Blueprint("gpus", __name__, url_prefix="/api/v1")
 HOSTNAME = Param("hostname", "Only GPUs of this host (exact match).", {"type": "string"}, text)
-MODEL = Param("model", "Only GPUs of this model (exact match).", {"type": "string"}, text)
+MODEL = Param(
+    "model",
+    "Only GPUs whose model name contains this text, ignoring case "
+    "(`H100` matches `NVIDIA H100 80GB HBM3`).",
+    {"type": "string"},
+    text,
+)
 STORE_ERRORS = (502, 503)
 
 
@@ -23,8 +29,10 @@ STORE_ERRORS = (502, 503)
         summary="List GPUs with data",
         tag="gpus",
         response=schemas.GpuPage,
-        description="Every GPU with stored data, ordered by uuid; one entry per uuid, so a "
-        "host-local index shows up once per host.",
+        description="Every GPU with stored data, one entry per uuid (so a host-local index "
+        "shows up once per host), read from the GPU catalog. Order: the catalog's, a stable "
+        "hash of the uuid and then the uuid, so a page reads only the catalog shards it "
+        "covers whatever the fleet size; follow `next_cursor` for the next page.",
         query=(HOSTNAME, MODEL, LIMIT, CURSOR),
         errors=(400, *STORE_ERRORS),
     )
@@ -33,7 +41,7 @@ def list_gpus() -> Response:
     """Return one page of GPUs (served from the catalog cache for a moment)."""
     hostname, model = HOSTNAME.one(request.args), MODEL.one(request.args)
     limit = LIMIT.one(request.args) or DEFAULT_LIMIT
-    query = cursor.fingerprint("gpus", hostname, model)
+    query = cursor.fingerprint("gpus", "catalog-order", hostname, model)
     token = CURSOR.one(request.args)
     after = cursor.uuid_key(token, query) if token else None
 

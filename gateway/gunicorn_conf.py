@@ -6,15 +6,18 @@ at a fresh temporary folder (unless one is given) before any worker imports prom
 `child_exit` marks a dead worker's files and `on_exit` removes the folder it made. Logs are
 JSON lines on stderr; gunicorn's own access log is off because it would print query strings:
 the app writes one JSON line per request instead (`gateway.auth`). With --tls-cert/--tls-key
-gunicorn serves HTTPS (SIGHUP re-reads the files as it restarts the workers). Read when
-gunicorn loads it, as gunicorn config modules are.
+gunicorn serves HTTPS; after a renewal, SIGHUP makes it replace its workers, which load the
+new files (the process keeps running and serving).
+Read when gunicorn loads it, as gunicorn config modules are.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from gateway.config import MULTIPROC_ENV, from_env
@@ -23,10 +26,19 @@ _config = from_env()
 bind = _config.bind
 workers = _config.workers
 threads = _config.threads
-# One thread: gunicorn's sync worker, which accepts a connection only when it is free and
-# closes it after the answer, so every request goes to an idle worker. More threads: gunicorn
-# runs its gthread worker instead (keep-alive, a thread pool). See gateway/README.md.
-worker_class = "sync"
+worker_connections = _config.max_connections
+# gevent (default): a greenlet per connection, so slow clients hold no worker or thread; each
+# request head must arrive within --head-timeout-s and each connection closes after its answer
+# (see gateway/worker.py). gthread and sync are there to compare (gateway/README.md).
+if _config.worker_class == "gevent":
+    worker_class = "gateway.worker.GatewayWorker"
+    # On: gunicorn's async worker times a head read only on its keep-alive path;
+    # GatewayWorker applies --head-timeout-s itself, and the hook below closes each connection.
+    keepalive = 1
+else:
+    worker_class = _config.worker_class
+    # gthread: seconds an idle kept-alive connection (or one that sent nothing yet) is kept.
+    keepalive = max(1, math.ceil(_config.head_timeout_s))
 loglevel = _config.log_level.lower()
 accesslog = None
 if _config.tls_cert:
@@ -50,6 +62,32 @@ logconfig_dict = {
     },
 }
 _OWNED_DIR = "GPUTEL_GATEWAY_OWNED_MULTIPROC_DIR"
+
+
+def ssl_context(conf: Any, default_ssl_context_factory: Callable[[], Any]) -> Any:
+    """gunicorn's TLS context; under gevent the handshake waits for the worker's handler.
+
+    gevent's server would complete the handshake while wrapping the socket, before the
+    handler runs and with no deadline, so a client that never sends a ClientHello would hold
+    its connection for good. Deferred, `GatewayWorker` runs it under the request-head deadline.
+    """
+    context = default_ssl_context_factory()
+    if _config.worker_class == "gevent":
+        wrap = context.wrap_socket
+
+        def wrap_socket(sock: Any, *args: Any, **kwargs: Any) -> Any:
+            kwargs["do_handshake_on_connect"] = False
+            return wrap(sock, *args, **kwargs)
+
+        context.wrap_socket = wrap_socket
+    return context
+
+
+def pre_request(worker: Any, req: Any) -> None:
+    """gevent: answer with `Connection: close` and close, so a worker takes a new connection
+    only when its loop is free and load spreads over workers (as with the sync worker)."""
+    if _config.worker_class == "gevent":
+        req.must_close = True
 
 
 def on_starting(server: Any) -> None:

@@ -10,6 +10,8 @@ from gateway.times import format_time
 from store import GpuSummary, Store
 
 _INDEX = re.compile(r"[0-9]{1,6}")
+# A 409 lists at most this many candidates: an index is on every host of a large fleet.
+MAX_CANDIDATES = 50
 ID_HELP = (
     "The GPU's uuid, or a bare host-local index (like `1`) when exactly one host has that "
     "index; an index present on several hosts answers 409 with the candidates."
@@ -19,13 +21,14 @@ ID_HELP = (
 def resolve(store: Store, gpu_id: str) -> GpuSummary:
     """Return the GPU `gpu_id` names; 409 when an index is ambiguous, 404 when nothing has data."""
     if _INDEX.fullmatch(gpu_id):
-        found = store.gpus_by_index(int(gpu_id))
+        found = store.gpus_by_index(int(gpu_id), MAX_CANDIDATES + 1)
         if len(found) == 1:
             return found[0]
         if found:
+            hosts = f"{MAX_CANDIDATES}+" if len(found) > MAX_CANDIDATES else str(len(found))
             raise Conflict(
-                f"GPU index {gpu_id} exists on {len(found)} hosts; use one of the candidate uuids",
-                candidates=[candidate(g) for g in found],
+                f"GPU index {gpu_id} exists on {hosts} hosts; use one of the candidate uuids",
+                candidates=[candidate(g) for g in found[:MAX_CANDIDATES]],
             )
     gpu = store.get_gpu(gpu_id)
     if gpu is None:

@@ -34,11 +34,18 @@ class Gpu(TypedDict):
     pod: str | None
     namespace: str | None
     first_seen: Annotated[Time, Field(description="Time of its oldest stored point.")]
-    last_seen: Annotated[Time, Field(description="Time of its newest stored point.")]
+    last_seen: Annotated[
+        Time,
+        Field(
+            description="Time of its newest stored point, from the GPU catalog: it may lag "
+            "that point by less than the catalog granularity (60 s by default, the "
+            "collector's --catalog-granularity-s, on InfluxDB; exact on SQLite)."
+        ),
+    ]
 
 
 class GpuPage(TypedDict):
-    """A page of GPUs ordered by uuid; `next_cursor` is null on the last page."""
+    """A page of GPUs in catalog order; `next_cursor` is null on the last page."""
 
     gpus: list[Gpu]
     next_cursor: str | None
@@ -89,15 +96,17 @@ class TelemetryPage(TypedDict):
 
 
 class HostList(TypedDict):
-    """Every hostname with data, sorted."""
+    """A page of hostnames with data, in catalog order; `next_cursor` is null on the last page."""
 
     hosts: list[str]
+    next_cursor: str | None
 
 
 class MetricList(TypedDict):
-    """Every metric name with data, sorted."""
+    """A page of metric names with data, sorted; `next_cursor` is null on the last page."""
 
     metrics: list[str]
+    next_cursor: str | None
 
 
 class Status(TypedDict):
@@ -125,4 +134,7 @@ class Problem(TypedDict):
     parameter: NotRequired[Annotated[str, Field(description="The offending query parameter.")]]
     candidates: NotRequired[
         Annotated[list[Candidate], Field(description="GPUs an ambiguous index matches (409).")]
+    ]
+    known_metrics: NotRequired[
+        Annotated[list[str], Field(description="The metric names with data (unknown metric).")]
     ]

@@ -52,18 +52,41 @@ def influx_settings(env: Mapping[str, str] | None = None, **given: str | None) -
     return settings
 
 
-def open_store(spec: str, **influx_opts: str | None) -> Store:
-    """Open the store named by `spec`: `sqlite:PATH` or `influx` (see `influx_settings`)."""
+def open_store(
+    spec: str,
+    catalog_granularity_s: float | None = None,
+    write_catalog: bool = True,
+    /,
+    **influx_opts: str | None,
+) -> Store:
+    """Open the store named by `spec`: `sqlite:PATH` or `influx` (see `influx_settings`).
+
+    `catalog_granularity_s` bounds how far the catalog's `last_seen` may lag (InfluxDB; the
+    SQLite catalog is exact); `write_catalog=False` is for measuring the catalog's cost only.
+    """
     kind, _, rest = spec.partition(":")
     if kind == "sqlite":
         if not rest:
             raise InvalidArgument("sqlite store needs a path: sqlite:PATH")
         from store.sqlite import SqliteStore
 
-        return SqliteStore(rest)
+        return SqliteStore(rest, catalog=write_catalog)
     if kind == "influx" and not rest:
+        from store.catalog import DEFAULT_GRANULARITY_NS
         from store.influx import InfluxStore
 
         settings = influx_settings(None, **influx_opts)
-        return InfluxStore(settings["url"], settings["org"], settings["bucket"], settings["token"])
+        granularity = (
+            DEFAULT_GRANULARITY_NS
+            if catalog_granularity_s is None
+            else int(catalog_granularity_s * 1_000_000_000)
+        )
+        return InfluxStore(
+            settings["url"],
+            settings["org"],
+            settings["bucket"],
+            settings["token"],
+            catalog_granularity_ns=granularity,
+            write_catalog=write_catalog,
+        )
     raise InvalidArgument(f"unknown store {spec!r}: use sqlite:PATH or influx")

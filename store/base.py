@@ -8,14 +8,28 @@ its host-local `gpu` index repeats on every host and is never an identity.
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from proto.batch import PointBatch
 
+if TYPE_CHECKING:
+    from store.catalog import CatalogUpdate
+
+# A point stamped further ahead of the clock is never a reader's "newest": not a GPU's
+# latest value, not its last_seen. The collector dead-letters such points
+# (`collector.future`, same default); this guards points stored before or by other writers.
+MAX_FUTURE_SKEW_S = 300.0
+
 Aggregate = Literal["mean", "min", "max", "last"]
 AGGREGATES: tuple[Aggregate, ...] = ("mean", "min", "max", "last")
+
+
+def newest_bound_ns() -> int:
+    """The newest time a reader may answer as "latest" or last_seen now (clock + skew)."""
+    return time.time_ns() + int(MAX_FUTURE_SKEW_S * 1e9)
 
 
 class StoreError(Exception):
@@ -97,6 +111,7 @@ class PreparedWrite:
 
     batch: PointBatch
     body: bytes | None = None
+    catalog: CatalogUpdate | None = None  # catalog records in `body`, confirmed once written
 
 
 class Store(abc.ABC):
@@ -126,15 +141,24 @@ class Store(abc.ABC):
         limit: int = 100,
         after_uuid: str | None = None,
     ) -> list[GpuSummary]:
-        """Return up to `limit` GPUs with data ordered by uuid, only uuids > `after_uuid`."""
+        """Return up to `limit` GPUs with data in catalog order, only those after `after_uuid`.
+
+        Catalog order is (shard, uuid) with the shard a stable hash of the uuid
+        (`store.catalog.gpu_key`): pages read only the catalog shards they cover.
+        `hostname` matches exactly; `model` is a case-insensitive substring of the model.
+        `last_seen_ns` lags the newest point by less than the catalog granularity.
+        """
 
     @abc.abstractmethod
     def get_gpu(self, uuid: str) -> GpuSummary | None:
         """Return the GPU with this uuid, or None when it has no data."""
 
     @abc.abstractmethod
-    def gpus_by_index(self, index: int) -> list[GpuSummary]:
-        """Return every GPU (on any host) whose host-local index is `index`, ordered by uuid."""
+    def gpus_by_index(self, index: int, limit: int | None = None) -> list[GpuSummary]:
+        """Return GPUs (on any host) whose host-local index is `index`, in catalog order.
+
+        At most `limit` of them when given (a lookup only needs to know "one or several").
+        """
 
     @abc.abstractmethod
     def query_points(
@@ -171,15 +195,38 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def latest(self, uuid: str) -> dict[str, StoredPoint]:
-        """Return the newest point of each metric of this GPU (empty when unknown)."""
+        """Return the newest point of each metric of this GPU (empty when unknown).
+
+        Points stamped after `newest_bound_ns()` are never the newest (nor a GpuSummary's
+        last_seen; a GPU with no other point is not listed).
+        """
 
     @abc.abstractmethod
+    def page_names(self, kind: str, limit: int = 1000, after: str | None = None) -> list[str]:
+        """Return up to `limit` names of one kind with data, after `after`, in catalog order.
+
+        `kind` is "host", "metric" or "model"; catalog order is (shard, name) with the shard
+        a stable hash of the name (`store.catalog.name_key`; metrics and models have one
+        shard, so they come sorted).
+        """
+
     def list_hosts(self) -> list[str]:
-        """Return every hostname with data, sorted."""
+        """Return every hostname with data, sorted (reads the whole catalog: small fleets)."""
+        return sorted(self._all_names("host"))
 
-    @abc.abstractmethod
     def list_metrics(self) -> list[str]:
         """Return every metric name with data, sorted."""
+        return sorted(self._all_names("metric"))
+
+    def _all_names(self, kind: str) -> list[str]:
+        out: list[str] = []
+        while page := self.page_names(kind, 10_000, out[-1] if out else None):
+            out += page
+        return out
+
+    @abc.abstractmethod
+    def backfill_catalog(self) -> int:
+        """Build the catalog from the stored telemetry (one-off; O(data)); return GPUs found."""
 
     @abc.abstractmethod
     def downsample(

@@ -138,20 +138,24 @@ def first_time(
     )
 
 
-def series_edge(bucket: str, edge: str, tags: dict[str, str], extra: Sequence[str] = ()) -> str:
-    """Return the first or last `value` row of every series matching `tags` (all time)."""
+def series_edge(
+    bucket: str,
+    edge: str,
+    tags: dict[str, str],
+    extra: Sequence[str] = (),
+    stop_ns: int = ALL_TIME_STOP_NS,
+) -> str:
+    """Return the first or last `value` row of every series matching `tags` before `stop_ns`."""
     if edge not in ("first", "last"):
         raise ValueError(edge)
-    return (
-        source(bucket, 0, ALL_TIME_STOP_NS) + predicate(tags=tags, extra=extra) + f"\n  |> {edge}()"
-    )
+    return source(bucket, 0, stop_ns) + predicate(tags=tags, extra=extra) + f"\n  |> {edge}()"
 
 
-def latest(bucket: str, uuid: str) -> str:
-    """Return the newest value and source_time of every series of one GPU."""
+def latest(bucket: str, uuid: str, stop_ns: int = ALL_TIME_STOP_NS) -> str:
+    """Return the newest value and source_time before `stop_ns` of every series of one GPU."""
     fields = (schema.FIELD_VALUE, schema.FIELD_SOURCE_TIME)
     return (
-        source(bucket, 0, ALL_TIME_STOP_NS)
+        source(bucket, 0, stop_ns)
         + predicate(fields, {schema.TAG_UUID: uuid})
         + "\n  |> last()"
         + PIVOT_FIELDS

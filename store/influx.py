@@ -9,6 +9,13 @@ only commits offsets after `write` returned. The body is compressed here at leve
 previous batch is being written. Queries read Flux's CSV directly so timestamps keep their
 nanoseconds. Thread-safe: the HTTP clients pool (and reuse) connections and the encoder has a
 lock.
+
+The GPU, host and metric lists read the catalog (`store.catalog`, layout in
+`store.influx_catalog`), never the telemetry: `prepare` appends the catalog records a batch
+needs to the same body, so they are stored by the same request as the points, and a
+retried body re-sends them. Listing through the telemetry read the first and last point of
+every series (29 s per page for 24,700 GPUs); a catalog page reads the few catalog shards it
+covers, each an exact tag match answered from InfluxDB's index.
 Against InfluxDB 1.8 the bucket is "db" or "db/rp", the org is ignored and the token is
 "user:password" (anything when auth is off).
 """
@@ -17,8 +24,9 @@ from __future__ import annotations
 
 import gzip
 import threading
-from collections.abc import Iterator, Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import urllib3
 from influxdb_client.client.influxdb_client import InfluxDBClient
@@ -28,16 +36,18 @@ from influxdb_client.rest import ApiException
 from influxdb_client.service.write_service import WriteService
 
 from proto.batch import PointBatch
-from store import flux, schema, validate
+from store import catalog, flux, influx_catalog, schema, validate
 from store.base import (
     Aggregate,
     GpuSummary,
+    InvalidArgument,
     PreparedWrite,
     Store,
     StoredPoint,
     StoreError,
     StoreUnavailable,
     WindowValue,
+    newest_bound_ns,
 )
 from store.lineprotocol import LineProtocolEncoder
 
@@ -45,6 +55,7 @@ _DIALECT = Dialect(  # type: ignore[no-untyped-call]
     header=True, delimiter=",", annotations=[], comment_prefix="#", date_time_format="RFC3339Nano"
 )
 Row = dict[str, str]
+T = TypeVar("T")
 
 
 def translate_error(exc: Exception, action: str) -> StoreError:
@@ -73,9 +84,19 @@ class InfluxStore(Store):
     """Telemetry in one InfluxDB bucket, measurement `gpu_telemetry` (see `store.schema`)."""
 
     def __init__(
-        self, url: str, org: str, bucket: str, token: str, timeout_ms: int = 10_000
+        self,
+        url: str,
+        org: str,
+        bucket: str,
+        token: str,
+        timeout_ms: int = 10_000,
+        catalog_granularity_ns: int = catalog.DEFAULT_GRANULARITY_NS,
+        write_catalog: bool = True,
     ) -> None:
         self.bucket = validate.text("bucket", bucket)
+        # write_catalog=False only measures what the catalog costs (bench); readers need it.
+        self._tracker = catalog.CatalogTracker(catalog_granularity_ns) if write_catalog else None
+        self._per_shard: dict[str, float] = {}  # catalog entries per shard seen by pages
         self._org = org or "-"
         common: dict[str, Any] = {
             "url": url,
@@ -103,7 +124,11 @@ class InfluxStore(Store):
         schema.check_batch(batch)
         with self._encode_lock:
             lines = self._encoder.encode(batch)
-        return PreparedWrite(batch, gzip.compress(lines, compresslevel=GZIP_LEVEL, mtime=0))
+        update = self._tracker.updates(batch) if self._tracker else None
+        if update:
+            lines += b"\n" + influx_catalog.encode(update)
+        body = gzip.compress(lines, compresslevel=GZIP_LEVEL, mtime=0)
+        return PreparedWrite(batch, body, update)
 
     def write_prepared(self, prepared: PreparedWrite) -> None:
         """Send a prepared body to /api/v2/write; returns once InfluxDB acknowledged it."""
@@ -122,6 +147,8 @@ class InfluxStore(Store):
             )
         except _CLIENT_ERRORS as exc:
             raise translate_error(exc, "write") from exc
+        if self._tracker and prepared.catalog:
+            self._tracker.confirm(prepared.catalog)
 
     def _rows(self, query: str) -> Iterator[Row]:
         """Yield each result row of a Flux query as {column: text}."""
@@ -144,11 +171,64 @@ class InfluxStore(Store):
             t, uuid = flux.parse_time(row["_time"]), row[schema.TAG_UUID]
             first[uuid] = min(t, first.get(uuid, t))
         newest: dict[str, tuple[int, Row]] = {}
-        for row in self._rows(flux.series_edge(self.bucket, "last", tags, extra)):
+        stop = newest_bound_ns() + 1  # never a last_seen from the future
+        for row in self._rows(flux.series_edge(self.bucket, "last", tags, extra, stop)):
             t, uuid = flux.parse_time(row["_time"]), row[schema.TAG_UUID]
             if uuid not in newest or t > newest[uuid][0]:
                 newest[uuid] = (t, row)
         return [_summary(newest[u][1], first.get(u, t), t) for u, (t, _) in sorted(newest.items())]
+
+    def _gpu_records(
+        self, shards: range | None, tags: dict[str, str], models: Sequence[str] = ()
+    ) -> list[catalog.GpuRecord]:
+        query = influx_catalog.gpus_query(self.bucket, shards, tags, models)
+        return [influx_catalog.parse_gpu(row) for row in self._rows(query)]
+
+    def _gpu_page(
+        self,
+        tags: dict[str, str],
+        limit: int,
+        after: str | None,
+        models: Sequence[str] = (),
+    ) -> list[GpuSummary]:
+        """Return a page of reduced GPUs matching `tags` and `models`, in catalog order."""
+        key = catalog.gpu_key(after) if after else None
+        if schema.TAG_HOSTNAME in tags:  # a host has few GPUs: one index lookup, no shards
+            found = catalog.reduce_gpus(self._gpu_records(None, tags))
+            return [g for g in found if key is None or catalog.gpu_key(g.uuid) > key][:limit]
+        density = "gpu" if not tags and not models else ""
+
+        def read(shards: range) -> list[GpuSummary]:
+            return catalog.reduce_gpus(self._gpu_records(shards, tags, models))
+
+        return self._paged(
+            read, lambda g: catalog.gpu_key(g.uuid), catalog.GPU_SHARDS, limit, key, density
+        )
+
+    def _paged(
+        self,
+        read: Callable[[range], list[T]],
+        key: Callable[[T], tuple[int, str]],
+        shards: int,
+        limit: int,
+        after: tuple[int, str] | None,
+        density: str,
+    ) -> list[T]:
+        """`catalog.page_shards`, starting from the density earlier pages of this kind saw."""
+        per_shard = self._per_shard.get(density, 0.0)
+        first = int(limit / per_shard) + 1 if per_shard else 1
+        seen = [0, 0]  # entries, shards
+
+        def counting(run: range) -> list[T]:
+            found = read(run)
+            seen[0] += len(found)
+            seen[1] += len(run)
+            return found
+
+        out = catalog.page_shards(counting, key, shards, limit, after, first_span=min(first, 16))
+        if density and seen[1]:
+            self._per_shard[density] = max(seen[0] / seen[1], 0.5)
+        return out
 
     def list_gpus(
         self,
@@ -157,24 +237,78 @@ class InfluxStore(Store):
         limit: int = 100,
         after_uuid: str | None = None,
     ) -> list[GpuSummary]:
-        """Return up to `limit` GPUs with data ordered by uuid, only uuids > `after_uuid`."""
-        tags = _tags(
-            hostname=validate.optional_text("hostname", hostname),
-            model=validate.optional_text("model", model),
-        )
+        """Return up to `limit` GPUs with data in catalog order, only those after `after_uuid`."""
+        tags = _tags(hostname=validate.optional_text("hostname", hostname))
         limit = validate.positive("limit", limit)
         after = validate.optional_text("after_uuid", after_uuid)
-        extra = [flux.uuid_after(after)] if after else []
-        return self._summaries(tags, extra)[:limit]
+        needle = validate.optional_text("model", model)
+        models: list[str] = []
+        if needle is not None:
+            models = catalog.matching_models(self._all_names("model"), needle)
+            if not models:
+                return []
+        if models and schema.TAG_HOSTNAME in tags:
+            found = self._gpu_page(tags, validate.MAX_LIMIT, after)
+            return [g for g in found if g.model in models][:limit]
+        return self._gpu_page(tags, limit, after, models)
 
     def get_gpu(self, uuid: str) -> GpuSummary | None:
         """Return the GPU with this uuid, or None when it has no data."""
-        found = self._summaries({schema.TAG_UUID: validate.text("uuid", uuid)})
+        uuid = validate.text("uuid", uuid)
+        shard = catalog.shard_of(uuid)
+        found = catalog.reduce_gpus(
+            self._gpu_records(range(shard, shard + 1), {schema.TAG_UUID: uuid})
+        )
         return found[0] if found else None
 
-    def gpus_by_index(self, index: int) -> list[GpuSummary]:
-        """Return every GPU (on any host) whose host-local index is `index`, ordered by uuid."""
-        return self._summaries({schema.TAG_GPU: str(validate.index(index))})
+    def gpus_by_index(self, index: int, limit: int | None = None) -> list[GpuSummary]:
+        """Return GPUs (on any host) whose host-local index is `index`, in catalog order."""
+        tags = {schema.TAG_GPU: str(validate.index(index))}
+        most = validate.MAX_LIMIT if limit is None else validate.positive("limit", limit)
+        return self._gpu_page(tags, most, None)
+
+    def page_names(self, kind: str, limit: int = 1000, after: str | None = None) -> list[str]:
+        """Return up to `limit` names of one kind with data, after `after`, in catalog order."""
+        if kind not in catalog.NAME_KINDS:
+            raise InvalidArgument(f"kind must be one of {', '.join(catalog.NAME_KINDS)}")
+        start = validate.optional_text("after", after)
+        key = catalog.name_key(kind, start) if start is not None else None
+
+        def read(shards: range) -> list[str]:
+            query = influx_catalog.names_query(self.bucket, kind, shards)
+            return sorted({row[schema.TAG_NAME] for row in self._rows(query)})
+
+        shards = catalog.NAME_SHARDS[kind]
+        limit = validate.positive("limit", limit)
+        return self._paged(read, lambda n: catalog.name_key(kind, n), shards, limit, key, kind)
+
+    def backfill_catalog(self) -> int:
+        """Build the catalog from the stored telemetry (one-off; O(data)); return GPUs found."""
+        gpus = self._summaries({})
+        records = [
+            catalog.GpuRecord(
+                (g.uuid, g.hostname, g.gpu, g.device, g.model, g.container, g.pod, g.namespace),
+                g.first_seen_ns,
+                g.first_seen_ns,
+                g.last_seen_ns,
+            )
+            for g in gpus
+        ]
+        anchor = min((g.first_seen_ns for g in gpus), default=time.time_ns())
+        names = [
+            catalog.NameRecord(kind, name, anchor)
+            for kind, tag in (("host", schema.TAG_HOSTNAME), ("metric", schema.TAG_METRIC),
+                              ("model", schema.TAG_MODEL))
+            for name in self._distinct(tag)
+        ]  # fmt: skip
+        for i in range(0, max(len(records), len(names)), 5_000):
+            update = catalog.CatalogUpdate(
+                tuple(records[i : i + 5_000]), tuple(names[i : i + 5_000])
+            )
+            if update:
+                body = gzip.compress(influx_catalog.encode(update), GZIP_LEVEL, mtime=0)
+                self.write_prepared(PreparedWrite(PointBatch(), body))
+        return len(gpus)
 
     def query_points(
         self,
@@ -217,7 +351,8 @@ class InfluxStore(Store):
     def latest(self, uuid: str) -> dict[str, StoredPoint]:
         """Return the newest point of each metric of this GPU (empty when unknown)."""
         newest: dict[str, StoredPoint] = {}
-        for row in self._rows(flux.latest(self.bucket, validate.text("uuid", uuid))):
+        query = flux.latest(self.bucket, validate.text("uuid", uuid), newest_bound_ns() + 1)
+        for row in self._rows(query):
             if not _complete(row):
                 continue
             point = _point(row)
@@ -233,14 +368,6 @@ class InfluxStore(Store):
                 if row.get("_value")
             }
         )
-
-    def list_hosts(self) -> list[str]:
-        """Return every hostname with data, sorted."""
-        return self._distinct(schema.TAG_HOSTNAME)
-
-    def list_metrics(self) -> list[str]:
-        """Return every metric name with data, sorted."""
-        return self._distinct(schema.TAG_METRIC)
 
     def downsample(
         self,

@@ -26,6 +26,14 @@ from proto.batch import Gpu, PointBatch
 from store.base import InvalidBatch
 
 MEASUREMENT = "gpu_telemetry"
+# The catalog (store.catalog) on InfluxDB: see store.influx_catalog for the layout.
+CATALOG_MEASUREMENT = "gpu_catalog"
+NAMES_MEASUREMENT = "gpu_catalog_names"
+FIELD_RECORD = "record"
+FIELD_SEEN = "seen"
+TAG_SHARD = "shard"
+TAG_KIND = "kind"
+TAG_NAME = "name"
 FIELD_VALUE = "value"
 FIELD_SOURCE_TIME = "source_time"
 

@@ -2,7 +2,9 @@
 
 Layout (same names as `store.schema`)::
 
-    gpus(id INTEGER PK, uuid TEXT UNIQUE, hostname, gpu, device, model, container, pod, namespace)
+    gpus(id INTEGER PK, uuid TEXT UNIQUE, hostname, gpu, device, model, container, pod, namespace,
+         shard, first_seen_ns, last_seen_ns)                          -- also the GPU catalog
+    catalog_names(kind, shard, name, PRIMARY KEY (kind, shard, name))  -- host, metric, model
     points(gpu_id, time_ns, metric, value REAL, source_time_ns,
            PRIMARY KEY (gpu_id, time_ns, metric)) WITHOUT ROWID
     latest(gpu_id, metric, time_ns, value, source_time_ns, PRIMARY KEY (gpu_id, metric))
@@ -10,7 +12,11 @@ Layout (same names as `store.schema`)::
 The primary key of `points` is the UNIQUE (gpu, time, metric) key that makes rewrites idempotent
 (INSERT OR REPLACE: last write wins, as in InfluxDB) and the index that serves "one GPU, time
 range, ordered by (time, metric)" and its keyset cursor. `gpus` holds each GPU's newest
-descriptor; `latest` the newest point per (GPU, metric), kept up to date by `write`.
+descriptor and, as the GPU catalog (`store.catalog`), its shard and exact first and last
+point time; `latest` the newest point per (GPU, metric); all kept up to date by `write` in the
+point's own transaction. Catalog pages are index range scans on (shard, uuid) and
+(kind, shard, name): their cost follows the page, not the fleet or the history. A file made
+before the catalog existed gets the new columns on open; `backfill_catalog` fills them.
 Durability: WAL with synchronous=NORMAL survives a process crash (kill -9), not a power loss.
 
 Threads: one connection per thread (created on first use, all closed by `close()`); SQLite's
@@ -27,16 +33,18 @@ from pathlib import Path
 from typing import Any
 
 from proto.batch import Gpu, PointBatch
-from store import schema, validate
+from store import catalog, schema, validate
 from store.base import (
     Aggregate,
     GpuSummary,
+    InvalidArgument,
     RawPoint,
     Store,
     StoredPoint,
     StoreError,
     StoreUnavailable,
     WindowValue,
+    newest_bound_ns,
 )
 
 DDL = """
@@ -44,7 +52,6 @@ CREATE TABLE IF NOT EXISTS gpus (
     id INTEGER PRIMARY KEY, uuid TEXT NOT NULL UNIQUE, hostname TEXT NOT NULL,
     gpu INTEGER NOT NULL, device TEXT NOT NULL, model TEXT NOT NULL,
     container TEXT NOT NULL, pod TEXT NOT NULL, namespace TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS gpus_by_index ON gpus (gpu, uuid);
 CREATE TABLE IF NOT EXISTS points (
     gpu_id INTEGER NOT NULL, time_ns INTEGER NOT NULL, metric TEXT NOT NULL,
     value REAL NOT NULL, source_time_ns INTEGER NOT NULL,
@@ -53,14 +60,30 @@ CREATE TABLE IF NOT EXISTS latest (
     gpu_id INTEGER NOT NULL, metric TEXT NOT NULL, time_ns INTEGER NOT NULL,
     value REAL NOT NULL, source_time_ns INTEGER NOT NULL,
     PRIMARY KEY (gpu_id, metric)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS catalog_names (
+    kind TEXT NOT NULL, shard INTEGER NOT NULL, name TEXT NOT NULL,
+    PRIMARY KEY (kind, shard, name)) WITHOUT ROWID
+"""
+
+# Added by the catalog; ALTERed into files made before it (NULL until backfilled).
+CATALOG_COLUMNS = ("shard", "first_seen_ns", "last_seen_ns")
+CATALOG_INDEXES = """
+DROP INDEX IF EXISTS gpus_by_index;
+CREATE INDEX IF NOT EXISTS gpus_by_key ON gpus (shard, uuid);
+CREATE INDEX IF NOT EXISTS gpus_by_host ON gpus (hostname, shard, uuid);
+CREATE INDEX IF NOT EXISTS gpus_by_model ON gpus (model, shard, uuid);
+CREATE INDEX IF NOT EXISTS gpus_by_gpu_index ON gpus (gpu, shard, uuid)
 """
 
 _UPSERT_GPU = """
-INSERT INTO gpus (uuid, hostname, gpu, device, model, container, pod, namespace)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO gpus (uuid, hostname, gpu, device, model, container, pod, namespace,
+    shard, first_seen_ns, last_seen_ns)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (uuid) DO UPDATE SET hostname = excluded.hostname, gpu = excluded.gpu,
     device = excluded.device, model = excluded.model, container = excluded.container,
-    pod = excluded.pod, namespace = excluded.namespace
+    pod = excluded.pod, namespace = excluded.namespace, shard = excluded.shard,
+    first_seen_ns = MIN(COALESCE(first_seen_ns, excluded.first_seen_ns), excluded.first_seen_ns),
+    last_seen_ns = MAX(COALESCE(last_seen_ns, excluded.last_seen_ns), excluded.last_seen_ns)
 RETURNING id"""
 
 _UPSERT_LATEST = """
@@ -69,11 +92,19 @@ ON CONFLICT (gpu_id, metric) DO UPDATE SET time_ns = excluded.time_ns, value = e
     source_time_ns = excluded.source_time_ns WHERE excluded.time_ns >= latest.time_ns"""
 
 _SUMMARY = """
-SELECT g.uuid, g.hostname, g.gpu, g.device, g.model,
-    (SELECT MIN(time_ns) FROM points p WHERE p.gpu_id = g.id),
-    (SELECT MAX(time_ns) FROM points p WHERE p.gpu_id = g.id),
+SELECT g.uuid, g.hostname, g.gpu, g.device, g.model, g.first_seen_ns, g.last_seen_ns,
     g.container, g.pod, g.namespace
-FROM gpus g WHERE EXISTS (SELECT 1 FROM points p WHERE p.gpu_id = g.id)"""
+FROM gpus g WHERE g.first_seen_ns IS NOT NULL"""
+
+_BACKFILL_GPU = """
+UPDATE gpus SET shard = ?,
+    first_seen_ns = (SELECT MIN(time_ns) FROM points p WHERE p.gpu_id = gpus.id AND p.time_ns <= ?),
+    last_seen_ns = (SELECT MAX(time_ns) FROM points p WHERE p.gpu_id = gpus.id AND p.time_ns <= ?)
+WHERE id = ?"""
+# The newest point of a metric at or before a bound (when `latest` holds a future one).
+_NEWEST_BEFORE = """
+SELECT time_ns, value, source_time_ns FROM points
+WHERE gpu_id = ? AND metric = ? AND time_ns <= ? ORDER BY time_ns DESC LIMIT 1"""
 
 _AGG_SQL = {"mean": "AVG(value)", "min": "MIN(value)", "max": "MAX(value)", "last": "value"}
 
@@ -81,15 +112,23 @@ _AGG_SQL = {"mean": "AVG(value)", "min": "MIN(value)", "max": "MAX(value)", "las
 class SqliteStore(Store):
     """Telemetry in one SQLite file; safe to share between threads (one connection per thread)."""
 
-    def __init__(self, path: str | Path, timeout_s: float = 30.0) -> None:
+    def __init__(self, path: str | Path, timeout_s: float = 30.0, catalog: bool = True) -> None:
         self.path = str(path)
         self._timeout_s = timeout_s
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._closed = False
+        self._catalog = catalog  # False only to measure what the catalog costs (bench)
+        self._names: set[tuple[str, str]] = set()  # names this process saw stored
         with self._tx() as conn:
             for statement in DDL.split(";"):
+                conn.execute(statement)
+            have = {row[1] for row in conn.execute("PRAGMA table_info(gpus)")}
+            for column in CATALOG_COLUMNS:
+                if column not in have:
+                    conn.execute(f"ALTER TABLE gpus ADD COLUMN {column} INTEGER")
+            for statement in CATALOG_INDEXES.split(";"):
                 conn.execute(statement)
 
     def _conn(self) -> sqlite3.Connection:
@@ -143,8 +182,17 @@ class SqliteStore(Store):
         if not len(batch):
             return
         schema.check_batch(batch)
+        names = self._new_names(batch) if self._catalog else []
         with self._tx() as conn:
-            ids = [_upsert_gpu(conn, gpu) for gpu in batch.gpus]
+            spans = (
+                catalog.spans(batch, newest_bound_ns())
+                if self._catalog
+                else [(-1, -1)] * len(batch.gpus)
+            )
+            ids = [
+                _upsert_gpu(conn, gpu, lo, hi)
+                for gpu, (lo, hi) in zip(batch.gpus, spans, strict=True)
+            ]
             metrics = batch.metrics
             rows = [
                 (ids[g], t, metrics[m], v, s)
@@ -159,10 +207,21 @@ class SqliteStore(Store):
             ]
             conn.executemany("INSERT OR REPLACE INTO points VALUES (?, ?, ?, ?, ?)", rows)
             conn.executemany(_UPSERT_LATEST, _newest_rows(rows))
+            conn.executemany("INSERT OR IGNORE INTO catalog_names VALUES (?, ?, ?)", names)
+        self._names.update((kind, name) for kind, _, name in names)
+
+    def _new_names(self, batch: PointBatch) -> list[tuple[str, int, str]]:
+        """Return the catalog_names rows of `batch` this process has not stored yet."""
+        wanted = {("metric", m) for m in batch.metrics}
+        wanted |= {("host", g.hostname) for g in batch.gpus if g.hostname}
+        wanted |= {("model", g.model) for g in batch.gpus if g.model}
+        if len(self._names) > catalog.MAX_TRACKED:
+            self._names.clear()
+        return [(k, catalog.name_key(k, n)[0], n) for k, n in sorted(wanted - self._names)]
 
     def _summaries(self, where: str, args: Sequence[object], limit: int) -> list[GpuSummary]:
-        rows = self._read(f"{_SUMMARY} {where} ORDER BY g.uuid LIMIT ?", [*args, limit])
-        return [_summary(row) for row in rows]
+        sql = f"{_SUMMARY} {where} ORDER BY g.shard, g.uuid LIMIT ?"
+        return [_summary(row) for row in self._read(sql, [*args, limit])]
 
     def list_gpus(
         self,
@@ -171,19 +230,24 @@ class SqliteStore(Store):
         limit: int = 100,
         after_uuid: str | None = None,
     ) -> list[GpuSummary]:
-        """Return up to `limit` GPUs with data ordered by uuid, only uuids > `after_uuid`."""
-        clauses, args = [], []
-        for column, value in (
-            ("hostname", validate.optional_text("hostname", hostname)),
-            ("model", validate.optional_text("model", model)),
-        ):
-            if value is not None:
-                clauses.append(f"g.{column} = ?")
-                args.append(value)
+        """Return up to `limit` GPUs with data in catalog order, only those after `after_uuid`."""
+        clauses: list[str] = []
+        args: list[object] = []
+        host = validate.optional_text("hostname", hostname)
+        if host is not None:
+            clauses.append("g.hostname = ?")
+            args.append(host)
+        needle = validate.optional_text("model", model)
+        if needle is not None:
+            models = catalog.matching_models(self._all_names("model"), needle)
+            if not models:
+                return []
+            clauses.append(f"g.model IN ({','.join('?' * len(models))})")
+            args += models
         after = validate.optional_text("after_uuid", after_uuid)
         if after is not None:
-            clauses.append("g.uuid > ?")
-            args.append(after)
+            clauses.append("(g.shard, g.uuid) > (?, ?)")
+            args += catalog.gpu_key(after)
         where = "".join(f" AND {c}" for c in clauses)
         return self._summaries(where, args, validate.positive("limit", limit))
 
@@ -192,9 +256,48 @@ class SqliteStore(Store):
         found = self._summaries(" AND g.uuid = ?", [validate.text("uuid", uuid)], 1)
         return found[0] if found else None
 
-    def gpus_by_index(self, index: int) -> list[GpuSummary]:
-        """Return every GPU (on any host) whose host-local index is `index`, ordered by uuid."""
-        return self._summaries(" AND g.gpu = ?", [validate.index(index)], -1)
+    def gpus_by_index(self, index: int, limit: int | None = None) -> list[GpuSummary]:
+        """Return GPUs (on any host) whose host-local index is `index`, in catalog order."""
+        most = -1 if limit is None else validate.positive("limit", limit)
+        return self._summaries(" AND g.gpu = ?", [validate.index(index)], most)
+
+    def page_names(self, kind: str, limit: int = 1000, after: str | None = None) -> list[str]:
+        """Return up to `limit` names of one kind with data, after `after`, in catalog order."""
+        if kind not in catalog.NAME_KINDS:
+            raise InvalidArgument(f"kind must be one of {', '.join(catalog.NAME_KINDS)}")
+        sql = "SELECT name FROM catalog_names WHERE kind = ?"
+        args: list[object] = [kind]
+        start = validate.optional_text("after", after)
+        if start is not None:
+            sql += " AND (shard, name) > (?, ?)"
+            args += catalog.name_key(kind, start)
+        rows = self._read(
+            sql + " ORDER BY shard, name LIMIT ?", [*args, validate.positive("limit", limit)]
+        )
+        return [str(r[0]) for r in rows]
+
+    def backfill_catalog(self) -> int:
+        """Build the catalog from the stored points (one-off; O(data)); return GPUs found."""
+        gpus = self._read("SELECT id, uuid FROM gpus")
+        with self._tx() as conn:
+            bound = newest_bound_ns()  # a point from the future is never last_seen
+            conn.executemany(
+                _BACKFILL_GPU, [(catalog.shard_of(u), bound, bound, i) for i, u in gpus]
+            )
+            names = [
+                ("metric", str(r[0])) for r in conn.execute("SELECT DISTINCT metric FROM latest")
+            ]
+            for kind, column in (("host", "hostname"), ("model", "model")):
+                rows = conn.execute(
+                    f"SELECT DISTINCT {column} FROM gpus WHERE first_seen_ns IS NOT NULL"
+                    f" AND {column} != ''"
+                )
+                names += [(kind, str(r[0])) for r in rows]
+            conn.executemany(
+                "INSERT OR IGNORE INTO catalog_names VALUES (?, ?, ?)",
+                [(k, catalog.name_key(k, n)[0], n) for k, n in names],
+            )
+        return len(self._summaries("", [], -1))
 
     def query_points(
         self,
@@ -230,23 +333,19 @@ class SqliteStore(Store):
     def latest(self, uuid: str) -> dict[str, StoredPoint]:
         """Return the newest point of each metric of this GPU (empty when unknown)."""
         rows = self._read(
-            "SELECT l.metric, l.time_ns, l.value, l.source_time_ns FROM latest l"
+            "SELECT l.gpu_id, l.metric, l.time_ns, l.value, l.source_time_ns FROM latest l"
             " JOIN gpus g ON g.id = l.gpu_id WHERE g.uuid = ?",
             [validate.text("uuid", uuid)],
         )
-        return {str(m): StoredPoint(str(m), int(t), float(v), int(s)) for m, t, v, s in rows}
-
-    def list_hosts(self) -> list[str]:
-        """Return every hostname with data, sorted."""
-        rows = self._read(
-            "SELECT DISTINCT g.hostname FROM gpus g JOIN latest l ON l.gpu_id = g.id"
-            " WHERE g.hostname != '' ORDER BY 1"
-        )
-        return [str(r[0]) for r in rows]
-
-    def list_metrics(self) -> list[str]:
-        """Return every metric name with data, sorted."""
-        return [str(r[0]) for r in self._read("SELECT DISTINCT metric FROM latest ORDER BY 1")]
+        bound, out = newest_bound_ns(), {}
+        for gpu_id, m, t, v, s in rows:
+            if t > bound:  # a point from the future: the newest one before the bound instead
+                before = self._read(_NEWEST_BEFORE, [gpu_id, m, bound])
+                if not before:
+                    continue
+                t, v, s = before[0]
+            out[str(m)] = StoredPoint(str(m), int(t), float(v), int(s))
+        return out
 
     def downsample(
         self,
@@ -338,8 +437,12 @@ def _points_query(
     return sql + " ORDER BY p.time_ns, p.metric LIMIT ?", args
 
 
-def _upsert_gpu(conn: sqlite3.Connection, gpu: Gpu) -> int:
-    row = conn.execute(_UPSERT_GPU, schema.gpu_fields(gpu)).fetchone()
+def _upsert_gpu(conn: sqlite3.Connection, gpu: Gpu, first_ns: int, last_ns: int) -> int:
+    """Upsert the GPU's row and catalog span (exact: SQLite's catalog has no granularity)."""
+    seen = (first_ns, last_ns) if first_ns >= 0 else (None, None)
+    row = conn.execute(
+        _UPSERT_GPU, (*schema.gpu_fields(gpu), catalog.shard_of(gpu.uuid), *seen)
+    ).fetchone()
     return int(row[0])
 
 

@@ -1,8 +1,10 @@
-"""`gputel-streamer`: stream a DCGM CSV into walbroker as a member of a producer group.
+"""`gputel-streamer`: a DCGM CSV or live dcgm-exporters into walbroker, in a producer group.
 
 Exit codes: 0 when finished (`--passes`) or stopped by SIGTERM/SIGINT after a clean
 flush; 1 when the CSV is unusable, a batch is refused for good, or shutdown could not
-flush; 2 for bad flags. Errors before streaming are one line on stderr, no traceback.
+flush; 2 for bad flags; 3 when a background loop (a producer's or the group member's
+io) crashed, after that loop logged the error once with its name. Errors before streaming
+are one line on stderr, no traceback.
 """
 
 from __future__ import annotations
@@ -15,9 +17,13 @@ from prometheus_client import REGISTRY
 
 from gputel.probes import ProbeServer
 from streamer.config import ConfigError, StreamerConfig, parse_config
+from streamer.metrics import ScrapeMetrics
 from streamer.runner import Streamer
+from streamer.scraping import ScrapeStreamer
 from streamer.source import SourceError, check_header, new_metrics
+from streamer.targets import TargetsError, split_dns_specs
 from walbroker import logs
+from walbroker.loops import LoopCrashed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return _fail(str(exc), 2)
     logs.setup("streamer", config.log_level)
-    streamers: list[Streamer] = []  # the probes answer before the CSV is parsed
+    streamers: list[Streamer | ScrapeStreamer] = []  # the probes answer before streaming
     endpoints = None
     if config.metrics_listen:
         try:
@@ -41,17 +47,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(f"--metrics-listen {config.metrics_listen}: {exc}", 1)
     try:
         return _stream(config, streamers)
-    except SourceError as exc:
+    except (SourceError, TargetsError) as exc:
         return _fail(str(exc), 1)
+    except LoopCrashed as exc:
+        return _fail(f"stopping: {exc}", 3)
     finally:
         if endpoints is not None:
             endpoints.stop()
 
 
-def _stream(config: StreamerConfig, streamers: list[Streamer]) -> int:
-    """Stream the CSV until finished or signalled."""
-    check_header(config.csv)  # a file that cannot be streamed fails before connecting
-    streamer = Streamer(config, new_metrics(REGISTRY))
+def _stream(config: StreamerConfig, streamers: list[Streamer | ScrapeStreamer]) -> int:
+    """Stream the CSV, or scrape the targets, until finished or signalled."""
+    streamer: Streamer | ScrapeStreamer
+    if config.scraping:
+        split_dns_specs(config.targets_dns)  # a malformed NAME:PORT fails before connecting
+        streamer = ScrapeStreamer(config, new_metrics(REGISTRY), ScrapeMetrics(REGISTRY))
+    else:
+        check_header(config.csv)  # a file that cannot be streamed fails before connecting
+        streamer = Streamer(config, new_metrics(REGISTRY))
     streamers.append(streamer)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: streamer.stop())

@@ -122,7 +122,9 @@ class AdminServicer:
         view = self.coordinator.describe(group)
         resp = apb.DescribeGroupResponse(group=_summary(standings[0]))
         for m in view.members if view else ():
-            resp.members.add(member_id=m.member_id, client_id=m.client_id, partitions=m.partitions)
+            resp.members.add(
+                member_id=m.member_id, client_id=m.client_id, partitions=m.partitions, host=m.host
+            )
         for row in group_lags(self.wal, self.coordinator, group):
             pl = resp.partitions.add(
                 topic=row.tp.topic,

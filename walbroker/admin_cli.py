@@ -24,8 +24,15 @@ from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
 from walbroker.client import channel, error_from_rpc
 from walbroker.credentials import add_client_security_args, client_security_from_args
 from walbroker.errors import BrokerError, Code
+from walbroker.flags import TRUE_WORDS
 
 DEFAULT_BROKER = "127.0.0.1:7070"
+DEFAULT_TIMEOUT_S = 5.0
+ENV_BROKER, ENV_JSON, ENV_TIMEOUT = (
+    "GPUTEL_BROKER_ADDRESS",
+    "GPUTEL_ADMIN_JSON",
+    "GPUTEL_ADMIN_TIMEOUT_S",
+)
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNREACHABLE, EXIT_REFUSED = 1, 2, 3, 4, 5
 _EXIT_BY_CODE = {
     Code.UNAUTHENTICATED: EXIT_REFUSED,
@@ -66,13 +73,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--broker",
         default=argparse.SUPPRESS,
-        help=f"HOST:PORT of the broker (env GPUTEL_BROKER_ADDRESS, default {DEFAULT_BROKER})",
+        help=f"HOST:PORT of the broker (default: {DEFAULT_BROKER}; env {ENV_BROKER})",
     )
     p.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help=f"machine-readable output, exact numbers (default: off; env {ENV_JSON})",
     )
     p.add_argument(
-        "--timeout-s", type=float, default=argparse.SUPPRESS, help="per-call deadline (5)"
+        "--timeout-s",
+        type=float,
+        default=argparse.SUPPRESS,
+        help=f"per-call deadline (default: {DEFAULT_TIMEOUT_S:g}; env {ENV_TIMEOUT})",
     )
     add_client_security_args(p, suppress=True)
 
@@ -98,7 +111,7 @@ def add_admin_args(p: argparse.ArgumentParser) -> None:
     to = r.add_mutually_exclusive_group(required=True)
     to.add_argument("--to-earliest", action="store_true", help="the log start offset")
     to.add_argument("--to-latest", action="store_true", help="the log end offset (skip all)")
-    to.add_argument("--to-offset", type=offset, metavar="N")
+    to.add_argument("--to-offset", type=offset, metavar="N", help="this offset")
     to.add_argument(
         "--to-datetime",
         type=iso_datetime_ns,
@@ -109,14 +122,19 @@ def add_admin_args(p: argparse.ArgumentParser) -> None:
     r = cmd("replay", "re-deliver a group's data from an offset or a time (a reset)")
     _group_topic(r)
     frm = r.add_mutually_exclusive_group(required=True)
-    frm.add_argument("--from-earliest", action="store_true")
-    frm.add_argument("--from-offset", type=offset, metavar="N")
-    frm.add_argument("--from-datetime", type=iso_datetime_ns, metavar="ISO8601")
+    frm.add_argument("--from-earliest", action="store_true", help="the log start offset")
+    frm.add_argument("--from-offset", type=offset, metavar="N", help="this offset")
+    frm.add_argument(
+        "--from-datetime",
+        type=iso_datetime_ns,
+        metavar="ISO8601",
+        help="first record published at or after this time (UTC if no offset given)",
+    )
 
 
 def _group_topic(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--group", required=True)
-    p.add_argument("--topic", required=True)
+    p.add_argument("--group", required=True, help="the consumer group")
+    p.add_argument("--topic", required=True, help="the topic whose offsets move")
     p.add_argument(
         "--partition",
         dest="partitions",
@@ -134,8 +152,10 @@ def _group_topic(p: argparse.ArgumentParser) -> None:
 
 def run(a: argparse.Namespace) -> int:
     """Run one admin command; print its output; return the exit code."""
-    address = getattr(a, "broker", "") or os.environ.get("GPUTEL_BROKER_ADDRESS", DEFAULT_BROKER)
-    as_json = bool(getattr(a, "json", False))
+    address = getattr(a, "broker", "") or os.environ.get(ENV_BROKER, DEFAULT_BROKER)
+    # The common flags default to SUPPRESS (see _common), so their variables are read here.
+    as_json = bool(getattr(a, "json", os.environ.get(ENV_JSON, "").lower() in TRUE_WORDS))
+    timeout_s = float(getattr(a, "timeout_s", os.environ.get(ENV_TIMEOUT) or DEFAULT_TIMEOUT_S))
     call, render = _COMMANDS[a.admin_command]
     try:
         ch = channel(address, client_security_from_args(a))
@@ -144,7 +164,7 @@ def run(a: argparse.Namespace) -> int:
         return EXIT_USAGE
     with ch:
         try:
-            resp = call(apb_grpc.AdminStub(ch), a, float(getattr(a, "timeout_s", 5.0)))
+            resp = call(apb_grpc.AdminStub(ch), a, timeout_s)
         except grpc.RpcError as exc:
             return _fail(error_from_rpc(exc, ch), address)
     print(json.dumps(to_json(resp), indent=2) if as_json else render(resp))
@@ -240,8 +260,18 @@ def fmt_time(ns: int) -> str:
     return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def human_bytes(n: int) -> str:
+    """A byte count for people: 512 B, 1.5 KiB, 8.0 GiB (exact numbers are in --json)."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _render_topics(resp: Any) -> str:
-    head = ["TOPIC", "PARTITIONS", "LOG START", "LOG END", "BYTES", "OLDEST", "NEWEST"]
+    head = ["TOPIC", "PARTITIONS", "LOG START", "LOG END", "SIZE", "OLDEST", "NEWEST"]
     return table(head, [_topic_row(t) for t in resp.topics])
 
 
@@ -251,20 +281,20 @@ def _topic_row(t: Any) -> list[object]:
         t.partitions,
         t.log_start_offset,
         t.log_end_offset,
-        t.size_bytes,
+        human_bytes(t.size_bytes),
         fmt_time(t.first_publish_ns),
         fmt_time(t.last_publish_ns),
     ]
 
 
 def _render_topic(resp: Any) -> str:
-    head = ["PARTITION", "LOG START", "LOG END", "BYTES", "OLDEST", "NEWEST"]
+    head = ["PARTITION", "LOG START", "LOG END", "SIZE", "OLDEST", "NEWEST"]
     rows = [
         [
             p.partition,
             p.log_start_offset,
             p.log_end_offset,
-            p.size_bytes,
+            human_bytes(p.size_bytes),
             fmt_time(p.first_publish_ns),
             fmt_time(p.last_publish_ns),
         ]
@@ -294,8 +324,16 @@ def _group_row(g: Any) -> list[object]:
 
 def _render_group(resp: Any) -> str:
     members = table(
-        ["MEMBER", "CLIENT", "PARTITIONS"],
-        [[m.member_id, m.client_id, ",".join(map(str, m.partitions)) or "-"] for m in resp.members],
+        ["MEMBER", "CLIENT", "HOST", "PARTITIONS"],
+        [
+            [
+                m.member_id,
+                m.client_id or "-",
+                m.host or "-",
+                ",".join(map(str, m.partitions)) or "-",
+            ]
+            for m in resp.members
+        ],
     )
     head = ["TOPIC", "PARTITION", "OWNER", "COMMITTED", "LOG END", "LAG", "LAG SECONDS"]
     rows = [

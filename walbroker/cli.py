@@ -7,9 +7,10 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
-from walbroker import admin_cli, logs, token_cli
+from walbroker import admin_cli, flags, logs, token_cli
 from walbroker.admin_cli import add_admin_args
 from walbroker.config import BrokerConfig, LogConfig
 from walbroker.security import add_security_args, security_from_args
@@ -27,21 +28,37 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         required=not _env("DATA_DIR", ""),
         help="folder of the LMDB log (created if missing)",
     )
-    p.add_argument("--listen", default=_env("LISTEN", "127.0.0.1:7070"))
+    p.add_argument(
+        "--listen", default=_env("LISTEN", "127.0.0.1:7070"), help="HOST:PORT of the gRPC service"
+    )
     p.add_argument(
         "--metrics-listen",
         default=_env("METRICS_LISTEN", "127.0.0.1:9101"),
         help="HOST:PORT of the Prometheus /metrics endpoint ('' to disable)",
     )
-    p.add_argument("--advertised-address", default=_env("ADVERTISED_ADDRESS", ""))
+    p.add_argument(
+        "--advertised-address",
+        default=_env("ADVERTISED_ADDRESS", ""),
+        help="HOST:PORT clients are told to use for this broker (none: --listen)",
+    )
     p.add_argument(
         "--partitions",
         type=int,
         default=int(_env("PARTITIONS", "16")),
         help="partitions of a topic created on first use",
     )
-    p.add_argument("--fsync", choices=["always", "interval"], default=_env("FSYNC", "always"))
-    p.add_argument("--fsync-interval-ms", type=int, default=int(_env("FSYNC_INTERVAL_MS", "50")))
+    p.add_argument(
+        "--fsync",
+        choices=["always", "interval"],
+        default=_env("FSYNC", "always"),
+        help="always: fsync before each acknowledgement; interval: every --fsync-interval-ms",
+    )
+    p.add_argument(
+        "--fsync-interval-ms",
+        type=int,
+        default=int(_env("FSYNC_INTERVAL_MS", "50")),
+        help="sync period under --fsync interval",
+    )
     p.add_argument(
         "--retention-bytes",
         type=int,
@@ -61,12 +78,18 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         help="when the budget is full: refuse producers (block) or delete the oldest",
     )
     p.add_argument(
-        "--session-timeout-ms", type=int, default=int(_env("SESSION_TIMEOUT_MS", "10000"))
+        "--session-timeout-ms",
+        type=int,
+        default=int(_env("SESSION_TIMEOUT_MS", "10000")),
+        help="a group member silent this long is removed and its partitions move",
     )
     p.add_argument(
-        "--max-unacked-points", type=int, default=int(_env("MAX_UNACKED_POINTS", "200000"))
+        "--max-unacked-points",
+        type=int,
+        default=int(_env("MAX_UNACKED_POINTS", "200000")),
+        help="credit: points a consumer may hold uncommitted",
     )
-    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING")
     add_security_args(p)
 
 
@@ -112,14 +135,34 @@ def serve(a: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `walbroker` console script."""
+SERVE_DESCRIPTION = """Run a broker: topics of partitions in an LMDB write-ahead log, acknowledged
+only once stored (fsync per commit by default); consumer and producer groups with committed
+offsets; gRPC on --listen, Prometheus /metrics on --metrics-listen. Stops on SIGTERM or
+Ctrl-C after finishing the commit in progress."""
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The `walbroker` parser, its flags' defaults taken from `env` where set."""
     parser = argparse.ArgumentParser(prog="walbroker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    add_serve_args(sub.add_parser("serve", help="run a broker"))
-    add_admin_args(sub.add_parser("admin", help="inspect topics and groups, reset offsets"))
-    token_cli.add_token_args(sub.add_parser("token", help="make bearer tokens"))
-    a = parser.parse_args(argv)
+    serve_parser = sub.add_parser("serve", help="run a broker", description=SERVE_DESCRIPTION)
+    add_serve_args(serve_parser)
+    admin = sub.add_parser(
+        "admin",
+        help="inspect topics and groups, reset offsets",
+        description=admin_cli.__doc__.splitlines()[0] if admin_cli.__doc__ else None,
+    )
+    add_admin_args(admin)
+    flags.finish(admin, env, "GPUTEL_ADMIN_", {"broker": admin_cli.ENV_BROKER})
+    token = sub.add_parser("token", help="make bearer tokens", description="Make bearer tokens.")
+    token_cli.add_token_args(token)
+    flags.finish(token, env, "GPUTEL_TOKEN_")
+    return flags.finish(parser, env, "GPUTEL_BROKER_")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `walbroker` console script."""
+    a = build_parser(os.environ).parse_args(argv)
     if a.command == "serve":
         return serve(a)
     if a.command == "token":

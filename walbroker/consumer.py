@@ -20,11 +20,16 @@ position (after an offset reset into its middle): `Message.skip` says how many
 of its first points to ignore.
 
 Thread-safety: `poll`, `commit` and `close` may be called from any thread; the
-`consumer-io` loop owns the stream and `_cond` guards the shared state.
+`consumer-io` loop owns the stream and `_cond` guards the shared state. The `on_revoke`
+and `on_assignment` callbacks run on the io thread. If that loop dies of an unexpected
+error (a callback that raises, a bug), waiting commits fail and every later `poll` and
+`commit` raises `LoopCrashed` (`walbroker.loops`), so the application stops instead of
+polling a dead member forever.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -33,7 +38,7 @@ import socket
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -43,6 +48,7 @@ from proto.gen import walbroker_pb2 as pb
 from walbroker.client import Backoff, channel, error_from_rpc, error_from_status, stub
 from walbroker.credentials import ClientSecurity
 from walbroker.errors import AccessError, BrokerError, Code, StaleGeneration, Unavailable
+from walbroker.loops import LoopCrashed, run_loop
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +112,8 @@ class Consumer:
         self.assignment: Assignment | None = None
         self.last_error: BrokerError | None = None
         # Set when the broker refused our credentials: the loop has stopped; poll raises it.
-        self.failure: AccessError | None = None
+        # Why the member stopped for good: credentials refused, or its io loop crashed.
+        self.failure: AccessError | LoopCrashed | None = None
         self._channel = channel(target, security)
         self._cond = threading.Condition()
         self._queue: deque[Message] = deque()
@@ -117,23 +124,50 @@ class Consumer:
         self._commit_ids = itertools.count(1)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._crash: LoopCrashed | None = None  # set once, by the io loop's crash handler
 
     # ---- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> Consumer:
         """Start the `consumer-io` loop (it joins, and rejoins after failures)."""
-        self._thread = threading.Thread(target=self._io_loop, name="consumer-io", daemon=True)
+        self._thread = threading.Thread(
+            target=run_loop,
+            args=("consumer-io", self._io_loop, self._crashed),
+            kwargs={"group": self.group},
+            name="consumer-io",
+            daemon=True,
+        )
         self._thread.start()
-        log.info("loop started", extra={"loop": "consumer-io", "group": self.group})
         return self
+
+    def _crashed(self, crash: LoopCrashed) -> None:
+        """The io loop died: fail waiting commits, wake `poll`, fail every later call."""
+        with self._cond:
+            self._crash = crash
+            if self.failure is None:
+                self.failure = crash
+            self._cond.notify_all()
+        for fut in list(self._commits.values()):
+            if not fut.done():
+                fut.set_exception(crash)
+
+    def _raise_crash(self) -> None:
+        if self._crash is not None:
+            raise self._crash
 
     def wait_for_assignment(self, timeout_s: float = 30.0) -> Assignment:
         """Block until the member has an assignment."""
         with self._cond:
             if not self._cond.wait_for(
-                lambda: self.assignment is not None or self.failure is not None, timeout_s
+                lambda: (
+                    self.assignment is not None
+                    or self.failure is not None
+                    or self._crash is not None
+                ),
+                timeout_s,
             ):
                 raise TimeoutError(f"no assignment from group {self.group!r}")
+            self._raise_crash()
             if self.failure is not None:
                 raise self.failure
             assert self.assignment is not None
@@ -146,7 +180,6 @@ class Consumer:
         self._requests.put(None)
         if self._thread is not None:
             self._thread.join(timeout=10)
-            log.info("loop stopped", extra={"loop": "consumer-io", "group": self.group})
         self._channel.close()
 
     # ---- the application's side ------------------------------------------------------------
@@ -155,7 +188,11 @@ class Consumer:
         """Records of owned partitions in offset order; advances positions; [] on timeout."""
         out: list[Message] = []
         with self._cond:
-            self._cond.wait_for(lambda: bool(self._queue) or self._stop.is_set(), timeout_s)
+            self._cond.wait_for(
+                lambda: bool(self._queue) or self._stop.is_set() or self._crash is not None,
+                timeout_s,
+            )
+            self._raise_crash()
             if self.failure is not None:
                 raise self.failure
             while self._queue and len(out) < max_messages:
@@ -192,6 +229,7 @@ class Consumer:
         only means those records are delivered again).
         """
         with self._cond:
+            self._raise_crash()
             if self.assignment is None:
                 return False
             generation = self.assignment.generation
@@ -216,6 +254,9 @@ class Consumer:
         )
         if not wait:
             return True
+        if wait and self._crash is not None:  # crashed after the check above: no ack comes
+            with contextlib.suppress(InvalidStateError):  # unless the crash handler set it
+                fut.set_exception(self._crash)
         try:
             ack = fut.result(timeout_s)
         except (TimeoutError, BrokerError) as exc:

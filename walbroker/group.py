@@ -70,6 +70,7 @@ class Member:
     listener: Listener
     last_seen: float
     partitions: frozenset[int] = frozenset()
+    host: str = ""
 
 
 @dataclass(slots=True)
@@ -98,6 +99,7 @@ class MemberView:
     member_id: str
     client_id: str
     partitions: tuple[int, ...]
+    host: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +146,7 @@ class GroupCoordinator:
         member_id: str = "",
         session_timeout_ms: int = 10_000,
         listener: Listener,
+        host: str = "",
     ) -> str:
         """Add a member (or re-add a known member id) and rebalance; return the member id."""
         validate_name("group", group)
@@ -163,6 +166,7 @@ class GroupCoordinator:
                 listener,
                 self.clock(),
                 old.partitions if old else frozenset(),
+                host,
             )
             self._rebalance(g, reason="join")
         return mid
@@ -328,7 +332,7 @@ class GroupCoordinator:
             return None
         with g.lock:
             members = tuple(
-                MemberView(m.member_id, m.client_id, tuple(sorted(m.partitions)))
+                MemberView(m.member_id, m.client_id, tuple(sorted(m.partitions)), m.host)
                 for m in g.members.values()
             )
             return GroupView(

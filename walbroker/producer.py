@@ -15,7 +15,10 @@ sealed batches, are neither acknowledged nor
 dropped: that bound is the producer's backpressure on its caller.
 
 Thread-safety: `send`, `flush` and `close` may be called from any thread. The
-`producer-linger` loop seals old batches; the `producer-io` loop owns the stream.
+`producer-linger` loop seals old batches; the `producer-io` loop owns the stream. Either
+loop dying of an unexpected error (an encoder or callback that raises, a bug) stops both
+and makes every later `send` and `flush` raise `LoopCrashed` (`walbroker.loops`): the
+producer never stalls its caller with a dead thread.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from walbroker.client import Backoff, channel, error_from_rpc, error_from_status
 from walbroker.credentials import ClientSecurity
 from walbroker.errors import AccessError, BrokerError, Code, InvalidArgument, Unavailable
 from walbroker.inflight import Batch, Grant, InFlight
+from walbroker.loops import LoopCrashed, run_loop
 from walbroker.types import partition_for_key
 
 log = logging.getLogger(__name__)
@@ -98,7 +102,8 @@ class Producer(Generic[T]):
         self._stop = threading.Event()
         self._opened = threading.Event()  # set when a batch opens: wakes the linger loop
         self._threads: list[threading.Thread] = []
-        self._failure: BrokerError | None = None
+        self._failure: BrokerError | None = None  # one refused batch: raised once
+        self._crash: LoopCrashed | None = None  # a loop died: raised by every call after
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -119,11 +124,12 @@ class Producer(Generic[T]):
                 if isinstance(exc, AccessError) or time.monotonic() > deadline:
                     raise
                 time.sleep(backoff.next_s())
-        for name, target in (("producer-io", self._io_loop), ("producer-linger", self._linger)):
-            t = threading.Thread(target=target, name=name, daemon=True)
+        for name, body in (("producer-io", self._io_loop), ("producer-linger", self._linger)):
+            args = (name, body, self._crashed)
+            kwargs = {"producer": self.producer_id}
+            t = threading.Thread(target=run_loop, args=args, kwargs=kwargs, name=name, daemon=True)
             t.start()
             self._threads.append(t)
-            log.info("loop started", extra={"loop": name, "producer": self.producer_id})
         return self
 
     def __enter__(self) -> Producer[T]:
@@ -144,8 +150,16 @@ class Producer(Generic[T]):
                 self._cond.notify_all()
             for t in self._threads:
                 t.join(timeout=5)
-                log.info("loop stopped", extra={"loop": t.name, "producer": self.producer_id})
             self._channel.close()
+
+    def _crashed(self, crash: LoopCrashed) -> None:
+        """A loop died: stop the other one and fail every waiting and later call."""
+        with self._cond:
+            self._crash = crash
+            self._cond.notify_all()
+        self._stop.set()
+        self._opened.set()
+        self._outbox.put(None)
 
     # ---- sending -------------------------------------------------------------------------
 
@@ -217,6 +231,8 @@ class Producer(Generic[T]):
         return self._inflight.points
 
     def _raise_failure(self) -> None:
+        if self._crash is not None:
+            raise self._crash
         if self._failure is not None:
             exc = self._failure
             if not isinstance(exc, AccessError):  # a wrong credential stays wrong

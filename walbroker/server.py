@@ -37,6 +37,15 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "walbroker.v1.Broker"
 
 
+def peer_host(peer: str) -> str:
+    """The address of a gRPC peer without its port: 'ipv4:10.0.0.7:5312' -> '10.0.0.7'."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        host = rest.rpartition(":")[0] or rest
+        return host.strip("[]")
+    return rest or peer  # unix sockets and the like: the path, as given
+
+
 def abort(context: grpc.ServicerContext, exc: BrokerError) -> None:
     """End the RPC with `exc`'s status code (and retry-after in trailing metadata)."""
     if exc.retry_after_ms:
@@ -115,7 +124,7 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
             first = next(request_iterator, None)
             if first is None or first.WhichOneof("kind") != "join":
                 raise InvalidArgument("the first message of a Consume stream must be a join")
-            session.join(first.join)
+            session.join(first.join, peer_host(context.peer()))
             threading.Thread(
                 target=self._read_session,
                 args=(request_iterator, session),

@@ -64,8 +64,8 @@ class Session:
 
     # ---- requests (reader thread) ----------------------------------------------------------
 
-    def join(self, req: pb.Join) -> None:
-        """Handle the stream's first message."""
+    def join(self, req: pb.Join, host: str = "") -> None:
+        """Handle the stream's first message; `host` is the client's address (admin shows it)."""
         role = _ROLES.get(req.role)
         if role is None:
             raise InvalidArgument("join.role must be CONSUMER or PRODUCER")
@@ -83,6 +83,7 @@ class Session:
             member_id=req.member_id,
             session_timeout_ms=req.session_timeout_ms or self.default_timeout_ms,
             listener=self._on_assignment,
+            host=host,
         )
         self.metrics.subscribers.labels(self.group, role).inc()
 

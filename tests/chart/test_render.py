@@ -188,6 +188,28 @@ def test_components_get_their_commands_and_broker_address(chart: Chart) -> None:
             assert f"--broker={name('broker')}:7070" in c["args"]
 
 
+def test_streamer_in_scrape_mode_scrapes_the_exporters_and_may_reach_them(chart: Chart) -> None:
+    r = chart.render("scrape")
+    (c,) = r.get("Deployment", name("streamer"))["spec"]["template"]["spec"]["containers"]
+    args = c["args"]
+    assert "--targets-dns=nvidia-dcgm-exporter.gpu-operator.svc.cluster.local:9400" in args
+    assert "--scrape=http://10.0.0.7:9400/metrics" in args
+    assert {"--scrape-interval-s=15", "--scrape-timeout-s=4", "--scrape-concurrency=64"} <= set(
+        args
+    )
+    assert not any(a.startswith("--csv") for a in args)
+    policy = r.get("NetworkPolicy", name("streamer"))
+    ports = [p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])]
+    assert 9400 in ports
+    (c,) = chart.render("external-secret").get("Deployment", name("streamer"))["spec"][
+        "template"]["spec"]["containers"]  # fmt: skip
+    assert not any(a.startswith("--scrape") or a.startswith("--targets") for a in c["args"])
+    failed = chart.template(
+        ["external-secret.yaml"], ["streamer.mode=scrape"], ["--set", "streamer.scrape.dns=null"]
+    )
+    assert failed.returncode != 0 and "needs streamer.scrape.dns" in failed.stderr
+
+
 def _env(container: dict) -> dict[str, dict]:
     return {e["name"]: e for e in container["env"]}
 

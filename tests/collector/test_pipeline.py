@@ -202,6 +202,7 @@ def test_stop_finishes_the_write_in_flight_then_waits_for_the_commit(
     broker, collectors, db, caplog
 ):
     caplog.set_level(logging.INFO, logger="collector")
+    caplog.set_level(logging.INFO, logger="walbroker.loops")  # every loop's start and stop
     data = Telemetry(broker.address)
     data.publish(range(40))
     log = CommitLog(db)

@@ -6,12 +6,15 @@ import pytest
 
 from collector.config import ConfigError, from_args
 from collector.deadletter import unwrap, wrap
+from collector.future import split_future
 from collector.pending import HeldRecord, Pending, merge, tail
+from collector.writer import JobState, WriteJob
 from proto.batch import Gpu, PointBatch
 from walbroker.consumer import Message
 
 A = Gpu(uuid="GPU-a", hostname="h1", gpu=0)
 B = Gpu(uuid="GPU-b", hostname="h2", gpu=0)
+S = 1_000_000_000
 
 
 def batch(gpus: list[Gpu], metrics: list[str], rows: list[tuple[int, int, int]]) -> PointBatch:
@@ -95,3 +98,32 @@ def test_dead_letter_envelope_round_trip():
     assert header["topic"] == "telemetry"
     with pytest.raises(ValueError, match="not a dead-letter envelope"):
         unwrap(b"GTDX\x01\x00\x00\x00\x00")
+
+
+def test_split_future_keeps_points_within_the_skew():
+    now = 1_000 * S
+    b = batch([A, B], ["m"], [(0, 0, now), (1, 0, now + 300 * S), (0, 0, now + 301 * S)])
+    split = split_future(b, 300, now_ns=now)
+    assert (split.future, split.newest_ns) == (1, now + 301 * S)
+    assert points(split.kept) == [("GPU-a", "m", now), ("GPU-b", "m", now + 300 * S)]
+    assert split.reason().startswith("1 of 3 points stamped more than the allowed skew")
+    unchanged = batch([A], ["m"], [(0, 0, now)])
+    assert split_future(unchanged, 300, now_ns=now).kept is unchanged  # the common case: no copy
+    assert from_args(["--broker", "b:1", "--store", "sqlite:x"], {}).max_future_skew_s == 300
+    flags = ["--broker", "b:1", "--store", "sqlite:x", "--max-future-skew-s"]
+    assert from_args([*flags, "5"], {}).max_future_skew_s == 5
+    for bad in ("-1", "soon"):
+        with pytest.raises(ConfigError, match="max-future-skew-s"):
+            from_args([*flags, bad], {})
+
+
+def test_write_job_transitions_are_asserted():
+    job = WriteJob(Pending())
+    with pytest.raises(AssertionError, match="HELD -> WRITING"):
+        job.to(JobState.WRITING)  # never handed to the writer unprepared
+    for state in (JobState.PREPARED, JobState.WRITING, JobState.FAILED, JobState.RETRYING):
+        job.to(state)
+    job.to(JobState.WRITING)
+    job.to(JobState.COMMITTED)
+    with pytest.raises(AssertionError, match="COMMITTED -> WRITING"):
+        job.to(JobState.WRITING)  # a committed job is never written again

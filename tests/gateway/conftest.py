@@ -106,7 +106,7 @@ class Gateway(ManagedProcess):
         env.pop("GPUTEL_INFLUX_TOKEN", None)  # passed as a flag to prove it is never logged
         argv = [str(BIN / "gputel-gateway"), f"--bind=127.0.0.1:{self.port}"]
         argv += [f"--workers={workers}", "--log-level=debug"]
-        env.pop("GPUTEL_GATEWAY_THREADS")  # the store's default unless given
+        env.pop("GPUTEL_GATEWAY_THREADS")  # the worker's default unless given
         if threads is not None:
             argv.append(f"--threads={threads}")
         if config.influx_token:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.times import format_time
+from store.catalog import gpu_key, name_key
 from tests.gateway import data
 from tests.gateway.data import METRICS, T0, TEMP, TIMES, UTIL, S
 
@@ -26,9 +27,13 @@ def keys(points: list[dict]) -> list[tuple[str, str]]:
     return [(p["time"], p["metric"]) for p in points]
 
 
-def test_list_gpus_has_every_gpu_once_by_uuid(client) -> None:
+def catalog_order(uuids) -> list[str]:
+    return sorted(uuids, key=gpu_key)
+
+
+def test_list_gpus_has_every_gpu_once_in_catalog_order(client) -> None:
     body = client.get("/api/v1/gpus").get_json()
-    assert [g["uuid"] for g in body["gpus"]] == sorted(g.uuid for g in data.GPUS)
+    assert [g["uuid"] for g in body["gpus"]] == catalog_order(g.uuid for g in data.GPUS)
     assert body["next_cursor"] is None
     first = body["gpus"][0]
     assert first["first_seen"] == format_time(TIMES[0])
@@ -38,9 +43,14 @@ def test_list_gpus_has_every_gpu_once_by_uuid(client) -> None:
 
 def test_list_gpus_filters_and_pages(client) -> None:
     body = client.get("/api/v1/gpus?hostname=host-2").get_json()
-    assert [g["uuid"] for g in body["gpus"]] == ["GPU-h2-0", "GPU-h2-1"]
-    body = client.get("/api/v1/gpus", query_string={"model": "NVIDIA A100-SXM4-80GB"}).get_json()
-    assert [g["uuid"] for g in body["gpus"]] == [data.UNIQUE.uuid]
+    assert [g["uuid"] for g in body["gpus"]] == catalog_order(["GPU-h2-0", "GPU-h2-1"])
+    for model in ("NVIDIA A100-SXM4-80GB", "a100", "A100-sxm4"):  # case-insensitive substring
+        body = client.get("/api/v1/gpus", query_string={"model": model}).get_json()
+        assert [g["uuid"] for g in body["gpus"]] == [data.UNIQUE.uuid]
+    body = client.get("/api/v1/gpus", query_string={"model": "h100"}).get_json()
+    assert len(body["gpus"]) == len(data.GPUS) - 1
+    body = client.get("/api/v1/gpus", query_string={"model": "L40S"}).get_json()
+    assert body == {"gpus": [], "next_cursor": None}
     seen, token = [], None
     while True:
         args = {"limit": 3, **({"cursor": token} if token else {})}
@@ -49,7 +59,7 @@ def test_list_gpus_filters_and_pages(client) -> None:
         token = page["next_cursor"]
         if token is None:
             break
-    assert seen == sorted(g.uuid for g in data.GPUS)
+    assert seen == catalog_order(g.uuid for g in data.GPUS)
 
 
 def test_gpu_detail_has_latest_per_metric(client) -> None:
@@ -129,8 +139,27 @@ def test_metric_filter_repeatable(client) -> None:
     assert body["metrics"] == [UTIL]
     body = client.get(f"{TELEMETRY}?metric={UTIL}&metric={TEMP}&limit=2").get_json()
     assert keys(body["points"]) == [(format_time(T0), TEMP), (format_time(T0), UTIL)]
-    body = client.get(f"{TELEMETRY}?metric=DCGM_FI_DEV_NOT_THERE").get_json()
-    assert body["points"] == []
+
+
+def test_unknown_metric_is_a_400_listing_the_known_ones(client) -> None:
+    resp = client.get(f"{TELEMETRY}?metric={UTIL}&metric=DCGM_FI_DEV_GPU_UTILL")
+    assert resp.status_code == 400
+    assert resp.mimetype == "application/problem+json"
+    body = resp.get_json()
+    assert body["parameter"] == "metric"
+    assert "'DCGM_FI_DEV_GPU_UTILL'" in body["detail"] and UTIL in body["detail"]
+    assert body["known_metrics"] == sorted(METRICS)
+    # a metric that arrives later is known at once (the app asks the store again on a miss)
+    assert client.get(f"{TELEMETRY}?metric={UTIL}").status_code == 200
+
+
+def test_a_plus_sent_unencoded_gets_a_hint_to_url_encode_it(client) -> None:
+    resp = client.get(f"{TELEMETRY}?start_time=2024-05-01T12:00:00+02:00")
+    assert resp.status_code == 400
+    detail = resp.get_json()["detail"]
+    assert "URL-encode it as %2B" in detail and detail.startswith("start_time:")
+    ok = client.get(f"{TELEMETRY}?start_time=2024-05-01T12:00:00%2B02:00")
+    assert ok.status_code == 200
 
 
 def test_downsampling(client) -> None:
@@ -167,8 +196,30 @@ def test_downsampled_pages_equal_one_request(client) -> None:
 
 
 def test_hosts_and_metrics(client) -> None:
-    assert client.get("/api/v1/hosts").get_json() == {"hosts": [f"host-{h}" for h in range(4)]}
-    assert client.get("/api/v1/metrics").get_json() == {"metrics": sorted(METRICS)}
+    hosts = sorted((f"host-{h}" for h in range(4)), key=lambda h: name_key("host", h))
+    assert client.get("/api/v1/hosts").get_json() == {"hosts": hosts, "next_cursor": None}
+    body = client.get("/api/v1/metrics").get_json()
+    assert body == {"metrics": sorted(METRICS), "next_cursor": None}
+
+
+@pytest.mark.parametrize(
+    ("path", "field"), [("/api/v1/hosts", "hosts"), ("/api/v1/metrics", "metrics")]
+)
+def test_hosts_and_metrics_page(client, path: str, field: str) -> None:
+    everything = client.get(path).get_json()[field]
+    seen, token = [], None
+    while True:
+        page = client.get(path, query_string={"limit": 1, **({"cursor": token} if token else {})})
+        body = page.get_json()
+        assert len(body[field]) == 1
+        seen += body[field]
+        token = body["next_cursor"]
+        if token is None:
+            break
+    assert seen == everything and len(seen) > 1
+    other = "/api/v1/metrics" if field == "hosts" else "/api/v1/hosts"
+    first = client.get(path, query_string={"limit": 1}).get_json()["next_cursor"]
+    problem(client.get(other, query_string={"cursor": first}), 400)
 
 
 def test_healthz_and_readyz(client) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import http.client
 import json
 import urllib.parse
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import GatewayConfig
 from gateway.times import format_time
 from tests.gateway import data
-from tests.gateway.conftest import Backend, Gateway
+from tests.gateway.conftest import Gateway
 from tests.gateway.data import METRICS, T0, S
 
 REQUESTS = "gpu_telemetry_gateway_requests"
@@ -115,7 +116,38 @@ def connection_headers(port: int, requests: int) -> list[str | None]:
     return found
 
 
-def test_connections_by_store_default(gateway: Gateway, seeded: Backend) -> None:
-    """SQLite: one thread (sync worker), each answer closes; InfluxDB: threads and keep-alive."""
-    expected = "close" if seeded.kind == "sqlite" else "keep-alive"
-    assert connection_headers(gateway.port, 3) == [expected] * 3
+def test_each_answer_closes_its_connection(gateway: Gateway) -> None:
+    """The default gevent worker answers one request per connection on both stores, so a
+    worker takes a new connection only when its loop is free (gateway/worker.py)."""
+    assert connection_headers(gateway.port, 3) == ["close"] * 3
+    assert "gateway.worker.GatewayWorker" in gateway.log_text()  # gunicorn's config dump
+
+
+def worker_pids(gateway: Gateway) -> list[int]:
+    """The gunicorn workers: children of the master (gputel-gateway execs gunicorn)."""
+    assert gateway.proc is not None
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == gateway.proc.pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def open_files(pids: list[int]) -> int:
+    return sum(len(list(Path(f"/proc/{pid}/fd").iterdir())) for pid in pids)
+
+
+def test_open_files_stay_bounded_over_many_requests(gateway: Gateway) -> None:
+    """One connection per request must not mean one store connection per request."""
+    pids = worker_pids(gateway)
+    assert len(pids) == 2
+    for _ in range(100):  # every worker has opened what it keeps (store, metric files)
+        assert gateway.get("/api/v1/gpus/GPU-h2-1")[0] == 200
+    before = open_files(pids)
+    for _ in range(200):
+        assert gateway.get("/api/v1/gpus/GPU-h2-1")[0] == 200
+    assert open_files(pids) <= before + 4  # (it was two files per request under gevent)

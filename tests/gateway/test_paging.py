@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from gateway.times import format_time
+from store.catalog import gpu_key
 from tests.gateway import data
 from tests.gateway.data import METRICS, TIMES, S
 from tests.store.helpers import batch
@@ -35,7 +38,10 @@ def test_pages_while_writing_lose_and_repeat_nothing(fresh, fresh_client) -> Non
 def test_gpu_list_pages_while_gpus_appear(fresh, fresh_client) -> None:
     seen: list[str] = []
     token = None
-    extra = [data.gpu(9, i) for i in range(3)]  # sort after every seeded uuid
+    last = max(gpu_key(g.uuid) for g in data.GPUS)
+    extra = [g for g in (data.gpu(9, i) for i in range(64)) if gpu_key(g.uuid) > last][:3]
+    assert len(extra) == 3  # GPUs that sort after every seeded one in catalog order
+    added = {g.uuid for g in extra}
     while True:
         args = {"limit": 2, **({"cursor": token} if token else {})}
         body = fresh_client.get("/api/v1/gpus", query_string=args).get_json()
@@ -45,7 +51,7 @@ def test_gpu_list_pages_while_gpus_appear(fresh, fresh_client) -> None:
             break
         if extra:
             fresh.store.write(data.points((extra.pop(),), TIMES[:1]))
-    assert seen == sorted({g.uuid for g in data.GPUS} | {f"GPU-h9-{i}" for i in range(3)})
+    assert seen == sorted({g.uuid for g in data.GPUS} | added, key=gpu_key)
 
 
 def test_page_bytes_match_the_stored_points(fresh, fresh_client) -> None:
@@ -92,3 +98,28 @@ def test_page_bytes_match_the_stored_points(fresh, fresh_client) -> None:
         "source_time": format_time(t1 - S),
     }
     assert (served[1]["metric"], served[1]["value"]) == ('a,metric "quoted"', 0.1 + 0.2)
+
+
+@pytest.mark.parametrize("limit", [3, 5, 10])
+def test_a_downsampled_page_never_hands_out_a_cursor_to_an_empty_page(client, limit) -> None:
+    """The data ends long before end_time: the page holding the last window ends the paging."""
+    args = {
+        "every": "1s",
+        "metric": data.UTIL,
+        "limit": str(limit),
+        "start_time": format_time(data.T0),
+        "end_time": format_time(data.T0 + 3600 * data.S),
+    }
+    url = f"/api/v1/gpus/{data.GPUS[0].uuid}/telemetry"
+    seen, pages, cursor_ = [], 0, None
+    while True:
+        body = client.get(
+            url, query_string={**args, **({"cursor": cursor_} if cursor_ else {})}
+        ).get_json()
+        assert body["points"], f"page {pages + 1} is empty"
+        seen += body["points"]
+        pages += 1
+        cursor_ = body["next_cursor"]
+        if cursor_ is None:
+            break
+    assert len(seen) == len(data.TIMES) and pages == -(-len(data.TIMES) // limit)

@@ -105,14 +105,23 @@ def test_config_from_flags_and_env() -> None:
         "t0ken",
     )
     assert from_env(config.to_env()) == config
-    assert config.threads == 4  # InfluxDB: requests wait on Flux
-    assert from_args(["--store", "sqlite:x.db"], env).threads == 1  # SQLite: CPU-bound
-    assert from_args(["--threads", "3"], env).threads == 3
+    # gevent on both stores (slow clients hold no thread); threads matter to gthread only.
+    assert (config.worker_class, config.head_timeout_s, config.max_connections) == (
+        "gevent",
+        5.0,
+        1000,
+    )
+    gthread = from_args(["--worker-class", "gthread"], env)
+    assert (gthread.threads, from_args(["--threads", "3"], env).threads) == (4, 3)
+    slow = from_args(["--head-timeout-s", "0.5", "--max-connections", "20"], env)
+    assert (slow.head_timeout_s, slow.max_connections) == (0.5, 20)
+    assert from_env(slow.to_env()) == slow
     assert GatewayConfig().workers == 1
-    # Built in code, the same per-store default applies unless threads are given.
-    assert (GatewayConfig().threads, GatewayConfig(store="influx").threads) == (1, 4)
-    assert GatewayConfig(store="influx", threads=2).threads == 2
-    for bad in (["--store", "postgres"], ["--threads", "0"]):
+    assert (GatewayConfig().threads, GatewayConfig(worker_class="gthread").threads) == (1, 4)
+    with pytest.raises(ValueError, match="worker_class"):
+        GatewayConfig(worker_class="eventlet")
+    bad_flags = (["--threads", "0"], ["--worker-class", "tornado"], ["--head-timeout-s", "0"])
+    for bad in (["--store", "postgres"], ["--max-connections", "0"], *bad_flags):
         with pytest.raises(SystemExit):
             from_args(bad, {})
 

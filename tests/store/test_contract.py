@@ -9,6 +9,7 @@ import pytest
 
 from store import InvalidArgument, InvalidBatch, Store, StoredPoint, StoreUnavailable, open_store
 from store.base import PreparedWrite
+from store.catalog import gpu_key
 from store.influx import InfluxStore
 from store.lineprotocol import LineProtocolEncoder
 from tests.fixtures.influx import InfluxServer, require_influxd
@@ -66,7 +67,14 @@ def test_influx_body_is_line_protocol_gzipped_by_the_store(influx_server: Influx
     with InfluxStore(**influx_server.create_database().store_opts()) as store:
         body = store.prepare(b).body
     assert body is not None and body[:2] == b"\x1f\x8b"  # the gzip magic
-    assert gzip.decompress(body) == LineProtocolEncoder().encode(b)
+    points = LineProtocolEncoder().encode(b)
+    text = gzip.decompress(body)
+    assert text.startswith(points + b"\n")  # then the catalog records of both GPUs
+    rest = text[len(points) + 1 :].decode().splitlines()
+    assert (
+        sorted(line.split(",", 1)[0] for line in rest)
+        == ["gpu_catalog"] * 2 + ["gpu_catalog_names"] * 4
+    )  # two GPUs; their host, their model and two metric names
 
 
 @pytest.mark.parametrize("missing", ["value", "source_time"])
@@ -241,11 +249,12 @@ def test_hosts_and_metrics(store: Store) -> None:
 
 
 def test_list_gpus_filters_and_paging(store: Store) -> None:
-    gpus = [gpu(n) for n in range(12)]
+    gpus = sorted((gpu(n) for n in range(12)), key=lambda g: gpu_key(g.uuid))
     store.write(grid(gpus, [UTIL], [T0, T0 + S]))
     listed = store.list_gpus()
     assert [s.uuid for s in listed] == [g.uuid for g in gpus]
-    first = listed[0]
+    first = store.get_gpu("GPU-0000")
+    assert first is not None
     assert (first.hostname, first.gpu, first.device, first.model) == (
         "host-00",
         0,
@@ -253,7 +262,8 @@ def test_list_gpus_filters_and_paging(store: Store) -> None:
         "NVIDIA H100 80GB HBM3",
     )
     assert (first.first_seen_ns, first.last_seen_ns) == (T0, T0 + S)
-    assert [s.uuid for s in store.list_gpus(hostname="host-01")] == [g.uuid for g in gpus[8:]]
+    on_host_01 = [g.uuid for g in gpus if g.hostname == "host-01"]
+    assert [s.uuid for s in store.list_gpus(hostname="host-01")] == on_host_01
     assert store.list_gpus(model="other") == []
     page1 = store.list_gpus(limit=5)
     page2 = store.list_gpus(limit=5, after_uuid=page1[-1].uuid)
@@ -264,6 +274,7 @@ def test_list_gpus_filters_and_paging(store: Store) -> None:
 
 def test_same_index_on_many_hosts_stays_apart(store: Store) -> None:
     gpus = [gpu(n, host=f"host-{n:02d}", index=0) for n in range(31)]
+    gpus.sort(key=lambda g: gpu_key(g.uuid))
     store.write(grid(gpus, [UTIL], [T0]))
     found = store.gpus_by_index(0)
     assert [s.uuid for s in found] == [g.uuid for g in gpus]
@@ -325,6 +336,10 @@ def test_injection_rejected_or_harmless(store: Store, evil: str) -> None:
         lambda: store.latest(evil),
         lambda: store.get_gpu(evil),
         lambda: store.list_gpus(hostname=evil, model=evil, after_uuid=evil),
+        lambda: store.list_gpus(model=evil),
+        lambda: store.list_gpus(after_uuid=evil),
+        lambda: store.gpus_by_index(0, limit=1) and store.page_names("host", after=evil)[:0],
+        lambda: [h for h in store.page_names("host", after=evil) if h != "host-00"],
         lambda: store.count_points(uuid=evil),
         lambda: store.downsample(evil, 0, T0 + S, [evil], S, "mean"),
     ]

@@ -322,7 +322,7 @@ def test_exposure_rule(caplog: pytest.LogCaptureFixture) -> None:
     from walbroker.security import ExposureError, check_exposure, is_loopback
 
     assert is_loopback("127.0.0.1:7070") and is_loopback("[::1]:7070")
-    assert is_loopback("localhost:7070")
+    assert is_loopback("localhost:7070") and is_loopback("unix:/run/gputel.sock")
     assert not is_loopback("0.0.0.0:7070") and not is_loopback("[::]:7070")
     assert not is_loopback(":7070") and not is_loopback("10.1.2.3:7070")
     check_exposure("walbroker", "127.0.0.1:1", False, False, False)  # zero-config loopback
@@ -332,3 +332,33 @@ def test_exposure_rule(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("WARNING"):
         check_exposure("walbroker", "0.0.0.0:1", False, False, True)
     assert "INSECURE" in caplog.text
+
+
+def test_client_token_rotation_keeps_an_open_stream_going(
+    creds: Credentials, broker_factory: Callable[..., BrokerProcess]
+) -> None:
+    """Rotate as docs/security.md says: add the new token, hand it to the client, revoke the
+    old one. The client's open stream is cut by the revocation and resumes with the new token
+    read from its file: nothing fails, nothing is lost or stored twice."""
+    b = broker_factory("--partitions", "2", *creds.broker_args(tls=False)).start()
+    sec = creds.client("only-produce", tls=False)
+    old = creds.tokens["only-produce"]
+    p = Producer(b.address, "telemetry", lambda xs: b"x" * len(xs), security=sec).start()
+    try:
+        for i in range(100):
+            p.send(f"gpu-{i % 7}", i)
+        p.flush(10)
+        new = creds.add("only-produce", "produce")
+        creds.token_path("only-produce")  # the client's file now holds the new token
+        creds.lines = [ln for ln in creds.lines if hash_token(old) not in ln]
+        creds.save()
+        with grpc.insecure_channel(b.address) as ch:
+            assert wait_until(lambda: outcome(lambda: publish(ch, old)) == "UNAUTHENTICATED", 10)
+            assert outcome(lambda: publish(ch, new)) == OK
+        for i in range(100, 200):
+            p.send(f"gpu-{i % 7}", i)
+        p.flush(30)
+        assert p.stats.acked_points == 200 and p.stats.failed_points == 0
+        assert p.stats.reconnects >= 1, "the stream under the old token should have been cut"
+    finally:
+        p.close(timeout_s=5)

@@ -1,0 +1,213 @@
+"""Fleet scale: the catalog reads of a 100,000-GPU fleet on both stores, and what it costs.
+
+Per store (SQLite file; InfluxDB 1.8.10, the real test server):
+
+- Stored: `gpus` GPUs (default 100,000, random-format uuids, 8 per host, three models) x 10
+  metrics, one scrape each (1 M points), plus DEEP GPUs with two hours of 30-s scrapes for
+  the telemetry pages. Loaded through `Store.write` (so the catalog is written as the
+  collector writes it) in 5,000-point batches, two writer threads for InfluxDB (bulk,
+  gzipped line protocol). The filled store is cached under ~/.cache/gputel/bench/ by its
+  parameters, so a re-run skips the load.
+- Served by a real `gputel-gateway` (gunicorn, 2 workers, the store's default threads, the
+  GPU-list cache off so every request reaches the store) and loaded by wrk, per endpoint
+  with 2 connections (one per worker) and with 16: a random page of
+  `/api/v1/gpus?limit=1000` (every page of the fleet, found by following cursors),
+  `/api/v1/hosts` pages, `/api/v1/metrics`, a random
+  `/api/v1/gpus/{uuid}`, and a random one-hour telemetry page (1,200 points stored, limit
+  1,000) of a deep GPU. Targets: lists p99 <= 100 ms, detail p99 <= 50 ms (judged at 2
+  connections: the store's latency, no request waiting for a busy worker), telemetry on
+  InfluxDB p99 <= 100 ms at 16 connections.
+- Collector throughput with and without the catalog, in the same run: a broker topic holds
+  `stream_gpus` GPUs x 10 metrics x 6 scrapes 20 s apart (new GPUs at first, then one
+  catalog update per GPU at the 60-s granularity); one collector drains it into a fresh
+  database with the catalog on, one with it off (`write_catalog=False`), alternating, twice.
+  Target: with >= 90 % of without.
+
+`python -m bench.fleet_bench [gpus]` prints JSON; `make bench` runs it as `fleet_bench`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench import fleet_stream
+from bench.fleet_data import T0, S, fleet, scrape
+from bench.gateway_bench import CACHE, CONNECTIONS, measure, warm
+from bench.store_bench import METRICS
+from proto.batch import Gpu, PointBatch
+from store import Store, open_store
+from tests.e2e.pipeline import BIN, Proc
+from tests.fixtures.broker import free_port
+from tests.fixtures.influx import InfluxServer, influxd_path
+
+HOUR = 3600 * S
+DEEP = 16  # GPUs with two hours of history
+DEEP_SCRAPES = 240  # every 30 s
+VERSION = 1  # of the cached data: bump when the layout changes
+# The list and detail targets are judged with one connection per gateway worker (no request
+# waits for a busy worker: the store's latency), the telemetry page with 16 (issue 18).
+QUIET_CONNECTIONS = 2
+TARGETS_MS = {"gpus": 100, "hosts": 100, "metrics": 100, "gpu_detail": 50, "telemetry_1h": 100}
+
+
+def load_batches(gpus: list[Gpu]) -> Iterator[PointBatch]:
+    """The fleet's scrape in 500-GPU batches, then the deep GPUs' history."""
+    for i in range(0, len(gpus), 500):
+        yield scrape(gpus[i : i + 500], T0 + HOUR + (i // 500) * 1_000_000)
+    for k in range(DEEP_SCRAPES):
+        yield scrape(gpus[:DEEP], T0 + k * 30 * S)
+
+
+def fill(store: Store, gpus: list[Gpu], threads: int) -> float:
+    """Write the fleet through `store.write`; return seconds."""
+    started = time.monotonic()
+    with ThreadPoolExecutor(threads, thread_name_prefix="fleet-load") as pool:
+        for _ in pool.map(store.write, load_batches(gpus)):
+            pass
+    return round(time.monotonic() - started, 1)
+
+
+def sqlite_store(gpus: list[Gpu]) -> tuple[Path, float | None]:
+    """The cached SQLite file of this fleet, filled first when missing; (path, fill s)."""
+    path = CACHE / f"fleet-sqlite-{len(gpus)}g-v{VERSION}.db"
+    if path.exists():
+        return path, None
+    CACHE.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".filling")
+    for leftover in CACHE.glob(partial.name + "*"):
+        leftover.unlink()
+    with open_store(f"sqlite:{partial}") as store:
+        seconds = fill(store, gpus, 1)
+    with sqlite3.connect(partial) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("PRAGMA journal_mode=DELETE")
+    partial.rename(path)
+    return path, seconds
+
+
+def influx_server(gpus: list[Gpu]) -> tuple[InfluxServer, dict[str, str], float | None]:
+    """A started InfluxDB whose data folder (cached) holds the fleet; (server, opts, fill s)."""
+    root = CACHE / f"fleet-influx-{len(gpus)}g-v{VERSION}"
+    done = root / "loaded"
+    server = InfluxServer(influxd_path(), root)
+    server.start()
+    opts = {"url": server.url, "org": "gputel", "bucket": "fleet", "token": "unused:unused"}
+    if done.exists():
+        return server, opts, None
+    server.influxql('DROP DATABASE "fleet"')
+    server.create_database("fleet")
+    with open_store("influx", **opts) as store:
+        seconds = fill(store, gpus, 2)
+    done.write_text(json.dumps({"fill_s": seconds}))
+    return server, opts, seconds
+
+
+def _pages(gw: Proc, path: str, most: int = 400) -> list[str]:
+    """Every page URL of a list endpoint, found by following `next_cursor` from the first."""
+    import urllib.parse
+    import urllib.request
+
+    base = gw.health_url.rsplit("/", 1)[0]
+    sep = "&" if "?" in path else "?"
+    out = [path]
+    while len(out) < most:
+        with urllib.request.urlopen(base + out[-1], timeout=60) as resp:
+            token = json.load(resp)["next_cursor"]
+        if token is None:
+            break
+        out.append(f"{path}{sep}cursor={urllib.parse.quote(token)}")
+    return out
+
+
+def endpoints(gw: Proc, gpus: list[Gpu]) -> dict[str, list[str]]:
+    """Request paths per measured endpoint."""
+    rng = random.Random(5)
+    windows = [T0 + k * 30 * S for k in range(DEEP_SCRAPES // 2)]
+    telemetry = [
+        f"/api/v1/gpus/{rng.choice(gpus[:DEEP]).uuid}/telemetry?start_time={t // S}"
+        f"&end_time={(t + HOUR) // S}&limit=1000"
+        for t in (rng.choice(windows) for _ in range(500))
+    ]
+    return {
+        "gpus": _pages(gw, "/api/v1/gpus?limit=1000"),
+        "hosts": _pages(gw, "/api/v1/hosts"),
+        "metrics": ["/api/v1/metrics"],
+        "gpu_detail": [f"/api/v1/gpus/{rng.choice(gpus).uuid}" for _ in range(2000)],
+        "telemetry_1h": telemetry,
+        "gpus_model_h100": ["/api/v1/gpus?model=h100&limit=1000"],
+    }
+
+
+def gateway(store_args: list[str], tmp: Path, name: str) -> Proc:
+    """A gateway on the store: 2 workers, the store's default threads, no GPU-list cache."""
+    port = free_port()
+    argv = [str(BIN / "gputel-gateway"), *store_args, "--bind", f"127.0.0.1:{port}",
+            "--workers", "2", "--catalog-cache-s", "0"]  # fmt: skip
+    return Proc(name, argv, tmp / f"{name}.log", f"http://127.0.0.1:{port}/healthz")
+
+
+def serve_and_measure(
+    store_args: list[str], gpus: list[Gpu], seconds: float, tmp: Path, name: str
+) -> dict[str, Any]:
+    """Start a gateway on the store and load each endpoint; figures per endpoint."""
+    gw = gateway(store_args, tmp, name).start()
+    try:
+        todo = endpoints(gw, gpus)
+        out: dict[str, Any] = {"pages": {k: len(v) for k, v in todo.items()}}
+        for endpoint, paths in todo.items():
+            warm(gw, paths[:200])
+            print(f"fleet_bench: {name} {endpoint}", file=sys.stderr, flush=True)
+            figures = {
+                f"connections_{n}": measure(gw, "wrk", paths, seconds, tmp, n)
+                for n in (QUIET_CONNECTIONS, CONNECTIONS)
+            }
+            target = TARGETS_MS.get(endpoint)
+            if target is not None and (endpoint != "telemetry_1h" or name == "influx"):
+                n = CONNECTIONS if endpoint == "telemetry_1h" else QUIET_CONNECTIONS
+                judged = figures[f"connections_{n}"]
+                met = judged["p99_ms"] <= target and not judged["errors"]
+                figures["target"] = {"p99_ms": target, "connections": n, "met": met}
+            out[endpoint] = figures
+        return out
+    finally:
+        gw.terminate(15)
+
+
+def run(gpus: int = 100_000, seconds: float = 10.0, stream_gpus: int = 10_000) -> dict[str, Any]:
+    """Fleet figures per store; see the module docstring."""
+    the_fleet = fleet(gpus)
+    result: dict[str, Any] = {
+        "gpus": gpus, "metrics": len(METRICS), "points": gpus * len(METRICS)
+        + DEEP * DEEP_SCRAPES * len(METRICS), "connections": CONNECTIONS, "seconds": seconds,
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="gputel-fleet-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        db, fill_s = sqlite_store(the_fleet)
+        result["sqlite"] = {"fill_s": fill_s}
+        result["sqlite"] |= serve_and_measure(["--store", f"sqlite:{db}"], the_fleet, seconds,
+                                              tmp, "sqlite")  # fmt: skip
+        server, opts, fill_s = influx_server(the_fleet)
+        try:
+            args = ["--store", "influx", "--influx-url", opts["url"], "--influx-org", "gputel",
+                    "--influx-bucket", opts["bucket"]]  # fmt: skip
+            os.environ.setdefault("GPUTEL_INFLUX_TOKEN", opts["token"])
+            result["influx"] = {"fill_s": fill_s}
+            result["influx"] |= serve_and_measure(args, the_fleet, seconds, tmp, "influx")
+        finally:
+            server.stop()
+        result["collector"] = fleet_stream.run(tmp, stream_gpus)
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(*(int(a) for a in sys.argv[1:2])), indent=2))

@@ -1,0 +1,90 @@
+"""Collector throughput with the GPU catalog and without it, in the same run (fleet_bench).
+
+A broker topic holds `gpus` GPUs x 10 metrics x SCRAPES scrapes INTERVAL_S apart, in
+1,000-point records (100 GPUs each, the GPU's partition fixed): every GPU is new in the first
+scrape, and at the 60-s catalog granularity each gets one more catalog record at the fourth
+scrape. One collector (`bench.collector_bench.drain`) drains the topic into a fresh database
+with the catalog on, another into a fresh database with it off; both twice, alternating, so
+drift of the shared machine hits both. The figure is the median of each.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from bench.collector_bench import PARTITIONS, TOPIC, drain
+from bench.fleet_data import T0, fleet, scrape
+from proto.codec import encode
+from proto.gen import walbroker_pb2 as pb
+from proto.gen import walbroker_pb2_grpc as pb_grpc
+from store import open_store
+from tests.fixtures.broker import BrokerProcess
+from tests.fixtures.influx import InfluxServer, influxd_path
+from walbroker.client import channel
+
+SCRAPES = 6
+INTERVAL_S = 20
+RUNS = 2
+
+
+def preload(address: str, gpus: int) -> int:
+    """Publish the stream; return its number of points."""
+    the_fleet = fleet(gpus, seed=99)
+    reqs, points = [], 0
+    for k in range(SCRAPES):
+        for i in range(0, gpus, 100):
+            b = scrape(the_fleet[i : i + 100], T0 + k * INTERVAL_S * 10**9)
+            reqs.append(
+                pb.PublishRequest(request_id=len(reqs), topic=TOPIC,
+                                  partition=(i // 100) % PARTITIONS, payload=encode(b),
+                                  count=len(b))
+            )  # fmt: skip
+            points += len(b)
+    with channel(address) as ch:
+        acks = list(pb_grpc.BrokerStub(ch).Publish(iter(reqs), timeout=300))
+    assert all(a.status.code == 0 for a in acks), "preload refused"
+    return points
+
+
+def _drains(address: str, points: int, opener: Any, kind: str) -> dict[str, Any]:
+    """Alternate catalog on/off drains into fresh databases; medians and every run."""
+    runs: dict[str, list[float]] = {"with_catalog": [], "without_catalog": []}
+    for n in range(RUNS):
+        for variant in ("without_catalog", "with_catalog"):
+            with opener(f"{variant}-{n}", variant == "with_catalog") as store:
+                got = drain(address, store, f"{kind}-{variant}-{n}", points, 5_000)
+            runs[variant].append(got["points_per_s"])
+    with_, without = (statistics.median(runs[v]) for v in ("with_catalog", "without_catalog"))
+    return {
+        "points": points, "runs_points_per_s": runs,
+        "with_catalog_points_per_s": round(with_), "without_catalog_points_per_s": round(without),
+        "ratio": round(with_ / without, 3), "target_ratio": 0.9, "met": with_ >= 0.9 * without,
+    }  # fmt: skip
+
+
+def run(tmp: Path, gpus: int) -> dict[str, Any]:
+    """Both stores' figures."""
+    broker = BrokerProcess(tmp / "broker", "--partitions", str(PARTITIONS))
+    broker.start()
+    server = InfluxServer(influxd_path(), tmp / "stream-influx")
+    try:
+        points = preload(broker.address, gpus)
+
+        def sqlite(name: str, catalog: bool) -> Any:
+            return open_store(f"sqlite:{tmp / name}.db", None, catalog)
+
+        out = {"gpus": gpus, "scrapes": SCRAPES, "interval_s": INTERVAL_S}
+        out["sqlite"] = _drains(broker.address, points, sqlite, "sqlite")
+        server.start()
+
+        def influx(name: str, catalog: bool) -> Any:
+            opts = server.create_database(name.replace("-", "_")).store_opts()
+            return open_store("influx", None, catalog, **opts)
+
+        out["influx"] = _drains(broker.address, points, influx, "influx")
+        return out
+    finally:
+        server.stop()
+        broker.stop()

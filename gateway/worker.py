@@ -1,0 +1,127 @@
+"""The gateway's gunicorn worker: gevent, one request per connection, a deadline on each head.
+
+Why gevent (measured, see gateway/README.md): gunicorn's sync worker reads a request head
+with the whole worker and its gthread worker with a thread, so a client that trickles its
+headers holds one of them for as long as it likes (2 such clients stopped `make run`'s
+gateway, 8 the chart's 2 x 4). Here each connection is a greenlet waiting on its socket:
+a slow client costs a few KiB, not a worker. Bounds, each with a flag and a metric:
+
+- `--head-timeout-s`: a connection that has not sent a whole request head by then is closed
+  (`gpu_telemetry_gateway_slow_clients_total`); with TLS, the handshake counts as part of the
+  head (gevent would otherwise complete it before the handler, with no deadline).
+  gunicorn's async worker times the head read with `timeout_ctx()` on its keep-alive
+  path, so `gunicorn_conf` turns keep-alive on and
+  its `pre_request` hook closes each connection after its answer (as the sync worker did): a
+  worker takes a new connection only when its loop is free, so load spreads over workers.
+- `--max-connections`: open connections per worker (gunicorn's `worker_connections`); past
+  it the worker stops accepting and newcomers wait in the listen backlog
+  (`gpu_telemetry_gateway_connections` counts the open ones).
+
+The store calls block the worker's loop (SQLite is CPU work; sockets are cooperative under
+gevent's monkey-patching, so InfluxDB queries overlap). Metrics are made in the worker
+process after gunicorn set PROMETHEUS_MULTIPROC_DIR, never in the arbiter.
+"""
+
+from __future__ import annotations
+
+import socket as _socket
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import gevent
+from gevent import monkey, socket
+from gunicorn.workers.ggevent import GeventWorker
+
+from gateway.config import from_env
+
+PREFIX = "gpu_telemetry_gateway"
+
+
+class _SlowClientMetrics:
+    """Made on first use in a worker (prometheus_client in multiprocess mode by then)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge
+
+        self.slow = Counter(
+            f"{PREFIX}_slow_clients",
+            "Connections closed because their request head did not arrive in time.",
+        )
+        self.connections = Gauge(
+            f"{PREFIX}_connections",
+            "Open client connections (bound: --max-connections per worker).",
+            multiprocess_mode="livesum",
+        )
+
+
+class GatewayWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
+    """gunicorn's gevent worker with a head deadline and connection metrics."""
+
+    def patch(self) -> None:
+        """gevent's monkey-patching, but threads stay OS threads.
+
+        With `threading` patched, `threading.local` is per greenlet, i.e. per connection
+        here, and the SQLite store (one connection per thread) opened a connection, two file
+        descriptors, per request and kept them all (measured: 616 open files after 300
+        requests). Nothing in the gateway needs cooperative locks: they guard memory only
+        and are never held across I/O. Sockets, ssl, select and sleep are cooperative.
+        """
+        monkey.patch_all(thread=False)
+        # As gunicorn's GeventWorker.patch: listeners become gevent sockets.
+        listeners: list[Any] = self.sockets  # type: ignore[has-type]
+        self.sockets = [
+            socket.socket(s.FAMILY, _socket.SOCK_STREAM, fileno=s.sock.detach()) for s in listeners
+        ]
+
+    def init_process(self) -> None:
+        self.head_timeout_s = from_env().head_timeout_s
+        self.slow_metrics = _SlowClientMetrics()
+        super().init_process()
+
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        self.slow_metrics.connections.inc()
+        try:
+            if isinstance(client, ssl.SSLSocket) and not self._handshake(client):
+                return  # the server closes the socket after this returns
+            super().handle(listener, client, addr)
+        finally:
+            self.slow_metrics.connections.dec()
+
+    def _handshake(self, client: Any) -> bool:
+        """The TLS handshake is part of the request head: same deadline (see gunicorn_conf)."""
+        client.setblocking(1)
+        try:
+            with self._head_deadline() as deadline:
+                client.do_handshake()
+        except (ssl.SSLError, OSError) as exc:  # not TLS, or gone: nothing to answer
+            self.log.debug("TLS handshake failed: %s", exc)
+            return False
+        return not deadline.expired
+
+    def timeout_ctx(self) -> Any:
+        return self._head_deadline()
+
+    @contextmanager
+    def _head_deadline(self) -> Iterator[_Deadline]:
+        """Give up on a request head after `head_timeout_s`; the caller then closes."""
+        deadline = _Deadline()
+        timer = gevent.Timeout(self.head_timeout_s)
+        timer.start()
+        try:
+            yield deadline
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            deadline.expired = True
+            self.slow_metrics.slow.inc()
+            self.log.debug("request head not complete in time; connection closed")
+        finally:
+            timer.close()
+
+
+class _Deadline:
+    """Whether a head deadline expired (set by `GatewayWorker._head_deadline`)."""
+
+    expired = False

@@ -1,0 +1,133 @@
+"""The GPU catalog on InfluxDB: line protocol for its records and the Flux that pages it.
+
+Layout (two small measurements beside `gpu_telemetry`)::
+
+    gpu_catalog,gpu=0,hostname=h1,model=NVIDIA\\ H100,shard=042,uuid=GPU-...
+        record="{json: device, container, pod, namespace, first, last, moved}" <anchor_ns>
+    gpu_catalog_names,kind=host,name=h1,shard=007 seen=<anchor_ns>i <anchor_ns>
+
+One series per (GPU, hostname, index, model): the tags a filter can match exactly, so
+`hostname`, `model` and `shard` are answered by InfluxDB's tag index. Everything else is one
+string field, because 1.8 only pushes `group()` down to the storage engine when the rows
+have one type (`expected string cursor type` otherwise) and the pushed-down group is what
+makes a read cost ~30 µs per series instead of ~250 µs. A record is pinned at its anchor
+(the time the writing process first saw the GPU) and overwritten in place there, so a
+series holds one point per writing process that saw the GPU, not one per update: reads
+cost O(GPUs on the page), whatever the history. Readers merge a GPU's points and series
+with `store.catalog.reduce_gpus`.
+
+Retention: a bucket with a finite retention drops a record whose anchor ages out while
+its GPU keeps reporting to the same collector process; the GPU comes back on the next
+process start or `gputel-store backfill-catalog`. Keep the catalog's bucket retention
+longer than collector process lifetimes (docs/storage.md).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from store import catalog, flux, schema
+from store.catalog import CatalogUpdate, GpuRecord
+from store.lineprotocol import escape_measurement, escape_tag
+
+Row = dict[str, str]
+_GPU_TAGS = (schema.TAG_GPU, schema.TAG_HOSTNAME, schema.TAG_MODEL, schema.TAG_SHARD)
+
+
+def _string_field(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def gpu_line(record: GpuRecord) -> str:
+    """Return the line protocol of one GPU record."""
+    uuid, host, index, device, model, container, pod, namespace = record.fields
+    tags = {
+        schema.TAG_GPU: str(index),
+        schema.TAG_HOSTNAME: host,
+        schema.TAG_MODEL: model,
+        schema.TAG_SHARD: f"{catalog.shard_of(uuid):03d}",
+        schema.TAG_UUID: uuid,
+    }
+    body = {
+        "device": device, "container": container, "pod": pod, "namespace": namespace,
+        "first": record.first_seen_ns, "last": record.last_seen_ns, "moved": record.moved,
+    }  # fmt: skip
+    key = ",".join(f"{k}={escape_tag(v)}" for k, v in sorted(tags.items()) if v)
+    value = _string_field(json.dumps(body, separators=(",", ":")))
+    head = escape_measurement(schema.CATALOG_MEASUREMENT)
+    return f"{head},{key} {schema.FIELD_RECORD}={value} {record.anchor_ns}"
+
+
+def name_line(kind: str, name: str, anchor_ns: int) -> str:
+    """Return the line protocol of one hostname, metric or model name."""
+    shard = catalog.name_key(kind, name)[0]
+    tags = f"{schema.TAG_KIND}={kind},{schema.TAG_NAME}={escape_tag(name)}"
+    tags += f",{schema.TAG_SHARD}={shard:03d}"
+    return f"{schema.NAMES_MEASUREMENT},{tags} {schema.FIELD_SEEN}={anchor_ns}i {anchor_ns}"
+
+
+def encode(update: CatalogUpdate) -> bytes:
+    """Return the catalog records of `update` as line protocol (empty when none)."""
+    lines = [gpu_line(r) for r in update.gpus]
+    lines += [name_line(n.kind, n.name, n.anchor_ns) for n in update.names]
+    return "\n".join(lines).encode()
+
+
+def _shards(shards: range | None) -> list[str]:
+    if shards is None:
+        return []
+    return ["(" + " or ".join(f'r.{schema.TAG_SHARD} == "{s:03d}"' for s in shards) + ")"]
+
+
+def _source(bucket: str, measurement: str, field: str, clauses: Sequence[str]) -> str:
+    head = [f"r._measurement == {flux.string(measurement)}", f"r._field == {flux.string(field)}"]
+    return (
+        flux.source(bucket, 0, flux.ALL_TIME_STOP_NS)
+        + "\n  |> filter(fn: (r) => "
+        + " and ".join([*head, *clauses])
+        + ")\n  |> group()"
+    )
+
+
+def gpus_query(
+    bucket: str, shards: range | None, tags: dict[str, str], models: Sequence[str] = ()
+) -> str:
+    """Return the query for every GPU record in `shards` (all when None) matching `tags`."""
+    clauses = _shards(shards)
+    clauses += [f"r.{k} == {flux.string(v)}" for k, v in sorted(tags.items())]
+    if models:
+        ors = " or ".join(f"r.{schema.TAG_MODEL} == {flux.string(m)}" for m in models)
+        clauses.append(f"({ors})")
+    columns = ["_time", "_value", schema.TAG_UUID, *_GPU_TAGS]
+    keep = ", ".join(f'"{c}"' for c in columns)
+    return (
+        _source(bucket, schema.CATALOG_MEASUREMENT, schema.FIELD_RECORD, clauses)
+        + f"\n  |> keep(columns: [{keep}])"
+    )
+
+
+def names_query(bucket: str, kind: str, shards: range) -> str:
+    """Return the query for every name of one kind in `shards`."""
+    clauses = [f"r.{schema.TAG_KIND} == {flux.string(kind)}", *_shards(shards)]
+    return (
+        _source(bucket, schema.NAMES_MEASUREMENT, schema.FIELD_SEEN, clauses)
+        + f'\n  |> keep(columns: ["{schema.TAG_NAME}"])'
+    )
+
+
+def parse_gpu(row: Row) -> GpuRecord:
+    """Return the record a result row of `gpus_query` holds."""
+    body = json.loads(row["_value"])
+    fields: schema.GpuFields = (
+        row[schema.TAG_UUID],
+        row.get(schema.TAG_HOSTNAME, ""),
+        int(row.get(schema.TAG_GPU) or 0),
+        str(body.get("device", "")),
+        row.get(schema.TAG_MODEL, ""),
+        str(body.get("container", "")),
+        str(body.get("pod", "")),
+        str(body.get("namespace", "")),
+    )
+    anchor = flux.parse_time(row["_time"])
+    return GpuRecord(fields, anchor, int(body["first"]), int(body["last"]), bool(body.get("moved")))

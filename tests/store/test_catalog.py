@@ -1,0 +1,214 @@
+"""The GPU catalog contract, on a real SQLite file and a real InfluxDB 1.8 server.
+
+Lists come from the catalog only (store.catalog): these tests pin what it must hold after
+writes, descriptor changes, redeliveries by a new process, and a backfill of old data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from proto.batch import Gpu
+from store import Store, open_store
+from store.catalog import gpu_key, name_key
+from tests.fixtures.influx import InfluxServer
+from tests.store.helpers import T0, S, batch, grid
+
+UTIL, TEMP = "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_GPU_TEMP"
+H100, A100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"
+GRANULARITY_S = 10
+Opener = Callable[..., Store]
+
+
+@pytest.fixture(params=["sqlite", "influx"])
+def opener(request: pytest.FixtureRequest, tmp_path) -> Iterator[Opener]:
+    """Return a function opening (another) store on the same fresh database."""
+    opened: list[Store] = []
+    if request.param == "sqlite":
+        spec, opts = f"sqlite:{tmp_path / 'telemetry.db'}", {}
+    else:
+        server: InfluxServer = request.getfixturevalue("influx_server")
+        spec, opts = "influx", server.create_database().store_opts()
+
+    def open_one(write_catalog: bool = True) -> Store:
+        store = open_store(spec, GRANULARITY_S, write_catalog, **opts)
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        store.close()
+
+
+def make(n: int, host: str, model: str = H100, index: int | None = None, **k8s: str) -> Gpu:
+    return Gpu(
+        uuid=f"GPU-{n:04d}",
+        hostname=host,
+        gpu=n % 8 if index is None else index,
+        device=f"nvidia{n % 8}",
+        model=model,
+        **k8s,
+    )
+
+
+def fleet(count: int) -> list[Gpu]:
+    return [make(n, f"node-{n // 4:02d}", H100 if n % 3 else A100) for n in range(count)]
+
+
+def test_entries_appear_with_their_span_and_names(opener: Opener) -> None:
+    store = opener()
+    g = make(1, "node-a", pod="train-0", namespace="ml")
+    assert store.list_gpus() == []
+    store.write(grid([g], [UTIL, TEMP], [T0, T0 + S]))
+    [entry] = store.list_gpus()
+    assert (entry.uuid, entry.hostname, entry.gpu, entry.model) == (g.uuid, "node-a", 1, H100)
+    assert (entry.device, entry.pod, entry.namespace, entry.container) == (
+        "nvidia1", "train-0", "ml", "",
+    )  # fmt: skip
+    assert (entry.first_seen_ns, entry.last_seen_ns) == (T0, T0 + S)
+    assert store.get_gpu(g.uuid) == entry
+    assert store.page_names("host") == ["node-a"]
+    assert store.page_names("metric") == [TEMP, UTIL]
+    assert store.page_names("model") == [H100]
+    assert store.list_hosts() == ["node-a"] and store.list_metrics() == [TEMP, UTIL]
+
+
+def test_descriptor_changes_are_followed(opener: Opener) -> None:
+    store = opener()
+    before = make(1, "node-a", pod="job-1")
+    store.write(grid([before], [UTIL], [T0]))
+    moved = make(1, "node-b", pod="job-2", index=5)
+    store.write(grid([moved], [UTIL], [T0 + S]))
+    [entry] = store.list_gpus()
+    assert (entry.hostname, entry.gpu, entry.pod) == ("node-b", 5, "job-2")
+    assert (entry.first_seen_ns, entry.last_seen_ns) == (T0, T0 + S)
+    assert store.get_gpu(before.uuid) == entry
+    assert store.list_gpus(hostname="node-a") == []
+    assert store.list_gpus(hostname="node-b") == [entry]
+    assert store.gpus_by_index(before.gpu) == [] and store.gpus_by_index(5) == [entry]
+    # A change of a field that is no filter (the pod) needs no new point time either.
+    store.write(grid([make(1, "node-b", pod="job-3", index=5)], [UTIL], [T0 + S]))
+    found = store.get_gpu(before.uuid)
+    assert found is not None and found.pod == "job-3"
+
+
+def test_last_seen_advances_within_its_granularity(opener: Opener) -> None:
+    store = opener()
+    g = make(1, "node-a")
+    granularity = GRANULARITY_S * S
+    newest = T0
+    store.write(grid([g], [UTIL], [T0]))
+    for step in (3 * S, 4 * S, 5 * S, 9 * S, 30 * S, S // 2):
+        newest += step
+        store.write(batch([(g, UTIL, newest, 1.0)]))
+        entry = store.get_gpu(g.uuid)
+        assert entry is not None and entry.first_seen_ns == T0
+        assert newest - granularity < entry.last_seen_ns <= newest
+    store.write(batch([(g, UTIL, T0 - S, 1.0)]))  # a late, older point: first_seen moves
+    entry = store.get_gpu(g.uuid)
+    assert entry is not None and entry.first_seen_ns == T0 - S
+
+
+def test_pages_and_filters(opener: Opener) -> None:
+    store = opener()
+    gpus = fleet(40)
+    store.write(grid(gpus, [UTIL], [T0]))
+    everything = store.list_gpus(limit=1000)
+    assert [e.uuid for e in everything] == sorted((g.uuid for g in gpus), key=gpu_key)
+    seen: list[str] = []
+    after = None
+    while page := store.list_gpus(limit=7, after_uuid=after):
+        seen += [e.uuid for e in page]
+        after = page[-1].uuid
+    assert seen == [e.uuid for e in everything]
+    h100 = [e.uuid for e in everything if e.model == H100]
+    assert [e.uuid for e in store.list_gpus(model="h100", limit=1000)] == h100
+    assert [e.uuid for e in store.list_gpus(model="H100 80GB", limit=1000)] == h100
+    assert [e.uuid for e in store.list_gpus(model="nvidia", limit=1000)] == seen
+    assert store.list_gpus(model="L40S") == []
+    on_node = [e.uuid for e in everything if e.hostname == "node-03"]
+    assert [e.uuid for e in store.list_gpus(hostname="node-03")] == on_node and len(on_node) == 4
+    a100_on_node = [e.uuid for e in everything if e.hostname == "node-03" and e.model == A100]
+    assert [e.uuid for e in store.list_gpus(hostname="node-03", model="a100")] == a100_on_node
+    page1 = store.list_gpus(hostname="node-03", limit=2)
+    page2 = store.list_gpus(hostname="node-03", limit=2, after_uuid=page1[-1].uuid)
+    assert [e.uuid for e in page1 + page2] == on_node
+    index1 = [e.uuid for e in everything if e.gpu == 1]
+    assert [e.uuid for e in store.gpus_by_index(1)] == index1
+    assert [e.uuid for e in store.gpus_by_index(1, limit=2)] == index1[:2]
+    hosts = sorted({g.hostname for g in gpus}, key=lambda h: name_key("host", h))
+    assert store.page_names("host", limit=1000) == hosts
+    assert store.page_names("host", limit=3, after=hosts[4]) == hosts[5:8]
+
+
+def test_redelivered_points_do_not_duplicate_entries(opener: Opener) -> None:
+    gpus = fleet(6)
+    first = grid(gpus, [UTIL, TEMP], [T0, T0 + S])
+    store = opener()
+    store.write(first)
+    store.write(first)  # redelivered to the same process
+    expected = store.list_gpus()
+    assert len(expected) == 6
+    restarted = opener()  # a new collector process gets the same points again
+    restarted.write(first)
+    restarted.write(grid(gpus[:2], [UTIL], [T0 + S]))
+    for reader in (store, restarted):
+        assert reader.list_gpus() == expected
+        assert reader.page_names("host") == store.page_names("host")
+        assert reader.list_metrics() == [TEMP, UTIL]
+    restarted.write(grid(gpus[:1], [UTIL], [T0 + 100 * S]))
+    [moved_on, *rest] = [e for e in restarted.list_gpus() if e.uuid == gpus[0].uuid]
+    assert rest == [] and (moved_on.first_seen_ns, moved_on.last_seen_ns) == (T0, T0 + 100 * S)
+
+
+def test_backfill_builds_the_catalog_from_stored_points(opener: Opener) -> None:
+    old = opener(write_catalog=False)  # data written before the catalog existed
+    gpus = fleet(10)
+    old.write(grid(gpus, [UTIL, TEMP], [T0, T0 + 2 * S]))
+    old.write(grid(gpus[:3], [UTIL], [T0 + 5 * S]))
+    assert old.list_gpus() == [] and old.list_hosts() == []
+    store = opener()
+    assert store.backfill_catalog() == 10
+    listed = store.list_gpus(limit=100)
+    assert [e.uuid for e in listed] == sorted((g.uuid for g in gpus), key=gpu_key)
+    last = {e.uuid: e.last_seen_ns for e in listed}
+    assert all(e.first_seen_ns == T0 for e in listed)
+    assert {last[g.uuid] for g in gpus[:3]} == {T0 + 5 * S}
+    assert {last[g.uuid] for g in gpus[3:]} == {T0 + 2 * S}
+    assert store.list_hosts() == sorted({g.hostname for g in gpus})
+    assert store.list_metrics() == [TEMP, UTIL]
+    assert store.page_names("model") == [A100, H100]
+    assert store.backfill_catalog() == 10  # run twice: still one entry per GPU
+    assert store.list_gpus(limit=100) == listed
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "influx"])
+def test_backfill_command(kind: str, tmp_path, request: pytest.FixtureRequest) -> None:
+    """`gputel-store backfill-catalog` run as its own process, settings as a user gives them."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUTEL_")}
+    if kind == "sqlite":
+        spec, opts, args = f"sqlite:{tmp_path / 't.db'}", {}, [f"sqlite:{tmp_path / 't.db'}"]
+    else:
+        server: InfluxServer = request.getfixturevalue("influx_server")
+        opts = server.create_database().store_opts()
+        spec, args = "influx", ["influx", "--influx-url", opts["url"]]
+        env |= {"GPUTEL_INFLUX_BUCKET": opts["bucket"], "GPUTEL_INFLUX_TOKEN": opts["token"]}
+    gpus = fleet(5)
+    with open_store(spec, None, False, **opts) as old:
+        old.write(grid(gpus, [UTIL], [T0, T0 + S]))
+    command = [str(Path(sys.executable).parent / "gputel-store"), "backfill-catalog", "--store"]
+    done = subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["gpus"] == 5
+    assert opts.get("token", "") not in done.stdout + done.stderr or not opts
+    with open_store(spec, **opts) as store:
+        assert len(store.list_gpus()) == 5 and store.list_metrics() == [UTIL]
+    bad = subprocess.run([*command, "sqlite:"], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "sqlite store needs a path" in bad.stderr
