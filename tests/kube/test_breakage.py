@@ -19,6 +19,9 @@ from tests.kube import release
 from tests.kube.conftest import EXTERNAL_INFLUX, RELEASE, Kube, KubeError
 from tests.kube.test_lifecycle import test_install_upgrade_rollback_uninstall as lifecycle
 
+# Several helm steps of up to 2 minutes each on a loaded machine; the suite default is 300 s.
+pytestmark = pytest.mark.timeout(600)
+
 BROKER_PVC_LABELS = """      spec:
         accessModes:"""
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.kube.conftest import RELEASE, Kube, new_namespace
 from tests.kube.release import (
     args_of,
@@ -21,6 +23,9 @@ from tests.kube.release import (
     remaining,
     uids,
 )
+
+# Several helm steps of up to 2 minutes each on a loaded machine; the suite default is 300 s.
+pytestmark = pytest.mark.timeout(600)
 
 BROKER = f"{RELEASE}-broker"
 BROKER_PVC = f"data-{BROKER}-0"
