@@ -129,6 +129,12 @@ class ScrapeMetrics:
             ["state"],
             registry=registry,
         )
+        self.scrape_seconds = Histogram(
+            "gpu_telemetry_scrape_seconds",
+            "Seconds a scrape took, every target (failed ones included, up to the timeout).",
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
         self.scrape_lag = Histogram(
             "gpu_telemetry_scrape_start_delay_seconds",
             "Seconds a scrape started after its scheduled tick (scheduling and worker wait).",

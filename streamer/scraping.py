@@ -261,6 +261,7 @@ class ScrapeStreamer:
     def _scrape(self, t: Target, grant: PartitionState, tick: float) -> None:
         """Worker: fetch one page (never raises); hand the result to the loop."""
         self.sm.scrape_lag.observe(max(0.0, time.time() - tick))
+        started = time.monotonic()
         try:
             done = _Done(t, grant, tick, self._fetcher.fetch(t.url), None)
         except ScrapeError as exc:
@@ -268,6 +269,7 @@ class ScrapeStreamer:
         except Exception as exc:
             log.exception("scrape crashed", extra={"target": t.url})
             done = _Done(t, grant, tick, None, ScrapeError("internal", repr(exc)))
+        self.sm.scrape_seconds.observe(time.monotonic() - started)
         self._done.put(done)
         self._wake.set()
 
