@@ -113,8 +113,9 @@ class ScrapeMetrics:
         )
         self.skipped = Counter(
             "gpu_telemetry_scrape_skipped",
-            "Scrapes not started: the target's previous scrape was still running (busy).",
-            ["target"],
+            "Scheduled scrapes not started, by reason: busy (the target's previous scrape was "
+            "still running) or late (the loop reached the tick after the next one had passed).",
+            ["target", "reason"],
             registry=registry,
         )
         self.rejected = Counter(
