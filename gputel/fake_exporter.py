@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -22,6 +23,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from walbroker import flags
 
 FIELDS = (
     ("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz)."),
@@ -136,9 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", type=int, default=1, help="exporters (nodes) to serve")
     p.add_argument("--gpus", type=int, default=8, help="GPUs per node")
     p.add_argument("--prefix", default="node", help="hostname prefix of the nodes")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=int, default=7, help="random seed of the values")
     p.add_argument("--targets-file", default="", help="write a file_sd JSON file here")
-    a = p.parse_args(argv)
+    a = flags.finish(p, os.environ, "GPUTEL_FAKE_EXPORTER_").parse_args(argv)
     host, _, port = a.listen.rpartition(":")
     nodes = [Node(a.prefix, i, a.gpus, a.seed) for i in range(a.targets)]
     server = serve(host or "127.0.0.1", int(port), nodes)

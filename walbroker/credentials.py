@@ -105,7 +105,8 @@ class TokenSource:
         self.token()  # ValueError now if the file is unusable
 
     def token(self) -> str:
-        """The current token; ValueError if the file is missing or empty."""
+        """The current token; a file that is missing or empty for a moment (being replaced)
+        keeps the last one. ValueError only when there never was a usable token."""
         with self._lock:
             try:
                 st = os.stat(self.path)
@@ -113,12 +114,13 @@ class TokenSource:
                 if stamp != self._stamp:
                     text = self.path.read_text(encoding="utf-8").strip()
                     token = text.splitlines()[0].strip() if text else ""
-                    if not token:
-                        raise ValueError(f"token file {self.path} is empty")
-                    self._token, self._stamp = token, stamp
+                    if token:
+                        self._token, self._stamp = token, stamp
             except OSError as exc:
                 if not self._token:
                     raise ValueError(f"token file {self.path}: {exc.strerror}") from None
+            if not self._token:
+                raise ValueError(f"token file {self.path} is empty")
             return self._token
 
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from flask import Flask, Response, current_app, jsonify
 
+from gateway.catalog_cache import current_cache
 from gateway.config import GatewayConfig
 from gateway.errors import ApiError
 from walbroker.admin_cli import to_json
@@ -45,26 +46,36 @@ def _client(app: Flask) -> AdminClient:
     with _LOCK:
         client: AdminClient | None = app.extensions.get(_KEY)
         if client is None:
-            security = ClientSecurity.from_env()  # ValueError names an unusable file
-            client = AdminClient(broker_address(), security, timeout_s=3.0)
+            try:
+                security = ClientSecurity.from_env()
+                client = AdminClient(broker_address(), security, timeout_s=3.0)
+            except ValueError as exc:  # names the unusable file
+                raise BrokerUnavailable(f"broker client settings: {exc}") from None
             app.extensions[_KEY] = client
         return client
 
 
 def snapshot() -> Response:
-    """Every topic with its partitions and every group with its lag, read now."""
+    """Every topic with its partitions and every group with its lag, as read at `read_at_ms`.
+
+    One read serves every page open on this worker for --catalog-cache-s (1 s by default), so
+    the broker answers at most one snapshot per second per worker however many pages poll.
+    """
     address = broker_address()
     if not address:
         return jsonify({"broker": None, "topics": [], "groups": [], "read_at_ms": _now_ms()})
     admin = _client(current_app)
-    try:
-        topics, groups = off_the_hub(lambda: _read(admin))
-    except BrokerError as exc:
-        raise BrokerUnavailable(
-            f"broker {address}: {exc.message.splitlines()[0] if exc.message else exc.code.name}",
-            broker=address,
-        ) from None
-    return jsonify({"broker": address, "topics": topics, "groups": groups, "read_at_ms": _now_ms()})
+
+    def read() -> bytes:
+        try:
+            topics, groups = off_the_hub(lambda: _read(admin))
+        except BrokerError as exc:
+            first = exc.message.splitlines()[0] if exc.message else exc.code.name
+            raise BrokerUnavailable(f"broker {address}: {first}", broker=address) from None
+        doc = {"broker": address, "topics": topics, "groups": groups, "read_at_ms": _now_ms()}
+        return jsonify(doc).get_data()
+
+    return Response(current_cache().get(("ui-pipeline",), read), mimetype="application/json")
 
 
 def _read(admin: AdminClient) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

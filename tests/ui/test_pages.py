@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from gateway.app import create_app
@@ -56,3 +57,21 @@ def test_pipeline_relay_without_a_broker_and_with_a_dead_one(tmp_path):
     resp = client(tmp_path, dead).get("/ui/api/pipeline")
     assert resp.status_code == 503 and resp.mimetype == "application/problem+json"
     assert resp.get_json()["detail"].startswith(f"broker {dead}:")
+
+
+def test_pipeline_relay_reads_the_broker_at_most_once_a_second(tmp_path, broker):
+    c = client(tmp_path, broker.address)
+    first = c.get("/ui/api/pipeline").get_json()
+    again = c.get("/ui/api/pipeline").get_json()
+    assert first["broker"] == broker.address and again["read_at_ms"] == first["read_at_ms"]
+    time.sleep(1.1)
+    assert c.get("/ui/api/pipeline").get_json()["read_at_ms"] > first["read_at_ms"]
+
+
+def test_unusable_broker_credentials_are_a_503_naming_the_file(tmp_path, monkeypatch):
+    missing = tmp_path / "no-such.token"
+    monkeypatch.setenv("GPUTEL_BROKER_TOKEN_FILE", str(missing))
+    resp = client(tmp_path, "127.0.0.1:1").get("/ui/api/pipeline")
+    assert resp.status_code == 503
+    assert resp.get_json()["detail"].startswith("broker client settings:")
+    assert str(missing) in resp.get_json()["detail"]
