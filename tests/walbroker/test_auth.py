@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -89,17 +90,24 @@ def publish(ch: grpc.Channel, token: str | None, topic: str = "telemetry", group
 
 def join(ch: grpc.Channel, token: str | None, group: str, topic: str = "telemetry",
          role: int = pb.CONSUMER) -> Any:  # fmt: skip
+    """Join and return the first answer (the assignment); the stream stays open until then."""
     call = ch.stream_stream(
         "/walbroker.v1.Broker/Consume",
         request_serializer=pb.ConsumeRequest.SerializeToString,
         response_deserializer=pb.ConsumeResponse.FromString,
     )
-    first = pb.ConsumeRequest(join=pb.Join(group=group, topic=topic, role=role, client_id="t"))
-    responses = call(iter([first, pb.ConsumeRequest(leave=pb.Leave())]), metadata=meta(token),
-                     timeout=10)  # fmt: skip
-    resp = next(iter(responses))
-    responses.cancel()
-    return resp
+    answered = threading.Event()
+
+    def requests() -> Iterator[pb.ConsumeRequest]:
+        yield pb.ConsumeRequest(join=pb.Join(group=group, topic=topic, role=role, client_id="t"))
+        answered.wait(10)
+
+    responses = call(requests(), metadata=meta(token), timeout=10)
+    try:
+        return next(iter(responses))
+    finally:
+        answered.set()
+        responses.cancel()
 
 
 def unary(
@@ -362,3 +370,26 @@ def test_client_token_rotation_keeps_an_open_stream_going(
         assert p.stats.reconnects >= 1, "the stream under the old token should have been cut"
     finally:
         p.close(timeout_s=5)
+
+
+def test_a_flood_of_refusals_is_counted_but_not_logged_line_by_line(
+    secured: BrokerProcess,
+) -> None:
+    def failures() -> float:
+        text = urllib.request.urlopen(secured.metrics_url, timeout=5).read().decode()
+        m = re.search(r'auth_failures_total\{reason="missing_token"\} (\S+)', text)
+        return float(m.group(1)) if m else 0.0
+
+    before, lines_before = failures(), secured.log_text().count("call refused")
+    with grpc.insecure_channel(secured.address) as ch:
+        for _ in range(300):
+            assert outcome(lambda: unary(ch, "/walbroker.v1.Broker/Metadata",
+                                         pb.MetadataRequest(), pb.MetadataResponse, None)) == (
+                "UNAUTHENTICATED"
+            )  # fmt: skip
+        time.sleep(0.1)
+        outcome(lambda: publish(ch, None))  # one more, after the interval: logged with the sum
+    assert failures() - before == 301
+    logged = secured.log_text().count("call refused") - lines_before
+    assert 1 <= logged < 100, logged
+    assert re.search(r'"suppressed": [1-9]', secured.log_text())
