@@ -113,8 +113,9 @@ class ScrapeMetrics:
         )
         self.skipped = Counter(
             "gpu_telemetry_scrape_skipped",
-            "Scrapes not started: the target's previous scrape was still running (busy).",
-            ["target"],
+            "Scheduled scrapes not started, by reason: busy (the target's previous scrape was "
+            "still running) or late (the loop reached the tick after the next one had passed).",
+            ["target", "reason"],
             registry=registry,
         )
         self.rejected = Counter(
@@ -127,6 +128,12 @@ class ScrapeMetrics:
             "gpu_telemetry_scrape_targets",
             "Targets known (discovered) and owned (scraped by this streamer).",
             ["state"],
+            registry=registry,
+        )
+        self.scrape_seconds = Histogram(
+            "gpu_telemetry_scrape_seconds",
+            "Seconds a scrape took, every target (failed ones included, up to the timeout).",
+            buckets=LATENCY_BUCKETS_S,
             registry=registry,
         )
         self.scrape_lag = Histogram(

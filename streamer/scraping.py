@@ -72,6 +72,17 @@ class Target:
     gpu_of: dict[str, int] = field(default_factory=dict)  # label text -> GPU ordinal
 
 
+@dataclass(slots=True)
+class _Pending:
+    """Rows of one partition's finished scrapes, on their way into one batch."""
+
+    grant: PartitionState
+    gpus: list[int] = field(default_factory=list)
+    metrics: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    times: list[int] = field(default_factory=list)
+
+
 @dataclass(frozen=True, slots=True)
 class _Done:
     """A finished scrape, handed from a worker to the loop."""
@@ -244,8 +255,11 @@ class ScrapeStreamer:
             assert t.next_tick is not None
             if now >= t.next_tick:
                 tick, t.next_tick = t.next_tick, self._tick_after(t, now)
+                missed = round((t.next_tick - tick) / self.config.scrape_interval_s) - 1
+                if missed > 0:  # the loop was late: ticks passed unscraped, counted as such
+                    self.sm.skipped.labels(t.url, "late").inc(missed)
                 if t.busy:
-                    self.sm.skipped.labels(t.url).inc()
+                    self.sm.skipped.labels(t.url, "busy").inc()
                 else:
                     t.busy = True
                     self._pool.submit(self._scrape, t, grant, tick)
@@ -261,6 +275,7 @@ class ScrapeStreamer:
     def _scrape(self, t: Target, grant: PartitionState, tick: float) -> None:
         """Worker: fetch one page (never raises); hand the result to the loop."""
         self.sm.scrape_lag.observe(max(0.0, time.time() - tick))
+        started = time.monotonic()
         try:
             done = _Done(t, grant, tick, self._fetcher.fetch(t.url), None)
         except ScrapeError as exc:
@@ -268,38 +283,49 @@ class ScrapeStreamer:
         except Exception as exc:
             log.exception("scrape crashed", extra={"target": t.url})
             done = _Done(t, grant, tick, None, ScrapeError("internal", repr(exc)))
+        self.sm.scrape_seconds.observe(time.monotonic() - started)
         self._done.put(done)
         self._wake.set()
 
     # ---- publishing --------------------------------------------------------------------------
 
     def _publish_done(self) -> None:
-        """Publish every finished scrape whose partition is still held under the same grant."""
+        """Publish every finished scrape whose partition is still held under the same grant.
+
+        The scrapes that finished since the last call go out together: one batch per
+        partition (cut at whole scrapes near `--batch-size`), so a thousand targets a
+        second make tens of broker records, not a thousand.
+        """
+        pending: dict[int, _Pending] = {}
         while True:
             try:
                 d = self._done.get_nowait()
             except queue.Empty:
-                return
+                break
             d.target.busy = False
             p = d.target.partition
             if p not in self.own.active or self.own.states.get(p) is not d.grant:
                 continue  # the partition moved meanwhile: the new owner scrapes it
+            url = d.target.url
             if d.page is None:
                 assert d.error is not None
-                self.sm.up.labels(d.target.url).set(0)
-                self.sm.errors.labels(d.target.url, d.error.reason).inc()
-                log.debug("scrape failed", extra={"target": d.target.url, "reason": str(d.error)})
+                self.sm.up.labels(url).set(0)
+                self.sm.errors.labels(url, d.error.reason).inc()
+                log.debug("scrape failed", extra={"target": url, "reason": str(d.error)})
                 continue
-            count = self._publish(d.target, d.grant, d.page)
-            self.sm.up.labels(d.target.url).set(1)
-            self.sm.duration.labels(d.target.url).set(d.page.duration_s)
-            self.sm.samples.labels(d.target.url).set(count)
+            batch = pending.setdefault(p, _Pending(d.grant))
+            count = self._rows(d.target, d.page, batch)
+            self.sm.up.labels(url).set(1)
+            self.sm.duration.labels(url).set(d.page.duration_s)
+            self.sm.samples.labels(url).set(count)
+            if len(batch.values) >= self.config.batch_size:
+                self._send(p, pending.pop(p))
+        for p, batch in pending.items():
+            self._send(p, batch)
 
-    def _publish(self, t: Target, grant: PartitionState, page: Page) -> int:
-        """Turn one page into one batch of the target's partition; return its points."""
-        gpus: list[int] = []
-        metric_ids: list[int] = []
-        values: list[float] = []
+    def _rows(self, t: Target, page: Page, into: _Pending) -> int:
+        """Append one page's samples to `into` (one timestamp for all); return how many."""
+        before = len(into.values)
         newest_ms = 0
         reject = self._reject
         for name, labels, value, ts in samples(page.text, reject):
@@ -313,24 +339,32 @@ class ScrapeStreamer:
             if m is None:
                 m = self._metric[name] = len(self.metric_names)
                 self.metric_names.append(name)
-            gpus.append(g)
-            metric_ids.append(m)
-            values.append(value)
+            into.gpus.append(g)
+            into.metrics.append(m)
+            into.values.append(value)
             if ts is not None and ts > newest_ms:
                 newest_ms = ts
-        if not values:
-            return 0
+        count = len(into.values) - before
         at = newest_ms * 1_000_000 if newest_ms else page.started_ns
-        times = [at] * len(values)
-        payload = encode_rows(self.table, self.metric_names, gpus, metric_ids, times, values, times)
+        into.times.extend([at] * count)
+        return count
+
+    def _send(self, p: int, batch: _Pending) -> None:
+        """Hand one partition's rows to the producer as one batch (waits under backpressure)."""
+        n = len(batch.values)
+        if not n:
+            return
+        payload = encode_rows(
+            self.table, self.metric_names, batch.gpus, batch.metrics, batch.times,
+            batch.values, batch.times,
+        )  # fmt: skip
         while not self._stop.is_set():
             try:
-                self.producer.send_batch(t.partition, payload, len(values), 1.0)
-                grant.sent += len(values)
-                return len(values)
+                self.producer.send_batch(p, payload, n, 1.0)
+                batch.grant.sent += n
+                return
             except TimeoutError:
                 continue  # backpressure: the pending bound holds the batch back
-        return 0
 
     def _gpu(self, t: Target, labels: str) -> int:
         """The GPU ordinal of a label text seen for the first time on this target."""
