@@ -23,7 +23,13 @@ from proto.gen import walbroker_admin_pb2 as apb
 from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
 from walbroker.errors import BrokerError, InUse, InvalidArgument, NotFound
 from walbroker.group import GroupCoordinator
-from walbroker.lag import GroupStanding, group_lags, group_standings, known_groups
+from walbroker.lag import (
+    GroupStanding,
+    group_lags,
+    group_standings,
+    known_groups,
+    producer_progress,
+)
 from walbroker.log import Log
 from walbroker.metrics import BrokerMetrics
 from walbroker.reset import OffsetChange, ResetTarget, TargetKind, apply_reset, plan_reset
@@ -124,7 +130,8 @@ class AdminServicer:
             resp.members.add(
                 member_id=m.member_id, client_id=m.client_id, partitions=m.partitions, host=m.host
             )
-        for row in group_lags(self.wal, self.coordinator, group):
+        rows = group_lags(self.wal, self.coordinator, group) + producer_progress(self.wal, group)
+        for row in rows:
             pl = resp.partitions.add(
                 topic=row.tp.topic,
                 partition=row.tp.partition,
@@ -192,7 +199,7 @@ class AdminServicer:
     @admin_action("delete_group")
     def DeleteGroup(self, request: apb.DeleteGroupRequest, context: Any) -> apb.DeleteGroupResponse:
         group = validate_name("group", request.group)
-        offsets = [k for k in list(self.wal.committed) if k[0] == group]
+        offsets = [k for k in [*self.wal.committed, *self.wal.progress] if k[0] == group]
         if group not in self.coordinator.groups() and not offsets:
             raise NotFound(f"unknown group {group!r}")
         if not self.coordinator.remove_if_empty(group):

@@ -15,6 +15,7 @@ sub-database    key                             value
 ``producers``   producer_id NUL P               u64 last_sequence, then up to 5 entries of
                                                 (u64 seq, u64 base, u32 count, i64 time)
 ``offsets``     group NUL P                     u64 committed offset, i64 commit_time_ns
+``progress``    group NUL P                     u64 source progress, i64 commit_time_ns
 ==============  ==============================  ==========================================
 
 A record is one published batch: `count` points at offsets
@@ -131,11 +132,23 @@ class Log:
         )
         self.db = {
             name: self.env.open_db(name.encode())
-            for name in ("topics", "parts", "records", "timeindex", "producers", "offsets")
+            for name in (
+                "topics",
+                "parts",
+                "records",
+                "timeindex",
+                "producers",
+                "offsets",
+                "progress",
+            )
         }
         self.topics: dict[str, int] = {}
         self.partitions: dict[TopicPartition, PartitionState] = {}
+        # Consumer groups' committed offsets (log offsets) and producer groups' progress
+        # (positions in their sources, NOT log offsets: lag and retention never read it).
+        # Both (offset, commit_time_ns); written by the writer thread after each commit.
         self.committed: dict[tuple[str, TopicPartition], tuple[int, int]] = {}
+        self.progress: dict[tuple[str, TopicPartition], tuple[int, int]] = {}
         # Groups `block` retention ignores (idle and empty); replaced whole by the group-reaper
         # loop (`walbroker.group_retention`), read by the writer.
         self.retention_ignored: frozenset[str] = frozenset()
@@ -170,9 +183,10 @@ class Log:
                     (state.start, state.end, state.size, state.first_ns, state.last_ns) = (
                         keys.unpack_partition(raw)
                     )
-            for k, v in txn.cursor(db=self.db["offsets"]):
-                group, tp = keys.split_group_key(bytes(k))
-                self.committed[(group, tp)] = keys.unpack_offset(v)
+            for name, into in (("offsets", self.committed), ("progress", self.progress)):
+                for k, v in txn.cursor(db=self.db[name]):
+                    group, tp = keys.split_group_key(bytes(k))
+                    into[(group, tp)] = keys.unpack_offset(v)
         log.info(
             "log opened",
             extra={
@@ -387,8 +401,13 @@ class Log:
         entry = self.committed.get((group, tp))
         return entry[0] if entry else None
 
+    def progress_of(self, group: str, tp: TopicPartition) -> int | None:
+        """A producer group's progress on `tp` (a source position), or None if it has none."""
+        entry = self.progress.get((group, tp))
+        return entry[0] if entry else None
+
     def groups_on(self, topic: str) -> set[str]:
-        """Groups with a committed offset on some partition of `topic`."""
+        """Consumer groups with a committed offset on some partition of `topic`."""
         return {g for (g, tp) in list(self.committed) if tp.topic == topic}
 
     def total_bytes(self) -> int:

@@ -145,9 +145,7 @@ class Session:
                     restarted.add(p)
             self.positions = positions
             self.generation = a.generation
-            committed = {
-                p: self.wal.committed_offset(a.group, TopicPartition(a.topic, p)) for p in positions
-            }
+            committed = {p: self._committed(TopicPartition(a.topic, p)) for p in positions}
             msg = pb.Assignment(
                 group=a.group,
                 topic=a.topic,
@@ -173,13 +171,19 @@ class Session:
         In a producer group the committed offset is the source's progress, not a log
         offset: it is used as it is (0 when none).
         """
+        if self.role == "producer":
+            return self._committed(tp) or 0
         info = self.wal.state(tp).info()
         committed = self.wal.committed_offset(self.group, tp)
-        if self.role == "producer":
-            return committed or 0
         if committed is None:
             return info.log_start_offset
         return min(max(committed, info.log_start_offset), info.log_end_offset)
+
+    def _committed(self, tp: TopicPartition) -> int | None:
+        """The consumer group's committed offset, or the producer group's progress."""
+        if self.role == "producer":
+            return self.wal.progress_of(self.group, tp)
+        return self.wal.committed_offset(self.group, tp)
 
     def push(self, msg: pb.ConsumeResponse) -> None:
         """Queue a control message for the member."""

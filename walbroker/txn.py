@@ -43,6 +43,7 @@ class StagedTxn:
         self.duplicates: dict[str, int] = {}
         self.topics: dict[str, int] = {}
         self.offsets: dict[tuple[str, TopicPartition], tuple[int, int]] = {}
+        self.progress: dict[tuple[str, TopicPartition], tuple[int, int]] = {}
         self.deleted_topics: set[str] = set()
         self.deleted_groups: set[str] = set()
 
@@ -105,7 +106,7 @@ class StagedTxn:
         db, prefix = self.wal.db, topic.encode() + b"\x00"
         for name in ("records", "timeindex", "parts"):
             self._delete_prefixed(db[name], prefix)
-        for name in ("producers", "offsets"):  # keys: <id or group> NUL topic NUL partition
+        for name in ("producers", "offsets", "progress"):  # keys: <id or group> NUL topic NUL p
             cur = self.txn.cursor(db=db[name])
             doomed = [bytes(k) for k in cur.iternext(values=False) if _topic_of(bytes(k)) == topic]
             for k in doomed:
@@ -114,12 +115,15 @@ class StagedTxn:
         for tp in [tp for tp in self.extents if tp.topic == topic]:
             del self.extents[tp]
         self.offsets = {k: v for k, v in self.offsets.items() if k[1].topic != topic}
+        self.progress = {k: v for k, v in self.progress.items() if k[1].topic != topic}
         self.deleted_topics.add(topic)
 
     def delete_group(self, group: str) -> None:
-        """Delete every committed offset of `group`."""
-        self._delete_prefixed(self.wal.db["offsets"], group.encode() + b"\x00")
+        """Delete every committed offset (or progress) of `group`."""
+        for name in ("offsets", "progress"):
+            self._delete_prefixed(self.wal.db[name], group.encode() + b"\x00")
         self.offsets = {k: v for k, v in self.offsets.items() if k[0] != group}
+        self.progress = {k: v for k, v in self.progress.items() if k[0] != group}
         self.deleted_groups.add(group)
 
     def _delete_prefixed(self, db: lmdb._Database, prefix: bytes) -> None:

@@ -379,12 +379,10 @@ class Writer:
         if op.producer_id:
             self._remember_sequence(staged, op, base, t)
         if op.fence is not None:  # the source's progress, atomically with its data
-            self._commit_offsets(
-                staged,
-                CommitOffsetsOp(
-                    op.fence.group, op.tp.topic, {op.tp.partition: op.fence.progress}, Future()
-                ),
-            )
+            key = keys.group_key(op.fence.group, op.tp)
+            entry = (op.fence.progress, time.time_ns())
+            txn.put(key, keys.pack_offset(*entry), db=db["progress"])
+            staged.progress[(op.fence.group, op.tp)] = entry
         staged.enqueued[op.tp.topic] = staged.enqueued.get(op.tp.topic, 0) + op.count
         return AppendResult(op.tp, base, op.count, t)
 
@@ -439,12 +437,14 @@ class Writer:
         wal.hot.evict()
         metrics.hot_buffer_bytes.set(wal.hot.bytes)
         wal.committed.update(staged.offsets)
-        for key in [k for k in wal.committed if k[0] in staged.deleted_groups]:
-            del wal.committed[key]
+        wal.progress.update(staged.progress)
+        for table in (wal.committed, wal.progress):
+            for key in [k for k in table if k[0] in staged.deleted_groups]:
+                del table[key]
+            for key in [k for k in table if k[1].topic in staged.deleted_topics]:
+                del table[key]
         for topic in staged.deleted_topics:
             wal.forget_topic(topic)
-            for key in [k for k in wal.committed if k[1].topic == topic]:
-                del wal.committed[key]
         for topic, n in staged.enqueued.items():
             metrics.enqueued.labels(topic).inc(n)
         for topic, n in staged.duplicates.items():

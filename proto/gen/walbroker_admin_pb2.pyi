@@ -465,7 +465,9 @@ class PartitionLag(_message.Message):
     owner: _builtins.str
     """The member owning the partition now; "" when none."""
     committed_offset: _builtins.int
-    """Absent when the group never committed here (it then starts at the log start offset)."""
+    """Absent when the group never committed here (it then starts at the log start offset).
+    For a producer group: its progress in its source (not a log offset; lag is 0).
+    """
     log_end_offset: _builtins.int
     lag_points: _builtins.int
     """log_end_offset - committed offset (the log start offset when never committed)."""
