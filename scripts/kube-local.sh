@@ -258,7 +258,14 @@ cmd_up() {
 cmd_down() {
   RUN="${1:-$CACHE/kube-run}"
   [[ -d "$RUN" ]] || return 0
-  local name pid
+  local name pid path
+  # The hostPath provisioner writes under /tmp/hostpath_pv; remove this cluster's volumes.
+  if [[ -n "${KUBECTL:-}" || -x "$CACHE/tools/current/kubectl" ]]; then
+    for path in $("${KUBECTL:-$CACHE/tools/current/kubectl}" --kubeconfig "$RUN/admin.kubeconfig" \
+      --request-timeout 5s get pv -o jsonpath='{.items[*].spec.hostPath.path}' 2>/dev/null); do
+      if [[ "$path" == /tmp/hostpath_pv/* ]]; then rm -rf "$path"; fi
+    done
+  fi
   for name in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do
     [[ -f "$RUN/$name.pid" ]] || continue
     pid="$(cat "$RUN/$name.pid")"

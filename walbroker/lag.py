@@ -52,6 +52,7 @@ class GroupStanding:
     members: int
     lag_points: int
     lag_seconds: float
+    ignored_by_retention: bool = False
 
 
 def group_lags(
@@ -127,6 +128,7 @@ def group_standings(
                     len(live.members) if live else 0,
                     sum(r.lag_points for r in rows),
                     max((r.lag_seconds for r in rows), default=0.0),
+                    name in wal.retention_ignored,
                 )
             )
     return out
