@@ -84,6 +84,8 @@ NOT_ON_DASHBOARD = {
     "gpu_telemetry_collector_commits_total": "flushed points are only counted when committed",
     "gpu_telemetry_gateway_requests_total": "API traffic, not pipeline health",
     "gpu_telemetry_gateway_request_duration_seconds": "API latency, not pipeline health",
+    "gpu_telemetry_gateway_connections": "bounded by --max-connections; limits.md",
+    "gpu_telemetry_gateway_slow_clients_total": "closed at --head-timeout-s; limits.md",
 }
 
 
