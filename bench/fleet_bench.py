@@ -99,7 +99,7 @@ def influx_server(gpus: list[Gpu]) -> tuple[InfluxServer, dict[str, str], float 
     """A started InfluxDB whose data folder (cached) holds the fleet; (server, opts, fill s)."""
     root = CACHE / f"fleet-influx-{len(gpus)}g-v{VERSION}"
     done = root / "loaded"
-    server = InfluxServer(influxd_path(), root)
+    server = InfluxServer(influxd_path(), root, start_timeout_s=900)
     server.start()
     opts = {"url": server.url, "org": "gputel", "bucket": "fleet", "token": "unused:unused"}
     if done.exists():

@@ -76,6 +76,9 @@ _CLIENT_ERRORS = (ApiException, urllib3.exceptions.HTTPError, OSError)
 # but level 9 costs ~2.8 us of CPU per point (14 ms per 5,000-point batch) and level 1 ~0.4 us.
 GZIP_LEVEL = 1
 
+# A new model name reaches `model` filters within this long (there are a handful of models).
+MODELS_TTL_S = 5.0
+
 # Pages are read in windows starting at this size (x4 each time), never all history at once.
 PROBE_WINDOW_NS = 3600 * 1_000_000_000
 
@@ -97,6 +100,7 @@ class InfluxStore(Store):
         # write_catalog=False only measures what the catalog costs (bench); readers need it.
         self._tracker = catalog.CatalogTracker(catalog_granularity_ns) if write_catalog else None
         self._per_shard: dict[str, float] = {}  # catalog entries per shard seen by pages
+        self._models: tuple[float, list[str]] = (0.0, [])  # (monotonic expiry, names)
         self._org = org or "-"
         common: dict[str, Any] = {
             "url": url,
@@ -196,7 +200,8 @@ class InfluxStore(Store):
         if schema.TAG_HOSTNAME in tags:  # a host has few GPUs: one index lookup, no shards
             found = catalog.reduce_gpus(self._gpu_records(None, tags))
             return [g for g in found if key is None or catalog.gpu_key(g.uuid) > key][:limit]
-        density = "gpu" if not tags and not models else ""
+        density = "gpu:" + ",".join(f"{k}={v}" for k, v in sorted(tags.items()))
+        density += ":" + ",".join(models)
 
         def read(shards: range) -> list[GpuSummary]:
             return catalog.reduce_gpus(self._gpu_records(shards, tags, models))
@@ -244,13 +249,21 @@ class InfluxStore(Store):
         needle = validate.optional_text("model", model)
         models: list[str] = []
         if needle is not None:
-            models = catalog.matching_models(self._all_names("model"), needle)
+            models = catalog.matching_models(self._model_names(), needle)
             if not models:
                 return []
         if models and schema.TAG_HOSTNAME in tags:
             found = self._gpu_page(tags, validate.MAX_LIMIT, after)
             return [g for g in found if g.model in models][:limit]
         return self._gpu_page(tags, limit, after, models)
+
+    def _model_names(self) -> list[str]:
+        """Every model name, kept MODELS_TTL_S: a filter needs them on every page."""
+        expiry, names = self._models
+        if time.monotonic() >= expiry:
+            names = self._all_names("model")
+            self._models = (time.monotonic() + MODELS_TTL_S, names)
+        return names
 
     def get_gpu(self, uuid: str) -> GpuSummary | None:
         """Return the GPU with this uuid, or None when it has no data."""

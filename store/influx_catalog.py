@@ -27,6 +27,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+import orjson
+
 from store import catalog, flux, schema
 from store.catalog import CatalogUpdate, GpuRecord
 from store.lineprotocol import escape_measurement, escape_tag
@@ -118,7 +120,7 @@ def names_query(bucket: str, kind: str, shards: range) -> str:
 
 def parse_gpu(row: Row) -> GpuRecord:
     """Return the record a result row of `gpus_query` holds."""
-    body = json.loads(row["_value"])
+    body = orjson.loads(row["_value"])
     fields: schema.GpuFields = (
         row[schema.TAG_UUID],
         row.get(schema.TAG_HOSTNAME, ""),
