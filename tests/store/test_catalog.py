@@ -212,3 +212,27 @@ def test_backfill_command(kind: str, tmp_path, request: pytest.FixtureRequest) -
         assert len(store.list_gpus()) == 5 and store.list_metrics() == [UTIL]
     bad = subprocess.run([*command, "sqlite:"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "sqlite store needs a path" in bad.stderr
+
+
+def test_odd_descriptors_round_trip(opener: Opener) -> None:
+    """Quotes, commas, spaces and `=` in every catalog value (a JSON string field on InfluxDB)."""
+    store = opener()
+    odd = Gpu(
+        uuid='GPU-"odd", =x',
+        hostname="rack 1,row=2",
+        gpu=3,
+        device='nvidia "3"',
+        model='Model {"x": 1}',
+        container="c,=1",
+        pod='p "q"',
+        namespace="n s",
+    )
+    store.write(grid([odd], [UTIL], [T0]))
+    [entry] = store.list_gpus()
+    assert (entry.uuid, entry.hostname, entry.device, entry.model) == (
+        odd.uuid, odd.hostname, odd.device, odd.model,
+    )  # fmt: skip
+    assert (entry.container, entry.pod, entry.namespace) == (odd.container, odd.pod, odd.namespace)
+    assert store.list_gpus(model='{"X"') == [entry]
+    assert store.list_gpus(hostname="rack 1,row=2", after_uuid=entry.uuid) == []
+    assert store.page_names("model") == [odd.model]
