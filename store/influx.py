@@ -203,7 +203,7 @@ class InfluxStore(Store):
         density = "gpu:" + ",".join(f"{k}={v}" for k, v in sorted(tags.items()))
         density += ":" + ",".join(models)
 
-        def read(shards: range) -> list[GpuSummary]:
+        def read(shards: range | None) -> list[GpuSummary]:
             return catalog.reduce_gpus(self._gpu_records(shards, tags, models))
 
         return self._paged(
@@ -212,7 +212,7 @@ class InfluxStore(Store):
 
     def _paged(
         self,
-        read: Callable[[range], list[T]],
+        read: Callable[[range | None], list[T]],
         key: Callable[[T], tuple[int, str]],
         shards: int,
         limit: int,
@@ -224,13 +224,13 @@ class InfluxStore(Store):
         first = int(limit / per_shard) + 1 if per_shard else 1
         seen = [0, 0]  # entries, shards
 
-        def counting(run: range) -> list[T]:
+        def counting(run: range | None) -> list[T]:
             found = read(run)
             seen[0] += len(found)
-            seen[1] += len(run)
+            seen[1] += shards if run is None else len(run)
             return found
 
-        out = catalog.page_shards(counting, key, shards, limit, after, first_span=min(first, 16))
+        out = catalog.page_shards(counting, key, shards, limit, after, first_span=first)
         if density and seen[1]:
             self._per_shard[density] = max(seen[0] / seen[1], 0.5)
         return out
@@ -287,7 +287,7 @@ class InfluxStore(Store):
         start = validate.optional_text("after", after)
         key = catalog.name_key(kind, start) if start is not None else None
 
-        def read(shards: range) -> list[str]:
+        def read(shards: range | None) -> list[str]:
             query = influx_catalog.names_query(self.bucket, kind, shards)
             return sorted({row[schema.TAG_NAME] for row in self._rows(query)})
 

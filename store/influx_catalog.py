@@ -109,7 +109,7 @@ def gpus_query(
     )
 
 
-def names_query(bucket: str, kind: str, shards: range) -> str:
+def names_query(bucket: str, kind: str, shards: range | None) -> str:
     """Return the query for every name of one kind in `shards`."""
     clauses = [f"r.{schema.TAG_KIND} == {flux.string(kind)}", *_shards(shards)]
     return (
