@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 PYTEST_ARGS ?=
 
-.PHONY: install proto lint fmt test cover cover-html cover-pkg run bench clean
+.PHONY: install provision proto lint fmt test cover cover-html cover-pkg run bench clean
 
 install: ## create .venv and install the project (editable) with test extras
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,13 @@ fmt:
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: ## the whole suite (unit + integration against real processes)
+provision: ## what the tests need besides .venv (InfluxDB, helm, kubectl, promtool, chromium); cached, idempotent
+	PYTHON=$(PY) scripts/provision-tests.sh
+
+test: provision ## the whole suite (unit + integration against real processes)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-cover: ## the suite with coverage (also of subprocesses), summary; fails under 85 %
+cover: provision ## the suite with coverage (also of subprocesses), summary; fails under 85 %
 	rm -f .coverage .coverage.*
 	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml $(BIN)/pytest -q --cov --cov-report= $(PYTEST_ARGS)
 	$(BIN)/coverage combine -q || true
@@ -162,8 +165,12 @@ chart-test: ## offline chart, rules, dashboard and Dockerfile tests (installs he
 # --- the image and the chart on real machinery (CI runs both after make test) ----------------
 # make image: Debian's docker engine (started without bridge or iptables), a local base image
 # (debootstrap minbase + python3.11, cached) unless IMAGE_BASE=default keeps python:3.11-slim.
+# make kube-test: etcd, kube-apiserver, controller-manager, scheduler and kwok on 127.0.0.1,
+# built once from Go modules into ~/.cache/gputel (docs/kubernetes.md, "How the project tests
+# the chart on a real API server").
 IMAGE_BASE ?= local
-.PHONY: image image-test
+KUBE_RUN ?= $(HOME)/.cache/gputel/kube-run
+.PHONY: image image-test kube-build kube-up kube-down kube-test
 
 image: ## build $(IMAGE) with a local Docker engine; prints its size and the build time
 	IMAGE=$(IMAGE) BASE=$(IMAGE_BASE) PYTHON=$(PY) scripts/image.sh build
@@ -171,6 +178,19 @@ image: ## build $(IMAGE) with a local Docker engine; prints its size and the bui
 image-test: image ## run broker, collector, gateway and a streamer as hardened containers; points must arrive
 	GPUTEL_IMAGE=$(IMAGE) $(BIN)/pytest -q -p no:cacheprovider tests/image $(PYTEST_ARGS)
 
+kube-build: ## build (or reuse) the control-plane binaries (~10 min cold on 2 cores)
+	scripts/kube-local.sh build
+
+kube-up: kube-build ## a local control plane; then: export KUBECONFIG=$(KUBE_RUN)/admin.kubeconfig
+	PYTHON=$(PY) scripts/install-tools.sh
+	scripts/kube-local.sh up $(KUBE_RUN)
+
+kube-down: ## stop what kube-up started
+	scripts/kube-local.sh down $(KUBE_RUN)
+
+kube-test: kube-build ## install, upgrade, roll back and uninstall the chart on a real API server
+	PYTHON=$(PY) scripts/install-tools.sh
+	$(BIN)/pytest -q -p no:cacheprovider tests/kube $(PYTEST_ARGS)
 # --- end of containers and Kubernetes ---------------------------------------------------------
 
 # --- gateway: OpenAPI document and Swagger UI ------------------------------------------------

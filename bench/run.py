@@ -27,7 +27,9 @@ SUITES = [
     "streamer_bench",
     "collector_bench",
     "e2e_bench",
+    "secure_bench",
     "import_bench",
+    "scrape_bench",
     "gateway_bench",
     "fleet_bench",
 ]

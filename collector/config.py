@@ -15,6 +15,7 @@ from typing import NoReturn
 
 from collector.future import DEFAULT_MAX_FUTURE_SKEW_S
 from store import InvalidArgument, influx_settings
+from walbroker import flags
 from walbroker.credentials import (
     ClientSecurity,
     add_client_security_args,
@@ -94,20 +95,38 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
     p = _Parser(prog=PROG, description="Store telemetry from walbroker in SQLite or InfluxDB.")
     p.add_argument("--broker", default=env_of("BROKER"), help="walbroker HOST:PORT")
-    p.add_argument("--topic", default=env_of("TOPIC", "telemetry"))
+    p.add_argument("--topic", default=env_of("TOPIC", "telemetry"), help="topic to consume")
     p.add_argument("--group", default=env_of("GROUP", "collectors"), help="consumer group")
     p.add_argument("--store", default=env_of("STORE"), help="sqlite:PATH or influx")
-    p.add_argument("--influx-url", default="")
-    p.add_argument("--influx-org", default="")
-    p.add_argument("--influx-bucket", default="")
-    p.add_argument("--influx-token", default="", help="prefer GPUTEL_INFLUX_TOKEN")
+    p.add_argument("--influx-url", default="", help="InfluxDB URL (with --store influx)")
+    p.add_argument("--influx-org", default="", help="InfluxDB organisation")
+    p.add_argument("--influx-bucket", default="", help="InfluxDB bucket")
+    p.add_argument("--influx-token", default="", help="InfluxDB token; prefer the variable")
     p.add_argument("--batch-size", default=env_of("BATCH_SIZE", "5000"), help="points per write")
     p.add_argument("--flush-ms", default=env_of("FLUSH_MS", "1000"), help="max hold time")
-    p.add_argument("--metrics-listen", default=env_of("METRICS_LISTEN", "127.0.0.1:9103"))
-    p.add_argument("--health-listen", default=env_of("HEALTH_LISTEN", ""))
-    p.add_argument("--client-id", default=env_of("CLIENT_ID", ""))
-    p.add_argument("--max-unacked-points", default=env_of("MAX_UNACKED_POINTS", "100000"))
-    p.add_argument("--session-timeout-ms", default=env_of("SESSION_TIMEOUT_MS", "10000"))
+    p.add_argument(
+        "--metrics-listen",
+        default=env_of("METRICS_LISTEN", "127.0.0.1:9103"),
+        help="HOST:PORT of /metrics, /healthz and /readyz ('' to disable)",
+    )
+    p.add_argument(
+        "--health-listen",
+        default=env_of("HEALTH_LISTEN", ""),
+        help="a separate HOST:PORT for /healthz and /readyz only",
+    )
+    p.add_argument(
+        "--client-id", default=env_of("CLIENT_ID", ""), help="shown as the member's CLIENT"
+    )
+    p.add_argument(
+        "--max-unacked-points",
+        default=env_of("MAX_UNACKED_POINTS", "100000"),
+        help="credit: points held before the broker stops delivering (>= --batch-size)",
+    )
+    p.add_argument(
+        "--session-timeout-ms",
+        default=env_of("SESSION_TIMEOUT_MS", "10000"),
+        help="the group moves this member's partitions after this long without a heartbeat",
+    )
     p.add_argument(
         "--catalog-granularity-s",
         default=env_of("CATALOG_GRANULARITY_S", "60"),
@@ -118,9 +137,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=env_of("MAX_FUTURE_SKEW_S", str(int(DEFAULT_MAX_FUTURE_SKEW_S))),
         help="points stamped further ahead of this clock go to the dead-letter topic",
     )
-    p.add_argument("--log-level", default=env_of("LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", default=env_of("LOG_LEVEL", "INFO"), help=", ".join(LOG_LEVELS))
     add_client_security_args(p, env)
-    return p
+    return flags.finish(p, env, "GPUTEL_COLLECTOR_")
 
 
 def _positive(name: str, text: str) -> int:

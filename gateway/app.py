@@ -14,12 +14,14 @@ from gateway import (
     errors,
     extension,
     gpus,
+    known_metrics,
     metrics,
     ops,
     telemetry,
 )
 from gateway.config import GatewayConfig, from_env
 from gateway.jsonprovider import OrjsonProvider
+from gateway.ui import pages
 from store import Store, open_store
 
 
@@ -42,6 +44,7 @@ def create_app(config: GatewayConfig | None = None) -> Flask:
     tokens = Path(config.auth_tokens) if config.auth_tokens else None
     auth.init_app(app, tokens, metrics=config.auth_metrics, docs=config.auth_docs)
     catalog_cache.init_app(app, config.catalog_cache_s)
-    for blueprint in (gpus.bp, telemetry.bp, catalog.bp, ops.bp, docs.bp):
+    known_metrics.init_app(app)
+    for blueprint in (gpus.bp, telemetry.bp, catalog.bp, ops.bp, docs.bp, pages.bp, pages.root):
         app.register_blueprint(blueprint)
     return app

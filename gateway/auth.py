@@ -1,11 +1,11 @@
 """Bearer-token authentication of the REST API, and the access log.
 
 With `--auth-tokens FILE` (the broker's token-file format, `walbroker.tokens`; re-read when
-it changes), every `/api/v1/...` request needs `Authorization: Bearer <token>` of a principal
-with the `read` (or `admin`) role: without one the answer is 401 problem+json with
-`WWW-Authenticate: Bearer`, with a token lacking the role 403. `/healthz` and `/readyz` are
-always open; `/metrics` (`--auth-metrics`) and `/swagger/` + `/openapi.json` (`--auth-docs`)
-are open unless configured otherwise.
+it changes), every `/api/v1/...` (and `/ui/api/...`) request needs `Authorization: Bearer
+<token>` of a principal with the `read` (or `admin`) role: without one the answer is 401
+problem+json with `WWW-Authenticate: Bearer`, with a token lacking the role 403. `/healthz`
+and `/readyz` are always open; `/metrics` (`--auth-metrics`) and `/swagger/` + `/openapi.json`
+(`--auth-docs`) are open unless configured otherwise.
 
 Access log: one JSON line per request (logger `gateway.access`): method, route template,
 status, latency, principal and client address. The query string is never logged (it could
@@ -49,7 +49,8 @@ class ApiAuth:
 
     def __init__(self, tokens: TokenFile | None, metrics: bool, docs: bool) -> None:
         self.tokens = tokens
-        self.protected = ["/api/"]
+        # /ui/api/: the web view's relay of the broker's Admin API read calls (gateway.ui)
+        self.protected = ["/api/", "/ui/api/"]
         if metrics:
             self.protected.append("/metrics")
         if docs:

@@ -14,6 +14,8 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from walbroker import flags
+
 DEFAULT_STORE = "sqlite:gputel.db"
 DEFAULT_BIND = "127.0.0.1:8080"
 # gunicorn worker models (see gateway/README.md, "Workers and slow clients"): gevent serves
@@ -48,6 +50,8 @@ class GatewayConfig:
     log_level: str = "INFO"
     # Seconds a GPU-list page is served from memory (0: always ask the store).
     catalog_cache_s: float = 1.0
+    # walbroker HOST:PORT whose Admin API the web view's pipeline page reads ("": no page data).
+    broker: str = ""
     # Trust (gateway.auth): token file (read role), TLS files, what else needs a token.
     auth_tokens: str = ""
     tls_cert: str = ""
@@ -84,6 +88,7 @@ class GatewayConfig:
             "GPUTEL_GATEWAY_MAX_CONNECTIONS": str(self.max_connections),
             "GPUTEL_GATEWAY_LOG_LEVEL": self.log_level,
             "GPUTEL_GATEWAY_CATALOG_CACHE_S": str(self.catalog_cache_s),
+            "GPUTEL_GATEWAY_BROKER": self.broker,
             "GPUTEL_GATEWAY_AUTH_TOKENS": self.auth_tokens,
             "GPUTEL_GATEWAY_TLS_CERT": self.tls_cert,
             "GPUTEL_GATEWAY_TLS_KEY": self.tls_key,
@@ -136,13 +141,22 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         return env.get(f"GPUTEL_INFLUX_{name}", "")
 
     p = argparse.ArgumentParser(prog="gputel-gateway", description="Serve the REST API.")
-    p.add_argument("--store", type=_store_spec, default=gw("STORE", DEFAULT_STORE))
-    p.add_argument("--influx-url", default=influx("URL"))
-    p.add_argument("--influx-org", default=influx("ORG"))
-    p.add_argument("--influx-bucket", default=influx("BUCKET"))
-    p.add_argument("--influx-token", default=influx("TOKEN"), help="prefer GPUTEL_INFLUX_TOKEN")
+    p.add_argument(
+        "--store",
+        type=_store_spec,
+        default=gw("STORE", DEFAULT_STORE),
+        help="sqlite:PATH or influx",
+    )
+    p.add_argument("--influx-url", default=influx("URL"), help="InfluxDB URL (with --store influx)")
+    p.add_argument("--influx-org", default=influx("ORG"), help="InfluxDB organisation")
+    p.add_argument("--influx-bucket", default=influx("BUCKET"), help="InfluxDB bucket")
+    p.add_argument(
+        "--influx-token", default=influx("TOKEN"), help="InfluxDB token; prefer the variable"
+    )
     p.add_argument("--bind", default=gw("BIND", DEFAULT_BIND), help="HOST:PORT")
-    p.add_argument("--workers", type=_positive, default=gw("WORKERS", "1"))
+    p.add_argument(
+        "--workers", type=_positive, default=gw("WORKERS", "1"), help="gunicorn worker processes"
+    )
     p.add_argument(
         "--worker-class",
         choices=WORKER_CLASSES,
@@ -168,7 +182,7 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=gw("MAX_CONNECTIONS", str(MAX_CONNECTIONS)),
         help="open connections per worker, slow ones included (more wait in the listen backlog)",
     )
-    p.add_argument("--log-level", default=gw("LOG_LEVEL", "INFO"))
+    p.add_argument("--log-level", default=gw("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING")
     p.add_argument(
         "--catalog-cache-s",
         type=float,
@@ -176,7 +190,13 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="seconds a GPU-list page is served from memory (0: off)",
     )
     _trust_args(p, gw)
-    return p
+    p.add_argument(
+        "--broker",
+        default=gw("BROKER", ""),
+        help="walbroker HOST:PORT whose Admin API (read calls only) feeds the web view's "
+        "pipeline page",
+    )
+    return flags.finish(p, env, "GPUTEL_GATEWAY_")
 
 
 def _trust_args(p: argparse.ArgumentParser, gw: Callable[[str, str], str]) -> None:
@@ -223,6 +243,7 @@ def from_args(
         max_connections=int(a.max_connections),
         log_level=a.log_level.upper(),
         catalog_cache_s=max(float(a.catalog_cache_s), 0.0),
+        broker=a.broker,
         auth_tokens=a.auth_tokens,
         tls_cert=a.tls_cert,
         tls_key=a.tls_key,

@@ -6,8 +6,9 @@ at a fresh temporary folder (unless one is given) before any worker imports prom
 `child_exit` marks a dead worker's files and `on_exit` removes the folder it made. Logs are
 JSON lines on stderr; gunicorn's own access log is off because it would print query strings:
 the app writes one JSON line per request instead (`gateway.auth`). With --tls-cert/--tls-key
-gunicorn serves HTTPS (SIGHUP re-reads the files as it restarts the workers). Read when
-gunicorn loads it, as gunicorn config modules are.
+gunicorn serves HTTPS; after a renewal, SIGHUP makes it replace its workers, which load the
+new files (the process keeps running and serving).
+Read when gunicorn loads it, as gunicorn config modules are.
 """
 
 from __future__ import annotations

@@ -135,3 +135,6 @@ class Problem(TypedDict):
     candidates: NotRequired[
         Annotated[list[Candidate], Field(description="GPUs an ambiguous index matches (409).")]
     ]
+    known_metrics: NotRequired[
+        Annotated[list[str], Field(description="The metric names with data (unknown metric).")]
+    ]

@@ -12,7 +12,7 @@ from typing import Literal
 
 from flask import Blueprint, Response, jsonify, request
 
-from gateway import cursor, lookup, schemas, windows
+from gateway import cursor, known_metrics, lookup, schemas, windows
 from gateway.errors import BadRequest
 from gateway.extension import current_store
 from gateway.openapi import Operation, operation
@@ -50,7 +50,8 @@ END = Param(
 )
 METRIC = Param(
     "metric",
-    "Only these metrics (repeat the parameter for several).",
+    "Only these metrics (repeat the parameter for several). A name the store has no data "
+    "for is a 400 whose `known_metrics` lists the names it has (see GET /api/v1/metrics).",
     {"type": "string", "pattern": METRIC_PATTERN},
     metric_name,
     repeated=True,
@@ -165,7 +166,9 @@ def window_page(
         response=schemas.TelemetryPage,
         description="Points with start_time <= time <= end_time (both inclusive), ordered by "
         "(time, metric). Follow `next_cursor` for the next page; pages neither skip nor repeat "
-        "points while new data arrives. With `every` (and `agg`), points are window aggregates.",
+        "points while new data arrives. With `every` (and `agg`), points are window aggregates. "
+        "`next_cursor` is null when no point follows, so no cursor leads to an empty page. "
+        "A '+' in a time's UTC offset must be URL-encoded as %2B.",
         path={"gpu_id": lookup.ID_HELP},
         query=(START, END, METRIC, LIMIT, CURSOR, EVERY, AGG),
         errors=(400, 404, 409, 502, 503),
@@ -176,6 +179,7 @@ def telemetry(gpu_id: str) -> Response:
     q = parse_query()
     store = current_store()
     gpu = lookup.resolve(store, gpu_id)
+    known_metrics.check(store, q.metrics)
     points, next_cursor = (window_page if q.every else raw_page)(store, gpu, q)
     body: schemas.TelemetryPage = {
         "gpu": lookup.describe(gpu),

@@ -19,6 +19,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})"
 )
+# What an unencoded "+02:00" offset becomes after URL decoding.
+_PLUS_AS_SPACE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)? \d{2}:\d{2}")
 _UNIX = re.compile(r"(\d{1,12})(?:\.(\d+))?")
 _DURATION = re.compile(r"([1-9]\d{0,9})(ns|us|ms|s|m|h|d)")
 _UNIT_NS = {
@@ -67,6 +69,11 @@ def _parse_ns(text: str) -> int:
         ns = _rfc3339_ns(m)
     elif m := _UNIX.fullmatch(text):
         ns = int(m[1]) * NS_PER_S + _fraction_ns(m[2])
+    elif _PLUS_AS_SPACE.fullmatch(text):
+        raise ValueError(
+            "has a space where its UTC offset's '+' should be: in a query string '+' means a "
+            "space, so URL-encode it as %2B (e.g. 12:00:00%2B02:00) or use Z"
+        )
     else:
         raise ValueError(f"is neither RFC 3339 nor Unix seconds: use {TIME_HELP}")
     if ns < 0:

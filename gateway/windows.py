@@ -32,7 +32,30 @@ Key = tuple[int, str]
 def page(
     store: Store, spec: Window, limit: int, after: Key | None
 ) -> tuple[list[WindowValue], Key | None]:
-    """Return up to `limit` window values after `after` and the key to resume from (or None)."""
+    """Return up to `limit` window values after `after` and the key to resume from (or None).
+
+    A key is handed out only when a point lies beyond it, so no cursor leads to an empty page.
+    """
+    while True:
+        rows, resume = _chunk(store, spec, limit, after)
+        if rows or resume is None:
+            break
+        after = resume  # every window of this chunk was before `after`: look further
+    # Resuming at a chunk boundary: hand the key out only if a point lies at or after it.
+    if resume is not None and resume[1] == "" and not _any_from(store, spec, resume[0]):
+        resume = None
+    return rows, resume
+
+
+def _any_from(store: Store, spec: Window, start_ns: int) -> bool:
+    """True when the GPU has a point of the spec's metrics in [start_ns, end_ns]."""
+    return bool(store.query_points(spec.uuid, start_ns, spec.end_ns, spec.metrics, 1))
+
+
+def _chunk(
+    store: Store, spec: Window, limit: int, after: Key | None
+) -> tuple[list[WindowValue], Key | None]:
+    """Aggregate the chunk of at most `limit` windows from the first point after `after`."""
     lo = spec.start_ns if after is None else max(spec.start_ns, after[0])
     if lo > spec.end_ns:
         return [], None

@@ -8,6 +8,7 @@ runs reuse it, so tokens given to scripts keep working. What each component may 
 | streamer | produce, read | topic `telemetry`, group `streamers` (read: its own group's progress) |
 | collector | consume, produce | consume `telemetry` as `collectors`; produce `telemetry.dlq` |
 | admin | admin | none (the `walbroker admin` CLI) |
+| gateway | read | none (the web view's pipeline page: topics, groups, lag) |
 | api | read | the gateway's REST API (a separate token file) |
 
 Every broker client also has a client certificate (CN = its principal): the broker runs
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gputel.pki import CertificateAuthority, write_private
+from walbroker.credentials import ENV
 from walbroker.tokens import new_token, token_line
 
 BROKER_PRINCIPALS = {
@@ -30,6 +32,7 @@ BROKER_PRINCIPALS = {
         ["consume:topic=telemetry", "consume:group=collectors", "produce:topic=telemetry.dlq"],
     ),
     "admin": ("admin", []),
+    "gateway": ("read", []),
 }
 SERVER_HOSTS = ["127.0.0.1", "localhost", "::1"]
 
@@ -71,6 +74,18 @@ class SecureSetup:
         cert, key = str(self.cert(principal)), str(self.key(principal))
         return ["--token-file", str(self.token(principal)), "--tls-ca", str(self.ca),
                 "--tls-cert", cert, "--tls-key", key]  # fmt: skip
+
+    def client_files(self, principal: str) -> dict[str, Path]:
+        """The broker-client files of `principal` (`ClientSecurity.build`'s keywords)."""
+        return {"token_file": self.token(principal), "tls_ca": self.ca,
+                "tls_cert": self.cert(principal), "tls_key": self.key(principal)}  # fmt: skip
+
+    def broker_client_env(self, principal: str) -> dict[str, str]:
+        """GPUTEL_BROKER_TOKEN_FILE / _TLS_* for a process acting as `principal` ({} if the
+        principal was added after these files were made: its data dir predates it)."""
+        if not self.token(principal).exists():
+            return {}
+        return {ENV[k]: str(v) for k, v in self.client_files(principal).items()}
 
     def gateway_args(self) -> list[str]:
         """`gputel-gateway` flags: tokens and HTTPS."""

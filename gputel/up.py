@@ -1,15 +1,14 @@
 """`gputel-up`: the whole pipeline on this machine, one process per component, until Ctrl-C.
 
 Starts walbroker, the collectors, the gateway and the streamers (in that order,
-each only once the previous one is healthy), prints where everything is, streams
-every component's log lines with a prefix, and stops them all — streamers first,
-broker last — on Ctrl-C or when one of them dies.
+each only once the previous one is healthy), prints where everything is and a status
+line every 10 s, passes on the components' logs (see gputel.console), and stops them
+all — streamers first, broker last — on Ctrl-C or when one of them dies.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
 import signal
@@ -29,6 +28,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 if TYPE_CHECKING:  # gputel.secure needs `cryptography`: imported only with --secure
     from gputel.secure import SecureSetup
+from gputel import status
+from gputel.banner import banner, urls
+from gputel.console import Console
+from walbroker import flags
 
 PACKAGED_CSV = Path(__file__).resolve().parent.parent / "data" / "dcgm.csv"
 COLOURS = ["36", "33", "35", "32", "34", "31", "96", "93"]
@@ -48,6 +51,7 @@ class Component:
     grpc_address: str = ""
     finishes: bool = False  # exiting with 0 is the job done (a streamer with --passes)
     secure: SecureSetup | None = None  # how to reach it over TLS (--secure)
+    env: dict[str, str] = field(default_factory=dict)  # added to the child's environment
     proc: subprocess.Popen[bytes] | None = None
     threads: list[threading.Thread] = field(default_factory=list)
 
@@ -58,7 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--data-dir",
         type=Path,
         default=Path("var"),
-        help="broker log and SQLite store go here (default ./var)",
+        help="broker log and SQLite store go here",
     )
     p.add_argument(
         "--csv",
@@ -66,20 +70,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="DCGM CSV to stream in a loop (default: the packaged data/dcgm.csv)",
     )
-    p.add_argument("--port", type=int, default=8080, help="gateway port")
-    p.add_argument("--broker-port", type=int, default=7070)
+    p.add_argument("--port", type=int, default=8080, help="gateway port (REST API, web view)")
+    p.add_argument("--broker-port", type=int, default=7070, help="the broker's gRPC port")
     p.add_argument(
         "--metrics-port",
         type=int,
         default=9100,
         help="base of the /metrics ports: broker +1, streamers +10.., collectors +20..",
     )
-    p.add_argument("--store", choices=["sqlite", "influx"], default="sqlite")
-    p.add_argument("--influx-url", default="")
-    p.add_argument("--influx-org", default="")
-    p.add_argument("--influx-bucket", default="")
-    p.add_argument("--streamers", type=int, default=1)
-    p.add_argument("--collectors", type=int, default=1)
+    p.add_argument(
+        "--store",
+        choices=["sqlite", "influx"],
+        default="sqlite",
+        help="sqlite: DATA_DIR/gputel.db; influx: the --influx-* flags, GPUTEL_INFLUX_TOKEN",
+    )
+    p.add_argument("--influx-url", default="", help="InfluxDB URL (with --store influx)")
+    p.add_argument("--influx-org", default="", help="InfluxDB organisation")
+    p.add_argument("--influx-bucket", default="", help="InfluxDB bucket")
+    p.add_argument("--streamers", type=int, default=1, help="streamer processes (one group)")
+    p.add_argument("--collectors", type=int, default=1, help="collector processes (one group)")
     p.add_argument(
         "--pass-interval",
         type=float,
@@ -106,7 +115,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="point timestamps: processing (when streamed) or source (the CSV's own: "
         "`--csv FILE --passes 1 --time source` imports an export once)",
     )
-    a = p.parse_args(argv)
+    p.add_argument(
+        "--scrape-demo",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the live path: N fake dcgm-exporters (8 GPUs each) scraped by the streamers "
+        "instead of the CSV",
+    )
+    p.add_argument("--scrape-interval", type=float, default=5.0, help="with --scrape-demo")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="on a terminal, keep showing every component's log lines after start-up",
+    )
+    p.add_argument(
+        "--status-interval-s",
+        type=float,
+        default=status.INTERVAL_S,
+        help="seconds between status lines (points/s, lag, store; 0: none)",
+    )
+    a = flags.finish(p, os.environ, "GPUTEL_UP_").parse_args(argv)
+    if a.scrape_demo < 0:
+        p.error("--scrape-demo must not be negative")
     if a.passes is not None and a.passes < 1:
         p.error("--passes must be at least 1")
     return a
@@ -167,6 +198,11 @@ def plan(a: argparse.Namespace, tls: SecureSetup | None = None) -> list[Componen
                 broker,
                 "--metrics-listen",
                 _local(a.metrics_port + 1),
+                # Auto-creation is off: the collectors' topic and its dead-letter topic.
+                "--topic",
+                "telemetry:16",
+                "--topic",
+                "telemetry.dlq:4",
                 *(tls.broker_args() if tls else []),
             ],
             grpc_address=broker,
@@ -177,7 +213,7 @@ def plan(a: argparse.Namespace, tls: SecureSetup | None = None) -> list[Componen
         port = a.metrics_port + 20 + i
         argv = ["gputel-collector", "--broker", broker, "--group", "collectors", *store]
         comps.append(_http_component(f"collector-{i}", [*argv, *client("collector")], port))
-    gateway = ["gputel-gateway", *store, "--bind", _local(a.port)]
+    gateway = ["gputel-gateway", *store, "--bind", _local(a.port), "--broker", broker]
     scheme = "https" if tls else "http"
     comps.append(
         Component(
@@ -185,26 +221,37 @@ def plan(a: argparse.Namespace, tls: SecureSetup | None = None) -> list[Componen
             [*gateway, *(tls.gateway_args() if tls else [])],
             f"{scheme}://{_local(a.port)}/readyz",
             secure=tls,
+            env=tls.broker_client_env("gateway") if tls else {},
         )
     )
+    source_args = [
+        "--csv", str(source),
+        *(["--forever"] if a.passes is None else ["--passes", str(a.passes)]),
+        "--pass-interval", str(a.pass_interval), "--time", a.time,
+    ]  # fmt: skip
+    if a.scrape_demo:
+        exporter, source_args = scrape_demo(a)
+        comps.append(exporter)
     for i in range(a.streamers):
         port = a.metrics_port + 10 + i
-        argv = [
-            "gputel-streamer",
-            "--broker",
-            broker,
-            "--csv",
-            str(source),
-            *(["--forever"] if a.passes is None else ["--passes", str(a.passes)]),
-            "--pass-interval",
-            str(a.pass_interval),
-            "--time",
-            a.time,
-            *client("streamer"),
-        ]
+        argv = ["gputel-streamer", "--broker", broker, *source_args, *client("streamer")]
         comps.append(_http_component(f"streamer-{i}", argv, port))
-        comps[-1].finishes = a.passes is not None
+        comps[-1].finishes = a.passes is not None and not a.scrape_demo
     return comps
+
+
+def scrape_demo(a: argparse.Namespace) -> tuple[Component, list[str]]:
+    """The fake dcgm-exporters (`--scrape-demo N`) and the streamer flags that scrape them."""
+    listen = _local(a.metrics_port + 40)
+    targets = a.data_dir / "scrape-targets.json"
+    exporter = Component(
+        "exporters",
+        ["gputel-fake-exporter", "--listen", listen, "--targets", str(a.scrape_demo),
+         "--prefix", "demo", "--targets-file", str(targets)],
+        f"http://{listen}/targets/0/metrics",
+    )  # fmt: skip
+    args = ["--targets-file", str(targets), "--scrape-interval-s", str(a.scrape_interval)]
+    return exporter, args
 
 
 def _http_component(name: str, argv: list[str], port: int) -> Component:
@@ -222,6 +269,7 @@ def ports_of(a: argparse.Namespace) -> list[int]:
         a.port,
         *(a.metrics_port + 20 + i for i in range(a.collectors)),
         *(a.metrics_port + 10 + i for i in range(a.streamers)),
+        *([a.metrics_port + 40] if a.scrape_demo else []),
     ]
 
 
@@ -252,13 +300,10 @@ def _grpc_channel(c: Component) -> grpc.Channel:
     return grpc.secure_channel(c.grpc_address, creds)
 
 
-def pump(c: Component, stream: object, colour: str, out: threading.Lock) -> None:
-    """Copy a child's output to ours, each line prefixed with the component's name."""
-    prefix = f"\x1b[{colour}m{c.name:>12}\x1b[0m |" if sys.stdout.isatty() else f"{c.name:>12} |"
+def pump(c: Component, stream: object, colour: str, console: Console) -> None:
+    """Copy a child's output to ours (see gputel.console for how)."""
     for raw in iter(stream.readline, b""):  # type: ignore[attr-defined]
-        with out:
-            sys.stdout.write(f"{prefix} {raw.decode(errors='replace').rstrip()}\n")
-            sys.stdout.flush()
+        console.child(c.name, colour, raw.decode(errors="replace"))
 
 
 def executable(name: str) -> str:
@@ -270,9 +315,10 @@ def executable(name: str) -> str:
     return found
 
 
-def start(c: Component, colour: str, out: threading.Lock, timeout_s: float = 60.0) -> None:
+def start(c: Component, colour: str, console: Console, timeout_s: float = 60.0) -> None:
     """Spawn the component and wait until it is healthy."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GPUTEL_LOG_FORMAT": "text"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GPUTEL_LOG_FORMAT": console.child_format}
+    env.update(c.env)
     c.proc = subprocess.Popen(
         [executable(c.argv[0]), *c.argv[1:]],
         stdout=subprocess.PIPE,
@@ -280,7 +326,9 @@ def start(c: Component, colour: str, out: threading.Lock, timeout_s: float = 60.
         env=env,
         start_new_session=True,
     )
-    t = threading.Thread(target=pump, args=(c, c.proc.stdout, colour, out), daemon=True)
+    t = threading.Thread(
+        target=pump, args=(c, c.proc.stdout, colour, console), name=f"pump-{c.name}", daemon=True
+    )
     t.start()
     c.threads.append(t)
     deadline = time.monotonic() + timeout_s
@@ -309,55 +357,6 @@ def stop_all(comps: list[Component]) -> None:
             t.join(2)
 
 
-def sample_gpu(csv_path: Path) -> tuple[str, str]:
-    """(hostname, uuid) of the CSV's first row, for the example commands."""
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        row = next(csv.DictReader(f), None) or {}
-    return row.get("Hostname", "HOST"), row.get("uuid", "GPU-UUID")
-
-
-def banner(a: argparse.Namespace, csv_path: Path, tls: SecureSetup | None = None) -> str:
-    """Where everything is, and what to try (with --secure: with the CA and the tokens)."""
-    api = f"{'https' if tls else 'http'}://127.0.0.1:{a.port}"
-    host, uuid = sample_gpu(csv_path)
-    curl, admin = "curl -s", f"walbroker admin --broker 127.0.0.1:{a.broker_port}"
-    if tls:
-        curl += f' --cacert {tls.ca} -H "Authorization: Bearer $(cat {tls.token("api")})"'
-        admin += " " + " ".join(tls.client_args("admin"))
-    lines = [
-        "",
-        "gputel is up. Ctrl-C stops everything.",
-        "",
-        f"  REST API      {api}/api/v1/gpus",
-        f"  Swagger UI    {api}/swagger/",
-        f"  OpenAPI       {api}/openapi.json",
-        f"  broker        127.0.0.1:{a.broker_port} (gRPC),"
-        f" metrics http://127.0.0.1:{a.metrics_port + 1}/metrics",
-        *(
-            f"  collector-{i}   metrics http://127.0.0.1:{a.metrics_port + 20 + i}/metrics"
-            for i in range(a.collectors)
-        ),
-        *(
-            f"  streamer-{i}    metrics http://127.0.0.1:{a.metrics_port + 10 + i}/metrics"
-            for i in range(a.streamers)
-        ),
-        f"  gateway       metrics {api}/metrics",
-        *(
-            [f"  secure        TLS + a token per component; CA, certificates, tokens in {tls.root}"]
-            if tls
-            else []
-        ),
-        "",
-        "Try:",
-        f"  {curl} {api}/api/v1/gpus | python -m json.tool | head -30",
-        f"  {curl} '{api}/api/v1/gpus?hostname={host}'",
-        f"  {curl} '{api}/api/v1/gpus/{uuid}/telemetry?metric=DCGM_FI_DEV_GPU_UTIL&limit=5'",
-        f"  {admin} describe-group collectors",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def run(a: argparse.Namespace) -> int:
     """Start everything, wait for Ctrl-C or a death, stop everything."""
     for port in ports_of(a):
@@ -370,23 +369,26 @@ def run(a: argparse.Namespace) -> int:
 
         tls = secure.ensure(a.data_dir)
     comps = plan(a, tls)
-    out = threading.Lock()
+    console = Console.for_stdout(os.environ.get("GPUTEL_LOG_FORMAT", ""), a.verbose)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    reporter = None
     try:
         for i, c in enumerate(comps):
-            start(c, COLOURS[i % len(COLOURS)], out)
-        with out:
-            print(banner(a, csv_path(a), tls), flush=True)
+            start(c, COLOURS[i % len(COLOURS)], console)
+        status.wait_for_data(a, stop, tls)
+        console.banner(banner(a, csv_path(a), executable("walbroker"), tls), **urls(a))
+        reporter = status.reporter(a, console, tls)
+        if reporter is not None:
+            reporter.start()
         finished: set[str] = set()
         while not stop.wait(0.5):
             done = [c for c in comps if c.finishes and c.proc and c.proc.poll() == 0]
             for c in done:
                 if c.name not in finished:
                     finished.add(c.name)
-                    with out:
-                        print(f"gputel-up: {c.name} finished its passes", flush=True)
+                    console.say(f"gputel-up: {c.name} finished its passes")
             dead = [
                 c for c in comps
                 if c.proc is not None and c.proc.poll() is not None and c not in done
@@ -399,6 +401,8 @@ def run(a: argparse.Namespace) -> int:
                 )
         return 0
     finally:
+        if reporter is not None:
+            reporter.stop()
         stop_all(comps)
 
 

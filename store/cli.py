@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 
 from store import StoreError, open_store
+from walbroker import flags
 
 PROG = "gputel-store"
 
@@ -30,10 +32,10 @@ def _parser() -> argparse.ArgumentParser:
         "backfill-catalog", help="build the GPU catalog from the stored telemetry (one-off)"
     )
     backfill.add_argument("--store", required=True, help="sqlite:PATH or influx")
-    backfill.add_argument("--influx-url", default=None, help="default: GPUTEL_INFLUX_URL")
-    backfill.add_argument("--influx-org", default=None, help="default: GPUTEL_INFLUX_ORG")
-    backfill.add_argument("--influx-bucket", default=None, help="default: GPUTEL_INFLUX_BUCKET")
-    return p
+    backfill.add_argument("--influx-url", default=None, help="InfluxDB URL")
+    backfill.add_argument("--influx-org", default=None, help="InfluxDB organisation")
+    backfill.add_argument("--influx-bucket", default=None, help="InfluxDB bucket")
+    return flags.finish(p, os.environ, "GPUTEL_STORE_")  # the flag convention of every command
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""`gputel-streamer`: stream a DCGM CSV into walbroker as a member of a producer group.
+"""`gputel-streamer`: a DCGM CSV or live dcgm-exporters into walbroker, in a producer group.
 
 Exit codes: 0 when finished (`--passes`) or stopped by SIGTERM/SIGINT after a clean
 flush; 1 when the CSV is unusable, a batch is refused for good, or shutdown could not
@@ -17,8 +17,11 @@ from prometheus_client import REGISTRY
 
 from gputel.probes import ProbeServer
 from streamer.config import ConfigError, StreamerConfig, parse_config
+from streamer.metrics import ScrapeMetrics
 from streamer.runner import Streamer
+from streamer.scraping import ScrapeStreamer
 from streamer.source import SourceError, check_header, new_metrics
+from streamer.targets import TargetsError, split_dns_specs
 from walbroker import logs
 from walbroker.loops import LoopCrashed
 
@@ -30,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return _fail(str(exc), 2)
     logs.setup("streamer", config.log_level)
-    streamers: list[Streamer] = []  # the probes answer before the CSV is parsed
+    streamers: list[Streamer | ScrapeStreamer] = []  # the probes answer before streaming
     endpoints = None
     if config.metrics_listen:
         try:
@@ -44,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(f"--metrics-listen {config.metrics_listen}: {exc}", 1)
     try:
         return _stream(config, streamers)
-    except SourceError as exc:
+    except (SourceError, TargetsError) as exc:
         return _fail(str(exc), 1)
     except LoopCrashed as exc:
         return _fail(f"stopping: {exc}", 3)
@@ -53,10 +56,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             endpoints.stop()
 
 
-def _stream(config: StreamerConfig, streamers: list[Streamer]) -> int:
-    """Stream the CSV until finished or signalled."""
-    check_header(config.csv)  # a file that cannot be streamed fails before connecting
-    streamer = Streamer(config, new_metrics(REGISTRY))
+def _stream(config: StreamerConfig, streamers: list[Streamer | ScrapeStreamer]) -> int:
+    """Stream the CSV, or scrape the targets, until finished or signalled."""
+    streamer: Streamer | ScrapeStreamer
+    if config.scraping:
+        split_dns_specs(config.targets_dns)  # a malformed NAME:PORT fails before connecting
+        streamer = ScrapeStreamer(config, new_metrics(REGISTRY), ScrapeMetrics(REGISTRY))
+    else:
+        check_header(config.csv)  # a file that cannot be streamed fails before connecting
+        streamer = Streamer(config, new_metrics(REGISTRY))
     streamers.append(streamer)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: streamer.stop())

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from walbroker import flags
 from walbroker.credentials import (
     ClientSecurity,
     add_client_security_args,
@@ -48,12 +49,25 @@ class StreamerConfig:
     linger_ms: int = 20
     max_pending_points: int = 200_000
     source_cache_bytes: int = 64 * 1024 * 1024
+    # Scrape mode (any of these set): live dcgm-exporter targets instead of the CSV.
+    scrape: tuple[str, ...] = ()
+    targets_file: str = ""
+    targets_dns: tuple[str, ...] = ()
+    scrape_interval_s: float = 10.0
+    scrape_timeout_s: float = 5.0
+    scrape_concurrency: int = 64
     time_mode: str = "processing"
     metrics_listen: str = "127.0.0.1:9102"
     commit_interval_s: float = 1.0
     session_timeout_ms: int = 10_000
     shutdown_timeout_s: float = 20.0
     log_level: str = "INFO"
+
+    @property
+    def scraping(self) -> bool:
+        """True in scrape mode (targets given), False when streaming the CSV."""
+        return bool(self.scrape or self.targets_file or self.targets_dns)
+
     # Token file and TLS files for the broker (walbroker.credentials).
     security: ClientSecurity = field(default_factory=ClientSecurity)
 
@@ -68,7 +82,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     p.add_argument("--broker", default=e("BROKER"), help="broker HOST:PORT (required)")
     p.add_argument("--csv", default=e("CSV", "/data/dcgm.csv"), help="DCGM exporter CSV file")
-    p.add_argument("--topic", default=e("TOPIC", "telemetry"))
+    p.add_argument("--topic", default=e("TOPIC", "telemetry"), help="walbroker topic to publish to")
     p.add_argument("--group", default=e("GROUP", "streamers"), help="producer group name")
     loop = p.add_mutually_exclusive_group()
     loop.add_argument("--passes", type=int, default=None, help="passes over the file (default 1)")
@@ -78,14 +92,21 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     pace.add_argument(
         "--pass-interval", type=float, default=None, help="seconds between pass starts"
     )
-    p.add_argument("--batch-size", type=int, default=e("BATCH_SIZE", "2000"))
+    p.add_argument(
+        "--batch-size", type=int, default=e("BATCH_SIZE", "2000"), help="points per published batch"
+    )
     p.add_argument(
         "--linger-ms",
         type=int,
         default=e("LINGER_MS", "20"),
         help="producer linger; rows go out in whole chunks of --batch-size, so none lingers",
     )
-    p.add_argument("--max-pending-points", type=int, default=e("MAX_PENDING_POINTS", "200000"))
+    p.add_argument(
+        "--max-pending-points",
+        type=int,
+        default=e("MAX_PENDING_POINTS", "200000"),
+        help="points published but not yet acknowledged before the streamer waits",
+    )
     p.add_argument(
         "--source-cache-mb",
         type=float,
@@ -93,6 +114,29 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="memory for parsed rows reused by later passes, 24 bytes a row; a larger "
         "file is read again each pass (0: always read)",
     )
+    scrape = p.add_argument_group("scrape mode (live dcgm-exporter targets instead of --csv)")
+    scrape.add_argument(
+        "--scrape", action="append", default=None, metavar="URL",
+        help="a target's metrics URL (repeatable)",
+    )  # fmt: skip
+    scrape.add_argument(
+        "--targets-file", default=e("TARGETS_FILE", ""),
+        help="Prometheus file_sd file (JSON or YAML), re-read when it changes",
+    )  # fmt: skip
+    scrape.add_argument(
+        "--targets-dns", action="append", default=None, metavar="NAME:PORT",
+        help="scrape every address of NAME (e.g. a headless Service), re-resolved each interval",
+    )  # fmt: skip
+    scrape.add_argument("--scrape-interval-s", type=float, default=e("SCRAPE_INTERVAL_S", "10"))
+    scrape.add_argument(
+        "--scrape-timeout-s", type=float, default=e("SCRAPE_TIMEOUT_S"),
+        help="a scrape slower than this fails (reason timeout); at most the interval "
+        "(default: 5, or the interval if shorter)",
+    )  # fmt: skip
+    scrape.add_argument(
+        "--scrape-concurrency", type=int, default=e("SCRAPE_CONCURRENCY", "64"),
+        help="scrapes in flight at once; a slow target holds one slot, never the others",
+    )  # fmt: skip
     p.add_argument(
         "--time",
         choices=TIME_MODES,
@@ -105,11 +149,22 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=e("METRICS_LISTEN", "127.0.0.1:9102"),
         help="HOST:PORT of /metrics, /healthz and /readyz ('' to disable)",
     )
-    p.add_argument("--commit-interval", type=float, default=e("COMMIT_INTERVAL", "1.0"))
-    p.add_argument("--session-timeout-ms", type=int, default=e("SESSION_TIMEOUT_MS", "10000"))
-    p.add_argument("--log-level", default=e("LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--commit-interval",
+        type=float,
+        default=e("COMMIT_INTERVAL", "1.0"),
+        help="seconds between heartbeats that report source progress",
+    )
+    p.add_argument(
+        "--session-timeout-ms",
+        type=int,
+        default=e("SESSION_TIMEOUT_MS", "10000"),
+        help="the group gives this streamer's GPUs away after this long without a heartbeat",
+    )
+    p.add_argument("--log-level", default=e("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING")
     add_client_security_args(p, env)
-    return p
+    # The loop and pace variables are resolved in _loop_and_pace: a flag of the other kind wins.
+    return flags.finish(p, env, ENV_PREFIX, own=("passes", "forever", "rate", "pass_interval"))
 
 
 def _number(env: Mapping[str, str], name: str, kind: type[int] | type[float]) -> float | None:
@@ -167,6 +222,16 @@ def parse_config(
         max_pending_points=a.max_pending_points,
         source_cache_bytes=int(float(a.source_cache_mb) * 1024 * 1024),
         time_mode=a.time,
+        scrape=tuple(a.scrape or _split(env.get(ENV_PREFIX + "SCRAPE", ""))),
+        targets_file=a.targets_file,
+        targets_dns=tuple(a.targets_dns or _split(env.get(ENV_PREFIX + "TARGETS_DNS", ""))),
+        scrape_interval_s=float(a.scrape_interval_s),
+        scrape_timeout_s=(
+            float(a.scrape_timeout_s)
+            if a.scrape_timeout_s is not None
+            else min(5.0, float(a.scrape_interval_s))
+        ),
+        scrape_concurrency=int(a.scrape_concurrency),
         metrics_listen=a.metrics_listen,
         commit_interval_s=a.commit_interval,
         session_timeout_ms=a.session_timeout_ms,
@@ -176,6 +241,11 @@ def parse_config(
     )
     validate(config)
     return config
+
+
+def _split(value: str) -> list[str]:
+    """A comma-separated env value as a list (empty items dropped)."""
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def validate(c: StreamerConfig) -> None:
@@ -189,6 +259,12 @@ def validate(c: StreamerConfig) -> None:
         (c.max_pending_points >= c.batch_size, "--max-pending-points must be >= --batch-size"),
         (c.source_cache_bytes >= 0, "--source-cache-mb must not be negative"),
         (c.time_mode in TIME_MODES, f"--time must be one of {', '.join(TIME_MODES)}"),
+        (c.scrape_interval_s > 0, "--scrape-interval-s must be positive"),
+        (
+            0 < c.scrape_timeout_s <= c.scrape_interval_s,
+            "--scrape-timeout-s must be positive and at most --scrape-interval-s",
+        ),
+        (c.scrape_concurrency >= 1, "--scrape-concurrency must be at least 1"),
         (c.commit_interval_s > 0, "--commit-interval must be positive"),
     ]
     for ok, message in checks:

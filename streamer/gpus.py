@@ -101,6 +101,10 @@ class GpuTable:
         )  # fmt: skip
         if gpu is None:
             return Unusable.NO_IDENTITY
+        return self.intern(gpu)
+
+    def intern(self, gpu: Gpu) -> int:
+        """The ordinal of `gpu` (equal descriptors and labels share one)."""
         key = (
             gpu.uuid, gpu.hostname, gpu.gpu, gpu.device, gpu.model, gpu.container, gpu.pod,
             gpu.namespace, tuple(sorted(gpu.labels.items())),

@@ -7,6 +7,7 @@ the registry it is given (the default registry in production, a fresh
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -80,3 +81,70 @@ class StreamerMetrics:
             "Passes over one partition's rows completed by this streamer.",
             registry=registry,
         )
+
+
+class ScrapeMetrics:
+    """Per-target scrape health (as Prometheus names its own) and skipped samples by reason."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.up = Gauge(
+            "gpu_telemetry_scrape_up",
+            "1 if the target's last scrape succeeded, 0 if it failed (targets this streamer owns).",
+            ["target"],
+            registry=registry,
+        )
+        self.duration = Gauge(
+            "gpu_telemetry_scrape_duration_seconds",
+            "Seconds the target's last scrape took.",
+            ["target"],
+            registry=registry,
+        )
+        self.samples = Gauge(
+            "gpu_telemetry_scrape_samples",
+            "Samples of the target's last scrape that were published.",
+            ["target"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "gpu_telemetry_scrape_errors",
+            "Failed scrapes by target and reason (timeout, connection, http_status, too_large).",
+            ["target", "reason"],
+            registry=registry,
+        )
+        self.skipped = Counter(
+            "gpu_telemetry_scrape_skipped",
+            "Scheduled scrapes not started, by reason: busy (the target's previous scrape was "
+            "still running) or late (the loop reached the tick after the next one had passed).",
+            ["target", "reason"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "gpu_telemetry_scrape_samples_rejected",
+            "Samples skipped by reason (no_gpu, value_not_finite, bad_labels, ...).",
+            ["reason"],
+            registry=registry,
+        )
+        self.targets = Gauge(
+            "gpu_telemetry_scrape_targets",
+            "Targets known (discovered) and owned (scraped by this streamer).",
+            ["state"],
+            registry=registry,
+        )
+        self.scrape_seconds = Histogram(
+            "gpu_telemetry_scrape_seconds",
+            "Seconds a scrape took, every target (failed ones included, up to the timeout).",
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.scrape_lag = Histogram(
+            "gpu_telemetry_scrape_start_delay_seconds",
+            "Seconds a scrape started after its scheduled tick (scheduling and worker wait).",
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+
+    def forget(self, target: str) -> None:
+        """Drop a target's series (it moved to another streamer or went away)."""
+        for gauge in (self.up, self.duration, self.samples):
+            with contextlib.suppress(KeyError):
+                gauge.remove(target)

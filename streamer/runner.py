@@ -238,7 +238,7 @@ class Streamer:
         next_finish_check = 0.0
         while not self._stop.is_set():
             if self.member.failure is not None:
-                raise self.member.failure  # the group refused our credentials
+                raise self.member.failure  # credentials refused, or its io loop crashed
             self._follow_group()
             sent = self._scan() if self.own.connected else 0
             if sent or self._stop.is_set():

@@ -2,7 +2,8 @@
 
 Exit codes: 0 ok, 1 other broker error, 2 usage error (bad flags or a request the
 broker calls INVALID_ARGUMENT), 3 unknown topic or group, 4 broker unreachable,
-5 refused (UNAUTHENTICATED or PERMISSION_DENIED: check --token-file).
+5 refused (UNAUTHENTICATED or PERMISSION_DENIED: check --token-file; FAILED_PRECONDITION: e.g.
+deleting a topic or group with live members).
 Errors are one line on stderr, never a traceback.
 """
 
@@ -24,13 +25,21 @@ from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
 from walbroker.client import channel, error_from_rpc
 from walbroker.credentials import add_client_security_args, client_security_from_args
 from walbroker.errors import BrokerError, Code
+from walbroker.flags import TRUE_WORDS
 
 DEFAULT_BROKER = "127.0.0.1:7070"
+DEFAULT_TIMEOUT_S = 5.0
+ENV_BROKER, ENV_JSON, ENV_TIMEOUT = (
+    "GPUTEL_BROKER_ADDRESS",
+    "GPUTEL_ADMIN_JSON",
+    "GPUTEL_ADMIN_TIMEOUT_S",
+)
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNREACHABLE, EXIT_REFUSED = 1, 2, 3, 4, 5
 _EXIT_BY_CODE = {
     Code.UNAUTHENTICATED: EXIT_REFUSED,
     Code.PERMISSION_DENIED: EXIT_REFUSED,
     Code.INVALID_ARGUMENT: EXIT_USAGE,
+    Code.FAILED_PRECONDITION: EXIT_REFUSED,
     Code.NOT_FOUND: EXIT_NOT_FOUND,
     Code.UNAVAILABLE: EXIT_UNREACHABLE,
     Code.DEADLINE_EXCEEDED: EXIT_UNREACHABLE,
@@ -66,13 +75,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--broker",
         default=argparse.SUPPRESS,
-        help=f"HOST:PORT of the broker (env GPUTEL_BROKER_ADDRESS, default {DEFAULT_BROKER})",
+        help=f"HOST:PORT of the broker (default: {DEFAULT_BROKER}; env {ENV_BROKER})",
     )
     p.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help=f"machine-readable output, exact numbers (default: off; env {ENV_JSON})",
     )
     p.add_argument(
-        "--timeout-s", type=float, default=argparse.SUPPRESS, help="per-call deadline (5)"
+        "--timeout-s",
+        type=float,
+        default=argparse.SUPPRESS,
+        help=f"per-call deadline (default: {DEFAULT_TIMEOUT_S:g}; env {ENV_TIMEOUT})",
     )
     add_client_security_args(p, suppress=True)
 
@@ -93,12 +108,23 @@ def add_admin_args(p: argparse.ArgumentParser) -> None:
     cmd(
         "describe-group", "one group: members, per partition committed offset and lag"
     ).add_argument("group")
+    c = cmd("create-topic", "create a topic (nothing changes if it exists)")
+    c.add_argument("topic")
+    c.add_argument(
+        "--partitions", type=int, default=0, help="partition count (default: the broker's)"
+    )
+    d = cmd("delete-topic", "delete a topic and everything stored under it")
+    d.add_argument("topic")
+    d.add_argument("--force", action="store_true", help="even while groups on it have live members")
+    cmd("delete-group", "forget a group and its committed offsets (no live members)").add_argument(
+        "group"
+    )
     r = cmd("reset-offsets", "move a group's committed offsets (live members follow)")
     _group_topic(r)
     to = r.add_mutually_exclusive_group(required=True)
     to.add_argument("--to-earliest", action="store_true", help="the log start offset")
     to.add_argument("--to-latest", action="store_true", help="the log end offset (skip all)")
-    to.add_argument("--to-offset", type=offset, metavar="N")
+    to.add_argument("--to-offset", type=offset, metavar="N", help="this offset")
     to.add_argument(
         "--to-datetime",
         type=iso_datetime_ns,
@@ -109,14 +135,19 @@ def add_admin_args(p: argparse.ArgumentParser) -> None:
     r = cmd("replay", "re-deliver a group's data from an offset or a time (a reset)")
     _group_topic(r)
     frm = r.add_mutually_exclusive_group(required=True)
-    frm.add_argument("--from-earliest", action="store_true")
-    frm.add_argument("--from-offset", type=offset, metavar="N")
-    frm.add_argument("--from-datetime", type=iso_datetime_ns, metavar="ISO8601")
+    frm.add_argument("--from-earliest", action="store_true", help="the log start offset")
+    frm.add_argument("--from-offset", type=offset, metavar="N", help="this offset")
+    frm.add_argument(
+        "--from-datetime",
+        type=iso_datetime_ns,
+        metavar="ISO8601",
+        help="first record published at or after this time (UTC if no offset given)",
+    )
 
 
 def _group_topic(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--group", required=True)
-    p.add_argument("--topic", required=True)
+    p.add_argument("--group", required=True, help="the consumer group")
+    p.add_argument("--topic", required=True, help="the topic whose offsets move")
     p.add_argument(
         "--partition",
         dest="partitions",
@@ -134,8 +165,10 @@ def _group_topic(p: argparse.ArgumentParser) -> None:
 
 def run(a: argparse.Namespace) -> int:
     """Run one admin command; print its output; return the exit code."""
-    address = getattr(a, "broker", "") or os.environ.get("GPUTEL_BROKER_ADDRESS", DEFAULT_BROKER)
-    as_json = bool(getattr(a, "json", False))
+    address = getattr(a, "broker", "") or os.environ.get(ENV_BROKER, DEFAULT_BROKER)
+    # The common flags default to SUPPRESS (see _common), so their variables are read here.
+    as_json = bool(getattr(a, "json", os.environ.get(ENV_JSON, "").lower() in TRUE_WORDS))
+    timeout_s = float(getattr(a, "timeout_s", os.environ.get(ENV_TIMEOUT) or DEFAULT_TIMEOUT_S))
     call, render = _COMMANDS[a.admin_command]
     try:
         ch = channel(address, client_security_from_args(a))
@@ -144,7 +177,7 @@ def run(a: argparse.Namespace) -> int:
         return EXIT_USAGE
     with ch:
         try:
-            resp = call(apb_grpc.AdminStub(ch), a, float(getattr(a, "timeout_s", 5.0)))
+            resp = call(apb_grpc.AdminStub(ch), a, timeout_s)
         except grpc.RpcError as exc:
             return _fail(error_from_rpc(exc, ch), address)
     print(json.dumps(to_json(resp), indent=2) if as_json else render(resp))
@@ -200,6 +233,20 @@ def _reset(s: Any, a: argparse.Namespace, t: float) -> Message:
     return s.ResetOffsets(req, timeout=t)  # type: ignore[no-any-return]
 
 
+def _create_topic(s: Any, a: argparse.Namespace, t: float) -> Message:
+    req = apb.CreateTopicRequest(topic=a.topic, partitions=a.partitions)
+    return s.CreateTopic(req, timeout=t)  # type: ignore[no-any-return]
+
+
+def _delete_topic(s: Any, a: argparse.Namespace, t: float) -> Message:
+    req = apb.DeleteTopicRequest(topic=a.topic, force=a.force)
+    return s.DeleteTopic(req, timeout=t)  # type: ignore[no-any-return]
+
+
+def _delete_group(s: Any, a: argparse.Namespace, t: float) -> Message:
+    return s.DeleteGroup(apb.DeleteGroupRequest(group=a.group), timeout=t)  # type: ignore[no-any-return]
+
+
 def _first(a: argparse.Namespace, *names: str) -> int | None:
     values = [getattr(a, n, None) for n in names]
     return next((v for v in values if v is not None), None)
@@ -240,8 +287,18 @@ def fmt_time(ns: int) -> str:
     return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def human_bytes(n: int) -> str:
+    """A byte count for people: 512 B, 1.5 KiB, 8.0 GiB (exact numbers are in --json)."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _render_topics(resp: Any) -> str:
-    head = ["TOPIC", "PARTITIONS", "LOG START", "LOG END", "BYTES", "OLDEST", "NEWEST"]
+    head = ["TOPIC", "PARTITIONS", "LOG START", "LOG END", "SIZE", "OLDEST", "NEWEST"]
     return table(head, [_topic_row(t) for t in resp.topics])
 
 
@@ -251,20 +308,20 @@ def _topic_row(t: Any) -> list[object]:
         t.partitions,
         t.log_start_offset,
         t.log_end_offset,
-        t.size_bytes,
+        human_bytes(t.size_bytes),
         fmt_time(t.first_publish_ns),
         fmt_time(t.last_publish_ns),
     ]
 
 
 def _render_topic(resp: Any) -> str:
-    head = ["PARTITION", "LOG START", "LOG END", "BYTES", "OLDEST", "NEWEST"]
+    head = ["PARTITION", "LOG START", "LOG END", "SIZE", "OLDEST", "NEWEST"]
     rows = [
         [
             p.partition,
             p.log_start_offset,
             p.log_end_offset,
-            p.size_bytes,
+            human_bytes(p.size_bytes),
             fmt_time(p.first_publish_ns),
             fmt_time(p.last_publish_ns),
         ]
@@ -275,7 +332,17 @@ def _render_topic(resp: Any) -> str:
 
 
 def _render_groups(resp: Any) -> str:
-    head = ["GROUP", "TOPIC", "ROLE", "STATE", "GENERATION", "MEMBERS", "LAG", "LAG SECONDS"]
+    head = [
+        "GROUP",
+        "TOPIC",
+        "ROLE",
+        "STATE",
+        "GENERATION",
+        "MEMBERS",
+        "LAG",
+        "LAG SECONDS",
+        "NOTE",
+    ]
     return table(head, [_group_row(g) for g in resp.groups])
 
 
@@ -289,13 +356,22 @@ def _group_row(g: Any) -> list[object]:
         g.members,
         g.lag_points,
         f"{g.lag_seconds:.1f}",
+        "idle: retention ignores it" if g.ignored_by_retention else "",
     ]
 
 
 def _render_group(resp: Any) -> str:
     members = table(
-        ["MEMBER", "CLIENT", "PARTITIONS"],
-        [[m.member_id, m.client_id, ",".join(map(str, m.partitions)) or "-"] for m in resp.members],
+        ["MEMBER", "CLIENT", "HOST", "PARTITIONS"],
+        [
+            [
+                m.member_id,
+                m.client_id or "-",
+                m.host or "-",
+                ",".join(map(str, m.partitions)) or "-",
+            ]
+            for m in resp.members
+        ],
     )
     head = ["TOPIC", "PARTITION", "OWNER", "COMMITTED", "LOG END", "LAG", "LAG SECONDS"]
     rows = [
@@ -343,7 +419,23 @@ def _clamp_notes(resp: Any) -> list[str]:
     ]
 
 
+def _render_created(resp: Any) -> str:
+    verb = "created" if resp.created else "exists already (unchanged)"
+    return f"topic {resp.topic.name} {verb}: {resp.topic.partitions} partition(s)"
+
+
+def _render_deleted_topic(resp: Any) -> str:
+    return f"topic {resp.topic} deleted: {resp.freed_bytes} bytes freed from the disk budget"
+
+
+def _render_deleted_group(resp: Any) -> str:
+    return f"group {resp.group} deleted: {resp.offsets_deleted} committed offset(s) removed"
+
+
 _COMMANDS: dict[str, tuple[Call, Callable[[Any], str]]] = {
+    "create-topic": (_create_topic, _render_created),
+    "delete-topic": (_delete_topic, _render_deleted_topic),
+    "delete-group": (_delete_group, _render_deleted_group),
     "topics": (_topics, _render_topics),
     "describe-topic": (_describe_topic, _render_topic),
     "groups": (_groups, _render_groups),

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -229,8 +231,15 @@ def rule_of(method: str) -> tuple[tuple[str, ...], str]:
 class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """Authenticates every call but health, and authorizes it (module docstring)."""
 
-    def __init__(self, access: Access) -> None:
+    def __init__(self, access: Access, log_per_s: float = 20.0) -> None:
         self.access = access
+        # A stranger hammering the port must not fill the disk with log lines: at most
+        # `log_per_s` refusal lines a second per reason; the rest are counted (metric) and
+        # summed up in the next line's `suppressed`.
+        self._log_interval_s = 1.0 / log_per_s
+        self._next_log: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._log_lock = threading.Lock()
 
     def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = continuation(details)
@@ -259,6 +268,13 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     ) -> None:
         """Count and log a refusal (principal and peer), for the caller's eyes only the code."""
         self.access.failures.labels(f.reason).inc()
+        with self._log_lock:
+            now = time.monotonic()
+            if now < self._next_log.get(f.reason, 0.0):
+                self._suppressed[f.reason] = self._suppressed.get(f.reason, 0) + 1
+                return
+            self._next_log[f.reason] = now + self._log_interval_s
+            suppressed = self._suppressed.pop(f.reason, 0)
         log.warning(
             "call refused",
             extra={
@@ -268,6 +284,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 "method": method,
                 "principal": principal.name if principal else None,
                 "peer": context.peer(),
+                "suppressed": suppressed,
             },
         )
 

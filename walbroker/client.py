@@ -58,7 +58,9 @@ def error_from_rpc(exc: grpc.RpcError, ch: grpc.Channel | None = None) -> Broker
     """The BrokerError of a failed call (UNAVAILABLE when the broker is unreachable).
 
     Given the call's channel, a plaintext connection closed during the handshake is checked:
-    when the broker answers TLS, the error is TlsMismatch (retrying cannot help).
+    when the broker answers TLS, the error is TlsMismatch (retrying cannot help). And an
+    UNAUTHENTICATED call whose token file has changed since is Unavailable (retry: the
+    client's token was rotated while a stream was open).
     """
     code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
@@ -68,6 +70,9 @@ def error_from_rpc(exc: grpc.RpcError, ch: grpc.Channel | None = None) -> Broker
             if key == "retry-after-ms":
                 retry_after = int(value)
     number = code.value[0] if code is not None else Code.INTERNAL
+    bearer = _BEARER.get(ch) if ch is not None else None
+    if number == Code.UNAUTHENTICATED and bearer is not None and bearer.rotated():
+        return Unavailable("the token was rotated; reconnecting with the new one")
     target = _PLAINTEXT.get(ch) if ch is not None else None
     if (
         target
@@ -84,8 +89,10 @@ def error_from_rpc(exc: grpc.RpcError, ch: grpc.Channel | None = None) -> Broker
     )
 
 
-# Plaintext channels and their targets, to explain a TLS broker closing on them.
+# Plaintext channels and their targets, to explain a TLS broker closing on them; and the
+# token interceptor of each channel, to tell a revoked token from a rotated one.
 _PLAINTEXT: weakref.WeakKeyDictionary[grpc.Channel, str] = weakref.WeakKeyDictionary()
+_BEARER: weakref.WeakKeyDictionary[grpc.Channel, BearerToken] = weakref.WeakKeyDictionary()
 
 
 def _closed_in_handshake(details: str | None) -> bool:
@@ -114,7 +121,9 @@ def channel(target: str, security: ClientSecurity | None = None) -> grpc.Channel
     else:
         ch = grpc.insecure_channel(target, options=options)
     if sec.token_file is not None:
-        ch = grpc.intercept_channel(ch, BearerToken(TokenSource(sec.token_file)))
+        bearer = BearerToken(TokenSource(sec.token_file))
+        ch = grpc.intercept_channel(ch, bearer)
+        _BEARER[ch] = bearer
     if not sec.tls:
         _PLAINTEXT[ch] = target
     return ch

@@ -112,7 +112,8 @@ class Consumer:
         self.assignment: Assignment | None = None
         self.last_error: BrokerError | None = None
         # Set when the broker refused our credentials: the loop has stopped; poll raises it.
-        self.failure: AccessError | None = None
+        # Why the member stopped for good: credentials refused, or its io loop crashed.
+        self.failure: AccessError | LoopCrashed | None = None
         self._channel = channel(target, security)
         self._cond = threading.Condition()
         self._queue: deque[Message] = deque()
@@ -143,6 +144,8 @@ class Consumer:
         """The io loop died: fail waiting commits, wake `poll`, fail every later call."""
         with self._cond:
             self._crash = crash
+            if self.failure is None:
+                self.failure = crash
             self._cond.notify_all()
         for fut in list(self._commits.values()):
             if not fut.done():

@@ -105,7 +105,8 @@ class TokenSource:
         self.token()  # ValueError now if the file is unusable
 
     def token(self) -> str:
-        """The current token; ValueError if the file is missing or empty."""
+        """The current token; a file that is missing or empty for a moment (being replaced)
+        keeps the last one. ValueError only when there never was a usable token."""
         with self._lock:
             try:
                 st = os.stat(self.path)
@@ -113,12 +114,13 @@ class TokenSource:
                 if stamp != self._stamp:
                     text = self.path.read_text(encoding="utf-8").strip()
                     token = text.splitlines()[0].strip() if text else ""
-                    if not token:
-                        raise ValueError(f"token file {self.path} is empty")
-                    self._token, self._stamp = token, stamp
+                    if token:
+                        self._token, self._stamp = token, stamp
             except OSError as exc:
                 if not self._token:
                     raise ValueError(f"token file {self.path}: {exc.strerror}") from None
+            if not self._token:
+                raise ValueError(f"token file {self.path} is empty")
             return self._token
 
 
@@ -141,9 +143,19 @@ class BearerToken(
 
     def __init__(self, source: TokenSource) -> None:
         self.source = source
+        self.sent = ""  # the token of the latest call
+
+    def rotated(self) -> bool:
+        """True if the token file now holds another token than the latest call carried
+        (a refusal of that call is then worth a retry with the new one)."""
+        try:
+            return self.source.token() != self.sent
+        except ValueError:
+            return False
 
     def _with_token(self, d: Any) -> Any:
-        metadata = [*(d.metadata or ()), ("authorization", f"Bearer {self.source.token()}")]
+        self.sent = self.source.token()
+        metadata = [*(d.metadata or ()), ("authorization", f"Bearer {self.sent}")]
         details = _Details(d.method, d.timeout, metadata, d.credentials, d.wait_for_ready,
                            d.compression)  # fmt: skip
         return _ClientCallDetails(*details)

@@ -90,7 +90,10 @@ def security_from_args(a: argparse.Namespace) -> SecurityConfig:
 
 
 def is_loopback(listen: str) -> bool:
-    """True if HOST of HOST:PORT only reaches this machine (every address it resolves to)."""
+    """True if HOST of HOST:PORT only reaches this machine (every address it resolves to);
+    a unix:PATH socket is local too."""
+    if listen.startswith("unix:"):
+        return True
     host = listen.rpartition(":")[0].strip("[]")
     if not host:
         return False

@@ -38,6 +38,7 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {
     "networkpolicy": (["external-secret.yaml", "networkpolicy.yaml"], []),
     "scaled": (["external-secret.yaml", "scaled.yaml"], []),
     "minimal": (["external-secret.yaml", "minimal.yaml"], []),
+    "scrape": (["external-secret.yaml", "scrape.yaml"], []),
 }
 
 

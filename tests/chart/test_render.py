@@ -138,7 +138,9 @@ def test_broker_statefulset_pvc_headless_service_grpc_probes(
         assert "--retention-policy=drop-oldest" in c["args"]
         assert "--retention-bytes=40000000000" in c["args"]
         assert "--partitions=64" in c["args"] and "--fsync=interval" in c["args"]
+        assert "--topic=telemetry:64" in c["args"]
     else:
+        assert "--topic=telemetry:16" in c["args"] and "--topic=telemetry.dlq:4" in c["args"]
         assert "storageClassName" not in claim["spec"]
 
 
@@ -186,6 +188,28 @@ def test_components_get_their_commands_and_broker_address(chart: Chart) -> None:
         assert "command" not in c, "the image's tini entrypoint must stay PID 1"
         if component != "gateway":
             assert f"--broker={name('broker')}:7070" in c["args"]
+
+
+def test_streamer_in_scrape_mode_scrapes_the_exporters_and_may_reach_them(chart: Chart) -> None:
+    r = chart.render("scrape")
+    (c,) = r.get("Deployment", name("streamer"))["spec"]["template"]["spec"]["containers"]
+    args = c["args"]
+    assert "--targets-dns=nvidia-dcgm-exporter.gpu-operator.svc.cluster.local:9400" in args
+    assert "--scrape=http://10.0.0.7:9400/metrics" in args
+    assert {"--scrape-interval-s=15", "--scrape-timeout-s=4", "--scrape-concurrency=64"} <= set(
+        args
+    )
+    assert not any(a.startswith("--csv") for a in args)
+    policy = r.get("NetworkPolicy", name("streamer"))
+    ports = [p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])]
+    assert 9400 in ports
+    (c,) = chart.render("external-secret").get("Deployment", name("streamer"))["spec"][
+        "template"]["spec"]["containers"]  # fmt: skip
+    assert not any(a.startswith("--scrape") or a.startswith("--targets") for a in c["args"])
+    failed = chart.template(
+        ["external-secret.yaml"], ["streamer.mode=scrape"], ["--set", "streamer.scrape.dns=null"]
+    )
+    assert failed.returncode != 0 and "needs streamer.scrape.dns" in failed.stderr
 
 
 def _env(container: dict) -> dict[str, dict]:

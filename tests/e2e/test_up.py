@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import shlex
 import signal
@@ -34,35 +35,46 @@ def free_block(size: int = 40) -> int:
     raise RuntimeError("no free block of ports")
 
 
-def up(tmp_path, *args: str) -> subprocess.Popen[str]:
+def up(tmp_path, *args: str, log_format: str | None = None) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k != "GPUTEL_LOG_FORMAT"}
+    if log_format:
+        env["GPUTEL_LOG_FORMAT"] = log_format
     return subprocess.Popen(
         [str(BIN / "gputel-up"), "--data-dir", str(tmp_path / "var"), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         cwd=tmp_path,
+        env=env,
     )
+
+
+def ports(base: int) -> list[str]:
+    return ["--port", str(base), "--broker-port", str(base + 1), "--metrics-port", str(base + 2)]
+
+
+def read_until(proc, lines: list[str], done) -> None:
+    while not done(lines):
+        line = proc.stdout.readline()
+        assert line, "gputel-up ended early:\n" + "".join(lines)
+        lines.append(line)
+
+
+def stop(proc) -> str:
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, rest
+    assert "gputel-up: stopped" in rest
+    return rest
 
 
 def test_up_runs_every_component_serves_data_and_stops_on_ctrl_c(tmp_path):
+    """Not on a terminal: every line is JSON, status records come, Ctrl-C stops it all."""
     base = free_block()
-    proc = up(
-        tmp_path,
-        "--port",
-        str(base),
-        "--broker-port",
-        str(base + 1),
-        "--metrics-port",
-        str(base + 2),
-        "--pass-interval",
-        "1",
-    )
+    proc = up(tmp_path, *ports(base), "--pass-interval", "1", "--status-interval-s", "1")
     lines: list[str] = []
     try:
-        while "gputel is up" not in "".join(lines):
-            line = proc.stdout.readline()
-            assert line, "gputel-up ended before it was up:\n" + "".join(lines)
-            lines.append(line)
+        read_until(proc, lines, lambda ls: any('"gputel is up' in line for line in ls))
         api = f"http://127.0.0.1:{base}"
 
         def gpus() -> list:
@@ -70,8 +82,23 @@ def test_up_runs_every_component_serves_data_and_stops_on_ctrl_c(tmp_path):
             return json.loads(body)["gpus"] if status == 200 else []
 
         assert wait_until(lambda: len(gpus()) == 255, 60), "the sample's 255 GPUs never arrived"
-        for prefix in ("broker |", "collector-0 |", "gateway |", "streamer-0 |"):
-            assert any(prefix in line for line in lines), prefix
+
+        def flowing(ls: list[str]) -> bool:
+            docs = [json.loads(line) for line in ls if '"pipeline"' in line]
+            return any(
+                d["pipeline"]["stored_per_s"] > 0 and d["pipeline"]["store"] == "ready"
+                for d in docs
+                if d.get("component") == "gputel-up"
+            )
+
+        read_until(proc, lines, flowing)
+        docs = [json.loads(line) for line in lines]  # every line is one JSON object
+        components = {d.get("component") for d in docs}
+        assert {"walbroker", "collector", "gateway", "streamer", "gputel-up"} <= components
+        status_doc = next(d for d in docs if "pipeline" in d)
+        assert (
+            status_doc["msg"].startswith("status: ") and "points/s published" in status_doc["msg"]
+        )
         out = subprocess.run(
             [
                 str(BIN / "walbroker"),
@@ -87,15 +114,42 @@ def test_up_runs_every_component_serves_data_and_stops_on_ctrl_c(tmp_path):
         )
         assert out.returncode == 0 and "collectors" in out.stdout
     finally:
-        proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, rest
-    assert "gputel-up: stopped" in rest
+        rest = stop(proc)
     time.sleep(0.5)
     for port in (base, base + 1, base + 3):  # gateway, broker, broker metrics: nobody listens
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
             s.bind(("127.0.0.1", port))
+    assert rest is not None
+
+
+def test_text_banner_comes_last_and_its_examples_work_as_printed(tmp_path):
+    """In text: after the banner only status lines (and warnings), and each example runs."""
+    base = free_block()
+    proc = up(
+        tmp_path, *ports(base), "--pass-interval", "1", "--status-interval-s", "1",
+        log_format="text",
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        read_until(proc, lines, lambda ls: sum(line.startswith("status: ") for line in ls) >= 3)
+        at = next(i for i, line in enumerate(lines) if line.startswith("gputel is up"))
+        assert any(" | " in line for line in lines[:at]), "start-up logs come before the banner"
+        after = [line for line in lines[at:] if " | " in line]
+        assert not [line for line in after if " INFO " in line], after
+        examples = [line.strip() for line in lines[at:] if line.startswith("  curl ")]
+        examples += [line.strip() for line in lines[at:] if " admin --broker " in line]
+        assert len(examples) == 4, lines[at:]
+        for command in examples:
+            out = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0 and out.stdout.strip(), (command, out.stderr)
+            assert (
+                "DCGM_FI_DEV_GPU_UTIL" in out.stdout
+                or "uuid" in out.stdout
+                or ("collectors" in out.stdout and "HOST" in out.stdout)
+            ), (command, out.stdout)
+    finally:
+        stop(proc)
 
 
 def test_port_in_use_and_missing_csv_are_one_line_errors(tmp_path):
@@ -103,15 +157,7 @@ def test_port_in_use_and_missing_csv_are_one_line_errors(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", base))
         busy.listen()
-        p = up(
-            tmp_path,
-            "--port",
-            str(base),
-            "--broker-port",
-            str(base + 1),
-            "--metrics-port",
-            str(base + 2),
-        )
+        p = up(tmp_path, *ports(base))
         out, _ = p.communicate(timeout=30)
     assert p.returncode == 1
     assert (
@@ -175,7 +221,8 @@ def test_import_once_at_source_time_round_trips_through_the_api(tmp_path):
 def test_up_secure_runs_over_tls_with_a_token_per_component(tmp_path):
     base = free_block()
     proc = up(tmp_path, "--secure", "--port", str(base), "--broker-port", str(base + 1),
-              "--metrics-port", str(base + 2), "--pass-interval", "1")  # fmt: skip
+              "--metrics-port", str(base + 2), "--pass-interval", "1",
+              log_format="text")  # fmt: skip
     lines: list[str] = []
     secure_dir = tmp_path / "var" / "secure"
     try:
@@ -208,6 +255,10 @@ def test_up_secure_runs_over_tls_with_a_token_per_component(tmp_path):
             return json.loads(body)["gpus"] if status == 200 else []
 
         assert wait_until(lambda: len(gpus()) == 255, 90), "the sample's 255 GPUs never arrived"
+        # The web view's pipeline relay reads the broker with its own read-only principal.
+        assert get("/ui/api/pipeline", None)[0] == 401
+        status, body = get("/ui/api/pipeline", token)
+        assert status == 200 and json.loads(body)["topics"][0]["topic"]["name"] == "telemetry"
         # The admin command the banner shows works as printed; without credentials it does not.
         admin_line = next(ln for ln in lines if "walbroker admin" in ln and "describe-group" in ln)
         argv = shlex.split(admin_line.strip())
@@ -228,3 +279,35 @@ def test_up_secure_runs_over_tls_with_a_token_per_component(tmp_path):
         rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, rest
     assert "gputel-up: stopped" in rest
+
+
+def test_scrape_demo_shows_the_live_path(tmp_path):
+    """`gputel-up --scrape-demo 3`: fake exporters scraped live, their GPUs in the API."""
+    base = free_block(50)
+    proc = up(tmp_path, "--port", str(base), "--broker-port", str(base + 1), "--metrics-port",
+              str(base + 2), "--scrape-demo", "3", "--scrape-interval", "1")  # fmt: skip
+    lines: list[str] = []
+    try:
+        while "gputel is up" not in "".join(lines):
+            line = proc.stdout.readline()
+            assert line, "gputel-up ended before it was up:\n" + "".join(lines)
+            lines.append(line)
+        api = f"http://127.0.0.1:{base}/api/v1"
+
+        def gpus() -> list:
+            status, body = http_get(f"{api}/gpus")
+            return json.loads(body)["gpus"] if status == 200 else []
+
+        assert wait_until(lambda: len(gpus()) == 24, 60), "the demo's 24 GPUs never arrived"
+        assert {g["hostname"] for g in gpus()} == {"demo-0000", "demo-0001", "demo-0002"}
+        uuid = gpus()[0]["uuid"]
+
+        def scrapes() -> int:
+            status, body = http_get(f"{api}/gpus/{uuid}/telemetry?metric=DCGM_FI_DEV_GPU_UTIL")
+            return len(json.loads(body)["points"]) if status == 200 else 0
+
+        assert wait_until(lambda: scrapes() >= 3, 30)  # a new scrape every second
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, rest

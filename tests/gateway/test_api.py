@@ -139,8 +139,27 @@ def test_metric_filter_repeatable(client) -> None:
     assert body["metrics"] == [UTIL]
     body = client.get(f"{TELEMETRY}?metric={UTIL}&metric={TEMP}&limit=2").get_json()
     assert keys(body["points"]) == [(format_time(T0), TEMP), (format_time(T0), UTIL)]
-    body = client.get(f"{TELEMETRY}?metric=DCGM_FI_DEV_NOT_THERE").get_json()
-    assert body["points"] == []
+
+
+def test_unknown_metric_is_a_400_listing_the_known_ones(client) -> None:
+    resp = client.get(f"{TELEMETRY}?metric={UTIL}&metric=DCGM_FI_DEV_GPU_UTILL")
+    assert resp.status_code == 400
+    assert resp.mimetype == "application/problem+json"
+    body = resp.get_json()
+    assert body["parameter"] == "metric"
+    assert "'DCGM_FI_DEV_GPU_UTILL'" in body["detail"] and UTIL in body["detail"]
+    assert body["known_metrics"] == sorted(METRICS)
+    # a metric that arrives later is known at once (the app asks the store again on a miss)
+    assert client.get(f"{TELEMETRY}?metric={UTIL}").status_code == 200
+
+
+def test_a_plus_sent_unencoded_gets_a_hint_to_url_encode_it(client) -> None:
+    resp = client.get(f"{TELEMETRY}?start_time=2024-05-01T12:00:00+02:00")
+    assert resp.status_code == 400
+    detail = resp.get_json()["detail"]
+    assert "URL-encode it as %2B" in detail and detail.startswith("start_time:")
+    ok = client.get(f"{TELEMETRY}?start_time=2024-05-01T12:00:00%2B02:00")
+    assert ok.status_code == 200
 
 
 def test_downsampling(client) -> None:

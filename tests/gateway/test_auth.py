@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -26,6 +28,7 @@ from tests.fixtures.broker import free_port
 from tests.fixtures.process import ManagedProcess
 from tests.fixtures.secure import Credentials
 from tests.gateway import data
+from tests.support import wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -141,3 +144,40 @@ def test_non_loopback_bind_without_auth_and_tls_is_refused(tmp_path: Path) -> No
     )  # fmt: skip
     assert out.returncode == 2
     assert "refuses to listen" in out.stderr and "authentication and TLS" in out.stderr
+
+
+def test_token_file_changes_apply_without_restart(
+    gateway: SecureGateway, creds: Credentials
+) -> None:
+    token = creds.add("dashboards", "read")
+    assert wait_until(lambda: gateway.get("/api/v1/hosts", token=token)[0] == 200, 10)
+    creds.lines = [ln for ln in creds.lines if not ln.startswith("dashboards ")]
+    creds.save()
+    assert wait_until(lambda: gateway.get("/api/v1/hosts", token=token)[0] == 401, 10)
+
+
+def test_sighup_serves_a_renewed_certificate_without_restart(
+    gateway: SecureGateway, creds: Credentials
+) -> None:
+    """gunicorn's workers hold their TLS context; SIGHUP replaces them with fresh ones."""
+    pid = gateway.proc.pid if gateway.proc else 0
+    renewed = creds.ca.issue("broker", ["127.0.0.1", "localhost"])
+    creds.server_cert.write_bytes(renewed.cert_pem)
+    creds.server_key.write_bytes(renewed.key_pem)
+    wanted = ssl.PEM_cert_to_DER_cert(renewed.cert_pem.decode())
+
+    def served() -> bytes:
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as raw,
+                gateway.ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+            ):
+                return tls.getpeercert(binary_form=True) or b""
+        except OSError:  # workers restarting
+            return b""
+
+    assert gateway.proc is not None
+    gateway.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: served() == wanted, 30)
+    assert gateway.get("/healthz")[0] == 200
+    assert gateway.proc is not None and gateway.proc.pid == pid and gateway.running

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway import cursor
+from tests.gateway import data
 from tests.gateway.test_api import TELEMETRY, problem
 
 TOO_LONG = "x" * 300
@@ -47,7 +48,9 @@ def test_telemetry_400(client, query: str, parameter: str, detail: str) -> None:
 
 def test_cursor_of_another_query_is_400(client) -> None:
     page = client.get(f"{TELEMETRY}?limit=1").get_json()
-    body = problem(client.get(f"{TELEMETRY}?limit=1&metric=X&cursor={page['next_cursor']}"), 400)
+    body = problem(
+        client.get(f"{TELEMETRY}?limit=1&metric={data.UTIL}&cursor={page['next_cursor']}"), 400
+    )
     assert "different query" in body["detail"]
     forged = cursor.encode(["not-a-time", 5], cursor.fingerprint("x"))
     problem(client.get(f"{TELEMETRY}?cursor={forged}"), 400)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from gateway.times import format_time
 from store.catalog import gpu_key
 from tests.gateway import data
@@ -96,3 +98,28 @@ def test_page_bytes_match_the_stored_points(fresh, fresh_client) -> None:
         "source_time": format_time(t1 - S),
     }
     assert (served[1]["metric"], served[1]["value"]) == ('a,metric "quoted"', 0.1 + 0.2)
+
+
+@pytest.mark.parametrize("limit", [3, 5, 10])
+def test_a_downsampled_page_never_hands_out_a_cursor_to_an_empty_page(client, limit) -> None:
+    """The data ends long before end_time: the page holding the last window ends the paging."""
+    args = {
+        "every": "1s",
+        "metric": data.UTIL,
+        "limit": str(limit),
+        "start_time": format_time(data.T0),
+        "end_time": format_time(data.T0 + 3600 * data.S),
+    }
+    url = f"/api/v1/gpus/{data.GPUS[0].uuid}/telemetry"
+    seen, pages, cursor_ = [], 0, None
+    while True:
+        body = client.get(
+            url, query_string={**args, **({"cursor": cursor_} if cursor_ else {})}
+        ).get_json()
+        assert body["points"], f"page {pages + 1} is empty"
+        seen += body["points"]
+        pages += 1
+        cursor_ = body["next_cursor"]
+        if cursor_ is None:
+            break
+    assert len(seen) == len(data.TIMES) and pages == -(-len(data.TIMES) // limit)

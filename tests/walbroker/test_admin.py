@@ -22,6 +22,7 @@ from proto.gen import walbroker_pb2 as pb
 from proto.gen import walbroker_pb2_grpc as pb_grpc
 from tests.support import wait_until
 from tests.walbroker.helpers import decode, drain, encode, item
+from walbroker.admin_cli import human_bytes
 from walbroker.cli import main
 from walbroker.client import channel
 from walbroker.consumer import Consumer
@@ -102,6 +103,13 @@ class LiveGroup:
             c.close()
 
 
+def test_sizes_for_people():
+    sizes = (0, 1023, 1024, 1536, 5 * 1024**2, 8 * 1024**3, 3 * 1024**5)
+    assert [human_bytes(n) for n in sizes] == [
+        "0 B", "1023 B", "1.0 KiB", "1.5 KiB", "5.0 MiB", "8.0 GiB", "3072.0 TiB"
+    ]  # fmt: skip
+
+
 def test_replay_from_earliest_redelivers_to_live_consumers_without_restart(broker, capsys):
     for r in range(3):
         publish_round(broker.address, r)
@@ -129,6 +137,14 @@ def test_replay_from_earliest_redelivers_to_live_consumers_without_restart(broke
         assert wait_until(caught_up, 20, 0.2)
         doc = admin_json(capsys, broker, "describe-group", "live")
         assert {m["member_id"] for m in doc["members"]} == members  # nobody restarted
+        assert {m["host"] for m in doc["members"]} == {"127.0.0.1"}
+        rc, out, _ = admin(capsys, broker, "describe-group", "live")
+        head = next(line for line in out.splitlines() if line.startswith("MEMBER"))
+        assert head.split() == ["MEMBER", "CLIENT", "HOST", "PARTITIONS"]
+        assert sum(" 127.0.0.1 " in line for line in out.splitlines()) == 2
+        rc, out, _ = admin(capsys, broker, "topics")
+        sizes = [t["size_bytes"] for t in admin_json(capsys, broker, "topics")["topics"]]
+        assert rc == 0 and "SIZE" in out and all(f"  {human_bytes(n)}  " in out for n in sizes)
         assert committed(doc) == {p: 30 for p in range(4)}
         assert doc["group"]["state"] == "stable"
     finally:

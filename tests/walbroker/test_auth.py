@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -50,7 +51,7 @@ def creds(tmp_path: Path) -> Credentials:
 @pytest.fixture
 def secured(creds: Credentials, broker_factory: Callable[..., BrokerProcess]) -> BrokerProcess:
     """A broker with tokens (plaintext: the matrix is about authorization, TLS is tested apart)."""
-    b = broker_factory("--partitions", "2", *creds.broker_args(tls=False))
+    b = broker_factory("--partitions", "2", "--auto-create-topics", *creds.broker_args(tls=False))
     b.start()
     # Data to look at: a topic with a record, and a group with a committed offset.
     with Producer(b.address, "telemetry", lambda xs: b"x" * len(xs),
@@ -89,17 +90,24 @@ def publish(ch: grpc.Channel, token: str | None, topic: str = "telemetry", group
 
 def join(ch: grpc.Channel, token: str | None, group: str, topic: str = "telemetry",
          role: int = pb.CONSUMER) -> Any:  # fmt: skip
+    """Join and return the first answer (the assignment); the stream stays open until then."""
     call = ch.stream_stream(
         "/walbroker.v1.Broker/Consume",
         request_serializer=pb.ConsumeRequest.SerializeToString,
         response_deserializer=pb.ConsumeResponse.FromString,
     )
-    first = pb.ConsumeRequest(join=pb.Join(group=group, topic=topic, role=role, client_id="t"))
-    responses = call(iter([first, pb.ConsumeRequest(leave=pb.Leave())]), metadata=meta(token),
-                     timeout=10)  # fmt: skip
-    resp = next(iter(responses))
-    responses.cancel()
-    return resp
+    answered = threading.Event()
+
+    def requests() -> Iterator[pb.ConsumeRequest]:
+        yield pb.ConsumeRequest(join=pb.Join(group=group, topic=topic, role=role, client_id="t"))
+        answered.wait(10)
+
+    responses = call(requests(), metadata=meta(token), timeout=10)
+    try:
+        return next(iter(responses))
+    finally:
+        answered.set()
+        responses.cancel()
 
 
 def unary(
@@ -219,7 +227,9 @@ def test_scopes(tmp_path: Path, broker_factory: Callable[..., BrokerProcess]) ->
     creds.add("collector", "consume,produce", "consume:topic=telemetry",
               "consume:group=collectors", "produce:topic=telemetry.dlq")  # fmt: skip
     creds.add("viewer", "read", "group=coll*", "topic=tele*")
-    b = broker_factory("--partitions", "2", *creds.broker_args(tls=False)).start()
+    b = broker_factory(
+        "--partitions", "2", "--auto-create-topics", *creds.broker_args(tls=False)
+    ).start()
     root = creds.tokens["root"]
     with grpc.insecure_channel(b.address) as ch:
         for topic in ("telemetry", "telemetry.dlq", "secret"):
@@ -265,7 +275,9 @@ def _write_keeping_stamp(path: Path, text: str) -> None:
 def test_rotation_and_revocation_without_restart(
     creds: Credentials, broker_factory: Callable[..., BrokerProcess]
 ) -> None:
-    b = broker_factory("--partitions", "2", *creds.broker_args(tls=False)).start()
+    b = broker_factory(
+        "--partitions", "2", "--auto-create-topics", *creds.broker_args(tls=False)
+    ).start()
     pid = b.proc.pid if b.proc else 0
     old = creds.tokens["only-produce"]
     with grpc.insecure_channel(b.address) as ch:
@@ -322,7 +334,7 @@ def test_exposure_rule(caplog: pytest.LogCaptureFixture) -> None:
     from walbroker.security import ExposureError, check_exposure, is_loopback
 
     assert is_loopback("127.0.0.1:7070") and is_loopback("[::1]:7070")
-    assert is_loopback("localhost:7070")
+    assert is_loopback("localhost:7070") and is_loopback("unix:/run/gputel.sock")
     assert not is_loopback("0.0.0.0:7070") and not is_loopback("[::]:7070")
     assert not is_loopback(":7070") and not is_loopback("10.1.2.3:7070")
     check_exposure("walbroker", "127.0.0.1:1", False, False, False)  # zero-config loopback
@@ -332,3 +344,56 @@ def test_exposure_rule(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("WARNING"):
         check_exposure("walbroker", "0.0.0.0:1", False, False, True)
     assert "INSECURE" in caplog.text
+
+
+def test_client_token_rotation_keeps_an_open_stream_going(
+    creds: Credentials, broker_factory: Callable[..., BrokerProcess]
+) -> None:
+    """Rotate as docs/security.md says: add the new token, hand it to the client, revoke the
+    old one. The client's open stream is cut by the revocation and resumes with the new token
+    read from its file: nothing fails, nothing is lost or stored twice."""
+    b = broker_factory("--topic", "telemetry:2", *creds.broker_args(tls=False)).start()
+    sec = creds.client("only-produce", tls=False)
+    old = creds.tokens["only-produce"]
+    p = Producer(b.address, "telemetry", lambda xs: b"x" * len(xs), security=sec).start()
+    try:
+        for i in range(100):
+            p.send(f"gpu-{i % 7}", i)
+        p.flush(10)
+        new = creds.add("only-produce", "produce")
+        creds.token_path("only-produce")  # the client's file now holds the new token
+        creds.lines = [ln for ln in creds.lines if hash_token(old) not in ln]
+        creds.save()
+        with grpc.insecure_channel(b.address) as ch:
+            assert wait_until(lambda: outcome(lambda: publish(ch, old)) == "UNAUTHENTICATED", 10)
+            assert outcome(lambda: publish(ch, new)) == OK
+        for i in range(100, 200):
+            p.send(f"gpu-{i % 7}", i)
+        p.flush(30)
+        assert p.stats.acked_points == 200 and p.stats.failed_points == 0
+        assert p.stats.reconnects >= 1, "the stream under the old token should have been cut"
+    finally:
+        p.close(timeout_s=5)
+
+
+def test_a_flood_of_refusals_is_counted_but_not_logged_line_by_line(
+    secured: BrokerProcess,
+) -> None:
+    def failures() -> float:
+        text = urllib.request.urlopen(secured.metrics_url, timeout=5).read().decode()
+        m = re.search(r'auth_failures_total\{reason="missing_token"\} (\S+)', text)
+        return float(m.group(1)) if m else 0.0
+
+    before, lines_before = failures(), secured.log_text().count("call refused")
+    with grpc.insecure_channel(secured.address) as ch:
+        for _ in range(300):
+            assert outcome(lambda: unary(ch, "/walbroker.v1.Broker/Metadata",
+                                         pb.MetadataRequest(), pb.MetadataResponse, None)) == (
+                "UNAUTHENTICATED"
+            )  # fmt: skip
+        time.sleep(0.1)
+        outcome(lambda: publish(ch, None))  # one more, after the interval: logged with the sum
+    assert failures() - before == 301
+    logged = secured.log_text().count("call refused") - lines_before
+    assert 1 <= logged < 100, logged
+    assert re.search(r'"suppressed": [1-9]', secured.log_text())

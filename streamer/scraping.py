@@ -1,0 +1,397 @@
+"""Scrape mode: live dcgm-exporter targets, each scraped by exactly one live streamer.
+
+Targets come from `streamer.targets` (URLs, file_sd, DNS). A target belongs to a partition
+(`partition_for_key(url)`), and the producer group gives each streamer a share of the
+partitions, so each target is scraped by the one streamer that owns its partition — the
+same cooperative handover and epoch fencing as the CSV mode (`streamer.ownership`): a
+streamer that loses a partition stops scheduling its targets, flushes, and releases it;
+one that is killed is fenced once its session timeout gives the partition away, so a
+scrape is stored at most once. A target's points go to its partition (a GPU is on one
+target, so its points stay in order).
+
+Schedule: target T is scraped at ticks `k x interval + offset(T)` of the wall clock
+(offset: a hash of the URL, spreading targets over the interval). Every streamer uses the
+same ticks, so a target that moves continues its rhythm: the gap in its series is at most
+one interval plus the scrape timeout on a cooperative handover, plus the session timeout
+when its streamer died. A tick is skipped (counted) while the target's previous scrape is
+still running.
+
+Concurrency: scrapes run on a pool of `--scrape-concurrency` threads (I/O-bound), each
+bounded by `--scrape-timeout-s`; a dead or hanging target holds one slot for at most the
+timeout and never delays the others. Parsing and publishing happen on the loop's thread
+(one `GpuTable`, one producer caller). All samples of one scrape share one timestamp: the
+exporter's own sample time when it gives one (the newest), else the scrape's start; it
+is the points' time and source time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import queue
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from proto.gen import walbroker_pb2 as pb
+from streamer.config import StreamerConfig
+from streamer.encode import encode_rows
+from streamer.exposition import SampleReject, label_map, samples
+from streamer.gpus import GpuTable, describe_gpu
+from streamer.labels import LabelsError
+from streamer.metrics import ScrapeMetrics, StreamerMetrics
+from streamer.ownership import Ownership, PartitionState
+from streamer.scraper import Fetcher, Page, ScrapeError
+from streamer.targets import TargetSet
+from walbroker.consumer import Consumer
+from walbroker.errors import AccessError, BrokerError
+from walbroker.inflight import Batch
+from walbroker.producer import Producer
+from walbroker.types import partition_for_key
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_S = 0.05
+_BAD_LABELS, _NO_GPU = -1, -2
+LABEL_CACHE_MAX = 10_000  # label texts remembered per target
+
+
+@dataclass(eq=False)
+class Target:
+    """One scrape target as the scheduler sees it."""
+
+    url: str
+    partition: int
+    offset_s: float
+    next_tick: float | None = None
+    busy: bool = False
+    grant: PartitionState | None = None  # the grant its next scrape is published under
+    gpu_of: dict[str, int] = field(default_factory=dict)  # label text -> GPU ordinal
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Rows of one partition's finished scrapes, on their way into one batch."""
+
+    grant: PartitionState
+    gpus: list[int] = field(default_factory=list)
+    metrics: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    times: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """A finished scrape, handed from a worker to the loop."""
+
+    target: Target
+    grant: PartitionState
+    tick: float
+    page: Page | None
+    error: ScrapeError | None
+
+
+class ScrapeStreamer:
+    """Scrapes the targets of the partitions this streamer owns and publishes the samples."""
+
+    def __init__(
+        self,
+        config: StreamerConfig,
+        metrics: StreamerMetrics,
+        scrape_metrics: ScrapeMetrics,
+        targets: TargetSet | None = None,
+    ) -> None:
+        self.config, self.metrics, self.sm = config, metrics, scrape_metrics
+        self.targets = targets or TargetSet(
+            config.scrape, config.targets_file, config.targets_dns,
+            on_error=lambda source: scrape_metrics.errors.labels(source, "discovery").inc(),
+        )  # fmt: skip
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.producer: Producer[object] = Producer(
+            config.broker, config.topic, batch_size=config.batch_size,
+            linger_ms=config.linger_ms, max_pending_points=config.max_pending_points,
+            on_ack=self._on_ack, on_backpressure=lambda _exc: metrics.backpressure.inc(),
+            security=config.security,
+        )  # fmt: skip
+        self.member = Consumer(
+            config.broker, config.group, config.topic, role="producer",
+            session_timeout_ms=config.session_timeout_ms,
+            on_revoke=self._on_revoke, on_assignment=lambda _a: self._wake.set(),
+            security=config.security,
+        )  # fmt: skip
+        self.own = Ownership(
+            self.member, self.producer.flush,
+            track=lambda p, epoch, progress: self.producer.track(p, config.group, epoch, progress),
+            untrack=self.producer.untrack,
+        )  # fmt: skip
+        self.table = GpuTable(lambda _uuid: 0)  # partitions follow targets, not GPUs
+        self.metric_names: list[str] = []
+        self._metric: dict[str, int] = {}
+        self._targets: dict[str, Target] = {}
+        self._done: queue.SimpleQueue[_Done] = queue.SimpleQueue()
+        self._pool = ThreadPoolExecutor(config.scrape_concurrency, thread_name_prefix="scrape")
+        self._fetcher = Fetcher(config.scrape_timeout_s)
+        self._partitions = 0
+        self._started = False
+        metrics.batch_pending.set_function(lambda: self.producer.pending_points)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask `run` to shut down gracefully (safe from a signal handler or another thread)."""
+        self._stop.set()
+        self._wake.set()
+
+    def ready(self) -> bool:
+        """True once joined to the group and connected, until shutdown starts."""
+        return self._started and self.own.connected and not self._stop.is_set()
+
+    def run(self) -> int:
+        """Scrape until stopped; return the process exit code."""
+        self.member.start()
+        try:
+            if self._connect():
+                self._loop()
+            return self._shutdown()
+        except BrokerError as exc:
+            log.error("publishing failed for good", extra={"code": exc.code.name,
+                                                             "reason": str(exc)})  # fmt: skip
+            self.member.close()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            with contextlib.suppress(TimeoutError, BrokerError):
+                self.producer.close(timeout_s=1)
+            return 1
+
+    def _connect(self) -> bool:
+        """Start the producer (learning the partition count); False if stopped first."""
+        while not self._stop.is_set():
+            try:
+                self.producer.start(timeout_s=5)
+                self._partitions = self.producer.partitions
+                self._started = True
+                log.info("scraping", extra={
+                    "topic": self.config.topic, "group": self.config.group,
+                    "interval_s": self.config.scrape_interval_s,
+                    "timeout_s": self.config.scrape_timeout_s,
+                    "concurrency": self.config.scrape_concurrency,
+                })  # fmt: skip
+                return True
+            except AccessError:
+                raise
+            except BrokerError as exc:
+                log.warning("broker not reachable; retrying", extra={"reason": str(exc)})
+        return False
+
+    def _shutdown(self) -> int:
+        """Stop scraping, flush, commit, leave the group; 0 if everything sent was committed."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        ok = self.own.shutdown(self.config.shutdown_timeout_s) if self._started else True
+        self.member.close()
+        try:
+            self.producer.close(timeout_s=1)
+        except TimeoutError:
+            ok = False
+        self._fetcher.close()
+        self.metrics.partitions_owned.set(0)
+        log.info("streamer stopped", extra={"clean": ok})
+        return 0 if ok else 1
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        next_refresh = next_commit = 0.0
+        while not self._stop.is_set():
+            if self.member.failure is not None:
+                raise self.member.failure
+            self.own.reconcile()
+            self.metrics.partitions_owned.set(len(self.own.active))
+            now = time.time()
+            if now >= next_refresh:
+                self._discover()
+                next_refresh = now + self.config.scrape_interval_s
+            soonest = self._schedule(now)
+            self._publish_done()
+            if self.own.connected and time.monotonic() >= next_commit:
+                self.own.commit()
+                next_commit = time.monotonic() + self.config.commit_interval_s
+            self._wake.wait(max(0.0, min(MAX_WAIT_S, soonest - time.time())))
+            self._wake.clear()
+
+    def _discover(self) -> None:
+        """Refresh the target set; keep the state of targets that stay."""
+        urls = self.targets.refresh()
+        interval = self.config.scrape_interval_s
+        fresh: dict[str, Target] = {}
+        for url in urls:
+            t = self._targets.get(url)
+            if t is None:
+                offset = (zlib.crc32(url.encode()) % 10_000) / 10_000 * interval
+                t = Target(url, partition_for_key(url, self._partitions), offset)
+            fresh[url] = t
+        for url in set(self._targets) - set(fresh):
+            self.sm.forget(url)
+        self._targets = fresh
+        self.sm.targets.labels("known").set(len(fresh))
+
+    def _schedule(self, now: float) -> float:
+        """Start every owned target's scrape that is due; return the next due tick."""
+        soonest = now + MAX_WAIT_S
+        owned = 0
+        active, states = self.own.active, self.own.states
+        for t in self._targets.values():
+            grant = states.get(t.partition) if t.partition in active else None
+            if grant is None:
+                if t.grant is not None:  # moved away: its series belong to the new owner
+                    t.grant, t.next_tick = None, None
+                    self.sm.forget(t.url)
+                continue
+            owned += 1
+            if grant is not t.grant:  # taken (again): continue the shared rhythm
+                t.grant, t.next_tick = grant, self._tick_after(t, now)
+            assert t.next_tick is not None
+            if now >= t.next_tick:
+                tick, t.next_tick = t.next_tick, self._tick_after(t, now)
+                missed = round((t.next_tick - tick) / self.config.scrape_interval_s) - 1
+                if missed > 0:  # the loop was late: ticks passed unscraped, counted as such
+                    self.sm.skipped.labels(t.url, "late").inc(missed)
+                if t.busy:
+                    self.sm.skipped.labels(t.url, "busy").inc()
+                else:
+                    t.busy = True
+                    self._pool.submit(self._scrape, t, grant, tick)
+            soonest = min(soonest, t.next_tick)
+        self.sm.targets.labels("owned").set(owned)
+        return soonest
+
+    def _tick_after(self, t: Target, now: float) -> float:
+        """The target's first tick strictly after `now`."""
+        interval = self.config.scrape_interval_s
+        return (math.floor((now - t.offset_s) / interval) + 1) * interval + t.offset_s
+
+    def _scrape(self, t: Target, grant: PartitionState, tick: float) -> None:
+        """Worker: fetch one page (never raises); hand the result to the loop."""
+        self.sm.scrape_lag.observe(max(0.0, time.time() - tick))
+        started = time.monotonic()
+        try:
+            done = _Done(t, grant, tick, self._fetcher.fetch(t.url), None)
+        except ScrapeError as exc:
+            done = _Done(t, grant, tick, None, exc)
+        except Exception as exc:
+            log.exception("scrape crashed", extra={"target": t.url})
+            done = _Done(t, grant, tick, None, ScrapeError("internal", repr(exc)))
+        self.sm.scrape_seconds.observe(time.monotonic() - started)
+        self._done.put(done)
+        self._wake.set()
+
+    # ---- publishing --------------------------------------------------------------------------
+
+    def _publish_done(self) -> None:
+        """Publish every finished scrape whose partition is still held under the same grant.
+
+        The scrapes that finished since the last call go out together: one batch per
+        partition (cut at whole scrapes near `--batch-size`), so a thousand targets a
+        second make tens of broker records, not a thousand.
+        """
+        pending: dict[int, _Pending] = {}
+        while True:
+            try:
+                d = self._done.get_nowait()
+            except queue.Empty:
+                break
+            d.target.busy = False
+            p = d.target.partition
+            if p not in self.own.active or self.own.states.get(p) is not d.grant:
+                continue  # the partition moved meanwhile: the new owner scrapes it
+            url = d.target.url
+            if d.page is None:
+                assert d.error is not None
+                self.sm.up.labels(url).set(0)
+                self.sm.errors.labels(url, d.error.reason).inc()
+                log.debug("scrape failed", extra={"target": url, "reason": str(d.error)})
+                continue
+            batch = pending.setdefault(p, _Pending(d.grant))
+            count = self._rows(d.target, d.page, batch)
+            self.sm.up.labels(url).set(1)
+            self.sm.duration.labels(url).set(d.page.duration_s)
+            self.sm.samples.labels(url).set(count)
+            if len(batch.values) >= self.config.batch_size:
+                self._send(p, pending.pop(p))
+        for p, batch in pending.items():
+            self._send(p, batch)
+
+    def _rows(self, t: Target, page: Page, into: _Pending) -> int:
+        """Append one page's samples to `into` (one timestamp for all); return how many."""
+        before = len(into.values)
+        newest_ms = 0
+        reject = self._reject
+        for name, labels, value, ts in samples(page.text, reject):
+            g = t.gpu_of.get(labels)
+            if g is None:
+                g = self._gpu(t, labels)
+            if g < 0:
+                reject(SampleReject.BAD_LABELS if g == _BAD_LABELS else SampleReject.NO_GPU)
+                continue
+            m = self._metric.get(name)
+            if m is None:
+                m = self._metric[name] = len(self.metric_names)
+                self.metric_names.append(name)
+            into.gpus.append(g)
+            into.metrics.append(m)
+            into.values.append(value)
+            if ts is not None and ts > newest_ms:
+                newest_ms = ts
+        count = len(into.values) - before
+        at = newest_ms * 1_000_000 if newest_ms else page.started_ns
+        into.times.extend([at] * count)
+        return count
+
+    def _send(self, p: int, batch: _Pending) -> None:
+        """Hand one partition's rows to the producer as one batch (waits under backpressure)."""
+        n = len(batch.values)
+        if not n:
+            return
+        payload = encode_rows(
+            self.table, self.metric_names, batch.gpus, batch.metrics, batch.times,
+            batch.values, batch.times,
+        )  # fmt: skip
+        while not self._stop.is_set():
+            try:
+                self.producer.send_batch(p, payload, n, 1.0)
+                batch.grant.sent += n
+                return
+            except TimeoutError:
+                continue  # backpressure: the pending bound holds the batch back
+
+    def _gpu(self, t: Target, labels: str) -> int:
+        """The GPU ordinal of a label text seen for the first time on this target."""
+        if len(t.gpu_of) >= LABEL_CACHE_MAX:
+            t.gpu_of.clear()
+        try:
+            found = label_map(labels)
+        except LabelsError:
+            t.gpu_of[labels] = _BAD_LABELS
+            return _BAD_LABELS
+        index = found.get("gpu", "")
+        gpu = None
+        if index.isascii() and index.isdigit() and int(index) < 2**32:
+            gpu = describe_gpu("", "", int(index), "", "", "", "", "", labels=found)
+        t.gpu_of[labels] = g = _NO_GPU if gpu is None else self.table.intern(gpu)
+        return g
+
+    def _reject(self, reason: SampleReject) -> None:
+        self.sm.rejected.labels(reason.value).inc()
+
+    # ---- group and producer callbacks --------------------------------------------------------
+
+    def _on_revoke(self, partitions: set[int]) -> None:
+        self.own.revoked(partitions)
+        self._wake.set()
+
+    def _on_ack(self, batch: Batch, ack: pb.PublishAck) -> None:
+        self.own.on_ack(batch.partition, batch.count)
+        self.metrics.published.inc(batch.count)
+        self.metrics.publish_latency.observe(time.monotonic() - batch.created)

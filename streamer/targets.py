@@ -1,0 +1,143 @@
+"""Where to scrape: static URLs, a Prometheus file_sd file, and DNS names, as one target set.
+
+- `--scrape URL` (repeatable): fixed targets.
+- `--targets-file FILE`: Prometheus file_sd, JSON or YAML (by content): a list of
+  `{"targets": ["host:port", ...], "labels": {...}}`; `__scheme__` and `__metrics_path__`
+  labels choose the URL's scheme and path (default `http` and `/metrics`). Re-read when
+  its modification time or size changes; a file that does not parse keeps the previous
+  targets (logged and counted), as Prometheus does.
+- `--targets-dns NAME:PORT` (repeatable): every A/AAAA record of NAME (e.g. a headless
+  Service of the GPU operator's dcgm-exporter), re-resolved on every `refresh`; a failed
+  lookup keeps the previous addresses.
+
+`TargetSet.refresh()` returns the current URLs (sorted, deduplicated). Not thread-safe:
+the scrape loop's thread calls it once per interval.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+Resolver = Callable[[str, int], list[str]]
+
+
+class TargetsError(ValueError):
+    """A targets file or DNS name that cannot be used."""
+
+
+def resolve(name: str, port: int) -> list[str]:
+    """Every address of `name` (A and AAAA), as `host:port` strings."""
+    infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+    out = set()
+    for family, _type, _proto, _canon, sockaddr in infos:
+        host = str(sockaddr[0])
+        out.add(f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}")
+    return sorted(out)
+
+
+def parse_file_sd(text: str) -> list[str]:
+    """The target URLs of a file_sd document (JSON or YAML); `TargetsError` if malformed."""
+    try:
+        groups = yaml.safe_load(text) if text.strip() else []  # JSON is YAML too
+    except yaml.YAMLError as exc:
+        raise TargetsError(f"not JSON or YAML: {exc}") from None
+    if groups is None:
+        return []
+    if not isinstance(groups, list):
+        raise TargetsError("a file_sd document is a list of target groups")
+    urls: list[str] = []
+    for g in groups:
+        if not isinstance(g, dict) or not isinstance(g.get("targets", []), list):
+            raise TargetsError(f"not a target group: {json.dumps(g)[:80]}")
+        labels = g.get("labels") or {}
+        if not isinstance(labels, dict):
+            raise TargetsError("labels must be a mapping")
+        scheme = str(labels.get("__scheme__", "http"))
+        path = str(labels.get("__metrics_path__", "/metrics"))
+        urls += [to_url(str(t), scheme, path) for t in g.get("targets", [])]
+    return urls
+
+
+def to_url(target: str, scheme: str = "http", path: str = "/metrics") -> str:
+    """A scrape URL from `host:port` (a full URL is kept as it is)."""
+    if "://" in target:
+        return target
+    if scheme not in ("http", "https"):
+        raise TargetsError(f"unsupported scheme {scheme!r}")
+    return f"{scheme}://{target}{path if path.startswith('/') else '/' + path}"
+
+
+def split_dns(spec: str) -> tuple[str, int]:
+    """`NAME:PORT` -> (NAME, PORT); `TargetsError` if malformed."""
+    name, sep, port = spec.rpartition(":")
+    if not sep or not name or not port.isdigit() or not 0 < int(port) < 65536:
+        raise TargetsError(f"--targets-dns wants NAME:PORT, got {spec!r}")
+    return name, int(port)
+
+
+def split_dns_specs(specs: Sequence[str]) -> list[tuple[str, int]]:
+    """Every `NAME:PORT` checked (`TargetsError` names the first malformed one)."""
+    return [split_dns(s) for s in specs]
+
+
+@dataclass
+class TargetSet:
+    """The union of static URLs, a file_sd file and DNS names (see module doc)."""
+
+    static: Sequence[str] = ()
+    file: str = ""
+    dns: Sequence[str] = ()
+    resolver: Resolver = resolve
+    on_error: Callable[[str], None] = lambda _source: None
+    _file_stamp: tuple[float, int] | None = None
+    _from_file: list[str] = field(default_factory=list)
+    _from_dns: dict[str, list[str]] = field(default_factory=dict)
+
+    def refresh(self) -> list[str]:
+        """Re-read the file if it changed and resolve the DNS names; the URLs now."""
+        if self.file:
+            self._read_file()
+        for spec in self.dns:
+            self._resolve(spec)
+        urls = set(self.static) | set(self._from_file)
+        for found in self._from_dns.values():
+            urls |= set(found)
+        return sorted(urls)
+
+    def _read_file(self) -> None:
+        try:
+            st = os.stat(self.file)
+            stamp = (st.st_mtime, st.st_size)
+            if stamp == self._file_stamp:
+                return
+            with open(self.file, encoding="utf-8") as f:
+                urls = parse_file_sd(f.read())
+        except (OSError, TargetsError) as exc:
+            log.warning("targets file unusable; keeping the previous targets",
+                        extra={"file": self.file, "reason": str(exc)})  # fmt: skip
+            self.on_error("file")
+            return
+        self._file_stamp, self._from_file = stamp, urls
+        log.info("targets file read", extra={"file": self.file, "targets": len(urls)})
+
+    def _resolve(self, spec: str) -> None:
+        name, port = split_dns(spec)
+        try:
+            found = [to_url(a) for a in self.resolver(name, port)]
+        except OSError as exc:
+            log.warning("DNS lookup failed; keeping the previous addresses",
+                        extra={"dns_name": name, "reason": str(exc)})  # fmt: skip
+            self.on_error("dns")
+            return
+        if found != self._from_dns.get(spec):
+            log.info("DNS targets", extra={"dns_name": name, "targets": len(found)})
+        self._from_dns[spec] = found

@@ -1,0 +1,143 @@
+"""Every flag of every command: help with its default and its variable, `--version` everywhere.
+
+The parsers are not listed by hand: each console script of the installed distribution is
+called and the parser it builds is captured, so a new command or flag is covered at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from walbroker import flags
+
+BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
+
+
+class _Captured(Exception):
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+
+
+def scripts() -> list[metadata.EntryPoint]:
+    found = [
+        e
+        for e in metadata.entry_points(group="console_scripts")
+        if e.dist and e.dist.name == "gputel"
+    ]
+    assert {e.name for e in found} >= {"walbroker", "gputel-up", "gputel-gateway"}
+    return sorted(found, key=lambda e: e.name)
+
+
+def built_parser(entry: metadata.EntryPoint, monkeypatch) -> argparse.ArgumentParser:
+    """The parser the command builds, caught when it starts parsing."""
+
+    def capture(self, *args, **kwargs):
+        raise _Captured(self)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", capture)
+    with pytest.raises(_Captured) as caught:
+        entry.load()([])
+    return caught.value.parser
+
+
+def walk(parser: argparse.ArgumentParser, path: str):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from walk(sub, f"{path} {name}")
+
+
+@pytest.mark.parametrize("entry", scripts(), ids=lambda e: e.name)
+def test_every_flag_says_its_default_and_variable(entry, monkeypatch):
+    parsers = list(walk(built_parser(entry, monkeypatch), entry.name))
+    checked = 0
+    for path, parser in parsers:
+        assert parser.description, f"{path}: no description"
+        assert any(isinstance(a, argparse._VersionAction) for a in parser._actions), path
+        for action in parser._actions:
+            if not action.option_strings or isinstance(
+                action, argparse._HelpAction | argparse._VersionAction
+            ):
+                continue
+            text = action.help or ""
+            flag = f"{path} {action.option_strings[-1]}"
+            assert "default" in text or "required" in text, f"{flag}: no default in {text!r}"
+            assert "env GPUTEL_" in text or "no env:" in text, f"{flag}: no variable in {text!r}"
+            checked += 1
+    assert checked >= 1, "no flag found: the parser was not captured"
+
+
+@pytest.mark.parametrize("entry", scripts(), ids=lambda e: e.name)
+def test_version_everywhere(entry):
+    out = subprocess.run(
+        [str(BIN / entry.name), "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"{entry.name} {metadata.version('gputel')}"
+
+
+def test_walbroker_serve_help_describes_the_broker():
+    out = subprocess.run(
+        [str(BIN / "walbroker"), "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert out.returncode == 0
+    assert "LMDB write-ahead log" in out.stdout
+    assert "(default: 16; env GPUTEL_BROKER_PARTITIONS)" in out.stdout
+
+
+def test_the_documented_variable_sets_the_default_and_a_flag_wins():
+    def build(env):
+        p = argparse.ArgumentParser(prog="x", description="d")
+        p.add_argument("--port", type=int, default=8080, help="a port")
+        p.add_argument("--fast", action="store_true", help="go")
+        p.add_argument("--tag", action="append", type=int, default=[])
+        p.add_argument("--influx-url", default="", help="url")
+        p.add_argument("--influx-token", default="", help="secret")
+        p.add_argument("--name", required=True)
+        return flags.finish(p, env, "GPUTEL_X_")
+
+    env = {
+        "GPUTEL_X_PORT": "9",
+        "GPUTEL_X_FAST": "yes",
+        "GPUTEL_X_TAG": "1,2",
+        "GPUTEL_INFLUX_URL": "http://i",
+        "GPUTEL_INFLUX_TOKEN": "s3cret",
+        "GPUTEL_X_NAME": "n",
+    }
+    a = build(env).parse_args([])
+    assert (a.port, a.fast, a.tag, a.influx_url, a.influx_token, a.name) == (
+        9,
+        True,
+        [1, 2],
+        "http://i",
+        "s3cret",
+        "n",
+    )
+    assert build(env).parse_args(["--port", "7"]).port == 7
+    assert build({}).parse_args(["--name", "m"]).fast is False
+    text = build(env).format_help()
+    assert "s3cret" not in text and "(default: hidden; env GPUTEL_INFLUX_TOKEN)" in text
+    assert "(default: 9; env GPUTEL_X_PORT)" in text
+    with pytest.raises(SystemExit):
+        build({}).parse_args([])  # --name is still required without its variable
+
+
+def test_gputel_up_reads_its_variables(monkeypatch):
+    from gputel import up
+
+    monkeypatch.setenv("GPUTEL_UP_PORT", "18080")
+    monkeypatch.setenv("GPUTEL_UP_STREAMERS", "3")
+    a = up.parse_args([])
+    assert (a.port, a.streamers) == (18080, 3)

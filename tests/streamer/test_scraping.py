@@ -1,0 +1,207 @@
+"""Scrape mode against fake dcgm-exporters in their own processes and a real broker.
+
+Each scrape of a target is 8 GPUs x 10 fields sharing one timestamp, so "every scrape
+stored once" is checked as: every (uuid, metric, time) appears once in the log, and every
+stored scrape (host, time) is complete (80 points).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+import zlib
+from collections import Counter, defaultdict
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.broker import free_port
+from tests.fixtures.process import ManagedProcess
+from tests.streamer.streaming import committed, owners, read_log
+from tests.support import wait_until
+
+EXPORTER = str(Path(sys.executable).with_name("gputel-fake-exporter"))
+INTERVAL_S, TIMEOUT_S = 1.0, 0.5
+
+
+class Exporter(ManagedProcess):
+    """`gputel-fake-exporter` serving `targets` nodes; its file_sd groups once it listens."""
+
+    def __init__(self, tmp: Path, name: str, targets: int) -> None:
+        self.name, self.sd = name, tmp / f"{name}.json"
+        super().__init__(
+            [EXPORTER, "--listen", "127.0.0.1:0", "--targets", str(targets),
+             "--prefix", name, "--targets-file", str(self.sd)],
+            tmp / f"{name}.log",
+        )  # fmt: skip
+        self.spawn()
+        assert wait_until(self.sd.exists, 15), self.log_text()
+        self.groups = json.loads(self.sd.read_text())
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+
+@pytest.fixture
+def exporters(tmp_path):
+    made: list[Exporter] = []
+
+    def make(name: str, targets: int) -> Exporter:
+        e = Exporter(tmp_path, name, targets)
+        made.append(e)
+        return e
+
+    yield make
+    for e in made:
+        if e.running:
+            e.signal(signal.SIGCONT)
+        e.kill()
+
+
+def write_sd(path: Path, groups: list) -> Path:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(groups))
+    os.replace(tmp, path)  # atomic, as a config reloader writes it
+    return path
+
+
+def scrape_args(broker, sd: Path, *extra: str) -> list[str]:
+    return ["--broker", broker.address, "--targets-file", str(sd),
+            "--scrape-interval-s", str(INTERVAL_S), "--scrape-timeout-s", str(TIMEOUT_S),
+            *extra]  # fmt: skip
+
+
+def logged_scrapes(broker) -> tuple[dict[tuple[str, int], int], list]:
+    """Points per stored scrape (host, time) and every logged point; duplicates asserted away."""
+    total = sum(committed(broker.address, "streamers", "telemetry").values())
+    logged = read_log(broker.address, "telemetry", total)
+    assert len(logged) == total
+    keys = Counter((e.point.gpu.uuid, e.point.metric, e.point.time_ns) for e in logged)
+    assert set(keys.values()) == {1}, "a scrape stored twice"
+    scrapes: dict[tuple[str, int], int] = Counter(
+        (e.point.gpu.hostname, e.point.time_ns) for e in logged
+    )
+    assert all(e.point.time_ns == e.point.source_time_ns for e in logged)
+    return scrapes, logged
+
+
+def times_by_host(scrapes: dict[tuple[str, int], int]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = defaultdict(list)
+    for host, t in scrapes:
+        out[host].append(t / 1e9)
+    return {h: sorted(ts) for h, ts in out.items()}
+
+
+def metric_value(port: int, name: str, **labels: str) -> float:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return -1.0
+
+
+def test_many_exporters_one_killed_one_hanging_the_others_keep_their_rhythm(
+    broker, streamer_process, exporters, tmp_path
+):
+    procs = [exporters(f"x{i}", 3) for i in range(4)]  # 12 targets, 96 GPUs
+    sd = write_sd(tmp_path / "targets.json", [g for e in procs for g in e.groups])
+    port = free_port()
+    s = streamer_process(*scrape_args(broker, sd), "--metrics-listen", f"127.0.0.1:{port}")
+    time.sleep(3.5)
+    dead, hung = procs[0], procs[1]
+    dead.kill()
+    hung.signal(signal.SIGSTOP)
+    stopped_at = time.time()
+    time.sleep(4.0)
+    dead_url = (
+        f"http://{dead.groups[0]['targets'][0]}{dead.groups[0]['labels']['__metrics_path__']}"
+    )
+    hung_url = (
+        f"http://{hung.groups[0]['targets'][0]}{hung.groups[0]['labels']['__metrics_path__']}"
+    )
+    live_url = f"http://{procs[2].groups[0]['targets'][0]}/targets/0/metrics"
+    assert metric_value(port, "gpu_telemetry_scrape_up", target=dead_url) == 0
+    assert metric_value(port, "gpu_telemetry_scrape_up", target=hung_url) == 0
+    assert metric_value(port, "gpu_telemetry_scrape_up", target=live_url) == 1
+    assert metric_value(port, "gpu_telemetry_scrape_errors_total", target=dead_url,
+                        reason="connection") >= 2  # fmt: skip
+    assert metric_value(port, "gpu_telemetry_scrape_errors_total", target=hung_url,
+                        reason="timeout") >= 2  # fmt: skip
+    assert metric_value(port, "gpu_telemetry_scrape_samples", target=live_url) == 80
+    assert s.terminate() == 0, s.log_text()
+    scrapes, _ = logged_scrapes(broker)
+    assert set(scrapes.values()) == {80}  # every stored scrape is whole: 8 GPUs x 10 fields
+    by_host = times_by_host(scrapes)
+    assert len(by_host) == 12
+    for e in procs[2:]:  # the live ones were never delayed by the dead or the hanging one
+        for i in range(3):
+            times = by_host[f"{e.name}-{i:04d}"]
+            gaps = [b - a for a, b in pairwise(times)]
+            assert len(times) >= 6 and max(gaps) <= INTERVAL_S + TIMEOUT_S, (times, gaps)
+    for e in (dead, hung):  # nothing after they died or hung (a scrape in flight at most)
+        for i in range(3):
+            assert max(by_host[f"{e.name}-{i:04d}"]) <= stopped_at + INTERVAL_S
+
+
+def test_kill_9_of_a_streamer_moves_its_targets_exactly_once_within_the_bound(
+    broker, streamer_process, exporters, tmp_path
+):
+    e = exporters("h", 10)
+    sd = write_sd(tmp_path / "targets.json", e.groups)
+    session_s = 2.0
+    args = scrape_args(broker, sd, "--session-timeout-ms", str(int(session_s * 1000)))
+    a, b = streamer_process(*args), streamer_process(*args)
+    live = lambda: set(owners(broker.address, "streamers").values())  # noqa: E731
+    assert wait_until(lambda: len(live() - {""}) == 2, 30)
+    time.sleep(3.0)
+    a.kill()  # kill -9: no hand-back; the group gives its partitions away after its session
+    killed_at = time.time()
+    assert wait_until(lambda: len(live()) == 1 and "" not in live(), 15)
+    time.sleep(3.0)
+    assert b.terminate() == 0, b.log_text()
+    scrapes, _ = logged_scrapes(broker)
+    assert set(scrapes.values()) == {80}
+    by_host = times_by_host(scrapes)
+    assert len(by_host) == 10
+    bound = session_s + INTERVAL_S + TIMEOUT_S + 1.0  # + the broker's session check period
+    for host, times in by_host.items():
+        gaps = [y - x for x, y in pairwise(times)]
+        assert max(gaps) <= bound, (host, gaps)
+        assert max(times) > killed_at + session_s  # every target scraped after the move
+    # One streamer at a time scrapes a target, once per tick (the ticks are shared by every
+    # streamer: k x interval + a hash of the URL): no tick scraped twice, before, during or
+    # after the move. A scrape's time is its request's start, a little after its tick.
+    for i in range(10):
+        url = f"http://{e.groups[i]['targets'][0]}{e.groups[i]['labels']['__metrics_path__']}"
+        offset = (zlib.crc32(url.encode()) % 10_000) / 10_000 * INTERVAL_S
+        ticks = [math.floor((t - offset) / INTERVAL_S) for t in by_host[f"h-{i:04d}"]]
+        assert len(ticks) == len(set(ticks)), (url, ticks)
+
+
+def test_file_sd_reload_adds_and_removes_targets(broker, streamer_process, exporters, tmp_path):
+    e = exporters("f", 4)
+    sd = write_sd(tmp_path / "targets.json", e.groups[:2])
+    s = streamer_process(*scrape_args(broker, sd))
+    assert wait_until(lambda: sum(committed(broker.address, "streamers", "telemetry").values())
+                      >= 2 * 80, 15)  # fmt: skip
+    write_sd(sd, e.groups[1:])  # f-0000 leaves, f-0002 and f-0003 arrive
+    changed_at = time.time()
+    time.sleep(3.5)
+    assert s.terminate() == 0, s.log_text()
+    by_host = times_by_host(logged_scrapes(broker)[0])
+    assert set(by_host) == {"f-0000", "f-0001", "f-0002", "f-0003"}
+    assert min(by_host["f-0002"]) <= changed_at + 2 * INTERVAL_S + TIMEOUT_S
+    assert max(by_host["f-0000"]) <= changed_at + INTERVAL_S + TIMEOUT_S
+    assert max(by_host["f-0001"]) > changed_at + 2 * INTERVAL_S  # kept, never interrupted

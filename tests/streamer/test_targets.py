@@ -1,0 +1,85 @@
+"""Target discovery: static URLs, file_sd (JSON and YAML, reloaded on change), DNS names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from streamer.targets import TargetsError, TargetSet, parse_file_sd, resolve, split_dns
+
+
+def test_file_sd_json_and_yaml_with_scheme_and_path() -> None:
+    doc = '[{"targets": ["10.0.0.1:9400", "10.0.0.2:9400"], "labels": {"job": "dcgm"}},'
+    doc += ' {"targets": ["h3:443"], "labels": {"__scheme__": "https", "__metrics_path__": "m"}}]'
+    expected = [
+        "http://10.0.0.1:9400/metrics", "http://10.0.0.2:9400/metrics", "https://h3:443/m",
+    ]  # fmt: skip
+    assert parse_file_sd(doc) == expected
+    yaml_doc = """
+- targets: [10.0.0.1:9400, 10.0.0.2:9400]
+  labels: {job: dcgm}
+- targets: ["h3:443"]
+  labels:
+    __scheme__: https
+    __metrics_path__: /m
+"""
+    assert parse_file_sd(yaml_doc) == expected
+    assert parse_file_sd("") == [] and parse_file_sd("[]") == []
+
+
+@pytest.mark.parametrize(
+    "doc", ['{"targets": ["a:1"]}', '[{"targets": "a:1"}]', "[1]", "[{", '[{"targets": ["a:1"],'
+            ' "labels": {"__scheme__": "ftp"}}]', '[{"targets": [], "labels": [1]}]'],
+)  # fmt: skip
+def test_malformed_file_sd_is_an_error(doc: str) -> None:
+    with pytest.raises(TargetsError):
+        parse_file_sd(doc)
+
+
+def test_file_is_re_read_when_it_changes_and_a_bad_version_keeps_the_last_good(
+    tmp_path: Path,
+) -> None:
+    f = tmp_path / "targets.json"
+    f.write_text('[{"targets": ["a:1"]}]')
+    errors: list[str] = []
+    ts = TargetSet(static=["http://s:9/metrics"], file=str(f), on_error=errors.append)
+    assert ts.refresh() == ["http://a:1/metrics", "http://s:9/metrics"]
+    f.write_text('[{"targets": ["a:1", "b:2"]}]')
+    os.utime(f, (1, 1))  # a new stamp even within the file system's time resolution
+    assert ts.refresh() == ["http://a:1/metrics", "http://b:2/metrics", "http://s:9/metrics"]
+    f.write_text("[{ broken")
+    os.utime(f, (2, 2))
+    assert ts.refresh() == ["http://a:1/metrics", "http://b:2/metrics", "http://s:9/metrics"]
+    assert errors == ["file"]
+    f.unlink()
+    assert len(ts.refresh()) == 3 and errors == ["file", "file"]
+
+
+def test_dns_names_are_resolved_every_refresh_and_a_failure_keeps_the_last_answer() -> None:
+    answers = [["10.0.0.1:9400"], ["10.0.0.1:9400", "10.0.0.2:9400"], OSError("no such host")]
+
+    def resolver(name: str, port: int) -> list[str]:
+        assert (name, port) == ("dcgm-exporter.gpu-operator.svc", 9400)
+        answer = answers.pop(0)
+        if isinstance(answer, OSError):
+            raise answer
+        return answer
+
+    errors: list[str] = []
+    ts = TargetSet(dns=["dcgm-exporter.gpu-operator.svc:9400"], resolver=resolver,
+                   on_error=errors.append)  # fmt: skip
+    assert ts.refresh() == ["http://10.0.0.1:9400/metrics"]
+    assert len(ts.refresh()) == 2
+    assert len(ts.refresh()) == 2 and errors == ["dns"]
+
+
+def test_real_resolution_of_localhost_and_dns_spec_syntax() -> None:
+    found = resolve("localhost", 9400)
+    assert found and all(a.endswith(":9400") for a in found)
+    assert "127.0.0.1:9400" in found or "[::1]:9400" in found
+    assert split_dns("svc.ns:9400") == ("svc.ns", 9400)
+    for bad in ("svc", "svc:", ":9400", "svc:99999", "svc:x"):
+        with pytest.raises(TargetsError):
+            split_dns(bad)

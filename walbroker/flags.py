@@ -1,0 +1,149 @@
+"""One convention for every gputel command's flags, applied after a parser is built.
+
+`finish(parser, env, prefix)` walks the parser (and its sub-commands) once, so a flag
+added anywhere later is covered without touching this module:
+
+- every flag `--some-flag` can also be set as an environment variable, `<prefix>SOME_FLAG`
+  (InfluxDB settings share `GPUTEL_INFLUX_<NAME>` across commands); a flag on the command
+  line wins over the variable, the variable over the built-in default;
+- every flag's help ends with its default and its variable, e.g.
+  `(default: 16; env GPUTEL_BROKER_PARTITIONS)`; a secret's value is never shown;
+- every command gets `--version`, and a sub-command without a description gets its help line.
+
+Commands that already read their variables themselves keep doing so under the same names;
+this module makes the names uniform, documented and true for every flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Collection, Mapping
+from importlib import metadata
+
+# Flags whose variable is shared by several commands, by destination prefix.
+SHARED_PREFIXES = {"influx_": "GPUTEL_INFLUX_"}
+SECRET_WORDS = ("token", "password", "secret")
+TRUE_WORDS = ("1", "true", "yes", "on")
+_FINISHED = "_gputel_flags_finished"
+_NAMED = re.compile(r"\benv (GPUTEL_[A-Z0-9_]+)")
+
+
+def version() -> str:
+    """The installed gputel version ("unknown" when run from a tree that is not installed)."""
+    try:
+        return metadata.version("gputel")
+    except metadata.PackageNotFoundError:  # pragma: no cover - always installed in practice
+        return "unknown"
+
+
+def env_name(prefix: str, dest: str) -> str:
+    """The environment variable of the flag stored in `dest`."""
+    for start, shared in SHARED_PREFIXES.items():
+        if dest.startswith(start):
+            return shared + dest[len(start) :].upper()
+    return prefix + dest.upper()
+
+
+def finish(
+    parser: argparse.ArgumentParser,
+    env: Mapping[str, str],
+    prefix: str,
+    names: Mapping[str, str] | None = None,
+    own: Collection[str] = (),
+) -> argparse.ArgumentParser:
+    """Apply the convention to `parser` and its not yet finished sub-commands; return it.
+
+    `names` maps a destination to a variable name that predates the convention; `own` lists
+    destinations whose variables the command resolves itself (documented here, not applied).
+    """
+    if getattr(parser, _FINISHED, False):
+        return parser
+    setattr(parser, _FINISHED, True)
+    if not any(isinstance(a, argparse._VersionAction) for a in parser._actions):
+        parser.add_argument(
+            "--version", action="version", version=f"%(prog)s {version()}", help="print the version"
+        )
+    # A choice that must be made on the command line (argparse checks only what argv says).
+    chosen = {
+        id(a) for g in parser._mutually_exclusive_groups if g.required for a in g._group_actions
+    }
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {c.dest: c.help or "" for c in action._choices_actions}
+            for name, sub in action.choices.items():
+                said = helps.get(name, "")
+                if not sub.description and said:  # `--help` of the command says what it does
+                    sub.description = f"{said[0].upper()}{said[1:]}."
+                finish(sub, env, prefix, names, own)
+        elif id(action) in chosen:
+            _document(action, "")
+        elif action.option_strings and not _is_meta(action):
+            named = _NAMED.search(action.help or "")  # a flag that documents its own variable
+            name = (
+                (names or {}).get(action.dest)
+                or (named[1] if named else "")
+                or env_name(prefix, action.dest)
+            )
+            if action.default is not argparse.SUPPRESS and action.dest not in own:
+                _take_env(action, env, name)
+            _document(action, name)
+    return parser
+
+
+def _is_meta(action: argparse.Action) -> bool:
+    return isinstance(action, argparse._HelpAction | argparse._VersionAction)
+
+
+def _take_env(action: argparse.Action, env: Mapping[str, str], name: str) -> None:
+    """Make the value of variable `name`, when set, the flag's default."""
+    raw = env.get(name, "")
+    if not raw:
+        return
+    if action.nargs == 0:  # store_true / store_false / store_const
+        on = raw.strip().lower() in TRUE_WORDS
+        action.default = action.const if on else (not action.const if _is_bool(action) else None)
+    elif isinstance(action, argparse._AppendAction):
+        convert = action.type if callable(action.type) else str
+        action.default = [convert(part.strip()) for part in raw.split(",") if part.strip()]
+    else:
+        action.default = raw  # argparse applies the flag's type to a string default
+    action.required = False
+
+
+def _document(action: argparse.Action, name: str) -> None:
+    """End the flag's help with its default and its variable (unless the help says them)."""
+    help_text = (action.help or "").rstrip()
+    if help_text == argparse.SUPPRESS:
+        return
+    if action.required:
+        parts = ["required"]
+    else:
+        parts = [] if "default" in help_text else [f"default: {_shown(action)}"]
+    if not name:
+        parts.append("no env: choose on the command line")
+    elif name not in help_text:
+        parts.append(f"env {name}")
+    if parts:
+        note = f"({'; '.join(parts)})".replace("%", "%%")
+        action.help = f"{help_text} {note}" if help_text else note
+
+
+def _is_bool(action: argparse.Action) -> bool:
+    return isinstance(action.const, bool)
+
+
+def _shown(action: argparse.Action) -> str:
+    """The default as the help prints it; secrets and empty values say so instead."""
+    value = action.default
+    if value is argparse.SUPPRESS:
+        return "none"
+    if any(word in action.dest for word in SECRET_WORDS):
+        return "hidden" if value else "none"
+    if action.nargs == 0 and _is_bool(action):
+        return "on" if value == action.const else "off"
+    if value is None or value is argparse.SUPPRESS or value == "" or value == []:
+        return "none"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
