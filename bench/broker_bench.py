@@ -87,6 +87,66 @@ def publish(
     }
 
 
+# The last commit before request validation (issue #13): its broker is the "before".
+BEFORE_VALIDATION = "3046716"
+
+
+def _checkout(ref: str, into: Path) -> bool:
+    """The broker's code (walbroker/, proto/) at `ref` in `into`; False without git history."""
+    into.mkdir(parents=True)
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", ref, "walbroker", "proto"],
+        capture_output=True,
+    )
+    if archive.returncode != 0:
+        return False
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return True
+
+
+class _OldBroker(BrokerProcess):
+    """`walbroker serve` run from another checkout (its code first on sys.path)."""
+
+    def __init__(self, code: Path, data_dir: Path, *args: str) -> None:
+        super().__init__(data_dir, *args)
+        self.code = code
+
+    def spawn(self, env: dict[str, str] | None = None, inherit: bool = True) -> None:
+        super().spawn({"PYTHONPATH": str(self.code)}, inherit)
+
+
+def validation_cost(work: Path, rounds: int = 2) -> dict[str, Any]:
+    """Publish throughput of the broker before request validation and now, alternately.
+
+    Same machine, same run, same producers; the best of `rounds` runs each (the
+    machine is shared, so single runs vary more than the difference looked for).
+    """
+    old_code = work / "before"
+    if not _checkout(BEFORE_VALIDATION, old_code):
+        return {"skipped": f"no git history for {BEFORE_VALIDATION}"}
+    best = {"before": 0, "after": 0}
+    for r in range(rounds):
+        for name in ("before", "after"):
+            data = work / f"{name}{r}"
+            if name == "before":
+                b: BrokerProcess = _OldBroker(old_code, data, "--partitions", "16")
+            else:
+                b = BrokerProcess(data, "--topic", "vbench:16")
+            b.start()
+            try:
+                pps = publish(b.address, "vbench", batches=300)["points_per_s"]
+            finally:
+                b.stop()
+            best[name] = max(best[name], pps)
+    return {
+        "before_ref": BEFORE_VALIDATION,
+        "before_points_per_s": best["before"],
+        "after_points_per_s": best["after"],
+        "after_vs_before": round(best["after"] / best["before"], 3),
+    }
+
+
 def consume(
     address: str, topic: str, expected: int, security: ClientSecurity | None = None
 ) -> dict[str, Any]:
@@ -120,7 +180,7 @@ def fill(data_dir: Path, points: int, partitions: int = 16) -> float:
     wal.start()
     payload = os.urandom(BATCH_POINTS * BYTES_PER_POINT)
     t0 = time.perf_counter()
-    wal.ensure_topic("big")
+    wal.create_topic("big", partitions)
     pending = []
     for i in range(points // BATCH_POINTS):
         pending.append(wal.append(TopicPartition("big", i % partitions), payload, BATCH_POINTS))
@@ -169,7 +229,7 @@ def run(big_points: int = 10_000_000) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="gputel-bench-"))
     try:
         broker = BrokerProcess(
-            work / "broker", "--partitions", "16", "--retention-bytes", str(16 * 1024**3)
+            work / "broker", "--topic", "bench:16", "--retention-bytes", str(16 * 1024**3)
         ).start()
         try:
             pub = publish(broker.address, "bench")
@@ -186,8 +246,10 @@ def run(big_points: int = 10_000_000) -> dict[str, Any]:
             con_cold = consume(cold.address, "big", min(big_points, 2_000_000))
         finally:
             cold.stop()
+        validation = validation_cost(work / "validation")
         return {
             "publish": pub,
+            "publish_before_and_after_validation": validation,
             "consume": con,
             "consume_from_disk": con_cold,
             "restart": rst,
@@ -195,6 +257,7 @@ def run(big_points: int = 10_000_000) -> dict[str, Any]:
                 "publish_points_per_s": 400_000,
                 "consume_points_per_s": 500_000,
                 "restart_seconds": 2.0,
+                "after_vs_before_validation_min": 0.9,
             },
         }
     finally:

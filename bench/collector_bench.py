@@ -137,7 +137,9 @@ def run(
     """Measure one collector's throughput into each store; {"sqlite": {...}, "influx": {...}}."""
     result: dict[str, Any] = {"batch_size": batch_size, "record_points": RECORD_POINTS}
     with tempfile.TemporaryDirectory(prefix="gputel-collector-bench-") as tmp:
-        broker = BrokerProcess(Path(tmp) / "broker", "--partitions", str(PARTITIONS))
+        broker = BrokerProcess(
+            Path(tmp) / "broker", "--topic", f"{TOPIC}:{PARTITIONS}", "--topic", f"{TOPIC}.dlq:4"
+        )
         broker.start()
         try:
             preload(broker.address, points)

@@ -378,7 +378,9 @@ def run_store(
         csv = tmp / "dcgm.csv"
         with open(csv, "w", encoding="utf-8", newline="") as f:
             gen_dcgm.write(f, 11, hosts, 8, 10)
-        broker = BrokerProcess(tmp / "broker", "--partitions", str(PARTITIONS)).start()
+        broker = BrokerProcess(
+            tmp / "broker", "--topic", f"{TOPIC}:{PARTITIONS}", "--topic", f"{TOPIC}.dlq:4"
+        ).start()
         try:
             with store_args(kind, tmp) as (flags, spec, opts):
                 pipe = Pipeline(tmp, broker, flags, csv)

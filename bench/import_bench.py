@@ -99,7 +99,9 @@ def run(hosts: int = 3088) -> dict[str, Any]:
     rows = hosts * 8 * len(gen_dcgm.METRICS) - len(gen_dcgm.METRICS)  # one host misses a GPU
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        broker = BrokerProcess(tmp / "broker", "--partitions", str(PARTITIONS)).start()
+        broker = BrokerProcess(
+            tmp / "broker", "--topic", f"telemetry:{PARTITIONS}", "--topic", "telemetry.dlq:4"
+        ).start()
         db = tmp / "gputel.db"
         pipe = Pipeline(tmp, broker, ["--store", f"sqlite:{db}"], csv)
         try:

@@ -116,7 +116,8 @@ def pipeline(
     with tempfile.TemporaryDirectory(prefix="gputel-scrape-bench-") as tmpdir:
         tmp = Path(tmpdir)
         exporters, sd = _exporters(tmp, targets, exporter_procs)
-        broker = BrokerProcess(tmp / "broker", "--partitions", str(PARTITIONS)).start()
+        topics = ["--topic", f"telemetry:{PARTITIONS}", "--topic", "telemetry.dlq:4"]
+        broker = BrokerProcess(tmp / "broker", *topics).start()
         db = tmp / "gputel.db"
         pipe = Pipeline(tmp, broker, ["--store", f"sqlite:{db}"], tmp / "unused.csv")
         try:

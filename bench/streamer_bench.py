@@ -35,7 +35,9 @@ def run(
         with open(path, "w", encoding="utf-8", newline="") as f:
             gen_dcgm.write(f, 11, hosts, 8, scrapes)
         rows = read_csv(path)  # only to count the accepted rows
-        broker = BrokerProcess(Path(tmp) / "broker", "--partitions", "16").start()
+        broker = BrokerProcess(
+            Path(tmp) / "broker", "--topic", "telemetry:16", "--topic", "telemetry.dlq:4"
+        ).start()
         try:
             config = StreamerConfig(
                 broker=broker.address, csv=str(path), passes=passes, batch_size=batch_size,

@@ -198,6 +198,11 @@ def plan(a: argparse.Namespace, tls: SecureSetup | None = None) -> list[Componen
                 broker,
                 "--metrics-listen",
                 _local(a.metrics_port + 1),
+                # Auto-creation is off: the collectors' topic and its dead-letter topic.
+                "--topic",
+                "telemetry:16",
+                "--topic",
+                "telemetry.dlq:4",
                 *(tls.broker_args() if tls else []),
             ],
             grpc_address=broker,

@@ -3,7 +3,7 @@
 Thin: the numbers come from the log, `walbroker.lag` and `walbroker.reset`.
 Every call is an *admin action*: logged (one structured line with the request
 and the result) and counted in `gpu_telemetry_broker_admin_actions_total{action}`.
-BrokerError ends the call through `walbroker.server.abort` (NOT_FOUND for an
+BrokerError ends the call through `walbroker.status.abort` (NOT_FOUND for an
 unknown topic or group, INVALID_ARGUMENT for a bad request).
 """
 
@@ -21,13 +21,19 @@ from google.protobuf.message import Message
 
 from proto.gen import walbroker_admin_pb2 as apb
 from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
-from walbroker.errors import BrokerError, InvalidArgument, NotFound
+from walbroker.errors import BrokerError, InUse, InvalidArgument, NotFound
 from walbroker.group import GroupCoordinator
-from walbroker.lag import GroupStanding, group_lags, group_standings, known_groups
+from walbroker.lag import (
+    GroupStanding,
+    group_lags,
+    group_standings,
+    known_groups,
+    producer_progress,
+)
 from walbroker.log import Log
 from walbroker.metrics import BrokerMetrics
 from walbroker.reset import OffsetChange, ResetTarget, TargetKind, apply_reset, plan_reset
-from walbroker.server import abort
+from walbroker.status import abort
 from walbroker.types import PartitionInfo, TopicPartition, validate_name
 
 log = logging.getLogger(__name__)
@@ -61,7 +67,6 @@ def admin_action(action: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Res
             except BrokerError as exc:
                 result = exc.code.name
                 abort(context, exc)
-                raise  # abort raised already; this satisfies the type checker
             finally:
                 self.metrics.admin_actions.labels(action).inc()
                 log.info(
@@ -125,7 +130,8 @@ class AdminServicer:
             resp.members.add(
                 member_id=m.member_id, client_id=m.client_id, partitions=m.partitions, host=m.host
             )
-        for row in group_lags(self.wal, self.coordinator, group):
+        rows = group_lags(self.wal, self.coordinator, group) + producer_progress(self.wal, group)
+        for row in rows:
             pl = resp.partitions.add(
                 topic=row.tp.topic,
                 partition=row.tp.partition,
@@ -167,6 +173,41 @@ class AdminServicer:
             changes=[_change(c) for c in changes],
             applied=not request.dry_run,
         )
+
+    @admin_action("create_topic")
+    def CreateTopic(self, request: apb.CreateTopicRequest, context: Any) -> apb.CreateTopicResponse:
+        existed = request.topic in self.wal.topics
+        partitions = request.partitions or self.wal.config.default_partitions
+        self.wal.create_topic(request.topic, partitions)
+        return apb.CreateTopicResponse(topic=self._topic(request.topic), created=not existed)
+
+    @admin_action("delete_topic")
+    def DeleteTopic(self, request: apb.DeleteTopicRequest, context: Any) -> apb.DeleteTopicResponse:
+        topic = validate_name("topic", request.topic)
+        live = self.coordinator.live_groups_on(topic)
+        if live and not request.force:
+            raise InUse(
+                f"topic {topic!r} has groups with live members ({', '.join(sorted(live))}); "
+                "stop them first or use --force"
+            )
+        freed = self._topic(topic).size_bytes
+        for group in self.coordinator.forget_topic(topic):
+            log.warning("group removed with its topic", extra={"group": group, "topic": topic})
+        self.wal.delete_topic(topic)
+        return apb.DeleteTopicResponse(topic=topic, freed_bytes=freed)
+
+    @admin_action("delete_group")
+    def DeleteGroup(self, request: apb.DeleteGroupRequest, context: Any) -> apb.DeleteGroupResponse:
+        group = validate_name("group", request.group)
+        offsets = [k for k in [*self.wal.committed, *self.wal.progress] if k[0] == group]
+        if group not in self.coordinator.groups() and not offsets:
+            raise NotFound(f"unknown group {group!r}")
+        if not self.coordinator.remove_if_empty(group):
+            raise InUse(f"group {group!r} has live members; stop them first")
+        if offsets:
+            self.wal.delete_group_offsets(group)
+        self.metrics.groups_expired.labels("deleted").inc()
+        return apb.DeleteGroupResponse(group=group, offsets_deleted=len(offsets))
 
     def _topic(self, topic: str) -> apb.TopicSummary:
         n = self.wal.partition_count(topic)
@@ -211,6 +252,7 @@ def _summary(s: GroupStanding) -> apb.GroupSummary:
         members=s.members,
         lag_points=s.lag_points,
         lag_seconds=s.lag_seconds,
+        ignored_by_retention=s.ignored_by_retention,
     )
 
 

@@ -2,7 +2,8 @@
 
 Exit codes: 0 ok, 1 other broker error, 2 usage error (bad flags or a request the
 broker calls INVALID_ARGUMENT), 3 unknown topic or group, 4 broker unreachable,
-5 refused (UNAUTHENTICATED or PERMISSION_DENIED: check --token-file).
+5 refused (UNAUTHENTICATED or PERMISSION_DENIED: check --token-file; FAILED_PRECONDITION: e.g.
+deleting a topic or group with live members).
 Errors are one line on stderr, never a traceback.
 """
 
@@ -38,6 +39,7 @@ _EXIT_BY_CODE = {
     Code.UNAUTHENTICATED: EXIT_REFUSED,
     Code.PERMISSION_DENIED: EXIT_REFUSED,
     Code.INVALID_ARGUMENT: EXIT_USAGE,
+    Code.FAILED_PRECONDITION: EXIT_REFUSED,
     Code.NOT_FOUND: EXIT_NOT_FOUND,
     Code.UNAVAILABLE: EXIT_UNREACHABLE,
     Code.DEADLINE_EXCEEDED: EXIT_UNREACHABLE,
@@ -106,6 +108,17 @@ def add_admin_args(p: argparse.ArgumentParser) -> None:
     cmd(
         "describe-group", "one group: members, per partition committed offset and lag"
     ).add_argument("group")
+    c = cmd("create-topic", "create a topic (nothing changes if it exists)")
+    c.add_argument("topic")
+    c.add_argument(
+        "--partitions", type=int, default=0, help="partition count (default: the broker's)"
+    )
+    d = cmd("delete-topic", "delete a topic and everything stored under it")
+    d.add_argument("topic")
+    d.add_argument("--force", action="store_true", help="even while groups on it have live members")
+    cmd("delete-group", "forget a group and its committed offsets (no live members)").add_argument(
+        "group"
+    )
     r = cmd("reset-offsets", "move a group's committed offsets (live members follow)")
     _group_topic(r)
     to = r.add_mutually_exclusive_group(required=True)
@@ -220,6 +233,20 @@ def _reset(s: Any, a: argparse.Namespace, t: float) -> Message:
     return s.ResetOffsets(req, timeout=t)  # type: ignore[no-any-return]
 
 
+def _create_topic(s: Any, a: argparse.Namespace, t: float) -> Message:
+    req = apb.CreateTopicRequest(topic=a.topic, partitions=a.partitions)
+    return s.CreateTopic(req, timeout=t)  # type: ignore[no-any-return]
+
+
+def _delete_topic(s: Any, a: argparse.Namespace, t: float) -> Message:
+    req = apb.DeleteTopicRequest(topic=a.topic, force=a.force)
+    return s.DeleteTopic(req, timeout=t)  # type: ignore[no-any-return]
+
+
+def _delete_group(s: Any, a: argparse.Namespace, t: float) -> Message:
+    return s.DeleteGroup(apb.DeleteGroupRequest(group=a.group), timeout=t)  # type: ignore[no-any-return]
+
+
 def _first(a: argparse.Namespace, *names: str) -> int | None:
     values = [getattr(a, n, None) for n in names]
     return next((v for v in values if v is not None), None)
@@ -305,7 +332,17 @@ def _render_topic(resp: Any) -> str:
 
 
 def _render_groups(resp: Any) -> str:
-    head = ["GROUP", "TOPIC", "ROLE", "STATE", "GENERATION", "MEMBERS", "LAG", "LAG SECONDS"]
+    head = [
+        "GROUP",
+        "TOPIC",
+        "ROLE",
+        "STATE",
+        "GENERATION",
+        "MEMBERS",
+        "LAG",
+        "LAG SECONDS",
+        "NOTE",
+    ]
     return table(head, [_group_row(g) for g in resp.groups])
 
 
@@ -319,6 +356,7 @@ def _group_row(g: Any) -> list[object]:
         g.members,
         g.lag_points,
         f"{g.lag_seconds:.1f}",
+        "idle: retention ignores it" if g.ignored_by_retention else "",
     ]
 
 
@@ -381,7 +419,23 @@ def _clamp_notes(resp: Any) -> list[str]:
     ]
 
 
+def _render_created(resp: Any) -> str:
+    verb = "created" if resp.created else "exists already (unchanged)"
+    return f"topic {resp.topic.name} {verb}: {resp.topic.partitions} partition(s)"
+
+
+def _render_deleted_topic(resp: Any) -> str:
+    return f"topic {resp.topic} deleted: {resp.freed_bytes} bytes freed from the disk budget"
+
+
+def _render_deleted_group(resp: Any) -> str:
+    return f"group {resp.group} deleted: {resp.offsets_deleted} committed offset(s) removed"
+
+
 _COMMANDS: dict[str, tuple[Call, Callable[[Any], str]]] = {
+    "create-topic": (_create_topic, _render_created),
+    "delete-topic": (_delete_topic, _render_deleted_topic),
+    "delete-group": (_delete_group, _render_deleted_group),
     "topics": (_topics, _render_topics),
     "describe-topic": (_describe_topic, _render_topic),
     "groups": (_groups, _render_groups),

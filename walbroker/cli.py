@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -13,7 +14,14 @@ from pathlib import Path
 from walbroker import admin_cli, flags, logs, token_cli
 from walbroker.admin_cli import add_admin_args
 from walbroker.config import BrokerConfig, LogConfig
+from walbroker.disk import StartupError
+from walbroker.errors import BrokerError
 from walbroker.security import add_security_args, security_from_args
+from walbroker.types import validate_name
+
+log = logging.getLogger(__name__)
+
+EXIT_SHUTDOWN_TIMEOUT = 3
 
 
 def _env(name: str, default: str) -> str:
@@ -45,7 +53,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         "--partitions",
         type=int,
         default=int(_env("PARTITIONS", "16")),
-        help="partitions of a topic created on first use",
+        help="partitions of a --topic given without a count (and of auto-created topics)",
     )
     p.add_argument(
         "--fsync",
@@ -90,7 +98,64 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         help="credit: points a consumer may hold uncommitted",
     )
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING")
+    _add_topic_args(p)
+    _add_limit_args(p)
     add_security_args(p)
+
+
+def topic_spec(text: str) -> tuple[str, int]:
+    """NAME or NAME:PARTITIONS (0 partitions = the --partitions default)."""
+    name, _, count = text.partition(":")
+    try:
+        validate_name("topic", name)
+        partitions = int(count) if count else 0
+    except (BrokerError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"bad topic {text!r}: {exc}") from None
+    if partitions < 0:
+        raise argparse.ArgumentTypeError(f"bad topic {text!r}: negative partition count")
+    return name, partitions
+
+
+def _add_topic_args(p: argparse.ArgumentParser) -> None:
+    env_topics = [topic_spec(t) for t in _env("TOPICS", "").replace(",", " ").split()]
+    p.add_argument(
+        "--topic",
+        dest="topics",
+        type=topic_spec,
+        action="append",
+        default=env_topics,
+        metavar="NAME[:PARTITIONS]",
+        help="create this topic at start if missing (repeatable; env GPUTEL_BROKER_TOPICS, "
+        "comma-separated)",
+    )
+    p.add_argument(
+        "--auto-create-topics",
+        action="store_true",
+        default=_env("AUTO_CREATE_TOPICS", "") in ("1", "true"),
+        help="create unknown topics on first use (off: publishing to one is NOT_FOUND)",
+    )
+    p.add_argument("--max-topics", type=int, default=int(_env("MAX_TOPICS", "1000")))
+
+
+def _add_limit_args(p: argparse.ArgumentParser) -> None:
+    """The bounds of docs/limits.md."""
+    for flag, default, text in (
+        ("max-streams", 2000, "open Publish/Consume streams in total"),
+        ("max-streams-per-peer", 1000, "open streams from one client address"),
+        ("hot-buffer-bytes", 64 * 1024**2, "memory for recent records, over all partitions"),
+        ("max-queue-bytes", 64 * 1024**2, "payload bytes waiting for the log writer"),
+        ("min-point-bytes", 1, "bytes a batch must carry per declared point"),
+        ("min-free-bytes", 256 * 1024**2, "free space kept on the data volume"),
+    ):
+        name = flag.upper().replace("-", "_")
+        p.add_argument(f"--{flag}", type=int, default=int(_env(name, str(default))), help=text)
+    for flag, fdefault, text in (
+        ("group-retention-s", 7 * 86400.0, "forget a group empty for this long"),
+        ("retention-ignore-idle-group-s", 86400.0, "block retention ignores groups idle longer"),
+        ("shutdown-timeout-s", 10.0, "SIGTERM: exit within this"),
+    ):
+        name = flag.upper().replace("-", "_")
+        p.add_argument(f"--{flag}", type=float, default=float(_env(name, str(fdefault))), help=text)
 
 
 def config_from_args(a: argparse.Namespace) -> BrokerConfig:
@@ -103,7 +168,16 @@ def config_from_args(a: argparse.Namespace) -> BrokerConfig:
         retention_bytes=a.retention_bytes,
         retention_age_s=a.retention_age_s,
         retention_policy=a.retention_policy,
+        auto_create_topics=a.auto_create_topics,
+        max_topics=a.max_topics,
+        hot_buffer_bytes=a.hot_buffer_bytes,
+        max_queue_bytes=a.max_queue_bytes,
+        min_point_bytes=a.min_point_bytes,
+        min_free_bytes=a.min_free_bytes,
+        retention_ignore_idle_group_s=a.retention_ignore_idle_group_s,
     )
+    # A later --topic of the same name wins; NAME alone takes the --partitions default.
+    topics = {name: n or a.partitions for name, n in a.topics}
     return BrokerConfig(
         log=log_config,
         listen=a.listen,
@@ -111,28 +185,45 @@ def config_from_args(a: argparse.Namespace) -> BrokerConfig:
         advertised_address=a.advertised_address,
         session_timeout_ms=a.session_timeout_ms,
         max_unacked_points=a.max_unacked_points,
+        topics=tuple(topics.items()),
+        max_streams=a.max_streams,
+        max_streams_per_peer=a.max_streams_per_peer,
+        group_retention_s=a.group_retention_s,
+        shutdown_timeout_s=a.shutdown_timeout_s,
         security=security_from_args(a),
     )
 
 
 def serve(a: argparse.Namespace) -> int:
-    """Run a broker until SIGTERM or SIGINT."""
+    """Run a broker until SIGTERM or SIGINT (exit 0), or until a background loop fails (exit 1)."""
     from walbroker.server import Broker
 
     logs.setup("walbroker", a.log_level)
+    config = config_from_args(a)
     try:  # a bad token or TLS file, or an exposed port without them: refuse to start
-        broker = Broker(config_from_args(a))
+        broker = Broker(config)
         broker.start()
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, StartupError, BrokerError) as exc:
         print(f"walbroker: {exc}", file=sys.stderr)
         return 1
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     signal.signal(signal.SIGHUP, lambda *_: broker.guard.reload())
-    done.wait()
-    broker.stop()
-    return 0
+    while not done.wait(0.5) and not broker.fatal.is_set():
+        pass
+    watchdog = threading.Timer(config.shutdown_timeout_s, _shutdown_timed_out, [config])
+    watchdog.daemon = True
+    watchdog.start()
+    broker.stop(grace_s=min(5.0, config.shutdown_timeout_s / 3))
+    return 1 if broker.fatal.is_set() else 0
+
+
+def _shutdown_timed_out(config: BrokerConfig) -> None:
+    """The shutdown bound passed: leave now (LMDB needs no clean close to stay consistent)."""
+    log.error("shutdown timed out; exiting", extra={"timeout_s": config.shutdown_timeout_s})
+    logging.shutdown()
+    os._exit(EXIT_SHUTDOWN_TIMEOUT)
 
 
 SERVE_DESCRIPTION = """Run a broker: topics of partitions in an LMDB write-ahead log, acknowledged

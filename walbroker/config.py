@@ -29,14 +29,30 @@ class LogConfig:
     retention_age_s: float = 0.0
     retention_policy: RetentionPolicy = "block"
     retention_check_s: float = 5.0
-    hot_bytes_per_partition: int = 4 * MiB
+    # One budget for the recent records kept in memory, shared by every partition.
+    hot_buffer_bytes: int = 64 * MiB
     max_batch_bytes: int = 4 * MiB
     max_batch_points: int = 1_000_000
-    # Appends waiting for the writer; beyond this producers get RESOURCE_EXHAUSTED.
+    # A batch's declared point count may not exceed its payload bytes / this.
+    min_point_bytes: int = 1
+    # Appends waiting for the writer (count and payload bytes); beyond either,
+    # producers get RESOURCE_EXHAUSTED.
     max_queue_batches: int = 2048
+    max_queue_bytes: int = 64 * MiB
     max_records_per_commit: int = 512
-    auto_create_topics: bool = True
+    # Off as in Kafka (auto.create.topics.enable=false): topics come from --topic or admin.
+    auto_create_topics: bool = False
+    max_topics: int = 1000
+    max_partitions_per_topic: int = 4096
+    # Free space the data directory's file system must keep (statvfs); appends are
+    # refused with RESOURCE_EXHAUSTED below it, before the file system fills.
+    min_free_bytes: int = 256 * MiB
+    # `block` retention: a group with no live member whose last commit is older than
+    # this no longer holds records back (0 = every group always counts).
+    retention_ignore_idle_group_s: float = 24 * 3600.0
     retry_after_ms: int = 200
+    # Longest wait for the writer's answer to one operation before Unavailable.
+    writer_timeout_s: float = 30.0
 
     @property
     def map_size_bytes(self) -> int:
@@ -56,7 +72,19 @@ class BrokerConfig:
     node_id: int = 0
     session_timeout_ms: int = 10_000
     max_unacked_points: int = 200_000
-    grpc_workers: int = 64
     grpc_max_message_bytes: int = 32 * MiB
+    # Topics created at start when missing: (name, partitions).
+    topics: tuple[tuple[str, int], ...] = ()
+    # Open Publish/Consume streams, in total and per client address; newcomers beyond
+    # either get RESOURCE_EXHAUSTED. Unary calls (health, admin, metadata) keep
+    # `reserved_workers` threads of their own, so streams can never starve them.
+    max_streams: int = 2000
+    max_streams_per_peer: int = 1000
+    reserved_workers: int = 32
+    # An empty group (no live member) is forgotten, offsets and all, after this (Kafka's
+    # offsets.retention.minutes, 7 days).
+    group_retention_s: float = 7 * 24 * 3600.0
+    # SIGTERM: the process exits within this, whatever clients are doing.
+    shutdown_timeout_s: float = 10.0
     # Authentication and TLS (off by default: then only loopback listening is allowed).
     security: SecurityConfig = field(default_factory=SecurityConfig)

@@ -83,6 +83,12 @@ class Fenced(BrokerError):
     code = Code.ABORTED
 
 
+class InUse(BrokerError):
+    """A topic or group cannot be deleted while live members use it."""
+
+    code = Code.FAILED_PRECONDITION
+
+
 class Unavailable(BrokerError):
     """The broker is shutting down or cannot serve right now."""
 

@@ -16,8 +16,12 @@ and a producer group (streamers) can hand a GPU over without sending a row twice
 Thread-safety: every public method may be called from any thread. The registry
 of groups has its own lock; each group's state is guarded by the group's lock,
 which is also held while a commit is written to the log, so a commit and an
-admin reset can never interleave. Listeners are called under the group lock and
-must not block (they enqueue).
+admin reset can never interleave. Listeners are called under the group lock:
+they enqueue for their stream, except that a producer-group member's listener
+waits for a log barrier (`Log.barrier`, one group commit at most, bounded by the
+writer timeout) so its new partitions resume after every batch queued before the
+grant. The log's writer never takes a group lock (fencing reads `epoch_of`
+lock-free), so this wait cannot deadlock; it holds only this group's lock.
 """
 
 from __future__ import annotations
@@ -89,6 +93,8 @@ class Group:
     revoking: dict[int, float] = field(default_factory=dict)
     # partition -> epoch of its grant to its current owner (fences producer-group appends)
     epochs: dict[int, int] = field(default_factory=dict)
+    # Wall-clock ns since the group has had no member (its retention starts there).
+    empty_since_ns: int = field(default_factory=time.time_ns)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
 
@@ -155,6 +161,16 @@ class GroupCoordinator:
         partitions = self.wal.ensure_topic(topic)
         g = self._group(group, topic, role, partitions)
         with g.lock:
+            if self._groups.get(group) is not g:  # expired or deleted meanwhile: start afresh
+                return self.join(
+                    group,
+                    topic,
+                    role,
+                    client_id=client_id,
+                    member_id=member_id,
+                    session_timeout_ms=session_timeout_ms,
+                    listener=listener,
+                )
             if g.topic != topic or g.role != role:
                 raise InvalidArgument(f"group {group!r} is a {g.role} group of topic {g.topic!r}")
             mid = member_id or f"{client_id or 'member'}-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
@@ -180,6 +196,8 @@ class GroupCoordinator:
             if g.members.pop(member_id, None) is not None:
                 self._disown(g, member_id)
                 self._rebalance(g, reason=reason)
+                if not g.members:
+                    g.empty_since_ns = time.time_ns()
 
     def release(self, group: str, member_id: str, partitions: set[int]) -> None:
         """A member hands back revoked partitions; their new owners get them now."""
@@ -236,6 +254,8 @@ class GroupCoordinator:
                     del g.revoking[p]
                 if dead or stuck:
                     self._rebalance(g, reason="session timeout")
+                if dead and not g.members:
+                    g.empty_since_ns = time.time_ns()
         return expired
 
     def _rebalance(self, g: Group, reason: str, reset: frozenset[int] = frozenset()) -> None:
@@ -362,7 +382,40 @@ class GroupCoordinator:
         g = self._groups.get(group)
         return len(g.members) if g else 0
 
+    def empty_since_ns(self, group: str) -> int | None:
+        """Since when (wall-clock ns) the group has had no member; None if it has members or
+        no live state."""
+        g = self._groups.get(group)
+        if g is None:
+            return None
+        with g.lock:
+            return None if g.members else g.empty_since_ns
+
     # ---- registry ------------------------------------------------------------------------
+
+    def remove_if_empty(self, group: str) -> bool:
+        """Forget an empty group's live state; False (and nothing done) if it has members."""
+        with self._lock:
+            g = self._groups.get(group)
+            if g is None:
+                return True
+            with g.lock:
+                if g.members:
+                    return False
+                del self._groups[group]
+                return True
+
+    def forget_topic(self, topic: str) -> list[str]:
+        """Remove every group on a deleted topic, members too; return their names."""
+        with self._lock:
+            doomed = [g for g in self._groups.values() if g.topic == topic]
+            for g in doomed:
+                del self._groups[g.name]
+        return [g.name for g in doomed]
+
+    def live_groups_on(self, topic: str) -> list[str]:
+        """Groups on `topic` with at least one live member."""
+        return [g.name for g in self._all() if g.topic == topic and g.members]
 
     def _group(self, name: str, topic: str, role: Role, partitions: int) -> Group:
         with self._lock:

@@ -5,7 +5,9 @@ lag metrics both call `group_lags`, so what an operator reads and what Prometheu
 scrapes are computed the same way.
 
 A group is *known* when it has live state in the coordinator (a member joined
-since the broker started) or a committed offset in the log. Lag is counted from
+since the broker started), a committed offset or (a producer group) progress in
+the log. Producer groups have no lag: their progress counts source rows, not
+log offsets. Lag is counted from
 the committed offset, or from the log start offset where a consumer group never
 committed (that is where its members start). Lag in seconds is the age of the
 oldest record not yet committed: now minus the publish time of the record
@@ -52,6 +54,7 @@ class GroupStanding:
     members: int
     lag_points: int
     lag_seconds: float
+    ignored_by_retention: bool = False
 
 
 def group_lags(
@@ -84,10 +87,24 @@ def _lag(wal: Log, group: str, tp: TopicPartition, now_ns: int) -> PartitionLag:
     return PartitionLag(group, tp, committed, info.log_end_offset, lag, age)
 
 
+def producer_progress(wal: Log, group: str, now_ns: int | None = None) -> list[PartitionLag]:
+    """A producer group's progress per partition, as rows without lag.
+
+    Progress is a position in the group's source, not a log offset: it is shown as
+    the row's `committed` and never subtracted from a log end offset.
+    """
+    rows = [
+        PartitionLag(g, tp, progress, wal.state(tp).info().log_end_offset, 0, 0.0)
+        for (g, tp), (progress, _t) in list(wal.progress.items())
+        if g == group and tp in wal.partitions
+    ]
+    return sorted(rows, key=lambda r: (r.tp.topic, r.tp.partition))
+
+
 def known_groups(wal: Log, coordinator: GroupCoordinator) -> dict[str, set[str]]:
     """Every known group and the topics it is on (live topic plus topics with commits)."""
     topics: dict[str, set[str]] = defaultdict(set)
-    for g, tp in list(wal.committed):
+    for g, tp in [*wal.committed, *wal.progress]:
         topics[g].add(tp.topic)
     for name in coordinator.groups():
         view = coordinator.describe(name)
@@ -127,6 +144,7 @@ def group_standings(
                     len(live.members) if live else 0,
                     sum(r.lag_points for r in rows),
                     max((r.lag_seconds for r in rows), default=0.0),
+                    name in wal.retention_ignored,
                 )
             )
     return out

@@ -15,6 +15,7 @@ sub-database    key                             value
 ``producers``   producer_id NUL P               u64 last_sequence, then up to 5 entries of
                                                 (u64 seq, u64 base, u32 count, i64 time)
 ``offsets``     group NUL P                     u64 committed offset, i64 commit_time_ns
+``progress``    group NUL P                     u64 source progress, i64 commit_time_ns
 ==============  ==============================  ==========================================
 
 A record is one published batch: `count` points at offsets
@@ -35,26 +36,35 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import lmdb
 
 from walbroker import keys
 from walbroker.config import LogConfig
-from walbroker.errors import InvalidArgument, NotFound, ResourceExhausted
+from walbroker.disk import DiskGuard, check_map_size
+from walbroker.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from walbroker.hotbuffer import HotBuffer
 from walbroker.metrics import BrokerMetrics
 from walbroker.types import AppendResult, PartitionInfo, Record, TopicPartition, validate_name
+from walbroker.validation import validate_batch
 from walbroker.writer import (
     AppendOp,
     BarrierOp,
     CommitOffsetsOp,
     CreateTopicOp,
+    DeleteGroupOp,
+    DeleteTopicOp,
     Fence,
     RetentionOp,
     Writer,
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -67,8 +77,8 @@ class PartitionState:
     size: int = 0
     first_ns: int = 0
     last_ns: int = 0
+    # Recent records in offset order; `walbroker.hotbuffer` fills and evicts it.
     hot: list[Record] = field(default_factory=list)
-    hot_bytes: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def info(self) -> PartitionInfo:
@@ -107,6 +117,9 @@ class Log:
         self.metrics = metrics or BrokerMetrics()
         path = config.data_dir / "log"
         path.mkdir(parents=True, exist_ok=True)
+        check_map_size(path, config.map_size_bytes)
+        self.disk = DiskGuard(path, config.min_free_bytes, config.retry_after_ms)
+        self.hot = HotBuffer(config.hot_buffer_bytes)
         self.env = lmdb.open(
             str(path),
             map_size=config.map_size_bytes,
@@ -119,11 +132,26 @@ class Log:
         )
         self.db = {
             name: self.env.open_db(name.encode())
-            for name in ("topics", "parts", "records", "timeindex", "producers", "offsets")
+            for name in (
+                "topics",
+                "parts",
+                "records",
+                "timeindex",
+                "producers",
+                "offsets",
+                "progress",
+            )
         }
         self.topics: dict[str, int] = {}
         self.partitions: dict[TopicPartition, PartitionState] = {}
+        # Consumer groups' committed offsets (log offsets) and producer groups' progress
+        # (positions in their sources, NOT log offsets: lag and retention never read it).
+        # Both (offset, commit_time_ns); written by the writer thread after each commit.
         self.committed: dict[tuple[str, TopicPartition], tuple[int, int]] = {}
+        self.progress: dict[tuple[str, TopicPartition], tuple[int, int]] = {}
+        # Groups `block` retention ignores (idle and empty); replaced whole by the group-reaper
+        # loop (`walbroker.group_retention`), read by the writer.
+        self.retention_ignored: frozenset[str] = frozenset()
         self._listeners: set[threading.Event] = set()
         self._listeners_lock = threading.Lock()
         # (group, partition) -> the partition's grant epoch; the broker wires the coordinator in.
@@ -155,9 +183,10 @@ class Log:
                     (state.start, state.end, state.size, state.first_ns, state.last_ns) = (
                         keys.unpack_partition(raw)
                     )
-            for k, v in txn.cursor(db=self.db["offsets"]):
-                group, tp = keys.split_group_key(bytes(k))
-                self.committed[(group, tp)] = keys.unpack_offset(v)
+            for name, into in (("offsets", self.committed), ("progress", self.progress)):
+                for k, v in txn.cursor(db=self.db[name]):
+                    group, tp = keys.split_group_key(bytes(k))
+                    into[(group, tp)] = keys.unpack_offset(v)
         log.info(
             "log opened",
             extra={
@@ -174,22 +203,62 @@ class Log:
             self.partitions.setdefault(tp, PartitionState(tp))
         self.topics[topic] = partitions
         self.metrics.declare_topic(topic)
+        self.metrics.topics.set(len(self.topics))
 
     # ---- writes ------------------------------------------------------------------------
 
-    def ensure_topic(self, topic: str, partitions: int = 0) -> int:
-        """Create `topic` if it does not exist (durably); return its partition count."""
+    def create_topic(self, topic: str, partitions: int) -> int:
+        """Create `topic` durably if it does not exist; return its partition count."""
         validate_name("topic", topic)
         if topic in self.topics:
             return self.topics[topic]
-        if not self.config.auto_create_topics and partitions == 0:
-            raise NotFound(f"unknown topic {topic!r}")
-        n = partitions or self.config.default_partitions
-        if not 1 <= n <= 4096:
-            raise InvalidArgument(f"partitions must be in 1..4096, got {n}")
+        limit = self.config.max_partitions_per_topic
+        if not 1 <= partitions <= limit:
+            raise InvalidArgument(f"partitions must be in 1..{limit}, got {partitions}")
+        if len(self.topics) >= self.config.max_topics:
+            raise ResourceExhausted(
+                f"topic limit of {self.config.max_topics} reached (--max-topics); "
+                "delete a topic first"
+            )
         fut: Future[int] = Future()
-        self.writer.submit(CreateTopicOp(topic, n, fut))
-        return fut.result()
+        self.writer.submit(CreateTopicOp(topic, partitions, fut))
+        return self.wait(fut, "create topic")
+
+    def ensure_topic(self, topic: str) -> int:
+        """The partition count of `topic`; created with the default count only if auto-creation
+        is on (`--auto-create-topics`), else NotFound."""
+        validate_name("topic", topic)
+        n = self.topics.get(topic)
+        if n is not None:
+            return n
+        if not self.config.auto_create_topics:
+            raise NotFound(
+                f"unknown topic {topic!r} (topics are created by the broker's --topic flag or "
+                "`walbroker admin create-topic`)"
+            )
+        return self.create_topic(topic, self.config.default_partitions)
+
+    def delete_topic(self, topic: str) -> None:
+        """Delete a topic: its records, extents, producer state and offsets (frees the budget)."""
+        self.partition_count(topic)
+        fut: Future[None] = Future()
+        self.writer.submit(DeleteTopicOp(topic, fut))
+        self.wait(fut, "delete topic")
+
+    def delete_group_offsets(self, group: str) -> None:
+        """Forget every committed offset of `group`."""
+        fut: Future[None] = Future()
+        self.writer.submit(DeleteGroupOp(group, fut))
+        self.wait(fut, "delete group")
+
+    def wait(self, fut: Future[T], what: str) -> T:
+        """The writer's answer to an operation, or Unavailable after `writer_timeout_s`."""
+        try:
+            return fut.result(timeout=self.config.writer_timeout_s)
+        except FutureTimeout:
+            raise Unavailable(
+                f"{what}: the log writer did not answer within {self.config.writer_timeout_s} s"
+            ) from None
 
     def partition_count(self, topic: str) -> int:
         """The partition count of an existing topic, else NotFound."""
@@ -197,6 +266,14 @@ class Log:
             return self.topics[topic]
         except KeyError:
             raise NotFound(f"unknown topic {topic!r}") from None
+
+    def forget_topic(self, topic: str) -> None:
+        """Drop a deleted topic from memory (by the writer, after the deletion committed)."""
+        n = self.topics.pop(topic, 0)
+        for p in range(n):
+            self.partitions.pop(TopicPartition(topic, p), None)
+        self.metrics.forget_topic(topic)
+        self.metrics.topics.set(len(self.topics))
 
     def append(
         self,
@@ -220,7 +297,7 @@ class Log:
         """Block until everything queued so far is committed and visible in memory."""
         fut: Future[None] = Future()
         self.writer.submit(BarrierOp(fut))
-        fut.result()
+        self.wait(fut, "barrier")
 
     def _check_append(self, tp: TopicPartition, payload: bytes, count: int) -> None:
         n = self.ensure_topic(tp.topic)
@@ -228,30 +305,27 @@ class Log:
             raise InvalidArgument(
                 f"partition {tp.partition} out of range: topic {tp.topic!r} has {n} partitions"
             )
-        if count <= 0 or not payload:
-            raise InvalidArgument("empty batch: count and payload must be non-empty")
-        if count > self.config.max_batch_points:
+        config = self.config
+        validate_batch(len(payload), count, config.max_batch_points, config.min_point_bytes)
+        if len(payload) > config.max_batch_bytes:
             raise InvalidArgument(
-                f"batch of {count} points exceeds the limit of {self.config.max_batch_points}"
+                f"batch of {len(payload)} bytes exceeds the limit of {config.max_batch_bytes}"
             )
-        if len(payload) > self.config.max_batch_bytes:
-            raise InvalidArgument(
-                f"batch of {len(payload)} bytes exceeds the limit of {self.config.max_batch_bytes}"
-            )
-        if len(payload) > self.config.retention_bytes:
+        if len(payload) > config.retention_bytes:
             raise ResourceExhausted("batch larger than the whole disk budget")
+        self.disk.check(len(payload))
 
     def commit_offsets(self, group: str, topic: str, offsets: dict[int, int]) -> None:
         """Store committed offsets durably (blocks until the writer's transaction is synced)."""
         fut: Future[None] = Future()
         self.writer.submit(CommitOffsetsOp(group, topic, dict(offsets), fut))
-        fut.result()
+        self.wait(fut, "offset commit")
 
     def enforce_retention(self) -> None:
         """Delete what the retention policy says may go now (blocks until done)."""
         fut: Future[None] = Future()
         self.writer.submit(RetentionOp(fut))
-        fut.result()
+        self.wait(fut, "retention")
 
     # ---- reads -------------------------------------------------------------------------
 
@@ -327,8 +401,13 @@ class Log:
         entry = self.committed.get((group, tp))
         return entry[0] if entry else None
 
+    def progress_of(self, group: str, tp: TopicPartition) -> int | None:
+        """A producer group's progress on `tp` (a source position), or None if it has none."""
+        entry = self.progress.get((group, tp))
+        return entry[0] if entry else None
+
     def groups_on(self, topic: str) -> set[str]:
-        """Groups with a committed offset on some partition of `topic`."""
+        """Consumer groups with a committed offset on some partition of `topic`."""
         return {g for (g, tp) in list(self.committed) if tp.topic == topic}
 
     def total_bytes(self) -> int:

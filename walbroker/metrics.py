@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -75,6 +76,46 @@ class BrokerMetrics:
         self.admin_actions = Counter(
             f"{NS}_admin_actions", "Admin operations.", ["action"], registry=r
         )
+        self._limits(r)
+
+    def _limits(self, r: CollectorRegistry) -> None:
+        """Gauges and counters of the bounds in docs/limits.md."""
+        self.hot_buffer_bytes = Gauge(
+            f"{NS}_hot_buffer_bytes", "Payload bytes of recent records kept in memory.", registry=r
+        )
+        self.queue_bytes = Gauge(
+            f"{NS}_queue_bytes", "Payload bytes waiting for the log writer.", registry=r
+        )
+        self.disk_free = Gauge(
+            f"{NS}_disk_free_bytes", "Free bytes on the data directory's file system.", registry=r
+        )
+        self.topics = Gauge(f"{NS}_topics", "Topics in the log.", registry=r)
+        self.streams = Gauge(
+            f"{NS}_open_streams", "Open Publish and Consume streams.", ["method"], registry=r
+        )
+        self.refused = Counter(
+            f"{NS}_refused_calls",
+            "Calls refused at the door, by limit.",
+            ["limit"],
+            registry=r,
+        )
+        self.invalid = Counter(
+            f"{NS}_invalid_requests",
+            "Requests refused as INVALID_ARGUMENT before reaching the log, by method.",
+            ["method"],
+            registry=r,
+        )
+        self.groups_expired = Counter(
+            f"{NS}_groups_expired",
+            "Empty groups forgotten after --group-retention-s (or deleted by an admin).",
+            ["reason"],
+            registry=r,
+        )
+        self.retention_ignored_groups = Gauge(
+            f"{NS}_retention_ignored_groups",
+            "Idle empty groups `block` retention no longer waits for.",
+            registry=r,
+        )
 
     def declare_topic(self, topic: str) -> None:
         """Export a topic's counters at 0 from the start, so dashboards see the series."""
@@ -82,6 +123,19 @@ class BrokerMetrics:
             self.deleted.labels(topic, reason)
         self.enqueued.labels(topic)
         self.duplicates.labels(topic)
+
+    def forget_topic(self, topic: str) -> None:
+        """Stop exporting a deleted topic's series."""
+        for metric, labels in (
+            (self.deleted, [(topic, "size"), (topic, "age")]),
+            (self.enqueued, [(topic,)]),
+            (self.duplicates, [(topic,)]),
+        ):
+            for lv in labels:
+                with contextlib.suppress(KeyError):  # never exported
+                    metric.remove(*lv)
+        for key in [k for k in self.delivered._metrics if k[0] == topic]:
+            self.delivered.remove(*key)
 
     def add_offsets_collector(
         self, extents: Callable[[], Iterable[ExtentRow]], lags: Callable[[], Iterable[LagRow]]

@@ -82,6 +82,8 @@ def _check_group(wal: Log, coordinator: GroupCoordinator, group: str, topic: str
     wal.partition_count(topic)
     view = coordinator.describe(group)
     committed_topics = {tp.topic for g, tp in list(wal.committed) if g == group}
+    if view is None and any(g == group for g, _ in list(wal.progress)):
+        raise InvalidArgument(f"group {group!r} is a producer group: it has no offsets")
     if view is None and not committed_topics:
         raise NotFound(f"unknown group {group!r}")
     if view is not None and view.role != "consumer":

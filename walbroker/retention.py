@@ -1,9 +1,11 @@
 """Retention: what may be deleted, by age and to keep the disk budget, under each policy.
 
 `block` (the default) deletes, to make room, only records that every group on
-the topic has committed past; when nothing may go, the append is refused with
-RESOURCE_EXHAUSTED. `drop-oldest` deletes the oldest records regardless and
-counts them. Age retention (`retention_age_s`) deletes under both policies.
+the topic has committed past (groups idle and empty for longer than
+`--retention-ignore-idle-group-s` excepted, see `walbroker.group_retention`);
+when nothing may go, the append is refused with RESOURCE_EXHAUSTED.
+`drop-oldest` deletes the oldest records regardless and counts them. Age
+retention (`retention_age_s`) deletes under both policies.
 All of it runs inside the writer's transaction (`StagedTxn`).
 """
 
@@ -36,6 +38,8 @@ def oldest_deletable(staged: StagedTxn) -> TopicPartition | None:
     block = staged.wal.config.retention_policy == "block"
     best: tuple[int, TopicPartition] | None = None
     for tp in staged.wal.partitions:
+        if tp.topic in staged.deleted_topics:
+            continue
         ext = staged.extent(tp)
         if ext.start == ext.end or (block and not consumed(staged, tp)):
             continue
@@ -52,7 +56,7 @@ def consumed(staged: StagedTxn, tp: TopicPartition) -> bool:
     if not groups or first is None:
         return False
     limit = keys.offset_of_key(first[0]) + keys.unpack_record_head(first[1])[1]
-    for g in groups:
+    for g in groups - wal.retention_ignored:  # idle empty groups do not hold records back
         entry = staged.offsets.get((g, tp)) or wal.committed.get((g, tp))
         if entry is None or entry[0] < limit:
             return False

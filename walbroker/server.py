@@ -1,8 +1,9 @@
 """The gRPC adapter: translates Publish / Consume / Metadata to the log and the coordinator.
 
-BrokerError becomes a status code here and nowhere else on the server side:
-per-batch in `PublishAck.status`, per-commit in `CommitAck.status`, and for a
-whole stream with `context.abort`.
+BrokerError becomes a status code through `walbroker.status` only: per batch in
+`PublishAck.status`, per commit in `CommitAck.status`, and for a whole stream
+with `status.abort`. Every request is validated (`walbroker.validation`) before
+it is queued for the log's writer, so a bad one only ever fails itself.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent import futures
 from typing import Any
@@ -20,37 +22,43 @@ from prometheus_client import start_http_server
 
 from proto.gen import walbroker_pb2 as pb
 from proto.gen import walbroker_pb2_grpc as pb_grpc
+from walbroker import admin
 from walbroker.config import BrokerConfig
-from walbroker.errors import BrokerError, Code, InvalidArgument, NotFound
+from walbroker.errors import BrokerError, InvalidArgument
+from walbroker.frames import MalformedFrames
 from walbroker.group import GroupCoordinator
+from walbroker.group_retention import expire_groups, update_retention_ignored
 from walbroker.guard import Guard
 from walbroker.lag import group_lags
+from walbroker.limits import StreamLimits, peer_host
 from walbroker.log import Log
 from walbroker.metrics import BrokerMetrics, ExtentRow, LagRow
 from walbroker.security import check_exposure
-from walbroker.session import Session, status_of
-from walbroker.types import AppendResult, TopicPartition
+from walbroker.session import Session
+from walbroker.status import abort, status_of
+from walbroker.types import AppendResult, TopicPartition, validate_name
+from walbroker.validation import MAX_PRODUCER_ID_BYTES, validate_identifier
 from walbroker.writer import Fence
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "walbroker.v1.Broker"
+# Publish requests read ahead of their acks, per stream.
+MAX_PENDING_ACKS = 1024
 
 
-def peer_host(peer: str) -> str:
-    """The address of a gRPC peer without its port: 'ipv4:10.0.0.7:5312' -> '10.0.0.7'."""
-    kind, _, rest = peer.partition(":")
-    if kind in ("ipv4", "ipv6"):
-        host = rest.rpartition(":")[0] or rest
-        return host.strip("[]")
-    return rest or peer  # unix sockets and the like: the path, as given
+def default_interceptors(config: BrokerConfig, metrics: BrokerMetrics, guard: Guard) -> list[Any]:
+    """The server's interceptors, outermost first.
 
-
-def abort(context: grpc.ServicerContext, exc: BrokerError) -> None:
-    """End the RPC with `exc`'s status code (and retry-after in trailing metadata)."""
-    if exc.retry_after_ms:
-        context.set_trailing_metadata((("retry-after-ms", str(exc.retry_after_ms)),))
-    context.abort(grpc.StatusCode[Code(exc.code).name], exc.message)
+    Malformed frames first: a request that does not parse is INVALID_ARGUMENT whoever
+    sent it (nothing runs on it). Then authentication, so nothing else runs for a
+    stranger; then the stream limits, so a stranger never holds a stream slot.
+    """
+    return [
+        MalformedFrames(metrics),
+        guard.interceptor,
+        StreamLimits(config.max_streams, config.max_streams_per_peer, metrics),
+    ]
 
 
 class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
@@ -63,42 +71,57 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
     def Publish(
         self, request_iterator: Iterator[pb.PublishRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.PublishAck]:
+        # Acks go out in request order. Only the ack's head is kept per request (the
+        # payload is the writer's alone once queued), and at most this many wait, so
+        # a client that sends faster than acks return is held back by flow control
+        # instead of by the broker's memory.
         pending: queue.Queue[
-            tuple[pb.PublishRequest, futures.Future[AppendResult] | BrokerError] | None
-        ] = queue.Queue()
+            tuple[pb.PublishAck, futures.Future[AppendResult] | BrokerError] | None
+        ] = queue.Queue(maxsize=MAX_PENDING_ACKS)
+        failure: list[BrokerError] = []
 
         def read() -> None:
             try:
                 for req in request_iterator:
-                    pending.put((req, self._submit(req)))
+                    head = pb.PublishAck(
+                        request_id=req.request_id, topic=req.topic, partition=req.partition
+                    )
+                    pending.put((head, self._submit(req)))
+                    del req
             except grpc.RpcError:
                 pass  # the client went away; acks for what was read are still produced
+            except BrokerError as exc:  # a malformed frame: the stream ends with its status
+                failure.append(exc)
             finally:
                 pending.put(None)
 
         threading.Thread(target=read, name="publish-reader", daemon=True).start()
         while (item := pending.get()) is not None:
-            req, outcome = item
-            yield self._ack(req, outcome)
+            head, outcome = item
+            yield self._ack(head, outcome)
+        if failure:
+            abort(context, failure[0])
 
     def _submit(self, req: pb.PublishRequest) -> futures.Future[AppendResult] | BrokerError:
         try:
+            check_publish(req)
             tp = TopicPartition(req.topic, req.partition)
             fence = (
                 Fence(req.fence_group, req.fence_epoch, req.progress) if req.fence_group else None
             )
             return self.wal.append(tp, req.payload, req.count, req.producer_id, req.sequence, fence)
         except BrokerError as exc:
-            return exc
+            # Its traceback holds the request's frames (and payload) until the ack goes
+            # out, which may wait behind earlier batches: drop it.
+            return exc.with_traceback(None)
 
     def _ack(
-        self, req: pb.PublishRequest, outcome: futures.Future[AppendResult] | BrokerError
+        self, ack: pb.PublishAck, outcome: futures.Future[AppendResult] | BrokerError
     ) -> pb.PublishAck:
-        ack = pb.PublishAck(request_id=req.request_id, topic=req.topic, partition=req.partition)
         try:
             if isinstance(outcome, BrokerError):
                 raise outcome
-            result = outcome.result()
+            result = self.wal.wait(outcome, "publish")
         except BrokerError as exc:
             self.broker.metrics.rejected.labels(exc.code.name).inc()
             ack.status.CopyFrom(status_of(exc))
@@ -156,15 +179,23 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
     def Metadata(
         self, request: pb.MetadataRequest, context: grpc.ServicerContext
     ) -> pb.MetadataResponse:
+        try:
+            return self._metadata(request)
+        except BrokerError as exc:
+            abort(context, exc)
+
+    def _metadata(self, request: pb.MetadataRequest) -> pb.MetadataResponse:
         wal = self.wal
+        if len(request.topics) > wal.config.max_topics:
+            raise InvalidArgument(f"at most {wal.config.max_topics} topics per request")
+        for name in request.topics:
+            validate_name("topic", name)
         names = list(request.topics) or sorted(wal.topics)
         resp = pb.MetadataResponse(default_partitions=wal.config.default_partitions)
         resp.brokers.add(node_id=self.broker.config.node_id, address=self.broker.address)
         for name in names:
-            if name not in wal.topics:
-                abort(context, NotFound(f"unknown topic {name!r}"))
             t = resp.topics.add(name=name)
-            for p in range(wal.topics[name]):
+            for p in range(wal.partition_count(name)):
                 info = wal.state(TopicPartition(name, p)).info()
                 t.partitions.add(
                     partition=p,
@@ -175,10 +206,20 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
         return resp
 
 
+def check_publish(req: pb.PublishRequest) -> None:
+    """Validate a publish request's identifiers (the log checks the batch itself)."""
+    validate_name("topic", req.topic)
+    validate_identifier("producer_id", req.producer_id, MAX_PRODUCER_ID_BYTES)
+    if req.fence_group:
+        validate_name("fence_group", req.fence_group)
+        if not req.producer_id:
+            raise InvalidArgument("a fenced batch needs a producer_id")
+
+
 class Broker:
     """The broker process: log, coordinator, gRPC server, health, metrics and the reaper loop."""
 
-    def __init__(self, config: BrokerConfig) -> None:
+    def __init__(self, config: BrokerConfig, interceptors: list[Any] | None = None) -> None:
         self.config = config
         self.metrics = BrokerMetrics()
         self.wal = Log(config.log, self.metrics)
@@ -189,15 +230,22 @@ class Broker:
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
         self._metrics_server: Any = None
+        # Set when a background loop cannot go on; the process then exits non-zero.
+        self.fatal = threading.Event()
         self.port = 0
         sec = config.security
         self.guard = Guard.build(sec, self.metrics.registry)  # bad token/TLS file: refuse
-        # Applied in order; authentication first, so nothing else runs for a stranger.
-        self.interceptors: list[grpc.ServerInterceptor] = [self.guard.interceptor]
+        self.interceptors: list[grpc.ServerInterceptor] = (
+            default_interceptors(config, self.metrics, self.guard)
+            if interceptors is None
+            else interceptors
+        )
+        workers = config.max_streams + config.reserved_workers
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.grpc_workers, thread_name_prefix="grpc"),
-            maximum_concurrent_rpcs=config.grpc_workers - 4,
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
             interceptors=self.interceptors,
+            # A backstop only: StreamLimits refuses streams well before this.
+            maximum_concurrent_rpcs=workers + 4 * config.reserved_workers,
             options=[
                 ("grpc.max_receive_message_length", config.grpc_max_message_bytes),
                 ("grpc.max_send_message_length", config.grpc_max_message_bytes),
@@ -205,8 +253,6 @@ class Broker:
             ],
         )
         pb_grpc.add_BrokerServicer_to_server(BrokerServicer(self), self.server)
-        from walbroker import admin  # here: admin imports `abort` from this module
-
         admin.add_to_server(self.server, self.wal, self.coordinator, self.metrics)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.extra_services: list[Any] = []
@@ -218,10 +264,17 @@ class Broker:
         return self.config.advertised_address or f"{host}:{self.port}"
 
     def start(self) -> None:
-        """Open for business: writer, gRPC, metrics endpoint, session reaper."""
+        """Open for business: writer, configured topics, gRPC, metrics endpoint, reaper."""
         sec = self.config.security
         check_exposure("walbroker", self.config.listen, sec.authenticated, sec.tls, sec.insecure)
         self.wal.start()
+        for topic, partitions in self.config.topics:
+            n = self.wal.create_topic(topic, partitions)
+            if n != partitions:
+                log.warning(
+                    "configured topic exists with another partition count; kept as it is",
+                    extra={"topic": topic, "partitions": n, "configured": partitions},
+                )
         self.port = self.guard.bind(self.server, self.config.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
@@ -247,12 +300,17 @@ class Broker:
         )
 
     def stop(self, grace_s: float = 5.0) -> None:
-        """Refuse new calls, let streams finish for `grace_s`, then close the log cleanly."""
+        """Refuse new calls, let streams finish for `grace_s`, then close the log cleanly.
+
+        Streams still open after the grace period are cancelled; `walbroker.cli`
+        bounds the whole shutdown with a watchdog (`shutdown_timeout_s`).
+        """
         self.health.enter_graceful_shutdown()
         self._stop.set()
-        self.server.stop(grace_s).wait()
+        if not self.server.stop(grace_s).wait(grace_s + 2.0):
+            log.warning("gRPC server did not stop in time", extra={"grace_s": grace_s})
         if self._reaper is not None:
-            self._reaper.join()
+            self._reaper.join(timeout=5.0)
             log.info("loop stopped", extra={"loop": "group-reaper"})
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -260,8 +318,31 @@ class Broker:
         log.info("broker stopped")
 
     def _reap(self) -> None:
+        """The group-reaper loop: session timeouts, group retention, the writer's health."""
+        # Group retention and the idle-group bound are checked a few times per bound.
+        bounds = [self.config.group_retention_s, self.config.log.retention_ignore_idle_group_s]
+        interval = max(0.5, min([b / 4 for b in bounds if b > 0] + [30.0]))
+        next_retention = 0.0
         while not self._stop.wait(0.5):
-            self.coordinator.expire()
+            try:
+                self.coordinator.expire()
+                if time.monotonic() >= next_retention:
+                    self._group_retention()
+                    next_retention = time.monotonic() + interval
+                self.metrics.disk_free.set(self.wal.disk.free_bytes())
+            except Exception:  # the loop must not die silently; next turn retries
+                log.exception("loop error", extra={"loop": "group-reaper"})
+            if self.wal.writer.failed is not None:
+                log.critical("log writer failed; stopping", extra={"error": self.wal.writer.failed})
+                self.fatal.set()
+                return
+
+    def _group_retention(self) -> None:
+        now = time.time_ns()
+        c = self.config
+        expire_groups(self.wal, self.coordinator, self.metrics, c.group_retention_s, now)
+        bound = c.log.retention_ignore_idle_group_s
+        update_retention_ignored(self.wal, self.coordinator, self.metrics, bound, now)
 
     def _extents(self) -> Iterable[ExtentRow]:
         for tp, state in list(self.wal.partitions.items()):

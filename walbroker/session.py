@@ -14,24 +14,24 @@ from collections import deque
 from collections.abc import Iterator
 
 from proto.gen import walbroker_pb2 as pb
-from walbroker.errors import BrokerError, Code, InvalidArgument, NotFound
+from walbroker.errors import BrokerError, InvalidArgument, NotFound
 from walbroker.group import GroupCoordinator, MemberAssignment, Role
 from walbroker.log import Log
 from walbroker.metrics import BrokerMetrics
+from walbroker.status import status_of
 from walbroker.types import TopicPartition
+from walbroker.validation import (
+    MAX_CLIENT_ID_BYTES,
+    MAX_MEMBER_ID_BYTES,
+    validate_identifier,
+    validate_name,
+)
 
 log = logging.getLogger(__name__)
 
 _ROLES: dict[int, Role] = {pb.CONSUMER: "consumer", pb.PRODUCER: "producer"}
 # Upper bound of points in one Records message read in one go.
 READ_CHUNK_POINTS = 20_000
-
-
-def status_of(exc: BrokerError | None) -> pb.Status:
-    """The wire status of an operation's outcome (the one place errors become codes)."""
-    if exc is None:
-        return pb.Status(code=Code.OK)
-    return pb.Status(code=int(exc.code), message=exc.message, retry_after_ms=exc.retry_after_ms)
 
 
 class Session:
@@ -71,6 +71,10 @@ class Session:
             raise InvalidArgument("join.role must be CONSUMER or PRODUCER")
         if not req.topic:
             raise InvalidArgument("join.topic is required")
+        validate_name("join.topic", req.topic)
+        validate_name("join.group", req.group)
+        validate_identifier("join.client_id", req.client_id, MAX_CLIENT_ID_BYTES)
+        validate_identifier("join.member_id", req.member_id, MAX_MEMBER_ID_BYTES)
         self.group, self.topic, self.role = req.group, req.topic, role
         self.credit = min(req.credit_points, self.max_unacked)
         if role == "consumer":  # a producer-group member gets no records: no wake per commit
@@ -141,9 +145,7 @@ class Session:
                     restarted.add(p)
             self.positions = positions
             self.generation = a.generation
-            committed = {
-                p: self.wal.committed_offset(a.group, TopicPartition(a.topic, p)) for p in positions
-            }
+            committed = {p: self._committed(TopicPartition(a.topic, p)) for p in positions}
             msg = pb.Assignment(
                 group=a.group,
                 topic=a.topic,
@@ -169,13 +171,19 @@ class Session:
         In a producer group the committed offset is the source's progress, not a log
         offset: it is used as it is (0 when none).
         """
+        if self.role == "producer":
+            return self._committed(tp) or 0
         info = self.wal.state(tp).info()
         committed = self.wal.committed_offset(self.group, tp)
-        if self.role == "producer":
-            return committed or 0
         if committed is None:
             return info.log_start_offset
         return min(max(committed, info.log_start_offset), info.log_end_offset)
+
+    def _committed(self, tp: TopicPartition) -> int | None:
+        """The consumer group's committed offset, or the producer group's progress."""
+        if self.role == "producer":
+            return self.wal.progress_of(self.group, tp)
+        return self.wal.committed_offset(self.group, tp)
 
     def push(self, msg: pb.ConsumeResponse) -> None:
         """Queue a control message for the member."""
@@ -195,7 +203,11 @@ class Session:
     # ---- responses (writer thread) ---------------------------------------------------------
 
     def responses(self) -> Iterator[pb.ConsumeResponse]:
-        """Control messages and records, until the stream closes."""
+        """Control messages and records, until the stream closes.
+
+        Control messages queued before the close (the join's assignment, a commit's
+        ack) are still sent: a member that joins and leaves at once gets its answer.
+        """
         while not self.closed.is_set():
             self.wake.wait(0.5)
             self.wake.clear()
@@ -203,6 +215,8 @@ class Session:
                 yield self.outbound.popleft()
             if self.role == "consumer":
                 yield from self._deliver()
+        while self.outbound:
+            yield self.outbound.popleft()
 
     def _deliver(self) -> Iterator[pb.ConsumeResponse]:
         with self.lock:

@@ -43,6 +43,9 @@ class StagedTxn:
         self.duplicates: dict[str, int] = {}
         self.topics: dict[str, int] = {}
         self.offsets: dict[tuple[str, TopicPartition], tuple[int, int]] = {}
+        self.progress: dict[tuple[str, TopicPartition], tuple[int, int]] = {}
+        self.deleted_topics: set[str] = set()
+        self.deleted_groups: set[str] = set()
 
     def extent(self, tp: TopicPartition) -> Extent:
         """The partition's extent in this transaction (copied from memory on first use)."""
@@ -97,3 +100,41 @@ class StagedTxn:
         ext.new = [r for r in ext.new if r.base_offset >= ext.start]
         self.put_extent(tp, ext)
         self.deleted[(tp.topic, reason)] = self.deleted.get((tp.topic, reason), 0) + n
+
+    def delete_topic(self, topic: str) -> None:
+        """Delete a topic's records, time index, extents, producer state and offsets."""
+        db, prefix = self.wal.db, topic.encode() + b"\x00"
+        for name in ("records", "timeindex", "parts"):
+            self._delete_prefixed(db[name], prefix)
+        for name in ("producers", "offsets", "progress"):  # keys: <id or group> NUL topic NUL p
+            cur = self.txn.cursor(db=db[name])
+            doomed = [bytes(k) for k in cur.iternext(values=False) if _topic_of(bytes(k)) == topic]
+            for k in doomed:
+                self.txn.delete(k, db=db[name])
+        self.txn.delete(topic.encode(), db=db["topics"])
+        for tp in [tp for tp in self.extents if tp.topic == topic]:
+            del self.extents[tp]
+        self.offsets = {k: v for k, v in self.offsets.items() if k[1].topic != topic}
+        self.progress = {k: v for k, v in self.progress.items() if k[1].topic != topic}
+        self.deleted_topics.add(topic)
+
+    def delete_group(self, group: str) -> None:
+        """Delete every committed offset (or progress) of `group`."""
+        for name in ("offsets", "progress"):
+            self._delete_prefixed(self.wal.db[name], group.encode() + b"\x00")
+        self.offsets = {k: v for k, v in self.offsets.items() if k[0] != group}
+        self.progress = {k: v for k, v in self.progress.items() if k[0] != group}
+        self.deleted_groups.add(group)
+
+    def _delete_prefixed(self, db: lmdb._Database, prefix: bytes) -> None:
+        cur = self.txn.cursor(db=db)
+        if not cur.set_range(prefix):
+            return
+        while bytes(cur.key()).startswith(prefix):
+            if not cur.delete():  # delete moves the cursor to the next key
+                return
+
+
+def _topic_of(key: bytes) -> str:
+    """The topic of a `producers` or `offsets` key (<name> NUL topic NUL u32)."""
+    return key.split(b"\x00", 1)[1][:-5].decode()

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import re
 import zlib
 from dataclasses import dataclass
 
-from walbroker.errors import InvalidArgument
-
-_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
-
-
-def validate_name(kind: str, name: str) -> str:
-    """Return `name` if it is a valid topic or group name, else raise InvalidArgument."""
-    if not _TOPIC_RE.match(name):
-        raise InvalidArgument(f"invalid {kind} name {name!r}: use 1-200 of [A-Za-z0-9._-]")
-    return name
+# Re-exported: the log, the coordinator and admin check names through the value types' module.
+from walbroker.validation import validate_name as validate_name
 
 
 def partition_for_key(key: str, partitions: int) -> int:

@@ -10,6 +10,7 @@ bounds what an OS crash (not a process crash) can lose.
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import threading
@@ -24,6 +25,8 @@ from walbroker import keys, retention
 from walbroker.errors import (
     BrokerError,
     Fenced,
+    InvalidArgument,
+    NotFound,
     OutOfOrderSequence,
     ResourceExhausted,
     Unavailable,
@@ -79,6 +82,22 @@ class CreateTopicOp:
 
 
 @dataclass(slots=True)
+class DeleteTopicOp:
+    """Delete a topic and everything stored under it."""
+
+    topic: str
+    future: Future[None]
+
+
+@dataclass(slots=True)
+class DeleteGroupOp:
+    """Delete every committed offset of a group."""
+
+    group: str
+    future: Future[None]
+
+
+@dataclass(slots=True)
 class RetentionOp:
     """Delete records older than the retention age."""
 
@@ -92,7 +111,20 @@ class BarrierOp:
     future: Future[None]
 
 
-Op = AppendOp | CommitOffsetsOp | CreateTopicOp | RetentionOp | BarrierOp
+def _is_enospc(exc: lmdb.Error) -> bool:
+    return "No space left" in str(exc) or getattr(exc, "errno", None) == errno.ENOSPC
+
+
+Op = (
+    AppendOp
+    | CommitOffsetsOp
+    | CreateTopicOp
+    | DeleteTopicOp
+    | DeleteGroupOp
+    | RetentionOp
+    | BarrierOp
+)
+Outcome = tuple[Op, Any, BrokerError | None]  # an operation, its result, or its error
 
 
 class Writer:
@@ -104,6 +136,11 @@ class Writer:
         self.queue: queue.Queue[Op | None] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._bytes_lock = threading.Lock()  # guards queued_bytes (submitters and the writer)
+        self.queued_bytes = 0
+        # Set when the writer cannot go on (e.g. the LMDB environment broke): every
+        # submission is refused with it and the broker exits non-zero.
+        self.failed: str | None = None
 
     def start(self) -> None:
         """Start the background loops."""
@@ -128,23 +165,41 @@ class Writer:
         self._threads.clear()
 
     def submit(self, op: Op, bound: int = 0) -> None:
-        """Queue an operation; with `bound`, refuse it when that many are already waiting."""
-        if self._stop.is_set():
-            raise Unavailable("broker is shutting down")
-        if bound and self.queue.qsize() >= bound:
-            raise ResourceExhausted(
-                "append queue is full", retry_after_ms=self.config.retry_after_ms
-            )
+        """Queue an operation; with `bound`, refuse it when that many are already waiting.
+
+        Bounded submissions (appends) are also refused while the payload bytes
+        waiting for the writer exceed `max_queue_bytes`.
+        """
+        if self._stop.is_set() or self.failed is not None:
+            raise Unavailable(self.failed or "broker is shutting down")
+        size = len(op.payload) if isinstance(op, AppendOp) else 0
+        with self._bytes_lock:
+            if bound and (
+                self.queue.qsize() >= bound
+                or self.queued_bytes + size > self.config.max_queue_bytes
+            ):
+                raise ResourceExhausted(
+                    f"append queue is full ({self.queue.qsize()} batches, {self.queued_bytes} "
+                    f"bytes; limits {bound} and {self.config.max_queue_bytes})",
+                    retry_after_ms=self.config.retry_after_ms,
+                )
+            self.queued_bytes += size
+            self.wal.metrics.queue_bytes.set(self.queued_bytes)
         self.queue.put(op)
         self.wal.metrics.queue_depth.set(self.queue.qsize())
 
     # ---- loops -------------------------------------------------------------------------
 
     def _run(self) -> None:
+        """The log-writer loop: never dies of one bad batch; a broken writer stops the broker."""
         while True:
             ops = self._drain()
             if ops:
-                self._commit(ops)
+                try:
+                    self._commit(ops)
+                except Exception as exc:  # the loop must not die silently
+                    log.exception("loop error", extra={"loop": "log-writer", "ops": len(ops)})
+                    self._fail(ops, Unavailable(f"log writer error: {exc}"))
             elif self._stop.is_set():
                 return
 
@@ -162,6 +217,10 @@ class Writer:
                 break
             if op is not None:
                 ops.append(op)
+        size = sum(len(op.payload) for op in ops if isinstance(op, AppendOp))
+        with self._bytes_lock:
+            self.queued_bytes -= size
+            self.wal.metrics.queue_bytes.set(self.queued_bytes)
         self.wal.metrics.queue_depth.set(self.queue.qsize())
         return ops
 
@@ -183,31 +242,28 @@ class Writer:
     # ---- one group commit ----------------------------------------------------------------
 
     def _commit(self, ops: list[Op]) -> None:
+        """Apply `ops` in one transaction; if it fails as a whole, find the culprit.
+
+        A BrokerError fails only its own operation. An error that aborts the whole
+        transaction (an LMDB error on one operation's key, say) would fail every
+        client's batch in the group commit: then each operation is retried in a
+        transaction of its own, so only the bad one fails.
+        """
         t0 = time.perf_counter()
-        results: list[tuple[Op, Any, BaseException | None]] = []
         try:
-            with self.wal.env.begin(write=True) as txn:
-                staged = StagedTxn(self.wal, txn)
+            staged, results = self._transact(ops)
+        except (lmdb.Error, ValueError, OverflowError) as exc:
+            if len(ops) > 1:
+                log.warning(
+                    "group commit failed; retrying its operations one by one",
+                    extra={"ops": len(ops), "error": str(exc)},
+                )
                 for op in ops:
-                    try:
-                        results.append((op, self._apply(staged, op), None))
-                    except BrokerError as exc:
-                        results.append((op, None, exc))
-        except lmdb.MapFullError:
-            log.error("LMDB map full: refusing the batch group", extra={"ops": len(ops)})
-            self._fail(
-                ops,
-                ResourceExhausted(
-                    "log storage map is full", retry_after_ms=self.config.retry_after_ms
-                ),
-            )
+                    self._commit([op])
+                return
+            self._fail(ops, self._error_of(exc))
             return
-        except lmdb.Error as exc:
-            log.exception("LMDB write transaction failed", extra={"ops": len(ops)})
-            self._fail(ops, Unavailable(f"log write failed: {exc}"))
-            return
-        elapsed = time.perf_counter() - t0
-        self.wal.metrics.commit_seconds.observe(elapsed)
+        self.wal.metrics.commit_seconds.observe(time.perf_counter() - t0)
         self.wal.metrics.commit_records.observe(len(ops))
         self._publish(staged)
         for op, result, error in results:
@@ -216,6 +272,36 @@ class Writer:
             else:
                 op.future.set_result(result)
         self.wal.notify()
+
+    def _transact(
+        self, ops: list[Op]
+    ) -> tuple[StagedTxn, list[tuple[Op, Any, BrokerError | None]]]:
+        results: list[tuple[Op, Any, BrokerError | None]] = []
+        with self.wal.env.begin(write=True) as txn:
+            staged = StagedTxn(self.wal, txn)
+            for op in ops:
+                try:
+                    results.append((op, self._apply(staged, op), None))
+                except BrokerError as exc:  # without its traceback: that holds the payload
+                    results.append((op, None, exc.with_traceback(None)))
+        return staged, results
+
+    def _error_of(self, exc: Exception) -> BrokerError:
+        """What a client is told when its own operation broke the transaction."""
+        retry = self.config.retry_after_ms
+        if isinstance(exc, lmdb.MapFullError):
+            log.error("LMDB map full: refusing the batch")
+            return ResourceExhausted("log storage map is full", retry_after_ms=retry)
+        if isinstance(exc, lmdb.Error) and _is_enospc(exc):
+            log.error("no space left on the data directory's file system")
+            return ResourceExhausted("no space left on the broker's disk", retry_after_ms=retry)
+        if isinstance(exc, lmdb.BadValsizeError | ValueError | OverflowError):
+            return InvalidArgument(f"request cannot be stored: {exc}")
+        if isinstance(exc, lmdb.PanicError | lmdb.CorruptedError | lmdb.InvalidError):
+            self.failed = f"log storage is broken: {exc}"
+            log.critical("loop error", extra={"loop": "log-writer", "error": self.failed})
+        log.error("LMDB write transaction failed", extra={"error": str(exc)})
+        return Unavailable(f"log write failed: {exc}")
 
     @staticmethod
     def _fail(ops: list[Op], exc: BrokerError) -> None:
@@ -229,6 +315,10 @@ class Writer:
             return self._commit_offsets(staged, op)
         if isinstance(op, CreateTopicOp):
             return self._create_topic(staged, op)
+        if isinstance(op, DeleteTopicOp):
+            return staged.delete_topic(op.topic)
+        if isinstance(op, DeleteGroupOp):
+            return staged.delete_group(op.group)
         if isinstance(op, BarrierOp):
             return None
         return retention.delete_aged(staged)
@@ -259,6 +349,8 @@ class Writer:
     # ---- appends -----------------------------------------------------------------------
 
     def _append(self, staged: StagedTxn, op: AppendOp) -> AppendResult:
+        if op.tp.topic in staged.deleted_topics:
+            raise NotFound(f"topic {op.tp.topic!r} was deleted")
         dup = self._check_sequence(staged, op)
         if dup is not None:
             staged.duplicates[op.tp.topic] = staged.duplicates.get(op.tp.topic, 0) + 1
@@ -266,8 +358,7 @@ class Writer:
         if op.fence is not None:
             self._check_fence(op.tp, op.fence)
         ext = staged.extent(op.tp)
-        value = keys.pack_record(0, op.count, op.payload)
-        need = len(value) + len(keys.record_key(op.tp, 0))
+        need = keys.RECORD_HEADER_SIZE + len(op.payload) + len(keys.record_key(op.tp, 0))
         retention.make_room(staged, need)
         t = max(time.time_ns(), ext.last_ns + 1)
         base = ext.end
@@ -288,12 +379,10 @@ class Writer:
         if op.producer_id:
             self._remember_sequence(staged, op, base, t)
         if op.fence is not None:  # the source's progress, atomically with its data
-            self._commit_offsets(
-                staged,
-                CommitOffsetsOp(
-                    op.fence.group, op.tp.topic, {op.tp.partition: op.fence.progress}, Future()
-                ),
-            )
+            key = keys.group_key(op.fence.group, op.tp)
+            entry = (op.fence.progress, time.time_ns())
+            txn.put(key, keys.pack_offset(*entry), db=db["progress"])
+            staged.progress[(op.fence.group, op.tp)] = entry
         staged.enqueued[op.tp.topic] = staged.enqueued.get(op.tp.topic, 0) + op.count
         return AppendResult(op.tp, base, op.count, t)
 
@@ -340,8 +429,22 @@ class Writer:
         for topic, n in staged.topics.items():
             wal.add_topic(topic, n)
         for tp, ext in staged.extents.items():
-            self._publish_extent(wal.partitions[tp], ext)
+            if tp.topic in staged.deleted_topics:
+                continue
+            state = wal.partitions[tp]
+            self._publish_extent(state, ext)
+            wal.hot.add(state, ext.new)
+        wal.hot.evict()
+        metrics.hot_buffer_bytes.set(wal.hot.bytes)
         wal.committed.update(staged.offsets)
+        wal.progress.update(staged.progress)
+        for table in (wal.committed, wal.progress):
+            for key in [k for k in table if k[0] in staged.deleted_groups]:
+                del table[key]
+            for key in [k for k in table if k[1].topic in staged.deleted_topics]:
+                del table[key]
+        for topic in staged.deleted_topics:
+            wal.forget_topic(topic)
         for topic, n in staged.enqueued.items():
             metrics.enqueued.labels(topic).inc(n)
         for topic, n in staged.duplicates.items():
@@ -350,19 +453,14 @@ class Writer:
             metrics.deleted.labels(topic, reason).inc(n)
         metrics.log_bytes.set(wal.total_bytes())
 
-    def _publish_extent(self, state: PartitionState, ext: Extent) -> None:
-        limit = self.config.hot_bytes_per_partition
+    @staticmethod
+    def _publish_extent(state: PartitionState, ext: Extent) -> None:
         with state.lock:
             state.start, state.end, state.size = ext.start, ext.end, ext.size
             state.first_ns, state.last_ns = ext.first_ns, ext.last_ns
             hot = state.hot
-            hot.extend(ext.new)
-            state.hot_bytes += sum(len(r.payload) for r in ext.new)
             drop = 0
-            while drop < len(hot) and (
-                state.hot_bytes > limit or hot[drop].base_offset < ext.start
-            ):
-                state.hot_bytes -= len(hot[drop].payload)
+            while drop < len(hot) and hot[drop].base_offset < ext.start:
                 drop += 1
-            if drop:
+            if drop:  # deleted by retention: no longer readable (the hot buffer frees them)
                 del hot[:drop]

@@ -15,7 +15,10 @@ streamer and the collector their token, the gateway its token file; every client
 {{- $files := dict "broker" "broker-tokens" "gateway" "gateway-tokens" -}}
 {{- if $auth.existingSecret -}}
 name: {{ $auth.existingSecret }}
-key: {{ index $files .component | default (printf "%s.token" .component) }}
+key: {{ index $files .component | default (printf "%s.token" (trimSuffix "-client" .component)) }}
+{{- else if eq .component "gateway-client" -}}
+name: {{ include "gputel.tokenSecretName" (dict "root" .root "component" "gateway") }}
+key: token
 {{- else if hasKey $files .component -}}
 name: {{ printf "%s-%s-auth" (include "gputel.fullname" .root) .component | trunc 63 | trimSuffix "-" }}
 key: tokens
@@ -55,6 +58,16 @@ key: token
       - key: {{ $ref.key }}
         path: {{ ternary "tokens" "token" (or (eq .component "broker") (eq .component "gateway")) }}
 {{- end }}
+{{- if and $root.Values.auth.enabled (eq .component "gateway") }}
+- name: broker-credential
+  secret:
+    {{- $ref := fromYaml (include "gputel.credentialRef" (dict "root" $root "component" "gateway-client")) }}
+    secretName: {{ $ref.name }}
+    defaultMode: 0400
+    items:
+      - key: {{ $ref.key }}
+        path: token
+{{- end }}
 {{- if $root.Values.tls.enabled }}
 - name: tls
   secret:
@@ -64,33 +77,41 @@ key: token
       {{- if eq .tls "server" }}
       - {key: tls.crt, path: tls.crt}
       - {key: tls.key, path: tls.key}
-      {{- else }}
+      {{- end }}
+      {{- if or (ne .tls "server") (eq .component "gateway") }}
       - {key: ca.crt, path: ca.crt}
       {{- end }}
 {{- end }}
 {{- end -}}
 
-{{/* Mounts of those volumes (no subPath: kubelet updates renewed files in place). */}}
+{{/* Mounts of those volumes (no subPath: kubelet updates renewed files in place):
+(dict "root" $ "component" c). */}}
 {{- define "gputel.trustMounts" -}}
-{{- if .Values.auth.enabled }}
+{{- if .root.Values.auth.enabled }}
 - name: credential
   mountPath: /var/run/gputel/auth
   readOnly: true
+{{- if eq .component "gateway" }}
+- name: broker-credential
+  mountPath: /var/run/gputel/broker-auth
+  readOnly: true
 {{- end }}
-{{- if .Values.tls.enabled }}
+{{- end }}
+{{- if .root.Values.tls.enabled }}
 - name: tls
   mountPath: /var/run/gputel/tls
   readOnly: true
 {{- end }}
 {{- end -}}
 
-{{/* Environment of a broker client (streamer, collector, admin Job). */}}
+{{/* Environment of a broker client (streamer, collector, admin Job; the gateway's token is
+under broker-auth/, its own auth/ holding its token file). */}}
 {{- define "gputel.brokerClientEnv" -}}
-{{- if .Values.auth.enabled }}
+{{- if .root.Values.auth.enabled }}
 - name: GPUTEL_BROKER_TOKEN_FILE
-  value: /var/run/gputel/auth/token
+  value: /var/run/gputel/{{ ternary "broker-auth" "auth" (eq .component "gateway") }}/token
 {{- end }}
-{{- if .Values.tls.enabled }}
+{{- if .root.Values.tls.enabled }}
 - name: GPUTEL_BROKER_TLS_CA
   value: /var/run/gputel/tls/ca.crt
 {{- end }}

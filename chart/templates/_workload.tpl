@@ -60,7 +60,7 @@ spec:
           volumeMounts:
             - name: tmp
               mountPath: /tmp
-            {{- include "gputel.trustMounts" $root | nindent 12 }}
+            {{- include "gputel.trustMounts" (dict "root" $root "component" .component) | nindent 12 }}
       volumes:
         - name: tmp
           emptyDir:

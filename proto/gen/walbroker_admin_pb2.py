@@ -24,45 +24,57 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15walbroker_admin.proto\x12\x0cwalbroker.v1\"\x13\n\x11ListTopicsRequest\"\xa9\x01\n\x0cTopicSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\npartitions\x18\x02 \x01(\r\x12\x18\n\x10log_start_offset\x18\x03 \x01(\x04\x12\x16\n\x0elog_end_offset\x18\x04 \x01(\x04\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x18\n\x10\x66irst_publish_ns\x18\x06 \x01(\x03\x12\x17\n\x0flast_publish_ns\x18\x07 \x01(\x03\"@\n\x12ListTopicsResponse\x12*\n\x06topics\x18\x01 \x03(\x0b\x32\x1a.walbroker.v1.TopicSummary\"%\n\x14\x44\x65scribeTopicRequest\x12\r\n\x05topic\x18\x01 \x01(\t\"\x9d\x01\n\x0fPartitionExtent\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x18\n\x10log_start_offset\x18\x02 \x01(\x04\x12\x16\n\x0elog_end_offset\x18\x03 \x01(\x04\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x18\n\x10\x66irst_publish_ns\x18\x05 \x01(\x03\x12\x17\n\x0flast_publish_ns\x18\x06 \x01(\x03\"\x85\x01\n\x15\x44\x65scribeTopicResponse\x12)\n\x05topic\x18\x01 \x01(\x0b\x32\x1a.walbroker.v1.TopicSummary\x12\x31\n\npartitions\x18\x02 \x03(\x0b\x32\x1d.walbroker.v1.PartitionExtent\x12\x0e\n\x06groups\x18\x03 \x03(\t\"\x13\n\x11ListGroupsRequest\"\x96\x01\n\x0cGroupSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x12\n\ngeneration\x18\x05 \x01(\x04\x12\x0f\n\x07members\x18\x06 \x01(\r\x12\x12\n\nlag_points\x18\x07 \x01(\x04\x12\x13\n\x0blag_seconds\x18\x08 \x01(\x01\"@\n\x12ListGroupsResponse\x12*\n\x06groups\x18\x01 \x03(\x0b\x32\x1a.walbroker.v1.GroupSummary\"%\n\x14\x44\x65scribeGroupRequest\x12\r\n\x05group\x18\x01 \x01(\t\"U\n\x0bGroupMember\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x12\n\npartitions\x18\x03 \x03(\r\x12\x0c\n\x04host\x18\x04 \x01(\t\"\xb4\x01\n\x0cPartitionLag\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\r\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x1d\n\x10\x63ommitted_offset\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x16\n\x0elog_end_offset\x18\x05 \x01(\x04\x12\x12\n\nlag_points\x18\x06 \x01(\x04\x12\x13\n\x0blag_seconds\x18\x07 \x01(\x01\x42\x13\n\x11_committed_offset\"\x9e\x01\n\x15\x44\x65scribeGroupResponse\x12)\n\x05group\x18\x01 \x01(\x0b\x32\x1a.walbroker.v1.GroupSummary\x12*\n\x07members\x18\x02 \x03(\x0b\x32\x19.walbroker.v1.GroupMember\x12.\n\npartitions\x18\x03 \x03(\x0b\x32\x1a.walbroker.v1.PartitionLag\"\xcd\x01\n\x13ResetOffsetsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x12\n\npartitions\x18\x03 \x03(\r\x12\x15\n\x0bto_earliest\x18\x04 \x01(\x08H\x00\x12\x13\n\tto_latest\x18\x05 \x01(\x08H\x00\x12\x13\n\tto_offset\x18\x06 \x01(\x04H\x00\x12\x14\n\nto_time_ns\x18\x07 \x01(\x03H\x00\x12\x12\n\x08shift_by\x18\x08 \x01(\x03H\x00\x12\x0f\n\x07\x64ry_run\x18\t \x01(\x08\x42\x08\n\x06target\"\xba\x01\n\x0cOffsetChange\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x17\n\nold_offset\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nnew_offset\x18\x03 \x01(\x04\x12\x18\n\x10requested_offset\x18\x04 \x01(\x03\x12\x0f\n\x07\x63lamped\x18\x05 \x01(\x08\x12\x18\n\x10log_start_offset\x18\x06 \x01(\x04\x12\x16\n\x0elog_end_offset\x18\x07 \x01(\x04\x42\r\n\x0b_old_offset\"r\n\x14ResetOffsetsResponse\x12\r\n\x05group\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12+\n\x07\x63hanges\x18\x03 \x03(\x0b\x32\x1a.walbroker.v1.OffsetChange\x12\x0f\n\x07\x61pplied\x18\x04 \x01(\x08\x32\xb4\x03\n\x05\x41\x64min\x12O\n\nListTopics\x12\x1f.walbroker.v1.ListTopicsRequest\x1a .walbroker.v1.ListTopicsResponse\x12X\n\rDescribeTopic\x12\".walbroker.v1.DescribeTopicRequest\x1a#.walbroker.v1.DescribeTopicResponse\x12O\n\nListGroups\x12\x1f.walbroker.v1.ListGroupsRequest\x1a .walbroker.v1.ListGroupsResponse\x12X\n\rDescribeGroup\x12\".walbroker.v1.DescribeGroupRequest\x1a#.walbroker.v1.DescribeGroupResponse\x12U\n\x0cResetOffsets\x12!.walbroker.v1.ResetOffsetsRequest\x1a\".walbroker.v1.ResetOffsetsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15walbroker_admin.proto\x12\x0cwalbroker.v1\"7\n\x12\x43reateTopicRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x12\n\npartitions\x18\x02 \x01(\r\"Q\n\x13\x43reateTopicResponse\x12)\n\x05topic\x18\x01 \x01(\x0b\x32\x1a.walbroker.v1.TopicSummary\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"2\n\x12\x44\x65leteTopicRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"9\n\x13\x44\x65leteTopicResponse\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x04\"#\n\x12\x44\x65leteGroupRequest\x12\r\n\x05group\x18\x01 \x01(\t\"=\n\x13\x44\x65leteGroupResponse\x12\r\n\x05group\x18\x01 \x01(\t\x12\x17\n\x0foffsets_deleted\x18\x02 \x01(\r\"\x13\n\x11ListTopicsRequest\"\xa9\x01\n\x0cTopicSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\npartitions\x18\x02 \x01(\r\x12\x18\n\x10log_start_offset\x18\x03 \x01(\x04\x12\x16\n\x0elog_end_offset\x18\x04 \x01(\x04\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x18\n\x10\x66irst_publish_ns\x18\x06 \x01(\x03\x12\x17\n\x0flast_publish_ns\x18\x07 \x01(\x03\"@\n\x12ListTopicsResponse\x12*\n\x06topics\x18\x01 \x03(\x0b\x32\x1a.walbroker.v1.TopicSummary\"%\n\x14\x44\x65scribeTopicRequest\x12\r\n\x05topic\x18\x01 \x01(\t\"\x9d\x01\n\x0fPartitionExtent\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x18\n\x10log_start_offset\x18\x02 \x01(\x04\x12\x16\n\x0elog_end_offset\x18\x03 \x01(\x04\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x18\n\x10\x66irst_publish_ns\x18\x05 \x01(\x03\x12\x17\n\x0flast_publish_ns\x18\x06 \x01(\x03\"\x85\x01\n\x15\x44\x65scribeTopicResponse\x12)\n\x05topic\x18\x01 \x01(\x0b\x32\x1a.walbroker.v1.TopicSummary\x12\x31\n\npartitions\x18\x02 \x03(\x0b\x32\x1d.walbroker.v1.PartitionExtent\x12\x0e\n\x06groups\x18\x03 \x03(\t\"\x13\n\x11ListGroupsRequest\"\xb4\x01\n\x0cGroupSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x12\n\ngeneration\x18\x05 \x01(\x04\x12\x0f\n\x07members\x18\x06 \x01(\r\x12\x12\n\nlag_points\x18\x07 \x01(\x04\x12\x13\n\x0blag_seconds\x18\x08 \x01(\x01\x12\x1c\n\x14ignored_by_retention\x18\t \x01(\x08\"@\n\x12ListGroupsResponse\x12*\n\x06groups\x18\x01 \x03(\x0b\x32\x1a.walbroker.v1.GroupSummary\"%\n\x14\x44\x65scribeGroupRequest\x12\r\n\x05group\x18\x01 \x01(\t\"U\n\x0bGroupMember\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x12\n\npartitions\x18\x03 \x03(\r\x12\x0c\n\x04host\x18\x04 \x01(\t\"\xb4\x01\n\x0cPartitionLag\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\r\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x1d\n\x10\x63ommitted_offset\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x16\n\x0elog_end_offset\x18\x05 \x01(\x04\x12\x12\n\nlag_points\x18\x06 \x01(\x04\x12\x13\n\x0blag_seconds\x18\x07 \x01(\x01\x42\x13\n\x11_committed_offset\"\x9e\x01\n\x15\x44\x65scribeGroupResponse\x12)\n\x05group\x18\x01 \x01(\x0b\x32\x1a.walbroker.v1.GroupSummary\x12*\n\x07members\x18\x02 \x03(\x0b\x32\x19.walbroker.v1.GroupMember\x12.\n\npartitions\x18\x03 \x03(\x0b\x32\x1a.walbroker.v1.PartitionLag\"\xcd\x01\n\x13ResetOffsetsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x12\n\npartitions\x18\x03 \x03(\r\x12\x15\n\x0bto_earliest\x18\x04 \x01(\x08H\x00\x12\x13\n\tto_latest\x18\x05 \x01(\x08H\x00\x12\x13\n\tto_offset\x18\x06 \x01(\x04H\x00\x12\x14\n\nto_time_ns\x18\x07 \x01(\x03H\x00\x12\x12\n\x08shift_by\x18\x08 \x01(\x03H\x00\x12\x0f\n\x07\x64ry_run\x18\t \x01(\x08\x42\x08\n\x06target\"\xba\x01\n\x0cOffsetChange\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x17\n\nold_offset\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nnew_offset\x18\x03 \x01(\x04\x12\x18\n\x10requested_offset\x18\x04 \x01(\x03\x12\x0f\n\x07\x63lamped\x18\x05 \x01(\x08\x12\x18\n\x10log_start_offset\x18\x06 \x01(\x04\x12\x16\n\x0elog_end_offset\x18\x07 \x01(\x04\x42\r\n\x0b_old_offset\"r\n\x14ResetOffsetsResponse\x12\r\n\x05group\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12+\n\x07\x63hanges\x18\x03 \x03(\x0b\x32\x1a.walbroker.v1.OffsetChange\x12\x0f\n\x07\x61pplied\x18\x04 \x01(\x08\x32\xb0\x05\n\x05\x41\x64min\x12O\n\nListTopics\x12\x1f.walbroker.v1.ListTopicsRequest\x1a .walbroker.v1.ListTopicsResponse\x12X\n\rDescribeTopic\x12\".walbroker.v1.DescribeTopicRequest\x1a#.walbroker.v1.DescribeTopicResponse\x12O\n\nListGroups\x12\x1f.walbroker.v1.ListGroupsRequest\x1a .walbroker.v1.ListGroupsResponse\x12X\n\rDescribeGroup\x12\".walbroker.v1.DescribeGroupRequest\x1a#.walbroker.v1.DescribeGroupResponse\x12U\n\x0cResetOffsets\x12!.walbroker.v1.ResetOffsetsRequest\x1a\".walbroker.v1.ResetOffsetsResponse\x12R\n\x0b\x43reateTopic\x12 .walbroker.v1.CreateTopicRequest\x1a!.walbroker.v1.CreateTopicResponse\x12R\n\x0b\x44\x65leteTopic\x12 .walbroker.v1.DeleteTopicRequest\x1a!.walbroker.v1.DeleteTopicResponse\x12R\n\x0b\x44\x65leteGroup\x12 .walbroker.v1.DeleteGroupRequest\x1a!.walbroker.v1.DeleteGroupResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'walbroker_admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTTOPICSREQUEST']._serialized_start=39
-  _globals['_LISTTOPICSREQUEST']._serialized_end=58
-  _globals['_TOPICSUMMARY']._serialized_start=61
-  _globals['_TOPICSUMMARY']._serialized_end=230
-  _globals['_LISTTOPICSRESPONSE']._serialized_start=232
-  _globals['_LISTTOPICSRESPONSE']._serialized_end=296
-  _globals['_DESCRIBETOPICREQUEST']._serialized_start=298
-  _globals['_DESCRIBETOPICREQUEST']._serialized_end=335
-  _globals['_PARTITIONEXTENT']._serialized_start=338
-  _globals['_PARTITIONEXTENT']._serialized_end=495
-  _globals['_DESCRIBETOPICRESPONSE']._serialized_start=498
-  _globals['_DESCRIBETOPICRESPONSE']._serialized_end=631
-  _globals['_LISTGROUPSREQUEST']._serialized_start=633
-  _globals['_LISTGROUPSREQUEST']._serialized_end=652
-  _globals['_GROUPSUMMARY']._serialized_start=655
-  _globals['_GROUPSUMMARY']._serialized_end=805
-  _globals['_LISTGROUPSRESPONSE']._serialized_start=807
-  _globals['_LISTGROUPSRESPONSE']._serialized_end=871
-  _globals['_DESCRIBEGROUPREQUEST']._serialized_start=873
-  _globals['_DESCRIBEGROUPREQUEST']._serialized_end=910
-  _globals['_GROUPMEMBER']._serialized_start=912
-  _globals['_GROUPMEMBER']._serialized_end=997
-  _globals['_PARTITIONLAG']._serialized_start=1000
-  _globals['_PARTITIONLAG']._serialized_end=1180
-  _globals['_DESCRIBEGROUPRESPONSE']._serialized_start=1183
-  _globals['_DESCRIBEGROUPRESPONSE']._serialized_end=1341
-  _globals['_RESETOFFSETSREQUEST']._serialized_start=1344
-  _globals['_RESETOFFSETSREQUEST']._serialized_end=1549
-  _globals['_OFFSETCHANGE']._serialized_start=1552
-  _globals['_OFFSETCHANGE']._serialized_end=1738
-  _globals['_RESETOFFSETSRESPONSE']._serialized_start=1740
-  _globals['_RESETOFFSETSRESPONSE']._serialized_end=1854
-  _globals['_ADMIN']._serialized_start=1857
-  _globals['_ADMIN']._serialized_end=2293
+  _globals['_CREATETOPICREQUEST']._serialized_start=39
+  _globals['_CREATETOPICREQUEST']._serialized_end=94
+  _globals['_CREATETOPICRESPONSE']._serialized_start=96
+  _globals['_CREATETOPICRESPONSE']._serialized_end=177
+  _globals['_DELETETOPICREQUEST']._serialized_start=179
+  _globals['_DELETETOPICREQUEST']._serialized_end=229
+  _globals['_DELETETOPICRESPONSE']._serialized_start=231
+  _globals['_DELETETOPICRESPONSE']._serialized_end=288
+  _globals['_DELETEGROUPREQUEST']._serialized_start=290
+  _globals['_DELETEGROUPREQUEST']._serialized_end=325
+  _globals['_DELETEGROUPRESPONSE']._serialized_start=327
+  _globals['_DELETEGROUPRESPONSE']._serialized_end=388
+  _globals['_LISTTOPICSREQUEST']._serialized_start=390
+  _globals['_LISTTOPICSREQUEST']._serialized_end=409
+  _globals['_TOPICSUMMARY']._serialized_start=412
+  _globals['_TOPICSUMMARY']._serialized_end=581
+  _globals['_LISTTOPICSRESPONSE']._serialized_start=583
+  _globals['_LISTTOPICSRESPONSE']._serialized_end=647
+  _globals['_DESCRIBETOPICREQUEST']._serialized_start=649
+  _globals['_DESCRIBETOPICREQUEST']._serialized_end=686
+  _globals['_PARTITIONEXTENT']._serialized_start=689
+  _globals['_PARTITIONEXTENT']._serialized_end=846
+  _globals['_DESCRIBETOPICRESPONSE']._serialized_start=849
+  _globals['_DESCRIBETOPICRESPONSE']._serialized_end=982
+  _globals['_LISTGROUPSREQUEST']._serialized_start=984
+  _globals['_LISTGROUPSREQUEST']._serialized_end=1003
+  _globals['_GROUPSUMMARY']._serialized_start=1006
+  _globals['_GROUPSUMMARY']._serialized_end=1186
+  _globals['_LISTGROUPSRESPONSE']._serialized_start=1188
+  _globals['_LISTGROUPSRESPONSE']._serialized_end=1252
+  _globals['_DESCRIBEGROUPREQUEST']._serialized_start=1254
+  _globals['_DESCRIBEGROUPREQUEST']._serialized_end=1291
+  _globals['_GROUPMEMBER']._serialized_start=1293
+  _globals['_GROUPMEMBER']._serialized_end=1378
+  _globals['_PARTITIONLAG']._serialized_start=1381
+  _globals['_PARTITIONLAG']._serialized_end=1561
+  _globals['_DESCRIBEGROUPRESPONSE']._serialized_start=1564
+  _globals['_DESCRIBEGROUPRESPONSE']._serialized_end=1722
+  _globals['_RESETOFFSETSREQUEST']._serialized_start=1725
+  _globals['_RESETOFFSETSREQUEST']._serialized_end=1930
+  _globals['_OFFSETCHANGE']._serialized_start=1933
+  _globals['_OFFSETCHANGE']._serialized_end=2119
+  _globals['_RESETOFFSETSRESPONSE']._serialized_start=2121
+  _globals['_RESETOFFSETSRESPONSE']._serialized_end=2235
+  _globals['_ADMIN']._serialized_start=2238
+  _globals['_ADMIN']._serialized_end=2926
 # @@protoc_insertion_point(module_scope)

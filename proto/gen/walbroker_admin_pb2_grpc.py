@@ -59,6 +59,21 @@ class AdminStub:
                 request_serializer=walbroker__admin__pb2.ResetOffsetsRequest.SerializeToString,
                 response_deserializer=walbroker__admin__pb2.ResetOffsetsResponse.FromString,
                 _registered_method=True)
+        self.CreateTopic = channel.unary_unary(
+                '/walbroker.v1.Admin/CreateTopic',
+                request_serializer=walbroker__admin__pb2.CreateTopicRequest.SerializeToString,
+                response_deserializer=walbroker__admin__pb2.CreateTopicResponse.FromString,
+                _registered_method=True)
+        self.DeleteTopic = channel.unary_unary(
+                '/walbroker.v1.Admin/DeleteTopic',
+                request_serializer=walbroker__admin__pb2.DeleteTopicRequest.SerializeToString,
+                response_deserializer=walbroker__admin__pb2.DeleteTopicResponse.FromString,
+                _registered_method=True)
+        self.DeleteGroup = channel.unary_unary(
+                '/walbroker.v1.Admin/DeleteGroup',
+                request_serializer=walbroker__admin__pb2.DeleteGroupRequest.SerializeToString,
+                response_deserializer=walbroker__admin__pb2.DeleteGroupResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -99,6 +114,29 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateTopic(self, request, context):
+        """Create a topic (ALREADY_EXISTS is not an error: the existing topic is returned, with
+        `created` false). RESOURCE_EXHAUSTED beyond the broker's --max-topics.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTopic(self, request, context):
+        """Delete a topic and everything stored under it (records, offsets, producer state).
+        FAILED_PRECONDITION while a group on it has live members, unless `force`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteGroup(self, request, context):
+        """Forget a group and its committed offsets. FAILED_PRECONDITION while it has live members.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +164,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ResetOffsets,
                     request_deserializer=walbroker__admin__pb2.ResetOffsetsRequest.FromString,
                     response_serializer=walbroker__admin__pb2.ResetOffsetsResponse.SerializeToString,
+            ),
+            'CreateTopic': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTopic,
+                    request_deserializer=walbroker__admin__pb2.CreateTopicRequest.FromString,
+                    response_serializer=walbroker__admin__pb2.CreateTopicResponse.SerializeToString,
+            ),
+            'DeleteTopic': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTopic,
+                    request_deserializer=walbroker__admin__pb2.DeleteTopicRequest.FromString,
+                    response_serializer=walbroker__admin__pb2.DeleteTopicResponse.SerializeToString,
+            ),
+            'DeleteGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteGroup,
+                    request_deserializer=walbroker__admin__pb2.DeleteGroupRequest.FromString,
+                    response_serializer=walbroker__admin__pb2.DeleteGroupResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +316,87 @@ class Admin:
             '/walbroker.v1.Admin/ResetOffsets',
             walbroker__admin__pb2.ResetOffsetsRequest.SerializeToString,
             walbroker__admin__pb2.ResetOffsetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTopic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/walbroker.v1.Admin/CreateTopic',
+            walbroker__admin__pb2.CreateTopicRequest.SerializeToString,
+            walbroker__admin__pb2.CreateTopicResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTopic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/walbroker.v1.Admin/DeleteTopic',
+            walbroker__admin__pb2.DeleteTopicRequest.SerializeToString,
+            walbroker__admin__pb2.DeleteTopicResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/walbroker.v1.Admin/DeleteGroup',
+            walbroker__admin__pb2.DeleteGroupRequest.SerializeToString,
+            walbroker__admin__pb2.DeleteGroupResponse.FromString,
             options,
             channel_credentials,
             insecure,

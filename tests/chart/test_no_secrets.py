@@ -60,6 +60,7 @@ GENERATED = {
     "gputel-collector-token",
     "gputel-admin-token",
     "gputel-api-token",
+    "gputel-gateway-token",
     "gputel-broker-auth",
     "gputel-gateway-auth",
     "gputel-tls",

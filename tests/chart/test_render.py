@@ -138,7 +138,9 @@ def test_broker_statefulset_pvc_headless_service_grpc_probes(
         assert "--retention-policy=drop-oldest" in c["args"]
         assert "--retention-bytes=40000000000" in c["args"]
         assert "--partitions=64" in c["args"] and "--fsync=interval" in c["args"]
+        assert "--topic=telemetry:64" in c["args"]
     else:
+        assert "--topic=telemetry:16" in c["args"] and "--topic=telemetry.dlq:4" in c["args"]
         assert "storageClassName" not in claim["spec"]
 
 

@@ -18,8 +18,12 @@ from tests.chart.conftest import Chart
 from tests.fixtures.broker import free_port
 from walbroker.tokens import parse
 
-CLIENTS = {"streamer": "gputel-streamer-token", "collector": "gputel-collector-token"}
-SERVERS = {"broker": "gputel-broker-auth", "gateway": "gputel-gateway-auth"}
+CLIENTS = {"streamer": {"gputel-streamer-token"}, "collector": {"gputel-collector-token"}}
+# The gateway's token file, and its own read token for the web view's broker relay.
+SERVERS = {
+    "broker": {"gputel-broker-auth"},
+    "gateway": {"gputel-gateway-auth", "gputel-gateway-token"},
+}
 
 
 def secret_data(r, name: str) -> dict[str, str]:
@@ -57,14 +61,16 @@ def test_each_pod_mounts_only_its_own_credential(chart: Chart) -> None:
         volumes = secret_volumes(pod)
         mounted[component] = {v["secretName"] for v in volumes.values()} - {"gputel-tls"}
         tls_keys = {i["key"] for i in volumes["tls"]["items"]}
-        if component in SERVERS:
+        if component == "broker":
             assert tls_keys == {"tls.crt", "tls.key"}, component
+        elif component == "gateway":  # serves TLS and reads the broker's Admin API over TLS
+            assert tls_keys == {"tls.crt", "tls.key", "ca.crt"}, component
         else:
             assert tls_keys == {"ca.crt"}, component  # a client never holds the server's key
             env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
             assert env["GPUTEL_BROKER_TOKEN_FILE"] == "/var/run/gputel/auth/token"
             assert env["GPUTEL_BROKER_TLS_CA"] == "/var/run/gputel/tls/ca.crt"
-    assert mounted == {c: {s} for c, s in {**CLIENTS, **SERVERS}.items()}
+    assert mounted == {**CLIENTS, **SERVERS}
     for component in ("streamer", "collector", "broker", "gateway"):
         (container,) = pod_of(r, "StatefulSet" if component == "broker" else "Deployment",
                               component)["containers"]  # fmt: skip
@@ -87,6 +93,8 @@ def test_generated_tokens_have_least_privilege(chart: Chart) -> None:
     assert collector.allows(["produce"], "topic", "telemetry.dlq")
     assert not streamer.allows(["consume"], "topic", "telemetry")
     assert admin.roles == {"admin"}
+    gateway = table.for_token(secret_data(r, "gputel-gateway-token")["token"])
+    assert gateway and gateway.roles == {"read"}  # the web view's relay: read calls only
     api = parse(secret_data(r, "gputel-gateway-auth")["tokens"])
     assert api.for_token(secret_data(r, "gputel-api-token")["token"]).roles == {"read"}
     # The tokens themselves appear only in their own Secret.
@@ -160,13 +168,16 @@ def test_existing_secrets_and_cert_manager(chart: Chart) -> None:
         d["metadata"]["name"]: secret_volumes(d["spec"]["template"]["spec"])["credential"]
         for d in workloads
     }
-    assert {name: v["items"][0]["key"] for name, v in keys.items()} == {
+    assert {name: v["items"][0]["key"] for name, v in keys.items()} == {  # each its own key
         "gputel-broker": "broker-tokens",
         "gputel-gateway": "gateway-tokens",
         "gputel-streamer": "streamer.token",
         "gputel-collector": "collector.token",
     }
     assert {v["secretName"] for v in keys.values()} == {"gputel-creds"}
+    gateway = next(d for d in workloads if d["metadata"]["name"] == "gputel-gateway")
+    relay = secret_volumes(gateway["spec"]["template"]["spec"])["broker-credential"]
+    assert relay["secretName"] == "gputel-creds" and relay["items"][0]["key"] == "gateway.token"
     missing = chart.template(extra=["--set", "tls.certManager.enabled=true"])
     assert missing.returncode != 0 and "issuerRef.name is required" in missing.stderr
 

@@ -52,7 +52,7 @@ def test_rogue_members_are_refused_and_the_store_stays_exact(
     creds.add("collector", "consume,produce", "consume:topic=telemetry",
               "consume:group=collectors", "produce:topic=telemetry.dlq")  # fmt: skip
     creds.add("ops", "read")
-    b = broker_factory("--partitions", "4", *creds.broker_args(),
+    b = broker_factory("--topic", "telemetry:4", "--topic", "telemetry.dlq:2", *creds.broker_args(),
                        credentials=creds.channel_credentials()).start()  # fmt: skip
     target = StoreTarget.sqlite(tmp_path / "telemetry.db")
     collector = CollectorProcess(
@@ -97,7 +97,9 @@ def test_collector_with_wrong_credentials_exits_with_a_clear_error(
 ) -> None:
     creds = Credentials(tmp_path / "creds")
     creds.add("streamer", "produce")
-    b = broker_factory(*creds.broker_args(), credentials=creds.channel_credentials()).start()
+    topics = ["--topic", "telemetry:4", "--topic", "telemetry.dlq:2"]
+    b = broker_factory(*topics, *creds.broker_args(), credentials=creds.channel_credentials())
+    b.start()
     extra = ["--tls-ca", str(creds.ca_file)]
     if principal:
         extra += ["--token-file", str(creds.token_path(principal))]

@@ -70,10 +70,22 @@ NOT_ON_DASHBOARD = {
     "gpu_telemetry_broker_admin_actions_total": "audit trail of admin operations",
     "gpu_telemetry_broker_producer_duplicates_total": "retried batches, not a rate to watch",
     "gpu_telemetry_broker_publish_rejected_total": "backpressure panel shows the producer side",
+    # The usage gauges of the broker's bounds (docs/limits.md): read them when a limit is hit.
+    "gpu_telemetry_broker_hot_buffer_bytes": "bounded by --hot-buffer-bytes; limits.md",
+    "gpu_telemetry_broker_queue_bytes": "bounded by --max-queue-bytes; queue depth is shown",
+    "gpu_telemetry_broker_disk_free_bytes": "watermark --min-free-bytes; log size is shown",
+    "gpu_telemetry_broker_open_streams": "bounded by --max-streams; limits.md",
+    "gpu_telemetry_broker_topics": "bounded by --max-topics; limits.md",
+    "gpu_telemetry_broker_retention_ignored_groups": "idle groups; also in admin groups",
+    "gpu_telemetry_broker_refused_calls_total": "streams refused at a limit; limits.md",
+    "gpu_telemetry_broker_invalid_requests_total": "malformed frames; limits.md",
+    "gpu_telemetry_broker_groups_expired_total": "group retention; limits.md",
     "gpu_telemetry_collector_store_up": "write errors panel and alert cover a failing store",
     "gpu_telemetry_collector_commits_total": "flushed points are only counted when committed",
     "gpu_telemetry_gateway_requests_total": "API traffic, not pipeline health",
     "gpu_telemetry_gateway_request_duration_seconds": "API latency, not pipeline health",
+    "gpu_telemetry_gateway_connections": "bounded by --max-connections; limits.md",
+    "gpu_telemetry_gateway_slow_clients_total": "closed at --head-timeout-s; limits.md",
 }
 
 
@@ -199,7 +211,15 @@ def prometheus(
         gen_dcgm.write(f, seed=5, hosts=2, gpus_per_host=8, passes=1)
         f.write('"2025-07-18T20:42:30Z","DCGM_FI_DEV_GPU_UTIL","0","nvidia0"\n')  # field_count
     # ~10 kB of log per second: the budget fills within seconds and retention deletes.
-    broker = BrokerProcess(tmp / "broker", "--partitions", "4", "--retention-bytes", "60000")
+    broker = BrokerProcess(
+        tmp / "broker",
+        "--topic",
+        "telemetry:4",
+        "--topic",
+        "telemetry.dlq:2",
+        "--retention-bytes",
+        "60000",
+    )
     p = Pipeline(tmp, broker, ["--store", f"sqlite:{tmp / 'store.db'}"], csv)
     procs: dict[str, Proc | BrokerProcess] = {
         "broker": broker,

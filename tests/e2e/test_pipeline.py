@@ -82,7 +82,8 @@ def make_pipeline(
             tls.ca.read_bytes(), tls.key("admin").read_bytes(), tls.cert("admin").read_bytes()
         )
     args = tls.broker_args() if tls else []
-    broker = broker_factory("--partitions", "8", *args, credentials=credentials).start()
+    topics = ["--topic", "telemetry:8", "--topic", "telemetry.dlq:2"]
+    broker = broker_factory(*topics, *args, credentials=credentials).start()
     p = Pipeline(tmp_path, broker, store_args, csv_file, secure=tls)
     p.influx = influx  # type: ignore[attr-defined]
     try:

@@ -31,7 +31,9 @@ def test_wrong_credentials_exit_with_a_clear_error(
 ) -> None:
     creds = Credentials(tmp_path / "creds")
     creds.add("reader", "read")
-    b = broker_factory(*creds.broker_args(), credentials=creds.channel_credentials()).start()
+    b = broker_factory(
+        "--topic", "telemetry:4", *creds.broker_args(), credentials=creds.channel_credentials()
+    ).start()
     csv = tmp_path / "dcgm.csv"
     csv.write_text(csv_text([row()]), encoding="utf-8")
     args = [STREAMER, "--broker", b.address, "--csv", str(csv), "--metrics-listen", ""]

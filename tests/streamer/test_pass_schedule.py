@@ -101,7 +101,7 @@ def test_import_larger_than_the_cache_is_re_read_each_pass_exactly_with_flat_mem
     gpus, metrics = 64, 10
     peaks = {}
     for name, scrapes in (("small", 1), ("big", 60)):  # 640 rows; 38,400 rows (~14 MB)
-        broker = broker_factory(name=name).start()
+        broker = broker_factory("--topic", "telemetry:4", name=name).start()
         csv = make_csv(tmp_path / f"{name}.csv", gpus, metrics, scrapes)
         argv = [STREAMER, "--broker", broker.address, "--csv", str(csv), "--passes", "2",
                 "--source-cache-mb", "0.1", "--metrics-listen", "", "--time", "source"]  # fmt: skip

@@ -59,7 +59,7 @@ def test_one_pass_puts_every_row_in_the_log_once_in_order(broker, streamer_proce
 def test_three_streamers_share_the_gpus_and_one_stops_mid_run(
     broker_factory, streamer_process, tmp_path
 ):
-    broker = broker_factory("--partitions", "8").start()
+    broker = broker_factory("--topic", "telemetry:8", "--topic", "telemetry.dlq:2").start()
     csv = make_csv(tmp_path / "dcgm.csv", G, M, S)
     passes = 3
     args = ["--broker", broker.address, "--csv", str(csv), "--passes", str(passes)]

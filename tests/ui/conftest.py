@@ -99,7 +99,7 @@ class Web:
 @pytest.fixture(scope="module")
 def web(tmp_path_factory) -> Iterator[Web]:
     folder = tmp_path_factory.mktemp("web")
-    broker = BrokerProcess(folder / "broker", "--partitions", "4").start()
+    broker = BrokerProcess(folder / "broker", "--topic", f"{TOPIC}:4").start()
     member = None
     try:
         publish(broker.address, 10)

@@ -51,7 +51,7 @@ def creds(tmp_path: Path) -> Credentials:
 @pytest.fixture
 def secured(creds: Credentials, broker_factory: Callable[..., BrokerProcess]) -> BrokerProcess:
     """A broker with tokens (plaintext: the matrix is about authorization, TLS is tested apart)."""
-    b = broker_factory("--partitions", "2", *creds.broker_args(tls=False))
+    b = broker_factory("--partitions", "2", "--auto-create-topics", *creds.broker_args(tls=False))
     b.start()
     # Data to look at: a topic with a record, and a group with a committed offset.
     with Producer(b.address, "telemetry", lambda xs: b"x" * len(xs),
@@ -227,7 +227,9 @@ def test_scopes(tmp_path: Path, broker_factory: Callable[..., BrokerProcess]) ->
     creds.add("collector", "consume,produce", "consume:topic=telemetry",
               "consume:group=collectors", "produce:topic=telemetry.dlq")  # fmt: skip
     creds.add("viewer", "read", "group=coll*", "topic=tele*")
-    b = broker_factory("--partitions", "2", *creds.broker_args(tls=False)).start()
+    b = broker_factory(
+        "--partitions", "2", "--auto-create-topics", *creds.broker_args(tls=False)
+    ).start()
     root = creds.tokens["root"]
     with grpc.insecure_channel(b.address) as ch:
         for topic in ("telemetry", "telemetry.dlq", "secret"):
@@ -273,7 +275,9 @@ def _write_keeping_stamp(path: Path, text: str) -> None:
 def test_rotation_and_revocation_without_restart(
     creds: Credentials, broker_factory: Callable[..., BrokerProcess]
 ) -> None:
-    b = broker_factory("--partitions", "2", *creds.broker_args(tls=False)).start()
+    b = broker_factory(
+        "--partitions", "2", "--auto-create-topics", *creds.broker_args(tls=False)
+    ).start()
     pid = b.proc.pid if b.proc else 0
     old = creds.tokens["only-produce"]
     with grpc.insecure_channel(b.address) as ch:
@@ -348,7 +352,7 @@ def test_client_token_rotation_keeps_an_open_stream_going(
     """Rotate as docs/security.md says: add the new token, hand it to the client, revoke the
     old one. The client's open stream is cut by the revocation and resumes with the new token
     read from its file: nothing fails, nothing is lost or stored twice."""
-    b = broker_factory("--partitions", "2", *creds.broker_args(tls=False)).start()
+    b = broker_factory("--topic", "telemetry:2", *creds.broker_args(tls=False)).start()
     sec = creds.client("only-produce", tls=False)
     old = creds.tokens["only-produce"]
     p = Producer(b.address, "telemetry", lambda xs: b"x" * len(xs), security=sec).start()

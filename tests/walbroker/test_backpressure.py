@@ -23,7 +23,7 @@ def scrape(url: str, name: str) -> float:
 
 
 def test_block_policy_pushes_back_and_loses_nothing(broker_factory):
-    broker = broker_factory("--partitions", "2", "--retention-bytes", "16000").start()
+    broker = broker_factory("--topic", "bp:2", "--retention-bytes", "16000").start()
     pushed_back: list[BrokerError] = []
     seen: Counter[int] = Counter()
     stop = threading.Event()
@@ -71,7 +71,7 @@ def test_block_policy_pushes_back_and_loses_nothing(broker_factory):
 
 def test_drop_oldest_deletes_and_counts(broker_factory):
     broker = broker_factory(
-        "--partitions", "2", "--retention-bytes", "16000", "--retention-policy", "drop-oldest"
+        "--topic", "bp:2", "--retention-bytes", "16000", "--retention-policy", "drop-oldest"
     ).start()
     pushed_back: list[BrokerError] = []
     with Producer(

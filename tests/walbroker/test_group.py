@@ -39,10 +39,10 @@ class Inbox:
 
 @pytest.fixture
 def wal(tmp_path):
-    w = Log(LogConfig(tmp_path, default_partitions=6))
+    w = Log(LogConfig(tmp_path, default_partitions=6, auto_create_topics=True))
     w.start()
     for p in range(6):
-        w.append(TP("t", p), b"x", 100).result()
+        w.append(TP("t", p), b"x" * 800, 100).result()
     yield w
     w.close()
 
@@ -157,7 +157,7 @@ class CoordinatorMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp())
-        self.wal = Log(LogConfig(self.dir, default_partitions=7))
+        self.wal = Log(LogConfig(self.dir, default_partitions=7, auto_create_topics=True))
         self.wal.start()
         self.clock = Clock()
         self.coord = GroupCoordinator(

@@ -111,7 +111,9 @@ def test_consume_must_start_with_join(broker):
 
 
 def test_metadata_lists_topics_partitions_and_the_leader(broker):
-    publish_raw(broker.address, pb.PublishRequest(topic="a", partition=2, payload=b"x", count=4))
+    publish_raw(
+        broker.address, pb.PublishRequest(topic="a", partition=2, payload=b"x" * 4, count=4)
+    )
     with channel(broker.address) as ch:
         md = metadata(ch)
         with pytest.raises(NotFound):
@@ -148,7 +150,9 @@ def test_metrics_endpoint_exposes_the_dashboard_names(broker):
 
 
 def test_sigterm_stops_cleanly_and_data_survives(broker):
-    publish_raw(broker.address, pb.PublishRequest(topic="t", partition=0, payload=b"x", count=5))
+    publish_raw(
+        broker.address, pb.PublishRequest(topic="t", partition=0, payload=b"x" * 5, count=5)
+    )
     assert broker.stop() == 0
     assert "broker stopped" in broker.log_text()
     broker.start()

@@ -58,7 +58,9 @@ def roundtrip(
 
 
 def test_tls_with_tokens(creds: Credentials, broker_factory: Callable[..., BrokerProcess]) -> None:
-    b = broker_factory(*creds.broker_args(), credentials=creds.channel_credentials()).start()
+    b = broker_factory(
+        "--auto-create-topics", *creds.broker_args(), credentials=creds.channel_credentials()
+    ).start()
     roundtrip(b.address, creds.client("streamer"), creds.client("collector"))
     out = subprocess.run(
         [sys.executable, "-m", "walbroker.cli", "admin", "--broker", b.address,
@@ -73,7 +75,9 @@ def test_tls_with_tokens(creds: Credentials, broker_factory: Callable[..., Broke
 def test_plaintext_client_against_tls_broker_gets_a_clear_error(
     creds: Credentials, broker_factory: Callable[..., BrokerProcess]
 ) -> None:
-    b = broker_factory(*creds.broker_args(), credentials=creds.channel_credentials()).start()
+    b = broker_factory(
+        "--auto-create-topics", *creds.broker_args(), credentials=creds.channel_credentials()
+    ).start()
     started = time.monotonic()
     with pytest.raises(TlsMismatch, match="speaks TLS"):
         Producer(
@@ -98,7 +102,7 @@ def test_plaintext_client_against_tls_broker_gets_a_clear_error(
 def test_tls_client_against_plaintext_broker_fails_fast(
     creds: Credentials, broker_factory: Callable[..., BrokerProcess]
 ) -> None:
-    b = broker_factory(*creds.broker_args(tls=False)).start()
+    b = broker_factory("--auto-create-topics", *creds.broker_args(tls=False)).start()
     with channel(b.address, creds.client("ops")) as ch, pytest.raises(Unavailable):
         metadata(ch, timeout_s=5)
 
@@ -106,7 +110,7 @@ def test_tls_client_against_plaintext_broker_fails_fast(
 def test_mutual_tls(creds: Credentials, broker_factory: Callable[..., BrokerProcess]) -> None:
     creds.add_cert("cert-streamer", "produce", "topic=telemetry")
     creds.add_cert("cert-collector", "consume", "group=collectors")
-    b = broker_factory(*creds.broker_args(mtls=True), credentials=None)
+    b = broker_factory("--auto-create-topics", *creds.broker_args(mtls=True), credentials=None)
     b.start(wait=False)
     # The certificate names the principal when no token is sent.
     assert wait_until(lambda: _reachable(b.address, creds.client(None, cert="cert-streamer")), 20)
@@ -148,7 +152,9 @@ def _reachable(address: str, sec: ClientSecurity) -> bool:
 def test_renewed_certificate_is_served_without_restart(
     creds: Credentials, broker_factory: Callable[..., BrokerProcess]
 ) -> None:
-    b = broker_factory(*creds.broker_args(), credentials=creds.channel_credentials()).start()
+    b = broker_factory(
+        "--auto-create-topics", *creds.broker_args(), credentials=creds.channel_credentials()
+    ).start()
     pid = b.proc.pid if b.proc else 0
     assert _reachable(b.address, creds.client("ops"))
     # Renewal by a new CA: clients that trust only the new CA connect once the files change.

@@ -1,0 +1,84 @@
+"""The data directory's file system: a free-space watermark for appends and a start-up check.
+
+LMDB grows its file as pages are used, up to the map size. Without a watermark a
+full file system surfaces as an LMDB write error in the middle of a group
+commit; with it, appends are refused with RESOURCE_EXHAUSTED (and a retry-after)
+while `min_free_bytes` are still free, so offset commits, deletions and
+retention, which need a few pages, can still run and free space.
+
+Thread-safe: `check` is called by every publishing thread, under one lock.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from walbroker.errors import ResourceExhausted
+
+
+class StartupError(Exception):
+    """The broker cannot start with this configuration; the message says why."""
+
+
+class DiskGuard:
+    """Refuses appends when the data directory's file system is nearly full."""
+
+    def __init__(
+        self, path: Path, min_free_bytes: int, retry_after_ms: int, interval_s: float = 1.0
+    ) -> None:
+        self.path = path
+        self.min_free_bytes = min_free_bytes
+        self.retry_after_ms = retry_after_ms
+        self.interval_s = interval_s
+        self._lock = threading.Lock()  # guards the reading and what was admitted since
+        self._free = self._read()
+        self._read_at = time.monotonic()
+        self._admitted = 0
+
+    def _read(self) -> int:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+    def free_bytes(self) -> int:
+        """Free bytes on the data directory's file system (a fresh reading)."""
+        with self._lock:
+            self._refresh()
+            return self._free
+
+    def _refresh(self) -> None:
+        self._free, self._read_at, self._admitted = self._read(), time.monotonic(), 0
+
+    def check(self, size: int = 0) -> None:
+        """Admit `size` more bytes, or raise ResourceExhausted below the watermark.
+
+        The reading is at most `interval_s` old; bytes admitted since count as used,
+        and near the watermark every call reads afresh (statvfs is cheap).
+        """
+        with self._lock:
+            estimate = self._free - self._admitted
+            stale = time.monotonic() - self._read_at >= self.interval_s
+            if stale or estimate - size < 2 * self.min_free_bytes:
+                self._refresh()
+                estimate = self._free
+            if estimate - size < self.min_free_bytes:
+                raise ResourceExhausted(
+                    f"broker disk nearly full: {estimate} bytes free, below the watermark of "
+                    f"{self.min_free_bytes} (--min-free-bytes)",
+                    retry_after_ms=max(self.retry_after_ms, 1000),
+                )
+            self._admitted += size
+
+
+def check_map_size(path: Path, map_size_bytes: int) -> None:
+    """Refuse to start when the LMDB map (what the log may grow to) exceeds the whole volume."""
+    st = os.statvfs(path)
+    volume = st.f_blocks * st.f_frsize
+    if map_size_bytes > volume:
+        raise StartupError(
+            f"the log's map size ({map_size_bytes} bytes = 2 x --retention-bytes + 64 MiB) "
+            f"exceeds the volume of the data directory ({volume} bytes at {path}): lower "
+            "--retention-bytes or give the data directory a larger volume"
+        )
