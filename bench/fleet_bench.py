@@ -205,7 +205,10 @@ def run(gpus: int = 100_000, seconds: float = 10.0, stream_gpus: int = 10_000) -
             result["influx"] |= serve_and_measure(args, the_fleet, seconds, tmp, "influx")
         finally:
             server.stop()
-        result["collector"] = fleet_stream.run(tmp, stream_gpus)
+        try:  # the gateway figures above are kept when this part fails
+            result["collector"] = fleet_stream.run(tmp, stream_gpus)
+        except Exception as exc:
+            result["collector"] = {"error": repr(exc)}
     return result
 
 
