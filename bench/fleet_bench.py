@@ -99,7 +99,7 @@ def influx_server(gpus: list[Gpu]) -> tuple[InfluxServer, dict[str, str], float 
     """A started InfluxDB whose data folder (cached) holds the fleet; (server, opts, fill s)."""
     root = CACHE / f"fleet-influx-{len(gpus)}g-v{VERSION}"
     done = root / "loaded"
-    server = InfluxServer(influxd_path(), root)
+    server = InfluxServer(influxd_path(), root, start_timeout_s=900)
     server.start()
     opts = {"url": server.url, "org": "gputel", "bucket": "fleet", "token": "unused:unused"}
     if done.exists():
@@ -205,7 +205,10 @@ def run(gpus: int = 100_000, seconds: float = 10.0, stream_gpus: int = 10_000) -
             result["influx"] |= serve_and_measure(args, the_fleet, seconds, tmp, "influx")
         finally:
             server.stop()
-        result["collector"] = fleet_stream.run(tmp, stream_gpus)
+        try:  # the gateway figures above are kept when this part fails
+            result["collector"] = fleet_stream.run(tmp, stream_gpus)
+        except Exception as exc:
+            result["collector"] = {"error": repr(exc)}
     return result
 
 

@@ -66,7 +66,9 @@ def _drains(address: str, points: int, opener: Any, kind: str) -> dict[str, Any]
 
 def run(tmp: Path, gpus: int) -> dict[str, Any]:
     """Both stores' figures."""
-    broker = BrokerProcess(tmp / "broker", "--partitions", str(PARTITIONS))
+    # Topics are not created on first use: the telemetry topic and its dead-letter topic.
+    topics = ["--topic", f"{TOPIC}:{PARTITIONS}", "--topic", f"{TOPIC}.dlq:4"]
+    broker = BrokerProcess(tmp / "broker", *topics)
     broker.start()
     server = InfluxServer(influxd_path(), tmp / "stream-influx")
     try:

@@ -220,9 +220,11 @@ class Store(abc.ABC):
 
     def _all_names(self, kind: str) -> list[str]:
         out: list[str] = []
-        while page := self.page_names(kind, 10_000, out[-1] if out else None):
+        while True:
+            page = self.page_names(kind, 10_000, out[-1] if out else None)
             out += page
-        return out
+            if len(page) < 10_000:
+                return out
 
     @abc.abstractmethod
     def backfill_catalog(self) -> int:

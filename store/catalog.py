@@ -234,7 +234,7 @@ T = TypeVar("T")
 
 
 def page_shards(
-    read: Callable[[range], list[T]],
+    read: Callable[[range | None], list[T]],
     key: Callable[[T], tuple[int, str]],
     shards: int,
     limit: int,
@@ -244,24 +244,29 @@ def page_shards(
 ) -> list[T]:
     """Return up to `limit` items after `after` in (shard, key) order, reading few shards.
 
-    `read(shards)` returns every item of a contiguous run of shards. The first read covers
-    `first_span` shards; later ones as many as the density seen so far suggests (at most
-    `max_span`: InfluxDB 1.8 evaluates a long OR of tag equalities per series, ~3 µs each).
+    `read(shards)` returns every item of a contiguous run of shards (`read(None)`: of all
+    shards). The first read covers `first_span` shards; later ones as many as the density
+    seen so far suggests, at most `max_span`: InfluxDB 1.8 evaluates a long OR of tag
+    equalities per series (256 clauses on 100,000 GPUs: 78 s). When the density says a page
+    needs more than `max_span` shards, the catalog is small (under `max_span` x `limit`
+    entries from here on), and one read of everything costs less than many reads.
     """
     out: list[T] = []
     start = after[0] if after else 0
     span, seen, read_shards = max(1, first_span), 0, 0
     while start < shards and len(out) < limit:
+        if span > max_span:
+            rest = (i for i in read(None) if key(i)[0] >= start)
+            out += sorted((i for i in rest if after is None or key(i) > after), key=key)
+            break
         run = range(start, min(shards, start + span))
         found = read(run)
         seen += len(found)
         read_shards += len(run)
         out += sorted((i for i in found if after is None or key(i) > after), key=key)
         start = run.stop
-        missing = limit - len(out)
         per_shard = seen / read_shards
-        span = 2 * len(run) if per_shard == 0 else int(missing / per_shard * 1.25) + 1
-        span = min(max(span, 1), max_span)
+        span = 2 * len(run) if per_shard == 0 else int((limit - len(out)) / per_shard * 1.25) + 1
     return out[:limit]
 
 

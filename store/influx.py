@@ -25,8 +25,8 @@ from __future__ import annotations
 import gzip
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import urllib3
 from influxdb_client.client.influxdb_client import InfluxDBClient
@@ -55,7 +55,6 @@ _DIALECT = Dialect(  # type: ignore[no-untyped-call]
     header=True, delimiter=",", annotations=[], comment_prefix="#", date_time_format="RFC3339Nano"
 )
 Row = dict[str, str]
-T = TypeVar("T")
 
 
 def translate_error(exc: Exception, action: str) -> StoreError:
@@ -96,7 +95,6 @@ class InfluxStore(Store):
         self.bucket = validate.text("bucket", bucket)
         # write_catalog=False only measures what the catalog costs (bench); readers need it.
         self._tracker = catalog.CatalogTracker(catalog_granularity_ns) if write_catalog else None
-        self._per_shard: dict[str, float] = {}  # catalog entries per shard seen by pages
         self._org = org or "-"
         common: dict[str, Any] = {
             "url": url,
@@ -110,6 +108,7 @@ class InfluxStore(Store):
         self._write_client = InfluxDBClient(**common, retries=False)
         self._write_service = WriteService(self._write_client.api_client)  # type: ignore[no-untyped-call]
         self._query_api = self._client.query_api()
+        self._catalog = influx_catalog.CatalogReader(self.bucket, self._rows)
         self._encoder = LineProtocolEncoder()
         self._encode_lock = threading.Lock()
 
@@ -178,58 +177,6 @@ class InfluxStore(Store):
                 newest[uuid] = (t, row)
         return [_summary(newest[u][1], first.get(u, t), t) for u, (t, _) in sorted(newest.items())]
 
-    def _gpu_records(
-        self, shards: range | None, tags: dict[str, str], models: Sequence[str] = ()
-    ) -> list[catalog.GpuRecord]:
-        query = influx_catalog.gpus_query(self.bucket, shards, tags, models)
-        return [influx_catalog.parse_gpu(row) for row in self._rows(query)]
-
-    def _gpu_page(
-        self,
-        tags: dict[str, str],
-        limit: int,
-        after: str | None,
-        models: Sequence[str] = (),
-    ) -> list[GpuSummary]:
-        """Return a page of reduced GPUs matching `tags` and `models`, in catalog order."""
-        key = catalog.gpu_key(after) if after else None
-        if schema.TAG_HOSTNAME in tags:  # a host has few GPUs: one index lookup, no shards
-            found = catalog.reduce_gpus(self._gpu_records(None, tags))
-            return [g for g in found if key is None or catalog.gpu_key(g.uuid) > key][:limit]
-        density = "gpu" if not tags and not models else ""
-
-        def read(shards: range) -> list[GpuSummary]:
-            return catalog.reduce_gpus(self._gpu_records(shards, tags, models))
-
-        return self._paged(
-            read, lambda g: catalog.gpu_key(g.uuid), catalog.GPU_SHARDS, limit, key, density
-        )
-
-    def _paged(
-        self,
-        read: Callable[[range], list[T]],
-        key: Callable[[T], tuple[int, str]],
-        shards: int,
-        limit: int,
-        after: tuple[int, str] | None,
-        density: str,
-    ) -> list[T]:
-        """`catalog.page_shards`, starting from the density earlier pages of this kind saw."""
-        per_shard = self._per_shard.get(density, 0.0)
-        first = int(limit / per_shard) + 1 if per_shard else 1
-        seen = [0, 0]  # entries, shards
-
-        def counting(run: range) -> list[T]:
-            found = read(run)
-            seen[0] += len(found)
-            seen[1] += len(run)
-            return found
-
-        out = catalog.page_shards(counting, key, shards, limit, after, first_span=min(first, 16))
-        if density and seen[1]:
-            self._per_shard[density] = max(seen[0] / seen[1], 0.5)
-        return out
-
     def list_gpus(
         self,
         hostname: str | None = None,
@@ -244,43 +191,30 @@ class InfluxStore(Store):
         needle = validate.optional_text("model", model)
         models: list[str] = []
         if needle is not None:
-            models = catalog.matching_models(self._all_names("model"), needle)
+            models = catalog.matching_models(self._catalog.model_names(), needle)
             if not models:
                 return []
         if models and schema.TAG_HOSTNAME in tags:
-            found = self._gpu_page(tags, validate.MAX_LIMIT, after)
+            found = self._catalog.gpu_page(tags, validate.MAX_LIMIT, after)
             return [g for g in found if g.model in models][:limit]
-        return self._gpu_page(tags, limit, after, models)
+        return self._catalog.gpu_page(tags, limit, after, models)
 
     def get_gpu(self, uuid: str) -> GpuSummary | None:
         """Return the GPU with this uuid, or None when it has no data."""
-        uuid = validate.text("uuid", uuid)
-        shard = catalog.shard_of(uuid)
-        found = catalog.reduce_gpus(
-            self._gpu_records(range(shard, shard + 1), {schema.TAG_UUID: uuid})
-        )
-        return found[0] if found else None
+        return self._catalog.gpu(validate.text("uuid", uuid))
 
     def gpus_by_index(self, index: int, limit: int | None = None) -> list[GpuSummary]:
         """Return GPUs (on any host) whose host-local index is `index`, in catalog order."""
         tags = {schema.TAG_GPU: str(validate.index(index))}
         most = validate.MAX_LIMIT if limit is None else validate.positive("limit", limit)
-        return self._gpu_page(tags, most, None)
+        return self._catalog.gpu_page(tags, most, None)
 
     def page_names(self, kind: str, limit: int = 1000, after: str | None = None) -> list[str]:
         """Return up to `limit` names of one kind with data, after `after`, in catalog order."""
         if kind not in catalog.NAME_KINDS:
             raise InvalidArgument(f"kind must be one of {', '.join(catalog.NAME_KINDS)}")
         start = validate.optional_text("after", after)
-        key = catalog.name_key(kind, start) if start is not None else None
-
-        def read(shards: range) -> list[str]:
-            query = influx_catalog.names_query(self.bucket, kind, shards)
-            return sorted({row[schema.TAG_NAME] for row in self._rows(query)})
-
-        shards = catalog.NAME_SHARDS[kind]
-        limit = validate.positive("limit", limit)
-        return self._paged(read, lambda n: catalog.name_key(kind, n), shards, limit, key, kind)
+        return self._catalog.names(kind, validate.positive("limit", limit), start)
 
     def backfill_catalog(self) -> int:
         """Build the catalog from the stored telemetry (one-off; O(data)); return GPUs found."""

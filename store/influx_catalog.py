@@ -16,6 +16,8 @@ series holds one point per writing process that saw the GPU, not one per update:
 cost O(GPUs on the page), whatever the history. Readers merge a GPU's points and series
 with `store.catalog.reduce_gpus`.
 
+Reads: `CatalogReader` pages through the shards (`store.catalog.page_shards`).
+
 Retention: a bucket with a finite retention drops a record whose anchor ages out while
 its GPU keeps reporting to the same collector process; the GPU comes back on the next
 process start or `gputel-store backfill-catalog`. Keep the catalog's bucket retention
@@ -25,13 +27,21 @@ longer than collector process lifetimes (docs/storage.md).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
+
+import orjson
 
 from store import catalog, flux, schema
+from store.base import GpuSummary
 from store.catalog import CatalogUpdate, GpuRecord
 from store.lineprotocol import escape_measurement, escape_tag
 
 Row = dict[str, str]
+T = TypeVar("T")
+# A new model name reaches `model` filters within this long (there are a handful of models).
+MODELS_TTL_S = 5.0
 _GPU_TAGS = (schema.TAG_GPU, schema.TAG_HOSTNAME, schema.TAG_MODEL, schema.TAG_SHARD)
 
 
@@ -107,7 +117,7 @@ def gpus_query(
     )
 
 
-def names_query(bucket: str, kind: str, shards: range) -> str:
+def names_query(bucket: str, kind: str, shards: range | None) -> str:
     """Return the query for every name of one kind in `shards`."""
     clauses = [f"r.{schema.TAG_KIND} == {flux.string(kind)}", *_shards(shards)]
     return (
@@ -118,7 +128,7 @@ def names_query(bucket: str, kind: str, shards: range) -> str:
 
 def parse_gpu(row: Row) -> GpuRecord:
     """Return the record a result row of `gpus_query` holds."""
-    body = json.loads(row["_value"])
+    body = orjson.loads(row["_value"])
     fields: schema.GpuFields = (
         row[schema.TAG_UUID],
         row.get(schema.TAG_HOSTNAME, ""),
@@ -131,3 +141,99 @@ def parse_gpu(row: Row) -> GpuRecord:
     )
     anchor = flux.parse_time(row["_time"])
     return GpuRecord(fields, anchor, int(body["first"]), int(body["last"]), bool(body.get("moved")))
+
+
+class CatalogReader:
+    """Pages of the catalog through the InfluxDB store's Flux row reader.
+
+    Remembers, per kind of page (and filter), how many entries a shard held on earlier
+    pages, so the next page reads about the right number of shards in one query; and the
+    model names for MODELS_TTL_S (a `model` filter needs them on every page). Both are
+    hints: a wrong one costs a query, never a wrong answer. Thread-safe enough for that:
+    a lost update of a hint only costs a query.
+    """
+
+    def __init__(self, bucket: str, rows: Callable[[str], Iterator[Row]]) -> None:
+        self._bucket = bucket
+        self._rows = rows
+        self._per_shard: dict[str, float] = {}
+        self._models: tuple[float, list[str]] = (0.0, [])  # (monotonic expiry, names)
+
+    def records(
+        self, shards: range | None, tags: dict[str, str], models: Sequence[str] = ()
+    ) -> list[GpuRecord]:
+        """Every GPU record in `shards` (all when None) matching `tags` and `models`."""
+        query = gpus_query(self._bucket, shards, tags, models)
+        return [parse_gpu(row) for row in self._rows(query)]
+
+    def gpu_page(
+        self, tags: dict[str, str], limit: int, after: str | None, models: Sequence[str] = ()
+    ) -> list[GpuSummary]:
+        """Return a page of reduced GPUs matching `tags` and `models`, in catalog order."""
+        key = catalog.gpu_key(after) if after else None
+        if schema.TAG_HOSTNAME in tags:  # a host has few GPUs: one index lookup, no shards
+            found = catalog.reduce_gpus(self.records(None, tags))
+            return [g for g in found if key is None or catalog.gpu_key(g.uuid) > key][:limit]
+        density = "gpu:" + ",".join(f"{k}={v}" for k, v in sorted(tags.items()))
+        density += ":" + ",".join(models)
+
+        def read(shards: range | None) -> list[GpuSummary]:
+            return catalog.reduce_gpus(self.records(shards, tags, models))
+
+        by_key = lambda g: catalog.gpu_key(g.uuid)  # noqa: E731
+        return self._paged(read, by_key, catalog.GPU_SHARDS, limit, key, density)
+
+    def gpu(self, uuid: str) -> GpuSummary | None:
+        """Return the GPU with this uuid (one shard, one uuid), or None."""
+        shard = catalog.shard_of(uuid)
+        found = catalog.reduce_gpus(self.records(range(shard, shard + 1), {schema.TAG_UUID: uuid}))
+        return found[0] if found else None
+
+    def names(self, kind: str, limit: int, after: str | None) -> list[str]:
+        """Return a page of names of one kind, in catalog order."""
+        key = catalog.name_key(kind, after) if after is not None else None
+
+        def read(shards: range | None) -> list[str]:
+            query = names_query(self._bucket, kind, shards)
+            return sorted({row[schema.TAG_NAME] for row in self._rows(query)})
+
+        by_key = lambda n: catalog.name_key(kind, n)  # noqa: E731
+        return self._paged(read, by_key, catalog.NAME_SHARDS[kind], limit, key, kind)
+
+    def model_names(self) -> list[str]:
+        """Every model name, kept MODELS_TTL_S."""
+        expiry, names = self._models
+        if time.monotonic() >= expiry:
+            names, after = [], None
+            while page := self.names("model", 10_000, after):
+                names += page
+                if len(page) < 10_000:
+                    break
+                after = page[-1]
+            self._models = (time.monotonic() + MODELS_TTL_S, names)
+        return names
+
+    def _paged(
+        self,
+        read: Callable[[range | None], list[T]],
+        key: Callable[[T], tuple[int, str]],
+        shards: int,
+        limit: int,
+        after: tuple[int, str] | None,
+        density: str,
+    ) -> list[T]:
+        """`catalog.page_shards`, starting from the density earlier pages of this kind saw."""
+        per_shard = self._per_shard.get(density, 0.0)
+        first = int(limit / per_shard) + 1 if per_shard else 1
+        seen = [0, 0]  # entries, shards
+
+        def counting(run: range | None) -> list[T]:
+            found = read(run)
+            seen[0] += len(found)
+            seen[1] += shards if run is None else len(run)
+            return found
+
+        out = catalog.page_shards(counting, key, shards, limit, after, first_span=first)
+        if seen[1]:
+            self._per_shard[density] = max(seen[0] / seen[1], 0.5)
+        return out

@@ -16,7 +16,8 @@ descriptor and, as the GPU catalog (`store.catalog`), its shard and exact first 
 point time; `latest` the newest point per (GPU, metric); all kept up to date by `write` in the
 point's own transaction. Catalog pages are index range scans on (shard, uuid) and
 (kind, shard, name): their cost follows the page, not the fleet or the history. A file made
-before the catalog existed gets the new columns on open; `backfill_catalog` fills them.
+before the catalog existed gets the new columns on open; `backfill_catalog` fills them
+(`store.sqlite_catalog`).
 Durability: WAL with synchronous=NORMAL survives a process crash (kill -9), not a power loss.
 
 Threads: one connection per thread (created on first use, all closed by `close()`); SQLite's
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from proto.batch import Gpu, PointBatch
-from store import catalog, schema, validate
+from store import catalog, schema, sqlite_catalog, validate
 from store.base import (
     Aggregate,
     GpuSummary,
@@ -59,20 +60,7 @@ CREATE TABLE IF NOT EXISTS points (
 CREATE TABLE IF NOT EXISTS latest (
     gpu_id INTEGER NOT NULL, metric TEXT NOT NULL, time_ns INTEGER NOT NULL,
     value REAL NOT NULL, source_time_ns INTEGER NOT NULL,
-    PRIMARY KEY (gpu_id, metric)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS catalog_names (
-    kind TEXT NOT NULL, shard INTEGER NOT NULL, name TEXT NOT NULL,
-    PRIMARY KEY (kind, shard, name)) WITHOUT ROWID
-"""
-
-# Added by the catalog; ALTERed into files made before it (NULL until backfilled).
-CATALOG_COLUMNS = ("shard", "first_seen_ns", "last_seen_ns")
-CATALOG_INDEXES = """
-DROP INDEX IF EXISTS gpus_by_index;
-CREATE INDEX IF NOT EXISTS gpus_by_key ON gpus (shard, uuid);
-CREATE INDEX IF NOT EXISTS gpus_by_host ON gpus (hostname, shard, uuid);
-CREATE INDEX IF NOT EXISTS gpus_by_model ON gpus (model, shard, uuid);
-CREATE INDEX IF NOT EXISTS gpus_by_gpu_index ON gpus (gpu, shard, uuid)
+    PRIMARY KEY (gpu_id, metric)) WITHOUT ROWID
 """
 
 _UPSERT_GPU = """
@@ -96,11 +84,6 @@ SELECT g.uuid, g.hostname, g.gpu, g.device, g.model, g.first_seen_ns, g.last_see
     g.container, g.pod, g.namespace
 FROM gpus g WHERE g.first_seen_ns IS NOT NULL"""
 
-_BACKFILL_GPU = """
-UPDATE gpus SET shard = ?,
-    first_seen_ns = (SELECT MIN(time_ns) FROM points p WHERE p.gpu_id = gpus.id AND p.time_ns <= ?),
-    last_seen_ns = (SELECT MAX(time_ns) FROM points p WHERE p.gpu_id = gpus.id AND p.time_ns <= ?)
-WHERE id = ?"""
 # The newest point of a metric at or before a bound (when `latest` holds a future one).
 _NEWEST_BEFORE = """
 SELECT time_ns, value, source_time_ns FROM points
@@ -124,12 +107,7 @@ class SqliteStore(Store):
         with self._tx() as conn:
             for statement in DDL.split(";"):
                 conn.execute(statement)
-            have = {row[1] for row in conn.execute("PRAGMA table_info(gpus)")}
-            for column in CATALOG_COLUMNS:
-                if column not in have:
-                    conn.execute(f"ALTER TABLE gpus ADD COLUMN {column} INTEGER")
-            for statement in CATALOG_INDEXES.split(";"):
-                conn.execute(statement)
+            sqlite_catalog.migrate(conn)
 
     def _conn(self) -> sqlite3.Connection:
         """Return this thread's connection, opening it on first use."""
@@ -182,7 +160,7 @@ class SqliteStore(Store):
         if not len(batch):
             return
         schema.check_batch(batch)
-        names = self._new_names(batch) if self._catalog else []
+        names = sqlite_catalog.new_names(batch, self._names) if self._catalog else []
         with self._tx() as conn:
             spans = (
                 catalog.spans(batch, newest_bound_ns())
@@ -207,17 +185,8 @@ class SqliteStore(Store):
             ]
             conn.executemany("INSERT OR REPLACE INTO points VALUES (?, ?, ?, ?, ?)", rows)
             conn.executemany(_UPSERT_LATEST, _newest_rows(rows))
-            conn.executemany("INSERT OR IGNORE INTO catalog_names VALUES (?, ?, ?)", names)
+            conn.executemany(sqlite_catalog.INSERT_NAMES, names)
         self._names.update((kind, name) for kind, _, name in names)
-
-    def _new_names(self, batch: PointBatch) -> list[tuple[str, int, str]]:
-        """Return the catalog_names rows of `batch` this process has not stored yet."""
-        wanted = {("metric", m) for m in batch.metrics}
-        wanted |= {("host", g.hostname) for g in batch.gpus if g.hostname}
-        wanted |= {("model", g.model) for g in batch.gpus if g.model}
-        if len(self._names) > catalog.MAX_TRACKED:
-            self._names.clear()
-        return [(k, catalog.name_key(k, n)[0], n) for k, n in sorted(wanted - self._names)]
 
     def _summaries(self, where: str, args: Sequence[object], limit: int) -> list[GpuSummary]:
         sql = f"{_SUMMARY} {where} ORDER BY g.shard, g.uuid LIMIT ?"
@@ -231,24 +200,17 @@ class SqliteStore(Store):
         after_uuid: str | None = None,
     ) -> list[GpuSummary]:
         """Return up to `limit` GPUs with data in catalog order, only those after `after_uuid`."""
-        clauses: list[str] = []
-        args: list[object] = []
-        host = validate.optional_text("hostname", hostname)
-        if host is not None:
-            clauses.append("g.hostname = ?")
-            args.append(host)
         needle = validate.optional_text("model", model)
+        models = None
         if needle is not None:
             models = catalog.matching_models(self._all_names("model"), needle)
             if not models:
                 return []
-            clauses.append(f"g.model IN ({','.join('?' * len(models))})")
-            args += models
-        after = validate.optional_text("after_uuid", after_uuid)
-        if after is not None:
-            clauses.append("(g.shard, g.uuid) > (?, ?)")
-            args += catalog.gpu_key(after)
-        where = "".join(f" AND {c}" for c in clauses)
+        where, args = sqlite_catalog.gpu_filter(
+            validate.optional_text("hostname", hostname),
+            models,
+            validate.optional_text("after_uuid", after_uuid),
+        )
         return self._summaries(where, args, validate.positive("limit", limit))
 
     def get_gpu(self, uuid: str) -> GpuSummary | None:
@@ -265,38 +227,14 @@ class SqliteStore(Store):
         """Return up to `limit` names of one kind with data, after `after`, in catalog order."""
         if kind not in catalog.NAME_KINDS:
             raise InvalidArgument(f"kind must be one of {', '.join(catalog.NAME_KINDS)}")
-        sql = "SELECT name FROM catalog_names WHERE kind = ?"
-        args: list[object] = [kind]
         start = validate.optional_text("after", after)
-        if start is not None:
-            sql += " AND (shard, name) > (?, ?)"
-            args += catalog.name_key(kind, start)
-        rows = self._read(
-            sql + " ORDER BY shard, name LIMIT ?", [*args, validate.positive("limit", limit)]
-        )
-        return [str(r[0]) for r in rows]
+        limit = validate.positive("limit", limit)
+        return [str(r[0]) for r in self._read(*sqlite_catalog.names_query(kind, limit, start))]
 
     def backfill_catalog(self) -> int:
         """Build the catalog from the stored points (one-off; O(data)); return GPUs found."""
-        gpus = self._read("SELECT id, uuid FROM gpus")
         with self._tx() as conn:
-            bound = newest_bound_ns()  # a point from the future is never last_seen
-            conn.executemany(
-                _BACKFILL_GPU, [(catalog.shard_of(u), bound, bound, i) for i, u in gpus]
-            )
-            names = [
-                ("metric", str(r[0])) for r in conn.execute("SELECT DISTINCT metric FROM latest")
-            ]
-            for kind, column in (("host", "hostname"), ("model", "model")):
-                rows = conn.execute(
-                    f"SELECT DISTINCT {column} FROM gpus WHERE first_seen_ns IS NOT NULL"
-                    f" AND {column} != ''"
-                )
-                names += [(kind, str(r[0])) for r in rows]
-            conn.executemany(
-                "INSERT OR IGNORE INTO catalog_names VALUES (?, ?, ?)",
-                [(k, catalog.name_key(k, n)[0], n) for k, n in names],
-            )
+            sqlite_catalog.backfill(conn)
         return len(self._summaries("", [], -1))
 
     def query_points(

@@ -64,6 +64,8 @@ class Pipeline:
             os.chown(self.data / volume, UID, UID)  # the container user owns its volumes only
         broker_args = ["--data-dir", "/var/lib/gputel/broker", "--listen", broker]
         broker_args += ["--metrics-listen", f"127.0.0.1:{p['broker_m']}"]
+        # Topic auto-creation is off: the broker creates the pipeline's topics at start.
+        broker_args += ["--topic", "telemetry:16", "--topic", "telemetry.dlq:4"]
         self.run("broker", "walbroker", "serve", *broker_args, volume="broker")
         collector_args = ["--broker", broker, "--group", "collectors", "--store", db]
         collector_args += ["--metrics-listen", f"127.0.0.1:{p['coll_m']}"]

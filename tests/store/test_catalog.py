@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -212,3 +213,60 @@ def test_backfill_command(kind: str, tmp_path, request: pytest.FixtureRequest) -
         assert len(store.list_gpus()) == 5 and store.list_metrics() == [UTIL]
     bad = subprocess.run([*command, "sqlite:"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "sqlite store needs a path" in bad.stderr
+
+
+def test_odd_descriptors_round_trip(opener: Opener) -> None:
+    """Quotes, commas, spaces and `=` in every catalog value (a JSON string field on InfluxDB)."""
+    store = opener()
+    odd = Gpu(
+        uuid='GPU-"odd", =x',
+        hostname="rack 1,row=2",
+        gpu=3,
+        device='nvidia "3"',
+        model='Model {"x": 1}',
+        container="c,=1",
+        pod='p "q"',
+        namespace="n s",
+    )
+    store.write(grid([odd], [UTIL], [T0]))
+    [entry] = store.list_gpus()
+    assert (entry.uuid, entry.hostname, entry.device, entry.model) == (
+        odd.uuid, odd.hostname, odd.device, odd.model,
+    )  # fmt: skip
+    assert (entry.container, entry.pod, entry.namespace) == (odd.container, odd.pod, odd.namespace)
+    assert store.list_gpus(model='{"X"') == [entry]
+    assert store.list_gpus(hostname="rack 1,row=2", after_uuid=entry.uuid) == []
+    assert store.page_names("model") == [odd.model]
+
+
+def test_sqlite_file_from_before_the_catalog_is_migrated_then_backfilled(tmp_path) -> None:
+    """A file with the pre-catalog schema opens (columns added) and the backfill lists it."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            "CREATE TABLE gpus (id INTEGER PRIMARY KEY, uuid TEXT NOT NULL UNIQUE,"
+            " hostname TEXT NOT NULL, gpu INTEGER NOT NULL, device TEXT NOT NULL,"
+            " model TEXT NOT NULL, container TEXT NOT NULL, pod TEXT NOT NULL,"
+            " namespace TEXT NOT NULL);"
+            "CREATE INDEX gpus_by_index ON gpus (gpu, uuid);"
+            "CREATE TABLE points (gpu_id INTEGER NOT NULL, time_ns INTEGER NOT NULL,"
+            " metric TEXT NOT NULL, value REAL NOT NULL, source_time_ns INTEGER NOT NULL,"
+            " PRIMARY KEY (gpu_id, time_ns, metric)) WITHOUT ROWID;"
+            "CREATE TABLE latest (gpu_id INTEGER NOT NULL, metric TEXT NOT NULL,"
+            " time_ns INTEGER NOT NULL, value REAL NOT NULL, source_time_ns INTEGER NOT NULL,"
+            " PRIMARY KEY (gpu_id, metric)) WITHOUT ROWID;"
+            "INSERT INTO gpus VALUES"
+            " (1, 'GPU-old', 'node-a', 0, 'nvidia0', 'NVIDIA H100', '', '', '');"
+        )
+        conn.executemany(
+            "INSERT INTO points VALUES (1, ?, ?, 1.0, 0)", [(T0, UTIL), (T0 + S, UTIL)]
+        )
+        conn.execute("INSERT INTO latest VALUES (1, ?, ?, 1.0, 0)", (UTIL, T0 + S))
+    with open_store(f"sqlite:{path}") as store:
+        assert store.list_gpus() == [] and store.list_hosts() == []
+        assert store.backfill_catalog() == 1
+        [entry] = store.list_gpus(model="h100")
+        assert (entry.uuid, entry.first_seen_ns, entry.last_seen_ns) == ("GPU-old", T0, T0 + S)
+        assert store.list_hosts() == ["node-a"] and store.list_metrics() == [UTIL]
+        store.write(grid([make(2, "node-b")], [UTIL], [T0]))  # new writes keep the catalog
+        assert len(store.list_gpus()) == 2
