@@ -217,17 +217,23 @@ def reduce_gpus(records: Iterable[GpuRecord]) -> list[GpuSummary]:
     """
     current: dict[str, GpuRecord] = {}
     first: dict[str, int] = {}
-    for r in records:
-        uuid = r.uuid
-        first[uuid] = min(first.get(uuid, r.first_seen_ns), r.first_seen_ns)
+    for r in records:  # a page's worth of records: kept to plain dict work (it is per request)
+        uuid = r.fields[0]
+        seen = first.get(uuid)
+        if seen is None or r.first_seen_ns < seen:
+            first[uuid] = r.first_seen_ns
         known = current.get(uuid)
         if not r.moved and (known is None or r.last_seen_ns > known.last_seen_ns):
             current[uuid] = r
-    out = [
-        GpuRecord(r.fields, r.anchor_ns, first[u], r.last_seen_ns).summary()
-        for u, r in current.items()
-    ]
-    return sorted(out, key=lambda s: gpu_key(s.uuid))
+    keyed = []
+    for u, r in current.items():
+        _, host, index, device, model, container, pod, namespace = r.fields
+        summary = GpuSummary(
+            u, host, index, device, model, first[u], r.last_seen_ns, container, pod, namespace
+        )
+        keyed.append((gpu_key(u), summary))
+    keyed.sort(key=lambda pair: pair[0])
+    return [summary for _, summary in keyed]
 
 
 T = TypeVar("T")
