@@ -115,10 +115,22 @@ def spans(batch: PointBatch, bound_ns: int) -> list[tuple[int, int]]:
 
     Points after `bound_ns` (`store.base.newest_bound_ns`: stamped in the future) are left
     out: they are never a GPU's last_seen, and a GPU with only such points is not listed.
+    Runs on every batch the collector writes, so the usual batch (one scrape, one time) is
+    answered from min/max of the time column, not from a pass over the points.
     """
+    none = (-1, -1)
+    times = batch.time_ns
+    if not times:
+        return [none] * len(batch.gpus)
+    t_lo, t_hi = min(times), max(times)
+    if t_lo == t_hi:
+        if t_hi > bound_ns:
+            return [none] * len(batch.gpus)
+        present = set(batch.gpu_index)
+        return [(t_lo, t_hi) if g in present else none for g in range(len(batch.gpus))]
     lo = [-1] * len(batch.gpus)
     hi = [-1] * len(batch.gpus)
-    for g, t in zip(batch.gpu_index, batch.time_ns, strict=True):
+    for g, t in zip(batch.gpu_index, times, strict=True):
         if t > bound_ns:
             continue
         if lo[g] < 0 or t < lo[g]:
