@@ -12,16 +12,21 @@ the write path spent per point: this process (the collector: decode, line protoc
 the catalog's bookkeeping) plus, for InfluxDB, the influxd process (parsing and storing
 the catalog's lines too). CPU per point hardly depends on how long the process waited
 for a core, so `cpu_ratio` (without / with) shows what the catalog costs where the
-wall-clock ratio is blurred by the neighbours.
+wall-clock ratio is blurred by the neighbours. influxd's share alone is measured apart
+(`influxd_write_cost`): the same stream's bodies, with and without their catalog lines,
+posted straight to /api/v2/write, influxd's CPU per point, alternating, RUNS times.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import urllib3
 
 from bench.collector_bench import PARTITIONS, TOPIC, drain
 from bench.e2e_bench import cpu_seconds
@@ -29,7 +34,9 @@ from bench.fleet_data import T0, fleet, scrape
 from proto.codec import encode
 from proto.gen import walbroker_pb2 as pb
 from proto.gen import walbroker_pb2_grpc as pb_grpc
-from store import open_store
+from store import catalog as catalog_mod
+from store import influx_catalog, open_store
+from store.lineprotocol import LineProtocolEncoder
 from tests.fixtures.broker import BrokerProcess
 from tests.fixtures.influx import InfluxServer, influxd_path
 from walbroker.client import channel
@@ -89,6 +96,44 @@ def _drains(
     }  # fmt: skip
 
 
+def _bodies(gpus: int, with_catalog: bool) -> list[bytes]:
+    """The stream as line-protocol bodies of 500 GPUs, as the InfluxDB store builds them."""
+    the_fleet, encoder = fleet(gpus, seed=99), LineProtocolEncoder()
+    tracker = catalog_mod.CatalogTracker()
+    out = []
+    for k in range(SCRAPES):
+        for i in range(0, gpus, 500):
+            b = scrape(the_fleet[i : i + 500], T0 + k * INTERVAL_S * 10**9)
+            body = encoder.encode(b)
+            if with_catalog and (update := tracker.updates(b)):
+                tracker.confirm(update)
+                body += b"\n" + influx_catalog.encode(update)
+            out.append(gzip.compress(body, 1, mtime=0))
+    return out
+
+
+def influxd_write_cost(server: InfluxServer, gpus: int, points: int) -> dict[str, Any]:
+    """influxd's CPU per point for the stream with and without catalog lines (fresh dbs)."""
+    pid = server.pid
+    assert pid is not None
+    pool = urllib3.PoolManager()
+    bodies = {v: _bodies(gpus, v == "with_catalog") for v in ("without_catalog", "with_catalog")}
+    cpu: dict[str, list[float]] = {v: [] for v in bodies}
+    for n in range(RUNS):
+        for variant, todo in bodies.items():
+            db = server.create_database(f"direct_{variant}_{n}").bucket
+            before = cpu_seconds(pid)
+            for body in todo:
+                resp = pool.request(
+                    "POST", f"{server.url}/api/v2/write?bucket={db}&precision=ns", body=body,
+                    headers={"Content-Encoding": "gzip", "Authorization": "Token -"},
+                )  # fmt: skip
+                assert resp.status == 204, resp.data[:200]
+            cpu[variant].append(round((cpu_seconds(pid) - before) / points * 1e6, 2))
+    with_, without = (statistics.median(cpu[v]) for v in ("with_catalog", "without_catalog"))
+    return {"runs_cpu_us_per_point": cpu, "cpu_ratio": round(without / with_, 3)}
+
+
 def run(tmp: Path, gpus: int) -> dict[str, Any]:
     """Both stores' figures."""
     # Topics are not created on first use: the telemetry topic and its dead-letter topic.
@@ -115,6 +160,7 @@ def run(tmp: Path, gpus: int) -> dict[str, Any]:
         out["influx"] = _drains(
             broker.address, points, influx, "influx", lambda: cpu_seconds(influxd)
         )
+        out["influx"]["influxd_write_cost"] = influxd_write_cost(server, gpus, points)
         return out
     finally:
         server.stop()
