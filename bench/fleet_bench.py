@@ -222,6 +222,7 @@ def run(gpus: int = 100_000, seconds: float = 10.0, stream_gpus: int = 10_000) -
     result: dict[str, Any] = {
         "gpus": gpus, "metrics": len(METRICS), "points": gpus * len(METRICS)
         + DEEP * DEEP_SCRAPES * len(METRICS), "connections": CONNECTIONS, "seconds": seconds,
+        "loadavg_at_start": os.getloadavg(),
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="gputel-fleet-bench-") as tmpdir:
         tmp = Path(tmpdir)
@@ -244,6 +245,7 @@ def run(gpus: int = 100_000, seconds: float = 10.0, stream_gpus: int = 10_000) -
             result["collector"] = fleet_stream.run(tmp, stream_gpus)
         except Exception as exc:
             result["collector"] = {"error": repr(exc)}
+    result["loadavg_at_end"] = os.getloadavg()
     return result
 
 
