@@ -4,8 +4,8 @@ A broker topic holds `gpus` GPUs x 10 metrics x SCRAPES scrapes INTERVAL_S apart
 1,000-point records (100 GPUs each, the GPU's partition fixed): every GPU is new in the first
 scrape, and at the 60-s catalog granularity each gets one more catalog record at the fourth
 scrape. One collector (`bench.collector_bench.drain`) drains the topic into a fresh database
-with the catalog on, another into a fresh database with it off; RUNS times each, alternating,
-so drift of the shared machine hits both. The figure is the median of each.
+with the catalog on, another into a fresh database with it off; RUNS times each, in ABBA
+order, so drift of the shared machine hits both. The figure is the median of each.
 
 Other tenants of the machine move single runs by up to 2x, so each run also records the CPU
 the write path spent per point: this process (the collector: decode, line protocol or SQL,
@@ -43,7 +43,7 @@ from walbroker.client import channel
 
 SCRAPES = 6
 INTERVAL_S = 20
-RUNS = 3
+RUNS = 4
 
 
 def preload(address: str, gpus: int) -> int:
@@ -78,7 +78,9 @@ def _drains(
     runs: dict[str, list[float]] = {v: [] for v in variants}
     cpu: dict[str, list[float]] = {v: [] for v in variants}
     for n in range(RUNS):
-        for variant in variants:
+        # ABBA order: drift of the machine (and of the store's state) over the run falls on
+        # both variants alike instead of always on the second one.
+        for variant in variants if n % 2 == 0 else variants[::-1]:
             with opener(f"{variant}-{n}", variant == "with_catalog") as store:
                 before = _process_cpu_s() + server_cpu()
                 got = drain(address, store, f"{kind}-{variant}-{n}", points, 5_000)
@@ -120,7 +122,8 @@ def influxd_write_cost(server: InfluxServer, gpus: int, points: int) -> dict[str
     bodies = {v: _bodies(gpus, v == "with_catalog") for v in ("without_catalog", "with_catalog")}
     cpu: dict[str, list[float]] = {v: [] for v in bodies}
     for n in range(RUNS):
-        for variant, todo in bodies.items():
+        for variant in list(bodies) if n % 2 == 0 else list(bodies)[::-1]:
+            todo = bodies[variant]
             db = server.create_database(f"direct_{variant}_{n}").bucket
             before = cpu_seconds(pid)
             for body in todo:
