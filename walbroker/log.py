@@ -337,10 +337,11 @@ class Log:
         self.writer.submit(CommitOffsetsOp(group, topic, dict(offsets), fut))
         self.wait(fut, "offset commit")
 
-    def enforce_retention(self) -> None:
-        """Delete what the retention policy says may go now (blocks until done)."""
+    def enforce_retention(self, now_ns: int | None = None) -> None:
+        """Delete what the retention policy says may go as of `now_ns` (default: the wall
+        clock when the writer runs it); blocks until done."""
         fut: Future[None] = Future()
-        self.writer.submit(RetentionOp(fut))
+        self.writer.submit(RetentionOp(fut, now_ns))
         self.wait(fut, "retention")
 
     # ---- reads -------------------------------------------------------------------------

@@ -65,9 +65,10 @@ def consumed(staged: StagedTxn, tp: TopicPartition) -> bool:
     return True
 
 
-def delete_aged(staged: StagedTxn) -> None:
-    """Delete every record published before now minus the retention age."""
-    cutoff = time.time_ns() - int(staged.wal.config.retention_age_s * 1e9)
+def delete_aged(staged: StagedTxn, now_ns: int | None = None) -> None:
+    """Delete every record published before `now_ns` (default: now) minus the retention age."""
+    now = time.time_ns() if now_ns is None else now_ns
+    cutoff = now - int(staged.wal.config.retention_age_s * 1e9)
     for tp in list(staged.wal.partitions):
         ext = staged.extent(tp)
         while ext.start < ext.end and ext.first_ns and ext.first_ns < cutoff:

@@ -108,9 +108,11 @@ class SettleLegacyOp:
 
 @dataclass(slots=True)
 class RetentionOp:
-    """Delete records older than the retention age."""
+    """Delete records older than the retention age (as of `now_ns`; None: the wall clock
+    when the writer gets to it)."""
 
     future: Future[None]
+    now_ns: int | None = None
 
 
 @dataclass(slots=True)
@@ -333,7 +335,7 @@ class Writer:
             return self.wal.offsets.stage_adopt(staged, op.group, op.role)
         if isinstance(op, BarrierOp):
             return None
-        return retention.delete_aged(staged)
+        return retention.delete_aged(staged, op.now_ns)
 
     def _create_topic(self, staged: StagedTxn, op: CreateTopicOp) -> int:
         existing = self.wal.topics.get(op.topic) or staged.topics.get(op.topic)
