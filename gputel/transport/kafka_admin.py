@@ -246,9 +246,8 @@ class KafkaAdmin:
             listed = self._wait(fut[name], f"offsets of group {name!r}")
             committed = {(tp.topic, tp.partition): tp.offset for tp in listed.topic_partitions
                          if tp.offset >= 0}  # fmt: skip
-            out.append(
-                GroupOffsets(name, _STATES.get(desc.state, "unknown"), desc.members, committed)
-            )
+            state, simple = _STATES.get(desc.state, "unknown"), bool(desc.is_simple_consumer_group)
+            out.append(GroupOffsets(name, state, desc.members, committed, simple))
         return out
 
     def groups(self) -> apb.ListGroupsResponse:

@@ -237,6 +237,35 @@ def test_reset_clamps_to_the_retained_range_and_checks_partitions(
     assert rc == 3 and "unknown group" in err
 
 
+def test_the_streamers_progress_group_is_a_producer_group_without_lag(
+    kafka1: KafkaCluster, topic: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What a streamer on Kafka does (gputel.transport.kafka_stream): its transactions carry its
+    # progress (rows read) as committed offsets of its group, which never joins as a consumer.
+    group = name("streamers")
+    producer = Producer(
+        {"bootstrap.servers": kafka1.bootstrap, "transactional.id": f"gputel-streamer.{group}"}
+    )
+    progress = Consumer({"bootstrap.servers": kafka1.bootstrap, "group.id": group})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    producer.produce(topic, b"batch", partition=1)
+    rows = [TopicPartition(topic, 1, 12_345)]
+    producer.send_offsets_to_transaction(rows, progress.consumer_group_metadata(), 30)
+    producer.commit_transaction(30)
+    progress.close()
+
+    rc, out, _ = admin(capsys, kafka1.url, "describe-group", group, "--json")
+    assert rc == 0
+    doc = json.loads(out)
+    assert doc["group"]["role"] == "producer" and doc["group"]["lag_points"] == 0
+    row = next(p for p in doc["partitions"] if p["partition"] == 1)
+    assert row["committed_offset"] == 12_345 and row["lag_points"] == 0  # progress, not lag
+    rc, _, err = admin(capsys, kafka1.url, "replay", "--group", group, "--topic", topic,
+                       "--from-earliest")  # fmt: skip
+    assert rc == 2 and "is a producer group" in err
+
+
 def test_delete_group_and_topic(
     kafka1: KafkaCluster, topic: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
