@@ -306,6 +306,41 @@ def test_kafka_usage_errors(
     assert admin(capsys, kafka1.url, "--kafka-config", str(good), "topics")[0] == 0
 
 
+def _sasl_properties(cluster: KafkaCluster, path: Path, password_ref: str) -> Path:
+    path.write_text(
+        "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=SCRAM-SHA-512\n"
+        f"sasl.username={cluster.scram_user}\nsasl.password={password_ref}\n"
+    )
+    path.chmod(0o644)  # readable by all: it holds a reference, not the password
+    return path
+
+
+def test_sasl_credentials_come_from_a_file_or_the_environment(
+    kafka1: KafkaCluster,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = f"kafka://{kafka1.sasl_bootstrap}"
+    by_file = _sasl_properties(
+        kafka1, tmp_path / "file.properties", f"${{file:{kafka1.scram_password_file}}}"
+    )
+    t = name("sasl")
+    rc, out, err = admin(capsys, url, "--kafka-config", str(by_file), "create-topic", t)
+    assert rc == 0, err
+    monkeypatch.setenv("TEST_KAFKA_PASSWORD", kafka1.scram_password_file.read_text().strip())
+    by_env = _sasl_properties(kafka1, tmp_path / "env.properties", "${env:TEST_KAFKA_PASSWORD}")
+    rc, out, err = admin(capsys, url, "--kafka-config", str(by_env), "describe-topic", t)
+    assert rc == 0 and out.startswith("TOPIC"), err
+    # Without the credentials the SASL listener refuses: exit 5 (refused), not "unreachable".
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-password\n")
+    bad = _sasl_properties(kafka1, tmp_path / "bad.properties", f"${{file:{wrong}}}")
+    rc, out, err = admin(capsys, url, "--kafka-config", str(bad), "--timeout-s", "5", "topics")
+    assert rc == 5 and "SASL authentication error" in err, err
+    assert "not-the-password" not in err and out == ""
+
+
 def test_unreachable_kafka_exits_4(capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["--broker", f"kafka://127.0.0.1:{free_port()}", "--timeout-s", "2", "topics"])
     err = capsys.readouterr().err
