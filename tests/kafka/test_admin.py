@@ -10,12 +10,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from gputel.admin_cli import main
+from gputel.transport.kafka_admin import bootstrap_of, error
 from tests.fixtures.broker import BrokerProcess, free_port
 from tests.kafka_cluster import KafkaCluster
+from walbroker import admin_cli
 from walbroker.cli import main as walbroker_main
+from walbroker.errors import BrokerError
 
 
 def admin(capsys: pytest.CaptureFixture[str], url: str, *args: str) -> tuple[int, str, str]:
@@ -363,3 +366,31 @@ def test_walbroker_admin_points_kafka_urls_to_gputel_admin(
 ) -> None:
     assert walbroker_main(["admin", "--broker", "kafka://127.0.0.1:9092", "topics"]) == 2
     assert "use gputel-admin" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "exit_code"),
+    [
+        (KafkaError.TOPIC_AUTHORIZATION_FAILED, "PermissionDenied", 5),
+        (KafkaError.SASL_AUTHENTICATION_FAILED, "Unauthenticated", 5),
+        (KafkaError.GROUP_ID_NOT_FOUND, "NotFound", 3),
+        (KafkaError.NON_EMPTY_GROUP, "InUse", 5),
+        (KafkaError.INVALID_PARTITIONS, "InvalidArgument", 2),
+        (KafkaError._ALL_BROKERS_DOWN, "Unavailable", 4),
+        (KafkaError.UNKNOWN, "BrokerError", 1),
+    ],
+)
+def test_kafka_errors_map_to_the_admin_exit_codes(
+    code: int, kind: str, exit_code: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raised = error(KafkaException(KafkaError(code)), "doing it")
+    assert type(raised).__name__ == kind
+    assert raised.message.startswith("doing it: ")
+    assert admin_cli.fail(raised, "kafka://k:9092", "gputel-admin") == exit_code
+    assert capsys.readouterr().err.startswith("gputel-admin: ")
+
+
+@pytest.mark.parametrize("url", ["k:9092", "kafka://", "kafka://k", "kafka://k:x", "kafka://:9092"])
+def test_bad_kafka_urls_are_refused(url: str) -> None:
+    with pytest.raises(BrokerError, match="not a kafka://HOST:PORT"):
+        bootstrap_of(url)
