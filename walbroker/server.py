@@ -161,6 +161,8 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
             if session.failure is not None:
                 raise session.failure
         except BrokerError as exc:
+            if isinstance(exc, InvalidArgument):  # a bad join or request, counted as frames are
+                b.metrics.invalid.labels("Consume").inc()
             abort(context, exc)
         finally:
             session.finish()
