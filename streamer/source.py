@@ -296,7 +296,7 @@ def open_csv(path: str | os.PathLike[str]) -> TextIO:
     """
     try:
         # utf-8-sig drops a BOM; newline="" keeps CRLF and quoted newlines for the reader.
-        return open(path, encoding="utf-8-sig", errors="replace", newline="")  # noqa: SIM115
+        return open(path, encoding="utf-8-sig", errors="replace", newline="")
     except OSError as exc:
         raise SourceError(f"cannot read {os.fspath(path)!r}: {exc}") from exc
 
