@@ -1,9 +1,12 @@
 """One member's Consume stream: join, assignments, credit-based delivery and commits.
 
 The session is transport-free: the gRPC servicer feeds it requests and sends what
-its `responses()` iterator yields. Two threads touch it — the request reader
-(`handle`) and the response writer (`responses`) — and `lock` guards the
-positions, credit and generation they share.
+its `responses()` iterator yields. Three kinds of thread touch it: the request
+reader (`handle`), the response writer (`responses`), and whichever thread makes
+the coordinator rebalance the group (another member's join or leave, the
+group-reaper, an admin reset), which calls `_on_assignment` under the group's
+lock. `lock` guards the positions, credit and generation they share; `outbound`
+is a deque, whose append and popleft are atomic.
 """
 
 from __future__ import annotations
@@ -174,7 +177,7 @@ class Session:
         if self.role == "producer":
             return self._committed(tp) or 0
         info = self.wal.state(tp).info()
-        committed = self.wal.committed_offset(self.group, tp)
+        committed = self.wal.offsets.committed(self.group, tp)
         if committed is None:
             return info.log_start_offset
         return min(max(committed, info.log_start_offset), info.log_end_offset)
@@ -182,8 +185,8 @@ class Session:
     def _committed(self, tp: TopicPartition) -> int | None:
         """The consumer group's committed offset, or the producer group's progress."""
         if self.role == "producer":
-            return self.wal.progress_of(self.group, tp)
-        return self.wal.committed_offset(self.group, tp)
+            return self.wal.offsets.progress(self.group, tp)
+        return self.wal.offsets.committed(self.group, tp)
 
     def push(self, msg: pb.ConsumeResponse) -> None:
         """Queue a control message for the member."""
@@ -196,11 +199,11 @@ class Session:
         self.close()
 
     def close(self) -> None:
-        """End the stream (the writer thread leaves the group)."""
+        """End the stream (the response thread then leaves the group, in `finish`)."""
         self.closed.set()
         self.wake.set()
 
-    # ---- responses (writer thread) ---------------------------------------------------------
+    # ---- responses (the gRPC thread running the call) -----------------------------------
 
     def responses(self) -> Iterator[pb.ConsumeResponse]:
         """Control messages and records, until the stream closes.
