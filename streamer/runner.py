@@ -25,8 +25,9 @@ When is the job finished (`--passes K`)? A partition is done when its committed
 progress is K x its rows. A streamer whose own partitions are all done stays in the
 group (ready to take over the partitions of a streamer that stops) until the group's
 committed progress of EVERY partition of the topic has reached K x that partition's
-rows (read with the Admin service's DescribeGroup); then it leaves and exits 0. So
-all streamers of a finished job exit, and none exits while some GPU still has rows
+rows (`StreamMember.progress`: the Admin service's DescribeGroup on walbroker; on Kafka,
+where one streamer owns every partition, its own committed transactions); then it leaves
+and exits 0. So all streamers of a finished job exit, and none exits while some GPU still has rows
 to send. All streamers of a group must read the same CSV, unchanged while they run.
 `--forever` never finishes.
 
@@ -50,11 +51,8 @@ import time
 from array import array
 from collections.abc import Callable
 
-import grpc
-
-from proto.gen import walbroker_admin_pb2 as apb
-from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
-from proto.gen import walbroker_pb2 as pb
+from gputel.transport import factory
+from gputel.transport.base import StreamMember, StreamProducer
 from streamer.config import StreamerConfig
 from streamer.encode import encode_rows
 from streamer.metrics import StreamerMetrics
@@ -62,12 +60,7 @@ from streamer.ownership import Ownership, PartitionState
 from streamer.pacing import PassGrid, TokenBucket
 from streamer.scan import CsvScanner
 from streamer.source import PartRows, RowBlock, SourceError, record_pass
-from walbroker.client import channel, error_from_rpc
-from walbroker.consumer import Consumer
-from walbroker.credentials import ClientSecurity
 from walbroker.errors import AccessError, BrokerError
-from walbroker.inflight import Batch
-from walbroker.producer import Producer
 from walbroker.types import partition_for_key
 
 log = logging.getLogger(__name__)
@@ -75,28 +68,6 @@ log = logging.getLogger(__name__)
 IDLE_WAIT_S = 0.2
 FINISH_CHECK_S = 0.5
 STAMP_CACHE_MAX = 100_000  # source times remembered per scan (processing-time stamps)
-
-
-def group_progress(
-    broker: str,
-    group: str,
-    topic: str,
-    timeout_s: float = 5.0,
-    security: ClientSecurity | None = None,
-) -> dict[int, int]:
-    """Return the committed progress of every partition of `topic` in `group` (Admin RPC)."""
-    with channel(broker, security) as ch:
-        try:
-            resp = apb_grpc.AdminStub(ch).DescribeGroup(
-                apb.DescribeGroupRequest(group=group), timeout=timeout_s
-            )
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, ch) from None
-    return {
-        pl.partition: pl.committed_offset
-        for pl in resp.partitions
-        if pl.topic == topic and pl.HasField("committed_offset")
-    }
 
 
 class _Scan:
@@ -125,26 +96,16 @@ class Streamer:
         self._stop = threading.Event()
         self._wake = threading.Event()
         # Batches arrive encoded (`streamer.encode`, `send_batch`): no per-item encoder.
-        self.producer: Producer[object] = Producer(
-            config.broker,
-            config.topic,
-            batch_size=config.batch_size,
-            linger_ms=config.linger_ms,
+        link = factory.stream_link(
+            config.transport(), config.group, config.topic,
+            on_ack=self._on_ack, on_backpressure=lambda _exc: metrics.backpressure.inc(),
+            on_revoke=self._on_revoke, on_assignment=lambda _a: self._wake.set(),
+            batch_size=config.batch_size, linger_ms=config.linger_ms,
             max_pending_points=config.max_pending_points,
-            on_ack=self._on_ack,
-            on_backpressure=lambda _exc: metrics.backpressure.inc(),
-            security=config.security,
-        )
-        self.member = Consumer(
-            config.broker,
-            config.group,
-            config.topic,
-            role="producer",
             session_timeout_ms=config.session_timeout_ms,
-            on_revoke=self._on_revoke,
-            on_assignment=lambda _a: self._wake.set(),
-            security=config.security,
-        )
+        )  # fmt: skip
+        self.producer: StreamProducer = link[0]
+        self.member: StreamMember = link[1]
         self.own = Ownership(
             self.member, self.producer.flush,
             track=lambda p, epoch, progress: self.producer.track(p, config.group, epoch, progress),
@@ -439,12 +400,7 @@ class Streamer:
             if self.own.states[p].committed < passes * sizes[p]:
                 return False
         try:
-            committed = group_progress(
-                self.config.broker,
-                self.config.group,
-                self.config.topic,
-                security=self.config.security,
-            )
+            committed = self.member.progress()
         except BrokerError as exc:
             log.info("group progress unavailable", extra={"reason": str(exc)})
             return False
@@ -456,10 +412,10 @@ class Streamer:
         self.own.revoked(partitions)
         self._wake.set()
 
-    def _on_ack(self, batch: Batch, ack: pb.PublishAck) -> None:
-        self.own.on_ack(batch.partition, batch.count)
-        self.metrics.published.inc(batch.count)
-        self.metrics.publish_latency.observe(time.monotonic() - batch.created)
+    def _on_ack(self, partition: int, count: int, created: float) -> None:
+        self.own.on_ack(partition, count)
+        self.metrics.published.inc(count)
+        self.metrics.publish_latency.observe(time.monotonic() - created)
 
 
 def _extend(into: PartRows, rows: PartRows, start: int, end: int) -> None:

@@ -22,6 +22,11 @@ timeout and never delays the others. Parsing and publishing happen on the loop's
 (one `GpuTable`, one producer caller). All samples of one scrape share one timestamp: the
 exporter's own sample time when it gives one (the newest), else the scrape's start; it
 is the points' time and source time.
+
+On Kafka (`--broker kafka://…`) there is no producer group: one streamer per `--group` owns
+every partition and so scrapes every target it is given (`gputel.transport.kafka_stream`),
+and a second one with the same group fences the first. Shard a large fleet by giving each
+streamer its own targets (file_sd file, DNS name) and its own `--group`.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from proto.gen import walbroker_pb2 as pb
+from gputel.transport import factory
+from gputel.transport.base import StreamMember, StreamProducer
 from streamer.config import StreamerConfig
 from streamer.encode import encode_rows
 from streamer.exposition import SampleReject, label_map, samples
@@ -46,10 +52,7 @@ from streamer.metrics import ScrapeMetrics, StreamerMetrics
 from streamer.ownership import Ownership, PartitionState
 from streamer.scraper import Fetcher, Page, ScrapeError
 from streamer.targets import TargetSet
-from walbroker.consumer import Consumer
 from walbroker.errors import AccessError, BrokerError
-from walbroker.inflight import Batch
-from walbroker.producer import Producer
 from walbroker.types import partition_for_key
 
 log = logging.getLogger(__name__)
@@ -111,18 +114,16 @@ class ScrapeStreamer:
         )  # fmt: skip
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self.producer: Producer[object] = Producer(
-            config.broker, config.topic, batch_size=config.batch_size,
-            linger_ms=config.linger_ms, max_pending_points=config.max_pending_points,
+        link = factory.stream_link(
+            config.transport(), config.group, config.topic,
             on_ack=self._on_ack, on_backpressure=lambda _exc: metrics.backpressure.inc(),
-            security=config.security,
-        )  # fmt: skip
-        self.member = Consumer(
-            config.broker, config.group, config.topic, role="producer",
-            session_timeout_ms=config.session_timeout_ms,
             on_revoke=self._on_revoke, on_assignment=lambda _a: self._wake.set(),
-            security=config.security,
+            batch_size=config.batch_size, linger_ms=config.linger_ms,
+            max_pending_points=config.max_pending_points,
+            session_timeout_ms=config.session_timeout_ms,
         )  # fmt: skip
+        self.producer: StreamProducer = link[0]
+        self.member: StreamMember = link[1]
         self.own = Ownership(
             self.member, self.producer.flush,
             track=lambda p, epoch, progress: self.producer.track(p, config.group, epoch, progress),
@@ -391,7 +392,7 @@ class ScrapeStreamer:
         self.own.revoked(partitions)
         self._wake.set()
 
-    def _on_ack(self, batch: Batch, ack: pb.PublishAck) -> None:
-        self.own.on_ack(batch.partition, batch.count)
-        self.metrics.published.inc(batch.count)
-        self.metrics.publish_latency.observe(time.monotonic() - batch.created)
+    def _on_ack(self, partition: int, count: int, created: float) -> None:
+        self.own.on_ack(partition, count)
+        self.metrics.published.inc(count)
+        self.metrics.publish_latency.observe(time.monotonic() - created)
