@@ -18,19 +18,32 @@ at most `queued.max.messages.kbytes`, sized from `max_unacked_points`. Past
 `max.poll.interval.ms` (default 5 min) without a poll Kafka removes the member; it rejoins at
 the next poll from the committed offsets.
 
-Lag: `lag()` is the log end offset (librdkafka's cached high watermark) minus the committed
-offset, per owned partition, in records.
+Transaction markers: a streamer's transactions leave one control record per partition after
+their batches. The consumer never hands them out, but they take offsets, so committing
+"the offset after the last record stored" would leave the committed offset one short of the
+log end forever (a lag of 1 that never drains). librdkafka's position skips them; when the
+collector commits exactly what it was handed, the commit moves on to that position (the
+gap is markers only: the position is read right after `consume`, on the same thread).
 
-Thread-safety: `poll` runs on the collector loop thread (and so do the rebalance callbacks);
-`commit` also on its writer thread, `lag` on the metrics thread. `_lock` guards positions,
-committed offsets and the assignment; librdkafka's handle is thread-safe.
+Lag: the log end offset (librdkafka's cached high watermark) minus the committed offset,
+per owned partition, in records, refreshed by `poll` every `LAG_REFRESH_S`; `lag()` returns
+that snapshot.
+
+Thread-safety: confluent-kafka 2.16 lets one thread at a time into a consumer (a waiting
+thread spins on a gate that a polling loop retakes at once: a commit from another thread
+could wait for seconds). So every call goes through `_gate`, and `poll` consumes in slices
+of `POLL_SLICE_S`, giving way between slices to a waiting `commit` (the collector's writer
+thread) or `close`. The rebalance callbacks run inside `consume`, on the polling thread.
+`_lock` guards positions, committed offsets, the lag snapshot and the assignment.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -44,6 +57,8 @@ log = logging.getLogger(__name__)
 
 BYTES_PER_POINT = 32  # a columnar batch's size per point, generously: sizes the prefetch
 COMMIT_ON_REVOKE_S = 10.0
+POLL_SLICE_S = 0.05  # the longest a commit from another thread waits for the poller
+LAG_REFRESH_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +118,15 @@ class KafkaGroupConsumer:
              "on_commit": self._on_commit},
         )  # fmt: skip
         self._consumer: Consumer | None = None
+        self._gate = threading.Lock()  # one thread in the consumer at a time (module doc)
+        self._others = 0  # threads other than the poller waiting for `_gate`
+        self._others_cond = threading.Condition()
         self._lock = threading.Lock()
-        self._positions: dict[int, int] = {}
+        self._positions: dict[int, int] = {}  # next offset to hand out (after the last handed)
+        self._skip_to: dict[int, int] = {}  # librdkafka's position, past transaction markers
         self._committed: dict[int, int] = {}  # offsets this member committed (or found)
+        self._lag: dict[int, int] = {}
+        self._lag_at = 0.0
         self._generation = 0
         self.assignment: Assignment | None = None
         self.last_error: BrokerError | None = None
@@ -122,19 +143,46 @@ class KafkaGroupConsumer:
 
     def close(self) -> None:
         """Leave the group (revoking, and so committing, what it owns)."""
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
+        with self._call() as consumer:
+            if consumer is not None:
+                consumer.close()
+        self._consumer = None
+
+    @contextmanager
+    def _call(self) -> Iterator[Consumer | None]:
+        """Enter the consumer from a thread other than the poller, ahead of its next slice."""
+        with self._others_cond:
+            self._others += 1
+        try:
+            with self._gate:
+                yield self._consumer
+        finally:
+            with self._others_cond:
+                self._others -= 1
+                self._others_cond.notify_all()
 
     # ---- the application's side ------------------------------------------------------------
 
     def poll(self, timeout_s: float = 1.0, max_messages: int = 1000) -> Sequence[KafkaRecord]:
         """Records of owned partitions in offset order; [] on timeout."""
-        assert self._consumer is not None, "start() first"
-        try:
-            msgs = self._consumer.consume(max_messages, timeout_s)
-        except KafkaException as exc:
-            raise from_kafka(exc) from None
+        consumer = self._consumer
+        assert consumer is not None, "start() first"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._others_cond:  # give way to a waiting commit or close first
+                self._others_cond.wait_for(lambda: self._others == 0, POLL_SLICE_S)
+            with self._gate:
+                left = max(0.0, min(POLL_SLICE_S, deadline - time.monotonic()))
+                try:
+                    msgs = consumer.consume(max_messages, left)
+                except KafkaException as exc:
+                    raise from_kafka(exc) from None
+                out = self._records(msgs)
+                self._track(consumer)
+            if out or time.monotonic() >= deadline:
+                return out
+
+    def _records(self, msgs: list[Message]) -> list[KafkaRecord]:
         out: list[KafkaRecord] = []
         with self._lock:
             for msg in msgs:
@@ -150,12 +198,38 @@ class KafkaGroupConsumer:
                     continue  # revoked meanwhile, or already handed out
                 self._positions[p] = offset + 1
                 _, ts = msg.timestamp()
-                out.append(
-                    KafkaRecord(
-                        self.topic, p, offset, _count(msg), ts * 1_000_000, msg.value() or b""
-                    )
-                )
+                value = msg.value() or b""
+                out.append(KafkaRecord(self.topic, p, offset, _count(msg), ts * 1_000_000, value))
         return out
+
+    def _track(self, consumer: Consumer) -> None:
+        """Right after `consume` (gate held): positions past markers, and the lag when due."""
+        with self._lock:
+            owned = list(self._positions)
+        if not owned:
+            return
+        tps = [TopicPartition(self.topic, p) for p in owned]
+        try:
+            positions = consumer.position(tps)
+        except KafkaException:
+            return
+        now = time.monotonic()
+        marks: dict[int, int] = {}
+        if now - self._lag_at >= LAG_REFRESH_S:
+            self._lag_at = now
+            for tp in tps:
+                try:
+                    marks[tp.partition] = consumer.get_watermark_offsets(tp, cached=True)[1]
+                except KafkaException:
+                    continue
+        with self._lock:
+            for tp in positions:
+                handed = self._positions.get(tp.partition)
+                if handed is not None and tp.offset > handed:
+                    self._skip_to[tp.partition] = tp.offset
+            for p, high in marks.items():
+                if high >= 0 and p in self._positions:
+                    self._lag[p] = max(0, high - self._committed.get(p, 0))
 
     def _on_error(self, err: KafkaError) -> None:
         error = from_kafka(err)
@@ -175,33 +249,48 @@ class KafkaGroupConsumer:
             for p in partitions:
                 self._positions.pop(p, None)
 
+    def lag(self) -> dict[int, int]:
+        """Log end offset minus committed offset per owned partition, in records (snapshot)."""
+        with self._lock:
+            return {p: n for p, n in self._lag.items() if p in self._positions}
+
     def commit(
         self, offsets: dict[int, int] | None = None, timeout_s: float = 10.0, wait: bool = True
     ) -> bool:
         """Commit `offsets` (default: positions); True if stored (or sent, without `wait`)."""
-        consumer = self._consumer
-        if consumer is None:
-            return False
-        offsets = self.positions() if offsets is None else offsets
+        offsets = self._past_markers(self.positions() if offsets is None else offsets)
         if not offsets:
             return True
         tps = [TopicPartition(self.topic, p, o) for p, o in sorted(offsets.items())]
-        try:
-            if not wait:
-                consumer.commit(offsets=tps, asynchronous=True)
-                self._note_committed(offsets)
-                return True
-            done = consumer.commit(offsets=tps, asynchronous=False) or []
-        except KafkaException as exc:
-            self.last_error = from_kafka(exc)
-            log.info("commit refused", extra={"group": self.group, "reason": str(exc)})
-            return False
+        with self._call() as consumer:
+            if consumer is None:
+                return False
+            done: list[TopicPartition] = []
+            try:
+                if wait:
+                    done = consumer.commit(offsets=tps, asynchronous=False)
+                else:
+                    consumer.commit(offsets=tps, asynchronous=True)
+            except KafkaException as exc:
+                self.last_error = from_kafka(exc)
+                log.info("commit refused", extra={"group": self.group, "reason": str(exc)})
+                return False
         for tp in done:
             if tp.error is not None:
                 self.last_error = from_kafka(tp.error)
                 return False
         self._note_committed(offsets)
         return True
+
+    def _past_markers(self, offsets: Mapping[int, int]) -> dict[int, int]:
+        """Offsets moved past trailing transaction markers where all handed out is committed."""
+        with self._lock:
+            return {
+                p: self._skip_to[p]
+                if o == self._positions.get(p) and self._skip_to.get(p, 0) > o
+                else o
+                for p, o in offsets.items()
+            }
 
     def _note_committed(self, offsets: Mapping[int, int]) -> None:
         with self._lock:
@@ -214,26 +303,7 @@ class KafkaGroupConsumer:
             self.last_error = from_kafka(err)
             log.info("commit refused", extra={"group": self.group, "reason": err.str()})
 
-    def lag(self) -> dict[int, int]:
-        """Log end offset minus committed offset per owned partition, in records."""
-        consumer = self._consumer
-        if consumer is None:
-            return {}
-        with self._lock:
-            owned = {p: self._committed.get(p, pos) for p, pos in self._positions.items()}
-        out: dict[int, int] = {}
-        for p, committed in owned.items():
-            try:
-                _low, high = consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, p), cached=True
-                )
-            except KafkaException:
-                continue
-            if high >= 0:
-                out[p] = max(0, high - committed)
-        return out
-
-    # ---- rebalance callbacks (on the polling thread) ------------------------------------------
+    # ---- rebalance callbacks (inside `consume`, on the polling thread) -----------------------
 
     def _assigned(self, consumer: Consumer, tps: list[TopicPartition]) -> None:
         parts = {tp.partition for tp in tps}
@@ -268,8 +338,8 @@ class KafkaGroupConsumer:
     def _gone(self, parts: set[int], what: str) -> None:
         with self._lock:
             for p in parts:
-                self._positions.pop(p, None)
-                self._committed.pop(p, None)
+                for state in (self._positions, self._committed, self._skip_to, self._lag):
+                    state.pop(p, None)
             self._reassign()
         log.info(what, extra={"group": self.group, "partitions": sorted(parts)})
         if self.on_revoke is not None and parts:

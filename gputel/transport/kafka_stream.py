@@ -179,7 +179,9 @@ class KafkaStreamProducer:
                 if time.monotonic() - txn.since >= TXN_INTERVAL_S:
                     try:
                         self._commit(time.monotonic() + KAFKA_TIMEOUT_S)
-                    except (TimeoutError, BrokerError) as exc:  # kept: the next call raises it
+                    except (TimeoutError, BrokerError) as exc:
+                        if self._failure is not None:
+                            return  # fenced: logged once, and every later call raises it
                         log.warning("transaction not committed yet", extra={"reason": str(exc)})
 
     # ---- the streamer's side -----------------------------------------------------------------
