@@ -25,7 +25,7 @@ fmt:
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-provision: ## what the tests need besides .venv (InfluxDB, helm, kubectl, promtool, chromium); cached, idempotent
+provision: ## what the tests need besides .venv (InfluxDB, helm, kubectl, promtool, chromium, Kafka jars); cached, idempotent
 	PYTHON=$(PY) scripts/provision-tests.sh
 
 test: provision ## the whole suite (unit + integration against real processes)

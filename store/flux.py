@@ -3,8 +3,9 @@
 Every caller value enters a query only through `string()`, `time()` or `duration()`, never by
 plain formatting: strings are escaped (backslash, quote) and `${` is split so Flux's string
 interpolation can never run. Callers validate values first (`store.validate`).
-Used functions: range, filter, keep, group, distinct, pivot, sort, limit, first, last, count,
+Used functions: range, filter, keep, group, distinct, sort, first, last, count,
 aggregateWindow. Note `range(stop:)` is exclusive, so an inclusive end becomes `end_ns + 1`.
+The reads the gateway makes on every request are InfluxQL instead (`store.influxql`).
 """
 
 from __future__ import annotations
@@ -67,12 +68,6 @@ def predicate(
     return "\n  |> filter(fn: (r) => " + " and ".join(clauses) + ")"
 
 
-def after_cursor(time_ns: int, metric: str) -> str:
-    """Return a filter clause keeping rows strictly after the keyset cursor (time_ns, metric)."""
-    t, m = time(time_ns), string(metric)
-    return f"(r._time > {t} or (r._time == {t} and r.{schema.TAG_METRIC} > {m}))"
-
-
 def until(end_ns: int) -> str:
     """Return a filter clause keeping rows at or before `end_ns`.
 
@@ -80,62 +75,6 @@ def until(end_ns: int) -> str:
     queries use `stop: end + 1` and this clause: the end is inclusive on both, exactly once.
     """
     return f"r._time <= {time(end_ns)}"
-
-
-def uuid_after(uuid: str) -> str:
-    """Return a filter clause keeping GPUs whose uuid sorts after `uuid`."""
-    return f"r.{schema.TAG_UUID} > {string(uuid)}"
-
-
-PIVOT_FIELDS = '\n  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")'
-
-
-def points(
-    bucket: str,
-    start_ns: int,
-    end_ns: int,
-    tags: dict[str, str],
-    metrics: Sequence[str] | None,
-    limit: int,
-    after: tuple[int, str] | None,
-) -> str:
-    """Return the query for one GPU's points in [start_ns, end_ns], ordered by (time, metric)."""
-    extra = [until(end_ns), *([after_cursor(*after)] if after else [])]
-    fields = (schema.FIELD_VALUE, schema.FIELD_SOURCE_TIME)
-    return (
-        source(bucket, start_ns, end_ns + 1)
-        + predicate(fields, tags, metrics, extra)
-        # Each series is time-ordered, so the first `limit` rows overall are among the first
-        # `limit` of each series: cutting here keeps the pivot and sort small at any depth.
-        + f"\n  |> limit(n: {int(limit)})"
-        + PIVOT_FIELDS
-        + f'\n  |> keep(columns: ["_time", "{schema.TAG_METRIC}", "{schema.FIELD_VALUE}", '
-        f'"{schema.FIELD_SOURCE_TIME}"])'
-        + "\n  |> group()"
-        + f'\n  |> sort(columns: ["_time", "{schema.TAG_METRIC}"])'
-        + f"\n  |> limit(n: {int(limit)})"
-    )
-
-
-def first_time(
-    bucket: str, start_ns: int, end_ns: int, tags: dict[str, str], metrics: Sequence[str] | None
-) -> str:
-    """Return the query for the time of the first point in [start_ns, end_ns] (one row or none).
-
-    `first()` is answered by the storage engine without reading the series, so this is
-    cheap at any depth; paging uses it to skip empty time before probing windows. No
-    `until` clause here (it would stop the push-down): a result just past `end_ns`, which
-    1.8's inclusive `stop` may give, means the range is empty and the caller sees it.
-    """
-    return (
-        source(bucket, start_ns, end_ns + 1)
-        + predicate(tags=tags, metrics=metrics)
-        + "\n  |> first()"
-        + '\n  |> keep(columns: ["_time"])'
-        + "\n  |> group()"
-        + '\n  |> sort(columns: ["_time"])'
-        + "\n  |> limit(n: 1)"
-    )
 
 
 def series_edge(
@@ -149,17 +88,6 @@ def series_edge(
     if edge not in ("first", "last"):
         raise ValueError(edge)
     return source(bucket, 0, stop_ns) + predicate(tags=tags, extra=extra) + f"\n  |> {edge}()"
-
-
-def latest(bucket: str, uuid: str, stop_ns: int = ALL_TIME_STOP_NS) -> str:
-    """Return the newest value and source_time before `stop_ns` of every series of one GPU."""
-    fields = (schema.FIELD_VALUE, schema.FIELD_SOURCE_TIME)
-    return (
-        source(bucket, 0, stop_ns)
-        + predicate(fields, {schema.TAG_UUID: uuid})
-        + "\n  |> last()"
-        + PIVOT_FIELDS
-    )
 
 
 def distinct_tag(bucket: str, tag: str) -> str:

@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.fixtures.broker",
     "tests.fixtures.influx",
+    "tests.kafka_cluster",
 ]

@@ -199,7 +199,7 @@ class AdminServicer:
     @admin_action("delete_group")
     def DeleteGroup(self, request: apb.DeleteGroupRequest, context: Any) -> apb.DeleteGroupResponse:
         group = validate_name("group", request.group)
-        offsets = [k for k in [*self.wal.committed, *self.wal.progress] if k[0] == group]
+        offsets = self.wal.offsets.keys_of(group)
         if group not in self.coordinator.groups() and not offsets:
             raise NotFound(f"unknown group {group!r}")
         if not self.coordinator.remove_if_empty(group):

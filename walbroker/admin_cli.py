@@ -70,7 +70,10 @@ def offset(text: str) -> int:
     return value
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+ExtraFlags = Callable[[argparse.ArgumentParser], None]
+
+
+def _common(p: argparse.ArgumentParser, extra: ExtraFlags | None = None) -> None:
     # SUPPRESS: the flags may come before or after the command without overriding each other.
     p.add_argument(
         "--broker",
@@ -90,16 +93,18 @@ def _common(p: argparse.ArgumentParser) -> None:
         help=f"per-call deadline (default: {DEFAULT_TIMEOUT_S:g}; env {ENV_TIMEOUT})",
     )
     add_client_security_args(p, suppress=True)
+    if extra is not None:
+        extra(p)
 
 
-def add_admin_args(p: argparse.ArgumentParser) -> None:
-    """The `admin` subcommands and their flags."""
-    _common(p)
+def add_admin_args(p: argparse.ArgumentParser, extra: ExtraFlags | None = None) -> None:
+    """The `admin` subcommands and their flags; `extra` adds flags next to the common ones."""
+    _common(p, extra)
     sub = p.add_subparsers(dest="admin_command", required=True, metavar="COMMAND")
 
     def cmd(name: str, help_text: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_text, description=help_text)
-        _common(c)
+        _common(c, extra)
         return c
 
     cmd("topics", "every topic: partitions, log start/end offsets, bytes, publish times")
@@ -163,13 +168,29 @@ def _group_topic(p: argparse.ArgumentParser) -> None:
 # ---- running ----------------------------------------------------------------------------------
 
 
-def run(a: argparse.Namespace) -> int:
-    """Run one admin command; print its output; return the exit code."""
-    address = getattr(a, "broker", "") or os.environ.get(ENV_BROKER, DEFAULT_BROKER)
-    # The common flags default to SUPPRESS (see _common), so their variables are read here.
+def address_of(a: argparse.Namespace) -> str:
+    """The broker address: --broker, else its environment variable, else the default."""
+    return str(getattr(a, "broker", "") or os.environ.get(ENV_BROKER, DEFAULT_BROKER))
+
+
+def output_options(a: argparse.Namespace) -> tuple[bool, float]:
+    """(--json, --timeout-s); the common flags default to SUPPRESS, so variables are read here."""
     as_json = bool(getattr(a, "json", os.environ.get(ENV_JSON, "").lower() in TRUE_WORDS))
     timeout_s = float(getattr(a, "timeout_s", os.environ.get(ENV_TIMEOUT) or DEFAULT_TIMEOUT_S))
-    call, render = _COMMANDS[a.admin_command]
+    return as_json, timeout_s
+
+
+def run(a: argparse.Namespace) -> int:
+    """Run one admin command; print its output; return the exit code."""
+    address = address_of(a)
+    if address.startswith("kafka://"):
+        print(
+            "walbroker admin: a kafka:// broker is not a walbroker: use gputel-admin",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    as_json, timeout_s = output_options(a)
+    call = _COMMANDS[a.admin_command][0]
     try:
         ch = channel(address, client_security_from_args(a))
     except ValueError as exc:
@@ -179,21 +200,27 @@ def run(a: argparse.Namespace) -> int:
         try:
             resp = call(apb_grpc.AdminStub(ch), a, timeout_s)
         except grpc.RpcError as exc:
-            return _fail(error_from_rpc(exc, ch), address)
-    print(json.dumps(to_json(resp), indent=2) if as_json else render(resp))
-    if isinstance(resp, apb.ResetOffsetsResponse) and as_json:
-        for note in _clamp_notes(resp):
-            print(note, file=sys.stderr)
+            return fail(error_from_rpc(exc, ch), address)
+    show(a.admin_command, resp, as_json)
     return 0
 
 
-def _fail(exc: BrokerError, address: str) -> int:
+def show(command: str, resp: Message, as_json: bool) -> None:
+    """Print the response of `command`: its table, or JSON (clamp notes then go to stderr)."""
+    print(json.dumps(to_json(resp), indent=2) if as_json else _COMMANDS[command][1](resp))
+    if isinstance(resp, apb.ResetOffsetsResponse) and as_json:
+        for note in _clamp_notes(resp):
+            print(note, file=sys.stderr)
+
+
+def fail(exc: BrokerError, address: str, prog: str = "walbroker admin") -> int:
+    """Print `exc` as one line on stderr; return its exit code."""
     code = _EXIT_BY_CODE.get(exc.code, EXIT_ERROR)
     detail = exc.message.splitlines()[0] if exc.message else exc.code.name
     if code == EXIT_UNREACHABLE:
-        print(f"walbroker admin: broker {address} unreachable: {detail}", file=sys.stderr)
+        print(f"{prog}: broker {address} unreachable: {detail}", file=sys.stderr)
     else:
-        print(f"walbroker admin: {detail}", file=sys.stderr)
+        print(f"{prog}: {detail}", file=sys.stderr)
     return code
 
 
@@ -404,7 +431,9 @@ def _render_reset(resp: Any) -> str:
     ]
     lines = [f"group {resp.group}, topic {resp.topic}:", table(head, rows), *_clamp_notes(resp)]
     if resp.applied:
-        lines.append(f"applied: {len(rows)} partition(s) reset; live members resume from NEW")
+        lines.append(
+            f"applied: {len(rows)} partition(s) reset; the group's members resume from NEW"
+        )
     else:
         lines.append("dry run: nothing changed")
     return "\n".join(lines)

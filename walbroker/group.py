@@ -20,8 +20,9 @@ admin reset can never interleave. Listeners are called under the group lock:
 they enqueue for their stream, except that a producer-group member's listener
 waits for a log barrier (`Log.barrier`, one group commit at most, bounded by the
 writer timeout) so its new partitions resume after every batch queued before the
-grant. The log's writer never takes a group lock (fencing reads `epoch_of`
-lock-free), so this wait cannot deadlock; it holds only this group's lock.
+grant. The log's writer never takes a group lock (fencing reads the grant epochs
+in `walbroker.grants`, which this coordinator writes), so this wait cannot
+deadlock; it holds only this group's lock.
 """
 
 from __future__ import annotations
@@ -91,8 +92,6 @@ class Group:
     owners: dict[int, str] = field(default_factory=dict)
     # partition -> when its revocation started (monotonic clock)
     revoking: dict[int, float] = field(default_factory=dict)
-    # partition -> epoch of its grant to its current owner (fences producer-group appends)
-    epochs: dict[int, int] = field(default_factory=dict)
     # Wall-clock ns since the group has had no member (its retention starts there).
     empty_since_ns: int = field(default_factory=time.time_ns)
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -131,6 +130,9 @@ class GroupCoordinator:
         rebalance_timeout_s: float = 30.0,
     ) -> None:
         self.wal = wal
+        # Grant epochs live beside the log (its writer fences batches with them); only
+        # this coordinator writes them.
+        self.grants = wal.grants
         self.rebalance_timeout_s = rebalance_timeout_s
         self.metrics = metrics
         self.clock = clock
@@ -159,6 +161,8 @@ class GroupCoordinator:
         if not 100 <= session_timeout_ms <= 600_000:
             raise InvalidArgument("session_timeout_ms must be in 100..600000")
         partitions = self.wal.ensure_topic(topic)
+        if self.wal.offsets.is_legacy(group):  # written by an older broker: settle it first
+            self.wal.settle_legacy_group(group, role)
         g = self._group(group, topic, role, partitions)
         with g.lock:
             if self._groups.get(group) is not g:  # expired or deleted meanwhile: start afresh
@@ -209,16 +213,15 @@ class GroupCoordinator:
             for p in freed:
                 del g.owners[p]
                 g.revoking.pop(p, None)
-                g.epochs.pop(p, None)
+                self.grants.revoke(g.name, p)
             if freed:
                 self._rebalance(g, reason="release")
 
-    @staticmethod
-    def _disown(g: Group, member_id: str) -> None:
+    def _disown(self, g: Group, member_id: str) -> None:
         for p in [p for p, m in g.owners.items() if m == member_id]:
             del g.owners[p]
             g.revoking.pop(p, None)
-            g.epochs.pop(p, None)
+            self.grants.revoke(g.name, p)
 
     def heartbeat(self, group: str, member_id: str) -> None:
         """Keep a member's session alive; NotFound if it was removed."""
@@ -250,7 +253,7 @@ class GroupCoordinator:
                         extra={"group": g.name, "partition": p, "member": g.owners.get(p)},
                     )
                     g.owners.pop(p, None)
-                    g.epochs.pop(p, None)
+                    self.grants.revoke(g.name, p)
                     del g.revoking[p]
                 if dead or stuck:
                     self._rebalance(g, reason="session timeout")
@@ -272,13 +275,13 @@ class GroupCoordinator:
                 g.revoking.setdefault(p, now)
             for p in granted:
                 if g.owners.get(p) != mid:
-                    g.epochs[p] = next(self._epochs)
+                    self.grants.grant(g.name, p, next(self._epochs))
                 g.owners[p] = mid
                 g.revoking.pop(p, None)
             m.partitions = granted
         for mid, m in g.members.items():
             restarted = (m.partitions - previous[mid]) | (m.partitions & reset)
-            epochs = {p: g.epochs[p] for p in m.partitions}
+            epochs = self.grants.of_group(g.name, m.partitions)
             m.listener(
                 MemberAssignment(
                     g.name,
@@ -308,6 +311,11 @@ class GroupCoordinator:
         """Store offsets for partitions the member owns in the current generation."""
         g = self._get(group)
         with g.lock:
+            if g.role != "consumer":  # a producer group's progress travels with its batches
+                raise InvalidArgument(
+                    f"group {group!r} is a producer group: its progress is stored with each "
+                    "fenced batch, not committed"
+                )
             if generation != g.generation:
                 self.metrics.commits.labels(group, "stale").inc()
                 raise StaleGeneration(
@@ -372,11 +380,6 @@ class GroupCoordinator:
         with g.lock:
             return next((m.member_id for m in g.members.values() if partition in m.partitions), "")
 
-    def epoch_of(self, group: str, partition: int) -> int | None:
-        """The grant epoch of a partition in a group (lock-free: the writer thread calls it)."""
-        g = self._groups.get(group)
-        return g.epochs.get(partition) if g is not None else None
-
     def member_count(self, group: str) -> int:
         """Live members of a group."""
         g = self._groups.get(group)
@@ -403,6 +406,7 @@ class GroupCoordinator:
                 if g.members:
                     return False
                 del self._groups[group]
+                self.grants.forget(group)
                 return True
 
     def forget_topic(self, topic: str) -> list[str]:
@@ -411,6 +415,7 @@ class GroupCoordinator:
             doomed = [g for g in self._groups.values() if g.topic == topic]
             for g in doomed:
                 del self._groups[g.name]
+                self.grants.forget(g.name)
         return [g.name for g in doomed]
 
     def live_groups_on(self, topic: str) -> list[str]:

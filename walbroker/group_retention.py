@@ -26,7 +26,11 @@ log = logging.getLogger(__name__)
 def last_activity_ns(wal: Log, coordinator: GroupCoordinator) -> dict[str, int]:
     """Every known group without a live member, and its last activity (wall-clock ns)."""
     latest: dict[str, int] = {}
-    for (group, _tp), (_offset, t) in [*wal.committed.items(), *wal.progress.items()]:
+    offsets = wal.offsets
+    for (group, _tp), (_offset, t) in [
+        *offsets.committed_entries().items(),
+        *offsets.progress_entries().items(),
+    ]:
         latest[group] = max(latest.get(group, 0), t)
     for name in coordinator.groups():
         since = coordinator.empty_since_ns(name)
@@ -46,7 +50,7 @@ def expire_groups(
     for group, t in sorted(last_activity_ns(wal, coordinator).items()):
         if t >= cutoff or not coordinator.remove_if_empty(group):
             continue
-        if any(g == group for g, _ in [*wal.committed, *wal.progress]):
+        if wal.offsets.keys_of(group):
             wal.delete_group_offsets(group)
         metrics.groups_expired.labels("retention").inc()
         log.info("empty group expired", extra={"group": group, "idle_s": (now_ns - t) / 1e9})

@@ -65,7 +65,7 @@ def group_lags(
     `group` restricts the result to one group. Sorted by group, topic, partition.
     """
     now = time.time_ns() if now_ns is None else now_ns
-    pairs = {k for k in list(wal.committed) if group is None or k[0] == group}
+    pairs = {k for k in wal.offsets.committed_entries() if group is None or k[0] == group}
     for name in coordinator.groups() if group is None else [group]:
         view = coordinator.describe(name)
         if view is not None and view.role == "consumer":
@@ -77,7 +77,7 @@ def group_lags(
 
 def _lag(wal: Log, group: str, tp: TopicPartition, now_ns: int) -> PartitionLag:
     info = wal.state(tp).info()
-    committed = wal.committed_offset(group, tp)
+    committed = wal.offsets.committed(group, tp)
     position = info.log_start_offset if committed is None else committed
     lag = max(info.log_end_offset - position, 0)
     age = 0.0
@@ -95,7 +95,7 @@ def producer_progress(wal: Log, group: str, now_ns: int | None = None) -> list[P
     """
     rows = [
         PartitionLag(g, tp, progress, wal.state(tp).info().log_end_offset, 0, 0.0)
-        for (g, tp), (progress, _t) in list(wal.progress.items())
+        for (g, tp), (progress, _t) in wal.offsets.progress_entries().items()
         if g == group and tp in wal.partitions
     ]
     return sorted(rows, key=lambda r: (r.tp.topic, r.tp.partition))
@@ -104,7 +104,7 @@ def producer_progress(wal: Log, group: str, now_ns: int | None = None) -> list[P
 def known_groups(wal: Log, coordinator: GroupCoordinator) -> dict[str, set[str]]:
     """Every known group and the topics it is on (live topic plus topics with commits)."""
     topics: dict[str, set[str]] = defaultdict(set)
-    for g, tp in [*wal.committed, *wal.progress]:
+    for g, tp in [*wal.offsets.committed_entries(), *wal.offsets.progress_entries()]:
         topics[g].add(tp.topic)
     for name in coordinator.groups():
         view = coordinator.describe(name)

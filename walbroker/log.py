@@ -16,7 +16,11 @@ sub-database    key                             value
                                                 (u64 seq, u64 base, u32 count, i64 time)
 ``offsets``     group NUL P                     u64 committed offset, i64 commit_time_ns
 ``progress``    group NUL P                     u64 source progress, i64 commit_time_ns
+``meta``        ``layout`` / ``legacy`` NUL group  u32 layout version / empty (upgrade markers)
 ==============  ==============================  ==========================================
+
+``offsets``, ``progress`` and ``meta`` belong to `walbroker.offsets.Offsets` (their only
+owner; it also upgrades data directories of an older layout at open).
 
 A record is one published batch: `count` points at offsets
 [base_offset, base_offset + count). Offsets in a partition are contiguous and
@@ -34,7 +38,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -46,8 +50,10 @@ from walbroker import keys
 from walbroker.config import LogConfig
 from walbroker.disk import DiskGuard, check_map_size
 from walbroker.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from walbroker.grants import Grants
 from walbroker.hotbuffer import HotBuffer
 from walbroker.metrics import BrokerMetrics
+from walbroker.offsets import Offsets
 from walbroker.types import AppendResult, PartitionInfo, Record, TopicPartition, validate_name
 from walbroker.validation import validate_batch
 from walbroker.writer import (
@@ -59,6 +65,7 @@ from walbroker.writer import (
     DeleteTopicOp,
     Fence,
     RetentionOp,
+    SettleLegacyOp,
     Writer,
 )
 
@@ -123,7 +130,7 @@ class Log:
         self.env = lmdb.open(
             str(path),
             map_size=config.map_size_bytes,
-            max_dbs=8,
+            max_dbs=16,
             subdir=True,
             sync=config.fsync == "always",
             metasync=config.fsync == "always",
@@ -140,22 +147,28 @@ class Log:
                 "producers",
                 "offsets",
                 "progress",
+                "meta",
             )
         }
         self.topics: dict[str, int] = {}
         self.partitions: dict[TopicPartition, PartitionState] = {}
-        # Consumer groups' committed offsets (log offsets) and producer groups' progress
-        # (positions in their sources, NOT log offsets: lag and retention never read it).
-        # Both (offset, commit_time_ns); written by the writer thread after each commit.
-        self.committed: dict[tuple[str, TopicPartition], tuple[int, int]] = {}
-        self.progress: dict[tuple[str, TopicPartition], tuple[int, int]] = {}
+        # Consumer groups' committed offsets and producer groups' progress (one owner).
+        self.offsets = Offsets(self.env, self.db)
+        # Producer-group grant epochs: the group coordinator writes them, the writer fences
+        # producer-group batches with them.
+        self.grants = Grants()
         # Groups `block` retention ignores (idle and empty); replaced whole by the group-reaper
         # loop (`walbroker.group_retention`), read by the writer.
         self.retention_ignored: frozenset[str] = frozenset()
         self._listeners: set[threading.Event] = set()
         self._listeners_lock = threading.Lock()
-        # (group, partition) -> the partition's grant epoch; the broker wires the coordinator in.
-        self.epoch_of: Callable[[str, int], int | None] = lambda group, partition: None
+        legacy = self.offsets.upgrade()
+        if legacy:
+            log.warning(
+                "data directory of an older layout: groups' progress is moved when a "
+                "producer-group member joins",
+                extra={"legacy_groups": legacy},
+            )
         self._load()
         self.metrics.disk_budget.set(config.retention_bytes)
         self.metrics.log_bytes.set(self.total_bytes())
@@ -183,10 +196,7 @@ class Log:
                     (state.start, state.end, state.size, state.first_ns, state.last_ns) = (
                         keys.unpack_partition(raw)
                     )
-            for name, into in (("offsets", self.committed), ("progress", self.progress)):
-                for k, v in txn.cursor(db=self.db[name]):
-                    group, tp = keys.split_group_key(bytes(k))
-                    into[(group, tp)] = keys.unpack_offset(v)
+            self.offsets.load(txn)
         log.info(
             "log opened",
             extra={
@@ -250,6 +260,12 @@ class Log:
         fut: Future[None] = Future()
         self.writer.submit(DeleteGroupOp(group, fut))
         self.wait(fut, "delete group")
+
+    def settle_legacy_group(self, group: str, role: str) -> None:
+        """Settle a group an older broker left ambiguous (`walbroker.offsets`, "Upgrades")."""
+        fut: Future[None] = Future()
+        self.writer.submit(SettleLegacyOp(group, role, fut))
+        self.wait(fut, "upgrade group")
 
     def wait(self, fut: Future[T], what: str) -> T:
         """The writer's answer to an operation, or Unavailable after `writer_timeout_s`."""
@@ -321,10 +337,11 @@ class Log:
         self.writer.submit(CommitOffsetsOp(group, topic, dict(offsets), fut))
         self.wait(fut, "offset commit")
 
-    def enforce_retention(self) -> None:
-        """Delete what the retention policy says may go now (blocks until done)."""
+    def enforce_retention(self, now_ns: int | None = None) -> None:
+        """Delete what the retention policy says may go as of `now_ns` (default: the wall
+        clock when the writer runs it); blocks until done."""
         fut: Future[None] = Future()
-        self.writer.submit(RetentionOp(fut))
+        self.writer.submit(RetentionOp(fut, now_ns))
         self.wait(fut, "retention")
 
     # ---- reads -------------------------------------------------------------------------
@@ -395,20 +412,6 @@ class Log:
             if cur.set_range(keys.time_key(tp, time_ns)) and cur.key().startswith(prefix):
                 return max(keys.unpack_u64(cur.value()), state.info().log_start_offset)
         return state.info().log_end_offset
-
-    def committed_offset(self, group: str, tp: TopicPartition) -> int | None:
-        """The group's committed offset on `tp`, or None if it never committed there."""
-        entry = self.committed.get((group, tp))
-        return entry[0] if entry else None
-
-    def progress_of(self, group: str, tp: TopicPartition) -> int | None:
-        """A producer group's progress on `tp` (a source position), or None if it has none."""
-        entry = self.progress.get((group, tp))
-        return entry[0] if entry else None
-
-    def groups_on(self, topic: str) -> set[str]:
-        """Consumer groups with a committed offset on some partition of `topic`."""
-        return {g for (g, tp) in list(self.committed) if tp.topic == topic}
 
     def total_bytes(self) -> int:
         """Bytes of stored records over every partition."""

@@ -81,8 +81,8 @@ def _check_group(wal: Log, coordinator: GroupCoordinator, group: str, topic: str
     validate_name("topic", topic)
     wal.partition_count(topic)
     view = coordinator.describe(group)
-    committed_topics = {tp.topic for g, tp in list(wal.committed) if g == group}
-    if view is None and any(g == group for g, _ in list(wal.progress)):
+    committed_topics = {tp.topic for g, tp in wal.offsets.committed_entries() if g == group}
+    if view is None and any(g == group for g, _ in wal.offsets.progress_entries()):
         raise InvalidArgument(f"group {group!r} is a producer group: it has no offsets")
     if view is None and not committed_topics:
         raise NotFound(f"unknown group {group!r}")
@@ -96,7 +96,7 @@ def _check_group(wal: Log, coordinator: GroupCoordinator, group: str, topic: str
 
 def _change(wal: Log, group: str, tp: TopicPartition, target: ResetTarget) -> OffsetChange:
     info = wal.state(tp).info()
-    old = wal.committed_offset(group, tp)
+    old = wal.offsets.committed(group, tp)
     requested = _requested(wal, tp, info, old, target)
     new = min(max(requested, info.log_start_offset), info.log_end_offset)
     return OffsetChange(

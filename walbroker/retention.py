@@ -51,21 +51,24 @@ def oldest_deletable(staged: StagedTxn) -> TopicPartition | None:
 def consumed(staged: StagedTxn, tp: TopicPartition) -> bool:
     """True when every group on the topic has committed past the partition's first record."""
     wal = staged.wal
-    groups = wal.groups_on(tp.topic) | {g for g, t in staged.offsets if t.topic == tp.topic}
+    groups = wal.offsets.groups_on(tp.topic)
+    groups |= {g for g, t in staged.offsets if t.topic == tp.topic}
     first = staged.first_record(tp)
     if not groups or first is None:
         return False
     limit = keys.offset_of_key(first[0]) + keys.unpack_record_head(first[1])[1]
     for g in groups - wal.retention_ignored:  # idle empty groups do not hold records back
-        entry = staged.offsets.get((g, tp)) or wal.committed.get((g, tp))
-        if entry is None or entry[0] < limit:
+        entry = staged.offsets.get((g, tp))
+        committed = entry[0] if entry else wal.offsets.committed(g, tp)
+        if committed is None or committed < limit:
             return False
     return True
 
 
-def delete_aged(staged: StagedTxn) -> None:
-    """Delete every record published before now minus the retention age."""
-    cutoff = time.time_ns() - int(staged.wal.config.retention_age_s * 1e9)
+def delete_aged(staged: StagedTxn, now_ns: int | None = None) -> None:
+    """Delete every record published before `now_ns` (default: now) minus the retention age."""
+    now = time.time_ns() if now_ns is None else now_ns
+    cutoff = now - int(staged.wal.config.retention_age_s * 1e9)
     for tp in list(staged.wal.partitions):
         ext = staged.extent(tp)
         while ext.start < ext.end and ext.first_ns and ext.first_ns < cutoff:

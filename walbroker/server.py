@@ -224,7 +224,6 @@ class Broker:
         self.metrics = BrokerMetrics()
         self.wal = Log(config.log, self.metrics)
         self.coordinator = GroupCoordinator(self.wal, self.metrics)
-        self.wal.epoch_of = self.coordinator.epoch_of
         self.metrics.add_offsets_collector(self._extents, self._lags)
         self.health = health.HealthServicer()
         self._stop = threading.Event()

@@ -174,7 +174,7 @@ class Session:
         if self.role == "producer":
             return self._committed(tp) or 0
         info = self.wal.state(tp).info()
-        committed = self.wal.committed_offset(self.group, tp)
+        committed = self.wal.offsets.committed(self.group, tp)
         if committed is None:
             return info.log_start_offset
         return min(max(committed, info.log_start_offset), info.log_end_offset)
@@ -182,8 +182,8 @@ class Session:
     def _committed(self, tp: TopicPartition) -> int | None:
         """The consumer group's committed offset, or the producer group's progress."""
         if self.role == "producer":
-            return self.wal.progress_of(self.group, tp)
-        return self.wal.committed_offset(self.group, tp)
+            return self.wal.offsets.progress(self.group, tp)
+        return self.wal.offsets.committed(self.group, tp)
 
     def push(self, msg: pb.ConsumeResponse) -> None:
         """Queue a control message for the member."""
@@ -196,11 +196,11 @@ class Session:
         self.close()
 
     def close(self) -> None:
-        """End the stream (the writer thread leaves the group)."""
+        """End the stream (the response thread then leaves the group, in `finish`)."""
         self.closed.set()
         self.wake.set()
 
-    # ---- responses (writer thread) ---------------------------------------------------------
+    # ---- responses (the gRPC thread running the call) -----------------------------------
 
     def responses(self) -> Iterator[pb.ConsumeResponse]:
         """Control messages and records, until the stream closes.

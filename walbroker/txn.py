@@ -46,6 +46,9 @@ class StagedTxn:
         self.progress: dict[tuple[str, TopicPartition], tuple[int, int]] = {}
         self.deleted_topics: set[str] = set()
         self.deleted_groups: set[str] = set()
+        # Legacy groups settled (marker gone), and those whose entries became progress.
+        self.settled: set[str] = set()
+        self.adopted: set[str] = set()
 
     def extent(self, tp: TopicPartition) -> Extent:
         """The partition's extent in this transaction (copied from memory on first use)."""
@@ -106,25 +109,15 @@ class StagedTxn:
         db, prefix = self.wal.db, topic.encode() + b"\x00"
         for name in ("records", "timeindex", "parts"):
             self._delete_prefixed(db[name], prefix)
-        for name in ("producers", "offsets", "progress"):  # keys: <id or group> NUL topic NUL p
-            cur = self.txn.cursor(db=db[name])
-            doomed = [bytes(k) for k in cur.iternext(values=False) if _topic_of(bytes(k)) == topic]
-            for k in doomed:
-                self.txn.delete(k, db=db[name])
+        cur = self.txn.cursor(db=db["producers"])  # keys: producer_id NUL topic NUL p
+        doomed = [bytes(k) for k in cur.iternext(values=False) if _topic_of(bytes(k)) == topic]
+        for k in doomed:
+            self.txn.delete(k, db=db["producers"])
+        self.wal.offsets.stage_delete_topic(self, topic)
         self.txn.delete(topic.encode(), db=db["topics"])
         for tp in [tp for tp in self.extents if tp.topic == topic]:
             del self.extents[tp]
-        self.offsets = {k: v for k, v in self.offsets.items() if k[1].topic != topic}
-        self.progress = {k: v for k, v in self.progress.items() if k[1].topic != topic}
         self.deleted_topics.add(topic)
-
-    def delete_group(self, group: str) -> None:
-        """Delete every committed offset (or progress) of `group`."""
-        for name in ("offsets", "progress"):
-            self._delete_prefixed(self.wal.db[name], group.encode() + b"\x00")
-        self.offsets = {k: v for k, v in self.offsets.items() if k[0] != group}
-        self.progress = {k: v for k, v in self.progress.items() if k[0] != group}
-        self.deleted_groups.add(group)
 
     def _delete_prefixed(self, db: lmdb._Database, prefix: bytes) -> None:
         cur = self.txn.cursor(db=db)
@@ -136,5 +129,5 @@ class StagedTxn:
 
 
 def _topic_of(key: bytes) -> str:
-    """The topic of a `producers` or `offsets` key (<name> NUL topic NUL u32)."""
+    """The topic of a `producers` key (producer_id NUL topic NUL u32)."""
     return key.split(b"\x00", 1)[1][:-5].decode()

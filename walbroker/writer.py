@@ -98,10 +98,21 @@ class DeleteGroupOp:
 
 
 @dataclass(slots=True)
+class SettleLegacyOp:
+    """Settle a group an older broker left ambiguous, now that a member told its role."""
+
+    group: str
+    role: str
+    future: Future[None]
+
+
+@dataclass(slots=True)
 class RetentionOp:
-    """Delete records older than the retention age."""
+    """Delete records older than the retention age (as of `now_ns`; None: the wall clock
+    when the writer gets to it)."""
 
     future: Future[None]
+    now_ns: int | None = None
 
 
 @dataclass(slots=True)
@@ -121,6 +132,7 @@ Op = (
     | CreateTopicOp
     | DeleteTopicOp
     | DeleteGroupOp
+    | SettleLegacyOp
     | RetentionOp
     | BarrierOp
 )
@@ -318,10 +330,12 @@ class Writer:
         if isinstance(op, DeleteTopicOp):
             return staged.delete_topic(op.topic)
         if isinstance(op, DeleteGroupOp):
-            return staged.delete_group(op.group)
+            return self.wal.offsets.stage_delete_group(staged, op.group)
+        if isinstance(op, SettleLegacyOp):
+            return self.wal.offsets.stage_adopt(staged, op.group, op.role)
         if isinstance(op, BarrierOp):
             return None
-        return retention.delete_aged(staged)
+        return retention.delete_aged(staged, op.now_ns)
 
     def _create_topic(self, staged: StagedTxn, op: CreateTopicOp) -> int:
         existing = self.wal.topics.get(op.topic) or staged.topics.get(op.topic)
@@ -338,13 +352,9 @@ class Writer:
     def _commit_offsets(self, staged: StagedTxn, op: CommitOffsetsOp) -> None:
         now = time.time_ns()
         for p, offset in op.offsets.items():
-            tp = TopicPartition(op.topic, p)
-            staged.txn.put(
-                keys.group_key(op.group, tp),
-                keys.pack_offset(offset, now),
-                db=self.wal.db["offsets"],
+            self.wal.offsets.stage_commit(
+                staged, op.group, TopicPartition(op.topic, p), (offset, now)
             )
-            staged.offsets[(op.group, tp)] = (offset, now)
 
     # ---- appends -----------------------------------------------------------------------
 
@@ -379,10 +389,8 @@ class Writer:
         if op.producer_id:
             self._remember_sequence(staged, op, base, t)
         if op.fence is not None:  # the source's progress, atomically with its data
-            key = keys.group_key(op.fence.group, op.tp)
             entry = (op.fence.progress, time.time_ns())
-            txn.put(key, keys.pack_offset(*entry), db=db["progress"])
-            staged.progress[(op.fence.group, op.tp)] = entry
+            self.wal.offsets.stage_progress(staged, op.fence.group, op.tp, entry)
         staged.enqueued[op.tp.topic] = staged.enqueued.get(op.tp.topic, 0) + op.count
         return AppendResult(op.tp, base, op.count, t)
 
@@ -407,7 +415,7 @@ class Writer:
 
     def _check_fence(self, tp: TopicPartition, fence: Fence) -> None:
         """Refuse a producer-group batch whose sender no longer holds the partition's grant."""
-        current = self.wal.epoch_of(fence.group, tp.partition)
+        current = self.wal.grants.epoch_of(fence.group, tp.partition)
         if current != fence.epoch:
             raise Fenced(
                 f"partition {tp.partition} of group {fence.group!r} is no longer granted "
@@ -436,13 +444,7 @@ class Writer:
             wal.hot.add(state, ext.new)
         wal.hot.evict()
         metrics.hot_buffer_bytes.set(wal.hot.bytes)
-        wal.committed.update(staged.offsets)
-        wal.progress.update(staged.progress)
-        for table in (wal.committed, wal.progress):
-            for key in [k for k in table if k[0] in staged.deleted_groups]:
-                del table[key]
-            for key in [k for k in table if k[1].topic in staged.deleted_topics]:
-                del table[key]
+        wal.offsets.publish(staged)
         for topic in staged.deleted_topics:
             wal.forget_topic(topic)
         for topic, n in staged.enqueued.items():

@@ -202,6 +202,24 @@ def test_sparse_history_pages_in_order_across_long_gaps(store: Store) -> None:
     ]
 
 
+@pytest.mark.parametrize("limit", [1, 3, 7])
+def test_pages_cut_inside_one_time_lose_and_repeat_nothing(store: Store, limit: int) -> None:
+    """Five metrics share every time, so most pages end inside a time. InfluxDB's InfluxQL
+    orders points of one time in no promised way; the store must still serve (time, metric)
+    order and a cursor that neither skips nor repeats (see store.influx_points)."""
+    g, names = gpu(1), ["m-e", "m-a", "m-d", "m-c", "m-b"]
+    times = [T0, T0 + 1, T0 + S]
+    store.write(grid([g], names, times))
+    store.write(grid([gpu(2)], names, times))  # another GPU at the same times: not served
+    seen: list[tuple[int, str]] = []
+    after = None
+    while page := store.query_raw(g.uuid, T0, T0 + S, None, limit, after):
+        assert len(page) <= limit
+        seen += [(t, m) for t, m, _, _ in page]
+        after = seen[-1]
+    assert seen == sorted((t, m) for t in times for m in names)
+
+
 def test_limit(store: Store) -> None:
     g = gpu(1)
     store.write(grid([g], [UTIL], [T0 + i * S for i in range(10)]))
@@ -324,6 +342,9 @@ INJECTIONS = [
     'a\\"b',
     "${string(v: 1)}",
     'x\nfrom(bucket: "_internal")',
+    "GPU-0001' OR \"uuid\" != '",
+    "x'; DROP MEASUREMENT \"gpu_telemetry\"; SELECT 'x",
+    'x"; DROP DATABASE "db',
 ]
 
 
@@ -337,7 +358,7 @@ def test_injection_rejected_or_harmless(store: Store, evil: str) -> None:
         lambda: store.get_gpu(evil),
         lambda: store.list_gpus(hostname=evil, model=evil, after_uuid=evil),
         lambda: store.list_gpus(model=evil),
-        lambda: store.list_gpus(after_uuid=evil),
+        lambda: [g for g in store.list_gpus(after_uuid=evil) if g.uuid != "GPU-0001"],
         lambda: store.gpus_by_index(0, limit=1) and store.page_names("host", after=evil)[:0],
         lambda: [h for h in store.page_names("host", after=evil) if h != "host-00"],
         lambda: store.count_points(uuid=evil),
@@ -349,6 +370,7 @@ def test_injection_rejected_or_harmless(store: Store, evil: str) -> None:
         except InvalidArgument:
             continue  # rejected with a clear error before reaching the store
         assert not result, f"{evil!r} returned data: {result!r}"
+    assert store.count_points() == {(gpu(1).uuid, UTIL): 1}  # nothing was dropped
 
 
 @pytest.mark.parametrize(
@@ -386,11 +408,15 @@ def test_non_finite_value_rejected(store: Store) -> None:
 
 
 def test_escaped_tags_round_trip(store: Store) -> None:
-    g = gpu(1, host="rack 1,row=2", index=3)
-    store.write(batch([(g, "odd metric,name=x", T0, 1.0)]))
-    assert store.list_hosts() == ["rack 1,row=2"]
-    assert store.list_metrics() == ["odd metric,name=x"]
-    assert store.query_points(g.uuid, T0, T0)[0].metric == "odd metric,name=x"
+    g = gpu(1, host="rack 1,row=2 'b\"", index=3)
+    odd = "odd metric,name=x 'q' \"d\""
+    store.write(batch([(g, odd, T0, 1.0)]))
+    assert store.list_hosts() == [g.hostname]
+    assert store.list_metrics() == [odd]
+    assert store.query_points(g.uuid, T0, T0)[0].metric == odd
+    assert store.query_points(g.uuid, T0, T0, [odd], after=(T0 - 1, odd))[0].metric == odd
+    assert [s.uuid for s in store.list_gpus(hostname=g.hostname)] == [g.uuid]
+    assert set(store.latest(g.uuid)) == {odd}
 
 
 def test_ping(store: Store) -> None:

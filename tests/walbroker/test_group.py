@@ -66,12 +66,12 @@ def test_join_assigns_everything_and_commits_need_the_current_generation(coord, 
     ma = join(coord, a)
     assert a.latest.partitions == frozenset(range(6)) and a.latest.generation == 1
     coord.commit("g", ma, 1, {0: 40})
-    assert wal.committed_offset("g", TP("t", 0)) == 40
+    assert wal.offsets.committed("g", TP("t", 0)) == 40
     b = Inbox()
     join(coord, b)
     with pytest.raises(StaleGeneration):
         coord.commit("g", ma, 1, {0: 50})
-    assert wal.committed_offset("g", TP("t", 0)) == 40
+    assert wal.offsets.committed("g", TP("t", 0)) == 40
 
 
 def test_moving_partitions_wait_for_release(coord):
@@ -132,10 +132,10 @@ def test_reset_fences_members_and_restarts_partitions(coord, wal):
     coord.commit("g", ma, 1, {0: 80})
     coord.reset("g", "t", {0: 10})
     assert a.latest.generation == 2 and 0 in a.latest.restarted
-    assert wal.committed_offset("g", TP("t", 0)) == 10
+    assert wal.offsets.committed("g", TP("t", 0)) == 10
     with pytest.raises(StaleGeneration):
         coord.commit("g", ma, 1, {0: 90})
-    assert wal.committed_offset("g", TP("t", 0)) == 10
+    assert wal.offsets.committed("g", TP("t", 0)) == 10
 
 
 def test_bad_requests(coord):

@@ -133,15 +133,23 @@ def test_drop_oldest_deletes_and_counts(tmp_path):
 
 
 def test_age_retention(tmp_path):
-    wal = open_log(tmp_path, retention_age_s=0.05)
+    # Retention is asked as of a clock the test sets from the records' own publish times:
+    # under load, wall-clock time between the append and the check would age "new" too.
+    # The background loop (every retention_check_s) must not run meanwhile.
+    wal = open_log(tmp_path, retention_age_s=0.05, retention_check_s=3600)
     try:
         append(wal, 0, b"old", 3)
         time.sleep(0.1)
-        append(wal, 0, b"new", 2)
-        wal.enforce_retention()
+        new = append(wal, 0, b"new", 2)
+        age_ns = 50_000_000
+        wal.enforce_retention(now_ns=new.publish_time_ns + age_ns)  # "new" is exactly 50 ms old
         info = wal.state(TP("t", 0)).info()
         assert (info.log_start_offset, info.log_end_offset) == (3, 5)
         assert wal.metrics.deleted.labels("t", "age")._value.get() == 3
+        wal.enforce_retention(now_ns=new.publish_time_ns + age_ns + 1)  # 1 ns older: it goes
+        info = wal.state(TP("t", 0)).info()
+        assert (info.log_start_offset, info.log_end_offset) == (5, 5)
+        assert wal.metrics.deleted.labels("t", "age")._value.get() == 5
     finally:
         wal.close()
 

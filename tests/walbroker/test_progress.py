@@ -17,7 +17,7 @@ from walbroker.writer import Fence
 
 def open_log(path, **kw) -> Log:
     wal = Log(LogConfig(path, retention_bytes=4_000, **kw))
-    wal.epoch_of = lambda group, partition: 7  # the grant every fenced batch below carries
+    wal.grants.grant("streamers", 0, 7)  # the grant every fenced batch below carries
     wal.start()
     wal.create_topic("t", 1)
     return wal
@@ -26,13 +26,13 @@ def open_log(path, **kw) -> Log:
 def test_progress_is_kept_apart_and_survives_a_restart(tmp_path):
     wal = open_log(tmp_path)
     wal.append(TP("t", 0), b"x" * 100, 10, "streamer-1", 0, Fence("streamers", 7, 12345)).result(5)
-    assert wal.progress_of("streamers", TP("t", 0)) == 12345
-    assert wal.committed_offset("streamers", TP("t", 0)) is None
+    assert wal.offsets.progress("streamers", TP("t", 0)) == 12345
+    assert wal.offsets.committed("streamers", TP("t", 0)) is None
     wal.close()
     wal = open_log(tmp_path)
     try:
-        assert wal.progress_of("streamers", TP("t", 0)) == 12345
-        assert wal.committed_offset("streamers", TP("t", 0)) is None
+        assert wal.offsets.progress("streamers", TP("t", 0)) == 12345
+        assert wal.offsets.committed("streamers", TP("t", 0)) is None
         coordinator = GroupCoordinator(wal, BrokerMetrics())
         assert [r.group for r in group_lags(wal, coordinator)] == []  # no lag from progress
         (row,) = producer_progress(wal, "streamers")

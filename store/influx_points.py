@@ -1,0 +1,92 @@
+"""One GPU's raw points and latest values on InfluxDB, read with InfluxQL (`store.influxql`).
+
+A raw page is one InfluxQL statement over the GPU's series, `time >= lo AND time <= end
+LIMIT n`: InfluxQL streams the series' blocks in time order and stops at the limit, so a
+page costs O(page) at any history depth (no growing time windows needed, as with Flux).
+InfluxQL promises time order but no order among the points of one time, while pages are
+ordered by (time, metric) with a keyset cursor; so
+
+- the points at the cursor's own time are read whole and those after its metric kept;
+- when the page came back full, the points of its last time are read whole again (the
+  limit may have cut that time anywhere) before sorting and cutting to the limit.
+
+Both extra reads touch one timestamp of one GPU. The first rides in the same request as
+the page itself.
+
+InfluxDB 1.8 makes a batch's fields visible series by series, so a read racing a write can
+see a point's `source_time` without its `value` (or the reverse). Such a point is still
+being written: a page ends before it (no cursor may pass it), `latest` skips it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from store import influxql, schema
+from store.base import RawPoint, StoredPoint
+from store.v1query import QueryClient, Series
+
+Row = tuple[int, str, Any, Any]  # (time_ns, metric, value or None, source_time or None)
+
+
+def _rows(found: list[Series]) -> list[Row]:
+    """Rows of `influxql.points` (columns: time, value, source_time, metric)."""
+    return [(int(t), m, v, s) for series in found for t, v, s, m in series.values]
+
+
+def _whole_last_time(
+    client: QueryClient, main: list[Row], uuid: str, metrics: Sequence[str] | None, limit: int
+) -> list[Row]:
+    """`main`, with the points of its last time read whole when the limit may have cut it."""
+    if len(main) < limit:
+        return main
+    last = max(r[0] for r in main)
+    rest = _rows(client.series(influxql.points(uuid, last, last, metrics, None)))
+    return [r for r in main if r[0] != last] + rest
+
+
+def page(
+    client: QueryClient,
+    uuid: str,
+    start_ns: int,
+    end_ns: int,
+    metrics: Sequence[str] | None,
+    limit: int,
+    after: tuple[int, str] | None,
+) -> list[RawPoint]:
+    """Up to `limit` points in [start_ns, end_ns] after `after`, ordered by (time, metric)."""
+    at_cursor = after is not None and after[0] >= start_ns
+    statements, lo = [], start_ns
+    if after is not None and at_cursor:
+        statements.append(influxql.points(uuid, after[0], after[0], metrics, None))
+        lo = after[0] + 1
+    if lo <= end_ns:
+        statements.append(influxql.points(uuid, lo, end_ns, metrics, limit))
+    found = [_rows(r) for r in client.results(statements)] if statements else []
+    rows: list[Row] = []
+    if after is not None and at_cursor:
+        rows = [r for r in found.pop(0) if r[1] > after[1]]
+    if found:
+        rows += _whole_last_time(client, found[0], uuid, metrics, limit)
+    rows.sort(key=lambda r: (r[0], r[1]))
+    out: list[RawPoint] = []
+    for t, metric, value, source in rows[:limit]:
+        if value is None or source is None:
+            break  # half-written point: the page ends before it
+        out.append((t, metric, float(value), int(source)))
+    return out
+
+
+def latest(client: QueryClient, uuid: str, stop_ns: int) -> dict[str, StoredPoint]:
+    """The newest complete point of each metric of one GPU at or before `stop_ns`."""
+    newest: dict[str, StoredPoint] = {}
+    for series in client.series(influxql.latest(uuid, stop_ns)):
+        metric = series.tags.get(schema.TAG_METRIC)
+        for t, value, source in series.values:
+            if not metric or value is None or source is None:
+                continue
+            point = StoredPoint(metric, int(t), float(value), int(source))
+            if metric not in newest or point.time_ns > newest[metric].time_ns:
+                newest[metric] = point
+    return newest

@@ -1,0 +1,103 @@
+"""The InfluxDB `/query` endpoint (InfluxQL), as InfluxDB 1.8 and 2.x both serve it.
+
+InfluxDB 2.x OSS and Cloud answer `/query` for a bucket through its DBRP mapping: every
+2.x OSS bucket has a virtual one (database = the bucket name, or the part before `/` of a
+`db/rp` name; retention policy = the part after it, or the default). A bucket mapped
+otherwise needs `influx v1 dbrp create` (docs/storage.md). Authentication is the same
+`Authorization: Token …` header as the 2.x API (1.8: `Token user:password`).
+
+Thread- and greenlet-safe: one urllib3 pool per store keeps up to POOL_SIZE keep-alive
+connections, and a request beyond them opens a connection it then drops (no waiting).
+Responses are read whole and parsed with orjson (ns timestamps via `epoch=ns`, exact
+64-bit integers). Errors become the store's error tree here, in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import urllib3
+
+from store.base import StoreError, StoreUnavailable
+
+POOL_SIZE = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One result series: its group-by tags, its columns and its rows."""
+
+    tags: dict[str, str]
+    columns: list[str]
+    values: list[list[Any]]
+
+
+def dbrp(bucket: str) -> dict[str, str]:
+    """Return the `db` (and `rp`) query parameters a bucket name maps to."""
+    db, slash, rp = bucket.partition("/")
+    return {"db": db, "rp": rp} if slash and rp else {"db": db}
+
+
+class QueryClient:
+    """Runs InfluxQL statements against one bucket through `POST /query`."""
+
+    def __init__(self, url: str, bucket: str, token: str, timeout_ms: int = 10_000) -> None:
+        self._url = url.rstrip("/") + "/query"
+        self._params = {**dbrp(bucket), "epoch": "ns"}
+        self._headers = {"Authorization": f"Token {token}", "Accept": "application/json"}
+        self._pool = urllib3.PoolManager(
+            maxsize=POOL_SIZE, block=False, retries=False,
+            timeout=urllib3.Timeout(total=timeout_ms / 1000),
+        )  # fmt: skip
+
+    def series(self, statement: str) -> list[Series]:
+        """Run one statement; return its series (empty when nothing matched)."""
+        [result] = self.results([statement])
+        return result
+
+    def results(self, statements: list[str]) -> list[list[Series]]:
+        """Run several statements in one request; return each one's series, in order."""
+        body = self._post(";".join(statements))
+        results = body.get("results")
+        if not isinstance(results, list) or len(results) != len(statements):
+            raise StoreError(f"InfluxQL query failed: {str(body.get('error', body))[:300]}")
+        out = []
+        for result in results:
+            if "error" in result:
+                raise StoreError(f"InfluxQL query failed: {str(result['error'])[:300]}")
+            out.append([
+                Series(s.get("tags") or {}, s["columns"], s["values"])
+                for s in result.get("series", ())
+            ])  # fmt: skip
+        return out
+
+    def _post(self, q: str) -> dict[str, Any]:
+        try:
+            resp = self._pool.request(
+                "POST", self._url, fields={**self._params, "q": q},
+                encode_multipart=False, headers=self._headers,
+            )  # fmt: skip
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StoreUnavailable(f"InfluxDB query failed: {type(exc).__name__}: {exc}") from exc
+        if resp.status != 200:
+            raise _status_error(resp.status, resp.data)
+        try:
+            parsed: dict[str, Any] = orjson.loads(resp.data)
+        except orjson.JSONDecodeError as exc:
+            raise StoreUnavailable(f"InfluxDB query answered no JSON: {exc}") from exc
+        return parsed
+
+    def close(self) -> None:
+        """Drop the pooled connections."""
+        self._pool.clear()
+
+
+def _status_error(status: int, data: bytes) -> StoreError:
+    detail = f"InfluxDB query failed: HTTP {status}: {data[:300].decode(errors='replace')}"
+    if status >= 500 or status in (408, 429):
+        return StoreUnavailable(detail)
+    if status == 404:
+        detail += " (on InfluxDB 2.x: does the bucket have a DBRP mapping? docs/storage.md)"
+    return StoreError(detail)

@@ -1,0 +1,80 @@
+"""InfluxQL text and the `/query` client, against the real InfluxDB 1.8 test server.
+
+The store's hot reads go through `/query` (store.v1query): these pin how a bucket maps to a
+database and retention policy (the DBRP mapping InfluxDB 2.x applies the same way), how
+errors map onto the store's error tree, and that caller values cannot leave their literal.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from store import StoreError, StoreUnavailable, open_store
+from store.influxql import any_of, ident, points, string
+from store.v1query import QueryClient, dbrp
+from tests.fixtures.broker import free_port
+from tests.fixtures.influx import InfluxServer
+from tests.store.helpers import T0, S, gpu, grid
+
+UTIL = "DCGM_FI_DEV_GPU_UTIL"
+
+
+def test_literals_escape_quotes_and_backslashes() -> None:
+    assert string("it's") == "'it\\'s'"
+    assert string("a\\'b") == "'a\\\\\\'b'"
+    assert ident('sh"ard') == '"sh\\"ard"'
+    assert any_of("shard", ["001", "002"]) == "(\"shard\" = '001' OR \"shard\" = '002')"
+    for bad in ("a\nb", "a\rb", "a\x00b"):
+        with pytest.raises(ValueError):
+            string(bad)
+        with pytest.raises(ValueError):
+            ident(bad)
+
+
+def test_a_value_stays_inside_its_literal_on_the_server(influx_server: InfluxServer) -> None:
+    conn = influx_server.create_database()
+    with open_store("influx", **conn.store_opts()) as store:
+        store.write(grid([gpu(1)], [UTIL], [T0]))
+    client = QueryClient(conn.url, conn.bucket, conn.token)
+    try:
+        for evil in ["GPU-0001' OR 'a' = 'a", "GPU-0001\\' OR uuid =~ /.*/ OR 'x", "x'; SELECT 1"]:
+            assert client.series(points(evil, 0, T0 + S, None, 10)) == []
+        [series] = client.series(points(gpu(1).uuid, 0, T0 + S, None, 10))
+        assert series.columns == ["time", "value", "source_time", "metric"]
+        assert series.values == [[T0, 0.0, T0 - S, UTIL]]  # ns exact, epoch=ns
+    finally:
+        client.close()
+
+
+def test_bucket_maps_to_database_and_retention_policy(influx_server: InfluxServer) -> None:
+    assert dbrp("telemetry") == {"db": "telemetry"}
+    assert dbrp("telemetry/autogen") == {"db": "telemetry", "rp": "autogen"}
+    conn = influx_server.create_database()
+    opts = conn.store_opts() | {"bucket": f"{conn.bucket}/autogen"}
+    with open_store("influx", **opts) as store:
+        store.write(grid([gpu(1)], [UTIL], [T0, T0 + S]))
+        assert [g.uuid for g in store.list_gpus()] == [gpu(1).uuid]
+        assert len(store.query_raw(gpu(1).uuid, T0, T0 + S)) == 2
+    opts["bucket"] = f"{conn.bucket}/no_such_rp"
+    with open_store("influx", **opts) as store, pytest.raises(StoreError, match="no_such_rp"):
+        store.query_raw(gpu(1).uuid, T0, T0 + S)
+
+
+def test_errors_map_onto_the_store_error_tree(influx_server: InfluxServer) -> None:
+    conn = influx_server.create_database()
+    client = QueryClient(conn.url, conn.bucket, conn.token)
+    try:
+        with pytest.raises(StoreError, match="error parsing query") as bad:
+            client.series("SELECT FROM nothing")
+        assert not isinstance(bad.value, StoreUnavailable)  # a bad query is not an outage
+        missing = QueryClient(conn.url, "no_such_db", conn.token)
+        with pytest.raises(StoreError, match="database not found") as gone:
+            missing.series(points("GPU-1", 0, 1, None, 1))
+        assert not isinstance(gone.value, StoreUnavailable)
+        a, b = client.results([points("GPU-1", 0, 1, None, 1)] * 2)
+        assert a == b == []
+    finally:
+        client.close()
+    down = QueryClient(f"http://127.0.0.1:{free_port()}", conn.bucket, conn.token, 2_000)
+    with pytest.raises(StoreUnavailable):
+        down.series(points("GPU-1", 0, 1, None, 1))
