@@ -202,6 +202,10 @@ def _broker(text: str, kafka_config: str) -> str:
         raise ConfigError(str(exc)) from None
     if kafka_config and not url.is_kafka:
         raise ConfigError("--kafka-config is for a kafka:// broker")
+    try:
+        kafka_properties(kafka_config)  # a bad file fails at start, in one line (exit 2)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return str(url)  # walbroker://HOST:PORT becomes HOST:PORT, the gRPC target
 
 

@@ -239,6 +239,10 @@ def parse_config(
     if a.kafka_config and not url.is_kafka:
         raise ConfigError("--kafka-config is for a kafka:// broker")
     try:
+        kafka_properties(a.kafka_config)  # a bad file fails at start, in one line
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
         security = client_security_from_args(a, env)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

@@ -37,10 +37,16 @@ class Transport:
 
 
 def kafka_properties(path: str) -> dict[str, str]:
-    """librdkafka properties from a `--kafka-config` file ({} without one)."""
+    """librdkafka properties from a `--kafka-config` file ({} without one; KafkaConfigError).
+
+    Secret references (`${file:…}`, `${env:…}`) are resolved now (`kafka_config`), so the
+    values live only in this process's memory, never on its command line or in a log.
+    """
     if not path:
         return {}
-    raise ValueError("--kafka-config is not supported yet")
+    from gputel.transport.kafka_config import load_properties
+
+    return load_properties(path)
 
 
 def group_consumer(

@@ -25,6 +25,7 @@ from tests.e2e.pipeline import BIN, KafkaTarget, Pipeline, wait_for
 HOSTS = 4  # one host misses a GPU: 31 GPUs
 METRICS = 10
 PASSES = 24
+KAFKA_PASSES = 60  # 30 s of streaming: the chaos (a Kafka broker's restart) fits inside it
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +217,17 @@ def test_store_outage_loses_nothing_and_recovers_alone(pipeline: Pipeline, serie
     expect_exact(p, series, 40)
 
 
+def published(proc) -> float:
+    """Points a streamer has had acknowledged (its /metrics)."""
+    from tests.e2e.pipeline import http_get
+
+    _, body = http_get(proc.metrics_url, 2)
+    for line in body.decode().splitlines():
+        if line.startswith("gpu_telemetry_streamer_items_published_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
 def _ready(proc) -> bool:
     from tests.e2e.pipeline import http_get
 
@@ -252,9 +264,10 @@ def test_exactly_once_on_kafka_through_kill_9_of_collector_and_kafka_broker_and_
     cluster = p.broker.cluster
     p.start_gateway()
     collector = p.collector("--batch-size", "500").start()
-    a = p.streamer("--passes", str(PASSES), "--pass-interval", "0.5").start()
+    a = p.streamer("--passes", str(KAFKA_PASSES), "--pass-interval", "0.5").start()
+    assert wait_for(lambda: published(a) > 0, 60), a.log_tail()  # streaming: it owns the job
     rng = random.Random(5)
-    chaos = ["collector", "kafka", "streamer", "collector"]
+    chaos = ["collector", "streamer", "kafka", "collector"]
     b = None
     for what in chaos:
         time.sleep(rng.uniform(1.0, 2.0))
@@ -266,9 +279,9 @@ def test_exactly_once_on_kafka_through_kill_9_of_collector_and_kafka_broker_and_
             time.sleep(rng.uniform(2.0, 4.0))  # produce and consume on the 2 left (min ISR 2)
             cluster.restart_node(2)
         elif what == "streamer":
-            b = p.streamer("--passes", str(PASSES), "--pass-interval", "0.5").start()
+            b = p.streamer("--passes", str(KAFKA_PASSES), "--pass-interval", "0.5").start()
             assert a.wait(60) == 1, f"the fenced streamer did not stop:\n{a.log_tail()}"
             assert "another streamer took over" in a.log_tail()
     assert b is not None and b.running, "the second streamer finished before the chaos ended"
     streamers_finish([b], 180)
-    expect_exact(p, series, PASSES, timeout_s=120)
+    expect_exact(p, series, KAFKA_PASSES, timeout_s=120)
