@@ -73,3 +73,31 @@ def test_kafka_errors_join_gputels_error_tree(code, fatal, error, retriable):
     exc = from_kafka(KafkaException(KafkaError(code, "why", fatal=fatal)))
     assert type(exc) is error and exc.retriable is retriable
     assert "kafka:" in exc.message
+
+
+def test_only_the_adapters_import_kafka_and_the_pipeline_only_the_boundary():
+    """confluent_kafka stays inside gputel/transport/kafka_*; the streamer and the collector
+    reach a broker through gputel.transport, never through walbroker's client classes."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    offenders = []
+    for path in root.glob("*/**/*.py"):
+        rel = path.relative_to(root)
+        if rel.parts[0] in (".venv", "tests", "build", "bench") or "gen" in rel.parts:
+            continue
+        tree = ast.parse(path.read_text(), str(rel))
+        names = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names.append(node.module or "")
+        adapter = rel.parts[:2] == ("gputel", "transport") and rel.name.startswith("kafka_")
+        if any(m.split(".")[0] == "confluent_kafka" for m in names) and not adapter:
+            offenders.append(f"{rel}: confluent_kafka")
+        client = {"walbroker.producer", "walbroker.consumer"}
+        if rel.parts[0] in ("streamer", "collector") and client & set(names):
+            offenders.append(f"{rel}: {sorted(client & set(names))}")
+    assert not offenders
