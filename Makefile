@@ -31,10 +31,13 @@ provision: ## what the tests need besides .venv (InfluxDB, helm, kubectl, promto
 test: provision ## the whole suite (unit + integration against real processes)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
+# combine --append: pytest-cov has already combined the data of every process that ended before it;
+# one that ends later (a daemon stopped at teardown) leaves its own file, and a plain combine would
+# replace the whole result with that one file (the suite then reported 0 %).
 cover: provision ## the suite with coverage (also of subprocesses), summary; fails under 85 %
 	rm -f .coverage .coverage.*
 	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml $(BIN)/pytest -q --cov --cov-report= $(PYTEST_ARGS)
-	$(BIN)/coverage combine -q || true
+	$(BIN)/coverage combine --append -q || true
 	$(BIN)/coverage report --fail-under=85
 
 cover-html: cover ## HTML coverage report in htmlcov/ (and coverage.html)

@@ -32,6 +32,7 @@ SUITES = [
     "scrape_bench",
     "gateway_bench",
     "fleet_bench",
+    "transport_raw_bench",
 ]
 
 

@@ -214,7 +214,7 @@ class Collector:
     def _accept(self, msg: Record) -> None:
         self.metrics.received.inc(msg.count - msg.skip)
         try:
-            batch = codec.decode(msg.payload)
+            batch = codec.decode(msg.payload, labels=False)  # no store keeps labels
             if len(batch) != msg.count:
                 raise codec.CodecError(f"record of {msg.count} points holds {len(batch)}")
         except codec.CodecError as exc:

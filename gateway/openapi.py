@@ -41,6 +41,21 @@ _REASONS = {
     503: "The store cannot be reached; retry after the Retry-After seconds.",
 }
 
+# gunicorn answers these itself, before the app sees the request, as a small HTML page: a request
+# line over 4,094 bytes (e.g. a query string repeating a parameter thousands of times) and a header
+# over gunicorn's limits. Every operation can get them, so every operation documents them.
+_HTTP_LIMITS = {
+    str(status): {"description": reason, "content": {"text/html": {"schema": {"type": "string"}}}}
+    for status, reason in (
+        (414, "The request line is longer than 4,094 bytes (gunicorn's limit_request_line)."),
+        (
+            431,
+            "The request headers exceed gunicorn's limits (limit_request_field_size, "
+            "limit_request_fields).",
+        ),
+    )
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Operation:
@@ -100,6 +115,7 @@ def _responses(
             "description": _REASONS[status],
             "content": {PROBLEM_JSON: {"schema": ref(schemas.Problem)}},
         }
+    out.update(_HTTP_LIMITS)
     return out
 
 

@@ -38,8 +38,8 @@ class Gpu(TypedDict):
         Time,
         Field(
             description="Time of its newest stored point, from the GPU catalog: it may lag "
-            "that point by less than the catalog granularity (60 s by default, the "
-            "collector's --catalog-granularity-s, on InfluxDB; exact on SQLite)."
+            "that point by less than the catalog granularity (the collector's "
+            "--catalog-granularity-s, 60 s by default)."
         ),
     ]
 

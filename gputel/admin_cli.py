@@ -10,6 +10,7 @@ with its client properties and credentials from `--kafka-config FILE` (gputel.tr
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -72,6 +73,8 @@ def run_kafka(a: argparse.Namespace, address: str) -> int:
         properties = load_properties(path) if path else {}
     except (BrokerError, KafkaConfigError) as exc:
         return _usage(str(exc))
+    # librdkafka logs every failed connection attempt; the one-line error below says what failed.
+    logging.getLogger("gputel.transport.librdkafka").addHandler(logging.NullHandler())
     admin = KafkaAdmin(bootstrap, properties, timeout_s)
     try:
         resp = _KAFKA[a.admin_command](admin, a)

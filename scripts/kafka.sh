@@ -9,6 +9,10 @@
 #   scripts/kafka.sh restart DIR N       start node N again on its own ports and storage
 #   scripts/kafka.sh bootstrap DIR       print the bootstrap servers of the cluster in DIR
 #
+# Every node also has a SASL_PLAINTEXT listener (SCRAM-SHA-512) with one user, "gputel", whose
+# random password is in DIR/scram-password (mode 600); its servers are in DIR/bootstrap-sasl. It
+# is a throwaway test credential: StorageTool takes it on its command line at format time.
+#
 # The jars live in ~/.cache/gputel/kafka-<version>/libs, fetched once through Maven (a throwaway
 # pom, `dependency:copy-dependencies`, a private local repository beside them). Each node of a
 # cluster has DIR/nodeN/{server.properties,data,kafka.log,pid}; DIR/bootstrap holds the servers.
@@ -44,10 +48,19 @@ write_pom() {
     } >"$1"
 }
 
+# Command $1 from Debian package $2 when it is missing (a fresh CI machine; root or sudo).
+need() {
+    command -v "$1" >/dev/null && return 0
+    log "installing Debian $2 (for $1)"
+    if [ "$(id -u)" = 0 ]; then apt-get install -y "$2" >&2
+    else sudo apt-get install -y "$2" >&2; fi
+    command -v "$1" >/dev/null || die "$1 not found after installing $2"
+}
+
 fetch() {
     if [ -f "$LIBS/.complete" ]; then log "cached: $LIBS"; echo "$LIBS"; return 0; fi
-    command -v mvn >/dev/null || die "mvn not found (apt-get install maven)"
-    command -v java >/dev/null || die "java not found (apt-get install openjdk-17-jre-headless)"
+    need mvn maven
+    need java openjdk-17-jre-headless
     local work
     work="$(mktemp -d)"
     mkdir -p "$CACHE"
@@ -69,18 +82,21 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# server.properties of node $2 (of $1) in $3, with broker port $4 and the quorum voters $5.
+# server.properties of node $2 (of $1) in $3: broker port $4, quorum voters $5, controller
+# port $6, SASL port $7.
 write_properties() {
-    local n="$1" id="$2" dir="$3" port="$4" voters="$5" cport="$6"
+    local n="$1" id="$2" dir="$3" port="$4" voters="$5" cport="$6" sport="$7"
     local rf=1 isr=1
     if [ "$n" -ge 3 ]; then rf=3; isr=2; fi
     cat >"$dir/server.properties" <<EOF
 process.roles=broker,controller
 node.id=$id
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sport,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$sport
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$dir/data
@@ -145,27 +161,34 @@ start() {
     [ "$n" = 1 ] || [ "$n" = 3 ] || die "start: 1 or 3 nodes, not $n"
     [ -n "$dir" ] || die "start: DIR missing"
     fetch >/dev/null
+    need java openjdk-17-jre-headless
     mkdir -p "$dir"
     dir="$(cd "$dir" && pwd)"
     [ ! -e "$dir/bootstrap" ] || die "$dir already holds a cluster (stop it, or use another DIR)"
-    local ports=() cports=()
+    local ports=() cports=() sports=() sasl="" password
     for i in $(seq 1 "$n"); do
-        ports+=("$(free_port)"); cports+=("$(free_port)")
+        ports+=("$(free_port)"); cports+=("$(free_port)"); sports+=("$(free_port)")
         voters+="${voters:+,}$i@127.0.0.1:${cports[$((i - 1))]}"
         servers+="${servers:+,}127.0.0.1:${ports[$((i - 1))]}"
+        sasl+="${sasl:+,}127.0.0.1:${sports[$((i - 1))]}"
     done
+    password="$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')"
+    (umask 077 && printf '%s\n' "$password" >"$dir/scram-password")
     # A cluster id is 16 random bytes in base64url without padding.
     cid="$(python3 -c 'import base64,os; print(base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="))')"
     for i in $(seq 1 "$n"); do
         mkdir -p "$dir/node$i/data"
-        write_properties "$n" "$i" "$dir/node$i" "${ports[$((i - 1))]}" "$voters" "${cports[$((i - 1))]}"
+        write_properties "$n" "$i" "$dir/node$i" "${ports[$((i - 1))]}" "$voters" \
+            "${cports[$((i - 1))]}" "${sports[$((i - 1))]}"
         write_log4j "$dir/node$i"
         java -cp "$LIBS/*" kafka.tools.StorageTool format -t "$cid" \
-            -c "$dir/node$i/server.properties" >>"$dir/node$i/kafka.log" 2>&1 \
+            -c "$dir/node$i/server.properties" \
+            --add-scram "SCRAM-SHA-512=[name=gputel,password=$password]" >>"$dir/node$i/kafka.log" 2>&1 \
             || { tail -20 "$dir/node$i/kafka.log" >&2; die "format of node $i failed"; }
     done
     for i in $(seq 1 "$n"); do launch "$dir/node$i"; done
     for i in $(seq 1 "$n"); do wait_started "$dir/node$i"; done
+    echo "$sasl" >"$dir/bootstrap-sasl"
     echo "$servers" >"$dir/bootstrap"
     log "started $n node(s) in $dir: $servers"
     echo "$servers"
@@ -216,7 +239,7 @@ stop() {
     # Stop every node at once: a controller quorum that loses its peers one by one waits on them.
     for nd in "$dir"/node*; do [ -d "$nd" ] && [ -f "$nd/pid" ] && kill -TERM "$(cat "$nd/pid")" 2>/dev/null || true; done
     for nd in "$dir"/node*; do [ -d "$nd" ] && stop_node "$nd"; done
-    rm -f "$dir/bootstrap"
+    rm -f "$dir/bootstrap" "$dir/bootstrap-sasl"
     log "stopped the cluster in $dir"
 }
 
@@ -227,5 +250,5 @@ case "${1:-}" in
     kill) kill_node "${2:?DIR}" "${3:?N}" ;;
     restart) restart_node "${2:?DIR}" "${3:?N}" ;;
     bootstrap) cat "${2:?DIR}/bootstrap" ;;
-    *) sed -n '2,12p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,17p' "$0" >&2; exit 2 ;;
 esac

@@ -61,8 +61,9 @@ def open_store(
 ) -> Store:
     """Open the store named by `spec`: `sqlite:PATH` or `influx` (see `influx_settings`).
 
-    `catalog_granularity_s` bounds how far the catalog's `last_seen` may lag (InfluxDB; the
-    SQLite catalog is exact); `write_catalog=False` is for measuring the catalog's cost only.
+    `catalog_granularity_s` bounds how far the catalog's `last_seen` may lag (InfluxDB default
+    60 s; SQLite default exact, the collector passes its `--catalog-granularity-s`);
+    `write_catalog=False` is for measuring the catalog's cost only.
     """
     kind, _, rest = spec.partition(":")
     if kind == "sqlite":
@@ -70,7 +71,12 @@ def open_store(
             raise InvalidArgument("sqlite store needs a path: sqlite:PATH")
         from store.sqlite import SqliteStore
 
-        return SqliteStore(rest, catalog=write_catalog)
+        granularity_ns = (
+            1  # exact
+            if catalog_granularity_s is None
+            else max(1, int(catalog_granularity_s * 1_000_000_000))
+        )
+        return SqliteStore(rest, catalog=write_catalog, catalog_granularity_ns=granularity_ns)
     if kind == "influx" and not rest:
         from store.catalog import DEFAULT_GRANULARITY_NS
         from store.influx import InfluxStore

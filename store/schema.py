@@ -100,14 +100,24 @@ def check_gpu(gpu: Gpu) -> None:
         check_tag_value(name, value)
 
 
-def check_batch(batch: PointBatch) -> None:
-    """Raise InvalidBatch unless every GPU, metric name and value of `batch` can be stored."""
+def check_batch(batch: PointBatch, checked: set[GpuFields] | None = None) -> None:
+    """Raise InvalidBatch unless every GPU, metric name and value of `batch` can be stored.
+
+    `checked` (optional, the caller bounds it) holds descriptors that passed before: they
+    are not checked again, and the ones that pass here are added.
+    """
     n = len(batch.time_ns)
     columns = (batch.gpu_index, batch.metric_index, batch.value, batch.source_time_ns)
     if any(len(c) != n for c in columns):
         raise InvalidBatch("batch columns differ in length")
     for gpu in batch.gpus:
-        check_gpu(gpu)
+        if checked is None:
+            check_gpu(gpu)
+            continue
+        fields = gpu_fields(gpu)
+        if fields not in checked:
+            check_gpu(gpu)
+            checked.add(fields)
     for metric in batch.metrics:
         if not metric:
             raise InvalidBatch("empty metric name")

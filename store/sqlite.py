@@ -12,12 +12,13 @@ Layout (same names as `store.schema`)::
 The primary key of `points` is the UNIQUE (gpu, time, metric) key that makes rewrites idempotent
 (INSERT OR REPLACE: last write wins, as in InfluxDB) and the index that serves "one GPU, time
 range, ordered by (time, metric)" and its keyset cursor. `gpus` holds each GPU's newest
-descriptor and, as the GPU catalog (`store.catalog`), its shard and exact first and last
-point time; `latest` the newest point per (GPU, metric); all kept up to date by `write` in the
-point's own transaction. Catalog pages are index range scans on (shard, uuid) and
-(kind, shard, name): their cost follows the page, not the fleet or the history. A file made
-before the catalog existed gets the new columns on open; `backfill_catalog` fills them
-(`store.sqlite_catalog`).
+descriptor and, as the GPU catalog (`store.catalog`), its shard and first and last point time;
+`latest` the newest point per (GPU, metric); all kept up to date by `write` in the points' own
+transaction (`store.sqlite_catalog.GpuRows` makes only the upserts the catalog needs:
+`last_seen` lags by less than the catalog granularity, exact by default, the collector's
+`--catalog-granularity-s` when it writes). Catalog pages are index range scans on (shard, uuid)
+and (kind, shard, name): their cost follows the page, not the fleet or the history. A file
+made before the catalog existed gets the new columns on open; `backfill_catalog` fills them.
 Durability: WAL with synchronous=NORMAL survives a process crash (kill -9), not a power loss.
 
 Threads: one connection per thread (created on first use, all closed by `close()`); SQLite's
@@ -33,12 +34,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from proto.batch import Gpu, PointBatch
+from proto.batch import PointBatch
 from store import catalog, schema, sqlite_catalog, validate
 from store.base import (
     Aggregate,
     GpuSummary,
     InvalidArgument,
+    PreparedWrite,
     RawPoint,
     Store,
     StoredPoint,
@@ -63,17 +65,6 @@ CREATE TABLE IF NOT EXISTS latest (
     PRIMARY KEY (gpu_id, metric)) WITHOUT ROWID
 """
 
-_UPSERT_GPU = """
-INSERT INTO gpus (uuid, hostname, gpu, device, model, container, pod, namespace,
-    shard, first_seen_ns, last_seen_ns)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (uuid) DO UPDATE SET hostname = excluded.hostname, gpu = excluded.gpu,
-    device = excluded.device, model = excluded.model, container = excluded.container,
-    pod = excluded.pod, namespace = excluded.namespace, shard = excluded.shard,
-    first_seen_ns = MIN(COALESCE(first_seen_ns, excluded.first_seen_ns), excluded.first_seen_ns),
-    last_seen_ns = MAX(COALESCE(last_seen_ns, excluded.last_seen_ns), excluded.last_seen_ns)
-RETURNING id"""
-
 _UPSERT_LATEST = """
 INSERT INTO latest VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (gpu_id, metric) DO UPDATE SET time_ns = excluded.time_ns, value = excluded.value,
@@ -95,15 +86,22 @@ _AGG_SQL = {"mean": "AVG(value)", "min": "MIN(value)", "max": "MAX(value)", "las
 class SqliteStore(Store):
     """Telemetry in one SQLite file; safe to share between threads (one connection per thread)."""
 
-    def __init__(self, path: str | Path, timeout_s: float = 30.0, catalog: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        timeout_s: float = 30.0,
+        catalog: bool = True,
+        catalog_granularity_ns: int = 1,
+    ) -> None:
         self.path = str(path)
         self._timeout_s = timeout_s
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._closed = False
-        self._catalog = catalog  # False only to measure what the catalog costs (bench)
-        self._names: set[tuple[str, str]] = set()  # names this process saw stored
+        # catalog=False only to measure what the catalog costs (bench); 1 ns: exact last_seen.
+        self._gpu_rows = sqlite_catalog.GpuRows(catalog_granularity_ns, catalog)
+        self._checked: set[schema.GpuFields] = set()  # descriptors that passed check_batch
         with self._tx() as conn:
             for statement in DDL.split(";"):
                 conn.execute(statement)
@@ -157,20 +155,26 @@ class SqliteStore(Store):
 
     def write(self, batch: PointBatch) -> None:
         """Persist every point of `batch`; the same (uuid, metric, time_ns) twice is one point."""
+        self.write_prepared(self.prepare(batch))
+
+    def prepare(self, batch: PointBatch) -> PreparedWrite:
+        """Validate `batch` and decide its catalog records (no I/O; any thread)."""
+        if not len(batch):
+            return PreparedWrite(batch, None, catalog.NO_UPDATE)
+        if len(self._checked) > catalog.MAX_TRACKED:
+            self._checked.clear()
+        schema.check_batch(batch, self._checked)
+        return PreparedWrite(batch, None, self._gpu_rows.update(batch))
+
+    def write_prepared(self, prepared: PreparedWrite) -> None:
+        """Write a prepared batch in one transaction: GPU rows, points, latest, names."""
+        if prepared.catalog is None:
+            prepared = self.prepare(prepared.batch)
+        batch, update = prepared.batch, prepared.catalog or catalog.NO_UPDATE
         if not len(batch):
             return
-        schema.check_batch(batch)
-        names = sqlite_catalog.new_names(batch, self._names) if self._catalog else []
         with self._tx() as conn:
-            spans = (
-                catalog.spans(batch, newest_bound_ns())
-                if self._catalog
-                else [(-1, -1)] * len(batch.gpus)
-            )
-            ids = [
-                _upsert_gpu(conn, gpu, lo, hi)
-                for gpu, (lo, hi) in zip(batch.gpus, spans, strict=True)
-            ]
+            ids, learnt = self._gpu_rows.ids(conn, batch, update)
             metrics = batch.metrics
             rows = [
                 (ids[g], t, metrics[m], v, s)
@@ -185,12 +189,12 @@ class SqliteStore(Store):
             ]
             conn.executemany("INSERT OR REPLACE INTO points VALUES (?, ?, ?, ?, ?)", rows)
             conn.executemany(_UPSERT_LATEST, _newest_rows(rows))
-            conn.executemany(sqlite_catalog.INSERT_NAMES, names)
-        self._names.update((kind, name) for kind, _, name in names)
+            conn.executemany(sqlite_catalog.INSERT_NAMES, self._gpu_rows.names(update))
+        self._gpu_rows.confirm(learnt, update)
 
     def _summaries(self, where: str, args: Sequence[object], limit: int) -> list[GpuSummary]:
         sql = f"{_SUMMARY} {where} ORDER BY g.shard, g.uuid LIMIT ?"
-        return [_summary(row) for row in self._read(sql, [*args, limit])]
+        return [sqlite_catalog.summary(row) for row in self._read(sql, [*args, limit])]
 
     def list_gpus(
         self,
@@ -375,15 +379,6 @@ def _points_query(
     return sql + " ORDER BY p.time_ns, p.metric LIMIT ?", args
 
 
-def _upsert_gpu(conn: sqlite3.Connection, gpu: Gpu, first_ns: int, last_ns: int) -> int:
-    """Upsert the GPU's row and catalog span (exact: SQLite's catalog has no granularity)."""
-    seen = (first_ns, last_ns) if first_ns >= 0 else (None, None)
-    row = conn.execute(
-        _UPSERT_GPU, (*schema.gpu_fields(gpu), catalog.shard_of(gpu.uuid), *seen)
-    ).fetchone()
-    return int(row[0])
-
-
 PointRow = tuple[int, int, str, float, int]
 
 
@@ -396,19 +391,3 @@ def _newest_rows(rows: list[PointRow]) -> list[tuple[int, str, int, float, int]]
         if old is None or row[1] >= old[1]:
             newest[key] = row
     return [(g, m, t, v, s) for (g, m), (_, t, _, v, s) in newest.items()]
-
-
-def _summary(row: tuple[Any, ...]) -> GpuSummary:
-    uuid, host, gpu, device, model, first, last, container, pod, namespace = row
-    return GpuSummary(
-        str(uuid),
-        str(host),
-        int(gpu),
-        str(device),
-        str(model),
-        int(first),
-        int(last),
-        str(container),
-        str(pod),
-        str(namespace),
-    )

@@ -44,23 +44,20 @@ the scan, wait for their acknowledgement, commit progress, leave the group.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import time
 from array import array
 from collections.abc import Callable
 
-from gputel.transport import factory
-from gputel.transport.base import StreamMember, StreamProducer
 from streamer.config import StreamerConfig
 from streamer.encode import encode_rows
+from streamer.member import ProducingMember
 from streamer.metrics import StreamerMetrics
-from streamer.ownership import Ownership, PartitionState
+from streamer.ownership import PartitionState
 from streamer.pacing import PassGrid, TokenBucket
 from streamer.scan import CsvScanner
-from streamer.source import PartRows, RowBlock, SourceError, record_pass
-from walbroker.errors import AccessError, BrokerError
+from streamer.source import PartRows, RowBlock, record_pass
+from walbroker.errors import BrokerError
 from walbroker.types import partition_for_key
 
 log = logging.getLogger(__name__)
@@ -81,7 +78,7 @@ class _Scan:
         self.stamps: dict[int, int] = {}  # source time -> processing time (one per row group)
 
 
-class Streamer:
+class Streamer(ProducingMember):
     """Streams a DCGM CSV into a topic as one member of a producer group."""
 
     def __init__(
@@ -91,86 +88,24 @@ class Streamer:
         time_ns: Callable[[], int] = time.time_ns,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config, self.metrics = config, metrics
+        super().__init__(config, metrics)
         self.time_ns = time_ns
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        # Batches arrive encoded (`streamer.encode`, `send_batch`): no per-item encoder.
-        link = factory.stream_link(
-            config.transport(), config.group, config.topic,
-            on_ack=self._on_ack, on_backpressure=lambda _exc: metrics.backpressure.inc(),
-            on_revoke=self._on_revoke, on_assignment=lambda _a: self._wake.set(),
-            batch_size=config.batch_size, linger_ms=config.linger_ms,
-            max_pending_points=config.max_pending_points,
-            session_timeout_ms=config.session_timeout_ms,
-        )  # fmt: skip
-        self.producer: StreamProducer = link[0]
-        self.member: StreamMember = link[1]
-        self.own = Ownership(
-            self.member, self.producer.flush,
-            track=lambda p, epoch, progress: self.producer.track(p, config.group, epoch, progress),
-            untrack=self.producer.untrack,
-        )  # fmt: skip
         self.source: CsvScanner | None = None
         self.grid = PassGrid(config.pass_interval_s, wall_clock)
         self._bucket = (
             TokenBucket(config.rate_rows_per_s) if config.rate_rows_per_s is not None else None
         )
-        self._started = False
         self._last_ns = 0
         self._next_commit = 0.0
-        metrics.batch_pending.set_function(lambda: self.producer.pending_points)
 
-    # ---- lifecycle ---------------------------------------------------------------------------
-
-    def stop(self) -> None:
-        """Ask `run` to shut down gracefully (safe from a signal handler or another thread)."""
-        self._stop.set()
-        self._wake.set()
-
-    def ready(self) -> bool:
-        """True once joined to the group and connected, until shutdown starts."""
-        return self._started and self.own.connected and not self._stop.is_set()
-
-    def run(self) -> int:
-        """Stream until finished or stopped; return the process exit code."""
-        self.member.start()
-        try:
-            if not self._connect():
-                return self._shutdown()
-            self._loop()
-            return self._shutdown()
-        except (BrokerError, SourceError) as exc:
-            code = exc.code.name if isinstance(exc, BrokerError) else "SOURCE"
-            log.error("streaming failed for good", extra={"code": code, "reason": str(exc)})
-            self.member.close()
-            with contextlib.suppress(TimeoutError, BrokerError):  # the error above is the one
-                self.producer.close(timeout_s=1)
-            return 1
-
-    def _connect(self) -> bool:
-        """Start the producer (learning the partition count); False if stopped first."""
-        while not self._stop.is_set():
-            try:
-                self.producer.start(timeout_s=5)
-                break
-            except AccessError:
-                raise  # a wrong token or TLS setting does not heal by waiting
-            except BrokerError as exc:
-                log.warning(
-                    "broker not reachable; retrying",
-                    extra={"broker": self.config.broker, "reason": str(exc)},
-                )
-        else:
-            return False
-        partitions = self.producer.partitions
+    def _connected(self, partitions: int) -> None:
+        """Open the source: GPUs are routed to partitions by their uuid."""
         self.source = CsvScanner(
             self.config.csv,
             partitions,
             lambda uuid: partition_for_key(uuid, partitions),
             self.config.source_cache_bytes,
         )
-        self._started = True
         log.info(
             "streaming",
             extra={
@@ -179,19 +114,6 @@ class Streamer:
                 "time": self.config.time_mode, "passes": self.config.passes or "forever",
             },
         )  # fmt: skip
-        return True
-
-    def _shutdown(self) -> int:
-        """Flush, commit, leave the group; return 0 if everything sent was committed."""
-        ok = self.own.shutdown(self.config.shutdown_timeout_s) if self._started else True
-        self.member.close()
-        try:
-            self.producer.close(timeout_s=1)
-        except TimeoutError:
-            ok = False
-        self.metrics.partitions_owned.set(0)
-        log.info("streamer stopped", extra={"clean": ok})
-        return 0 if ok else 1
 
     # ---- the loop ----------------------------------------------------------------------------
 
@@ -240,7 +162,7 @@ class Streamer:
             self._follow_group()
             self._join(scan)
             total += self._take_block(scan, block)
-        total += self._flush(scan, everything=True)
+        total += self._flush_scan(scan, everything=True)
         if complete:
             self._scan_done(scan)
         return total
@@ -278,9 +200,9 @@ class Streamer:
             _extend(scan.pending.setdefault(p, PartRows()), part, lo, hi)
             st.sent += hi - lo
             scan.sent.add(p)
-        return self._flush(scan, everything=False)
+        return self._flush_scan(scan, everything=False)
 
-    def _flush(self, scan: _Scan, everything: bool) -> int:
+    def _flush_scan(self, scan: _Scan, everything: bool) -> int:
         """Send the pending rows of each partition in full batches (all of them if asked)."""
         size = self.config.batch_size
         total = 0
@@ -405,17 +327,6 @@ class Streamer:
             log.info("group progress unavailable", extra={"reason": str(exc)})
             return False
         return all(committed.get(p, 0) >= passes * n for p, n in enumerate(sizes))
-
-    # ---- producer callbacks (producer io thread) -----------------------------------------------
-
-    def _on_revoke(self, partitions: set[int]) -> None:
-        self.own.revoked(partitions)
-        self._wake.set()
-
-    def _on_ack(self, partition: int, count: int, created: float) -> None:
-        self.own.on_ack(partition, count)
-        self.metrics.published.inc(count)
-        self.metrics.publish_latency.observe(time.monotonic() - created)
 
 
 def _extend(into: PartRows, rows: PartRows, start: int, end: int) -> None:

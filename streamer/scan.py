@@ -76,15 +76,21 @@ class CsvScanner:
         keep: list[RowBlock] | None = [] if self.cache_bytes > 0 else None
         kept_bytes = 0
         sizes = [0] * self.partitions
-        for _parser, block in blocks(self._lines(), self._parser_for, self.block_rows, self.path):
-            for p, part in enumerate(block.parts):
-                sizes[p] += len(part)
-            if keep is not None:
-                kept_bytes += block.size_bytes
-                keep = keep if kept_bytes <= self.cache_bytes else None
+        lines = self._lines()
+        try:
+            for _parser, block in blocks(lines, self._parser_for, self.block_rows, self.path):
+                for p, part in enumerate(block.parts):
+                    sizes[p] += len(part)
                 if keep is not None:
-                    keep.append(block)
-            yield block
+                    kept_bytes += block.size_bytes
+                    keep = keep if kept_bytes <= self.cache_bytes else None
+                    if keep is not None:
+                        keep.append(block)
+                yield block
+        finally:  # also when the scan is left early (the generator is closed)
+            close = getattr(lines, "close", None)
+            if close is not None:
+                close()
         assert self.parser is not None
         self.report = self.parser.report(self.path, time.perf_counter() - started)
         self.sizes, self._cache = sizes, keep

@@ -31,33 +31,32 @@ streamer its own targets (file_sd file, DNS name) and its own `--group`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import queue
-import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from gputel.transport import factory
-from gputel.transport.base import StreamMember, StreamProducer
 from streamer.config import StreamerConfig
 from streamer.encode import encode_rows
 from streamer.exposition import SampleReject, label_map, samples
 from streamer.gpus import GpuTable, describe_gpu
 from streamer.labels import LabelsError
+from streamer.member import ProducingMember
 from streamer.metrics import ScrapeMetrics, StreamerMetrics
-from streamer.ownership import Ownership, PartitionState
+from streamer.ownership import PartitionState
 from streamer.scraper import Fetcher, Page, ScrapeError
 from streamer.targets import TargetSet
-from walbroker.errors import AccessError, BrokerError
 from walbroker.types import partition_for_key
 
 log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 0.05
+# The loop sleeps at least this long between rounds: each round walks every target, and with
+# a thousand targets spread over the interval a tick is always due within a millisecond.
+MIN_WAIT_S = 0.01
 _BAD_LABELS, _NO_GPU = -1, -2
 LABEL_CACHE_MAX = 10_000  # label texts remembered per target
 
@@ -80,6 +79,7 @@ class _Pending:
     """Rows of one partition's finished scrapes, on their way into one batch."""
 
     grant: PartitionState
+    since: float = field(default_factory=time.monotonic)  # when its first scrape finished
     gpus: list[int] = field(default_factory=list)
     metrics: list[int] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
@@ -97,7 +97,7 @@ class _Done:
     error: ScrapeError | None
 
 
-class ScrapeStreamer:
+class ScrapeStreamer(ProducingMember):
     """Scrapes the targets of the partitions this streamer owns and publishes the samples."""
 
     def __init__(
@@ -107,99 +107,41 @@ class ScrapeStreamer:
         scrape_metrics: ScrapeMetrics,
         targets: TargetSet | None = None,
     ) -> None:
-        self.config, self.metrics, self.sm = config, metrics, scrape_metrics
+        super().__init__(config, metrics)
+        self.sm = scrape_metrics
         self.targets = targets or TargetSet(
             config.scrape, config.targets_file, config.targets_dns,
             on_error=lambda source: scrape_metrics.errors.labels(source, "discovery").inc(),
-        )  # fmt: skip
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        link = factory.stream_link(
-            config.transport(), config.group, config.topic,
-            on_ack=self._on_ack, on_backpressure=lambda _exc: metrics.backpressure.inc(),
-            on_revoke=self._on_revoke, on_assignment=lambda _a: self._wake.set(),
-            batch_size=config.batch_size, linger_ms=config.linger_ms,
-            max_pending_points=config.max_pending_points,
-            session_timeout_ms=config.session_timeout_ms,
-        )  # fmt: skip
-        self.producer: StreamProducer = link[0]
-        self.member: StreamMember = link[1]
-        self.own = Ownership(
-            self.member, self.producer.flush,
-            track=lambda p, epoch, progress: self.producer.track(p, config.group, epoch, progress),
-            untrack=self.producer.untrack,
         )  # fmt: skip
         self.table = GpuTable(lambda _uuid: 0)  # partitions follow targets, not GPUs
         self.metric_names: list[str] = []
         self._metric: dict[str, int] = {}
         self._targets: dict[str, Target] = {}
         self._done: queue.SimpleQueue[_Done] = queue.SimpleQueue()
+        self._pending: dict[int, _Pending] = {}  # lingering rows by partition (loop thread)
         self._pool = ThreadPoolExecutor(config.scrape_concurrency, thread_name_prefix="scrape")
         self._fetcher = Fetcher(config.scrape_timeout_s)
         self._partitions = 0
-        self._started = False
-        metrics.batch_pending.set_function(lambda: self.producer.pending_points)
 
-    # ---- lifecycle ---------------------------------------------------------------------------
+    def _connected(self, partitions: int) -> None:
+        """Targets are routed to partitions by their URL."""
+        self._partitions = partitions
+        log.info("scraping", extra={
+            "topic": self.config.topic, "group": self.config.group,
+            "interval_s": self.config.scrape_interval_s,
+            "timeout_s": self.config.scrape_timeout_s,
+            "concurrency": self.config.scrape_concurrency,
+        })  # fmt: skip
 
-    def stop(self) -> None:
-        """Ask `run` to shut down gracefully (safe from a signal handler or another thread)."""
-        self._stop.set()
-        self._wake.set()
-
-    def ready(self) -> bool:
-        """True once joined to the group and connected, until shutdown starts."""
-        return self._started and self.own.connected and not self._stop.is_set()
-
-    def run(self) -> int:
-        """Scrape until stopped; return the process exit code."""
-        self.member.start()
-        try:
-            if self._connect():
-                self._loop()
-            return self._shutdown()
-        except BrokerError as exc:
-            log.error("publishing failed for good", extra={"code": exc.code.name,
-                                                             "reason": str(exc)})  # fmt: skip
-            self.member.close()
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            with contextlib.suppress(TimeoutError, BrokerError):
-                self.producer.close(timeout_s=1)
-            return 1
-
-    def _connect(self) -> bool:
-        """Start the producer (learning the partition count); False if stopped first."""
-        while not self._stop.is_set():
-            try:
-                self.producer.start(timeout_s=5)
-                self._partitions = self.producer.partitions
-                self._started = True
-                log.info("scraping", extra={
-                    "topic": self.config.topic, "group": self.config.group,
-                    "interval_s": self.config.scrape_interval_s,
-                    "timeout_s": self.config.scrape_timeout_s,
-                    "concurrency": self.config.scrape_concurrency,
-                })  # fmt: skip
-                return True
-            except AccessError:
-                raise
-            except BrokerError as exc:
-                log.warning("broker not reachable; retrying", extra={"reason": str(exc)})
-        return False
-
-    def _shutdown(self) -> int:
-        """Stop scraping, flush, commit, leave the group; 0 if everything sent was committed."""
+    def _closing(self) -> None:
+        """No new scrapes; the finished ones are taken, the final flush publishes them."""
         self._pool.shutdown(wait=False, cancel_futures=True)
-        ok = self.own.shutdown(self.config.shutdown_timeout_s) if self._started else True
-        self.member.close()
-        try:
-            self.producer.close(timeout_s=1)
-        except TimeoutError:
-            ok = False
+        self._publish_done()
+
+    def _release(self) -> None:
+        """Stop the scrape workers and close every target connection."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self._fetcher.close()
-        self.metrics.partitions_owned.set(0)
-        log.info("streamer stopped", extra={"clean": ok})
-        return 0 if ok else 1
 
     # ---- the loop ----------------------------------------------------------------------------
 
@@ -219,7 +161,7 @@ class ScrapeStreamer:
             if self.own.connected and time.monotonic() >= next_commit:
                 self.own.commit()
                 next_commit = time.monotonic() + self.config.commit_interval_s
-            self._wake.wait(max(0.0, min(MAX_WAIT_S, soonest - time.time())))
+            self._wake.wait(min(MAX_WAIT_S, max(MIN_WAIT_S, soonest - time.time())))
             self._wake.clear()
 
     def _discover(self) -> None:
@@ -285,19 +227,17 @@ class ScrapeStreamer:
             log.exception("scrape crashed", extra={"target": t.url})
             done = _Done(t, grant, tick, None, ScrapeError("internal", repr(exc)))
         self.sm.scrape_seconds.observe(time.monotonic() - started)
-        self._done.put(done)
-        self._wake.set()
+        self._done.put(done)  # the loop picks it up within MAX_WAIT_S (no wake per scrape)
 
     # ---- publishing --------------------------------------------------------------------------
 
     def _publish_done(self) -> None:
-        """Publish every finished scrape whose partition is still held under the same grant.
+        """Take every finished scrape whose partition is still held under the same grant.
 
-        The scrapes that finished since the last call go out together: one batch per
-        partition (cut at whole scrapes near `--batch-size`), so a thousand targets a
-        second make tens of broker records, not a thousand.
+        Rows wait per partition (`_Pending`) until `--batch-size` is reached (cut at whole
+        scrapes) or the oldest waited `--scrape-linger-ms`: one batch per partition per
+        linger, so a thousand targets a second make tens of broker records, not a thousand.
         """
-        pending: dict[int, _Pending] = {}
         while True:
             try:
                 d = self._done.get_nowait()
@@ -307,22 +247,44 @@ class ScrapeStreamer:
             p = d.target.partition
             if p not in self.own.active or self.own.states.get(p) is not d.grant:
                 continue  # the partition moved meanwhile: the new owner scrapes it
-            url = d.target.url
             if d.page is None:
                 assert d.error is not None
-                self.sm.up.labels(url).set(0)
-                self.sm.errors.labels(url, d.error.reason).inc()
-                log.debug("scrape failed", extra={"target": url, "reason": str(d.error)})
+                self.sm.up.labels(d.target.url).set(0)
+                self.sm.errors.labels(d.target.url, d.error.reason).inc()
+                log.debug("scrape failed", extra={"target": d.target.url, "reason": str(d.error)})
                 continue
-            batch = pending.setdefault(p, _Pending(d.grant))
-            count = self._rows(d.target, d.page, batch)
-            self.sm.up.labels(url).set(1)
-            self.sm.duration.labels(url).set(d.page.duration_s)
-            self.sm.samples.labels(url).set(count)
-            if len(batch.values) >= self.config.batch_size:
-                self._send(p, pending.pop(p))
-        for p, batch in pending.items():
-            self._send(p, batch)
+            self._take_page(p, d)
+        linger_s = self.config.scrape_linger_ms / 1000
+        now = time.monotonic()
+        for p, batch in list(self._pending.items()):
+            if now - batch.since >= linger_s:
+                self._send(p, self._pending.pop(p))
+
+    def _take_page(self, p: int, d: _Done) -> None:
+        """Add a scraped page's rows to its partition's pending batch (sent once full)."""
+        assert d.page is not None
+        batch = self._pending.get(p)
+        if batch is None or batch.grant is not d.grant:
+            batch = self._pending[p] = _Pending(d.grant)
+        count = self._rows(d.target, d.page, batch)
+        url = d.target.url
+        self.sm.up.labels(url).set(1)
+        self.sm.duration.labels(url).set(d.page.duration_s)
+        self.sm.samples.labels(url).set(count)
+        if len(batch.values) >= self.config.batch_size:
+            self._send(p, self._pending.pop(p))
+
+    def _flush(self, timeout_s: float) -> None:
+        """Send the lingering rows of partitions still held under their grant, then flush.
+
+        `Ownership` calls it before handing partitions back and at shutdown, so a scrape
+        taken under a grant is published under it (or, if the grant moved on, not at all).
+        """
+        for p, batch in list(self._pending.items()):
+            del self._pending[p]
+            if self.own.states.get(p) is batch.grant:
+                self._send(p, batch)
+        self.producer.flush(timeout_s)
 
     def _rows(self, t: Target, page: Page, into: _Pending) -> int:
         """Append one page's samples to `into` (one timestamp for all); return how many."""
@@ -359,13 +321,14 @@ class ScrapeStreamer:
             self.table, self.metric_names, batch.gpus, batch.metrics, batch.times,
             batch.values, batch.times,
         )  # fmt: skip
-        while not self._stop.is_set():
+        while True:  # at least one attempt, also while stopping (the final flush)
             try:
                 self.producer.send_batch(p, payload, n, 1.0)
                 batch.grant.sent += n
                 return
-            except TimeoutError:
-                continue  # backpressure: the pending bound holds the batch back
+            except TimeoutError:  # backpressure: the pending bound holds the batch back
+                if self._stop.is_set():
+                    return  # never acknowledged, so never counted: a gap, not a duplicate
 
     def _gpu(self, t: Target, labels: str) -> int:
         """The GPU ordinal of a label text seen for the first time on this target."""
@@ -385,14 +348,3 @@ class ScrapeStreamer:
 
     def _reject(self, reason: SampleReject) -> None:
         self.sm.rejected.labels(reason.value).inc()
-
-    # ---- group and producer callbacks --------------------------------------------------------
-
-    def _on_revoke(self, partitions: set[int]) -> None:
-        self.own.revoked(partitions)
-        self._wake.set()
-
-    def _on_ack(self, partition: int, count: int, created: float) -> None:
-        self.own.on_ack(partition, count)
-        self.metrics.published.inc(count)
-        self.metrics.publish_latency.observe(time.monotonic() - created)

@@ -24,11 +24,12 @@ import logging
 import os
 import time
 from array import array
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from math import isfinite
 from operator import itemgetter
+from typing import TextIO
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -287,15 +288,17 @@ class RowParser:
         )
 
 
-def open_csv(path: str | os.PathLike[str]) -> Generator[str, None, None]:
-    """Yield the lines of a CSV file (BOM dropped); raise `SourceError` if it cannot be read."""
+def open_csv(path: str | os.PathLike[str]) -> TextIO:
+    """Open a CSV file for `csv.reader` (BOM dropped); raise `SourceError` if it cannot be read.
+
+    The file itself is the line iterator (no generator around it: that cost ~10 % of a scan).
+    The caller closes it.
+    """
     try:
         # utf-8-sig drops a BOM; newline="" keeps CRLF and quoted newlines for the reader.
-        f = open(path, encoding="utf-8-sig", errors="replace", newline="")  # noqa: SIM115
+        return open(path, encoding="utf-8-sig", errors="replace", newline="")
     except OSError as exc:
         raise SourceError(f"cannot read {os.fspath(path)!r}: {exc}") from exc
-    with f:
-        yield from f
 
 
 def check_header(path: str | os.PathLike[str]) -> Columns:
@@ -401,7 +404,8 @@ def parse_csv(lines: Iterable[str], source: str = "<stream>") -> SourceRows:
 
 def read_csv(path: str | os.PathLike[str]) -> SourceRows:
     """Read and validate a DCGM CSV file whole; raise `SourceError` if it cannot be used."""
-    return parse_csv(open_csv(path), os.fspath(path))
+    with open_csv(path) as f:
+        return parse_csv(f, os.fspath(path))
 
 
 def record_pass(report: ParseReport, metrics: StreamerMetrics | None, pass_number: int) -> None:

@@ -5,6 +5,9 @@ restarts it on its own ports and storage. The session fixtures `kafka1` and `kaf
 cluster each, lazily (only a session that asks for one pays its start-up, ~5-25 s), and stop it at
 the end. A test that kills a node must restart it before it ends: the cluster is shared.
 
+Every node also listens with SASL_PLAINTEXT (SCRAM-SHA-512) for the user `scram_user`, whose
+password is in the file `scram_password_file` (mode 600): `sasl_bootstrap` names those servers.
+
 The 3-node cluster has replication factor 3 and `min.insync.replicas=2` for every topic, and a
 broker session timeout of 3 s, so a killed broker is fenced within a few seconds.
 """
@@ -58,6 +61,18 @@ class KafkaCluster:
         if self._bootstrap is None:
             raise KafkaError("the cluster is not running")
         return self._bootstrap
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        """The SASL_PLAINTEXT (SCRAM-SHA-512) listeners, `host:port,…`."""
+        return (self.directory / "bootstrap-sasl").read_text().strip()
+
+    scram_user = "gputel"
+
+    @property
+    def scram_password_file(self) -> Path:
+        """The file holding `scram_user`'s password."""
+        return self.directory / "scram-password"
 
     @property
     def url(self) -> str:

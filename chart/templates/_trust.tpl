@@ -45,10 +45,16 @@ key: token
 {{- toYaml $names -}}
 {{- end -}}
 
-{{/* Volumes of a component's credentials: (dict "root" $ "component" c "tls" "ca"|"server"). */}}
+{{/* Volumes of a component's credentials: (dict "root" $ "component" c "tls" "ca"|"server").
+With transport=kafka the broker clients mount the Kafka client's files instead of a walbroker
+token and CA (_kafka.tpl); the gateway keeps its own token file and certificate. */}}
 {{- define "gputel.trustVolumes" -}}
 {{- $root := .root -}}
-{{- if $root.Values.auth.enabled }}
+{{- $walbroker := not (include "gputel.kafka" $root) -}}
+{{- if include "gputel.kafkaClient" . }}
+{{- include "gputel.kafkaVolumes" $root }}
+{{- end }}
+{{- if and $root.Values.auth.enabled (or $walbroker (eq .component "gateway")) }}
 - name: credential
   secret:
     {{- $ref := fromYaml (include "gputel.credentialRef" .) }}
@@ -58,7 +64,7 @@ key: token
       - key: {{ $ref.key }}
         path: {{ ternary "tokens" "token" (or (eq .component "broker") (eq .component "gateway")) }}
 {{- end }}
-{{- if and $root.Values.auth.enabled (eq .component "gateway") }}
+{{- if and $root.Values.auth.enabled (eq .component "gateway") $walbroker }}
 - name: broker-credential
   secret:
     {{- $ref := fromYaml (include "gputel.credentialRef" (dict "root" $root "component" "gateway-client")) }}
@@ -68,7 +74,7 @@ key: token
       - key: {{ $ref.key }}
         path: token
 {{- end }}
-{{- if $root.Values.tls.enabled }}
+{{- if and $root.Values.tls.enabled (or $walbroker (eq .tls "server")) }}
 - name: tls
   secret:
     secretName: {{ include "gputel.tlsSecretName" $root }}
@@ -87,17 +93,21 @@ key: token
 {{/* Mounts of those volumes (no subPath: kubelet updates renewed files in place):
 (dict "root" $ "component" c). */}}
 {{- define "gputel.trustMounts" -}}
-{{- if .root.Values.auth.enabled }}
+{{- $walbroker := not (include "gputel.kafka" .root) -}}
+{{- if include "gputel.kafkaClient" . }}
+{{- include "gputel.kafkaMounts" .root }}
+{{- end }}
+{{- if and .root.Values.auth.enabled (or $walbroker (eq .component "gateway")) }}
 - name: credential
   mountPath: /var/run/gputel/auth
   readOnly: true
-{{- if eq .component "gateway" }}
+{{- if and (eq .component "gateway") $walbroker }}
 - name: broker-credential
   mountPath: /var/run/gputel/broker-auth
   readOnly: true
 {{- end }}
 {{- end }}
-{{- if .root.Values.tls.enabled }}
+{{- if and .root.Values.tls.enabled (or $walbroker (eq .component "gateway")) }}
 - name: tls
   mountPath: /var/run/gputel/tls
   readOnly: true
@@ -107,6 +117,7 @@ key: token
 {{/* Environment of a broker client (streamer, collector, admin Job; the gateway's token is
 under broker-auth/, its own auth/ holding its token file). */}}
 {{- define "gputel.brokerClientEnv" -}}
+{{- if not (include "gputel.kafka" .root) }}
 {{- if .root.Values.auth.enabled }}
 - name: GPUTEL_BROKER_TOKEN_FILE
   value: /var/run/gputel/{{ ternary "broker-auth" "auth" (eq .component "gateway") }}/token
@@ -114,6 +125,7 @@ under broker-auth/, its own auth/ holding its token file). */}}
 {{- if .root.Values.tls.enabled }}
 - name: GPUTEL_BROKER_TLS_CA
   value: /var/run/gputel/tls/ca.crt
+{{- end }}
 {{- end }}
 {{- end -}}
 

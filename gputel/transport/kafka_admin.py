@@ -132,8 +132,24 @@ class KafkaAdmin:
             **(properties or {}),
             "bootstrap.servers": bootstrap,
         }
+        # A failed SASL/TLS handshake only reaches error_cb; the call itself just sees no
+        # broker. Kept so that "unreachable" can be told apart from "wrong credentials".
+        self._auth_failure: KafkaError | None = None
         # confluent-kafka takes a logging.Logger here (documented); its type stub says otherwise.
-        self._admin = AdminClient({**self._props, "logger": LIBRDKAFKA_LOG})  # type: ignore[dict-item]
+        self._admin = AdminClient(
+            {**self._props, "logger": LIBRDKAFKA_LOG, "error_cb": self._on_error}  # type: ignore[dict-item]
+        )
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
+            self._auth_failure = err
+
+    def _error(self, exc: KafkaException | KafkaError | BrokerError, what: str) -> BrokerError:
+        raised = exc if isinstance(exc, BrokerError) else error(exc, what)
+        self._admin.poll(0)  # error_cb runs only from poll()
+        if isinstance(raised, Unavailable) and self._auth_failure is not None:
+            return Unauthenticated(f"{what}: {self._auth_failure.str()}")
+        return raised
 
     def close(self) -> None:
         """Nothing to release eagerly: librdkafka's handle goes with the object."""
@@ -144,18 +160,19 @@ class KafkaAdmin:
         try:
             return future.result(timeout=self.timeout_s)
         except KafkaException as exc:
-            raise error(exc, what) from None
+            raise self._error(exc, what) from None
         except TimeoutError:
-            raise Unavailable(
+            unanswered = Unavailable(
                 f"{what}: no answer from {self.bootstrap} in {self.timeout_s:g}s"
-            ) from None
+            )
+            raise self._error(unanswered, what) from None
 
     def partition_counts(self, topics: Iterable[str] | None = None) -> dict[str, int]:
         """Partitions of each topic (all non-internal topics by default; NotFound if unknown)."""
         try:
             meta = self._admin.list_topics(timeout=self.timeout_s)
         except KafkaException as exc:
-            raise error(exc, f"cluster {self.bootstrap}") from None
+            raise self._error(exc, f"cluster {self.bootstrap}") from None
         counts = {n: len(t.partitions) for n, t in meta.topics.items() if not n.startswith("__")}
         if topics is None:
             return dict(sorted(counts.items()))
@@ -246,9 +263,8 @@ class KafkaAdmin:
             listed = self._wait(fut[name], f"offsets of group {name!r}")
             committed = {(tp.topic, tp.partition): tp.offset for tp in listed.topic_partitions
                          if tp.offset >= 0}  # fmt: skip
-            out.append(
-                GroupOffsets(name, _STATES.get(desc.state, "unknown"), desc.members, committed)
-            )
+            state, simple = _STATES.get(desc.state, "unknown"), bool(desc.is_simple_consumer_group)
+            out.append(GroupOffsets(name, state, desc.members, committed, simple))
         return out
 
     def groups(self) -> apb.ListGroupsResponse:
@@ -285,7 +301,7 @@ class KafkaAdmin:
             futures[topic].result(timeout=self.timeout_s)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise error(exc, f"create topic {topic!r}") from None
+                raise self._error(exc, f"create topic {topic!r}") from None
             created = False
         counts, rows = self._await_topic(topic)
         return apb.CreateTopicResponse(topic=_summary(topic, counts[topic], rows), created=created)
@@ -339,13 +355,13 @@ class KafkaAdmin:
         try:
             result = futures[g.group].result(timeout=self.timeout_s)
         except KafkaException as exc:
-            raised = error(exc, f"reset of group {g.group!r}")
+            raised = self._error(exc, f"reset of group {g.group!r}")
             raise (
                 InUse(stop_members_message(g, "reset it")) if isinstance(raised, InUse) else raised
             ) from None
         failed = [tp for tp in result.topic_partitions if tp.error is not None]
         if failed:
-            raise error(
+            raise self._error(
                 failed[0].error, f"reset of group {g.group!r}, partition {failed[0].partition}"
             )
 

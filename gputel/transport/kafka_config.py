@@ -17,15 +17,19 @@ A value may contain references, resolved when the file is loaded:
 
 So a secret is never on a command line, in values.yaml or in the properties file itself. A
 literal secret in the file (a password, a private key, an OAuth client secret written out rather
-than referenced) is accepted only when the file is private to its owner: if group or others may
-read it, `load_properties` refuses it and says how to fix it (chmod 600, or a reference). Refusing
-rather than warning is the secure default: a warning in a log is read after the secret leaked.
+than referenced) is refused when others (not the owner, not the group) may read the file, with
+how to fix it (chmod 600, or a reference): refusing rather than warning is the secure default, a
+warning in a log is read after the secret leaked. When only the file's group may read it, loading
+goes on with a warning (logged once per load, naming the key, never the value): that is how a
+Kubernetes Secret volume arrives in a pod with an fsGroup (kubelet adds group read for the pod's
+own group), where the group is the pod itself.
 
 Loading never logs or echoes a value; `redacted` gives a copy fit for a log line.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import stat
@@ -51,6 +55,7 @@ _SECRET_KEYS = frozenset(
         "sasl.oauthbearer.assertion.private.key.passphrase",
     }
 )
+log = logging.getLogger(__name__)
 # Large enough for a PEM chain; bounds what a mistaken ${file:} (a log, a device) can pull in.
 MAX_FILE_BYTES = 1024 * 1024
 REDACTED = "***"
@@ -111,12 +116,19 @@ def _refuse_shared_literal_secrets(
     if not mode & (stat.S_IRWXG | stat.S_IRWXO):
         return
     for key, (value, lineno) in raw.items():
-        if is_secret(key) and value and not _REFERENCE.search(value):
+        if not (is_secret(key) and value and not _REFERENCE.search(value)):
+            continue
+        where = f"--kafka-config {path}:{lineno}: {key} is a literal secret"
+        fix = f"chmod 600 {path}, or write {key}=${{file:/path/to/secret}} or {key}=${{env:NAME}}"
+        if mode & stat.S_IRWXO:
             raise KafkaConfigError(
-                f"--kafka-config {path}:{lineno}: {key} is a literal secret in a file that group "
-                f"or others may read (mode {stat.filemode(mode)}): chmod 600 {path}, or write "
-                f"{key}=${{file:/path/to/secret}} or {key}=${{env:NAME}}"
+                f"{where} in a file that others may read (mode {stat.filemode(mode)}): {fix}"
             )
+        log.warning(
+            "kafka-config: literal secret in a group-readable file",
+            extra={"file": str(path), "line": lineno, "key": key, "fix": fix},
+        )
+        return
 
 
 def _resolve(value: str, key: str, path: Path, environ: Mapping[str, str]) -> str:

@@ -40,6 +40,9 @@ class GroupOffsets:
     state: str
     members: Sequence[Any] = ()  # confluent_kafka MemberDescription
     committed: Mapping[Key, int] = field(default_factory=dict)
+    # No consumer protocol, only committed offsets: on gputel the streamers' progress, which
+    # their transactions commit (`send_offsets_to_transaction`) without ever joining.
+    simple: bool = False
 
     def topics(self) -> list[str]:
         """Topics the group has offsets on or is assigned partitions of."""
@@ -95,7 +98,8 @@ def group_rows(
         for k in keys
         if k[0] in g.topics()
     }
-    waiting = {gk: pos for gk, pos in positions.items() if end[gk[1]] > pos}
+    simple = {g.group for g in groups if g.simple}
+    waiting = {gk: pos for gk, pos in positions.items() if end[gk[1]] > pos and gk[0] not in simple}
     times = _times_by_group(admin, waiting)
     now_ns = time.time_ns()
     out = []
@@ -127,13 +131,16 @@ def _times_by_group(
 def _lag(
     g: GroupOffsets, k: Key, end: int, position: int, oldest_ns: int | None, now_ns: int
 ) -> apb.PartitionLag:
+    # A producer group's committed offset is its progress in its source, not a log offset:
+    # it has no lag (as walbroker reports its producer groups).
+    lagging = not g.simple
     row = apb.PartitionLag(
         topic=k[0],
         partition=k[1],
         owner=g.owner(k),
         log_end_offset=end,
-        lag_points=max(end - position, 0),
-        lag_seconds=max(now_ns - oldest_ns, 0) / 1e9 if oldest_ns else 0.0,
+        lag_points=max(end - position, 0) if lagging else 0,
+        lag_seconds=max(now_ns - oldest_ns, 0) / 1e9 if oldest_ns and lagging else 0.0,
     )
     if k in g.committed:
         row.committed_offset = g.committed[k]
@@ -144,7 +151,7 @@ def _group_summary(g: GroupOffsets, lags: list[apb.PartitionLag]) -> apb.GroupSu
     return apb.GroupSummary(
         name=g.group,
         topic=",".join(g.topics()),
-        role="consumer",
+        role="producer" if g.simple else "consumer",
         state=g.state,
         members=len(g.members),
         lag_points=sum(r.lag_points for r in lags),

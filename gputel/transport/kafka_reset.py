@@ -32,6 +32,10 @@ def plan_and_apply(
     dry_run: bool,
 ) -> apb.ResetOffsetsResponse:
     """The plan for group `g` on `topic`, applied unless `dry_run` (InUse while it has members)."""
+    if g.simple:
+        raise InvalidArgument(
+            f"group {g.group!r} is a producer group (the streamers' progress): it has no offsets"
+        )
     n = admin.partition_counts([topic])[topic]
     chosen = sorted(set(partitions)) or list(range(n))
     bad = [p for p in chosen if not 0 <= p < n]

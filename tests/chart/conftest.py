@@ -39,6 +39,8 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {
     "scaled": (["external-secret.yaml", "scaled.yaml"], []),
     "minimal": (["external-secret.yaml", "minimal.yaml"], []),
     "scrape": (["external-secret.yaml", "scrape.yaml"], []),
+    "kafka": (["external-secret.yaml", "kafka.yaml"], []),
+    "kafka-mtls": (["external-secret.yaml", "kafka-mtls.yaml"], []),
 }
 
 

@@ -62,7 +62,18 @@ def test_document_covers_the_routes_users_know() -> None:
         "every",
         "agg",
     ]
-    assert set(telemetry["responses"]) == {"200", "400", "401", "403", "404", "409", "502", "503"}
+    assert set(telemetry["responses"]) == {
+        "200",
+        "400",
+        "401",
+        "403",
+        "404",
+        "409",
+        "414",
+        "431",
+        "502",
+        "503",
+    }
     assert telemetry["security"] == [{"bearerAuth": []}]
     assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     assert "security" not in doc["paths"]["/healthz"]["get"]

@@ -10,12 +10,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from gputel.admin_cli import main
+from gputel.transport.kafka_admin import bootstrap_of, error
 from tests.fixtures.broker import BrokerProcess, free_port
 from tests.kafka_cluster import KafkaCluster
+from walbroker import admin_cli
 from walbroker.cli import main as walbroker_main
+from walbroker.errors import BrokerError
 
 
 def admin(capsys: pytest.CaptureFixture[str], url: str, *args: str) -> tuple[int, str, str]:
@@ -237,6 +240,35 @@ def test_reset_clamps_to_the_retained_range_and_checks_partitions(
     assert rc == 3 and "unknown group" in err
 
 
+def test_the_streamers_progress_group_is_a_producer_group_without_lag(
+    kafka1: KafkaCluster, topic: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What a streamer on Kafka does (gputel.transport.kafka_stream): its transactions carry its
+    # progress (rows read) as committed offsets of its group, which never joins as a consumer.
+    group = name("streamers")
+    producer = Producer(
+        {"bootstrap.servers": kafka1.bootstrap, "transactional.id": f"gputel-streamer.{group}"}
+    )
+    progress = Consumer({"bootstrap.servers": kafka1.bootstrap, "group.id": group})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    producer.produce(topic, b"batch", partition=1)
+    rows = [TopicPartition(topic, 1, 12_345)]
+    producer.send_offsets_to_transaction(rows, progress.consumer_group_metadata(), 30)
+    producer.commit_transaction(30)
+    progress.close()
+
+    rc, out, _ = admin(capsys, kafka1.url, "describe-group", group, "--json")
+    assert rc == 0
+    doc = json.loads(out)
+    assert doc["group"]["role"] == "producer" and doc["group"]["lag_points"] == 0
+    row = next(p for p in doc["partitions"] if p["partition"] == 1)
+    assert row["committed_offset"] == 12_345 and row["lag_points"] == 0  # progress, not lag
+    rc, _, err = admin(capsys, kafka1.url, "replay", "--group", group, "--topic", topic,
+                       "--from-earliest")  # fmt: skip
+    assert rc == 2 and "is a producer group" in err
+
+
 def test_delete_group_and_topic(
     kafka1: KafkaCluster, topic: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -277,6 +309,41 @@ def test_kafka_usage_errors(
     assert admin(capsys, kafka1.url, "--kafka-config", str(good), "topics")[0] == 0
 
 
+def _sasl_properties(cluster: KafkaCluster, path: Path, password_ref: str) -> Path:
+    path.write_text(
+        "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=SCRAM-SHA-512\n"
+        f"sasl.username={cluster.scram_user}\nsasl.password={password_ref}\n"
+    )
+    path.chmod(0o644)  # readable by all: it holds a reference, not the password
+    return path
+
+
+def test_sasl_credentials_come_from_a_file_or_the_environment(
+    kafka1: KafkaCluster,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = f"kafka://{kafka1.sasl_bootstrap}"
+    by_file = _sasl_properties(
+        kafka1, tmp_path / "file.properties", f"${{file:{kafka1.scram_password_file}}}"
+    )
+    t = name("sasl")
+    rc, out, err = admin(capsys, url, "--kafka-config", str(by_file), "create-topic", t)
+    assert rc == 0, err
+    monkeypatch.setenv("TEST_KAFKA_PASSWORD", kafka1.scram_password_file.read_text().strip())
+    by_env = _sasl_properties(kafka1, tmp_path / "env.properties", "${env:TEST_KAFKA_PASSWORD}")
+    rc, out, err = admin(capsys, url, "--kafka-config", str(by_env), "describe-topic", t)
+    assert rc == 0 and out.startswith("TOPIC"), err
+    # Without the credentials the SASL listener refuses: exit 5 (refused), not "unreachable".
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-password\n")
+    bad = _sasl_properties(kafka1, tmp_path / "bad.properties", f"${{file:{wrong}}}")
+    rc, out, err = admin(capsys, url, "--kafka-config", str(bad), "--timeout-s", "5", "topics")
+    assert rc == 5 and "SASL authentication error" in err, err
+    assert "not-the-password" not in err and out == ""
+
+
 def test_unreachable_kafka_exits_4(capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["--broker", f"kafka://127.0.0.1:{free_port()}", "--timeout-s", "2", "topics"])
     err = capsys.readouterr().err
@@ -299,3 +366,31 @@ def test_walbroker_admin_points_kafka_urls_to_gputel_admin(
 ) -> None:
     assert walbroker_main(["admin", "--broker", "kafka://127.0.0.1:9092", "topics"]) == 2
     assert "use gputel-admin" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "exit_code"),
+    [
+        (KafkaError.TOPIC_AUTHORIZATION_FAILED, "PermissionDenied", 5),
+        (KafkaError.SASL_AUTHENTICATION_FAILED, "Unauthenticated", 5),
+        (KafkaError.GROUP_ID_NOT_FOUND, "NotFound", 3),
+        (KafkaError.NON_EMPTY_GROUP, "InUse", 5),
+        (KafkaError.INVALID_PARTITIONS, "InvalidArgument", 2),
+        (KafkaError._ALL_BROKERS_DOWN, "Unavailable", 4),
+        (KafkaError.UNKNOWN, "BrokerError", 1),
+    ],
+)
+def test_kafka_errors_map_to_the_admin_exit_codes(
+    code: int, kind: str, exit_code: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raised = error(KafkaException(KafkaError(code)), "doing it")
+    assert type(raised).__name__ == kind
+    assert raised.message.startswith("doing it: ")
+    assert admin_cli.fail(raised, "kafka://k:9092", "gputel-admin") == exit_code
+    assert capsys.readouterr().err.startswith("gputel-admin: ")
+
+
+@pytest.mark.parametrize("url", ["k:9092", "kafka://", "kafka://k", "kafka://k:x", "kafka://:9092"])
+def test_bad_kafka_urls_are_refused(url: str) -> None:
+    with pytest.raises(BrokerError, match="not a kafka://HOST:PORT"):
+        bootstrap_of(url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -104,15 +105,29 @@ def test_a_file_reference_is_bounded_and_must_be_text(tmp_path: Path) -> None:
             load_properties(path, env={})
 
 
-@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660])
-def test_a_literal_secret_in_a_shared_file_is_refused(tmp_path: Path, mode: int) -> None:
+@pytest.mark.parametrize("mode", [0o604, 0o644, 0o666])
+def test_a_literal_secret_in_a_world_readable_file_is_refused(tmp_path: Path, mode: int) -> None:
     path = _write(tmp_path, "security.protocol=SASL_SSL\nsasl.password=hunter2\n", mode=mode)
     with pytest.raises(KafkaConfigError) as info:
         load_properties(path, env={})
     message = str(info.value)
-    assert ":2: sasl.password is a literal secret" in message
+    assert ":2: sasl.password is a literal secret in a file that others may read" in message
     assert f"chmod 600 {path}" in message and "${file:" in message
     assert "hunter2" not in message  # the refusal never echoes the secret
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o440, 0o660])
+def test_a_literal_secret_in_a_group_readable_file_is_loaded_with_a_warning(
+    tmp_path: Path, mode: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A Secret volume in a pod with an fsGroup: kubelet makes it group-readable.
+    path = _write(tmp_path, "sasl.password=hunter2\n", mode=mode)
+    with caplog.at_level(logging.WARNING, logger="gputel.transport.kafka_config"):
+        assert load_properties(path, env={}) == {"sasl.password": "hunter2"}
+    (record,) = caplog.records
+    assert record.getMessage() == "kafka-config: literal secret in a group-readable file"
+    assert record.key == "sasl.password" and record.line == 1  # type: ignore[attr-defined]
+    assert "hunter2" not in caplog.text
 
 
 def test_a_literal_secret_in_a_private_file_is_accepted(tmp_path: Path) -> None:

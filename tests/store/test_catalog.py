@@ -169,6 +169,38 @@ def test_redelivered_points_do_not_duplicate_entries(opener: Opener) -> None:
     assert rest == [] and (moved_on.first_seen_ns, moved_on.last_seen_ns) == (T0, T0 + 100 * S)
 
 
+def test_points_only_from_the_future_leave_the_span_alone(opener: Opener) -> None:
+    """A writer new to a GPU (empty caches) stores future-only points: the span stays."""
+    g = make(1, "node-a")
+    opener().write(grid([g], [UTIL], [T0, T0 + S]))
+    year_2099 = 4_070_908_800 * S
+    later = opener()
+    later.write(batch([(g, UTIL, year_2099, 1.0)]))
+    entry = later.get_gpu(g.uuid)
+    assert entry is not None and (entry.first_seen_ns, entry.last_seen_ns) == (T0, T0 + S)
+    [listed] = later.list_gpus()
+    assert listed == entry
+    assert later.count_points(g.uuid) == {(g.uuid, UTIL): 3}
+
+
+def test_each_writer_follows_the_others_changes(opener: Opener) -> None:
+    """Two writers on one store (two collectors, a partition moving): spans merge."""
+    g = make(1, "node-a")
+    a, b = opener(), opener()
+    a.write(grid([g], [UTIL], [T0]))
+    b.write(grid([make(1, "node-b")], [UTIL], [T0 + 2 * S]))
+    a.write(grid([g], [UTIL], [T0 + S]))  # `a` knows this GPU: nothing to update for it
+    for reader in (a, b):
+        found = reader.get_gpu(g.uuid)
+        assert found is not None and (found.first_seen_ns, found.last_seen_ns) == (T0, T0 + 2 * S)
+    # `a` rewrites its record once its own last_seen is a granularity old: the catalog
+    # follows the newest writer again (between two writers it may lag by that much).
+    newest = T0 + GRANULARITY_S * S
+    a.write(grid([g], [UTIL], [newest]))
+    found = b.get_gpu(g.uuid)
+    assert found is not None and found.hostname == "node-a" and found.last_seen_ns == newest
+
+
 def test_backfill_builds_the_catalog_from_stored_points(opener: Opener) -> None:
     old = opener(write_catalog=False)  # data written before the catalog existed
     gpus = fleet(10)
