@@ -48,10 +48,19 @@ write_pom() {
     } >"$1"
 }
 
+# Command $1 from Debian package $2 when it is missing (a fresh CI machine; root or sudo).
+need() {
+    command -v "$1" >/dev/null && return 0
+    log "installing Debian $2 (for $1)"
+    if [ "$(id -u)" = 0 ]; then apt-get install -y "$2" >&2
+    else sudo apt-get install -y "$2" >&2; fi
+    command -v "$1" >/dev/null || die "$1 not found after installing $2"
+}
+
 fetch() {
     if [ -f "$LIBS/.complete" ]; then log "cached: $LIBS"; echo "$LIBS"; return 0; fi
-    command -v mvn >/dev/null || die "mvn not found (apt-get install maven)"
-    command -v java >/dev/null || die "java not found (apt-get install openjdk-17-jre-headless)"
+    need mvn maven
+    need java openjdk-17-jre-headless
     local work
     work="$(mktemp -d)"
     mkdir -p "$CACHE"
@@ -148,6 +157,7 @@ start() {
     [ "$n" = 1 ] || [ "$n" = 3 ] || die "start: 1 or 3 nodes, not $n"
     [ -n "$dir" ] || die "start: DIR missing"
     fetch >/dev/null
+    need java openjdk-17-jre-headless
     mkdir -p "$dir"
     dir="$(cd "$dir" && pwd)"
     [ ! -e "$dir/bootstrap" ] || die "$dir already holds a cluster (stop it, or use another DIR)"
