@@ -106,6 +106,10 @@ min.insync.replicas=$isr
 offsets.topic.replication.factor=$rf
 transaction.state.log.replication.factor=$rf
 transaction.state.log.min.isr=$isr
+# Test clusters: the streamer's first transaction creates this topic; 50 partitions x RF 3 took
+# 10-60 s on 2 shared cores (NOT_COORDINATOR meanwhile), 4 take about a second.
+transaction.state.log.num.partitions=4
+offsets.topic.num.partitions=4
 share.coordinator.state.topic.replication.factor=$rf
 share.coordinator.state.topic.min.isr=$isr
 # Tests: no 3 s wait before the first rebalance; a dead broker is fenced in ~3 s, not 9-18 s.
