@@ -50,11 +50,11 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.times import parse_time
+from gputel.transport.wal import group_progress
 from proto.gen import walbroker_admin_pb2 as apb
 from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
 from scripts import gen_dcgm
 from store import open_store
-from streamer.runner import group_progress
 from tests.e2e.pipeline import Pipeline, Proc, http_get, wait_for
 from tests.fixtures.broker import BrokerProcess
 from walbroker.client import channel

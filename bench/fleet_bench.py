@@ -16,7 +16,9 @@ Per store (SQLite file; InfluxDB 1.8.10, the real test server):
   `/api/v1/gpus/{uuid}`, and a random one-hour telemetry page (1,200 points stored, limit
   1,000) of a deep GPU. Targets: lists p99 <= 100 ms, detail p99 <= 50 ms (judged at 2
   connections: the store's latency, no request waiting for a busy worker), telemetry on
-  InfluxDB p99 <= 100 ms at 16 connections.
+  InfluxDB p99 <= 100 ms at 16 connections. Each run also records the CPU the gateway and
+  the store process (influxd) spent per request: on a machine other tenants keep busy the
+  latencies include waiting for a core, the CPU per request does not.
 - Collector throughput with and without the catalog, in the same run: a broker topic holds
   `stream_gpus` GPUs x 10 metrics x 6 scrapes 20 s apart (new GPUs at first, then one
   catalog update per GPU at the 60-s granularity); one collector drains it into a fresh
@@ -220,6 +222,7 @@ def run(gpus: int = 100_000, seconds: float = 10.0, stream_gpus: int = 10_000) -
     result: dict[str, Any] = {
         "gpus": gpus, "metrics": len(METRICS), "points": gpus * len(METRICS)
         + DEEP * DEEP_SCRAPES * len(METRICS), "connections": CONNECTIONS, "seconds": seconds,
+        "loadavg_at_start": os.getloadavg(),
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="gputel-fleet-bench-") as tmpdir:
         tmp = Path(tmpdir)
@@ -242,6 +245,7 @@ def run(gpus: int = 100_000, seconds: float = 10.0, stream_gpus: int = 10_000) -
             result["collector"] = fleet_stream.run(tmp, stream_gpus)
         except Exception as exc:
             result["collector"] = {"error": repr(exc)}
+    result["loadavg_at_end"] = os.getloadavg()
     return result
 
 

@@ -4,29 +4,46 @@ A broker topic holds `gpus` GPUs x 10 metrics x SCRAPES scrapes INTERVAL_S apart
 1,000-point records (100 GPUs each, the GPU's partition fixed): every GPU is new in the first
 scrape, and at the 60-s catalog granularity each gets one more catalog record at the fourth
 scrape. One collector (`bench.collector_bench.drain`) drains the topic into a fresh database
-with the catalog on, another into a fresh database with it off; both twice, alternating, so
-drift of the shared machine hits both. The figure is the median of each.
+with the catalog on, another into a fresh database with it off; RUNS times each, in ABBA
+order, so drift of the shared machine hits both. The figure is the median of each.
+
+Other tenants of the machine move single runs by up to 2x, so each run also records the CPU
+the write path spent per point: this process (the collector: decode, line protocol or SQL,
+the catalog's bookkeeping) plus, for InfluxDB, the influxd process (parsing and storing
+the catalog's lines too). CPU per point hardly depends on how long the process waited
+for a core, so `cpu_ratio` (without / with) shows what the catalog costs where the
+wall-clock ratio is blurred by the neighbours. influxd's share alone is measured apart
+(`influxd_write_cost`): the same stream's bodies, with and without their catalog lines,
+posted straight to /api/v2/write, influxd's CPU per point, alternating, RUNS times.
 """
 
 from __future__ import annotations
 
+import gzip
+import os
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import urllib3
+
 from bench.collector_bench import PARTITIONS, TOPIC, drain
+from bench.e2e_bench import cpu_seconds
 from bench.fleet_data import T0, fleet, scrape
 from proto.codec import encode
 from proto.gen import walbroker_pb2 as pb
 from proto.gen import walbroker_pb2_grpc as pb_grpc
-from store import open_store
+from store import catalog as catalog_mod
+from store import influx_catalog, open_store
+from store.lineprotocol import LineProtocolEncoder
 from tests.fixtures.broker import BrokerProcess
 from tests.fixtures.influx import InfluxServer, influxd_path
 from walbroker.client import channel
 
 SCRAPES = 6
 INTERVAL_S = 20
-RUNS = 2
+RUNS = 4
 
 
 def preload(address: str, gpus: int) -> int:
@@ -48,20 +65,76 @@ def preload(address: str, gpus: int) -> int:
     return points
 
 
-def _drains(address: str, points: int, opener: Any, kind: str) -> dict[str, Any]:
+def _process_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _drains(
+    address: str, points: int, opener: Any, kind: str, server_cpu: Callable[[], float]
+) -> dict[str, Any]:
     """Alternate catalog on/off drains into fresh databases; medians and every run."""
-    runs: dict[str, list[float]] = {"with_catalog": [], "without_catalog": []}
+    variants = ("without_catalog", "with_catalog")
+    runs: dict[str, list[float]] = {v: [] for v in variants}
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
     for n in range(RUNS):
-        for variant in ("without_catalog", "with_catalog"):
+        # ABBA order: drift of the machine (and of the store's state) over the run falls on
+        # both variants alike instead of always on the second one.
+        for variant in variants if n % 2 == 0 else variants[::-1]:
             with opener(f"{variant}-{n}", variant == "with_catalog") as store:
+                before = _process_cpu_s() + server_cpu()
                 got = drain(address, store, f"{kind}-{variant}-{n}", points, 5_000)
+                spent = _process_cpu_s() + server_cpu() - before
             runs[variant].append(got["points_per_s"])
+            cpu[variant].append(round(spent / points * 1e6, 2))
     with_, without = (statistics.median(runs[v]) for v in ("with_catalog", "without_catalog"))
+    cpu_with, cpu_without = (statistics.median(cpu[v]) for v in ("with_catalog", "without_catalog"))
     return {
-        "points": points, "runs_points_per_s": runs,
+        "points": points, "runs_points_per_s": runs, "runs_cpu_us_per_point": cpu,
         "with_catalog_points_per_s": round(with_), "without_catalog_points_per_s": round(without),
         "ratio": round(with_ / without, 3), "target_ratio": 0.9, "met": with_ >= 0.9 * without,
+        "cpu_us_per_point": {"with_catalog": cpu_with, "without_catalog": cpu_without},
+        "cpu_ratio": round(cpu_without / cpu_with, 3),
     }  # fmt: skip
+
+
+def _bodies(gpus: int, with_catalog: bool) -> list[bytes]:
+    """The stream as line-protocol bodies of 500 GPUs, as the InfluxDB store builds them."""
+    the_fleet, encoder = fleet(gpus, seed=99), LineProtocolEncoder()
+    tracker = catalog_mod.CatalogTracker()
+    out = []
+    for k in range(SCRAPES):
+        for i in range(0, gpus, 500):
+            b = scrape(the_fleet[i : i + 500], T0 + k * INTERVAL_S * 10**9)
+            body = encoder.encode(b)
+            if with_catalog and (update := tracker.updates(b)):
+                tracker.confirm(update)
+                body += b"\n" + influx_catalog.encode(update)
+            out.append(gzip.compress(body, 1, mtime=0))
+    return out
+
+
+def influxd_write_cost(server: InfluxServer, gpus: int, points: int) -> dict[str, Any]:
+    """influxd's CPU per point for the stream with and without catalog lines (fresh dbs)."""
+    pid = server.pid
+    assert pid is not None
+    pool = urllib3.PoolManager()
+    bodies = {v: _bodies(gpus, v == "with_catalog") for v in ("without_catalog", "with_catalog")}
+    cpu: dict[str, list[float]] = {v: [] for v in bodies}
+    for n in range(RUNS):
+        for variant in list(bodies) if n % 2 == 0 else list(bodies)[::-1]:
+            todo = bodies[variant]
+            db = server.create_database(f"direct_{variant}_{n}").bucket
+            before = cpu_seconds(pid)
+            for body in todo:
+                resp = pool.request(
+                    "POST", f"{server.url}/api/v2/write?bucket={db}&precision=ns", body=body,
+                    headers={"Content-Encoding": "gzip", "Authorization": "Token -"},
+                )  # fmt: skip
+                assert resp.status == 204, resp.data[:200]
+            cpu[variant].append(round((cpu_seconds(pid) - before) / points * 1e6, 2))
+    with_, without = (statistics.median(cpu[v]) for v in ("with_catalog", "without_catalog"))
+    return {"runs_cpu_us_per_point": cpu, "cpu_ratio": round(without / with_, 3)}
 
 
 def run(tmp: Path, gpus: int) -> dict[str, Any]:
@@ -78,14 +151,19 @@ def run(tmp: Path, gpus: int) -> dict[str, Any]:
             return open_store(f"sqlite:{tmp / name}.db", None, catalog)
 
         out = {"gpus": gpus, "scrapes": SCRAPES, "interval_s": INTERVAL_S}
-        out["sqlite"] = _drains(broker.address, points, sqlite, "sqlite")
+        out["sqlite"] = _drains(broker.address, points, sqlite, "sqlite", lambda: 0.0)
         server.start()
 
         def influx(name: str, catalog: bool) -> Any:
             opts = server.create_database(name.replace("-", "_")).store_opts()
             return open_store("influx", None, catalog, **opts)
 
-        out["influx"] = _drains(broker.address, points, influx, "influx")
+        influxd = server.pid
+        assert influxd is not None
+        out["influx"] = _drains(
+            broker.address, points, influx, "influx", lambda: cpu_seconds(influxd)
+        )
+        out["influx"]["influxd_write_cost"] = influxd_write_cost(server, gpus, points)
         return out
     finally:
         server.stop()

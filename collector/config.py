@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from collector.future import DEFAULT_MAX_FUTURE_SKEW_S
+from gputel.transport.factory import Transport, kafka_properties
+from gputel.transport.url import parse_broker
 from store import InvalidArgument, influx_settings
 from walbroker import flags
 from walbroker.credentials import (
@@ -64,6 +66,14 @@ class CollectorConfig:
     log_level: str = "INFO"
     # Token file and TLS files for the broker (walbroker.credentials).
     security: ClientSecurity = field(default_factory=ClientSecurity)
+    # librdkafka properties file for `--broker kafka://…` (gputel.transport.kafka_config)
+    kafka_config: str = ""
+
+    def transport(self) -> Transport:
+        """The broker to consume from and how to reach it (reads --kafka-config now)."""
+        return Transport(
+            parse_broker(self.broker), self.security, kafka_properties(self.kafka_config)
+        )
 
     @property
     def dead_letter_topic(self) -> str:
@@ -93,8 +103,19 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     def env_of(name: str, default: str = "") -> str:
         return env.get(f"GPUTEL_COLLECTOR_{name}", default)
 
-    p = _Parser(prog=PROG, description="Store telemetry from walbroker in SQLite or InfluxDB.")
-    p.add_argument("--broker", default=env_of("BROKER"), help="walbroker HOST:PORT")
+    p = _Parser(
+        prog=PROG, description="Store telemetry from walbroker or Kafka in SQLite or InfluxDB."
+    )
+    p.add_argument(
+        "--broker",
+        default=env_of("BROKER"),
+        help="walbroker HOST:PORT (or walbroker://HOST:PORT), or kafka://HOST:PORT[,HOST:PORT…]",
+    )
+    p.add_argument(
+        "--kafka-config",
+        default=env_of("KAFKA_CONFIG"),
+        help="librdkafka properties file (security, SASL, TLS) for a kafka:// broker",
+    )
     p.add_argument("--topic", default=env_of("TOPIC", "telemetry"), help="topic to consume")
     p.add_argument("--group", default=env_of("GROUP", "collectors"), help="consumer group")
     p.add_argument("--store", default=env_of("STORE"), help="sqlite:PATH or influx")
@@ -173,6 +194,21 @@ def _address(name: str, text: str, required: bool = False) -> str:
     return text
 
 
+def _broker(text: str, kafka_config: str) -> str:
+    """The validated --broker value (any transport the boundary knows)."""
+    try:
+        url = parse_broker(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if kafka_config and not url.is_kafka:
+        raise ConfigError("--kafka-config is for a kafka:// broker")
+    try:
+        kafka_properties(kafka_config)  # a bad file fails at start, in one line (exit 2)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return str(url)  # walbroker://HOST:PORT becomes HOST:PORT, the gRPC target
+
+
 def from_args(
     argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 ) -> CollectorConfig:
@@ -205,7 +241,8 @@ def from_args(
         choices = ", ".join(LOG_LEVELS)
         raise ConfigError(f"--log-level must be one of {choices}, not {a.log_level!r}")
     return CollectorConfig(
-        broker=_address("--broker", a.broker, required=True),
+        broker=_broker(a.broker, a.kafka_config),
+        kafka_config=a.kafka_config,
         store=a.store,
         topic=a.topic,
         group=a.group,

@@ -1,12 +1,14 @@
 """The dead-letter topic: records the collector cannot store, kept byte for byte.
 
-A dead letter is one walbroker record on `<topic>.dlq` (keyed by the source partition),
-its payload an envelope around the original bytes:
+A dead letter is one record on `<topic>.dlq` (keyed by the source partition, counted as one
+point), on whichever transport the collector uses, its payload an envelope around the
+original bytes:
 
     b"GTDL" | version (1 byte, = 1) | header length (4 bytes, big-endian) | header | payload
 
 The header is UTF-8 JSON: `topic`, `partition`, `base_offset`, `count`, `skip`,
-`publish_time_ns` of the source record, and `reason` (`decode` or `invalid`) with `error`.
+`publish_time_ns` of the source record (offsets in the transport's unit: points on
+walbroker, records on Kafka), and `reason` (`decode` or `invalid`) with `error`.
 `payload` is the source record's payload, unchanged. `unwrap` reads an envelope back.
 
 Thread-safe: the collector loop sends records that do not decode, its writer thread those
@@ -18,18 +20,17 @@ from __future__ import annotations
 import json
 import struct
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from walbroker.consumer import Message
-from walbroker.credentials import ClientSecurity
-from walbroker.producer import Producer
+from gputel.transport.base import Record, RecordProducer
 
 MAGIC = b"GTDL"
 VERSION = 1
 _PREFIX = struct.Struct(">4sBI")
 
 
-def wrap(msg: Message, reason: str, error: str) -> bytes:
+def wrap(msg: Record, reason: str, error: str) -> bytes:
     """Return the envelope of a source record that goes to the dead-letter topic."""
     header = {
         "topic": msg.topic,
@@ -57,43 +58,26 @@ def unwrap(data: bytes) -> tuple[dict[str, Any], bytes]:
     return header, data[start + size :]
 
 
-def _first(items: list[bytes]) -> bytes:
-    return items[0]
-
-
 class DeadLetters:
-    """Publishes envelopes to the dead-letter topic with the idempotent producer (made lazily)."""
+    """Publishes envelopes to the dead-letter topic with an idempotent producer (made lazily)."""
 
-    def __init__(
-        self,
-        broker: str,
-        topic: str,
-        producer_id: str = "",
-        security: ClientSecurity | None = None,
-    ) -> None:
-        self.broker, self.topic, self.producer_id = broker, topic, producer_id
-        self.security = security
-        self._producer: Producer[bytes] | None = None
+    def __init__(self, make: Callable[[], RecordProducer], topic: str) -> None:
+        self.topic = topic
+        self._make = make
+        self._producer: RecordProducer | None = None
         self._lock = threading.Lock()  # guards making and closing the producer, not its use
 
-    def _get(self, create: bool) -> Producer[bytes] | None:
+    def _get(self, create: bool) -> RecordProducer | None:
         with self._lock:
             if self._producer is None and create:
-                self._producer = Producer(
-                    self.broker,
-                    self.topic,
-                    _first,
-                    producer_id=self.producer_id,
-                    batch_size=1,
-                    security=self.security,
-                ).start()
+                self._producer = self._make()
             return self._producer
 
-    def send(self, msg: Message, reason: str, error: str) -> None:
+    def send(self, msg: Record, reason: str, error: str) -> None:
         """Queue the envelope of `msg`; `flush` makes sure the broker stored it."""
         producer = self._get(create=True)
         assert producer is not None
-        producer.send(str(msg.partition), wrap(msg, reason, error))
+        producer.send_record(str(msg.partition), wrap(msg, reason, error), 1)
 
     def flush(self, timeout_s: float) -> None:
         """Wait until every envelope sent is acknowledged (TimeoutError, BrokerError)."""
@@ -102,7 +86,7 @@ class DeadLetters:
             producer.flush(timeout_s)
 
     def close(self) -> None:
-        """Flush briefly and stop the producer's loops."""
+        """Flush briefly and stop the producer."""
         with self._lock:
             producer, self._producer = self._producer, None
         if producer is not None:

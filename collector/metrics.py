@@ -6,7 +6,11 @@ walbroker offsets count points.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 WRITE_ERROR_KINDS = ("unavailable", "invalid", "error", "dead_letter")
 DEAD_LETTER_REASONS = ("decode", "invalid", "future_time")
@@ -71,3 +75,33 @@ class CollectorMetrics:
             self.dead_lettered.labels(reason=reason)
         for result in COMMIT_RESULTS:
             self.commits.labels(result=result)
+        self._lag = _PartitionLag()
+        registry.register(self._lag)
+
+    def watch_lag(self, topic: str, lag: Callable[[], dict[int, int]]) -> None:
+        """Export `lag()` (per owned partition) as the consumer-lag gauge at every scrape."""
+        self._lag.source = (topic, lag)
+
+
+class _PartitionLag(Collector):
+    """`gpu_telemetry_collector_consumer_lag_records`, read from the consumer when scraped.
+
+    On Kafka the collector is the only one who can tell (walbroker's broker exports lag per
+    group and partition itself, in points, so there the walbroker consumer reports none).
+    """
+
+    def __init__(self) -> None:
+        self.source: tuple[str, Callable[[], dict[int, int]]] | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "gpu_telemetry_collector_consumer_lag_records",
+            "Log end offset minus committed offset per owned partition, in records "
+            "(Kafka transport; one record is one published batch).",
+            labels=["topic", "partition"],
+        )
+        if self.source is not None:
+            topic, lag = self.source
+            for partition, records in sorted(lag().items()):
+                family.add_metric([topic, str(partition)], records)
+        yield family

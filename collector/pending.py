@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass
 from typing import TypeVar
 
+from gputel.transport.base import Record
 from proto.batch import PointBatch
 from store.schema import GpuFields, gpu_fields
-from walbroker.consumer import Message
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -24,7 +24,7 @@ V = TypeVar("V")
 class HeldRecord:
     """One polled record and its decoded points (None when it went to the dead-letter topic)."""
 
-    message: Message
+    message: Record
     batch: PointBatch | None
 
     @property

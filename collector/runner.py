@@ -49,10 +49,11 @@ from collector.future import split_future
 from collector.metrics import CollectorMetrics
 from collector.pending import HeldRecord, Pending, merge, tail
 from collector.writer import FlushFailed, JobState, WriteJob, Writer
+from gputel.transport import factory
+from gputel.transport.base import GroupConsumer, Record
 from proto import codec
 from store import InvalidBatch, Store, StoreError, StoreUnavailable
 from walbroker.client import Backoff
-from walbroker.consumer import Consumer, Message
 from walbroker.errors import BrokerError
 
 log = logging.getLogger(__name__)
@@ -71,24 +72,26 @@ class Collector:
         config: CollectorConfig,
         store: Store,
         metrics: CollectorMetrics,
-        consumer: Consumer | None = None,
+        consumer: GroupConsumer | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.metrics = metrics
-        self.consumer = consumer or Consumer(
-            config.broker,
+        transport = config.transport()
+        self.consumer: GroupConsumer = consumer or factory.group_consumer(
+            transport,
             config.group,
             config.topic,
             client_id=config.client_id,
             max_unacked_points=config.max_unacked_points,
             session_timeout_ms=config.session_timeout_ms,
             on_revoke=self._on_revoke,
-            security=config.security,
         )
         self.dead_letters = DeadLetters(
-            config.broker, config.dead_letter_topic, security=config.security
+            lambda: factory.record_producer(transport, config.dead_letter_topic),
+            config.dead_letter_topic,
         )
+        metrics.watch_lag(config.topic, self.consumer.lag)
         self.pending = Pending()
         self._flush_s = config.flush_ms / 1000
         self._backoff = Backoff(initial_ms=config.retry_initial_ms, max_ms=config.retry_max_ms)
@@ -208,7 +211,7 @@ class Collector:
 
     # ---- records in ----------------------------------------------------------------------
 
-    def _accept(self, msg: Message) -> None:
+    def _accept(self, msg: Record) -> None:
         self.metrics.received.inc(msg.count - msg.skip)
         try:
             batch = codec.decode(msg.payload, labels=False)  # no store keeps labels
@@ -224,7 +227,7 @@ class Collector:
         self.pending.add(HeldRecord(msg, split.kept))
         self._update_backlog()
 
-    def _dead_letter(self, msg: Message, reason: str, error: str, points: int = -1) -> None:
+    def _dead_letter(self, msg: Record, reason: str, error: str, points: int = -1) -> None:
         """Send `msg` to the dead-letter topic (from the loop or the writer thread).
 
         `points` counts what is not stored (default: the whole record).

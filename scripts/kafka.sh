@@ -48,10 +48,19 @@ write_pom() {
     } >"$1"
 }
 
+# Command $1 from Debian package $2 when it is missing (a fresh CI machine; root or sudo).
+need() {
+    command -v "$1" >/dev/null && return 0
+    log "installing Debian $2 (for $1)"
+    if [ "$(id -u)" = 0 ]; then apt-get install -y "$2" >&2
+    else sudo apt-get install -y "$2" >&2; fi
+    command -v "$1" >/dev/null || die "$1 not found after installing $2"
+}
+
 fetch() {
     if [ -f "$LIBS/.complete" ]; then log "cached: $LIBS"; echo "$LIBS"; return 0; fi
-    command -v mvn >/dev/null || die "mvn not found (apt-get install maven)"
-    command -v java >/dev/null || die "java not found (apt-get install openjdk-17-jre-headless)"
+    need mvn maven
+    need java openjdk-17-jre-headless
     local work
     work="$(mktemp -d)"
     mkdir -p "$CACHE"
@@ -97,6 +106,10 @@ min.insync.replicas=$isr
 offsets.topic.replication.factor=$rf
 transaction.state.log.replication.factor=$rf
 transaction.state.log.min.isr=$isr
+# Test clusters: the streamer's first transaction creates this topic; 50 partitions x RF 3 took
+# 10-60 s on 2 shared cores (NOT_COORDINATOR meanwhile), 4 take about a second.
+transaction.state.log.num.partitions=4
+offsets.topic.num.partitions=4
 share.coordinator.state.topic.replication.factor=$rf
 share.coordinator.state.topic.min.isr=$isr
 # Tests: no 3 s wait before the first rebalance; a dead broker is fenced in ~3 s, not 9-18 s.
@@ -148,6 +161,7 @@ start() {
     [ "$n" = 1 ] || [ "$n" = 3 ] || die "start: 1 or 3 nodes, not $n"
     [ -n "$dir" ] || die "start: DIR missing"
     fetch >/dev/null
+    need java openjdk-17-jre-headless
     mkdir -p "$dir"
     dir="$(cd "$dir" && pwd)"
     [ ! -e "$dir/bootstrap" ] || die "$dir already holds a cluster (stop it, or use another DIR)"

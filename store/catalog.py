@@ -115,10 +115,22 @@ def spans(batch: PointBatch, bound_ns: int) -> list[tuple[int, int]]:
 
     Points after `bound_ns` (`store.base.newest_bound_ns`: stamped in the future) are left
     out: they are never a GPU's last_seen, and a GPU with only such points is not listed.
+    Runs on every batch the collector writes, so the usual batch (one scrape, one time) is
+    answered from min/max of the time column, not from a pass over the points.
     """
+    none = (-1, -1)
+    times = batch.time_ns
+    if not times:
+        return [none] * len(batch.gpus)
+    t_lo, t_hi = min(times), max(times)
+    if t_lo == t_hi:
+        if t_hi > bound_ns:
+            return [none] * len(batch.gpus)
+        present = set(batch.gpu_index)
+        return [(t_lo, t_hi) if g in present else none for g in range(len(batch.gpus))]
     lo = [-1] * len(batch.gpus)
     hi = [-1] * len(batch.gpus)
-    for g, t in zip(batch.gpu_index, batch.time_ns, strict=True):
+    for g, t in zip(batch.gpu_index, times, strict=True):
         if t > bound_ns:
             continue
         if lo[g] < 0 or t < lo[g]:
@@ -217,17 +229,23 @@ def reduce_gpus(records: Iterable[GpuRecord]) -> list[GpuSummary]:
     """
     current: dict[str, GpuRecord] = {}
     first: dict[str, int] = {}
-    for r in records:
-        uuid = r.uuid
-        first[uuid] = min(first.get(uuid, r.first_seen_ns), r.first_seen_ns)
+    for r in records:  # a page's worth of records: kept to plain dict work (it is per request)
+        uuid = r.fields[0]
+        seen = first.get(uuid)
+        if seen is None or r.first_seen_ns < seen:
+            first[uuid] = r.first_seen_ns
         known = current.get(uuid)
         if not r.moved and (known is None or r.last_seen_ns > known.last_seen_ns):
             current[uuid] = r
-    out = [
-        GpuRecord(r.fields, r.anchor_ns, first[u], r.last_seen_ns).summary()
-        for u, r in current.items()
-    ]
-    return sorted(out, key=lambda s: gpu_key(s.uuid))
+    keyed = []
+    for u, r in current.items():
+        _, host, index, device, model, container, pod, namespace = r.fields
+        summary = GpuSummary(
+            u, host, index, device, model, first[u], r.last_seen_ns, container, pod, namespace
+        )
+        keyed.append((gpu_key(u), summary))
+    keyed.sort(key=lambda pair: pair[0])
+    return [summary for _, summary in keyed]
 
 
 T = TypeVar("T")

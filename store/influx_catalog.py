@@ -28,7 +28,6 @@ longer than collector process lifetimes (docs/storage.md).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -50,24 +49,35 @@ def _string_field(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+_HEAD = escape_measurement(schema.CATALOG_MEASUREMENT)
+_NEEDS_ESCAPE = frozenset(", =")
+
+
+def _tag(text: str) -> str:
+    return escape_tag(text) if _NEEDS_ESCAPE.intersection(text) else text
+
+
 def gpu_line(record: GpuRecord) -> str:
-    """Return the line protocol of one GPU record."""
+    """Return the line protocol of one GPU record (tags in key order, empty ones left out)."""
     uuid, host, index, device, model, container, pod, namespace = record.fields
-    tags = {
-        schema.TAG_GPU: str(index),
-        schema.TAG_HOSTNAME: host,
-        schema.TAG_MODEL: model,
-        schema.TAG_SHARD: f"{catalog.shard_of(uuid):03d}",
-        schema.TAG_UUID: uuid,
-    }
-    body = {
-        "device": device, "container": container, "pod": pod, "namespace": namespace,
-        "first": record.first_seen_ns, "last": record.last_seen_ns, "moved": record.moved,
-    }  # fmt: skip
-    key = ",".join(f"{k}={escape_tag(v)}" for k, v in sorted(tags.items()) if v)
-    value = _string_field(json.dumps(body, separators=(",", ":")))
-    head = escape_measurement(schema.CATALOG_MEASUREMENT)
-    return f"{head},{key} {schema.FIELD_RECORD}={value} {record.anchor_ns}"
+    tags = [f"{schema.TAG_GPU}={index}"]
+    if host:
+        tags.append(f"{schema.TAG_HOSTNAME}={_tag(host)}")
+    if model:
+        tags.append(f"{schema.TAG_MODEL}={_tag(model)}")
+    tags.append(f"{schema.TAG_SHARD}={catalog.shard_of(uuid):03d}")
+    tags.append(f"{schema.TAG_UUID}={_tag(uuid)}")
+    body: dict[str, object] = {"first": record.first_seen_ns, "last": record.last_seen_ns}
+    # Empty texts and moved=false are left out (readers default them): every byte of a
+    # record is parsed and stored by InfluxDB on the collector's write path.
+    for name, text in (("device", device), ("container", container), ("pod", pod),
+                       ("namespace", namespace)):  # fmt: skip
+        if text:
+            body[name] = text
+    if record.moved:
+        body["moved"] = True
+    value = _string_field(orjson.dumps(body).decode())
+    return f"{_HEAD},{','.join(tags)} {schema.FIELD_RECORD}={value} {record.anchor_ns}"
 
 
 def name_line(kind: str, name: str, anchor_ns: int) -> str:

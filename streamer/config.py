@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from gputel.transport.factory import Transport, kafka_properties
+from gputel.transport.url import parse_broker
 from walbroker import flags
 from walbroker.credentials import (
     ClientSecurity,
@@ -73,6 +75,13 @@ class StreamerConfig:
 
     # Token file and TLS files for the broker (walbroker.credentials).
     security: ClientSecurity = field(default_factory=ClientSecurity)
+    # librdkafka properties file for `--broker kafka://…` (gputel.transport.kafka_config)
+    kafka_config: str = ""
+
+    def transport(self) -> Transport:
+        """The broker to publish to and how to reach it (reads --kafka-config now)."""
+        url = parse_broker(self.broker)
+        return Transport(url, self.security, kafka_properties(self.kafka_config))
 
 
 def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -81,12 +90,27 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="gputel-streamer",
-        description="Stream a DCGM CSV into walbroker, sharing the GPUs with other streamers.",
+        description="Stream a DCGM CSV into walbroker or Kafka, sharing the GPUs with other "
+        "streamers (walbroker) or fencing a second one (Kafka).",
     )
-    p.add_argument("--broker", default=e("BROKER"), help="broker HOST:PORT (required)")
+    p.add_argument(
+        "--broker",
+        default=e("BROKER"),
+        help="walbroker HOST:PORT (or walbroker://HOST:PORT), or kafka://HOST:PORT[,HOST:PORT…]"
+        " (required)",
+    )
+    p.add_argument(
+        "--kafka-config",
+        default=e("KAFKA_CONFIG", ""),
+        help="librdkafka properties file (security, SASL, TLS) for a kafka:// broker",
+    )
     p.add_argument("--csv", default=e("CSV", "/data/dcgm.csv"), help="DCGM exporter CSV file")
-    p.add_argument("--topic", default=e("TOPIC", "telemetry"), help="walbroker topic to publish to")
-    p.add_argument("--group", default=e("GROUP", "streamers"), help="producer group name")
+    p.add_argument("--topic", default=e("TOPIC", "telemetry"), help="topic to publish to")
+    p.add_argument(
+        "--group",
+        default=e("GROUP", "streamers"),
+        help="producer group (walbroker); the job's transactional id on Kafka",
+    )
     loop = p.add_mutually_exclusive_group()
     loop.add_argument("--passes", type=int, default=None, help="passes over the file (default 1)")
     loop.add_argument("--forever", action="store_true", default=None, help="loop until stopped")
@@ -218,11 +242,22 @@ def parse_config(
     if not a.broker:
         raise ConfigError(f"--broker HOST:PORT is required (or {ENV_PREFIX}BROKER)")
     try:
+        url = parse_broker(a.broker)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if a.kafka_config and not url.is_kafka:
+        raise ConfigError("--kafka-config is for a kafka:// broker")
+    try:
+        kafka_properties(a.kafka_config)  # a bad file fails at start, in one line
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
         security = client_security_from_args(a, env)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     config = StreamerConfig(
-        broker=a.broker,
+        broker=str(url),  # walbroker://HOST:PORT becomes HOST:PORT, the gRPC target
+        kafka_config=a.kafka_config,
         csv=a.csv,
         topic=a.topic,
         group=a.group,

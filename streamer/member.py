@@ -1,7 +1,8 @@
 """What both streamer modes share: one producer-group member's lifecycle around its loop.
 
-A `ProducingMember` owns the producer, the group membership (`walbroker.consumer.Consumer`
-with role producer) and the partitions it holds (`streamer.ownership`). `run` joins the
+A `ProducingMember` owns the producer, the group membership (`gputel.transport`: a
+walbroker producer-group member, or on Kafka the sole owner of a transactional id) and the
+partitions it holds (`streamer.ownership`). `run` joins the
 group, connects the producer (retrying until the broker answers or `stop` is called), runs
 the mode's `_loop`, then shuts down: flush, commit, leave the group. The CSV mode
 (`streamer.runner.Streamer`) and the scrape mode (`streamer.scraping.ScrapeStreamer`) only
@@ -19,15 +20,13 @@ import logging
 import threading
 import time
 
-from proto.gen import walbroker_pb2 as pb
+from gputel.transport import factory
+from gputel.transport.base import StreamMember, StreamProducer
 from streamer.columns import SourceError
 from streamer.config import StreamerConfig
 from streamer.metrics import StreamerMetrics
 from streamer.ownership import Ownership
-from walbroker.consumer import Consumer
 from walbroker.errors import AccessError, BrokerError
-from walbroker.inflight import Batch
-from walbroker.producer import Producer
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +40,16 @@ class ProducingMember:
         self._wake = threading.Event()
         self._started = False
         # Batches arrive encoded (`streamer.encode`, `send_batch`): no per-item encoder.
-        self.producer: Producer[object] = Producer(
-            config.broker, config.topic, batch_size=config.batch_size,
-            linger_ms=config.linger_ms, max_pending_points=config.max_pending_points,
+        link = factory.stream_link(
+            config.transport(), config.group, config.topic,
             on_ack=self._on_ack, on_backpressure=lambda _exc: metrics.backpressure.inc(),
-            security=config.security,
-        )  # fmt: skip
-        self.member = Consumer(
-            config.broker, config.group, config.topic, role="producer",
-            session_timeout_ms=config.session_timeout_ms,
             on_revoke=self._on_revoke, on_assignment=lambda _a: self._wake.set(),
-            security=config.security,
+            batch_size=config.batch_size, linger_ms=config.linger_ms,
+            max_pending_points=config.max_pending_points,
+            session_timeout_ms=config.session_timeout_ms,
         )  # fmt: skip
+        self.producer: StreamProducer = link[0]
+        self.member: StreamMember = link[1]
         self.own = Ownership(
             self.member, self._flush,
             track=lambda p, epoch, progress: self.producer.track(p, config.group, epoch, progress),
@@ -145,7 +142,7 @@ class ProducingMember:
         self.own.revoked(partitions)
         self._wake.set()
 
-    def _on_ack(self, batch: Batch, ack: pb.PublishAck) -> None:
-        self.own.on_ack(batch.partition, batch.count)
-        self.metrics.published.inc(batch.count)
-        self.metrics.publish_latency.observe(time.monotonic() - batch.created)
+    def _on_ack(self, partition: int, count: int, created: float) -> None:
+        self.own.on_ack(partition, count)
+        self.metrics.published.inc(count)
+        self.metrics.publish_latency.observe(time.monotonic() - created)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from walbroker.consumer import Assignment
+from gputel.transport.base import Assignment
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,10 @@ FLUSH_STEP_S = 5.0
 
 
 class GroupMember(Protocol):
-    """The part of `walbroker.consumer.Consumer` the streamer uses (a producer-group member)."""
+    """The part of a streamer's membership (`gputel.transport.base.StreamMember`) used here."""
 
-    assignment: Assignment | None
+    @property
+    def assignment(self) -> Assignment | None: ...
 
     def commit(self, offsets: dict[int, int] | None = None, timeout_s: float = 10.0) -> bool: ...
 

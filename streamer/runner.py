@@ -25,8 +25,9 @@ When is the job finished (`--passes K`)? A partition is done when its committed
 progress is K x its rows. A streamer whose own partitions are all done stays in the
 group (ready to take over the partitions of a streamer that stops) until the group's
 committed progress of EVERY partition of the topic has reached K x that partition's
-rows (read with the Admin service's DescribeGroup); then it leaves and exits 0. So
-all streamers of a finished job exit, and none exits while some GPU still has rows
+rows (`StreamMember.progress`: the Admin service's DescribeGroup on walbroker; on Kafka,
+where one streamer owns every partition, its own committed transactions); then it leaves
+and exits 0. So all streamers of a finished job exit, and none exits while some GPU still has rows
 to send. All streamers of a group must read the same CSV, unchanged while they run.
 `--forever` never finishes.
 
@@ -48,10 +49,6 @@ import time
 from array import array
 from collections.abc import Callable
 
-import grpc
-
-from proto.gen import walbroker_admin_pb2 as apb
-from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
 from streamer.config import StreamerConfig
 from streamer.encode import encode_rows
 from streamer.member import ProducingMember
@@ -60,8 +57,6 @@ from streamer.ownership import PartitionState
 from streamer.pacing import PassGrid, TokenBucket
 from streamer.scan import CsvScanner
 from streamer.source import PartRows, RowBlock, record_pass
-from walbroker.client import channel, error_from_rpc
-from walbroker.credentials import ClientSecurity
 from walbroker.errors import BrokerError
 from walbroker.types import partition_for_key
 
@@ -70,28 +65,6 @@ log = logging.getLogger(__name__)
 IDLE_WAIT_S = 0.2
 FINISH_CHECK_S = 0.5
 STAMP_CACHE_MAX = 100_000  # source times remembered per scan (processing-time stamps)
-
-
-def group_progress(
-    broker: str,
-    group: str,
-    topic: str,
-    timeout_s: float = 5.0,
-    security: ClientSecurity | None = None,
-) -> dict[int, int]:
-    """Return the committed progress of every partition of `topic` in `group` (Admin RPC)."""
-    with channel(broker, security) as ch:
-        try:
-            resp = apb_grpc.AdminStub(ch).DescribeGroup(
-                apb.DescribeGroupRequest(group=group), timeout=timeout_s
-            )
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, ch) from None
-    return {
-        pl.partition: pl.committed_offset
-        for pl in resp.partitions
-        if pl.topic == topic and pl.HasField("committed_offset")
-    }
 
 
 class _Scan:
@@ -349,12 +322,7 @@ class Streamer(ProducingMember):
             if self.own.states[p].committed < passes * sizes[p]:
                 return False
         try:
-            committed = group_progress(
-                self.config.broker,
-                self.config.group,
-                self.config.topic,
-                security=self.config.security,
-            )
+            committed = self.member.progress()
         except BrokerError as exc:
             log.info("group progress unavailable", extra={"reason": str(exc)})
             return False

@@ -22,6 +22,11 @@ timeout and never delays the others. Parsing and publishing happen on the loop's
 (one `GpuTable`, one producer caller). All samples of one scrape share one timestamp: the
 exporter's own sample time when it gives one (the newest), else the scrape's start; it
 is the points' time and source time.
+
+On Kafka (`--broker kafka://…`) there is no producer group: one streamer per `--group` owns
+every partition and so scrapes every target it is given (`gputel.transport.kafka_stream`),
+and a second one with the same group fences the first. Shard a large fleet by giving each
+streamer its own targets (file_sd file, DNS name) and its own `--group`.
 """
 
 from __future__ import annotations

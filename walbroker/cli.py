@@ -146,6 +146,7 @@ def _add_limit_args(p: argparse.ArgumentParser) -> None:
         ("max-queue-bytes", 64 * 1024**2, "payload bytes waiting for the log writer"),
         ("min-point-bytes", 1, "bytes a batch must carry per declared point"),
         ("min-free-bytes", 256 * 1024**2, "free space kept on the data volume"),
+        ("client-publish-bytes-per-s", 0, "publish rate of one client, throttled (0: no limit)"),
     ):
         name = flag.upper().replace("-", "_")
         p.add_argument(f"--{flag}", type=int, default=int(_env(name, str(default))), help=text)
@@ -188,6 +189,7 @@ def config_from_args(a: argparse.Namespace) -> BrokerConfig:
         topics=tuple(topics.items()),
         max_streams=a.max_streams,
         max_streams_per_peer=a.max_streams_per_peer,
+        client_publish_bytes_per_s=a.client_publish_bytes_per_s,
         group_retention_s=a.group_retention_s,
         shutdown_timeout_s=a.shutdown_timeout_s,
         security=security_from_args(a),

@@ -81,6 +81,9 @@ class BrokerConfig:
     max_streams: int = 2000
     max_streams_per_peer: int = 1000
     reserved_workers: int = 32
+    # Payload bytes per second one client (credential, else address) may publish; beyond
+    # it its streams are read no faster (throttled, as Kafka's quotas). 0 = unlimited.
+    client_publish_bytes_per_s: int = 0
     # An empty group (no live member) is forgotten, offsets and all, after this (Kafka's
     # offsets.retention.minutes, 7 days).
     group_retention_s: float = 7 * 24 * 3600.0

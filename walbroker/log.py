@@ -29,7 +29,8 @@ publish times strictly increase, so the time index is ordered both ways.
 restart reads O(partitions) keys, never the records.
 
 Threads: one writer thread (`walbroker.writer.Writer`) owns every write
-transaction. Any thread may read; read transactions are short and always
+transaction, except the one-time layout upgrade at open (`Offsets.upgrade`),
+which runs before the writer starts. Any thread may read; read transactions are short and always
 closed. Each partition's in-memory state (`PartitionState`) has its own lock.
 """
 

@@ -99,6 +99,16 @@ class BrokerMetrics:
             ["limit"],
             registry=r,
         )
+        self.throttled = Counter(
+            f"{NS}_publish_throttled",
+            "Publish requests held back by the per-client byte rate.",
+            registry=r,
+        )
+        self.throttle_seconds = Counter(
+            f"{NS}_publish_throttle_seconds",
+            "Seconds Publish streams were held back by the per-client byte rate.",
+            registry=r,
+        )
         self.invalid = Counter(
             f"{NS}_invalid_requests",
             "Requests refused as INVALID_ARGUMENT before reaching the log, by method.",

@@ -33,6 +33,7 @@ from walbroker.lag import group_lags
 from walbroker.limits import StreamLimits, peer_host
 from walbroker.log import Log
 from walbroker.metrics import BrokerMetrics, ExtentRow, LagRow
+from walbroker.quota import PublishQuota
 from walbroker.security import check_exposure
 from walbroker.session import Session
 from walbroker.status import abort, status_of
@@ -52,12 +53,14 @@ def default_interceptors(config: BrokerConfig, metrics: BrokerMetrics, guard: Gu
 
     Malformed frames first: a request that does not parse is INVALID_ARGUMENT whoever
     sent it (nothing runs on it). Then authentication, so nothing else runs for a
-    stranger; then the stream limits, so a stranger never holds a stream slot.
+    stranger; then the stream limits, so a stranger never holds a stream slot; then
+    the per-client publish rate, charged to the credential authentication verified.
     """
     return [
         MalformedFrames(metrics),
         guard.interceptor,
         StreamLimits(config.max_streams, config.max_streams_per_peer, metrics),
+        PublishQuota(config.client_publish_bytes_per_s, metrics, lambda: guard.access.enabled),
     ]
 
 
@@ -158,6 +161,8 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
             if session.failure is not None:
                 raise session.failure
         except BrokerError as exc:
+            if isinstance(exc, InvalidArgument):  # a bad join or request, counted as frames are
+                b.metrics.invalid.labels("Consume").inc()
             abort(context, exc)
         finally:
             session.finish()

@@ -1,9 +1,12 @@
 """One member's Consume stream: join, assignments, credit-based delivery and commits.
 
 The session is transport-free: the gRPC servicer feeds it requests and sends what
-its `responses()` iterator yields. Two threads touch it — the request reader
-(`handle`) and the response writer (`responses`) — and `lock` guards the
-positions, credit and generation they share.
+its `responses()` iterator yields. Three kinds of thread touch it: the request
+reader (`handle`), the response writer (`responses`), and whichever thread makes
+the coordinator rebalance the group (another member's join or leave, the
+group-reaper, an admin reset), which calls `_on_assignment` under the group's
+lock. `lock` guards the positions, credit and generation they share; `outbound`
+is a deque, whose append and popleft are atomic.
 """
 
 from __future__ import annotations

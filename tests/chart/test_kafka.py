@@ -199,3 +199,23 @@ def test_values_files_of_the_kafka_variants_hold_no_secret() -> None:
         values = yaml.safe_load(text)
         assert "password:" not in text.replace("key: password", "")
         assert not any(is_secret(k) for k in values["kafka"].get("properties", {}))
+
+
+def test_topics_job_creates_the_walbroker_topics_with_their_partition_counts(chart: Chart) -> None:
+    r = chart.render("kafka")
+    job = r.get("Job", "gputel-kafka-topics")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    pod = job["spec"]["template"]["spec"]
+    base = [
+        "gputel-admin",
+        "--broker=kafka://telemetry-kafka-bootstrap.kafka.svc:9093",
+        f"--kafka-config={KAFKA_DIR}/config/client.properties",
+    ]
+    assert [c["args"] for c in pod["initContainers"]] == [
+        [*base, "create-topic", "telemetry", "--partitions=16"],
+        [*base, "create-topic", "telemetry.dlq", "--partitions=4"],
+    ]
+    assert pod["containers"][0]["args"] == [*base, "topics"]
+    assert {v["name"] for v in pod["volumes"]} == {"tmp", "kafka-config", "kafka-sasl", "kafka-ca"}
+    jobs = {j["metadata"]["name"] for j in chart.render("kafka-mtls").of_kind("Job")}
+    assert "gputel-kafka-topics" not in jobs  # off unless kafka.createTopics

@@ -23,10 +23,10 @@ from prometheus_client import CollectorRegistry
 from collector.config import CollectorConfig
 from collector.metrics import CollectorMetrics
 from collector.runner import Collector
+from gputel.transport.wal import WalConsumer
 from store.sqlite import SqliteStore
 from tests.collector.helpers import GROUP, TOPIC, Telemetry, lag, wait_for
 from tests.fixtures.broker import BrokerProcess
-from walbroker.consumer import Consumer
 
 BATCH = 480  # five ticks of the default data set (4 hosts x 8 GPUs x 3 metrics)
 
@@ -59,7 +59,7 @@ class CommitLog:
             self.commits.append(Commit(dict(offsets), wait, stored_points(self.db)))
 
 
-class RecordingConsumer(Consumer):
+class RecordingConsumer(WalConsumer):
     """The real group consumer; every commit is recorded just before it is sent."""
 
     def __init__(self, address: str, log: CommitLog) -> None:

@@ -13,6 +13,8 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from typing import Any
+from uuid import uuid4
 
 from gputel.secure import SecureSetup
 from proto.gen import walbroker_admin_pb2 as apb
@@ -20,6 +22,7 @@ from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
 from tests.fixtures.broker import BrokerProcess, free_port
 from tests.fixtures.process import ManagedProcess
 from tests.support import wait_until as wait_for
+from tests.transport.backends import create_kafka_topic
 from walbroker.client import channel
 from walbroker.credentials import ClientSecurity
 
@@ -71,13 +74,45 @@ class Proc(ManagedProcess):
         return http_get(self.health_url, 1, self.context)[0] == 200
 
 
+class KafkaTarget:
+    """A Kafka cluster (tests.kafka_cluster) as the pipeline's broker: `address` is its URL."""
+
+    def __init__(self, cluster: Any, partitions: int = 8) -> None:
+        self.cluster = cluster
+        self.address = cluster.url
+        self.topic = f"telemetry-{uuid4().hex[:8]}"  # the cluster is shared by tests
+        replicas = cluster.nodes
+        create_kafka_topic(cluster.bootstrap, self.topic, partitions, replicas)
+        create_kafka_topic(cluster.bootstrap, f"{self.topic}.dlq", 2, replicas)
+        self.partitions = partitions
+
+    def args(self) -> list[str]:
+        """Flags of every streamer and collector of this pipeline."""
+        return ["--topic", self.topic]
+
+    def lag(self, group: str) -> int | None:
+        """Records of `topic` beyond the group's committed offsets (None if unknown)."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        c = Consumer({"bootstrap.servers": self.cluster.bootstrap, "group.id": group})
+        try:
+            tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
+            committed = c.committed(tps, timeout=10)
+            ends = [c.get_watermark_offsets(tp, timeout=10)[1] for tp in tps]
+        except Exception:
+            return None
+        finally:
+            c.close()
+        return sum(end - max(tp.offset, 0) for tp, end in zip(committed, ends, strict=True))
+
+
 class Pipeline:
     """A broker plus any number of streamers and collectors and one gateway, on one store."""
 
     def __init__(
         self,
         tmp: Path,
-        broker: BrokerProcess,
+        broker: BrokerProcess | KafkaTarget,
         store_args: list[str],
         csv: Path,
         env_token: str = "",
@@ -114,11 +149,15 @@ class Pipeline:
                 "--metrics-listen",
                 f"127.0.0.1:{port}",
                 *self._client("streamer"),
+                *self._transport(),
                 *args,
             ],
             port,
             "/healthz",
         )
+
+    def _transport(self) -> list[str]:
+        return self.broker.args() if isinstance(self.broker, KafkaTarget) else []
 
     def _client(self, principal: str) -> list[str]:
         return self.secure.client_args(principal) if self.secure else []
@@ -137,6 +176,7 @@ class Pipeline:
                 "--metrics-listen",
                 f"127.0.0.1:{port}",
                 *self._client("collector"),
+                *self._transport(),
                 *args,
             ],
             port,
@@ -200,7 +240,9 @@ class Pipeline:
         return counts
 
     def lag(self, group: str = "collectors") -> int | None:
-        """Total lag of a group in points (None if the broker is unreachable)."""
+        """Total lag of a group in points, records on Kafka (None if the broker is unreachable)."""
+        if isinstance(self.broker, KafkaTarget):
+            return self.broker.lag(group)
         try:
             sec = None
             if self.secure:

@@ -6,6 +6,7 @@ through the gateway's REST API per GPU and metric.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import subprocess
 import time
@@ -19,11 +20,12 @@ import pytest
 from gputel import secure
 from gputel.secure import SecureSetup
 from scripts import gen_dcgm
-from tests.e2e.pipeline import BIN, Pipeline, wait_for
+from tests.e2e.pipeline import BIN, KafkaTarget, Pipeline, wait_for
 
 HOSTS = 4  # one host misses a GPU: 31 GPUs
 METRICS = 10
 PASSES = 24
+KAFKA_PASSES = 60  # 30 s of streaming: the chaos (a Kafka broker's restart) fits inside it
 
 
 @pytest.fixture(scope="module")
@@ -55,27 +57,23 @@ def secure_pipeline(request, tmp_path, broker_factory, csv_file) -> Iterator[Pip
     yield from make_pipeline(request, tmp_path, broker_factory, csv_file, secure.ensure(tmp_path))
 
 
+def store_args(request, tmp_path, kind: str) -> tuple[list[str], object]:
+    """The store flags of every component, and the InfluxDB server (None for SQLite)."""
+    if kind == "sqlite":
+        return ["--store", f"sqlite:{tmp_path / 'store.db'}"], None
+    influx = request.getfixturevalue("influx_server")
+    conn = influx.create_database()
+    return [
+        "--store", "influx", "--influx-url", conn.url, "--influx-org", conn.org,
+        "--influx-bucket", conn.bucket, "--influx-token", conn.token,
+    ], influx  # fmt: skip
+
+
 def make_pipeline(
     request, tmp_path, broker_factory, csv_file, tls: SecureSetup | None = None
 ) -> Iterator[Pipeline]:
-    if tls is not None or request.param == "sqlite":
-        store_args = ["--store", f"sqlite:{tmp_path / 'store.db'}"]
-        influx = None
-    else:
-        influx = request.getfixturevalue("influx_server")
-        conn = influx.create_database()
-        store_args = [
-            "--store",
-            "influx",
-            "--influx-url",
-            conn.url,
-            "--influx-org",
-            conn.org,
-            "--influx-bucket",
-            conn.bucket,
-            "--influx-token",
-            conn.token,
-        ]
+    kind = "sqlite" if tls is not None else request.param
+    store, influx = store_args(request, tmp_path, kind)
     credentials = None
     if tls is not None:
         credentials = grpc.ssl_channel_credentials(
@@ -84,7 +82,7 @@ def make_pipeline(
     args = tls.broker_args() if tls else []
     topics = ["--topic", "telemetry:8", "--topic", "telemetry.dlq:2"]
     broker = broker_factory(*topics, *args, credentials=credentials).start()
-    p = Pipeline(tmp_path, broker, store_args, csv_file, secure=tls)
+    p = Pipeline(tmp_path, broker, store, csv_file, secure=tls)
     p.influx = influx  # type: ignore[attr-defined]
     try:
         yield p
@@ -219,7 +217,71 @@ def test_store_outage_loses_nothing_and_recovers_alone(pipeline: Pipeline, serie
     expect_exact(p, series, 40)
 
 
+def published(proc) -> float:
+    """Points a streamer has had acknowledged (its /metrics)."""
+    from tests.e2e.pipeline import http_get
+
+    _, body = http_get(proc.metrics_url, 2)
+    for line in body.decode().splitlines():
+        if line.startswith("gpu_telemetry_streamer_items_published_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
 def _ready(proc) -> bool:
     from tests.e2e.pipeline import http_get
 
     return http_get(proc.health_url.replace("/healthz", "/readyz"), 2)[0] == 200
+
+
+# ---- the same pipeline on Apache Kafka (gputel.transport) ---------------------------------
+
+
+@pytest.fixture(params=["kafka1-sqlite", "kafka1-influx", "kafka3-sqlite"])
+def kafka_pipeline(request, tmp_path, csv_file) -> Iterator[Pipeline]:
+    """The pipeline on a real Kafka cluster: 1 node, or 3 (RF=3, min.insync.replicas=2)."""
+    cluster_name, kind = request.param.split("-")
+    cluster = request.getfixturevalue(cluster_name)
+    store, influx = store_args(request, tmp_path, kind)
+    p = Pipeline(tmp_path, KafkaTarget(cluster), store, csv_file)
+    p.influx = influx  # type: ignore[attr-defined]
+    try:
+        yield p
+    finally:
+        p.stop_all()
+        for node in range(1, cluster.nodes + 1):  # the cluster is shared: leave it whole
+            with contextlib.suppress(Exception):
+                cluster.restart_node(node)
+
+
+def test_exactly_once_on_kafka_through_kill_9_of_collector_and_kafka_broker_and_a_fenced_streamer(
+    kafka_pipeline: Pipeline, series
+):
+    """kill -9 the collector twice (mid-flush) and, on 3 nodes, one Kafka broker; start a
+    second streamer by mistake: it fences the first, which exits 1, and finishes the job."""
+    p = kafka_pipeline
+    assert isinstance(p.broker, KafkaTarget)
+    cluster = p.broker.cluster
+    p.start_gateway()
+    collector = p.collector("--batch-size", "500").start()
+    a = p.streamer("--passes", str(KAFKA_PASSES), "--pass-interval", "0.5").start()
+    assert wait_for(lambda: published(a) > 0, 60), a.log_tail()  # streaming: it owns the job
+    rng = random.Random(5)
+    chaos = ["collector", "streamer", "kafka", "collector"]
+    b = None
+    for what in chaos:
+        time.sleep(rng.uniform(1.0, 2.0))
+        if what == "collector":
+            collector.kill()  # SIGKILL, whatever it holds: held, being written, committing
+            collector.start()
+        elif what == "kafka" and cluster.nodes == 3:
+            cluster.kill_node(2)
+            time.sleep(rng.uniform(2.0, 4.0))  # produce and consume on the 2 left (min ISR 2)
+            cluster.restart_node(2)
+        elif what == "streamer":
+            b = p.streamer("--passes", str(KAFKA_PASSES), "--pass-interval", "0.5").start()
+            assert a.wait(60) == 1, f"the fenced streamer did not stop:\n{a.log_tail()}"
+            assert "another streamer took over" in a.log_tail()
+    assert b is not None and b.running, "the second streamer finished before the chaos ended"
+    streamers_finish([b], 180)
+    expect_exact(p, series, KAFKA_PASSES, timeout_s=120)

@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from proto.gen import walbroker_admin_pb2 as apb
 from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
 from tests.walbroker.helpers import drain, encode, item
+from walbroker.credentials import ClientSecurity
 from walbroker.producer import Producer
 
 GOOD_TOPIC = "good"
@@ -35,6 +36,7 @@ class GoodClient:
     topic: str = GOOD_TOPIC
     acked: set[int] = field(default_factory=set)
     tag: int = field(default_factory=lambda: next(_ids))
+    security: ClientSecurity | None = None  # on a broker that authenticates
 
     def baseline(self, seconds: float = 1.5) -> float:
         """The best of two measurements before the attack."""
@@ -44,7 +46,14 @@ class GoodClient:
         """Publish as fast as the broker acknowledges for `seconds`; return points/s."""
         sent: list[int] = []
         n = len(self.acked) + len(sent)
-        with Producer(self.address, self.topic, encode, batch_size=500, linger_ms=5) as p:
+        with Producer(
+            self.address,
+            self.topic,
+            encode,
+            batch_size=500,
+            linger_ms=5,
+            security=self.security,
+        ) as p:
             t0 = time.monotonic()
             while time.monotonic() - t0 < seconds:
                 for _ in range(500):
@@ -60,7 +69,9 @@ class GoodClient:
     def assert_nothing_lost(self) -> None:
         """Every acknowledged item is in the topic, exactly once."""
         group = f"verify-{self.tag}-{next(_ids)}"  # a new group reads from the log start
-        seen, _ = drain(self.address, self.topic, len(self.acked), group=group)
+        seen, _ = drain(
+            self.address, self.topic, len(self.acked), group=group, security=self.security
+        )
         missing = self.acked - set(seen)
         assert not missing, f"{len(missing)} acknowledged items lost"
         assert all(c == 1 for c in seen.values()), "duplicates delivered"

@@ -64,6 +64,9 @@ def broker_metrics_named() -> set[str]:
         for row in rows:
             for code in re.findall(r"`([^`]+)`", row.get("Metric", "")):
                 names.add(BROKER_PREFIX + code.split("{")[0])
+            # Counters named in the client's column ("deleted and counted in `…_total`").
+            for code in re.findall(r"`([a-z_]+_total)`", row.get("What the client sees", "")):
+                names.add(BROKER_PREFIX + code)
     return names
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import re
 import time
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 
 from proto.gen import walbroker_pb2 as pb
 from proto.gen import walbroker_pb2_grpc as pb_grpc
-from tests.hostile.support import GoodClient, assert_unaffected, health_ok
+from tests.hostile.support import GoodClient, assert_unaffected, health_ok, scrape
 from walbroker.client import channel
 from walbroker.errors import Code
 
@@ -133,3 +134,18 @@ def test_malformed_frames_are_invalid_argument_and_sigterm_still_exits_in_time(h
         assert broker.stop(timeout_s=15) == 0
         assert time.monotonic() - t0 < 10.0
         broker.start()
+
+
+@pytest.mark.parametrize("field", ["client_id", "member_id"])
+def test_an_oversized_join_identifier_ends_that_stream_alone_and_is_counted(hostile_broker, field):
+    broker = hostile_broker()
+    join = pb.Join(group="g", topic="good", role=pb.CONSUMER, **{field: "m" * 300})
+    with channel(broker.address) as ch:
+        call = pb_grpc.BrokerStub(ch).Consume(iter([pb.ConsumeRequest(join=join)]), timeout=10)
+        with pytest.raises(grpc.RpcError) as err:
+            next(iter(call))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in (err.value.details() or "")
+    invalid = 'gpu_telemetry_broker_invalid_requests_total{method="Consume"}'
+    assert scrape(broker.metrics_url, re.escape(invalid)) == 1
+    health_ok(broker.address)

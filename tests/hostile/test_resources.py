@@ -37,8 +37,9 @@ def test_256_partitions_of_4_mib_batches_stay_under_the_chart_memory_limit(hosti
     """The hot buffer once grew to 1.2 GB RSS this way (the chart's limit is 1 Gi).
 
     The well-behaved client is measured once the attack is over: while 1 GiB of
-    batches is written, the writer's bandwidth is shared (there are no per-client
-    byte-rate quotas yet, see docs/limits.md); what must not happen is a broker
+    batches is written, the writer's bandwidth is shared (the per-client byte rate,
+    `--client-publish-bytes-per-s`, is off by default, see docs/limits.md and
+    test_publish_rate.py); what must not happen is a broker
     that holds the memory afterwards or is OOM-killed on the way.
     """
     broker = hostile_broker(

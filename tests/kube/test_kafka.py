@@ -28,6 +28,7 @@ KAFKA = [
     "kafka.tls.enabled=true",
     f"kafka.tls.caSecret.name={CLUSTER}-cluster-ca-cert",
     "admin.job.enabled=true",
+    "kafka.createTopics=true",
 ]
 
 
@@ -69,6 +70,7 @@ def test_kafka_transport_installs_without_a_broker(kube: Kube, chart_dir: Path) 
     assert f"--broker=kafka://{CLUSTER}-kafka-bootstrap.kafka.svc:9093" in args
     assert "--kafka-config=/var/run/gputel/kafka/config/client.properties" in args
     jobs = {j["metadata"]["name"]: j for j in kube.get(ns, "jobs")}
+    assert jobs[f"{RELEASE}-kafka-topics"]["status"].get("succeeded") == 1
     admin = jobs[f"{RELEASE}-admin"]["spec"]["template"]["spec"]["containers"][0]
     bootstrap = f"{CLUSTER}-kafka-bootstrap.kafka.svc:9093"
     assert admin["args"][:2] == ["gputel-admin", f"--broker=kafka://{bootstrap}"]
@@ -77,8 +79,9 @@ def test_kafka_transport_installs_without_a_broker(kube: Kube, chart_dir: Path) 
     assert_healthy(kube, ns)
 
     kube.helm("uninstall", RELEASE, "-n", ns, "--wait", "--timeout", "2m")
-    # The admin hook Job stays for its log (helm leaves hooks; its TTL removes it after a day).
-    left = [o for o in remaining(kube, ns) if f"{RELEASE}-admin" not in o]
+    # The hook Jobs stay for their logs (helm leaves hooks; its TTL removes it after a day).
+    hooks = (f"{RELEASE}-admin", f"{RELEASE}-kafka-topics")
+    left = [o for o in remaining(kube, ns) if not any(h in o for h in hooks)]
     assert left == [
         "secret/gputel",
         "secret/influx-token",

@@ -7,6 +7,7 @@ import time
 from collections import Counter
 
 from walbroker.consumer import Consumer, Message
+from walbroker.credentials import ClientSecurity
 
 _ITEM = struct.Struct(">Q")
 
@@ -29,7 +30,12 @@ def item(producer: int, n: int) -> int:
 
 
 def drain(
-    address: str, topic: str, expected: int, group: str = "verify", timeout_s: float = 60.0
+    address: str,
+    topic: str,
+    expected: int,
+    group: str = "verify",
+    timeout_s: float = 60.0,
+    security: ClientSecurity | None = None,
 ) -> tuple[Counter[int], dict[int, list[tuple[int, int]]]]:
     """Consume a topic from the earliest offset until `expected` points arrived (or timeout).
 
@@ -38,7 +44,7 @@ def drain(
     """
     seen: Counter[int] = Counter()
     records: dict[int, list[tuple[int, int]]] = {}
-    c = Consumer(address, group, topic, max_unacked_points=500_000).start()
+    c = Consumer(address, group, topic, max_unacked_points=500_000, security=security).start()
     try:
         deadline = time.monotonic() + timeout_s
         while sum(seen.values()) < expected and time.monotonic() < deadline:

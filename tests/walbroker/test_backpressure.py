@@ -84,7 +84,7 @@ def test_drop_oldest_deletes_and_counts(broker_factory):
     ) as p:
         for n in range(POINTS):
             p.send(str(n % 13), item(0, n))
-    assert not pushed_back
+    assert not pushed_back, [(e.code.name, e.message) for e in pushed_back]
     deleted = scrape(broker.metrics_url, "gpu_telemetry_broker_retention_deleted_points_total")
     enqueued = scrape(broker.metrics_url, "gpu_telemetry_broker_messages_enqueued_total")
     start = scrape(broker.metrics_url, "gpu_telemetry_broker_log_start_offset")

@@ -1,0 +1,375 @@
+"""The streamer on Kafka: one transactional producer per (group, topic), fenced by Kafka itself.
+
+Kafka has no producer groups, so a CSV is streamed by ONE streamer per `--group` (for live
+scraping: one streamer per target shard, each with its own group). What makes that safe is
+the transactional id, derived from the job, not from the process:
+
+    transactional.id = gputel-streamer.<group>.<topic>
+
+- **Progress travels with the data.** Each transaction holds the batches produced since the
+  last one AND, through `send_offsets_to_transaction`, the new progress (rows sent, across
+  passes) of every partition it touched, stored as the committed offsets of consumer group
+  `<group>` on the telemetry topic. Both become visible together or not at all (consumers read
+  with `isolation.level=read_committed`), so the committed progress is exactly what the log
+  holds, as on walbroker (`streamer.ownership`).
+- **A second streamer started by mistake cannot double the data.** Its `init_transactions`
+  (same transactional id) bumps the producer epoch: Kafka aborts the first one's open
+  transaction and refuses every later write of it (`Fenced`: it logs why and exits 1). The
+  second reads the committed progress only after that, so it resumes at exactly the next row:
+  nothing is written twice and nothing is skipped; the takeover is loud, never silent.
+- A restarted streamer does the same with its own previous incarnation.
+
+Transactions commit when `max_pending_points` points are open, every `TXN_INTERVAL_S`
+(the `producer-txn` loop) and on `flush`. A commit that fails in a way Kafka calls abortable
+(e.g. a broker failover) aborts and produces the same batches again in a new transaction;
+a retriable one is retried; a fatal one (fencing) fails this and every later call.
+
+Thread-safety: every method may be called from any thread; `_cond` guards all state and is
+held across librdkafka's transactional calls (they must not interleave). `on_ack` is called
+with `_cond` held, once per batch after its transaction committed: it must not call back in.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+from gputel.transport.base import AckCallback, Assignment
+from gputel.transport.kafka_common import (
+    COUNT_HEADER,
+    PRODUCER,
+    client_config,
+    list_topic,
+)
+from gputel.transport.kafka_errors import from_kafka
+from walbroker.client import Backoff
+from walbroker.errors import BrokerError, Fenced
+from walbroker.loops import LoopCrashed, run_loop
+
+log = logging.getLogger(__name__)
+
+TXN_INTERVAL_S = 0.1  # an open transaction commits at the latest this long after it began
+KAFKA_TIMEOUT_S = 30.0  # one transactional call (init, send offsets, commit, abort)
+
+
+def transactional_id(group: str, topic: str) -> str:
+    """The id every streamer of one job shares, so that Kafka fences all but the newest."""
+    return f"gputel-streamer.{group}.{topic}"
+
+
+@dataclass(slots=True)
+class _Batch:
+    partition: int
+    payload: bytes
+    count: int
+    created: float
+
+
+@dataclass(slots=True)
+class _Txn:
+    """The open transaction: its batches in order and the progress they bring each partition."""
+
+    since: float = field(default_factory=time.monotonic)
+    batches: list[_Batch] = field(default_factory=list)
+    progress: dict[int, int] = field(default_factory=dict)
+    points: int = 0
+    aborted: bool = False  # aborted, and no new transaction begun yet
+    redo: bool = False  # must be aborted and produced again before it may commit
+
+
+class KafkaStreamProducer:
+    """Publishes encoded batches to explicit partitions in transactions carrying the progress."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        group: str,
+        properties: Mapping[str, str],
+        on_ack: AckCallback,
+        *,
+        max_pending_points: int = 200_000,
+        client_id: str = "gputel-streamer",
+    ) -> None:
+        self.topic, self.group, self.bootstrap = topic, group, bootstrap
+        self.transactional_id = transactional_id(group, topic)
+        self.on_ack = on_ack
+        self.max_pending = max_pending_points
+        self._producer = Producer(
+            client_config(
+                bootstrap, properties,
+                {**PRODUCER, "transactional.id": self.transactional_id, "client.id": client_id},
+            )
+        )  # fmt: skip
+        # Only to name the group in transactions and read its progress: it never subscribes.
+        self._group = Consumer(
+            client_config(
+                bootstrap, properties,
+                {"group.id": group, "enable.auto.commit": "false", "client.id": client_id,
+                 "isolation.level": "read_committed"},
+            )
+        )  # fmt: skip
+        self.partitions = 0
+        self.assignment: Assignment | None = None
+        self._cond = threading.Condition()
+        self._txn: _Txn | None = None
+        self._progress: dict[int, int] = {}  # tracked partitions: rows produced so far
+        self._committed: dict[int, int] = {}  # rows of each partition in committed transactions
+        self._failure: BrokerError | LoopCrashed | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def start(self, timeout_s: float = 30.0) -> KafkaStreamProducer:
+        """Fence older instances, learn the partitions and their progress, start the loop."""
+        try:
+            self._producer.init_transactions(timeout_s)
+        except KafkaException as exc:
+            raise from_kafka(exc) from None
+        self.partitions = list_topic(self._producer, self.topic, self.bootstrap, timeout_s)
+        tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
+        try:
+            found = self._group.committed(tps, timeout=timeout_s)
+        except KafkaException as exc:
+            raise from_kafka(exc) from None
+        self._committed = {tp.partition: max(tp.offset, 0) for tp in found}
+        self.assignment = Assignment(
+            1, self.transactional_id, dict(self._committed), frozenset(), self.partitions,
+            dict.fromkeys(self._committed, 0),
+        )  # fmt: skip
+        log.info(
+            "transactions initialised; older streamers of this job are fenced",
+            extra={"transactional_id": self.transactional_id, "partitions": self.partitions},
+        )
+        self._thread = threading.Thread(
+            target=run_loop, args=("producer-txn", self._loop, self._crashed),
+            kwargs={"transactional_id": self.transactional_id}, name="producer-txn", daemon=True,
+        )  # fmt: skip
+        self._thread.start()
+        return self
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Commit what is open (up to `timeout_s`), then stop the loop and the clients."""
+        try:
+            self.flush(timeout_s)
+        finally:
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+            self._group.close()
+
+    def _crashed(self, crash: LoopCrashed) -> None:
+        with self._cond:
+            self._failure = crash
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        """Commit the open transaction once it is `TXN_INTERVAL_S` old."""
+        while not self._stop.wait(TXN_INTERVAL_S / 2):
+            with self._cond:
+                txn = self._txn
+                if txn is None or self._failure is not None:
+                    continue
+                if time.monotonic() - txn.since >= TXN_INTERVAL_S:
+                    try:
+                        self._commit(time.monotonic() + KAFKA_TIMEOUT_S)
+                    except (TimeoutError, BrokerError) as exc:
+                        if self._failure is not None:
+                            return  # fenced: logged once, and every later call raises it
+                        log.warning("transaction not committed yet", extra={"reason": str(exc)})
+
+    # ---- the streamer's side -----------------------------------------------------------------
+
+    @property
+    def failure(self) -> BrokerError | LoopCrashed | None:
+        """Why this producer stopped for good (fenced by a newer streamer), or None."""
+        return self._failure
+
+    @property
+    def pending_points(self) -> int:
+        """Points produced in the open transaction (not yet committed)."""
+        txn = self._txn
+        return 0 if txn is None else txn.points
+
+    def committed_progress(self) -> dict[int, int]:
+        """Rows of each partition stored by committed transactions."""
+        with self._cond:
+            return dict(self._committed)
+
+    def track(self, partition: int, group: str, epoch: int, progress: int) -> None:
+        """Produce `partition` from `progress` rows on; its transactions store the progress."""
+        with self._cond:
+            self._progress[partition] = progress
+
+    def untrack(self, partition: int) -> None:
+        """Stop producing `partition`."""
+        with self._cond:
+            self._progress.pop(partition, None)
+
+    def send_batch(
+        self, partition: int, payload: bytes, count: int, timeout_s: float | None = None
+    ) -> None:
+        """Produce one encoded batch of `count` points in the open transaction."""
+        with self._cond:
+            self._raise_failure()
+            if partition not in self._progress:
+                raise Fenced(f"partition {partition} is not tracked by this streamer")
+            if self._txn is None:
+                self._begin()
+            txn = self._txn
+            assert txn is not None
+            batch = _Batch(partition, payload, count, time.monotonic())
+            self._produce(batch)
+            txn.batches.append(batch)
+            txn.points += count
+            self._progress[partition] += count
+            txn.progress[partition] = self._progress[partition]
+            if txn.points >= self.max_pending:
+                deadline = time.monotonic() + (KAFKA_TIMEOUT_S if timeout_s is None else timeout_s)
+                self._commit(deadline)
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Commit the open transaction; TimeoutError if Kafka did not confirm in time."""
+        with self._cond:
+            self._raise_failure()
+            if self._txn is not None:
+                self._commit(
+                    time.monotonic() + (KAFKA_TIMEOUT_S if timeout_s is None else timeout_s)
+                )
+
+    # ---- transactions (with `_cond` held) ------------------------------------------------------
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _begin(self) -> None:
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as exc:
+            raise self._fatal_or(exc) from None
+        self._txn = _Txn()
+
+    def _produce(self, batch: _Batch) -> None:
+        while True:
+            try:
+                self._producer.produce(
+                    self.topic, batch.payload, partition=batch.partition,
+                    headers={COUNT_HEADER: str(batch.count)},
+                )  # fmt: skip
+                return
+            except BufferError:  # librdkafka's queue is full: serve deliveries, then retry
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                raise self._fatal_or(exc) from None
+
+    def _commit(self, deadline: float) -> None:
+        """Commit the open transaction (offsets included), retrying until `deadline`."""
+        txn = self._txn
+        assert txn is not None
+        backoff = Backoff(initial_ms=100, max_ms=2_000)
+        while True:
+            try:
+                if txn.redo:
+                    self._redo(txn, deadline)
+                self._try_commit(txn, deadline)
+                break
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.fatal():
+                    raise self._fatal_or(exc) from None
+                txn.redo = txn.redo or err.txn_requires_abort()
+                log.warning(
+                    "transaction commit failed; retrying",
+                    extra={"reason": err.str(), "abort": txn.redo, "points": txn.points},
+                )
+            if time.monotonic() + 0.1 > deadline:
+                raise TimeoutError(f"transaction of {txn.points} points not committed in time")
+            time.sleep(min(backoff.next_s(), max(0.0, deadline - time.monotonic())))
+        self._txn = None
+        self._committed.update(txn.progress)
+        for b in txn.batches:
+            self.on_ack(b.partition, b.count, b.created)
+
+    def _try_commit(self, txn: _Txn, deadline: float) -> None:
+        left = max(0.1, deadline - time.monotonic())
+        offsets = [TopicPartition(self.topic, p, n) for p, n in sorted(txn.progress.items())]
+        self._producer.send_offsets_to_transaction(
+            offsets, self._group.consumer_group_metadata(), left
+        )
+        self._producer.commit_transaction(max(0.1, deadline - time.monotonic()))
+
+    def _redo(self, txn: _Txn, deadline: float) -> None:
+        """Abort the transaction (once) and produce its batches again in a new one.
+
+        Aborted batches are never seen by read_committed consumers, so the new transaction
+        writes each of them exactly once in effect.
+        """
+        if not txn.aborted:
+            self._producer.abort_transaction(max(0.1, deadline - time.monotonic()))
+            txn.aborted = True
+        self._producer.begin_transaction()
+        txn.aborted = False
+        txn.since = time.monotonic()
+        for b in txn.batches:
+            self._produce(b)
+        txn.redo = False  # only now: a commit never covers part of the batches
+
+    def _fatal_or(self, exc: KafkaException) -> BrokerError:
+        """The error of `exc`; a fatal one (fencing) fails every later call too."""
+        error = from_kafka(exc)
+        err = exc.args[0]
+        if getattr(err, "fatal", lambda: False)():
+            if isinstance(error, Fenced):
+                error = Fenced(
+                    f"another streamer took over transactional id {self.transactional_id!r} "
+                    "(same --group and --topic): this one stops; run one streamer per job"
+                )
+            log.error("producer stopped for good", extra={"reason": error.message})
+            self._failure = error
+        return error
+
+
+class KafkaStreamMember:
+    """The streamer's membership on Kafka: it owns every partition, from the committed progress.
+
+    There is no producer group to join: ownership comes from the transactional id (see the
+    module docstring), so this member's assignment is the producer's once it started.
+    """
+
+    def __init__(self, producer: KafkaStreamProducer) -> None:
+        self._producer = producer
+
+    @property
+    def assignment(self) -> Assignment | None:
+        """Every partition, at its committed progress (None before the producer started)."""
+        return self._producer.assignment
+
+    @property
+    def failure(self) -> BrokerError | LoopCrashed | None:
+        """The producer's fatal failure (fenced by a newer streamer), or None."""
+        return self._producer.failure
+
+    def start(self) -> KafkaStreamMember:
+        """Nothing to join."""
+        return self
+
+    def close(self) -> None:
+        """Nothing to leave."""
+
+    def commit(self, offsets: dict[int, int] | None = None, timeout_s: float = 10.0) -> bool:
+        """Progress is committed inside the producer's transactions: nothing to do here."""
+        return True
+
+    def release(self, partitions: set[int]) -> None:
+        """Partitions never move on Kafka: nothing to release."""
+
+    def progress(self) -> dict[int, int]:
+        """The committed progress of every partition (this streamer is the only one)."""
+        return self._producer.committed_progress()
