@@ -33,6 +33,7 @@ SUITES = [
     "gateway_bench",
     "fleet_bench",
     "transport_raw_bench",
+    "transport_bench",
 ]
 
 

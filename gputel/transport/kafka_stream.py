@@ -19,10 +19,15 @@ the transactional id, derived from the job, not from the process:
   nothing is written twice and nothing is skipped; the takeover is loud, never silent.
 - A restarted streamer does the same with its own previous incarnation.
 
-Transactions commit when `max_pending_points` points are open, every `TXN_INTERVAL_S`
-(the `producer-txn` loop) and on `flush`. A commit that fails in a way Kafka calls abortable
-(e.g. a broker failover) aborts and produces the same batches again in a new transaction;
-a retriable one is retried; a fatal one (fencing) fails this and every later call.
+Transactions commit when `max_pending_points` points are open, on `flush`, and from the
+`producer-txn` loop once the open one is `TXN_INTERVAL_S` old — or, when commits get slow
+(a loaded machine, a broker failover), twice as old as the last commit took, up to
+`TXN_MAX_INTERVAL_S`: nothing can be produced while a commit runs, so a fixed short interval
+would let commits eat the producer's time; this bounds them to about a third of it.
+
+A commit that fails in a way Kafka calls abortable (e.g. a broker failover) aborts and
+produces the same batches again in a new transaction; a retriable one is retried; a fatal
+one (fencing) fails this and every later call.
 
 Thread-safety: every method may be called from any thread; `_cond` guards all state and is
 held across librdkafka's transactional calls (they must not interleave). `on_ack` is called
@@ -53,7 +58,8 @@ from walbroker.loops import LoopCrashed, run_loop
 
 log = logging.getLogger(__name__)
 
-TXN_INTERVAL_S = 0.1  # an open transaction commits at the latest this long after it began
+TXN_INTERVAL_S = 0.1  # an open transaction commits this long after it began (at the least)
+TXN_MAX_INTERVAL_S = 1.0  # ... and at the most, however slow commits are
 KAFKA_TIMEOUT_S = 30.0  # one transactional call (init, send offsets, commit, abort)
 
 
@@ -121,6 +127,7 @@ class KafkaStreamProducer:
         self._progress: dict[int, int] = {}  # tracked partitions: rows produced so far
         self._committed: dict[int, int] = {}  # rows of each partition in committed transactions
         self._failure: BrokerError | LoopCrashed | None = None
+        self._interval_s = TXN_INTERVAL_S  # adapted to how long commits take (module doc)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -176,7 +183,7 @@ class KafkaStreamProducer:
                 txn = self._txn
                 if txn is None or self._failure is not None:
                     continue
-                if time.monotonic() - txn.since >= TXN_INTERVAL_S:
+                if time.monotonic() - txn.since >= self._interval_s:
                     try:
                         self._commit(time.monotonic() + KAFKA_TIMEOUT_S)
                     except (TimeoutError, BrokerError) as exc:
@@ -274,6 +281,7 @@ class KafkaStreamProducer:
         txn = self._txn
         assert txn is not None
         backoff = Backoff(initial_ms=100, max_ms=2_000)
+        started = time.monotonic()
         while True:
             try:
                 if txn.redo:
@@ -293,6 +301,8 @@ class KafkaStreamProducer:
                 raise TimeoutError(f"transaction of {txn.points} points not committed in time")
             time.sleep(min(backoff.next_s(), max(0.0, deadline - time.monotonic())))
         self._txn = None
+        took = time.monotonic() - started
+        self._interval_s = max(TXN_INTERVAL_S, min(TXN_MAX_INTERVAL_S, 2 * took))
         self._committed.update(txn.progress)
         for b in txn.batches:
             self.on_ack(b.partition, b.count, b.created)
