@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
 import shutil
 import signal
 import subprocess
@@ -75,7 +76,7 @@ def publish(
     t0 = time.perf_counter()
     for p in procs:
         p.start()
-    results = [out.get(timeout=300) for _ in procs]
+    results = _collect(out, procs, timeout_s=300)
     wall = time.perf_counter() - t0
     for p in procs:
         p.join()
@@ -92,6 +93,25 @@ def publish(
         "points_per_s": round(points / slowest),
         "wall_seconds_incl_startup": round(wall, 3),
     }
+
+
+def _collect(out: Any, procs: list[Any], timeout_s: float) -> list[Any]:
+    """One result per process; a process that died without one (it could not even import,
+    say) fails the figure at once instead of leaving the parent waiting for it."""
+    results: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while len(results) < len(procs):
+        try:
+            results.append(out.get(timeout=1.0))
+        except queue.Empty:
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if dead and out.empty():
+                raise RuntimeError(f"producer processes died without a result: {dead}") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{len(procs) - len(results)} producers gave no result"
+                ) from None
+    return results
 
 
 # The last commit before request validation (issue #13): its broker is the "before".

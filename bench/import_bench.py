@@ -12,7 +12,9 @@ every row, i.e. written to SQLite AND committed); the streamer's own rate and ex
 `first_publish_s` (spawn -> the first acknowledged point, from the streamer's
 `/metrics`, so the interpreter's start-up is in it); `scan_elapsed_s`, the streamer's own
 time for reading the file; its peak RSS (VmHWM); the store's exact count, which must equal
-the rows.
+the rows. CPU: `cpu_s` per process (streamer, broker, collector) over the import, and
+`points_per_cpu_s` = rows / their sum, the figure that does not depend on what else runs
+on the machine; `machine_busy_cores` says how busy the machine was meanwhile (2 = full).
 
 `run()` is called by `bench/run.py`; `python -m bench.import_bench [hosts]` prints JSON.
 """
@@ -20,13 +22,14 @@ the rows.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.e2e_bench import FLUSHED, PUBLISHED, counter, scrape
+from bench.e2e_bench import FLUSHED, PUBLISHED, counter, cpu_seconds, machine_busy_s, scrape
 from scripts import gen_dcgm
 from store import open_store
 from tests.e2e.pipeline import Pipeline, Proc
@@ -67,13 +70,14 @@ def _metric(p: Proc, name: str) -> float:
 
 
 def _watch(streamer: Proc, collector: Proc, rows: int, t0: float) -> dict[str, Any]:
-    """Poll until every row is flushed; the times and the streamer's peak RSS on the way."""
+    """Poll until every row is flushed; the times and the streamer's peak RSS and CPU."""
     assert streamer.proc is not None
     first = streamed = None
-    rss = 0.0
+    rss = cpu = 0.0
     deadline = t0 + 600
     while time.monotonic() < deadline:
         rss = max(rss, peak_rss_mib(streamer.proc.pid))
+        cpu = max(cpu, cpu_seconds(streamer.proc.pid))  # 0 once it is gone: keep the last
         if first is None and _metric(streamer, PUBLISHED) > 0:
             first = time.monotonic() - t0
         if streamed is None and streamer.proc.poll() is not None:
@@ -90,6 +94,7 @@ def _watch(streamer: Proc, collector: Proc, rows: int, t0: float) -> dict[str, A
         "end_to_end_s": round(done, 2),
         "streamer_peak_rss_mib": round(rss, 1),
         "streamer_exit_code": code,
+        "streamer_cpu_s": round(cpu, 2),
     }
 
 
@@ -107,9 +112,15 @@ def run(hosts: int = 3088) -> dict[str, Any]:
         try:
             collector = pipe.collector().start()
             streamer = pipe.streamer("--passes", "1", "--time", "source")
+            servers = {"broker": _pid(broker), "collector": _pid(collector)}
+            cpu0 = {n: cpu_seconds(pid) for n, pid in servers.items()}
+            busy0 = machine_busy_s()
             t0 = time.monotonic()
             streamer.start(wait=False)
             figures = _watch(streamer, collector, rows, t0)
+            cpu = {n: round(cpu_seconds(pid) - cpu0[n], 2) for n, pid in servers.items()}
+            cpu["streamer"] = figures.pop("streamer_cpu_s")
+            busy1 = machine_busy_s()
             log = streamer.log_text()
             with open_store(f"sqlite:{db}") as store:
                 stored = sum(store.count_points().values())
@@ -124,7 +135,17 @@ def run(hosts: int = 3088) -> dict[str, Any]:
         "streamer_rows_per_s": round(rows / figures["streamer_exit_s"]),
         **figures,
         "scan_elapsed_s": _log_number(log, '"msg": "source scanned"', "elapsed_s"),
+        "cpu_s": cpu,
+        "points_per_cpu_s": round(rows / sum(cpu.values())),
+        "machine_busy_cores": round(
+            (busy1[0] - busy0[0]) / (busy1[1] - busy0[1]) * (os.cpu_count() or 1), 2
+        ),
     }
+
+
+def _pid(p: Proc | BrokerProcess) -> int:
+    assert p.proc is not None
+    return p.proc.pid
 
 
 def _log_number(log: str, marker: str, key: str) -> float | None:

@@ -8,6 +8,11 @@ a node (`<prefix>-<i>`) with `--gpus` GPUs, in the text format dcgm-exporter wri
 GPU, memory and temperature follow them; clocks are constant). UUIDs are stable for a
 given `--prefix` and `--seed`. `--targets-file FILE` writes a Prometheus file_sd file
 listing the exporters. A hanging target is made by stopping the process (SIGSTOP).
+
+Serving: one thread and a selector (`PageServer`), HTTP/1.1 with keep-alive. The standard
+library's ThreadingHTTPServer keeps a thread per kept-alive connection: a thousand targets
+scraped every second meant a thousand threads taking turns on the GIL, and the exporters,
+not the pipeline, set the pace of the scrape benchmark.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ import json
 import math
 import os
 import random
+import selectors
 import signal
+import socket
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from walbroker import flags
@@ -85,38 +92,120 @@ class Node:
         return "".join(out)
 
 
-def handler(nodes: list[Node]) -> type[BaseHTTPRequestHandler]:
-    """The request handler serving `nodes` at /targets/<i>/metrics."""
+MAX_REQUEST_BYTES = 16 * 1024  # a request head beyond this closes the connection
+_HEAD_END = b"\r\n\r\n"
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as a scraper expects
 
-        def do_GET(self) -> None:
-            parts = self.path.strip("/").split("/")
-            ok = len(parts) == 3 and parts[0] == "targets" and parts[2] == "metrics"
-            i = int(parts[1]) if ok and parts[1].isdigit() else -1
-            if not 0 <= i < len(nodes):
-                self.send_error(404)
+@dataclass(eq=False)
+class _Client:
+    """One kept-alive connection: bytes received and not yet answered, bytes to send."""
+
+    sock: socket.socket
+    inbox: bytes = b""
+    outbox: bytearray = field(default_factory=bytearray)
+    closing: bool = False
+
+
+class PageServer:
+    """Serves `nodes` at /targets/<i>/metrics from one thread (see the module docstring)."""
+
+    def __init__(self, host: str, port: int, nodes: list[Node]) -> None:
+        self.nodes = nodes
+        self._listener = socket.create_server((host, port), backlog=4096)
+        self._listener.setblocking(False)
+        self.server_address: tuple[str, int] = self._listener.getsockname()[:2]
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self._listener, selectors.EVENT_READ, None)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fake-exporter", daemon=True)
+
+    def start(self) -> PageServer:
+        """Start the serving thread."""
+        self._thread.start()
+        return self
+
+    def shutdown(self) -> None:
+        """Stop serving and close every connection."""
+        self._stop.set()
+        self._thread.join(5)
+        for key in list(self._sel.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        self._sel.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for key, events in self._sel.select(0.2):
+                if key.data is None:
+                    self._accept()
+                else:
+                    self._serve(key.data, events)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
                 return
-            body = nodes[i].page(time.time()).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            sock.setblocking(False)
+            self._sel.register(sock, selectors.EVENT_READ, _Client(sock))
 
-        def log_message(self, format: str, *args: object) -> None:
-            """Quiet: one line per scrape would drown the demo's output."""
+    def _serve(self, c: _Client, events: int) -> None:
+        """Read what arrived, answer every complete request, send what the socket takes."""
+        if events & selectors.EVENT_READ:
+            try:
+                data = c.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError:
+                data = b""
+            if data == b"":
+                return self._close(c)  # the scraper closed (or reset) the connection
+            c.inbox += data or b""
+            while _HEAD_END in c.inbox and not c.closing:
+                head, _, c.inbox = c.inbox.partition(_HEAD_END)
+                c.outbox += self._answer(c, head)
+            if len(c.inbox) > MAX_REQUEST_BYTES:
+                return self._close(c)
+        if c.outbox:
+            try:
+                sent = c.sock.send(c.outbox)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                return self._close(c)
+            del c.outbox[:sent]
+        if c.closing and not c.outbox:
+            return self._close(c)
+        wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if c.outbox else 0)
+        if self._sel.get_key(c.sock).events != wanted:
+            self._sel.modify(c.sock, wanted, c)
+        return None
 
-    return Handler
+    def _answer(self, c: _Client, head: bytes) -> bytes:
+        """The response to one request head (GET only; a request body is not expected)."""
+        lines = head.decode("latin-1").split("\r\n")
+        method, _, rest = lines[0].partition(" ")
+        path = rest.partition(" ")[0]
+        c.closing = any(h.lower().replace(" ", "") == "connection:close" for h in lines[1:])
+        parts = path.strip("/").split("/")
+        ok = method == "GET" and len(parts) == 3 and parts[0] == "targets"
+        i = int(parts[1]) if ok and parts[1].isdigit() and parts[2] == "metrics" else -1
+        if not 0 <= i < len(self.nodes):
+            return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+        body = self.nodes[i].page(time.time()).encode()
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+
+    def _close(self, c: _Client) -> None:
+        self._sel.unregister(c.sock)
+        c.sock.close()
 
 
-def serve(host: str, port: int, nodes: list[Node]) -> ThreadingHTTPServer:
+def serve(host: str, port: int, nodes: list[Node]) -> PageServer:
     """Start serving in a daemon thread; return the server (its `server_address` is bound)."""
-    server = ThreadingHTTPServer((host, port), handler(nodes))
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="fake-exporter", daemon=True).start()
-    return server
+    return PageServer(host, port, nodes).start()
 
 
 def target_urls(host: str, port: int, count: int) -> list[str]:

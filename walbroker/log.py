@@ -55,9 +55,7 @@ from walbroker.grants import Grants
 from walbroker.hotbuffer import HotBuffer
 from walbroker.metrics import BrokerMetrics
 from walbroker.offsets import Offsets
-from walbroker.types import AppendResult, PartitionInfo, Record, TopicPartition, validate_name
-from walbroker.validation import validate_batch
-from walbroker.writer import (
+from walbroker.ops import (
     AppendOp,
     BarrierOp,
     CommitOffsetsOp,
@@ -67,8 +65,10 @@ from walbroker.writer import (
     Fence,
     RetentionOp,
     SettleLegacyOp,
-    Writer,
 )
+from walbroker.types import AppendResult, PartitionInfo, Record, TopicPartition, validate_name
+from walbroker.validation import validate_batch
+from walbroker.writer import Writer
 
 log = logging.getLogger(__name__)
 

@@ -167,7 +167,7 @@ class Producer(Generic[T]):
         """Fence the partition's next batches with a producer-group grant (exactly-once handover).
 
         Each batch then carries `progress` + the points sent since, which the broker stores
-        as the group's committed offset in the same transaction as the batch — or refuses
+        as the group's progress in the same transaction as the batch — or refuses
         (ABORTED) once the grant has moved on, in which case every unacknowledged batch of
         the partition is dropped and `on_fenced(partition, points)` is called.
         """

@@ -33,13 +33,13 @@ from walbroker.lag import group_lags
 from walbroker.limits import StreamLimits, peer_host
 from walbroker.log import Log
 from walbroker.metrics import BrokerMetrics, ExtentRow, LagRow
+from walbroker.ops import Fence
 from walbroker.quota import PublishQuota
 from walbroker.security import check_exposure
 from walbroker.session import Session
 from walbroker.status import abort, status_of
 from walbroker.types import AppendResult, TopicPartition, validate_name
 from walbroker.validation import MAX_PRODUCER_ID_BYTES, validate_identifier
-from walbroker.writer import Fence
 
 log = logging.getLogger(__name__)
 

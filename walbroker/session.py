@@ -171,8 +171,8 @@ class Session:
     def _start_position(self, tp: TopicPartition) -> int:
         """Where a (re)assigned partition starts: the committed offset clamped to the log.
 
-        In a producer group the committed offset is the source's progress, not a log
-        offset: it is used as it is (0 when none).
+        A producer group starts from its progress instead, a position in its source, not
+        a log offset: it is used as it is (0 when none).
         """
         if self.role == "producer":
             return self._committed(tp) or 0

@@ -22,7 +22,7 @@ import pytest
 
 from tests.fixtures.broker import free_port
 from tests.fixtures.process import ManagedProcess
-from tests.streamer.streaming import committed, owners, read_log
+from tests.streamer.streaming import committed, owners, read_log, read_records
 from tests.support import wait_until
 
 EXPORTER = str(Path(sys.executable).with_name("gputel-fake-exporter"))
@@ -207,3 +207,34 @@ def test_file_sd_reload_adds_and_removes_targets(broker, streamer_process, expor
     assert min(by_host["f-0002"]) <= changed_at + 2 * INTERVAL_S + TIMEOUT_S
     assert max(by_host["f-0000"]) <= changed_at + INTERVAL_S + TIMEOUT_S
     assert max(by_host["f-0001"]) > changed_at + 2 * INTERVAL_S  # kept, never interrupted
+
+
+def test_finished_scrapes_go_out_together_as_whole_scrapes(
+    broker, streamer_process, exporters, tmp_path
+):
+    """--scrape-linger-ms: one record per partition per linger, never a scrape cut in two."""
+    e = exporters("g", 12)  # over 4 partitions: ~3 targets, ~3 scrapes a second each
+    sd = write_sd(tmp_path / "targets.json", e.groups)
+    linger_s = 1.0
+    s = streamer_process(*scrape_args(broker, sd, "--scrape-linger-ms", str(int(linger_s * 1000))))
+    progress = lambda: sum(committed(broker.address, "streamers", "telemetry").values())  # noqa: E731
+    assert wait_until(lambda: progress() >= 4 * 12 * 80, 30)
+    assert s.terminate() == 0, s.log_text()
+    scrapes, logged = logged_scrapes(broker)
+    assert set(scrapes.values()) == {80}
+    records = read_records(broker.address, "telemetry", len(logged))
+    sizes = [n for per in records.values() for n in per]
+    assert sum(sizes) == len(logged) and all(n % 80 == 0 for n in sizes), sizes
+    assert 2 * len(sizes) <= len(scrapes), (len(sizes), len(scrapes))  # >= 2 scrapes a record
+    # A record holds scrapes that finished within one linger (a scrape starts at most the
+    # timeout before it finishes; the loop looks every 50 ms, give or take scheduling).
+    by_partition: dict[int, list] = defaultdict(list)
+    for entry in logged:
+        by_partition[entry.partition].append(entry)
+    for p, sizes_of_p in records.items():
+        entries = sorted(by_partition[p], key=lambda entry: entry.offset)
+        start = 0
+        for n in sizes_of_p:
+            times = [entry.point.time_ns for entry in entries[start : start + n]]
+            start += n
+            assert (max(times) - min(times)) / 1e9 <= linger_s + TIMEOUT_S + 0.5, (p, n)

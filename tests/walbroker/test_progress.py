@@ -11,8 +11,8 @@ from walbroker.group import GroupCoordinator
 from walbroker.lag import group_lags, producer_progress
 from walbroker.log import Log
 from walbroker.metrics import BrokerMetrics
+from walbroker.ops import Fence
 from walbroker.types import TopicPartition as TP
-from walbroker.writer import Fence
 
 
 def open_log(path, **kw) -> Log:

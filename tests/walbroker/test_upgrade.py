@@ -13,11 +13,17 @@ import time
 from pathlib import Path
 
 import lmdb
+import pytest
 
 from tests.fixtures.broker import BrokerProcess
 from walbroker import keys
 from walbroker.admin_client import AdminClient
+from walbroker.config import LogConfig
 from walbroker.consumer import Consumer
+from walbroker.errors import InvalidArgument
+from walbroker.group import GroupCoordinator, MemberAssignment
+from walbroker.log import Log
+from walbroker.metrics import BrokerMetrics
 from walbroker.types import TopicPartition as TP
 
 STREAMER_PROGRESS = {0: 12_345, 1: 777}  # rows of the CSV each partition had sent
@@ -86,3 +92,43 @@ def test_a_streamer_resumes_where_it_was_after_an_upgrade(broker_factory):
     assert describe(broker.address, "streamers") == {
         p: (v, 0) for p, v in STREAMER_PROGRESS.items()
     }
+
+
+def test_the_upgrade_runs_once_and_each_group_is_settled_by_what_joins_it(tmp_path):
+    write_old_layout(tmp_path)
+    wal = Log(LogConfig(tmp_path, retention_bytes=1 << 20))
+    wal.start()
+    try:
+        assert wal.offsets.is_legacy("streamers") and wal.offsets.is_legacy("collectors")
+        coordinator = GroupCoordinator(wal, BrokerMetrics())
+        member = coordinator.join("collectors", "telemetry", "consumer", listener=lambda a: None)
+        assert not wal.offsets.is_legacy("collectors")  # a consumer group keeps its offsets
+        assert wal.offsets.committed("collectors", TP("telemetry", 1)) == 0
+        assert wal.offsets.progress("collectors", TP("telemetry", 1)) is None
+        coordinator.leave("collectors", member)
+        wal.delete_group_offsets("streamers")  # deleting a legacy group drops its marker too
+        assert not wal.offsets.is_legacy("streamers")
+    finally:
+        wal.close()
+    wal = Log(LogConfig(tmp_path, retention_bytes=1 << 20))
+    try:  # reopened: already at the current layout, nothing marked again
+        assert wal.offsets.upgrade() == []
+        assert not wal.offsets.is_legacy("streamers") and not wal.offsets.is_legacy("collectors")
+        assert wal.offsets.committed("collectors", TP("telemetry", 0)) == 0
+    finally:
+        wal.close()
+
+
+def test_a_producer_group_cannot_commit_offsets(tmp_path):
+    wal = Log(LogConfig(tmp_path, retention_bytes=1 << 20))
+    wal.start()
+    try:
+        wal.create_topic("telemetry", 2)
+        coordinator = GroupCoordinator(wal, BrokerMetrics())
+        got: list[MemberAssignment] = []
+        member = coordinator.join("streamers", "telemetry", "producer", listener=got.append)
+        with pytest.raises(InvalidArgument, match="producer group"):
+            coordinator.commit("streamers", member, got[-1].generation, {0: 5})
+        assert wal.offsets.committed("streamers", TP("telemetry", 0)) is None
+    finally:
+        wal.close()
