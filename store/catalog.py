@@ -164,12 +164,21 @@ class CatalogTracker:
         gpus: list[GpuRecord] = []
         names: dict[tuple[str, str], int] = {}
         batch_lo = min(batch.time_ns)
+        gpu_fields, known_gpus, granularity = schema.gpu_fields, self._gpus, self.granularity_ns
         with self._lock:
             for gpu, (lo, hi) in zip(batch.gpus, spans(batch, newest_bound_ns()), strict=True):
                 if lo < 0:
                     continue
-                fields = schema.gpu_fields(gpu)
-                gpus += self._gpu_records(self._gpus.get(gpu.uuid), fields, lo, hi)
+                fields = gpu_fields(gpu)
+                known = known_gpus.get(gpu.uuid)
+                if known is not None and known.fields == fields:
+                    # Its host and model names were confirmed with (or before) this record.
+                    if hi < known.last_seen_ns + granularity and lo >= known.first_seen_ns:
+                        continue  # the usual case: nothing new for the catalog
+                    gpus.append(GpuRecord(fields, known.anchor_ns, min(known.first_seen_ns, lo),
+                                          max(known.last_seen_ns, hi)))  # fmt: skip
+                    continue
+                gpus += self._gpu_records(known, fields, lo, hi)
                 for kind, name in (("host", gpu.hostname), ("model", gpu.model)):
                     if name and (kind, name) not in self._names:
                         names.setdefault((kind, name), lo)

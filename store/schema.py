@@ -110,14 +110,15 @@ def check_batch(batch: PointBatch, checked: set[GpuFields] | None = None) -> Non
     columns = (batch.gpu_index, batch.metric_index, batch.value, batch.source_time_ns)
     if any(len(c) != n for c in columns):
         raise InvalidBatch("batch columns differ in length")
-    for gpu in batch.gpus:
-        if checked is None:
+    if checked is None:
+        for gpu in batch.gpus:
             check_gpu(gpu)
-            continue
-        fields = gpu_fields(gpu)
-        if fields not in checked:
-            check_gpu(gpu)
-            checked.add(fields)
+    else:
+        for gpu in batch.gpus:
+            fields = gpu_fields(gpu)
+            if fields not in checked:
+                check_gpu(gpu)
+                checked.add(fields)
     for metric in batch.metrics:
         if not metric:
             raise InvalidBatch("empty metric name")

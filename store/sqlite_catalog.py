@@ -147,25 +147,31 @@ class GpuRows:
     def ids(
         self, conn: sqlite3.Connection, batch: PointBatch, update: catalog.CatalogUpdate
     ) -> tuple[list[int], dict[str, GpuRow]]:
-        """Upsert the rows `batch` needs; return each GPU's row id and the rows learnt."""
+        """Upsert the rows `batch` needs; return each GPU's row id and the rows learnt (new or
+        re-described; the others are remembered already)."""
         spans = {r.uuid: r for r in update.gpus if not r.moved}
-        fields = [schema.gpu_fields(g) for g in batch.gpus]
+        fields = list(map(schema.gpu_fields, batch.gpus))
         with self._lock:
-            known = [self._rows.get(f[0]) for f in fields]
+            known = list(map(self._rows.get, [f[0] for f in fields]))
         upserts: list[tuple[object, ...]] = []
+        changed: list[schema.GpuFields] = []  # rows new to this process or re-described
         for f, row in zip(fields, known, strict=True):
-            record = spans.get(f[0])
+            fresh = row is None or row[1] != f
+            if fresh:
+                changed.append(f)
+            record = spans.get(f[0]) if spans else None
             if record is not None:
-                seen: tuple[int | None, int | None] = (record.first_seen_ns, record.last_seen_ns)
-            elif row is None or row[1] != f:
-                seen = (None, None)  # a row (and its descriptor) without a span
-            else:
-                continue
-            upserts.append((*f, catalog.shard_of(f[0]), *seen))
+                upserts.append((*f, catalog.shard_of(f[0]), record.first_seen_ns,
+                                record.last_seen_ns))  # fmt: skip
+            elif fresh:
+                upserts.append((*f, catalog.shard_of(f[0]), None, None))  # no span: keep its own
         conn.executemany(UPSERT_GPU, upserts)
         learnt = _row_ids(conn, [f[0] for f, row in zip(fields, known, strict=True) if not row])
         ids = [row[0] if row else learnt[f[0]] for f, row in zip(fields, known, strict=True)]
-        return ids, {f[0]: (i, f) for f, i in zip(fields, ids, strict=True)}
+        if not changed:
+            return ids, {}
+        by_uuid = {f[0]: i for f, i in zip(fields, ids, strict=True)}
+        return ids, {f[0]: (by_uuid[f[0]], f) for f in changed}
 
     def names(self, update: catalog.CatalogUpdate) -> list[NameRow]:
         """The catalog_names rows of `update`."""
