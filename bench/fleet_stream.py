@@ -31,6 +31,7 @@ import urllib3
 from bench.collector_bench import PARTITIONS, TOPIC, drain
 from bench.e2e_bench import cpu_seconds
 from bench.fleet_data import T0, fleet, scrape
+from collector.config import CollectorConfig
 from proto.codec import encode
 from proto.gen import walbroker_pb2 as pb
 from proto.gen import walbroker_pb2_grpc as pb_grpc
@@ -42,6 +43,8 @@ from tests.fixtures.influx import InfluxServer, influxd_path
 from walbroker.client import channel
 
 SCRAPES = 6
+# Both stores as the collector opens them (its --catalog-granularity-s default).
+GRANULARITY_S = CollectorConfig(broker="-", store="-").catalog_granularity_s
 INTERVAL_S = 20
 RUNS = 4
 
@@ -148,7 +151,7 @@ def run(tmp: Path, gpus: int) -> dict[str, Any]:
         points = preload(broker.address, gpus)
 
         def sqlite(name: str, catalog: bool) -> Any:
-            return open_store(f"sqlite:{tmp / name}.db", None, catalog)
+            return open_store(f"sqlite:{tmp / name}.db", GRANULARITY_S, catalog)
 
         out = {"gpus": gpus, "scrapes": SCRAPES, "interval_s": INTERVAL_S}
         out["sqlite"] = _drains(broker.address, points, sqlite, "sqlite", lambda: 0.0)
@@ -156,7 +159,7 @@ def run(tmp: Path, gpus: int) -> dict[str, Any]:
 
         def influx(name: str, catalog: bool) -> Any:
             opts = server.create_database(name.replace("-", "_")).store_opts()
-            return open_store("influx", None, catalog, **opts)
+            return open_store("influx", GRANULARITY_S, catalog, **opts)
 
         influxd = server.pid
         assert influxd is not None

@@ -56,6 +56,8 @@ def page(
     after: tuple[int, str] | None,
 ) -> list[RawPoint]:
     """Up to `limit` points in [start_ns, end_ns] after `after`, ordered by (time, metric)."""
+    if after is not None and after[0] > end_ns:
+        return []  # the cursor is past the range: nothing follows it inside
     at_cursor = after is not None and after[0] >= start_ns
     statements, lo = [], start_ns
     if after is not None and at_cursor:

@@ -244,10 +244,12 @@ class KafkaGroupConsumer:
             return dict(self._positions)
 
     def release(self, partitions: set[int]) -> None:
-        """Nothing left to do: revoked partitions left with the revoke callback (module doc)."""
-        with self._lock:
-            for p in partitions:
-                self._positions.pop(p, None)
+        """Nothing to do: the revoke callback already let the partitions go (module doc).
+
+        Not even forgetting their positions: by the time the collector calls this, the
+        group may have given a partition back to this member (revoked and assigned again
+        in one rebalance), and forgetting it then would drop its records for good.
+        """
 
     def lag(self) -> dict[int, int]:
         """Log end offset minus committed offset per owned partition, in records (snapshot)."""

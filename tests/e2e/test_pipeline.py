@@ -285,3 +285,32 @@ def test_exactly_once_on_kafka_through_kill_9_of_collector_and_kafka_broker_and_
     assert b is not None and b.running, "the second streamer finished before the chaos ended"
     streamers_finish([b], 180)
     expect_exact(p, series, KAFKA_PASSES, timeout_s=120)
+
+
+@pytest.mark.parametrize("kafka_pipeline", ["kafka1-sqlite"], indirect=True)
+def test_kafka_collectors_scale_three_to_one_cooperatively_and_stay_exact(
+    kafka_pipeline: Pipeline, series
+):
+    """Three collectors share the partitions; two leave (SIGTERM): cooperative rebalancing
+    hands their partitions over with what they stored committed, and nothing is lost."""
+    p = kafka_pipeline
+    p.start_gateway()
+    collectors = [p.collector().start() for _ in range(3)]
+    streamer = p.streamer("--passes", str(PASSES), "--pass-interval", "0.4").start()
+    time.sleep(4)
+    for proc in collectors[1:]:
+        assert proc.terminate() == 0, proc.log_tail()
+    streamers_finish([streamer])
+    expect_exact(p, series, PASSES)
+    assert isinstance(p.broker, KafkaTarget)
+    owned = lambda: lag_series(collectors[0]) == p.broker.partitions  # noqa: E731
+    assert wait_for(owned, 10), "the last collector does not track every partition"
+
+
+def lag_series(proc) -> int:
+    """Partitions a collector exports consumer lag for (the ones it owns and tracks)."""
+    from tests.e2e.pipeline import http_get
+
+    _, body = http_get(proc.metrics_url, 2)
+    prefix = "gpu_telemetry_collector_consumer_lag_records{"
+    return sum(1 for line in body.decode().splitlines() if line.startswith(prefix))

@@ -218,6 +218,13 @@ def test_pages_cut_inside_one_time_lose_and_repeat_nothing(store: Store, limit: 
         seen += [(t, m) for t, m, _, _ in page]
         after = seen[-1]
     assert seen == sorted((t, m) for t in times for m in names)
+    assert store.query_raw(g.uuid, T0, T0 + 1, None, limit, (T0 + S, "m-a")) == []
+    assert (
+        store.query_raw(g.uuid, T0 + 1, T0 + 1, None, limit, (T0, "m-z"))
+        == [(T0 + 1, m, v, s) for t, m, v, s in store.query_raw(g.uuid, T0 + 1, T0 + 1, None, 10)][
+            :limit
+        ]
+    )
 
 
 def test_limit(store: Store) -> None:

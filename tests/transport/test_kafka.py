@@ -76,3 +76,69 @@ def test_a_missing_topic_is_named_with_what_to_do(kafka: Backend, kafka1):
     late = f"created-late-{group()}"
     create_kafka_topic(kafka1.bootstrap, late, 1)
     factory.record_producer(kafka.transport, late).close(5)
+
+
+def test_the_collector_dead_letters_an_undecodable_batch_and_its_partition_flows_on(
+    kafka: Backend, kafka1, tmp_path
+):
+    """On Kafka too: garbage goes to `<topic>.dlq` byte for byte, the rest is stored."""
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from collector.config import CollectorConfig
+    from collector.deadletter import unwrap
+    from collector.metrics import CollectorMetrics
+    from collector.runner import Collector
+    from proto.batch import Gpu
+    from proto.codec import BatchBuilder, encode
+    from store import open_store
+
+    topic = kafka.topic(2)
+    create_kafka_topic(kafka1.bootstrap, f"{topic}.dlq", 2)
+    gpu = Gpu(uuid="GPU-dlq-0", hostname="h1", gpu=0)
+
+    def batch(first: int) -> bytes:
+        b = BatchBuilder()
+        for i in range(first, first + 5):
+            b.add(gpu, "DCGM_FI_DEV_GPU_TEMP", 1_700_000_000_000_000_000 + i, float(i))
+        return encode(b.build())
+
+    link = Link(kafka.transport, group(), topic).start()
+    link.producer.send_batch(1, batch(0), 5)
+    link.producer.send_batch(1, b"\xff\x00 not a batch", 7)
+    link.producer.send_batch(1, batch(5), 5)
+    link.close()
+
+    db = f"sqlite:{tmp_path / 'store.db'}"
+    config = CollectorConfig(
+        broker=kafka1.url, store=db, topic=topic, group=group(), flush_ms=100, metrics_listen=""
+    )
+    registry = CollectorRegistry()
+    with open_store(db) as store:
+        collector = Collector(config, store, CollectorMetrics(registry))
+        runner = threading.Thread(target=collector.run)
+        runner.start()
+        try:
+            assert wait_until(lambda: sum(store.count_points().values()) == 10, 60)
+            assert wait_until(lambda: collector.consumer.lag().get(1) == 0, 20)
+        finally:
+            collector.stop()
+            runner.join(30)
+    dead = registry.get_sample_value(
+        "gpu_telemetry_collector_dead_lettered_total", {"reason": "decode"}
+    )
+    assert dead == 7
+    c = consumer(kafka.transport, group(), f"{topic}.dlq")
+    try:
+        (letter,) = drain(c, 1)
+    finally:
+        c.close()
+    header, payload = unwrap(letter.payload)
+    assert payload == b"\xff\x00 not a batch"
+    assert (header["topic"], header["partition"], header["count"], header["reason"]) == (
+        topic,
+        1,
+        7,
+        "decode",
+    )
