@@ -117,7 +117,11 @@ def merge(batches: list[PointBatch]) -> PointBatch:
     gpu_slot: dict[GpuFields, int] = {}
     metric_slot: dict[str, int] = {}
     for b in batches:
-        gmap = [_slot(gpu_slot, gpu_fields(g), g, out.gpus) for g in b.gpus]
+        before = len(gpu_slot)
+        gmap = _slots(gpu_slot, list(map(gpu_fields, b.gpus)))
+        if len(gpu_slot) > before:  # the first entry of each new GPU, in slot order
+            first = dict(zip(reversed(gmap), reversed(b.gpus), strict=True))
+            out.gpus.extend(map(first.__getitem__, range(before, len(gpu_slot))))
         mmap = [_slot(metric_slot, m, m, out.metrics) for m in b.metrics]
         out.gpu_index.extend(_remap(b.gpu_index, gmap))
         out.metric_index.extend(_remap(b.metric_index, mmap))
@@ -135,7 +139,13 @@ def _slot(slots: dict[K, int], key: K, item: V, items: list[V]) -> int:
     return slot
 
 
+def _slots(slots: dict[K, int], keys: list[K]) -> list[int]:
+    """The slot of each key, new keys numbered on (C-level `setdefault`: one per GPU entry)."""
+    add = slots.setdefault
+    return [add(k, len(slots)) for k in keys]
+
+
 def _remap(column: list[int], mapping: list[int]) -> list[int]:
-    if all(i == m for i, m in enumerate(mapping)):
+    if mapping == list(range(len(mapping))):
         return column  # identity: the common case for the first record of a flush
-    return [mapping[i] for i in column]
+    return list(map(mapping.__getitem__, column))

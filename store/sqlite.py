@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -65,8 +65,9 @@ CREATE TABLE IF NOT EXISTS latest (
     PRIMARY KEY (gpu_id, metric)) WITHOUT ROWID
 """
 
+# Takes a `points` row as it is (gpu_id, time_ns, metric, value, source_time_ns).
 _UPSERT_LATEST = """
-INSERT INTO latest VALUES (?, ?, ?, ?, ?)
+INSERT INTO latest (gpu_id, time_ns, metric, value, source_time_ns) VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (gpu_id, metric) DO UPDATE SET time_ns = excluded.time_ns, value = excluded.value,
     source_time_ns = excluded.source_time_ns WHERE excluded.time_ns >= latest.time_ns"""
 
@@ -175,20 +176,9 @@ class SqliteStore(Store):
             return
         with self._tx() as conn:
             ids, learnt = self._gpu_rows.ids(conn, batch, update)
-            metrics = batch.metrics
-            rows = [
-                (ids[g], t, metrics[m], v, s)
-                for g, m, t, v, s in zip(
-                    batch.gpu_index,
-                    batch.metric_index,
-                    batch.time_ns,
-                    batch.value,
-                    batch.source_time_ns,
-                    strict=True,
-                )
-            ]
+            rows = _point_rows(batch, ids)
             conn.executemany("INSERT OR REPLACE INTO points VALUES (?, ?, ?, ?, ?)", rows)
-            conn.executemany(_UPSERT_LATEST, _newest_rows(rows))
+            conn.executemany(_UPSERT_LATEST, _newest_rows(rows, batch.time_ns))
             conn.executemany(sqlite_catalog.INSERT_NAMES, self._gpu_rows.names(update))
         self._gpu_rows.confirm(learnt, update)
 
@@ -382,12 +372,32 @@ def _points_query(
 PointRow = tuple[int, int, str, float, int]
 
 
-def _newest_rows(rows: list[PointRow]) -> list[tuple[int, str, int, float, int]]:
-    """Return (gpu_id, metric, time_ns, value, source_time_ns), newest per (gpu, metric)."""
+def _point_rows(batch: PointBatch, ids: list[int]) -> list[PointRow]:
+    """Return the `points` rows of `batch`, given each of its GPUs' row id.
+
+    Built column-wise with C-level `map` and `zip` (a Python loop per point was a third of
+    the store's own CPU per point).
+    """
+    return list(
+        zip(
+            map(ids.__getitem__, batch.gpu_index),
+            batch.time_ns,
+            map(batch.metrics.__getitem__, batch.metric_index),
+            batch.value,
+            batch.source_time_ns,
+            strict=True,
+        )
+    )
+
+
+def _newest_rows(rows: list[PointRow], times: list[int]) -> Iterable[PointRow]:
+    """Return the newest row per (gpu, metric); a later row wins a tie, as in the upsert."""
+    if rows and min(times) == max(times):  # one time (a scrape, a row group): the last wins
+        return dict(zip(((r[0], r[2]) for r in rows), rows, strict=True)).values()
     newest: dict[tuple[int, str], PointRow] = {}
     for row in rows:
         key = (row[0], row[2])
         old = newest.get(key)
         if old is None or row[1] >= old[1]:
             newest[key] = row
-    return [(g, m, t, v, s) for (g, m), (_, t, _, v, s) in newest.items()]
+    return newest.values()

@@ -70,6 +70,17 @@ def test_merge_lists_each_gpu_and_metric_once_and_keeps_every_point():
     assert points(merged) == points(b1) + points(b2)
 
 
+def test_merge_keeps_the_first_entry_of_a_gpu_listed_twice_and_numbers_new_ones_in_order():
+    c = Gpu(uuid="GPU-c", hostname="h3", gpu=1)
+    a_labelled = Gpu("GPU-a", "h1", 0, labels={"x": "1"})
+    b1 = batch([B], ["m"], [(0, 0, 1)])
+    b2 = batch([a_labelled, B, A, c], ["m"], [(0, 0, 2), (1, 0, 3), (2, 0, 4), (3, 0, 5)])
+    merged = merge([b1, b2])
+    assert [g.uuid for g in merged.gpus] == ["GPU-b", "GPU-a", "GPU-c"]
+    assert merged.gpus[1] is a_labelled  # the first entry of GPU-a wins
+    assert points(merged) == points(b1) + points(b2)
+
+
 def test_tail_drops_points_already_consumed():
     b = batch([A], ["m"], [(0, 0, t) for t in range(5)])
     assert [t for _, _, t in points(tail(b, 2))] == [2, 3, 4]

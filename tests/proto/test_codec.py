@@ -209,3 +209,23 @@ def test_untimed_encoding_checks_the_invariants_and_the_time_column_length() -> 
         with_times(untimed, [1, 2])
     with pytest.raises(CodecError, match="out of range"):
         with_times(untimed, [1, 2, 2**64])
+
+
+def test_decode_without_labels_shares_equal_gpus_between_batches_and_bounds_the_cache(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from proto import codec
+
+    wire = encode(sample_batch())
+    first, again = decode(wire, labels=False), decode(wire, labels=False)
+    want = [replace(g, labels={}) for g in sample_batch().gpus]
+    assert first.gpus == again.gpus == want
+    assert all(a is b for a, b in zip(first.gpus, again.gpus, strict=True))  # built once
+    moved = replace(sample_batch().gpus[0], hostname="dgx-h100-002")
+    other = sample_batch()
+    other.gpus[0] = moved
+    assert decode(encode(other), labels=False).gpus[0] == replace(moved, labels={})
+    monkeypatch.setattr(codec, "_MAX_INTERNED", 1)
+    decode(wire, labels=False)  # over the bound: the cache starts afresh
+    assert len(codec._INTERNED) <= 2
+    assert decode(wire, labels=True).gpus == sample_batch().gpus  # labels: never shared

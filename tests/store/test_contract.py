@@ -267,6 +267,15 @@ def test_latest(store: Store) -> None:
     assert store.latest("GPU-unknown") == {}
 
 
+def test_latest_within_one_batch(store: Store) -> None:
+    g = gpu(2)
+    store.write(batch([(g, UTIL, T0, 1.0), (g, UTIL, T0, 3.0)]))  # one point twice: last wins
+    assert store.latest(g.uuid)[UTIL][1:3] == (T0, 3.0)
+    assert [r[2] for r in store.query_raw(g.uuid, T0, T0)] == [3.0]
+    store.write(batch([(g, UTIL, T0 + 2 * S, 5.0), (g, UTIL, T0 + S, 4.0)]))  # newest first
+    assert store.latest(g.uuid)[UTIL][1:3] == (T0 + 2 * S, 5.0)
+
+
 def test_hosts_and_metrics(store: Store) -> None:
     store.write(grid([gpu(1, "h-b"), gpu(2, "h-a")], [UTIL, TEMP], [T0]))
     assert store.list_hosts() == ["h-a", "h-b"]
