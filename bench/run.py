@@ -29,6 +29,7 @@ SUITES = [
     "e2e_bench",
     "secure_bench",
     "import_bench",
+    "collector_path_bench",
     "scrape_bench",
     "gateway_bench",
     "fleet_bench",
