@@ -53,7 +53,7 @@ from gputel.transport.kafka_common import (
 )
 from gputel.transport.kafka_errors import from_kafka
 from walbroker.client import Backoff
-from walbroker.errors import BrokerError, Fenced
+from walbroker.errors import BrokerError, Fenced, NotFound
 from walbroker.loops import LoopCrashed, run_loop
 
 log = logging.getLogger(__name__)
@@ -128,23 +128,36 @@ class KafkaStreamProducer:
         self._committed: dict[int, int] = {}  # rows of each partition in committed transactions
         self._failure: BrokerError | LoopCrashed | None = None
         self._interval_s = TXN_INTERVAL_S  # adapted to how long commits take (module doc)
+        self._initialised = False  # init_transactions done (it fenced older instances)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
 
     def start(self, timeout_s: float = 30.0) -> KafkaStreamProducer:
-        """Fence older instances, learn the partitions and their progress, start the loop."""
-        try:
-            self._producer.init_transactions(timeout_s)
-        except KafkaException as exc:
-            raise from_kafka(exc) from None
-        self.partitions = list_topic(self._producer, self.topic, self.bootstrap, timeout_s)
-        tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
-        try:
-            found = self._group.committed(tps, timeout=timeout_s)
-        except KafkaException as exc:
-            raise from_kafka(exc) from None
+        """Fence older instances, learn the partitions and their progress, start the loop.
+
+        BrokerError when Kafka does not answer in `timeout_s` (the caller retries: a second
+        call goes on where this one stopped) or the topic does not exist (NotFound, after
+        waiting `timeout_s` for it: topics are created by an admin, never by the streamer).
+        """
+        deadline = time.monotonic() + timeout_s
+        if not self._initialised:
+            try:
+                self._producer.init_transactions(timeout_s)
+            except KafkaException as exc:
+                raise from_kafka(exc) from None
+            self._initialised = True
+        while True:
+            try:
+                left = max(0.1, deadline - time.monotonic())
+                self.partitions = list_topic(self._producer, self.topic, self.bootstrap, left)
+                break
+            except NotFound:
+                if time.monotonic() + 0.5 > deadline:
+                    raise
+                time.sleep(0.5)
+        found = self._read_progress(deadline)
         self._committed = {tp.partition: max(tp.offset, 0) for tp in found}
         self.assignment = Assignment(
             1, self.transactional_id, dict(self._committed), frozenset(), self.partitions,
@@ -160,6 +173,20 @@ class KafkaStreamProducer:
         )  # fmt: skip
         self._thread.start()
         return self
+
+    def _read_progress(self, deadline: float) -> list[TopicPartition]:
+        """The group's committed progress per partition, retrying while its coordinator moves."""
+        tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
+        backoff = Backoff(initial_ms=100, max_ms=1_000)
+        while True:
+            try:
+                left = max(0.1, deadline - time.monotonic())
+                return self._group.committed(tps, timeout=left)
+            except KafkaException as exc:
+                error = from_kafka(exc)
+                if not error.retriable or time.monotonic() > deadline:
+                    raise error from None
+            time.sleep(backoff.next_s())
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Commit what is open (up to `timeout_s`), then stop the loop and the clients."""

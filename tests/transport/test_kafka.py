@@ -74,8 +74,16 @@ def test_a_missing_topic_is_named_with_what_to_do(kafka: Backend, kafka1):
     with pytest.raises(NotFound, match="does not exist on the Kafka cluster"):
         factory.record_producer(kafka.transport, "never-created")
     late = f"created-late-{group()}"
+    link = Link(kafka.transport, group(), late)
+    with pytest.raises(NotFound, match="create it"):
+        link.producer.start(timeout_s=1.0)  # waits for it a moment, then says what to do
     create_kafka_topic(kafka1.bootstrap, late, 1)
     factory.record_producer(kafka.transport, late).close(5)
+    link.start()  # the streamer's retry goes on where it stopped (transactions initialised)
+    link.producer.send_batch(0, b"x" * 16, 1)
+    link.producer.flush(30)
+    assert link.member.progress() == {0: 1}
+    link.close()
 
 
 def test_the_collector_dead_letters_an_undecodable_batch_and_its_partition_flows_on(
