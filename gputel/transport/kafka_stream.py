@@ -42,7 +42,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from gputel.transport.base import AckCallback, Assignment
 from gputel.transport.kafka_common import (
@@ -109,7 +109,8 @@ class KafkaStreamProducer:
         self._producer = Producer(
             client_config(
                 bootstrap, properties,
-                {**PRODUCER, "transactional.id": self.transactional_id, "client.id": client_id},
+                {**PRODUCER, "transactional.id": self.transactional_id, "client.id": client_id,
+                 "error_cb": self._on_error},
             )
         )  # fmt: skip
         # Only to name the group in transactions and read its progress: it never subscribes.
@@ -129,6 +130,7 @@ class KafkaStreamProducer:
         self._failure: BrokerError | LoopCrashed | None = None
         self._interval_s = TXN_INTERVAL_S  # adapted to how long commits take (module doc)
         self._initialised = False  # init_transactions done (it fenced older instances)
+        self._fatal: KafkaError | None = None  # the first fatal error librdkafka reported
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -358,11 +360,27 @@ class KafkaStreamProducer:
             self._produce(b)
         txn.redo = False  # only now: a commit never covers part of the batches
 
+    def _on_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback (during poll): keep the first fatal error's real code."""
+        if err.fatal() and self._fatal is None:
+            self._fatal = err
+
     def _fatal_or(self, exc: KafkaException) -> BrokerError:
-        """The error of `exc`; a fatal one (fencing) fails every later call too."""
-        error = from_kafka(exc)
+        """The error of `exc`; a fatal one (fencing) fails every later call too.
+
+        After a fatal error librdkafka answers every call with a generic `_FATAL`; the error
+        callback (served by `poll`, which may raise it instead) tells which one it was, e.g.
+        `_FENCED`.
+        """
         err = exc.args[0]
-        if getattr(err, "fatal", lambda: False)():
+        if isinstance(err, KafkaError) and err.code() == KafkaError._FATAL:
+            try:
+                self._producer.poll(0)  # serves the error callback, or raises the fatal error
+                err = self._fatal or err
+            except KafkaException as fatal:
+                err = fatal.args[0]
+        error = from_kafka(err)
+        if isinstance(err, KafkaError) and err.fatal():
             if isinstance(error, Fenced):
                 error = Fenced(
                     f"another streamer took over transactional id {self.transactional_id!r} "

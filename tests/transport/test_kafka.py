@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from confluent_kafka import KafkaException
 
 from gputel.transport.factory import Transport
 from tests.support import wait_until
@@ -34,6 +35,10 @@ def test_a_second_streamer_fences_the_first_and_no_batch_is_doubled_or_lost(kafk
     with pytest.raises(Fenced):
         first.producer.send_batch(1, b"after the fence" * 4, 10)
     assert first.member.failure is not None
+    # librdkafka answers every call after a fatal error with a generic _FATAL: still Fenced
+    with pytest.raises(KafkaException) as raw:
+        first.producer._producer.produce(topic, b"x", partition=0)  # type: ignore[attr-defined]
+    assert isinstance(first.producer._fatal_or(raw.value), Fenced)  # type: ignore[attr-defined]
     second.producer.send_batch(0, b"second 0" * 4, 10)
     second.producer.flush(30)
     assert second.member.progress() == {0: resumed + 10, 1: 0}
