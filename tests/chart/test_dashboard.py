@@ -40,6 +40,7 @@ KNOWN_METRICS = {
     "gpu_telemetry_collector_write_errors_total": "counter",
     "gpu_telemetry_collector_dead_lettered_total": "counter",
     "gpu_telemetry_streamer_rows_rejected_total": "counter",
+    "gpu_telemetry_broker_publish_throttle_seconds_total": "counter",
 }
 PROMETHEUS_BUILTINS = {"up"}
 # The reference README's panels, by title, and the lag panels this product adds.

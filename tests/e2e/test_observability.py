@@ -58,6 +58,7 @@ GRAFANA_VARIABLES = {
 SELECTOR = re.compile(r"(?<![\w:])((?:gpu_telemetry_[\w:]*)|up)\s*(\{[^}]*\})?")
 # Families a component exposes that the dashboard deliberately leaves out, and why.
 NOT_ON_DASHBOARD = {
+    "gpu_telemetry_broker_publish_throttled_total": "throttle waits; the panel shows their seconds",
     "gpu_telemetry_streamer_rows_read_total": "rows per pass; throughput is points published",
     "gpu_telemetry_streamer_row_warnings_total": "rows kept despite a defect; logged per pass",
     "gpu_telemetry_streamer_publish_latency_seconds": "seal-to-ack; see backpressure",
