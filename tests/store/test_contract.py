@@ -73,8 +73,10 @@ def test_influx_body_is_line_protocol_gzipped_by_the_store(influx_server: Influx
     rest = text[len(points) + 1 :].decode().splitlines()
     assert (
         sorted(line.split(",", 1)[0] for line in rest)
-        == ["gpu_catalog"] * 2 + ["gpu_catalog_names"] * 4
+        == ["gpu_catalog_names_v2"] * 4 + ["gpu_catalog_v2"] * 2
     )  # two GPUs; their host, their model and two metric names
+    # One series per catalog shard: the GPU's identity is in fields, the time is its slot.
+    assert all(line.split(" ", 1)[0].count(",") == 1 for line in rest if "_names" not in line)
 
 
 @pytest.mark.parametrize("missing", ["value", "source_time"])
