@@ -164,7 +164,7 @@ class CatalogReader:
     ) -> list[GpuSummary]:
         """Return a page of reduced GPUs matching `tags` and `models`, in catalog order."""
         key = catalog.gpu_key(after) if after else None
-        if schema.TAG_HOSTNAME in tags:  # a host has few GPUs: one index lookup, no shards
+        if schema.TAG_HOSTNAME in tags:  # a host's GPUs are in any shard: one read of all
             found = catalog.reduce_gpus(self.records(None, tags))
             return [g for g in found if key is None or catalog.gpu_key(g.uuid) > key][:limit]
         density = "gpu:" + ",".join(f"{k}={v}" for k, v in sorted(tags.items()))

@@ -66,7 +66,11 @@ CATALOG_COLUMNS = (
 
 
 def catalog_gpus(shards: range | None, tags: dict[str, str], models: Sequence[str] = ()) -> str:
-    """Return the statement for every GPU record in `shards` (all when None) matching tags."""
+    """Return the statement for every GPU record in `shards` (all when None) matching `tags`.
+
+    `shards` is a tag (the index picks the series); `tags` and `models` are the record's
+    fields (`uuid`, `hostname`, `gpu`, `model`), compared while the shards are read.
+    """
     clauses = [] if shards is None else [shard_clause(shards)]
     clauses += [eq(k, v) for k, v in sorted(tags.items())]
     if models:

@@ -79,6 +79,33 @@ def test_influx_body_is_line_protocol_gzipped_by_the_store(influx_server: Influx
     assert all(line.split(" ", 1)[0].count(",") == 1 for line in rest if "_names" not in line)
 
 
+def test_influx_catalog_is_one_series_per_shard(influx_server: InfluxServer) -> None:
+    """A catalog page costs InfluxDB one cursor per series it reads: the catalog holds one
+    series per shard (not one per GPU), one point per GPU and writer, and a redelivered or
+    moved GPU overwrites its point instead of adding one (issue 18)."""
+    from store import catalog, schema
+    from store.v1query import QueryClient
+
+    conn = influx_server.create_database()
+    gpus = [gpu(i) for i in range(600)]  # more GPUs than shards
+    with InfluxStore(**conn.store_opts()) as store:
+        store.write(grid(gpus, [UTIL], [T0]))
+        store.write(grid(gpus, [UTIL], [T0]))  # redelivered
+        moved = gpus[0].__class__(uuid=gpus[0].uuid, hostname="elsewhere", gpu=7)
+        store.write(grid([moved], [UTIL], [T0 + S]))
+        listed = store.list_gpus(limit=1000)
+    client = QueryClient(conn.url, conn.bucket, conn.token)
+    try:
+        found = client.series(f'SELECT "uuid" FROM "{schema.CATALOG_MEASUREMENT}" GROUP BY *')
+    finally:
+        client.close()
+    shards = {catalog.shard_of(g.uuid) for g in gpus}
+    assert {s.tags["shard"] for s in found} == {f"{x:03d}" for x in shards}
+    assert len(found) == len(shards) < len(gpus)
+    assert sorted(row[1] for s in found for row in s.values) == sorted(g.uuid for g in gpus)
+    assert [(e.hostname, e.gpu) for e in listed if e.uuid == moved.uuid] == [("elsewhere", 7)]
+
+
 @pytest.mark.parametrize("missing", ["value", "source_time"])
 def test_influx_point_seen_in_part_is_not_there_yet(
     influx_server: InfluxServer, missing: str
