@@ -39,18 +39,18 @@ def statements(gpus: int) -> dict[str, dict[str, str]]:
     g = fleet(gpus)[gpus // 2]
     shard = catalog.shard_of(g.uuid)
     out: dict[str, dict[str, str]] = {}
-    for layout, (gpu_m, names_m) in {
-        "old": (OLD["gpus"], OLD["names"]),
-        "new": (schema.CATALOG_MEASUREMENT, schema.NAMES_MEASUREMENT),
+    entry = [influxql.shard_clause(range(shard, shard + 1)), influxql.eq("uuid", g.uuid)]
+    for layout, (gpu_m, names_m, host_m) in {
+        "old": (OLD["gpus"], OLD["names"], OLD["gpus"]),
+        "new": (schema.CATALOG_MEASUREMENT, schema.NAMES_MEASUREMENT, schema.HOSTS_MEASUREMENT),
     }.items():
         out[layout] = {
             "gpus_page_3_shards": _gpus(gpu_m, [influxql.shard_clause(range(0, 3))]),
             "hosts_shard": influxql.catalog_names("host", range(0, 1)).replace(
                 schema.NAMES_MEASUREMENT, names_m
             ),
-            "gpu_entry": _gpus(gpu_m, [influxql.shard_clause(range(shard, shard + 1)),
-                                       influxql.eq("uuid", g.uuid)]),  # fmt: skip
-            "hostname_filter": _gpus(gpu_m, [influxql.eq("hostname", g.hostname)]),
+            "gpu_entry": _gpus(gpu_m, entry),
+            "hostname_filter": _gpus(host_m, [influxql.eq("hostname", g.hostname)]),
         }
     return out
 

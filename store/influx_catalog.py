@@ -49,7 +49,7 @@ import orjson
 from store import catalog, influxql, schema
 from store.base import GpuSummary
 from store.catalog import CatalogUpdate, GpuRecord
-from store.lineprotocol import escape_measurement
+from store.lineprotocol import escape_measurement, escape_tag
 from store.v1query import QueryClient
 
 T = TypeVar("T")
@@ -62,6 +62,7 @@ def _string_field(text: str) -> str:
 
 
 _HEAD = escape_measurement(schema.CATALOG_MEASUREMENT) + "," + schema.TAG_SHARD + "="
+_HOST_HEAD = escape_measurement(schema.HOSTS_MEASUREMENT) + "," + schema.TAG_HOSTNAME + "="
 _NAMES_HEAD = escape_measurement(schema.NAMES_MEASUREMENT) + "," + schema.TAG_KIND + "="
 # 2200-01-01 rounded down to a whole week since the epoch (shard groups align to it).
 SLOT_BASE_NS = 7_258_118_400 // 604_800 * 604_800 * 1_000_000_000
@@ -79,11 +80,11 @@ def gpu_slot(uuid: str, anchor_ns: int) -> int:
     return slot(f"{uuid}\x00{anchor_ns}")
 
 
-def gpu_line(record: GpuRecord) -> str:
-    """Return the line protocol of one GPU record (empty texts left out)."""
+def _gpu_fields(record: GpuRecord, with_host: bool) -> str:
+    """The fields of a GPU record (empty texts left out, `moved` only when set)."""
     uuid, host, index, device, model, container, pod, namespace = record.fields
     fields = [f"{schema.TAG_UUID}={_string_field(uuid)}", f'{schema.TAG_GPU}="{index}"']
-    if host:
+    if host and with_host:
         fields.append(f"{schema.TAG_HOSTNAME}={_string_field(host)}")
     if model:
         fields.append(f"{schema.TAG_MODEL}={_string_field(model)}")
@@ -96,9 +97,25 @@ def gpu_line(record: GpuRecord) -> str:
         if text:
             body[name] = text
     body["anchor"] = record.anchor_ns
+    if record.moved:
+        body["moved"] = True
     fields.append(f"{schema.FIELD_RECORD}={_string_field(orjson.dumps(body).decode())}")
+    return ",".join(fields)
+
+
+def gpu_line(record: GpuRecord) -> str:
+    """Return the line protocol of one GPU record in its shard's series."""
+    uuid = record.fields[0]
     shard = catalog.shard_of(uuid)
-    return f"{_HEAD}{shard:03d} {','.join(fields)} {gpu_slot(uuid, record.anchor_ns)}"
+    slot_ns = gpu_slot(uuid, record.anchor_ns)
+    return f"{_HEAD}{shard:03d} {_gpu_fields(record, True)} {slot_ns}"
+
+
+def host_line(record: GpuRecord) -> str:
+    """Return the line protocol of one GPU record in its host's series (the `hostname` index)."""
+    uuid, host = record.fields[0], record.fields[1]
+    slot_ns = gpu_slot(uuid, record.anchor_ns)
+    return f"{_HOST_HEAD}{escape_tag(host)} {_gpu_fields(record, False)} {slot_ns}"
 
 
 def name_line(kind: str, name: str, anchor_ns: int) -> str:
@@ -112,9 +129,12 @@ def name_line(kind: str, name: str, anchor_ns: int) -> str:
 def encode(update: CatalogUpdate) -> bytes:
     """Return the catalog records of `update` as line protocol (empty when none).
 
-    `moved` records are left out: the same writer's new record overwrites them (same slot).
+    `moved` records are left out of the shard series (the same writer's new record
+    overwrites them there: same slot) but kept in the old host's series, so a filter on
+    the old hostname stops finding the GPU.
     """
     lines = [gpu_line(r) for r in update.gpus if not r.moved]
+    lines += [host_line(r) for r in update.gpus if r.fields[1]]
     lines += [name_line(n.kind, n.name, n.anchor_ns) for n in update.names]
     return "\n".join(lines).encode()
 
@@ -133,8 +153,8 @@ def parse_gpu(row: Sequence[Any]) -> GpuRecord:
         str(body.get("pod", "")),
         str(body.get("namespace", "")),
     )
-    first, last = int(body["first"]), int(body["last"])
-    return GpuRecord(fields, int(body["anchor"]), first, last)
+    first, last, moved = int(body["first"]), int(body["last"]), bool(body.get("moved"))
+    return GpuRecord(fields, int(body["anchor"]), first, last, moved)
 
 
 class CatalogReader:
@@ -164,8 +184,9 @@ class CatalogReader:
     ) -> list[GpuSummary]:
         """Return a page of reduced GPUs matching `tags` and `models`, in catalog order."""
         key = catalog.gpu_key(after) if after else None
-        if schema.TAG_HOSTNAME in tags:  # a host's GPUs are in any shard: one read of all
-            found = catalog.reduce_gpus(self.records(None, tags))
+        if schema.TAG_HOSTNAME in tags:  # a host has few GPUs: its own series, no shards
+            rows = self._client.series(influxql.catalog_host_gpus(tags))
+            found = catalog.reduce_gpus(parse_gpu(row) for s in rows for row in s.values)
             return [g for g in found if key is None or catalog.gpu_key(g.uuid) > key][:limit]
         density = "gpu:" + ",".join(f"{k}={v}" for k, v in sorted(tags.items()))
         density += ":" + ",".join(models)

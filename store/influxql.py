@@ -78,6 +78,15 @@ def catalog_gpus(shards: range | None, tags: dict[str, str], models: Sequence[st
     return _select(CATALOG_COLUMNS, schema.CATALOG_MEASUREMENT, clauses)
 
 
+def catalog_host_gpus(tags: dict[str, str]) -> str:
+    """Return the statement for the GPU records of one host (`tags` holds its `hostname`).
+
+    The host's own series (`hostname` is its tag there): one cursor, a few points.
+    """
+    clauses = [eq(k, v) for k, v in sorted(tags.items())]
+    return _select(CATALOG_COLUMNS, schema.HOSTS_MEASUREMENT, clauses)
+
+
 def catalog_names(kind: str, shards: range | None) -> str:
     """Return the statement for every name of one kind in `shards` (all when None)."""
     clauses = [eq(schema.TAG_KIND, kind)]

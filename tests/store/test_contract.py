@@ -73,8 +73,8 @@ def test_influx_body_is_line_protocol_gzipped_by_the_store(influx_server: Influx
     rest = text[len(points) + 1 :].decode().splitlines()
     assert (
         sorted(line.split(",", 1)[0] for line in rest)
-        == ["gpu_catalog_names_v2"] * 4 + ["gpu_catalog_v2"] * 2
-    )  # two GPUs; their host, their model and two metric names
+        == ["gpu_catalog_by_host_v2"] * 2 + ["gpu_catalog_names_v2"] * 4 + ["gpu_catalog_v2"] * 2
+    )  # two GPUs (in their shard's and their host's series); their host, model, two metrics
     # One series per catalog shard: the GPU's identity is in fields, the time is its slot.
     assert all(line.split(" ", 1)[0].count(",") == 1 for line in rest if "_names" not in line)
 
@@ -94,6 +94,8 @@ def test_influx_catalog_is_one_series_per_shard(influx_server: InfluxServer) -> 
         moved = gpus[0].__class__(uuid=gpus[0].uuid, hostname="elsewhere", gpu=7)
         store.write(grid([moved], [UTIL], [T0 + S]))
         listed = store.list_gpus(limit=1000)
+        on_new = store.list_gpus(hostname="elsewhere")
+        on_old = store.list_gpus(hostname=gpus[0].hostname)
     client = QueryClient(conn.url, conn.bucket, conn.token)
     try:
         found = client.series(f'SELECT "uuid" FROM "{schema.CATALOG_MEASUREMENT}" GROUP BY *')
@@ -104,6 +106,9 @@ def test_influx_catalog_is_one_series_per_shard(influx_server: InfluxServer) -> 
     assert len(found) == len(shards) < len(gpus)
     assert sorted(row[1] for s in found for row in s.values) == sorted(g.uuid for g in gpus)
     assert [(e.hostname, e.gpu) for e in listed if e.uuid == moved.uuid] == [("elsewhere", 7)]
+    assert [e.uuid for e in on_new] == [moved.uuid]  # the host's own series
+    assert on_old and all(e.hostname == gpus[0].hostname for e in on_old)
+    assert moved.uuid not in {e.uuid for e in on_old}  # marked moved in the old host's series
 
 
 @pytest.mark.parametrize("missing", ["value", "source_time"])
