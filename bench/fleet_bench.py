@@ -56,7 +56,7 @@ from tests.fixtures.influx import InfluxServer, influxd_path
 HOUR = 3600 * S
 DEEP = 16  # GPUs with two hours of history
 DEEP_SCRAPES = 240  # every 30 s
-VERSION = 1  # of the cached data: bump when the layout changes
+VERSION = 2  # of the cached data: bump when the layout changes (2: catalog per shard)
 # The list and detail targets are judged with one connection per gateway worker (no request
 # waits for a busy worker: the store's latency), the telemetry page with 16 (issue 18).
 QUIET_CONNECTIONS = 2

@@ -1,33 +1,45 @@
 """The GPU catalog on InfluxDB: line protocol for its records and the InfluxQL that pages it.
 
-Layout (two small measurements beside `gpu_telemetry`)::
+Layout (two small measurements beside `gpu_telemetry`), one series per catalog shard::
 
-    gpu_catalog,gpu=0,hostname=h1,model=NVIDIA\\ H100,shard=042,uuid=GPU-...
-        record="{json: device, container, pod, namespace, first, last, moved}" <anchor_ns>
-    gpu_catalog_names,kind=host,name=h1,shard=007 seen=<anchor_ns>i <anchor_ns>
+    gpu_catalog_v2,shard=042 uuid="GPU-...",hostname="h1",gpu="0",model="NVIDIA H100",
+        record="{json: device, container, pod, namespace, first, last}" <slot(uuid, anchor)>
+    gpu_catalog_names_v2,kind=host,shard=007 name="h1",seen=<anchor_ns>i <slot(name)>
 
-One series per (GPU, hostname, index, model): the tags a filter can match exactly, so
-`hostname`, `model` and `shard` are answered by InfluxDB's tag index. Everything else is one
-string field (one JSON document): one field per record is one column to read, and (when
-reads were Flux) 1.8 only pushed `group()` down for rows of one type. A record is pinned at
-its anchor (the time the writing process first saw the GPU) and overwritten in place there, so a
-series holds one point per writing process that saw the GPU, not one per update: reads
-cost O(GPUs on the page), whatever the history. Readers merge a GPU's points and series
-with `store.catalog.reduce_gpus`.
+Why one series per shard: InfluxDB plans one cursor per series a statement touches
+(~10 us each on the test machine, and more under concurrent statements), so the earlier
+layout, one series per GPU, cost a 1,000-GPU page ~1,150 cursors (14 of its 16 ms in
+influxd were planning, EXPLAIN ANALYZE). Now a page of 3 shards is 3 cursors over ~1,150
+points. The GPU's identity is in fields: a `hostname` or `model` filter is a field
+predicate InfluxDB evaluates while it reads the shards (a `hostname` page reads every
+shard: the price of the layout, measured in docs/benchmarks.md).
+
+Point time: a point's series + time is its identity (a write there overwrites it), so
+each GPU's record gets its own time in its shard's series: SLOT_BASE_NS plus a 41-bit
+hash of (uuid, anchor), the anchor being the time the writing process first saw the GPU.
+So a writing process overwrites its own record in place (descriptor changes included:
+no `moved` records are needed here), every other writer keeps its own point (readers
+merge them with `store.catalog.reduce_gpus`: oldest first_seen, newest descriptor), and a
+redelivered batch rewrites the same points. Names get the hash of the name alone. Two
+keys of one shard on one slot (about 400 GPUs per shard in 2^41 slots: ~4e-8 per shard)
+would overwrite each other; a write of either brings it back.
+
+All slots lie in one 36-minute window in the year 2200, aligned to a week: inside one
+InfluxDB shard group whatever the bucket's shard-group duration (1 h, 1 d, 7 d), never
+reached by retention (the catalog stays until the backfill or a drop rebuilds it), and
+after every real point, so `range(stop: now())` reads of the bucket never see it.
 
 Reads: `CatalogReader` pages through the shards (`store.catalog.page_shards`) with
-InfluxQL on `/query` (`store.influxql`): its tag predicates are resolved on the series
-index, and a 3-shard page (~1,150 records at 100,000 GPUs) took 16-32 ms against
-84-127 ms for the same read in Flux on the 1.8 test server.
+InfluxQL on `/query` (`store.influxql`).
 
-Retention: a bucket with a finite retention drops a record whose anchor ages out while
-its GPU keeps reporting to the same collector process; the GPU comes back on the next
-process start or `gputel-store backfill-catalog`. Keep the catalog's bucket retention
-longer than collector process lifetimes (docs/storage.md).
+Earlier layouts (`gpu_catalog`, `gpu_catalog_names`, one series per GPU or name) are not
+read: `gputel-store backfill-catalog` builds this one from the stored telemetry
+(docs/storage.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -49,55 +61,87 @@ def _string_field(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-_HEAD = escape_measurement(schema.CATALOG_MEASUREMENT)
-_NEEDS_ESCAPE = frozenset(", =")
+_HEAD = escape_measurement(schema.CATALOG_MEASUREMENT) + "," + schema.TAG_SHARD + "="
+_HOST_HEAD = escape_measurement(schema.HOSTS_MEASUREMENT) + "," + schema.TAG_HOSTNAME + "="
+_NAMES_HEAD = escape_measurement(schema.NAMES_MEASUREMENT) + "," + schema.TAG_KIND + "="
+# 2200-01-01 rounded down to a whole week since the epoch (shard groups align to it).
+SLOT_BASE_NS = 7_258_118_400 // 604_800 * 604_800 * 1_000_000_000
+SLOT_BITS = 41  # 2^41 ns: 36.6 minutes, inside one shard group of any duration >= 1 h
 
 
-def _tag(text: str) -> str:
-    return escape_tag(text) if _NEEDS_ESCAPE.intersection(text) else text
+def slot(key: str) -> int:
+    """Return the point time of the catalog record with this key (stable, in the window)."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return SLOT_BASE_NS + (int.from_bytes(digest, "big") >> (64 - SLOT_BITS))
 
 
-def gpu_line(record: GpuRecord) -> str:
-    """Return the line protocol of one GPU record (tags in key order, empty ones left out)."""
+def gpu_slot(uuid: str, anchor_ns: int) -> int:
+    """Return the point time of a GPU's record as written by the process with this anchor."""
+    return slot(f"{uuid}\x00{anchor_ns}")
+
+
+def _gpu_fields(record: GpuRecord, with_host: bool) -> str:
+    """The fields of a GPU record (empty texts left out, `moved` only when set)."""
     uuid, host, index, device, model, container, pod, namespace = record.fields
-    tags = [f"{schema.TAG_GPU}={index}"]
-    if host:
-        tags.append(f"{schema.TAG_HOSTNAME}={_tag(host)}")
+    fields = [f"{schema.TAG_UUID}={_string_field(uuid)}", f'{schema.TAG_GPU}="{index}"']
+    if host and with_host:
+        fields.append(f"{schema.TAG_HOSTNAME}={_string_field(host)}")
     if model:
-        tags.append(f"{schema.TAG_MODEL}={_tag(model)}")
-    tags.append(f"{schema.TAG_SHARD}={catalog.shard_of(uuid):03d}")
-    tags.append(f"{schema.TAG_UUID}={_tag(uuid)}")
+        fields.append(f"{schema.TAG_MODEL}={_string_field(model)}")
     body: dict[str, object] = {"first": record.first_seen_ns, "last": record.last_seen_ns}
-    # Empty texts and moved=false are left out (readers default them): every byte of a
-    # record is parsed and stored by InfluxDB on the collector's write path.
+    # Empty texts are left out (readers default them): every byte of a record is parsed
+    # and stored by InfluxDB on the collector's write path. The anchor is kept so that a
+    # reader can tell a record's writer (`parse_gpu`).
     for name, text in (("device", device), ("container", container), ("pod", pod),
                        ("namespace", namespace)):  # fmt: skip
         if text:
             body[name] = text
+    body["anchor"] = record.anchor_ns
     if record.moved:
         body["moved"] = True
-    value = _string_field(orjson.dumps(body).decode())
-    return f"{_HEAD},{','.join(tags)} {schema.FIELD_RECORD}={value} {record.anchor_ns}"
+    fields.append(f"{schema.FIELD_RECORD}={_string_field(orjson.dumps(body).decode())}")
+    return ",".join(fields)
+
+
+def gpu_line(record: GpuRecord) -> str:
+    """Return the line protocol of one GPU record in its shard's series."""
+    uuid = record.fields[0]
+    shard = catalog.shard_of(uuid)
+    slot_ns = gpu_slot(uuid, record.anchor_ns)
+    return f"{_HEAD}{shard:03d} {_gpu_fields(record, True)} {slot_ns}"
+
+
+def host_line(record: GpuRecord) -> str:
+    """Return the line protocol of one GPU record in its host's series (the `hostname` index)."""
+    uuid, host = record.fields[0], record.fields[1]
+    slot_ns = gpu_slot(uuid, record.anchor_ns)
+    return f"{_HOST_HEAD}{escape_tag(host)} {_gpu_fields(record, False)} {slot_ns}"
 
 
 def name_line(kind: str, name: str, anchor_ns: int) -> str:
     """Return the line protocol of one hostname, metric or model name."""
     shard = catalog.name_key(kind, name)[0]
-    tags = f"{schema.TAG_KIND}={kind},{schema.TAG_NAME}={escape_tag(name)}"
-    tags += f",{schema.TAG_SHARD}={shard:03d}"
-    return f"{schema.NAMES_MEASUREMENT},{tags} {schema.FIELD_SEEN}={anchor_ns}i {anchor_ns}"
+    fields = f"{schema.TAG_NAME}={_string_field(name)},{schema.FIELD_SEEN}={anchor_ns}i"
+    head = f"{_NAMES_HEAD}{kind},{schema.TAG_SHARD}={shard:03d}"
+    return f"{head} {fields} {slot(kind + chr(0) + name)}"
 
 
 def encode(update: CatalogUpdate) -> bytes:
-    """Return the catalog records of `update` as line protocol (empty when none)."""
-    lines = [gpu_line(r) for r in update.gpus]
+    """Return the catalog records of `update` as line protocol (empty when none).
+
+    `moved` records are left out of the shard series (the same writer's new record
+    overwrites them there: same slot) but kept in the old host's series, so a filter on
+    the old hostname stops finding the GPU.
+    """
+    lines = [gpu_line(r) for r in update.gpus if not r.moved]
+    lines += [host_line(r) for r in update.gpus if r.fields[1]]
     lines += [name_line(n.kind, n.name, n.anchor_ns) for n in update.names]
     return "\n".join(lines).encode()
 
 
 def parse_gpu(row: Sequence[Any]) -> GpuRecord:
     """Return the record a row of `influxql.catalog_gpus` holds (time, then CATALOG_COLUMNS)."""
-    anchor, record, uuid, host, index, model = row
+    _slot, record, uuid, host, index, model = row
     body = orjson.loads(record)
     fields: schema.GpuFields = (
         uuid,
@@ -110,7 +154,7 @@ def parse_gpu(row: Sequence[Any]) -> GpuRecord:
         str(body.get("namespace", "")),
     )
     first, last, moved = int(body["first"]), int(body["last"]), bool(body.get("moved"))
-    return GpuRecord(fields, int(anchor), first, last, moved)
+    return GpuRecord(fields, int(body["anchor"]), first, last, moved)
 
 
 class CatalogReader:
@@ -140,8 +184,9 @@ class CatalogReader:
     ) -> list[GpuSummary]:
         """Return a page of reduced GPUs matching `tags` and `models`, in catalog order."""
         key = catalog.gpu_key(after) if after else None
-        if schema.TAG_HOSTNAME in tags:  # a host has few GPUs: one index lookup, no shards
-            found = catalog.reduce_gpus(self.records(None, tags))
+        if schema.TAG_HOSTNAME in tags:  # a host has few GPUs: its own series, no shards
+            rows = self._client.series(influxql.catalog_host_gpus(tags))
+            found = catalog.reduce_gpus(parse_gpu(row) for s in rows for row in s.values)
             return [g for g in found if key is None or catalog.gpu_key(g.uuid) > key][:limit]
         density = "gpu:" + ",".join(f"{k}={v}" for k, v in sorted(tags.items()))
         density += ":" + ",".join(models)

@@ -66,12 +66,25 @@ CATALOG_COLUMNS = (
 
 
 def catalog_gpus(shards: range | None, tags: dict[str, str], models: Sequence[str] = ()) -> str:
-    """Return the statement for every GPU record in `shards` (all when None) matching tags."""
+    """Return the statement for every GPU record in `shards` (all when None) matching `tags`.
+
+    `shards` is a tag (the index picks the series); `tags` and `models` are the record's
+    fields (`uuid`, `hostname`, `gpu`, `model`), compared while the shards are read.
+    """
     clauses = [] if shards is None else [shard_clause(shards)]
     clauses += [eq(k, v) for k, v in sorted(tags.items())]
     if models:
         clauses.append(any_of(schema.TAG_MODEL, models))
     return _select(CATALOG_COLUMNS, schema.CATALOG_MEASUREMENT, clauses)
+
+
+def catalog_host_gpus(tags: dict[str, str]) -> str:
+    """Return the statement for the GPU records of one host (`tags` holds its `hostname`).
+
+    The host's own series (`hostname` is its tag there): one cursor, a few points.
+    """
+    clauses = [eq(k, v) for k, v in sorted(tags.items())]
+    return _select(CATALOG_COLUMNS, schema.HOSTS_MEASUREMENT, clauses)
 
 
 def catalog_names(kind: str, shards: range | None) -> str:

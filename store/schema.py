@@ -27,8 +27,10 @@ from store.base import InvalidBatch
 
 MEASUREMENT = "gpu_telemetry"
 # The catalog (store.catalog) on InfluxDB: see store.influx_catalog for the layout.
-CATALOG_MEASUREMENT = "gpu_catalog"
-NAMES_MEASUREMENT = "gpu_catalog_names"
+# (`_v2`: one series per shard; the per-GPU-series layout of `gpu_catalog` is no longer read.)
+CATALOG_MEASUREMENT = "gpu_catalog_v2"
+NAMES_MEASUREMENT = "gpu_catalog_names_v2"
+HOSTS_MEASUREMENT = "gpu_catalog_by_host_v2"  # the same GPU records, one series per hostname
 FIELD_RECORD = "record"
 FIELD_SEEN = "seen"
 TAG_SHARD = "shard"

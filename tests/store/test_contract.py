@@ -73,8 +73,42 @@ def test_influx_body_is_line_protocol_gzipped_by_the_store(influx_server: Influx
     rest = text[len(points) + 1 :].decode().splitlines()
     assert (
         sorted(line.split(",", 1)[0] for line in rest)
-        == ["gpu_catalog"] * 2 + ["gpu_catalog_names"] * 4
-    )  # two GPUs; their host, their model and two metric names
+        == ["gpu_catalog_by_host_v2"] * 2 + ["gpu_catalog_names_v2"] * 4 + ["gpu_catalog_v2"] * 2
+    )  # two GPUs (in their shard's and their host's series); their host, model, two metrics
+    # One series per catalog shard: the GPU's identity is in fields, the time is its slot.
+    assert all(line.split(" ", 1)[0].count(",") == 1 for line in rest if "_names" not in line)
+
+
+def test_influx_catalog_is_one_series_per_shard(influx_server: InfluxServer) -> None:
+    """A catalog page costs InfluxDB one cursor per series it reads: the catalog holds one
+    series per shard (not one per GPU), one point per GPU and writer, and a redelivered or
+    moved GPU overwrites its point instead of adding one (issue 18)."""
+    from store import catalog, schema
+    from store.v1query import QueryClient
+
+    conn = influx_server.create_database()
+    gpus = [gpu(i) for i in range(600)]  # more GPUs than shards
+    with InfluxStore(**conn.store_opts()) as store:
+        store.write(grid(gpus, [UTIL], [T0]))
+        store.write(grid(gpus, [UTIL], [T0]))  # redelivered
+        moved = gpus[0].__class__(uuid=gpus[0].uuid, hostname="elsewhere", gpu=7)
+        store.write(grid([moved], [UTIL], [T0 + S]))
+        listed = store.list_gpus(limit=1000)
+        on_new = store.list_gpus(hostname="elsewhere")
+        on_old = store.list_gpus(hostname=gpus[0].hostname)
+    client = QueryClient(conn.url, conn.bucket, conn.token)
+    try:
+        found = client.series(f'SELECT "uuid" FROM "{schema.CATALOG_MEASUREMENT}" GROUP BY *')
+    finally:
+        client.close()
+    shards = {catalog.shard_of(g.uuid) for g in gpus}
+    assert {s.tags["shard"] for s in found} == {f"{x:03d}" for x in shards}
+    assert len(found) == len(shards) < len(gpus)
+    assert sorted(row[1] for s in found for row in s.values) == sorted(g.uuid for g in gpus)
+    assert [(e.hostname, e.gpu) for e in listed if e.uuid == moved.uuid] == [("elsewhere", 7)]
+    assert [e.uuid for e in on_new] == [moved.uuid]  # the host's own series
+    assert on_old and all(e.hostname == gpus[0].hostname for e in on_old)
+    assert moved.uuid not in {e.uuid for e in on_old}  # marked moved in the old host's series
 
 
 @pytest.mark.parametrize("missing", ["value", "source_time"])
