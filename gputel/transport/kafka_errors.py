@@ -47,6 +47,11 @@ _UNAVAILABLE = {
     KafkaError._MSG_TIMED_OUT,
     KafkaError.NOT_ENOUGH_REPLICAS,
     KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+    # a coordinator moving or starting (a broker failover, the first use of a fresh cluster)
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.CONCURRENT_TRANSACTIONS,
 }
 
 

@@ -42,7 +42,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from gputel.transport.base import AckCallback, Assignment
 from gputel.transport.kafka_common import (
@@ -53,7 +53,7 @@ from gputel.transport.kafka_common import (
 )
 from gputel.transport.kafka_errors import from_kafka
 from walbroker.client import Backoff
-from walbroker.errors import BrokerError, Fenced
+from walbroker.errors import BrokerError, Fenced, NotFound
 from walbroker.loops import LoopCrashed, run_loop
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,8 @@ class KafkaStreamProducer:
         self._producer = Producer(
             client_config(
                 bootstrap, properties,
-                {**PRODUCER, "transactional.id": self.transactional_id, "client.id": client_id},
+                {**PRODUCER, "transactional.id": self.transactional_id, "client.id": client_id,
+                 "error_cb": self._on_error},
             )
         )  # fmt: skip
         # Only to name the group in transactions and read its progress: it never subscribes.
@@ -128,23 +129,37 @@ class KafkaStreamProducer:
         self._committed: dict[int, int] = {}  # rows of each partition in committed transactions
         self._failure: BrokerError | LoopCrashed | None = None
         self._interval_s = TXN_INTERVAL_S  # adapted to how long commits take (module doc)
+        self._initialised = False  # init_transactions done (it fenced older instances)
+        self._fatal: KafkaError | None = None  # the first fatal error librdkafka reported
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
 
     def start(self, timeout_s: float = 30.0) -> KafkaStreamProducer:
-        """Fence older instances, learn the partitions and their progress, start the loop."""
-        try:
-            self._producer.init_transactions(timeout_s)
-        except KafkaException as exc:
-            raise from_kafka(exc) from None
-        self.partitions = list_topic(self._producer, self.topic, self.bootstrap, timeout_s)
-        tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
-        try:
-            found = self._group.committed(tps, timeout=timeout_s)
-        except KafkaException as exc:
-            raise from_kafka(exc) from None
+        """Fence older instances, learn the partitions and their progress, start the loop.
+
+        BrokerError when Kafka does not answer in `timeout_s` (the caller retries: a second
+        call goes on where this one stopped) or the topic does not exist (NotFound, after
+        waiting `timeout_s` for it: topics are created by an admin, never by the streamer).
+        """
+        deadline = time.monotonic() + timeout_s
+        if not self._initialised:
+            try:
+                self._producer.init_transactions(timeout_s)
+            except KafkaException as exc:
+                raise from_kafka(exc) from None
+            self._initialised = True
+        while True:
+            try:
+                left = max(0.1, deadline - time.monotonic())
+                self.partitions = list_topic(self._producer, self.topic, self.bootstrap, left)
+                break
+            except NotFound:
+                if time.monotonic() + 0.5 > deadline:
+                    raise
+                time.sleep(0.5)
+        found = self._read_progress(deadline)
         self._committed = {tp.partition: max(tp.offset, 0) for tp in found}
         self.assignment = Assignment(
             1, self.transactional_id, dict(self._committed), frozenset(), self.partitions,
@@ -160,6 +175,20 @@ class KafkaStreamProducer:
         )  # fmt: skip
         self._thread.start()
         return self
+
+    def _read_progress(self, deadline: float) -> list[TopicPartition]:
+        """The group's committed progress per partition, retrying while its coordinator moves."""
+        tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
+        backoff = Backoff(initial_ms=100, max_ms=1_000)
+        while True:
+            try:
+                left = max(0.1, deadline - time.monotonic())
+                return self._group.committed(tps, timeout=left)
+            except KafkaException as exc:
+                error = from_kafka(exc)
+                if not error.retriable or time.monotonic() > deadline:
+                    raise error from None
+            time.sleep(backoff.next_s())
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Commit what is open (up to `timeout_s`), then stop the loop and the clients."""
@@ -331,11 +360,27 @@ class KafkaStreamProducer:
             self._produce(b)
         txn.redo = False  # only now: a commit never covers part of the batches
 
+    def _on_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback (during poll): keep the first fatal error's real code."""
+        if err.fatal() and self._fatal is None:
+            self._fatal = err
+
     def _fatal_or(self, exc: KafkaException) -> BrokerError:
-        """The error of `exc`; a fatal one (fencing) fails every later call too."""
-        error = from_kafka(exc)
+        """The error of `exc`; a fatal one (fencing) fails every later call too.
+
+        After a fatal error librdkafka answers every call with a generic `_FATAL`; the error
+        callback (served by `poll`, which may raise it instead) tells which one it was, e.g.
+        `_FENCED`.
+        """
         err = exc.args[0]
-        if getattr(err, "fatal", lambda: False)():
+        if isinstance(err, KafkaError) and err.code() == KafkaError._FATAL:
+            try:
+                self._producer.poll(0)  # serves the error callback, or raises the fatal error
+                err = self._fatal or err
+            except KafkaException as fatal:
+                err = fatal.args[0]
+        error = from_kafka(err)
+        if isinstance(err, KafkaError) and err.fatal():
             if isinstance(error, Fenced):
                 error = Fenced(
                     f"another streamer took over transactional id {self.transactional_id!r} "

@@ -258,11 +258,19 @@ def test_the_streamers_progress_group_is_a_producer_group_without_lag(
     producer.commit_transaction(30)
     progress.close()
 
-    rc, out, _ = admin(capsys, kafka1.url, "describe-group", group, "--json")
-    assert rc == 0
-    doc = json.loads(out)
+    # The coordinator writes the transaction's markers after commit_transaction returns, so the
+    # offsets become visible to an admin a moment later (seen under load): wait for them.
+    deadline = time.monotonic() + 30
+    while True:
+        rc, out, _ = admin(capsys, kafka1.url, "describe-group", group, "--json")
+        assert rc == 0
+        doc = json.loads(out)
+        rows = [p for p in doc["partitions"] if p["partition"] == 1]
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert doc["group"]["role"] == "producer" and doc["group"]["lag_points"] == 0
-    row = next(p for p in doc["partitions"] if p["partition"] == 1)
+    row = rows[0]
     assert row["committed_offset"] == 12_345 and row["lag_points"] == 0  # progress, not lag
     rc, _, err = admin(capsys, kafka1.url, "replay", "--group", group, "--topic", topic,
                        "--from-earliest")  # fmt: skip

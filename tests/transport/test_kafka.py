@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from confluent_kafka import KafkaException
 
 from gputel.transport.factory import Transport
 from tests.support import wait_until
@@ -34,6 +35,10 @@ def test_a_second_streamer_fences_the_first_and_no_batch_is_doubled_or_lost(kafk
     with pytest.raises(Fenced):
         first.producer.send_batch(1, b"after the fence" * 4, 10)
     assert first.member.failure is not None
+    # librdkafka answers every call after a fatal error with a generic _FATAL: still Fenced
+    with pytest.raises(KafkaException) as raw:
+        first.producer._producer.produce(topic, b"x", partition=0)  # type: ignore[attr-defined]
+    assert isinstance(first.producer._fatal_or(raw.value), Fenced)  # type: ignore[attr-defined]
     second.producer.send_batch(0, b"second 0" * 4, 10)
     second.producer.flush(30)
     assert second.member.progress() == {0: resumed + 10, 1: 0}
@@ -74,8 +79,16 @@ def test_a_missing_topic_is_named_with_what_to_do(kafka: Backend, kafka1):
     with pytest.raises(NotFound, match="does not exist on the Kafka cluster"):
         factory.record_producer(kafka.transport, "never-created")
     late = f"created-late-{group()}"
+    link = Link(kafka.transport, group(), late)
+    with pytest.raises(NotFound, match="create it"):
+        link.producer.start(timeout_s=1.0)  # waits for it a moment, then says what to do
     create_kafka_topic(kafka1.bootstrap, late, 1)
     factory.record_producer(kafka.transport, late).close(5)
+    link.start()  # the streamer's retry goes on where it stopped (transactions initialised)
+    link.producer.send_batch(0, b"x" * 16, 1)
+    link.producer.flush(30)
+    assert link.member.progress() == {0: 1}
+    link.close()
 
 
 def test_the_collector_dead_letters_an_undecodable_batch_and_its_partition_flows_on(

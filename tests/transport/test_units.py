@@ -65,6 +65,7 @@ def test_kafka_config_may_not_weaken_a_guarantee_or_replace_a_flag():
         (KafkaError.TOPIC_AUTHORIZATION_FAILED, False, PermissionDenied, False),
         (KafkaError.UNKNOWN_TOPIC_OR_PART, False, NotFound, False),
         (KafkaError._ALL_BROKERS_DOWN, False, Unavailable, True),
+        (KafkaError.NOT_COORDINATOR, False, Unavailable, True),
         (KafkaError.NOT_ENOUGH_REPLICAS, False, Unavailable, True),
         (KafkaError._FATAL, True, BrokerError, False),
     ],
