@@ -111,6 +111,29 @@ def test_influx_catalog_is_one_series_per_shard(influx_server: InfluxServer) -> 
     assert moved.uuid not in {e.uuid for e in on_old}  # marked moved in the old host's series
 
 
+def test_influx_catalog_of_the_earlier_layout_is_rebuilt_by_the_backfill(
+    influx_server: InfluxServer,
+) -> None:
+    """An InfluxDB catalog written in the one-series-per-GPU layout (`gpu_catalog`) is not
+    read; `backfill_catalog` (the `gputel-store backfill-catalog` command) rebuilds it."""
+    import urllib.request
+
+    conn = influx_server.create_database()
+    g = gpu(1)
+    with InfluxStore(**conn.store_opts(), write_catalog=False) as old:
+        old.write(grid([g], [UTIL], [T0, T0 + S]))
+    record = f'"{{\\"first\\":{T0},\\"last\\":{T0 + S}}}"'
+    line = f"gpu_catalog,gpu=1,hostname={g.hostname},shard=001,uuid={g.uuid} record={record} {T0}"
+    req = urllib.request.Request(f"{conn.url}/write?db={conn.bucket}", line.encode())
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 204
+    with InfluxStore(**conn.store_opts()) as store:
+        assert store.list_gpus() == [] and store.get_gpu(g.uuid) is None
+        assert store.backfill_catalog() == 1
+        [entry] = store.list_gpus()
+    assert (entry.uuid, entry.first_seen_ns, entry.last_seen_ns) == (g.uuid, T0, T0 + S)
+
+
 @pytest.mark.parametrize("missing", ["value", "source_time"])
 def test_influx_point_seen_in_part_is_not_there_yet(
     influx_server: InfluxServer, missing: str
