@@ -161,7 +161,9 @@ class Ownership:
         parts = self.active if partitions is None else set(partitions)
         with self._lock:
             for p in parts:
-                st = self.states[p]
+                st = self.states.get(p)
+                if st is None:
+                    continue  # revoked by the group before this streamer ever took it
                 st.committed = max(st.committed, st.acked)
         return True
 
