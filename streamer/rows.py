@@ -206,7 +206,7 @@ class RowParser:
         self.rows_read += n
         self._block_read += n
         width = self.cols.width
-        widths_ok = None if all(len(f) == width for f in rows) else [len(f) == width for f in rows]
+        widths_ok = None if set(map(len, rows)) == {width} else [len(f) == width for f in rows]
         if self._pad:
             for f in rows if widths_ok is None else compress(rows, widths_ok):
                 f.append("")
