@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import Any, TypeVar
@@ -177,19 +176,26 @@ def candidates(found: list[Series]) -> list[Candidate]:
     """Group the rows of a catalog read by GPU, keyed by catalog order, unparsed.
 
     A page reads its shards whole (~1,150-1,400 records for 1,000 GPUs at 100,000 GPUs)
-    but serves `limit` of them: only those are parsed (`summarize`), and the catalog key
-    is computed once per GPU, not at each comparison.
+    but serves `limit` of them: only those are parsed (`summarize`). Each result series is
+    one shard (`influxql.catalog_gpus` groups by it), so the key needs no hash per record.
     """
-    by_uuid: dict[str, list[Sequence[Any]]] = {}
+    out: list[Candidate] = []
     for series in found:
+        tag = series.tags.get(schema.TAG_SHARD)
+        shard = int(tag) if tag else None  # always there: a missing tag costs a hash
+        by_uuid: dict[str, list[Sequence[Any]]] = {}
         for row in series.values:
             rows = by_uuid.get(row[2])
             if rows is None:
                 by_uuid[row[2]] = [row]
             else:
                 rows.append(row)
-    crc32, shards = zlib.crc32, catalog.GPU_SHARDS  # catalog.shard_of, inlined: per record
-    return [((crc32(uuid.encode()) % shards, uuid), rows) for uuid, rows in by_uuid.items() if uuid]
+        out += [
+            ((catalog.shard_of(uuid) if shard is None else shard, uuid), rows)
+            for uuid, rows in by_uuid.items()
+            if uuid
+        ]
+    return out
 
 
 def summarize(candidate: Candidate) -> GpuSummary | None:
