@@ -123,6 +123,8 @@ class _Conn(asyncio.Protocol):
         self.headers_done = False
         self.framed = False  # Content-Length or chunked: the end is known without EOF
         self.complete = False
+        self.status = 0
+        self.keep_alive = False  # read while the parser is on this response (it resets after)
 
     # ---- asyncio.Protocol ----------------------------------------------------------------
 
@@ -165,6 +167,8 @@ class _Conn(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
         if self.job is None:
@@ -353,11 +357,10 @@ class Fetcher:
         assert job is not None
         conn.job = None
         conn.requests += 1
-        status = conn.parser.get_status_code()
-        if not conn.parser.should_keep_alive() or conn.closed:
+        if not conn.keep_alive or conn.closed:
             conn.abort()
-        if status != 200:
-            self._finish(job, error=ScrapeError("http_status", f"HTTP {status}"))
+        if conn.status != 200:
+            self._finish(job, error=ScrapeError("http_status", f"HTTP {conn.status}"))
             return
         text = b"".join(conn.body).decode("utf-8", errors="replace")
         conn.body = []
