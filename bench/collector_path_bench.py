@@ -3,9 +3,10 @@
 No broker and no processes: the payloads a metric-major real export produces (24,703 GPUs
 x 10 metrics, the streamer's 16 partitions, ~2,000 points a record, each GPU entry with the
 8 labels of a real `labels_raw`, every GPU's first batch new to the store) are encoded
-once, then decoded without labels, merged into 5,000-point flushes and written to a fresh SQLite file as the collector does, timing each
-step with `time.process_time` (CPU, so the figure holds on a busy machine). Two passes:
-the second starts with the decoder's GPU cache warm, as a long-running collector is.
+once, then decoded without labels, merged into 5,000-point flushes and written to a fresh
+SQLite file as the collector does, timing each step with `time.process_time` (CPU, so the
+figure holds on a busy machine). Two passes: the second starts with the decoder's GPU cache
+warm, as a long-running collector is.
 
 `python -m bench.collector_path_bench` prints JSON (per step CPU-s and us per point).
 """
