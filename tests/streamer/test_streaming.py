@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from prometheus_client import CollectorRegistry
 
@@ -98,7 +98,9 @@ def test_broker_killed_mid_run_every_row_lands_exactly_once(broker, streamer_pro
     assert s.wait(40) == 0, s.log_text()
     total = passes * gpus * metrics * S
     logged = read_log(broker.address, "telemetry", total)
-    assert len(logged) == total
+    per_partition = Counter(e.partition for e in logged)
+    progress = committed(broker.address, "streamers", "telemetry")
+    assert len(logged) == total, (per_partition, progress, s.log_text()[-6000:])
     assert set(series_counts(logged).values()) == {passes}
     assert "publish interrupted" in s.log_text()
 
