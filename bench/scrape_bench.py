@@ -17,7 +17,9 @@ Two parts:
   collector caught up; `lost` = expected - stored, `partial` = ticks with some points
   missing, `doubled` = ticks holding two scrapes: a scrape that started more than an
   interval after its tick (a loop too late) lands in the next tick's slot (the store keeps
-  one point per uuid, metric and time, so nothing is stored twice). Scrape p99 from
+  one point per uuid, metric and time, so nothing is stored twice). After the window the
+  streamer stops (it flushes) and the collector drains its backlog (`catch_up_s`) before
+  counting, so a scrape still queued is not counted lost. Scrape p99 from
   the streamer's `gpu_telemetry_scrape_seconds` histogram over the window; freshness p99 =
   a point's time (its scrape's start) -> first seen through the gateway's telemetry API,
   measured by `bench.e2e_bench.LatencyProbe` on a few GPUs (its poll cycle is the
@@ -199,7 +201,13 @@ def _measure(
     cores = cpu.stop()
     s1 = scrape(metrics_url(streamer))
     time.sleep(2 * interval_s)
-    wait_for(lambda: (pipe.lag() or 0) == 0, 120)
+    # The streamer stops (flushing what it scraped), so the collector's backlog can drain
+    # and a scrape still queued is not counted lost: `lost` is loss, the backlog shows in
+    # the freshness and in `catch_up_s`.
+    streamer.terminate(30)
+    t_stop = time.monotonic()
+    caught_up = wait_for(lambda: pipe.lag() == 0, 600)
+    catch_up_s = round(time.monotonic() - t_stop, 1)
     probe.stop()
     latency = window_latencies(probe, base, w0, w1)
     counts = _count_ticks(db, sd.with_name("by-process.json"), w0, w1, interval_s)
@@ -212,6 +220,7 @@ def _measure(
         "targets": targets, "interval_s": interval_s, "window_s": round((w1 - w0) / 1e9, 2),
         "samples_per_s": round(stored_points / ((w1 - w0) / 1e9)),
         **counts, "scrape_errors": errors, "scrapes_skipped": skipped,
+        "collector_caught_up": caught_up, "catch_up_s": catch_up_s,
         "scrape_p50_s": histogram_quantile(s0, s1, "gpu_telemetry_scrape_seconds", 0.5),
         "scrape_p99_s": histogram_quantile(s0, s1, "gpu_telemetry_scrape_seconds", 0.99),
         "scrape_count": hist_delta(s0, s1, "gpu_telemetry_scrape_seconds")[0],
