@@ -6,6 +6,8 @@ Two parts:
   before take the fast path), of the full line parser `samples` with a label-text lookup,
   and of `prometheus_client.parser`, on fake exporters' pages (80 samples each, values
   moving), one core, best of 5.
+- `fetch`: CPU-µs per scrape of the streamer's fetcher (`streamer.scraper`) against one
+  fake exporter process, alone and with each page read by its `PageReader`.
 - `pipeline`: `targets` fake exporter targets (8 GPUs x 10 fields each, served by
   `exporter_procs` `gputel-fake-exporter` processes) scraped every `interval_s` by one
   streamer, through a real broker (fsync on) and one collector into SQLite, with the gateway
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 import sqlite3
 import sys
 import tempfile
@@ -58,6 +61,7 @@ from bench.e2e_bench import (
 )
 from gputel.fake_exporter import Node
 from streamer.exposition import PageReader, samples
+from streamer.scraper import Fetcher, Outcome
 from tests.e2e.pipeline import BIN, Pipeline, wait_for
 from tests.fixtures.broker import BrokerProcess
 from tests.fixtures.process import ManagedProcess
@@ -108,6 +112,51 @@ def parser_rates(rounds: int = 200, nodes: int = 20) -> dict[str, Any]:
         "full_parser_samples_per_s": round(n / _best(full)),
         "prometheus_client_samples_per_s": round(n / _best(reference)),
     }
+
+
+def fetch_cost(targets: int = 500, rounds: int = 5) -> dict[str, Any]:
+    """CPU-µs per scrape of this process: `streamer.scraper.Fetcher` alone, then with parsing.
+
+    One `gputel-fake-exporter` process serves `targets` pages; every round scrapes each once
+    (at most 64 in flight, as the streamer's default), the second part also reads each page
+    with its target's `PageReader`.
+    """
+    with tempfile.TemporaryDirectory(prefix="gputel-fetch-bench-") as tmpdir:
+        exporters, sd = _exporters(Path(tmpdir), targets, 1)
+        groups = json.loads(sd.read_text())
+        urls = [f"http://{g['targets'][0]}{g['labels']['__metrics_path__']}" for g in groups]
+        fetcher = Fetcher(5.0, 64).start()
+        keys: dict[str, int] = {}
+
+        def resolve(_name: str, labels: str) -> tuple[int, int]:
+            return keys.setdefault(labels, len(keys)), 0
+
+        readers = {u: PageReader(resolve) for u in urls}
+        columns: tuple[list[int], list[int], list[float]] = ([], [], [])
+
+        def one_round(parse: bool) -> None:
+            done: queue.SimpleQueue[tuple[str, Outcome]] = queue.SimpleQueue()
+            fetcher.submit((u, lambda o, u=u: done.put((u, o))) for u in urls)
+            for _ in urls:
+                url, outcome = done.get(timeout=60)
+                assert outcome.text is not None, outcome.error
+                if parse:
+                    readers[url].read(outcome.text, *columns, lambda _r: None)
+
+        try:
+            one_round(True)  # connections made, keys remembered
+            out: dict[str, Any] = {"targets": targets}
+            for name, parse in (("fetch_cpu_us_per_scrape", False),
+                                ("fetch_and_parse_cpu_us_per_scrape", True)):  # fmt: skip
+                t0 = time.process_time()
+                for _ in range(rounds):
+                    one_round(parse)
+                out[name] = round((time.process_time() - t0) * 1e6 / (rounds * targets), 1)
+            return out
+        finally:
+            fetcher.close()
+            for e in exporters:
+                e.terminate(10)
 
 
 def _best(fn: Any, repeat: int = 5) -> float:
@@ -290,7 +339,7 @@ def meets_bounds(r: dict[str, Any]) -> bool:
 def run(targets: int = 1000, duration_s: float = 60.0) -> dict[str, Any]:
     """Both parts; fewer targets when the full count misses a bound (see the module doc)."""
     full = pipeline(targets, duration_s)
-    out: dict[str, Any] = {"parser": parser_rates(), "pipeline": full}
+    out: dict[str, Any] = {"parser": parser_rates(), "fetch": fetch_cost(), "pipeline": full}
     out["pipeline"]["meets_bounds"] = meets_bounds(full)
     if out["pipeline"]["meets_bounds"]:
         return out
