@@ -1,11 +1,12 @@
 """The collector's CPU per point on an import's payloads, offline: decode, merge, prepare, write.
 
 No broker and no processes: the payloads a metric-major real export produces (24,703 GPUs
-x 10 metrics, the streamer's 16 partitions, ~2,000 points a record, every GPU's first
-batch new to the store) are encoded once, then decoded without labels, merged into
-5,000-point flushes and written to a fresh SQLite file as the collector does, timing each
-step with `time.process_time` (CPU, so the figure holds on a busy machine). Two passes:
-the second starts with the decoder's GPU cache warm, as a long-running collector is.
+x 10 metrics, the streamer's 16 partitions, ~2,000 points a record, each GPU entry with the
+8 labels of a real `labels_raw`, every GPU's first batch new to the store) are encoded
+once, then decoded without labels, merged into 5,000-point flushes and written to a fresh
+SQLite file as the collector does, timing each step with `time.process_time` (CPU, so the
+figure holds on a busy machine). Two passes: the second starts with the decoder's GPU cache
+warm, as a long-running collector is.
 
 `python -m bench.collector_path_bench` prints JSON (per step CPU-s and us per point).
 """
@@ -31,11 +32,7 @@ T0 = 1_752_871_350_000_000_000
 def payloads(seed: int = 1) -> list[bytes]:
     """The records of a metric-major export: one per partition every RECORD points."""
     rnd = random.Random(seed)
-    gpus = [
-        Gpu(f"GPU-{rnd.getrandbits(128):032x}", f"host-{i // 8:05d}", i % 8, f"nvidia{i % 8}",
-            "NVIDIA H100 80GB HBM3")
-        for i in range(GPUS)
-    ]  # fmt: skip
+    gpus = [_gpu(f"GPU-{rnd.getrandbits(128):032x}", i) for i in range(GPUS)]
     out: list[bytes] = []
     held: list[list[tuple[Gpu, str]]] = [[] for _ in range(PARTITIONS)]
 
@@ -56,6 +53,18 @@ def payloads(seed: int = 1) -> list[bytes]:
         if part:
             emit(part)
     return out
+
+
+def _gpu(uuid: str, i: int) -> Gpu:
+    """GPU `i` with the labels the streamer sends (`labels_raw` of a real export minus
+    `__name__`): the collector parses past them, so they belong in its payloads."""
+    host, index, model = f"host-{i // 8:05d}", i % 8, "NVIDIA H100 80GB HBM3"
+    labels = {
+        "DCGM_FI_DRIVER_VERSION": "535.129.03", "Hostname": host, "UUID": uuid,
+        "device": f"nvidia{index}", "gpu": str(index), "instance": f"{host}:9400",
+        "job": "dgx_dcgm_exporter", "modelName": model,
+    }  # fmt: skip
+    return Gpu(uuid, host, index, f"nvidia{index}", model, labels=labels)
 
 
 def one_pass(records: list[bytes], db: Path) -> dict[str, float]:

@@ -48,8 +48,31 @@ FIELDS = (
 MODEL, DRIVER, FB_MIB = "NVIDIA H100 80GB HBM3", "535.129.03", 81559
 
 
+LEVELS = 1000  # a GPU's load is one of these steps: each step's value texts are made once
+
+
+def _value_texts(level: int) -> tuple[bytes, ...]:
+    """The value of every field (in `FIELDS` order) at a load step, as exposition text."""
+    x = 0.05 + 0.9 * level / (LEVELS - 1)
+    used = float(round(FB_MIB * 0.9 * x))
+    temp, power = float(round(31 + 45 * x)), round(68 + 632 * x, 3)
+    values = (1980.0, 2619.0, temp, power, float(round(100 * x)), float(round(40 * x)),
+              0.0, 0.0, FB_MIB - used, used)  # fmt: skip
+    return tuple(f"{v:g}".encode() for v in values)
+
+
+_VALUES = [_value_texts(level) for level in range(LEVELS)]
+
+
 class Node:
-    """One simulated node: its GPUs' label texts and load phases."""
+    """One simulated node: its GPUs' label texts and load phases.
+
+    A page is made by substitution: its fixed text (HELP/TYPE lines, each sample's name
+    and labels) is rendered once, and each GPU's values are looked up by its load step
+    (a slow wave per GPU: utilization and power follow it, memory and temperature with
+    them; clocks are constant), so serving a thousand pages a second costs the fake
+    exporters little next to the pipeline they feed.
+    """
 
     def __init__(self, prefix: str, index: int, gpus: int, seed: int) -> None:
         rng = random.Random(f"{seed}/{prefix}/{index}")
@@ -67,29 +90,28 @@ class Node:
                 f'namespace="{"ml" if pod else ""}",pod="{pod}"}}'
             )
             self.phase.append(rng.uniform(0, 2 * math.pi))
+        # The page with a `%s` slot per value, field-major as dcgm-exporter writes (the
+        # first sample of a field after its HELP and TYPE lines); `%` formatting fills
+        # the 80 slots in C.
+        parts: list[str] = []
+        self._slots: list[tuple[int, int]] = []  # (gpu, field) of each value
+        for f, (name, help_text) in enumerate(FIELDS):
+            parts.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n".replace("%", "%%"))
+            for g, lab in enumerate(self.labels):
+                parts.append(f"{name}{lab} ".replace("%", "%%") + "%s\n")
+                self._slots.append((g, f))
+        self._template = "".join(parts).encode()
+
+    def body(self, now: float) -> bytes:
+        """The metrics page at wall-clock time `now` (values move with time), as bytes."""
+        steps = [
+            _VALUES[int((0.5 + 0.5 * math.sin(now / 20 + p)) * (LEVELS - 1))] for p in self.phase
+        ]
+        return self._template % tuple([steps[g][f] for g, f in self._slots])
 
     def page(self, now: float) -> str:
-        """The metrics page at wall-clock time `now` (values move with time)."""
-        loads = [0.5 + 0.45 * math.sin(now / 20 + p) for p in self.phase]
-        values = {
-            "DCGM_FI_DEV_SM_CLOCK": [1980.0] * len(loads),
-            "DCGM_FI_DEV_MEM_CLOCK": [2619.0] * len(loads),
-            "DCGM_FI_DEV_GPU_TEMP": [float(round(31 + 45 * x)) for x in loads],
-            "DCGM_FI_DEV_POWER_USAGE": [round(68 + 632 * x, 3) for x in loads],
-            "DCGM_FI_DEV_GPU_UTIL": [float(round(100 * x)) for x in loads],
-            "DCGM_FI_DEV_MEM_COPY_UTIL": [float(round(40 * x)) for x in loads],
-            "DCGM_FI_DEV_ENC_UTIL": [0.0] * len(loads),
-            "DCGM_FI_DEV_DEC_UTIL": [0.0] * len(loads),
-            "DCGM_FI_DEV_FB_USED": [float(round(FB_MIB * 0.9 * x)) for x in loads],
-        }
-        values["DCGM_FI_DEV_FB_FREE"] = [FB_MIB - u for u in values["DCGM_FI_DEV_FB_USED"]]
-        out: list[str] = []
-        for name, help_text in FIELDS:
-            out.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n")
-            out += [
-                f"{name}{lab} {v:g}\n" for lab, v in zip(self.labels, values[name], strict=True)
-            ]
-        return "".join(out)
+        """The metrics page at wall-clock time `now`, as text."""
+        return self.body(now).decode()
 
 
 MAX_REQUEST_BYTES = 16 * 1024  # a request head beyond this closes the connection
@@ -192,7 +214,7 @@ class PageServer:
         i = int(parts[1]) if ok and parts[1].isdigit() and parts[2] == "metrics" else -1
         if not 0 <= i < len(self.nodes):
             return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
-        body = self.nodes[i].page(time.time()).encode()
+        body = self.nodes[i].body(time.time())
         return (
             b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body)

@@ -7,11 +7,14 @@ InfluxQL promises time order but no order among the points of one time, while pa
 ordered by (time, metric) with a keyset cursor; so
 
 - the points at the cursor's own time are read whole and those after its metric kept;
-- when the page came back full, the points of its last time are read whole again (the
-  limit may have cut that time anywhere) before sorting and cutting to the limit.
+- the page's statement asks for SLACK rows more than the page; when it came back full its
+  last time may be cut anywhere, so that time is dropped when the times before it fill
+  the page, and read whole again otherwise (only when one time holds more points than
+  the slack) before sorting and cutting to the limit.
 
-Both extra reads touch one timestamp of one GPU. The first rides in the same request as
-the page itself.
+The extra reads touch one timestamp of one GPU; the first rides in the same request as
+the page itself, so a page is one request to InfluxDB (it was two while every full page
+re-read its last time).
 
 InfluxDB 1.8 makes a batch's fields visible series by series, so a read racing a write can
 see a point's `source_time` without its `value` (or the reverse). Such a point is still
@@ -21,6 +24,7 @@ being written: a page ends before it (no cursor may pass it), `latest` skips it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 from store import influxql, schema
@@ -30,20 +34,39 @@ from store.v1query import QueryClient, Series
 Row = tuple[int, str, Any, Any]  # (time_ns, metric, value or None, source_time or None)
 
 
+# Rows read beyond a page, so that its last time is usually complete without a second read
+# (a GPU has one point per metric at a time: a few dozen metrics fit in the slack).
+SLACK = 64
+_ORDER = itemgetter(0, 1)  # (time, metric): the page order
+
+
 def _rows(found: list[Series]) -> list[Row]:
     """Rows of `influxql.points` (columns: time, value, source_time, metric)."""
-    return [(int(t), m, v, s) for series in found for t, v, s, m in series.values]
+    return [(t, m, v, s) for series in found for t, v, s, m in series.values]
 
 
-def _whole_last_time(
-    client: QueryClient, main: list[Row], uuid: str, metrics: Sequence[str] | None, limit: int
+def _complete(
+    client: QueryClient,
+    main: list[Row],
+    uuid: str,
+    metrics: Sequence[str] | None,
+    limit: int,
+    asked: int,
 ) -> list[Row]:
-    """`main`, with the points of its last time read whole when the limit may have cut it."""
-    if len(main) < limit:
+    """The rows of `main` whose times are complete, enough for `limit` rows after sorting.
+
+    `main` is the first `asked` rows in time order. When it came back short, every time in
+    it is complete. Otherwise its last time may be cut: that time is dropped when the times
+    before it hold `limit` rows, else read whole (a second request: only when a single time
+    holds more points than the slack).
+    """
+    if len(main) < asked:
         return main
     last = max(r[0] for r in main)
-    rest = _rows(client.series(influxql.points(uuid, last, last, metrics, None)))
-    return [r for r in main if r[0] != last] + rest
+    before = [r for r in main if r[0] != last]
+    if len(before) >= limit:
+        return before
+    return before + _rows(client.series(influxql.points(uuid, last, last, metrics, None)))
 
 
 def page(
@@ -64,14 +87,14 @@ def page(
         statements.append(influxql.points(uuid, after[0], after[0], metrics, None))
         lo = after[0] + 1
     if lo <= end_ns:
-        statements.append(influxql.points(uuid, lo, end_ns, metrics, limit))
+        statements.append(influxql.points(uuid, lo, end_ns, metrics, limit + SLACK))
     found = [_rows(r) for r in client.results(statements)] if statements else []
     rows: list[Row] = []
     if after is not None and at_cursor:
         rows = [r for r in found.pop(0) if r[1] > after[1]]
     if found:
-        rows += _whole_last_time(client, found[0], uuid, metrics, limit)
-    rows.sort(key=lambda r: (r[0], r[1]))
+        rows += _complete(client, found[0], uuid, metrics, limit, limit + SLACK)
+    rows.sort(key=_ORDER)
     out: list[RawPoint] = []
     for t, metric, value, source in rows[:limit]:
         if value is None or source is None:

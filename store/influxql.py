@@ -69,13 +69,15 @@ def catalog_gpus(shards: range | None, tags: dict[str, str], models: Sequence[st
     """Return the statement for every GPU record in `shards` (all when None) matching `tags`.
 
     `shards` is a tag (the index picks the series); `tags` and `models` are the record's
-    fields (`uuid`, `hostname`, `gpu`, `model`), compared while the shards are read.
+    fields (`uuid`, `hostname`, `gpu`, `model`), compared while the shards are read. Grouped
+    by shard, so each result series carries its shard (a reader needs no hash per record).
     """
     clauses = [] if shards is None else [shard_clause(shards)]
     clauses += [eq(k, v) for k, v in sorted(tags.items())]
     if models:
         clauses.append(any_of(schema.TAG_MODEL, models))
-    return _select(CATALOG_COLUMNS, schema.CATALOG_MEASUREMENT, clauses)
+    statement = _select(CATALOG_COLUMNS, schema.CATALOG_MEASUREMENT, clauses)
+    return f"{statement} GROUP BY {ident(schema.TAG_SHARD)}"
 
 
 def catalog_host_gpus(tags: dict[str, str]) -> str:

@@ -37,38 +37,129 @@ class SampleReject(StrEnum):
 
 
 Sample = tuple[str, str, float, int | None]  # name, label text (with braces), value, ts ms
+Key = tuple[int, int]  # what a sample line's name and labels stand for: (GPU, metric) ordinals
+Resolve = Callable[[str, str], "Key | SampleReject"]
+_MISS = object()
 
 
 def samples(text: str, rejected: Callable[[SampleReject], None]) -> Iterator[Sample]:
     """Yield (name, label text, value, timestamp ms or None) of every sample line of `text`."""
     for line in text.split("\n"):
-        if not line or line[0] == "#":
-            continue
-        open_at = line.find("{")
-        if open_at < 0:
-            name, _, rest = line.partition(" ")
-            labels = ""
-        else:
-            close_at = line.rfind("}")
-            if close_at < open_at:
-                rejected(SampleReject.MALFORMED_LINE)
-                continue
-            name, labels, rest = line[:open_at], line[open_at : close_at + 1], line[close_at + 1 :]
-        fields = rest.split()
-        if not name or not 1 <= len(fields) <= 2:
-            if line.strip():
-                rejected(SampleReject.MALFORMED_LINE)
-            continue
-        try:
-            value = float(fields[0])
-            ts = int(fields[1]) if len(fields) == 2 else None
-        except ValueError:
-            rejected(SampleReject.VALUE_NOT_NUMERIC)
-            continue
-        if not math.isfinite(value):
-            rejected(SampleReject.VALUE_NOT_FINITE)
-            continue
-        yield name.strip(), labels, value, ts
+        found = sample(line, rejected)
+        if found is not None:
+            yield found
+
+
+def sample(line: str, rejected: Callable[[SampleReject], None]) -> Sample | None:
+    """The sample of one line; None for a comment, a blank or a rejected line (counted)."""
+    if not line or line[0] == "#":
+        return None
+    open_at = line.find("{")
+    if open_at < 0:
+        name, _, rest = line.partition(" ")
+        labels = ""
+    else:
+        close_at = line.rfind("}")
+        if close_at < open_at:
+            rejected(SampleReject.MALFORMED_LINE)
+            return None
+        name, labels, rest = line[:open_at], line[open_at : close_at + 1], line[close_at + 1 :]
+    fields = rest.split()
+    if not name or not 1 <= len(fields) <= 2:
+        if line.strip():
+            rejected(SampleReject.MALFORMED_LINE)
+        return None
+    try:
+        value = float(fields[0])
+        ts = int(fields[1]) if len(fields) == 2 else None
+    except ValueError:
+        rejected(SampleReject.VALUE_NOT_NUMERIC)
+        return None
+    if not math.isfinite(value):
+        rejected(SampleReject.VALUE_NOT_FINITE)
+        return None
+    return name.strip(), labels, value, ts
+
+
+class PageReader:
+    """Reads the successive pages of one target; lines seen before take a fast path.
+
+    An exporter writes the same lines page after page; only the value changes. So the
+    text of a line before its last blank (`name{labels}`, or a comment's first words) is
+    a key, remembered with what `sample` and `resolve` made of it: a later line with that
+    key is one `rpartition`, one dict lookup and one `float`. A key is remembered only
+    from a line that `sample` read as a whole sample without a timestamp; any line the
+    fast path cannot read exactly as `sample` would (a timestamp, a value `float` refuses)
+    goes to `sample`, so both paths give the same result (the tests hold them to
+    `prometheus_client`'s parser). Keys are bounded (`max_keys`; then forgotten at once).
+    """
+
+    def __init__(self, resolve: Resolve, max_keys: int = 10_000) -> None:
+        self._resolve = resolve
+        self._known: dict[str, Key | SampleReject | None] = {}
+        self.max_keys = max_keys
+
+    def read(
+        self, text: str, gpus: list[int], metrics: list[int], values: list[float],
+        rejected: Callable[[SampleReject], None],
+    ) -> int:  # fmt: skip
+        """Append the page's samples to the columns; return the newest timestamp (ms) or 0."""
+        known, isfinite, newest = self._known, math.isfinite, 0
+        for line in text.split("\n"):
+            head, _, tail = line.rpartition(" ")
+            hit = known.get(head, _MISS)
+            if hit is None:
+                continue  # a comment
+            if hit is not _MISS:
+                try:
+                    value = float(tail)
+                except ValueError:
+                    hit = _MISS
+                else:
+                    if not isfinite(value):
+                        rejected(SampleReject.VALUE_NOT_FINITE)
+                    elif type(hit) is tuple:
+                        gpus.append(hit[0])
+                        metrics.append(hit[1])
+                        values.append(value)
+                    else:
+                        rejected(hit)  # type: ignore[arg-type]
+                    continue
+            ts = self._slow(line, head, tail, (gpus, metrics, values), rejected)
+            newest = max(newest, ts)
+        return newest
+
+    def _slow(
+        self, line: str, head: str, tail: str,
+        into: tuple[list[int], list[int], list[float]], rejected: Callable[[SampleReject], None],
+    ) -> int:  # fmt: skip
+        """Read a line `sample`'s way, remember its key if it may be; its timestamp or 0."""
+        if line[:1] == "#" and head:
+            self._remember(head, None)
+            return 0
+        found = sample(line, rejected)
+        if found is None:
+            return 0
+        name, labels, value, ts = found
+        meaning = self._resolve(name, labels)
+        # Remembered only when `head` is the name and label text (plus blanks) and `tail`
+        # the value: then `sample` reads every line `head + " " + number` as this sample
+        # with that number (no brace, blank or second field can hide in a number).
+        prefix = line[: line.rfind("}") + 1] if labels else line.partition(" ")[0]
+        if ts is None and tail.strip() and head.rstrip() == prefix:
+            self._remember(head, meaning)
+        if isinstance(meaning, SampleReject):
+            rejected(meaning)
+            return 0
+        into[0].append(meaning[0])
+        into[1].append(meaning[1])
+        into[2].append(value)
+        return ts or 0
+
+    def _remember(self, head: str, meaning: Key | SampleReject | None) -> None:
+        if len(self._known) >= self.max_keys:
+            self._known.clear()
+        self._known[head] = meaning
 
 
 def label_map(text: str) -> dict[str, str]:

@@ -16,12 +16,13 @@ one interval plus the scrape timeout on a cooperative handover, plus the session
 when its streamer died. A tick is skipped (counted) while the target's previous scrape is
 still running.
 
-Concurrency: scrapes run on a pool of `--scrape-concurrency` threads (I/O-bound), each
-bounded by `--scrape-timeout-s`; a dead or hanging target holds one slot for at most the
-timeout and never delays the others. Parsing and publishing happen on the loop's thread
-(one `GpuTable`, one producer caller). All samples of one scrape share one timestamp: the
-exporter's own sample time when it gives one (the newest), else the scrape's start; it
-is the points' time and source time.
+Concurrency: the due scrapes of a loop turn go to the fetcher (`streamer.scraper`: one
+thread, an asyncio loop, kept-alive connections) at once; at most `--scrape-concurrency`
+are in flight, each bounded by `--scrape-timeout-s`; a dead or hanging target holds one
+slot for at most the timeout and never delays the others. Parsing and publishing happen
+on the loop's thread (one `GpuTable`, one producer caller). All samples of one scrape
+share one timestamp: the exporter's own sample time when it gives one (the newest), else
+the scrape's start; it is the points' time and source time.
 
 On Kafka (`--broker kafka://…`) there is no producer group: one streamer per `--group` owns
 every partition and so scrapes every target it is given (`gputel.transport.kafka_stream`),
@@ -36,18 +37,18 @@ import math
 import queue
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from streamer.config import StreamerConfig
 from streamer.encode import encode_rows
-from streamer.exposition import SampleReject, label_map, samples
+from streamer.exposition import Key, PageReader, SampleReject, label_map
 from streamer.gpus import GpuTable, describe_gpu
 from streamer.labels import LabelsError
 from streamer.member import ProducingMember
 from streamer.metrics import ScrapeMetrics, StreamerMetrics
 from streamer.ownership import PartitionState
-from streamer.scraper import Fetcher, Page, ScrapeError
+from streamer.scraper import Fetcher, OnDone, Outcome
 from streamer.targets import TargetSet
 from walbroker.types import partition_for_key
 
@@ -72,6 +73,7 @@ class Target:
     busy: bool = False
     grant: PartitionState | None = None  # the grant its next scrape is published under
     gpu_of: dict[str, int] = field(default_factory=dict)  # label text -> GPU ordinal
+    reader: PageReader | None = None  # its pages' lines seen before (the parser's fast path)
 
 
 @dataclass(slots=True)
@@ -88,13 +90,12 @@ class _Pending:
 
 @dataclass(frozen=True, slots=True)
 class _Done:
-    """A finished scrape, handed from a worker to the loop."""
+    """A finished scrape, handed from the fetcher's thread to the loop."""
 
     target: Target
     grant: PartitionState
     tick: float
-    page: Page | None
-    error: ScrapeError | None
+    outcome: Outcome
 
 
 class ScrapeStreamer(ProducingMember):
@@ -119,13 +120,13 @@ class ScrapeStreamer(ProducingMember):
         self._targets: dict[str, Target] = {}
         self._done: queue.SimpleQueue[_Done] = queue.SimpleQueue()
         self._pending: dict[int, _Pending] = {}  # lingering rows by partition (loop thread)
-        self._pool = ThreadPoolExecutor(config.scrape_concurrency, thread_name_prefix="scrape")
-        self._fetcher = Fetcher(config.scrape_timeout_s)
+        self._fetcher = Fetcher(config.scrape_timeout_s, config.scrape_concurrency)
         self._partitions = 0
 
     def _connected(self, partitions: int) -> None:
         """Targets are routed to partitions by their URL."""
         self._partitions = partitions
+        self._fetcher.start()
         log.info("scraping", extra={
             "topic": self.config.topic, "group": self.config.group,
             "interval_s": self.config.scrape_interval_s,
@@ -134,13 +135,13 @@ class ScrapeStreamer(ProducingMember):
         })  # fmt: skip
 
     def _closing(self) -> None:
-        """No new scrapes; the finished ones are taken, the final flush publishes them."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """No new scrapes (those in flight are aborted); the finished ones are taken, the
+        final flush publishes them."""
+        self._fetcher.close()
         self._publish_done()
 
     def _release(self) -> None:
-        """Stop the scrape workers and close every target connection."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the fetcher: abort its scrapes, close every target connection."""
         self._fetcher.close()
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -150,6 +151,8 @@ class ScrapeStreamer(ProducingMember):
         while not self._stop.is_set():
             if self.member.failure is not None:
                 raise self.member.failure
+            if not self._fetcher.alive():
+                raise RuntimeError("the scrape fetcher's thread ended")
             self.own.reconcile()
             self.metrics.partitions_owned.set(len(self.own.active))
             now = time.time()
@@ -174,16 +177,19 @@ class ScrapeStreamer(ProducingMember):
             if t is None:
                 offset = (zlib.crc32(url.encode()) % 10_000) / 10_000 * interval
                 t = Target(url, partition_for_key(url, self._partitions), offset)
+                t.reader = PageReader(self._resolver(t), LABEL_CACHE_MAX)
             fresh[url] = t
         for url in set(self._targets) - set(fresh):
             self.sm.forget(url)
         self._targets = fresh
+        self._fetcher.forget({url for url, t in fresh.items() if t.grant is not None})
         self.sm.targets.labels("known").set(len(fresh))
 
     def _schedule(self, now: float) -> float:
         """Start every owned target's scrape that is due; return the next due tick."""
         soonest = now + MAX_WAIT_S
         owned = 0
+        due: list[tuple[str, OnDone]] = []
         active, states = self.own.active, self.own.states
         for t in self._targets.values():
             grant = states.get(t.partition) if t.partition in active else None
@@ -205,8 +211,9 @@ class ScrapeStreamer(ProducingMember):
                     self.sm.skipped.labels(t.url, "busy").inc()
                 else:
                     t.busy = True
-                    self._pool.submit(self._scrape, t, grant, tick)
+                    due.append((t.url, self._on_done(t, grant, tick)))
             soonest = min(soonest, t.next_tick)
+        self._fetcher.submit(due)  # one hand-over per loop turn, not one per scrape
         self.sm.targets.labels("owned").set(owned)
         return soonest
 
@@ -215,19 +222,15 @@ class ScrapeStreamer(ProducingMember):
         interval = self.config.scrape_interval_s
         return (math.floor((now - t.offset_s) / interval) + 1) * interval + t.offset_s
 
-    def _scrape(self, t: Target, grant: PartitionState, tick: float) -> None:
-        """Worker: fetch one page (never raises); hand the result to the loop."""
-        self.sm.scrape_lag.observe(max(0.0, time.time() - tick))
-        started = time.monotonic()
-        try:
-            done = _Done(t, grant, tick, self._fetcher.fetch(t.url), None)
-        except ScrapeError as exc:
-            done = _Done(t, grant, tick, None, exc)
-        except Exception as exc:
-            log.exception("scrape crashed", extra={"target": t.url})
-            done = _Done(t, grant, tick, None, ScrapeError("internal", repr(exc)))
-        self.sm.scrape_seconds.observe(time.monotonic() - started)
-        self._done.put(done)  # the loop picks it up within MAX_WAIT_S (no wake per scrape)
+    def _on_done(self, t: Target, grant: PartitionState, tick: float) -> OnDone:
+        """What the fetcher's thread does when the scrape ends: observe, hand it to the loop."""
+
+        def done(outcome: Outcome) -> None:
+            self.sm.scrape_lag.observe(max(0.0, outcome.started_ns / 1e9 - tick))
+            self.sm.scrape_seconds.observe(outcome.duration_s)
+            self._done.put(_Done(t, grant, tick, outcome))  # taken within MAX_WAIT_S
+
+        return done
 
     # ---- publishing --------------------------------------------------------------------------
 
@@ -247,11 +250,11 @@ class ScrapeStreamer(ProducingMember):
             p = d.target.partition
             if p not in self.own.active or self.own.states.get(p) is not d.grant:
                 continue  # the partition moved meanwhile: the new owner scrapes it
-            if d.page is None:
-                assert d.error is not None
+            error = d.outcome.error
+            if error is not None:
                 self.sm.up.labels(d.target.url).set(0)
-                self.sm.errors.labels(d.target.url, d.error.reason).inc()
-                log.debug("scrape failed", extra={"target": d.target.url, "reason": str(d.error)})
+                self.sm.errors.labels(d.target.url, error.reason).inc()
+                log.debug("scrape failed", extra={"target": d.target.url, "reason": str(error)})
                 continue
             self._take_page(p, d)
         linger_s = self.config.scrape_linger_ms / 1000
@@ -262,14 +265,13 @@ class ScrapeStreamer(ProducingMember):
 
     def _take_page(self, p: int, d: _Done) -> None:
         """Add a scraped page's rows to its partition's pending batch (sent once full)."""
-        assert d.page is not None
         batch = self._pending.get(p)
         if batch is None or batch.grant is not d.grant:
             batch = self._pending[p] = _Pending(d.grant)
-        count = self._rows(d.target, d.page, batch)
+        count = self._rows(d.target, d.outcome, batch)
         url = d.target.url
         self.sm.up.labels(url).set(1)
-        self.sm.duration.labels(url).set(d.page.duration_s)
+        self.sm.duration.labels(url).set(d.outcome.duration_s)
         self.sm.samples.labels(url).set(count)
         if len(batch.values) >= self.config.batch_size:
             self._send(p, self._pending.pop(p))
@@ -286,29 +288,13 @@ class ScrapeStreamer(ProducingMember):
                 self._send(p, batch)
         self.producer.flush(timeout_s)
 
-    def _rows(self, t: Target, page: Page, into: _Pending) -> int:
+    def _rows(self, t: Target, outcome: Outcome, into: _Pending) -> int:
         """Append one page's samples to `into` (one timestamp for all); return how many."""
+        assert t.reader is not None and outcome.text is not None
         before = len(into.values)
-        newest_ms = 0
-        reject = self._reject
-        for name, labels, value, ts in samples(page.text, reject):
-            g = t.gpu_of.get(labels)
-            if g is None:
-                g = self._gpu(t, labels)
-            if g < 0:
-                reject(SampleReject.BAD_LABELS if g == _BAD_LABELS else SampleReject.NO_GPU)
-                continue
-            m = self._metric.get(name)
-            if m is None:
-                m = self._metric[name] = len(self.metric_names)
-                self.metric_names.append(name)
-            into.gpus.append(g)
-            into.metrics.append(m)
-            into.values.append(value)
-            if ts is not None and ts > newest_ms:
-                newest_ms = ts
+        newest_ms = t.reader.read(outcome.text, into.gpus, into.metrics, into.values, self._reject)
         count = len(into.values) - before
-        at = newest_ms * 1_000_000 if newest_ms else page.started_ns
+        at = newest_ms * 1_000_000 if newest_ms else outcome.started_ns
         into.times.extend([at] * count)
         return count
 
@@ -329,6 +315,23 @@ class ScrapeStreamer(ProducingMember):
             except TimeoutError:  # backpressure: the pending bound holds the batch back
                 if self._stop.is_set():
                     return  # never acknowledged, so never counted: a gap, not a duplicate
+
+    def _resolver(self, t: Target) -> Callable[[str, str], Key | SampleReject]:
+        """What a sample line of target `t` stands for: its (GPU, metric) ordinals."""
+
+        def resolve(name: str, labels: str) -> Key | SampleReject:
+            g = t.gpu_of.get(labels)
+            if g is None:
+                g = self._gpu(t, labels)
+            if g < 0:
+                return SampleReject.BAD_LABELS if g == _BAD_LABELS else SampleReject.NO_GPU
+            m = self._metric.get(name)
+            if m is None:
+                m = self._metric[name] = len(self.metric_names)
+                self.metric_names.append(name)
+            return g, m
+
+        return resolve
 
     def _gpu(self, t: Target, labels: str) -> int:
         """The GPU ordinal of a label text seen for the first time on this target."""

@@ -148,3 +148,93 @@ class PointBatch(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PointBatch: _TypeAlias = PointBatch  # noqa: Y015
+
+@_typing.final
+class GpuView(_message.Message):
+    """The collector's read-only view of a PointBatch: the same field numbers and types, without
+    the GPUs' labels, which no store keeps. Parsing a PointBatch's bytes as this message leaves
+    each GPU's labels as unknown bytes instead of building a map per GPU entry: measured ~4x
+    cheaper to parse a real export's records (~10 labels a GPU). Producers write PointBatch.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UUID_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    GPU_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    POD_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    uuid: _builtins.str
+    hostname: _builtins.str
+    gpu: _builtins.int
+    device: _builtins.str
+    model: _builtins.str
+    container: _builtins.str
+    pod: _builtins.str
+    namespace: _builtins.str
+    def __init__(
+        self,
+        *,
+        uuid: _builtins.str = ...,
+        hostname: _builtins.str = ...,
+        gpu: _builtins.int = ...,
+        device: _builtins.str = ...,
+        model: _builtins.str = ...,
+        container: _builtins.str = ...,
+        pod: _builtins.str = ...,
+        namespace: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "device", b"device", "gpu", b"gpu", "hostname", b"hostname", "model", b"model", "namespace", b"namespace", "pod", b"pod", "uuid", b"uuid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GpuView: _TypeAlias = GpuView  # noqa: Y015
+
+@_typing.final
+class PointBatchView(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GPUS_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    GPU_INDEX_FIELD_NUMBER: _builtins.int
+    METRIC_INDEX_FIELD_NUMBER: _builtins.int
+    TIME_NS_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    SOURCE_TIME_NS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuView]: ...
+    @_builtins.property
+    def metrics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def gpu_index(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def metric_index(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def time_ns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def value(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    @_builtins.property
+    def source_time_ns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        gpus: _abc.Iterable[Global___GpuView] | None = ...,
+        metrics: _abc.Iterable[_builtins.str] | None = ...,
+        gpu_index: _abc.Iterable[_builtins.int] | None = ...,
+        metric_index: _abc.Iterable[_builtins.int] | None = ...,
+        time_ns: _abc.Iterable[_builtins.int] | None = ...,
+        value: _abc.Iterable[_builtins.float] | None = ...,
+        source_time_ns: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpu_index", b"gpu_index", "gpus", b"gpus", "metric_index", b"metric_index", "metrics", b"metrics", "source_time_ns", b"source_time_ns", "time_ns", b"time_ns", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PointBatchView: _TypeAlias = PointBatchView  # noqa: Y015

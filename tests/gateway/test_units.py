@@ -134,3 +134,19 @@ def test_format_time_matches_datetime_and_round_trips(ns: int) -> None:
     )
     assert format_time(ns) == f"{stamp}.{frac:09d}Z"
     assert parse_time(format_time(ns)) == ns
+
+
+def test_worker_freezes_startup_objects_and_raises_the_young_threshold() -> None:
+    """gunicorn calls `post_worker_init` once a worker loaded the app (every worker class)."""
+    import gc
+
+    from gateway import gunicorn_conf
+
+    before = gc.get_threshold()
+    try:
+        gunicorn_conf.post_worker_init(None)
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (gunicorn_conf.GC_GEN0_THRESHOLD, *before[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

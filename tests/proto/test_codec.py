@@ -229,3 +229,38 @@ def test_decode_without_labels_shares_equal_gpus_between_batches_and_bounds_the_
     decode(wire, labels=False)  # over the bound: the cache starts afresh
     assert len(codec._INTERNED) <= 2
     assert decode(wire, labels=True).gpus == sample_batch().gpus  # labels: never shared
+
+
+def test_the_view_reads_every_field_but_labels_with_the_same_number_and_type() -> None:
+    def shape(message: object) -> dict[str, tuple[int, int, bool]]:
+        fields = message.DESCRIPTOR.fields  # type: ignore[attr-defined]
+        return {f.name: (f.number, f.type, f.is_repeated) for f in fields}
+
+    assert shape(pb.PointBatchView) == shape(pb.PointBatch)
+    assert shape(pb.GpuView) == {k: v for k, v in shape(pb.Gpu).items() if k != "labels"}
+
+
+def test_decode_without_labels_is_decode_minus_labels_whatever_labels_travel() -> None:
+    batch = sample_batch()
+    relabelled = sample_batch()
+    relabelled.gpus = [replace(g, labels={**g.labels, "extra": "x" * 300}) for g in batch.gpus]
+    for wire in (encode(batch), encode(relabelled)):
+        full, bare = decode(wire), decode(wire, labels=False)
+        assert bare.gpus == [replace(g, labels={}) for g in full.gpus]
+        assert [p._replace(gpu=p.gpu.uuid) for p in bare.points()] == [
+            p._replace(gpu=p.gpu.uuid) for p in full.points()
+        ]
+    with pytest.raises(CodecError, match="not a telemetry batch"):
+        decode(b"\x0a\x05\x0a\x03abc\xff", labels=False)
+
+
+def test_decode_without_labels_does_not_hold_outsized_entries() -> None:
+    from proto import codec
+
+    codec._INTERNED.clear()
+    batch = sample_batch()
+    batch.gpus = [replace(g, labels={**g.labels, "huge": "x" * 2_000}) for g in batch.gpus]
+    wire = encode(batch)
+    first, again = decode(wire, labels=False), decode(wire, labels=False)
+    assert first.gpus == again.gpus == [replace(g, labels={}) for g in batch.gpus]
+    assert not codec._INTERNED  # decoded each time instead of held

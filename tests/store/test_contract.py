@@ -284,6 +284,23 @@ def test_pages_cut_inside_one_time_lose_and_repeat_nothing(store: Store, limit: 
     )
 
 
+@pytest.mark.parametrize("limit", [7, 99, 150])
+def test_pages_cut_inside_a_time_of_many_metrics(store: Store, limit: int) -> None:
+    """100 metrics at every time: more points in one time than the InfluxDB store reads
+    beyond a page (store.influx_points.SLACK), so a full page's last time is re-read whole
+    there; every page must still be in order, and none may skip or repeat a point."""
+    g, names = gpu(1), [f"m-{i:03d}" for i in range(100)][::-1]
+    times = [T0, T0 + 1, T0 + S]
+    store.write(grid([g], names, times))
+    seen: list[tuple[int, str]] = []
+    after = None
+    while page := store.query_raw(g.uuid, T0, T0 + S, None, limit, after):
+        assert len(page) == min(limit, 300 - len(seen))
+        seen += [(t, m) for t, m, _, _ in page]
+        after = seen[-1]
+    assert seen == sorted((t, m) for t in times for m in names)
+
+
 def test_limit(store: Store) -> None:
     g = gpu(1)
     store.write(grid([g], [UTIL], [T0 + i * S for i in range(10)]))

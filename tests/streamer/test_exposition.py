@@ -6,10 +6,12 @@ import math
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from gputel.fake_exporter import Node
-from streamer.exposition import SampleReject, label_map, samples
+from streamer.exposition import PageReader, SampleReject, label_map, samples
 from streamer.labels import LabelsError
 
 # data/dcgm_exporter.txt: as dcgm-exporter 3.x writes it (HELP/TYPE, label order, empty
@@ -78,3 +80,73 @@ def test_malformed_label_sets_raise() -> None:
     with pytest.raises(LabelsError):
         label_map('gpu="0"')
     assert label_map("") == {}
+
+
+# ---- PageReader: the fast path for lines seen before --------------------------------------
+
+
+def read_twice(text: str) -> tuple[list, list]:
+    """What a PageReader makes of `text` the first time (slow path) and the second (fast)."""
+    seen: dict[tuple[str, str], int] = {}
+
+    def resolve(name: str, labels: str):
+        try:
+            gpu = label_map(labels).get("gpu")
+        except LabelsError:
+            return SampleReject.BAD_LABELS
+        if gpu is None:
+            return SampleReject.NO_GPU
+        return int(gpu) if gpu.isdigit() else -1, seen.setdefault((name, labels), len(seen))
+
+    reader, runs = PageReader(resolve), []
+    for _ in range(2):
+        gpus, metrics, values, rejected = [], [], [], []
+        newest = reader.read(text, gpus, metrics, values, rejected.append)
+        runs.append((list(zip(gpus, metrics, values, strict=True)), rejected, newest))
+    expected_rejects: list[SampleReject] = []
+    expected = []
+    for name, labels, value, _ts in samples(text, expected_rejects.append):
+        meaning = resolve(name, labels)
+        if isinstance(meaning, SampleReject):
+            expected_rejects.append(meaning)
+        else:
+            expected.append((*meaning, value))
+    return runs, [expected, sorted(expected_rejects)]
+
+
+def test_page_reader_reads_real_text_like_the_full_parser_twice() -> None:
+    runs, (expected, expected_rejects) = read_twice(REAL)
+    for got, rejected, newest in runs:
+        assert got == expected and sorted(rejected) == expected_rejects
+        assert newest == 1752871350123  # the exporter's own sample time, in ms
+
+
+def test_page_reader_fast_path_never_reads_a_different_line_the_same_way() -> None:
+    """Lines that share the text before their last blank with a remembered line but are
+    not that line with another number: each must read as the full parser reads it."""
+    first = 'M{gpu="0",a="x y"}5\nM{gpu="0"} 5 \nN{gpu="1"} 2\nP 3\n'
+    then = 'M{gpu="0",a="x 7\nM{gpu="0"} 5 7\nN{gpu="1"} 2 1700000000000\nP 4\tx\nN{gpu="1"} NaN\n'
+    seen: dict[str, int] = {}
+    reader = PageReader(lambda n, lab: (0, seen.setdefault(n + lab, len(seen))))
+    for text in (first, then, first):
+        got: list = [[], [], []]
+        rejected: list[SampleReject] = []
+        newest = reader.read(text, *got, rejected.append)
+        want_rejects: list[SampleReject] = []
+        want = [(0, seen.setdefault(n + lab, len(seen)), v)
+                for n, lab, v, _ in samples(text, want_rejects.append)]  # fmt: skip
+        assert list(zip(*got, strict=True)) == want and rejected == want_rejects, text
+        assert newest == (1700000000000 if text == then else 0)
+
+
+@given(st.lists(st.sampled_from([
+    '# HELP M help (in %).', "# TYPE M gauge", "", " ", 'M{gpu="0"} 1', 'M{gpu="0"}  2',
+    'M{gpu="0"} 3 1700000000001', 'M{gpu="1",pod="a}, b"} 4', 'M{gpu="1",pod="a}, b"} x',
+    'M{gpu="0"} NaN', 'M{gpu="0"} +Inf', "M 5", "M  6", "M", 'M{gpu="0"', 'M{gpu="x"} 7',
+    'M{pod="p"} 8', 'M{gpu="0" pod="p"} 9', 'M{gpu="0"}\t10', 'M{gpu="2",a="1 2"}3',
+    'M{gpu="2",a="1 4', 'N{gpu="0"} 1e3', 'N{gpu="0"} 1_0', 'N{gpu="0"} 5\r',
+]), max_size=30))  # fmt: skip
+def test_page_reader_equals_the_full_parser_on_any_mix_of_lines(lines: list[str]) -> None:
+    runs, (expected, expected_rejects) = read_twice("\n".join(lines))
+    for got, rejected, _newest in runs:
+        assert got == expected and sorted(rejected) == expected_rejects
