@@ -32,7 +32,6 @@ streamer its own targets (file_sd file, DNS name) and its own `--group`.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 import queue
@@ -56,9 +55,8 @@ from walbroker.types import partition_for_key
 log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 0.05
-# The loop sleeps at least this long between rounds: with a thousand targets spread over the
-# interval a tick is always due within a millisecond, and a round per tick would cost more
-# than it gains; a scrape starts at most about this long after its tick.
+# The loop sleeps at least this long between rounds: each round walks every target, and with
+# a thousand targets spread over the interval a tick is always due within a millisecond.
 MIN_WAIT_S = 0.01
 _BAD_LABELS, _NO_GPU = -1, -2
 LABEL_CACHE_MAX = 10_000  # label texts remembered per target
@@ -120,9 +118,6 @@ class ScrapeStreamer(ProducingMember):
         self.metric_names: list[str] = []
         self._metric: dict[str, int] = {}
         self._targets: dict[str, Target] = {}
-        self._heap: list[tuple[float, int, Target]] = []  # (next tick, seq, owned target)
-        self._holding: list[tuple[int, PartitionState | None]] = []  # as `_walk` last saw it
-        self._rewalk = True  # the targets changed since the last walk
         self._done: queue.SimpleQueue[_Done] = queue.SimpleQueue()
         self._pending: dict[int, _Pending] = {}  # lingering rows by partition (loop thread)
         self._fetcher = Fetcher(config.scrape_timeout_s, config.scrape_concurrency)
@@ -187,76 +182,40 @@ class ScrapeStreamer(ProducingMember):
         for url in set(self._targets) - set(fresh):
             self.sm.forget(url)
         self._targets = fresh
-        self._rewalk = True
         self._fetcher.forget({url for url, t in fresh.items() if t.grant is not None})
         self.sm.targets.labels("known").set(len(fresh))
 
     def _schedule(self, now: float) -> float:
-        """Start every owned target's scrape that is due; return the next due tick.
-
-        Walks every target only when the targets or the partitions held changed; otherwise
-        takes just the due ones off a heap of next ticks (a walk of a thousand targets on
-        every loop turn was a tenth of the streamer's CPU).
-        """
+        """Start every owned target's scrape that is due; return the next due tick."""
+        soonest = now + MAX_WAIT_S
+        owned = 0
         due: list[tuple[str, OnDone]] = []
-        if self._holding_changed() or self._rewalk:
-            self._walk(now, due)
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            _tick, seq, t = heapq.heappop(heap)
-            self._start_if_due(t, now, due)
-            assert t.next_tick is not None
-            heapq.heappush(heap, (t.next_tick, seq, t))
-        self._fetcher.submit(due)  # one hand-over per loop turn, not one per scrape
-        return heap[0][0] if heap else now + MAX_WAIT_S
-
-    def _holding_changed(self) -> bool:
-        """True when the partitions held, or a grant of one, differ from the last look."""
-        states = self.own.states
-        now = [(p, states.get(p)) for p in sorted(self.own.active)]
-        before = self._holding
-        if len(now) == len(before) and all(
-            p == q and a is b for (p, a), (q, b) in zip(now, before, strict=True)
-        ):
-            return False
-        self._holding = now
-        return True
-
-    def _walk(self, now: float, due: list[tuple[str, OnDone]]) -> None:
-        """Bring every target in line with the partitions held; rebuild the heap of ticks."""
-        self._rewalk = False
-        heap: list[tuple[float, int, Target]] = []
         active, states = self.own.active, self.own.states
-        for seq, t in enumerate(self._targets.values()):
+        for t in self._targets.values():
             grant = states.get(t.partition) if t.partition in active else None
             if grant is None:
                 if t.grant is not None:  # moved away: its series belong to the new owner
                     t.grant, t.next_tick = None, None
                     self.sm.forget(t.url)
                 continue
+            owned += 1
             if grant is not t.grant:  # taken (again): continue the shared rhythm
                 t.grant, t.next_tick = grant, self._tick_after(t, now)
-            self._start_if_due(t, now, due)
             assert t.next_tick is not None
-            heap.append((t.next_tick, seq, t))
-        heapq.heapify(heap)
-        self._heap = heap
-        self.sm.targets.labels("owned").set(len(heap))
-
-    def _start_if_due(self, t: Target, now: float, due: list[tuple[str, OnDone]]) -> None:
-        """If the target's tick has come, schedule its next one and start its scrape."""
-        assert t.next_tick is not None and t.grant is not None
-        if now < t.next_tick:
-            return
-        tick, t.next_tick = t.next_tick, self._tick_after(t, now)
-        missed = round((t.next_tick - tick) / self.config.scrape_interval_s) - 1
-        if missed > 0:  # the loop was late: ticks passed unscraped, counted as such
-            self.sm.skipped.labels(t.url, "late").inc(missed)
-        if t.busy:
-            self.sm.skipped.labels(t.url, "busy").inc()
-        else:
-            t.busy = True
-            due.append((t.url, self._on_done(t, t.grant, tick)))
+            if now >= t.next_tick:
+                tick, t.next_tick = t.next_tick, self._tick_after(t, now)
+                missed = round((t.next_tick - tick) / self.config.scrape_interval_s) - 1
+                if missed > 0:  # the loop was late: ticks passed unscraped, counted as such
+                    self.sm.skipped.labels(t.url, "late").inc(missed)
+                if t.busy:
+                    self.sm.skipped.labels(t.url, "busy").inc()
+                else:
+                    t.busy = True
+                    due.append((t.url, self._on_done(t, grant, tick)))
+            soonest = min(soonest, t.next_tick)
+        self._fetcher.submit(due)  # one hand-over per loop turn, not one per scrape
+        self.sm.targets.labels("owned").set(owned)
+        return soonest
 
     def _tick_after(self, t: Target, now: float) -> float:
         """The target's first tick strictly after `now`."""
