@@ -6,6 +6,8 @@ Two parts:
   before take the fast path), of the full line parser `samples` with a label-text lookup,
   and of `prometheus_client.parser`, on fake exporters' pages (80 samples each, values
   moving), one core, best of 5.
+- `fetch`: CPU-µs per scrape of the streamer's fetcher (`streamer.scraper`) against one
+  fake exporter process, alone and with each page read by its `PageReader`.
 - `pipeline`: `targets` fake exporter targets (8 GPUs x 10 fields each, served by
   `exporter_procs` `gputel-fake-exporter` processes) scraped every `interval_s` by one
   streamer, through a real broker (fsync on) and one collector into SQLite, with the gateway
@@ -17,7 +19,9 @@ Two parts:
   collector caught up; `lost` = expected - stored, `partial` = ticks with some points
   missing, `doubled` = ticks holding two scrapes: a scrape that started more than an
   interval after its tick (a loop too late) lands in the next tick's slot (the store keeps
-  one point per uuid, metric and time, so nothing is stored twice). Scrape p99 from
+  one point per uuid, metric and time, so nothing is stored twice). After the window the
+  streamer stops (it flushes) and the collector drains its backlog (`catch_up_s`) before
+  counting, so a scrape still queued is not counted lost. Scrape p99 from
   the streamer's `gpu_telemetry_scrape_seconds` histogram over the window; freshness p99 =
   a point's time (its scrape's start) -> first seen through the gateway's telemetry API,
   measured by `bench.e2e_bench.LatencyProbe` on a few GPUs (its poll cycle is the
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 import sqlite3
 import sys
 import tempfile
@@ -56,6 +61,7 @@ from bench.e2e_bench import (
 )
 from gputel.fake_exporter import Node
 from streamer.exposition import PageReader, samples
+from streamer.scraper import Fetcher, Outcome
 from tests.e2e.pipeline import BIN, Pipeline, wait_for
 from tests.fixtures.broker import BrokerProcess
 from tests.fixtures.process import ManagedProcess
@@ -106,6 +112,51 @@ def parser_rates(rounds: int = 200, nodes: int = 20) -> dict[str, Any]:
         "full_parser_samples_per_s": round(n / _best(full)),
         "prometheus_client_samples_per_s": round(n / _best(reference)),
     }
+
+
+def fetch_cost(targets: int = 500, rounds: int = 5) -> dict[str, Any]:
+    """CPU-µs per scrape of this process: `streamer.scraper.Fetcher` alone, then with parsing.
+
+    One `gputel-fake-exporter` process serves `targets` pages; every round scrapes each once
+    (at most 64 in flight, as the streamer's default), the second part also reads each page
+    with its target's `PageReader`.
+    """
+    with tempfile.TemporaryDirectory(prefix="gputel-fetch-bench-") as tmpdir:
+        exporters, sd = _exporters(Path(tmpdir), targets, 1)
+        groups = json.loads(sd.read_text())
+        urls = [f"http://{g['targets'][0]}{g['labels']['__metrics_path__']}" for g in groups]
+        fetcher = Fetcher(5.0, 64).start()
+        keys: dict[str, int] = {}
+
+        def resolve(_name: str, labels: str) -> tuple[int, int]:
+            return keys.setdefault(labels, len(keys)), 0
+
+        readers = {u: PageReader(resolve) for u in urls}
+        columns: tuple[list[int], list[int], list[float]] = ([], [], [])
+
+        def one_round(parse: bool) -> None:
+            done: queue.SimpleQueue[tuple[str, Outcome]] = queue.SimpleQueue()
+            fetcher.submit((u, lambda o, u=u: done.put((u, o))) for u in urls)
+            for _ in urls:
+                url, outcome = done.get(timeout=60)
+                assert outcome.text is not None, outcome.error
+                if parse:
+                    readers[url].read(outcome.text, *columns, lambda _r: None)
+
+        try:
+            one_round(True)  # connections made, keys remembered
+            out: dict[str, Any] = {"targets": targets}
+            for name, parse in (("fetch_cpu_us_per_scrape", False),
+                                ("fetch_and_parse_cpu_us_per_scrape", True)):  # fmt: skip
+                t0 = time.process_time()
+                for _ in range(rounds):
+                    one_round(parse)
+                out[name] = round((time.process_time() - t0) * 1e6 / (rounds * targets), 1)
+            return out
+        finally:
+            fetcher.close()
+            for e in exporters:
+                e.terminate(10)
 
 
 def _best(fn: Any, repeat: int = 5) -> float:
@@ -199,7 +250,13 @@ def _measure(
     cores = cpu.stop()
     s1 = scrape(metrics_url(streamer))
     time.sleep(2 * interval_s)
-    wait_for(lambda: (pipe.lag() or 0) == 0, 120)
+    # The streamer stops (flushing what it scraped), so the collector's backlog can drain
+    # and a scrape still queued is not counted lost: `lost` is loss, the backlog shows in
+    # the freshness and in `catch_up_s`.
+    streamer.terminate(30)
+    t_stop = time.monotonic()
+    caught_up = wait_for(lambda: pipe.lag() == 0, 600)
+    catch_up_s = round(time.monotonic() - t_stop, 1)
     probe.stop()
     latency = window_latencies(probe, base, w0, w1)
     counts = _count_ticks(db, sd.with_name("by-process.json"), w0, w1, interval_s)
@@ -212,6 +269,7 @@ def _measure(
         "targets": targets, "interval_s": interval_s, "window_s": round((w1 - w0) / 1e9, 2),
         "samples_per_s": round(stored_points / ((w1 - w0) / 1e9)),
         **counts, "scrape_errors": errors, "scrapes_skipped": skipped,
+        "collector_caught_up": caught_up, "catch_up_s": catch_up_s,
         "scrape_p50_s": histogram_quantile(s0, s1, "gpu_telemetry_scrape_seconds", 0.5),
         "scrape_p99_s": histogram_quantile(s0, s1, "gpu_telemetry_scrape_seconds", 0.99),
         "scrape_count": hist_delta(s0, s1, "gpu_telemetry_scrape_seconds")[0],
@@ -281,7 +339,7 @@ def meets_bounds(r: dict[str, Any]) -> bool:
 def run(targets: int = 1000, duration_s: float = 60.0) -> dict[str, Any]:
     """Both parts; fewer targets when the full count misses a bound (see the module doc)."""
     full = pipeline(targets, duration_s)
-    out: dict[str, Any] = {"parser": parser_rates(), "pipeline": full}
+    out: dict[str, Any] = {"parser": parser_rates(), "fetch": fetch_cost(), "pipeline": full}
     out["pipeline"]["meets_bounds"] = meets_bounds(full)
     if out["pipeline"]["meets_bounds"]:
         return out

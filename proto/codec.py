@@ -132,10 +132,12 @@ def decode(data: bytes, labels: bool = True) -> PointBatch:
 # cost more than the rest of decoding it. One `SerializeToString` of the parsed entry (its
 # unparsed labels included) is the key: equal bytes parse to equal fields, so sharing the
 # value is invisible to callers (unequal bytes for the same GPU only cost a second entry).
-# Bounded (cleared when full); dict operations are atomic under the GIL, so decoding stays
-# thread-safe.
+# Bounded in entries (cleared when full) and in key size: a producer's outsized labels are
+# decoded every time instead of held (real entries are ~250-600 bytes). Dict operations are
+# atomic under the GIL, so decoding stays thread-safe.
 _INTERNED: dict[bytes, Gpu] = {}
 _MAX_INTERNED = 200_000
+_MAX_INTERNED_KEY_BYTES = 1_024
 
 
 def _interned(wire_gpus: Iterable[pb.GpuView]) -> list[Gpu]:
@@ -149,9 +151,9 @@ def _interned(wire_gpus: Iterable[pb.GpuView]) -> list[Gpu]:
         key = g.SerializeToString()
         gpu = get(key)
         if gpu is None:
-            gpu = cache[key] = Gpu(
-                g.uuid, g.hostname, g.gpu, g.device, g.model, g.container, g.pod, g.namespace, {}
-            )
+            gpu = Gpu(g.uuid, g.hostname, g.gpu, g.device, g.model, g.container, g.pod, g.namespace)
+            if len(key) <= _MAX_INTERNED_KEY_BYTES:
+                cache[key] = gpu
         out.append(gpu)
     return out
 

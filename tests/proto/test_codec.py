@@ -252,3 +252,15 @@ def test_decode_without_labels_is_decode_minus_labels_whatever_labels_travel() -
         ]
     with pytest.raises(CodecError, match="not a telemetry batch"):
         decode(b"\x0a\x05\x0a\x03abc\xff", labels=False)
+
+
+def test_decode_without_labels_does_not_hold_outsized_entries() -> None:
+    from proto import codec
+
+    codec._INTERNED.clear()
+    batch = sample_batch()
+    batch.gpus = [replace(g, labels={**g.labels, "huge": "x" * 2_000}) for g in batch.gpus]
+    wire = encode(batch)
+    first, again = decode(wire, labels=False), decode(wire, labels=False)
+    assert first.gpus == again.gpus == [replace(g, labels={}) for g in batch.gpus]
+    assert not codec._INTERNED  # decoded each time instead of held
