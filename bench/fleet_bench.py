@@ -37,7 +37,7 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -115,25 +115,35 @@ def influx_server(gpus: list[Gpu]) -> tuple[InfluxServer, dict[str, str], float 
     return server, opts, seconds
 
 
-def _pages(gw: Proc, path: str, most: int = 400) -> list[str]:
-    """Every page URL of a list endpoint, found by following `next_cursor` from the first."""
-    import urllib.parse
+def _http_json(gw: Proc) -> Callable[[str], Any]:
+    """GET a path of the gateway and parse its JSON."""
     import urllib.request
 
     base = gw.health_url.rsplit("/", 1)[0]
+
+    def fetch(path: str) -> Any:
+        with urllib.request.urlopen(base + path, timeout=60) as resp:
+            return json.load(resp)
+
+    return fetch
+
+
+def _pages(fetch: Callable[[str], Any], path: str, most: int = 400) -> list[str]:
+    """Every page URL of a list endpoint, found by following `next_cursor` from the first."""
+    import urllib.parse
+
     sep = "&" if "?" in path else "?"
     out = [path]
     while len(out) < most:
-        with urllib.request.urlopen(base + out[-1], timeout=60) as resp:
-            token = json.load(resp)["next_cursor"]
+        token = fetch(out[-1])["next_cursor"]
         if token is None:
             break
         out.append(f"{path}{sep}cursor={urllib.parse.quote(token)}")
     return out
 
 
-def endpoints(gw: Proc, gpus: list[Gpu]) -> dict[str, list[str]]:
-    """Request paths per measured endpoint."""
+def endpoints(fetch: Callable[[str], Any], gpus: list[Gpu]) -> dict[str, list[str]]:
+    """Request paths per measured endpoint (`fetch` GETs a path's JSON, to find the pages)."""
     rng = random.Random(5)
     windows = [T0 + k * 30 * S for k in range(DEEP_SCRAPES // 2)]
     telemetry = [
@@ -142,13 +152,25 @@ def endpoints(gw: Proc, gpus: list[Gpu]) -> dict[str, list[str]]:
         for t in (rng.choice(windows) for _ in range(500))
     ]
     return {
-        "gpus": _pages(gw, "/api/v1/gpus?limit=1000"),
-        "hosts": _pages(gw, "/api/v1/hosts"),
+        "gpus": _pages(fetch, "/api/v1/gpus?limit=1000"),
+        "hosts": _pages(fetch, "/api/v1/hosts"),
         "metrics": ["/api/v1/metrics"],
         "gpu_detail": [f"/api/v1/gpus/{rng.choice(gpus).uuid}" for _ in range(2000)],
         "telemetry_1h": telemetry,
         "gpus_model_h100": ["/api/v1/gpus?model=h100&limit=1000"],
     }
+
+
+def endpoints_in_process(opts: dict[str, str], gpus: list[Gpu]) -> dict[str, list[str]]:
+    """`endpoints` of the InfluxDB store `opts` names, found through an in-process app."""
+    from gateway.app import create_app
+    from gateway.config import GatewayConfig
+
+    config = GatewayConfig(store="influx", influx_url=opts["url"], influx_org=opts["org"],
+                           influx_bucket=opts["bucket"], influx_token=opts["token"],
+                           catalog_cache_s=0)  # fmt: skip
+    client = create_app(config).test_client()
+    return endpoints(lambda path: client.get(path).get_json(), gpus)
 
 
 def gateway(store_args: list[str], tmp: Path, name: str) -> Proc:
@@ -195,7 +217,7 @@ def serve_and_measure(
     """Start a gateway on the store and load each endpoint; figures per endpoint."""
     gw = gateway(store_args, tmp, name).start()
     try:
-        todo = endpoints(gw, gpus)
+        todo = endpoints(_http_json(gw), gpus)
         out: dict[str, Any] = {"pages": {k: len(v) for k, v in todo.items()}}
         for endpoint, paths in todo.items():
             warm(gw, paths[:200])

@@ -174,8 +174,11 @@ start() {
     done
     password="$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')"
     (umask 077 && printf '%s\n' "$password" >"$dir/scram-password")
-    # A cluster id is 16 random bytes in base64url without padding.
-    cid="$(python3 -c 'import base64,os; print(base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="))')"
+    # A cluster id is 16 random bytes in base64url without padding, not starting with "-"
+    # (the tool would read it as an option; Kafka's own Uuid.randomUuid() draws again too).
+    cid="$(python3 -c 'import base64,os
+while (c := base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")).startswith("-"): pass
+print(c)')"
     for i in $(seq 1 "$n"); do
         mkdir -p "$dir/node$i/data"
         write_properties "$n" "$i" "$dir/node$i" "${ports[$((i - 1))]}" "$voters" \

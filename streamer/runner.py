@@ -72,6 +72,7 @@ class _Scan:
 
     def __init__(self, partitions: int) -> None:
         self.taking: set[int] = set()
+        self.joined: dict[int, PartitionState] = {}  # the state each partition took part under
         self.seen = [0] * partitions  # rows of each partition the scan has gone past
         self.sent: set[int] = set()  # partitions that sent rows in this scan
         self.pending: dict[int, PartRows] = {}
@@ -150,7 +151,10 @@ class Streamer(ProducingMember):
         """Read the source once, sending the rows of every partition taking part; rows sent."""
         assert self.source is not None
         scan = _Scan(self.source.partitions)
-        scan.taking = {p for p in self.own.active if self._due(p)}
+        for p in self.own.active:
+            if self._due(p):
+                scan.taking.add(p)
+                scan.joined[p] = self.own.states[p]
         if not scan.taking and self.source.sizes is not None:
             return 0  # (before the first complete scan, scan anyway: it counts the rows)
         total = 0
@@ -168,14 +172,23 @@ class Streamer(ProducingMember):
         return total
 
     def _join(self, scan: _Scan) -> None:
-        """Drop partitions the group took away; let in new ones whose next row is ahead."""
-        scan.taking &= self.own.active
+        """Drop partitions the group took away; let in those whose next row is ahead.
+
+        A partition taken again mid-scan (e.g. the broker restarted and granted it anew)
+        restarts from its committed progress, which may lie behind the rows this scan has
+        gone past: it leaves the scan like a revoked one and comes back only if its next
+        row is still ahead (else the next scan sends it from that exact row).
+        """
+        states = self.own.states
+        scan.taking = {p for p in scan.taking if states.get(p) is scan.joined[p]} & self.own.active
         for p in list(scan.pending):
             if p not in scan.taking:
-                del scan.pending[p]  # never handed to the producer: the new owner sends them
+                del scan.pending[p]  # never handed to the producer: the owner sends them again
         for p in self.own.active - scan.taking:
+            scan.sent.discard(p)  # rows sent under a former grant complete no pass of this one
             if scan.seen[p] <= self._position(p) and self._due(p):
                 scan.taking.add(p)
+                scan.joined[p] = states[p]
 
     def _take_block(self, scan: _Scan, block: RowBlock) -> int:
         """Move the block's rows of the partitions taking part to their pending batches."""

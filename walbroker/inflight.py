@@ -41,6 +41,7 @@ class Grant:
     group: str
     epoch: int
     progress: int
+    fenced: bool = False  # the broker refused it: batches sealed under it are dropped
 
 
 class InFlight:
@@ -56,11 +57,19 @@ class InFlight:
         self._ids = itertools.count(1)
 
     def seal(self, partition: int, count: int) -> Batch:
-        """A new batch with the partition's next sequence (and its grant's progress)."""
+        """A new batch with the partition's next sequence (and its grant's progress).
+
+        Under a fenced grant the batch is born dropped (no sequence, never sent): sent
+        untracked it would be appended without progress, and the partition's next owner
+        sends the same rows again.
+        """
+        grant = self.grants.get(partition)
+        if grant is not None and grant.fenced:
+            self.points -= count
+            return Batch(self.topic, self.producer_id, partition, -1, b"", count, dropped=True)
         seq = self._sequences.get(partition, 0)
         self._sequences[partition] = seq + 1
         batch = Batch(self.topic, self.producer_id, partition, seq, b"", count, next(self._ids))
-        grant = self.grants.get(partition)
         if grant is not None:
             grant.progress += count
             batch.fence = (grant.group, grant.epoch, grant.progress)
@@ -91,7 +100,7 @@ class InFlight:
         self._drop(batch.partition, [batch])
 
     def fence(self, batch: Batch) -> list[Batch]:
-        """Drop every batch of `batch`'s grant (it moved on); return them."""
+        """Drop every batch of `batch`'s grant (it moved on), and later ones; return them."""
         epoch = batch.fence[1] if batch.fence else None
         doomed = [
             b
@@ -101,7 +110,7 @@ class InFlight:
         self._drop(batch.partition, doomed)
         grant = self.grants.get(batch.partition)
         if grant is not None and grant.epoch == epoch:
-            del self.grants[batch.partition]
+            grant.fenced = True  # until the partition is tracked under a new grant
         return doomed
 
     def _drop(self, partition: int, doomed: list[Batch]) -> None:

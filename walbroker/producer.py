@@ -169,7 +169,8 @@ class Producer(Generic[T]):
         Each batch then carries `progress` + the points sent since, which the broker stores
         as the group's progress in the same transaction as the batch — or refuses
         (ABORTED) once the grant has moved on, in which case every unacknowledged batch of
-        the partition is dropped and `on_fenced(partition, points)` is called.
+        the partition is dropped and `on_fenced(partition, points)` is called; batches sent
+        for it after that are dropped too until it is tracked under a new grant.
         """
         with self._cond:
             self._inflight.grants[partition] = Grant(group, epoch, progress)
@@ -275,6 +276,9 @@ class Producer(Generic[T]):
         """Give a batch the partition's next sequence number and queue it for sending."""
         with self._cond:
             batch = self._inflight.seal(p, count)
+            if batch.dropped:  # the partition is fenced: its points leave the pending count
+                self._cond.notify_all()
+                return
         encoded = payload()
         with self._cond:
             if not self._inflight.encoded(batch, encoded):

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from streamer.config import StreamerConfig
 from streamer.runner import Streamer
+from streamer.scan import BLOCK_ROWS
 from streamer.source import new_metrics, read_csv
 from tests.fixtures.broker import free_port
 from tests.streamer.dcgm_fixture import csv_text, row
@@ -103,6 +104,36 @@ def test_broker_killed_mid_run_every_row_lands_exactly_once(broker, streamer_pro
     assert len(logged) == total, (per_partition, progress, s.log_text()[-6000:])
     assert set(series_counts(logged).values()) == {passes}
     assert "publish interrupted" in s.log_text()
+
+
+def test_broker_restarted_mid_scan_of_a_large_file_every_row_lands_exactly_once(
+    broker, streamer_process, tmp_path
+):
+    # Over two blocks of rows (streamer.scan.BLOCK_ROWS), so the partitions are granted anew
+    # while a scan is under way, behind the rows it has gone past: they must resume at their
+    # committed progress (a scan that went on skipped rows and sent others twice), and no
+    # batch may leave the fenced streamer untracked (it was appended without progress).
+    gpus, metrics, scrapes = 48, 10, 20  # 9,600 rows
+    assert gpus * metrics * scrapes > 2 * BLOCK_ROWS
+    csv = make_csv(tmp_path / "dcgm.csv", gpus, metrics, scrapes)
+    s = streamer_process(
+        "--broker", broker.address, "--csv", str(csv), "--rate", "1500", "--batch-size", "50",
+    )  # fmt: skip
+    assert wait_until(lambda: sum(committed(broker.address, "streamers", "telemetry").values())
+                      >= 2000, 30, 0.01)  # fmt: skip
+    broker.kill()
+    time.sleep(1.0)
+    broker.start()
+    assert s.wait(60) == 0, s.log_text()
+    total = gpus * metrics * scrapes
+    logged = read_log(broker.address, "telemetry", total)
+    progress = committed(broker.address, "streamers", "telemetry")
+    times = Counter(series_counts(logged).values())
+    assert (len(logged), times) == (total, {1: total}), (
+        Counter(e.partition for e in logged),
+        progress,
+    )
+    assert sum(progress.values()) == total
 
 
 def test_pass_interval_spaces_the_passes(broker, streamer_process, tmp_path):

@@ -50,3 +50,20 @@ def test_a_batch_fenced_while_encoding_is_not_sent():
     batch = f.seal(0, 5)
     f.fence(batch)
     assert not f.encoded(batch, b"late") and f.bytes == 0
+
+
+def test_after_a_fence_the_partition_sends_nothing_until_it_is_tracked_again():
+    # Sent untracked, such a batch would be appended without progress, and the partition's
+    # next owner (this streamer after the broker restarted, or another) sends its rows again.
+    f = InFlight("t", "p")
+    f.grants[0] = Grant("g", epoch=1, progress=0)
+    first = sealed(f, 0, 5)
+    assert f.fence(first) == [first]
+    f.points += 7  # as the producer counts a batch before sealing it
+    late = f.seal(0, 7)
+    assert late.dropped and f.batches == {} and f.points == 0
+    assert not f.encoded(late, b"xx") and f.in_order() == []
+    f.grants[0] = Grant("g", epoch=2, progress=0)  # granted anew
+    again = sealed(f, 0, 7)
+    assert (again.sequence, again.fence) == (0, ("g", 2, 7)) and not again.dropped
+    assert sealed(f, 1, 3).fence is None  # an untracked partition is not affected
