@@ -20,7 +20,7 @@ from array import array
 from collections.abc import Sequence
 
 from proto.gen import telemetry_pb2 as pb
-from streamer.gpus import GpuTable
+from streamer.gpus import GpuTable, varint
 
 # Field numbers of the packed columns in `PointBatch` (proto/telemetry.proto).
 _TIME_NS, _VALUE, _SOURCE_TIME_NS = 5, 6, 7
@@ -66,14 +66,4 @@ def _packed(field: int, column: array[int] | array[float]) -> bytes:
         column = array(column.typecode, column)
         column.byteswap()
     data = column.tobytes()
-    return _varint(field << 3 | 2) + _varint(len(data)) + data
-
-
-def _varint(n: int) -> bytes:
-    """Protobuf's base-128 varint of a non-negative int."""
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+    return varint(field << 3 | 2) + varint(len(data)) + data

@@ -1,4 +1,4 @@
-"""The parser's block-wise path gives exactly what validating the rows one by one gives.
+"""The parser's chunked path gives exactly what validating the rows one by one gives.
 
 `RowParser.add_rows` clears most rows with C-level lookups over a whole chunk and sends
 only the others through the per-row checks. The oracle here is the same file read with
@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import io
 import random
+from array import array
 from typing import Any
 
 import pytest
 
+from proto.batch import Gpu
+from proto.codec import decode
 from scripts import gen_dcgm
 from streamer.columns import Columns
+from streamer.encode import encode_rows
 from streamer.gpus import GpuTable
 from streamer.rows import RowParser, _Columns, _unknown
 from streamer.source import RowBlock, blocks
@@ -127,3 +131,24 @@ def test_missing_optional_columns_chunked_equals_row_by_row() -> None:
     fast, oracle = read(text, RowParser, 3), read(text, RowByRow, 3)
     assert fast == oracle and fast["rejected"]["field_count"].count == 1
     assert all(g.uuid.startswith("GPU-") for g in fast["gpus"])  # from the labels
+
+
+def test_encoded_batch_decodes_to_the_rows_and_each_gpu_with_its_labels() -> None:
+    table = GpuTable(lambda _uuid: 0)
+    long_value = "x" * 20_000  # an entry over 16 KiB: a 3-byte length prefix
+    gpus = [
+        Gpu("GPU-a", "h1", 0, "nvidia0", "M", labels={"job": "dcgm", "pod": 'p "1"'}),
+        Gpu("GPU-b", "h1", 1, labels={}),
+        Gpu("GPU-c", "h2", 7, "nvidia7", "M", "c", "p", "ns", labels={"big": long_value}),
+    ]
+    ordinals = [table.intern(g) for g in gpus]
+    gpu, metric = array("I", [ordinals[2], ordinals[0], ordinals[2]]), array("I", [1, 0, 0])
+    times, values = array("q", [3, 1, 2]), array("d", [0.5, -1e300, 7.0])
+    batch = decode(encode_rows(table, ["m0", "m1"], gpu, metric, times, values, times))
+    assert batch.gpus == [gpus[2], gpus[0]] and batch.metrics == ["m1", "m0"]
+    assert (batch.gpu_index, batch.metric_index) == ([0, 1, 0], [0, 1, 1])
+    assert (batch.time_ns, batch.value, batch.source_time_ns) == (
+        [3, 1, 2],
+        [0.5, -1e300, 7.0],
+        [3, 1, 2],
+    )
