@@ -59,6 +59,9 @@ class CollectorConfig:
     retry_max_ms: int = 5_000
     # On SIGTERM, how long to keep retrying the last flush before leaving without it.
     shutdown_timeout_s: float = 20.0
+    # SQLite store: "full" = a write is on disk before its offsets are committed (the default),
+    # "normal" = it survives a process crash only (store.sqlite)
+    sqlite_synchronous: str = "full"
     # The GPU catalog's last_seen lags the newest point by less than this (InfluxDB store).
     catalog_granularity_s: float = 60.0
     # Points stamped further ahead of this clock are dead-lettered (collector.future).
@@ -81,9 +84,9 @@ class CollectorConfig:
         return f"{self.topic}.dlq"
 
     def store_options(self) -> dict[str, str]:
-        """Keyword arguments for `store.open_store` (empty for SQLite)."""
+        """Keyword arguments for `store.open_store`."""
         if self.store != "influx":
-            return {}
+            return {"sqlite_synchronous": self.sqlite_synchronous}
         return {
             "url": self.influx_url,
             "org": self.influx_org,
@@ -119,6 +122,13 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--topic", default=env_of("TOPIC", "telemetry"), help="topic to consume")
     p.add_argument("--group", default=env_of("GROUP", "collectors"), help="consumer group")
     p.add_argument("--store", default=env_of("STORE"), help="sqlite:PATH or influx")
+    p.add_argument(
+        "--sqlite-synchronous",
+        choices=("full", "normal"),
+        default=env_of("SQLITE_SYNCHRONOUS", "full"),
+        help="full: a write is on disk before its offsets are committed (default); normal: "
+        "survives a process crash, not an OS crash or power loss",
+    )
     p.add_argument("--influx-url", default="", help="InfluxDB URL (with --store influx)")
     p.add_argument("--influx-org", default="", help="InfluxDB organisation")
     p.add_argument("--influx-bucket", default="", help="InfluxDB bucket")
@@ -240,10 +250,15 @@ def from_args(
     if level not in LOG_LEVELS:
         choices = ", ".join(LOG_LEVELS)
         raise ConfigError(f"--log-level must be one of {choices}, not {a.log_level!r}")
+    if a.sqlite_synchronous not in ("full", "normal"):  # (argparse checks flags, not the env)
+        raise ConfigError(
+            f"--sqlite-synchronous must be full or normal, not {a.sqlite_synchronous!r}"
+        )
     return CollectorConfig(
         broker=_broker(a.broker, a.kafka_config),
         kafka_config=a.kafka_config,
         store=a.store,
+        sqlite_synchronous=a.sqlite_synchronous,
         topic=a.topic,
         group=a.group,
         influx_url=influx["url"],

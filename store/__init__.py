@@ -57,9 +57,13 @@ def open_store(
     catalog_granularity_s: float | None = None,
     write_catalog: bool = True,
     /,
+    sqlite_synchronous: str = "full",
     **influx_opts: str | None,
 ) -> Store:
     """Open the store named by `spec`: `sqlite:PATH` or `influx` (see `influx_settings`).
+
+    `sqlite_synchronous`: "full" (a commit is on disk) or "normal" (survives a process
+    crash only); see `store.sqlite`.
 
     `catalog_granularity_s` bounds how far the catalog's `last_seen` may lag (InfluxDB default
     60 s; SQLite default exact, the collector passes its `--catalog-granularity-s`);
@@ -76,7 +80,12 @@ def open_store(
             if catalog_granularity_s is None
             else max(1, int(catalog_granularity_s * 1_000_000_000))
         )
-        return SqliteStore(rest, catalog=write_catalog, catalog_granularity_ns=granularity_ns)
+        return SqliteStore(
+            rest,
+            catalog=write_catalog,
+            catalog_granularity_ns=granularity_ns,
+            synchronous=sqlite_synchronous,
+        )
     if kind == "influx" and not rest:
         from store.catalog import DEFAULT_GRANULARITY_NS
         from store.influx import InfluxStore

@@ -51,7 +51,14 @@ def test_env_is_read_when_called_and_flags_win():
     )  # fmt: skip
     assert c.dead_letter_topic == "telemetry.dlq"
     assert "s3cret" not in repr(c)
-    assert from_args(["--store", "sqlite:x.db"], env).store_options() == {}
+    assert from_args(["--store", "sqlite:x.db"], env).store_options() == {
+        "sqlite_synchronous": "full"  # a write is on disk before its offsets are committed
+    }
+    env["GPUTEL_COLLECTOR_SQLITE_SYNCHRONOUS"] = "normal"
+    assert from_args(["--store", "sqlite:x.db"], env).sqlite_synchronous == "normal"
+    env["GPUTEL_COLLECTOR_SQLITE_SYNCHRONOUS"] = "off"
+    with pytest.raises(ConfigError, match="--sqlite-synchronous must be full or normal"):
+        from_args(["--store", "sqlite:x.db"], env)
 
 
 def test_inconsistent_limits_are_rejected():

@@ -17,6 +17,19 @@ def test_sqlite_spec(tmp_path) -> None:
         assert isinstance(store, SqliteStore)
 
 
+def test_sqlite_commits_are_on_disk_unless_asked_otherwise(tmp_path) -> None:
+    def synchronous(store) -> int:  # PRAGMA synchronous: 2 = FULL (WAL fsynced per commit)
+        with store:
+            return int(store._conn().execute("PRAGMA synchronous").fetchone()[0])
+
+    path = f"sqlite:{tmp_path / 'a.db'}"
+    assert synchronous(open_store(path)) == 2
+    assert synchronous(open_store(path, sqlite_synchronous="full")) == 2
+    assert synchronous(open_store(path, sqlite_synchronous="normal")) == 1
+    with pytest.raises(InvalidArgument, match="synchronous"):
+        SqliteStore(tmp_path / "b.db", synchronous="off")
+
+
 @pytest.mark.parametrize("spec", ["", "sqlite:", "postgres:x", "influx:http://x"])
 def test_bad_specs(spec: str) -> None:
     with pytest.raises(InvalidArgument):

@@ -81,6 +81,20 @@ def chunked(conn: socket.socket, _head: bytes) -> bool:
     return True
 
 
+def dribbled(conn: socket.socket, _head: bytes) -> bool:
+    """Chunked, the head a few bytes at a time and the body cut at odd places."""
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for i in range(0, len(head), 3):
+        conn.sendall(head[i : i + 3])
+        time.sleep(0.001)
+    body = b"".join(b"%x\r\n%s\r\n" % (len(PAGE[i : i + 997]), PAGE[i : i + 997])
+                    for i in range(0, len(PAGE), 997)) + b"0\r\n\r\n"  # fmt: skip
+    for i in range(0, len(body), 1013):
+        conn.sendall(body[i : i + 1013])
+    return True
+
+
 def until_close(conn: socket.socket, _head: bytes) -> bool:
     """An HTTP/1.0-style answer: no length, the end of the connection ends the body."""
     conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n" + PAGE)
@@ -117,7 +131,7 @@ def fetch() -> Iterator[Callable[..., list[Outcome]]]:
     assert not fetcher.alive()
 
 
-@pytest.mark.parametrize("answer", [content_length, chunked, until_close])
+@pytest.mark.parametrize("answer", [content_length, chunked, dribbled, until_close])
 def test_a_page_arrives_whole_however_its_end_is_marked(servers, fetch, answer) -> None:
     s = servers(answer)
     before = time.time_ns()
