@@ -3,18 +3,28 @@
 A batch lists each of its GPUs once (`gpus`, with the GPU's labels) and indexes them
 from the point columns. Building those entries is the expensive part (a label map per
 GPU), and a real export puts ~one point of each GPU in a batch, so each GPU's entry is
-encoded once per process (`GpuTable.wire`) and the batch is assembled from bytes:
+encoded once per process (`GpuTable.wires`) and the batch is assembled from bytes:
 protobuf parses concatenated messages as one merged message whose repeated fields
 are appended in order, so the cached single-GPU messages followed by the message of
 the remaining fields decode as the whole batch (`proto.codec.decode` checks it).
+
+The fixed-width columns (`time_ns`, `value`, `source_time_ns`: packed `sfixed64` and
+`double`, little-endian on the wire) are written straight from arrays' memory, not
+converted number by number; the index columns (varints) go through protobuf.
 """
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections.abc import Sequence
 
 from proto.gen import telemetry_pb2 as pb
 from streamer.gpus import GpuTable
+
+# Field numbers of the packed columns in `PointBatch` (proto/telemetry.proto).
+_TIME_NS, _VALUE, _SOURCE_TIME_NS = 5, 6, 7
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 def encode_rows(
@@ -30,15 +40,40 @@ def encode_rows(
 
     Values are finite and ordinals valid: the parser accepted only such rows.
     """
-    gpu_slot: dict[int, int] = {}
-    local_gpu = [gpu_slot.setdefault(g, len(gpu_slot)) for g in gpu]
-    metric_slot: dict[int, int] = {}
-    local_metric = [metric_slot.setdefault(m, len(metric_slot)) for m in metric]
-    msg = pb.PointBatch(metrics=[metric_names[m] for m in metric_slot])
-    msg.gpu_index.extend(local_gpu)
-    msg.metric_index.extend(local_metric)
-    msg.time_ns.extend(time_ns)
-    msg.value.extend(value)
-    msg.source_time_ns.extend(source_time_ns)
-    wire = table.wire
-    return b"".join([*(wire(g) for g in gpu_slot), msg.SerializeToString()])
+    gpus = list(dict.fromkeys(gpu))  # each GPU once, in order of first use
+    gpu_slot = dict(zip(gpus, range(len(gpus)), strict=True))
+    metrics = list(dict.fromkeys(metric))
+    metric_slot = dict(zip(metrics, range(len(metrics)), strict=True))
+    msg = pb.PointBatch(metrics=list(map(metric_names.__getitem__, metrics)))
+    msg.gpu_index.extend(map(gpu_slot.__getitem__, gpu))
+    msg.metric_index.extend(map(metric_slot.__getitem__, metric))
+    return b"".join(
+        [
+            *table.wires(gpus),
+            msg.SerializeToString(),
+            _packed(_TIME_NS, array("q", time_ns)),
+            _packed(_VALUE, array("d", value)),
+            _packed(_SOURCE_TIME_NS, array("q", source_time_ns)),
+        ]
+    )
+
+
+def _packed(field: int, column: array[int] | array[float]) -> bytes:
+    """A packed repeated fixed-width field (length-delimited) holding `column`."""
+    if not column:
+        return b""
+    if not _LITTLE_ENDIAN:
+        column = array(column.typecode, column)
+        column.byteswap()
+    data = column.tobytes()
+    return _varint(field << 3 | 2) + _varint(len(data)) + data
+
+
+def _varint(n: int) -> bytes:
+    """Protobuf's base-128 varint of a non-negative int."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)

@@ -51,7 +51,7 @@ class GpuTable:
         self.by_columns: dict[Descriptor, int] = {}
         self._by_labels: dict[tuple[Descriptor, str], int] = {}
         self._ordinal: dict[tuple[object, ...], int] = {}
-        self._wire: dict[int, bytes] = {}
+        self._wire: list[bytes | None] = []  # by ordinal; built on first use
 
     def __len__(self) -> int:
         return len(self.gpus)
@@ -114,11 +114,12 @@ class GpuTable:
             o = self._ordinal[key] = len(self.gpus)
             self.gpus.append(gpu)
             self.partition.append(self.partition_for(gpu.uuid))
+            self._wire.append(None)
         return o
 
     def wire(self, ordinal: int) -> bytes:
         """The encoded `gpus` entry of a telemetry batch for this GPU (cached)."""
-        w = self._wire.get(ordinal)
+        w = self._wire[ordinal]
         if w is None:
             g = self.gpus[ordinal]
             entry = pb.Gpu(
@@ -127,6 +128,13 @@ class GpuTable:
             )  # fmt: skip
             w = self._wire[ordinal] = pb.PointBatch(gpus=[entry]).SerializeToString()
         return w
+
+    def wires(self, ordinals: list[int]) -> list[bytes]:
+        """`wire` of each ordinal (one C-level lookup each once built)."""
+        out = list(map(self._wire.__getitem__, ordinals))
+        if None in out:
+            out = [self.wire(o) if w is None else w for o, w in zip(ordinals, out, strict=True)]
+        return out  # type: ignore[return-value]
 
 
 def describe_gpu(
