@@ -58,3 +58,32 @@ def test_f1_producer_under_queue_backpressure_loses_its_first_batch(broker_facto
         f"producer acked {acked} points ({dups} duplicate acks), log holds "
         f"{sum(seen.values())} of {total}, missing {total - len(seen)} distinct"
     )
+
+
+def test_f2_fenced_first_batch_renumbers_an_appended_one_and_the_next_is_lost(broker_factory):
+    """F2 (the CI flake's signature): the first batch of a partition goes out under a grant
+    the broker no longer knows (e.g. the broker restarted), the next under another grant
+    (here: untracked). The broker fences the first (nothing stored for the producer) and
+    takes the second as the producer's FIRST sequence (F1). The producer, on the ABORTED
+    ack, renumbers the second batch 1 -> 0 although the broker has appended it as 1, so
+    its next batch gets sequence 1: in the broker's window, acked as a duplicate and never
+    appended (with a fence, a later batch's progress would count its rows)."""
+    broker = broker_factory("--topic", "f2:1").start()
+    fenced: list[tuple[int, int]] = []
+    a, b, c = ([item(k, n) for n in range(10)] for k in range(3))
+    with Producer(broker.address, "f2", on_fenced=lambda p, n: fenced.append((p, n))) as p:
+        p.track(0, "streamers", 99, 0)  # a grant the broker does not hold
+        p.send_batch(0, encode(a), len(a))
+        p.untrack(0)
+        p.send_batch(0, encode(b), len(b))
+        p.flush(20)
+        p.send_batch(0, encode(c), len(c))
+        p.flush(20)
+        stats = p.stats
+    seen, _ = drain(broker.address, "f2", 20, timeout_s=5)
+    assert fenced == [(0, 10)], fenced  # A was fenced, as it should be
+    missing_c = [x for x in c if x not in seen]
+    assert not missing_c, (
+        f"batch C acked ({stats.acked_points} points acked, {stats.duplicates} as duplicates) "
+        f"but {len(missing_c)} of its 10 points are not in the log; log holds {sorted(seen)}"
+    )
