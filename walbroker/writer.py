@@ -318,7 +318,14 @@ class Writer:
             return None
         raw = staged.txn.get(keys.producer_key(op.producer_id, op.tp), db=self.wal.db["producers"])
         if raw is None:
-            return None
+            # No batch of this producer is stored yet: only its sequence 0 may start it. A
+            # later one (its 0 was refused or fenced) would be taken as the first, and the
+            # resent 0 then acknowledged as a duplicate without ever being appended.
+            if op.sequence == 0:
+                return None
+            raise OutOfOrderSequence(
+                f"sequence {op.sequence} before any: resend from 0", retry_after_ms=0
+            )
         last, window = keys.unpack_producer(bytes(raw))
         if op.sequence == last + 1:
             return None
