@@ -24,8 +24,13 @@ def _publish(address: str, reqs: list[pb.PublishRequest]) -> list[pb.PublishAck]
 
 def _req(seq: int, items: list[int]) -> pb.PublishRequest:
     return pb.PublishRequest(
-        request_id=seq + 1, topic="f1", partition=0, payload=encode(items),
-        count=len(items), producer_id="p-f1", sequence=seq,
+        request_id=seq + 1,
+        topic="f1",
+        partition=0,
+        payload=encode(items),
+        count=len(items),
+        producer_id="p-f1",
+        sequence=seq,
     )
 
 
@@ -88,3 +93,35 @@ def test_f2_fenced_first_batch_renumbers_an_appended_one_and_the_next_is_lost(br
         f"batch C acked ({stats.acked_points} points acked, {stats.duplicates} as duplicates) "
         f"but {len(missing_c)} of its 10 points are not in the log; log holds {sorted(seen)}"
     )
+
+
+def test_f3_a_refused_batch_stays_counted_in_the_progress_of_the_batches_after_it(tmp_path):
+    """F3: under a grant every batch carries progress = grant progress + points sealed so
+    far. When batch k is refused for good (`InFlight.fail`: a non-retriable ack, or the
+    producer's own oversize check after `seal`), the later batches are renumbered and
+    resent but keep progress values that count k's points: the broker stores a progress
+    ahead of what the log holds, and the next owner skips k's rows for good."""
+    from walbroker.config import LogConfig
+    from walbroker.inflight import Grant, InFlight
+    from walbroker.log import Log
+    from walbroker.ops import Fence
+    from walbroker.types import TopicPartition as TP
+
+    wal = Log(LogConfig(tmp_path))
+    wal.grants.grant("streamers", 0, 7)
+    wal.start()
+    wal.create_topic("t", 1)
+    try:
+        f = InFlight("t", "streamer-1")
+        f.grants[0] = Grant("streamers", 7, 0)
+        k, k1 = f.seal(0, 100), f.seal(0, 50)  # both sealed and pipelined
+        f.fail(k)  # k refused for good (never appended)
+        assert k1.sequence == 0 and k1.fence is not None  # renumbered, resent
+        group, epoch, progress = k1.fence
+        wal.append(TP("t", 0), b"y" * 400, k1.count, "streamer-1", k1.sequence,
+                   Fence(group, epoch, progress)).result(5)  # fmt: skip
+        in_log = wal.state(TP("t", 0)).info().log_end_offset
+        stored = wal.offsets.progress("streamers", TP("t", 0))
+        assert stored == in_log, f"progress {stored} but the log holds {in_log} rows"
+    finally:
+        wal.close()
