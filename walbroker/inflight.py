@@ -96,8 +96,27 @@ class InFlight:
         return [b for _, b in sorted(self.batches.items()) if b.payload]
 
     def fail(self, batch: Batch) -> None:
-        """Drop one batch the broker will never take, and close its sequence gap."""
-        self._drop(batch.partition, [batch])
+        """Drop one batch the broker will never take, and close its sequence gap.
+
+        Under a grant, the later batches of that grant carry a progress that counts the
+        dropped one's points: appended, they would store a progress ahead of the log. They
+        are dropped too, and the grant is fenced until the partition is tracked again.
+        """
+        doomed = [batch]
+        if batch.fence is not None:
+            epoch = batch.fence[1]
+            doomed += [
+                b
+                for b in self.batches.values()
+                if b.partition == batch.partition
+                and b.fence is not None
+                and b.fence[1] == epoch
+                and b.sequence > batch.sequence
+            ]
+            grant = self.grants.get(batch.partition)
+            if grant is not None and grant.epoch == epoch:
+                grant.fenced = True
+        self._drop(batch.partition, doomed)
 
     def fence(self, batch: Batch) -> list[Batch]:
         """Drop every batch of `batch`'s grant (it moved on), and later ones; return them."""
