@@ -1,10 +1,14 @@
-"""Review R1: exactly-once holes found by reading, each reproduced on real processes.
+"""Exactly-once holes in the producer's sequences and grants, each reproduced on real parts.
 
-F1. walbroker/writer.py `_check_sequence`: a producer/partition with no stored sequence
-accepts ANY sequence as its first. When the first batch (sequence 0) is refused at submit
-(RESOURCE_EXHAUSTED: the writer queue is full) and the pipelined sequence 1 gets in, the
-broker stores last=1; the producer then resends sequence 0, which is <= last and not in
-the window, so it is acknowledged as a duplicate WITHOUT being appended: lost for good.
+1. A producer/partition with no stored sequence took ANY sequence as its first: when the
+   first batch (0) was refused at submit (the writer queue full) and the pipelined 1 got in,
+   the resent 0 was acknowledged as a duplicate without being appended. Now only 0 starts.
+2. The same hole behind a fence: a fenced first batch made the producer renumber a batch
+   the broker had appended, and its next batch was acknowledged as a duplicate, never
+   appended, while a later batch's progress counted it (a whole pass of a partition missing
+   in tests/streamer, the streamer exiting 0).
+3. A batch refused for good under a grant stayed counted in the progress of the batches
+   after it: the broker stored a progress ahead of the log.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def _req(seq: int, items: list[int]) -> pb.PublishRequest:
     )
 
 
-def test_f1_first_sequence_refused_then_resent_is_acked_but_never_appended(broker_factory):
+def test_a_first_sequence_refused_then_resent_is_appended(broker_factory):
     """The protocol the producer follows after its sequence 0 was refused at submit."""
     broker = broker_factory("--topic", "f1:1").start()
     first, second = [item(0, n) for n in range(10)], [item(0, n) for n in range(10, 20)]
@@ -50,7 +54,7 @@ def test_f1_first_sequence_refused_then_resent_is_acked_but_never_appended(broke
     )
 
 
-def test_f1_producer_under_queue_backpressure_loses_its_first_batch(broker_factory):
+def test_a_producer_under_queue_backpressure_keeps_its_first_batch(broker_factory):
     """The same through the real Producer: a tiny writer queue bounces first batches."""
     broker = broker_factory("--topic", "f1:4", "--max-queue-bytes", "900").start()
     total = 8_000
@@ -66,11 +70,11 @@ def test_f1_producer_under_queue_backpressure_loses_its_first_batch(broker_facto
     )
 
 
-def test_f2_fenced_first_batch_renumbers_an_appended_one_and_the_next_is_lost(broker_factory):
-    """F2 (the CI flake's signature): the first batch of a partition goes out under a grant
+def test_after_a_fenced_first_batch_every_later_batch_is_appended(broker_factory):
+    """the first batch of a partition goes out under a grant
     the broker no longer knows (e.g. the broker restarted), the next under another grant
     (here: untracked). The broker fences the first (nothing stored for the producer) and
-    takes the second as the producer's FIRST sequence (F1). The producer, on the ABORTED
+    takes the second as the producer's FIRST sequence (hole 1). The producer, on the ABORTED
     ack, renumbers the second batch 1 -> 0 although the broker has appended it as 1, so
     its next batch gets sequence 1: in the broker's window, acked as a duplicate and never
     appended (with a fence, a later batch's progress would count its rows)."""
@@ -95,8 +99,8 @@ def test_f2_fenced_first_batch_renumbers_an_appended_one_and_the_next_is_lost(br
     )
 
 
-def test_f3_a_refused_batch_stays_counted_in_the_progress_of_the_batches_after_it(tmp_path):
-    """F3: under a grant every batch carries progress = grant progress + points sealed so
+def test_a_batch_refused_under_a_grant_is_not_counted_in_the_stored_progress(tmp_path):
+    """Under a grant every batch carries progress = grant progress + points sealed so
     far. When batch k is refused for good (`InFlight.fail`: a non-retriable ack, or the
     producer's own oversize check after `seal`), the later batches are renumbered and
     resent but keep progress values that count k's points: the broker stores a progress
