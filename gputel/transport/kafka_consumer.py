@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 BYTES_PER_POINT = 32  # a columnar batch's size per point, generously: sizes the prefetch
 COMMIT_ON_REVOKE_S = 10.0
+CLOSE_REVOKE_S = 10.0  # how long close waits for the group to take its partitions back
 POLL_SLICE_S = 0.05  # the longest a commit from another thread waits for the poller
 LAG_REFRESH_S = 1.0
 
@@ -142,9 +143,22 @@ class KafkaGroupConsumer:
         return self
 
     def close(self) -> None:
-        """Leave the group (revoking, and so committing, what it owns)."""
+        """Leave the group (revoking, and so committing, what it owns).
+
+        The revocation is served by `poll` after `unsubscribe`, before `close`: a revocation
+        that `close` itself has to serve calls the client's rebalance protocol from inside
+        close, which can block forever (librdkafka issue 4041; seen here with
+        cooperative-sticky while another member was joining).
+        """
         with self._call() as consumer:
             if consumer is not None:
+                try:
+                    consumer.unsubscribe()
+                    deadline = time.monotonic() + CLOSE_REVOKE_S
+                    while consumer.assignment() and time.monotonic() < deadline:
+                        consumer.poll(POLL_SLICE_S)  # records of revoked partitions: dropped
+                except KafkaException as exc:
+                    log.warning("leaving the group before close failed", extra={"reason": str(exc)})
                 consumer.close()
         self._consumer = None
 
