@@ -102,29 +102,26 @@ class InFlight:
         dropped one's points: appended, they would store a progress ahead of the log. They
         are dropped too, and the grant is fenced until the partition is tracked again.
         """
-        doomed = [batch]
-        if batch.fence is not None:
-            epoch = batch.fence[1]
-            doomed += [
-                b
-                for b in self.batches.values()
-                if b.partition == batch.partition
-                and b.fence is not None
-                and b.fence[1] == epoch
-                and b.sequence > batch.sequence
-            ]
-            grant = self.grants.get(batch.partition)
-            if grant is not None and grant.epoch == epoch:
-                grant.fenced = True
-        self._drop(batch.partition, doomed)
+        if batch.fence is None:
+            self._drop(batch.partition, [batch])
+        else:
+            self._end_grant(batch, batch.sequence)
 
     def fence(self, batch: Batch) -> list[Batch]:
         """Drop every batch of `batch`'s grant (it moved on), and later ones; return them."""
-        epoch = batch.fence[1] if batch.fence else None
+        return self._end_grant(batch, -1) if batch.fence is not None else []
+
+    def _end_grant(self, batch: Batch, after: int) -> list[Batch]:
+        """Drop the batches of `batch`'s grant from sequence `after` on; fence the grant."""
+        assert batch.fence is not None
+        epoch = batch.fence[1]
         doomed = [
             b
             for b in self.batches.values()
-            if b.partition == batch.partition and b.fence is not None and b.fence[1] == epoch
+            if b.partition == batch.partition
+            and b.fence is not None
+            and b.fence[1] == epoch
+            and b.sequence >= after
         ]
         self._drop(batch.partition, doomed)
         grant = self.grants.get(batch.partition)
