@@ -216,8 +216,9 @@ if __name__ == "__main__":
     import sys
     import tempfile
 
-    # python -m bench.fleet_stream [GPUS] [sqlite,influx] [direct|nodirect]
+    # python -m bench.fleet_stream [GPUS] [sqlite,influx] [direct|nodirect] [RUNS]
     args = sys.argv[1:]
+    RUNS = int(args[3]) if len(args) > 3 else RUNS
     n = int(args[0]) if args else 10_000
     which = tuple(args[1].split(",")) if len(args) > 1 else ("sqlite", "influx")
     with tempfile.TemporaryDirectory(prefix="gputel-fleet-stream-") as d:

@@ -1,18 +1,39 @@
 """The GPU catalog on InfluxDB: line protocol for its records and the InfluxQL that pages it.
 
-Layout (two small measurements beside `gpu_telemetry`), one series per catalog shard::
+Layout (three small measurements beside `gpu_telemetry`), one series per catalog shard::
 
-    gpu_catalog_v2,shard=042 uuid="GPU-...",hostname="h1",gpu="0",model="NVIDIA H100",
-        record="{json: device, container, pod, namespace, first, last}" <slot(uuid, anchor)>
+    gpu_catalog_v2,shard=042 uuid="GPU-...",gpu="0",model="NVIDIA H100",last=<ns>i,
+        record="{json: first, last, hostname, device, container, pod, namespace, anchor}"
+        <slot(uuid, anchor)>
+    gpu_catalog_by_host_v2,hostname=h1 last=<ns>i,
+        record="{json: first, last, uuid, gpu, model, device, ..., anchor}" <same slot>
     gpu_catalog_names_v2,kind=host,shard=007 name="h1",seen=<anchor_ns>i <slot(name)>
+
+Later `last_seen`s alone (`GpuRecord.seen_only`: same writer, descriptor and first_seen)::
+
+    gpu_catalog_v2,shard=042 last=<ns>i <slot>
+    gpu_catalog_by_host_v2,hostname=h1 last=<ns>i <slot>
+
+InfluxDB merges a point written again at the same series and time with the stored one
+(the union of the fields, the new values winning: documented for 1.x and 2.x), so these
+~50-byte lines move `last_seen` forward on both copies of the record; that is most of the
+catalog's writes on a steady fleet (one per GPU per granularity), and they cost influxd
+one integer value each instead of a whole record of string fields. Only the fields a
+statement compares are fields of their own (`uuid`, `gpu`, `model` in the shard series;
+the host series' tag is its filter): each field of each point is a value influxd parses,
+caches and writes to TSM on the collector's write path. A `last` written onto a record
+that is gone (its measurement dropped under a running writer) is a row without `record`:
+readers skip it, and the writer's next whole record (at least every
+`catalog.REFRESH_NS`) brings the GPU back. Records written before `last` was a field
+(identity in fields, `last` only in the JSON) read the same (`_descriptor`): no backfill.
 
 Why one series per shard: InfluxDB plans one cursor per series a statement touches
 (~10 us each on the test machine, and more under concurrent statements), so the earlier
 layout, one series per GPU, cost a 1,000-GPU page ~1,150 cursors (14 of its 16 ms in
 influxd were planning, EXPLAIN ANALYZE). Now a page of 3 shards is 3 cursors over ~1,150
-points. The GPU's identity is in fields: a `hostname` or `model` filter is a field
-predicate InfluxDB evaluates while it reads the shards (a `hostname` page reads every
-shard: the price of the layout, measured in docs/benchmarks.md).
+points. The GPU's identity is in fields: a `uuid`, `gpu` or `model` filter is a field
+predicate InfluxDB evaluates while it reads the shards; a `hostname` filter reads the
+host's own series instead (otherwise it would read every shard: docs/benchmarks.md).
 
 Point time: a point's series + time is its identity (a write there overwrites it), so
 each GPU's record gets its own time in its shard's series: SLOT_BASE_NS plus a 41-bit

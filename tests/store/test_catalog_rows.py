@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-from store.catalog import reduce_gpus, shard_of
-from store.influx_catalog import candidates, gpu_slot, parse_gpu, summarize
+from store.catalog import CatalogUpdate, GpuRecord, reduce_gpus, shard_of
+from store.influx_catalog import candidates, encode, gpu_slot, parse_gpu, summarize
 from store.influxql import CATALOG_COLUMNS
 from store.v1query import Series
 
@@ -85,3 +85,16 @@ def test_a_last_seen_without_its_record_is_left_out() -> None:
     lost = [gpu_slot("a", 7), None, None, None, None, None, 99]  # `last` alone on a lost slot
     found = [Series({"shard": "007"}, COLUMNS, [lost, row("b", 1, 5, 6)])]
     assert [key for key, _ in candidates(found)] == [(7, "b")]
+
+
+def test_a_later_last_seen_is_written_alone_onto_both_copies_of_the_record() -> None:
+    fields = ("GPU-1", "h 1", 3, "nvidia3", "", "", "", "")
+    whole = GpuRecord(fields, anchor_ns=5, first_seen_ns=5, last_seen_ns=6)
+    later = GpuRecord(fields, anchor_ns=5, first_seen_ns=5, last_seen_ns=70, seen_only=True)
+    shard, host = encode(CatalogUpdate((whole,))).decode().splitlines()
+    assert 'model=""' in shard  # named even when empty: a rewrite would keep an old value
+    slot = gpu_slot("GPU-1", 5)
+    assert encode(CatalogUpdate((later,))).decode().splitlines() == [
+        f"{shard.split(' uuid=')[0]} last=70i {slot}",
+        f"{host.split(' last=')[0]} last=70i {slot}",  # the series key: `h\\ 1` escaped
+    ]
