@@ -141,3 +141,30 @@ def test_gputel_up_reads_its_variables(monkeypatch):
     monkeypatch.setenv("GPUTEL_UP_STREAMERS", "3")
     a = up.parse_args([])
     assert (a.port, a.streamers) == (18080, 3)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "70000"], "ports must be between 1 and 65535, these flags give [70000]"),
+        (["--port", "0"], "ports must be between 1 and 65535, these flags give [0]"),
+        (["--metrics-port", "65530"], "these flags give [65540, 65550]"),
+        (["--streamers", "11"], "--streamers must be between 0 and 10"),
+        (["--collectors", "-1"], "--collectors must be between 0 and 20"),
+        (["--pass-interval", "-1"], "--pass-interval must be a positive number"),
+        (["--pass-interval", "nan"], "--pass-interval must be a positive number"),
+        (["--scrape-interval", "0"], "--scrape-interval must be a positive number"),
+        (["--status-interval-s", "-3"], "--status-interval-s must be 0 or more"),
+        (["--store", "influx"], "--store influx needs --influx-url and --influx-bucket"),
+    ],
+)
+def test_gputel_up_refuses_bad_values_before_starting_anything(args, message, capsys):
+    """They used to start the pipeline and fail later: a traceback from bind() for a port out
+    of range, a component dying "while starting", or silently nothing (negative counts)."""
+    from gputel import up
+
+    with pytest.raises(SystemExit) as exc:
+        up.parse_args(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
