@@ -374,6 +374,8 @@ class KafkaStreamProducer:
         """
         err = exc.args[0]
         if isinstance(err, KafkaError) and err.code() == KafkaError._FATAL:
+            if isinstance(self._failure, BrokerError):  # named already (its callback may not come)
+                return self._failure
             try:
                 self._producer.poll(0)  # serves the error callback, or raises the fatal error
                 err = self._fatal or err
@@ -381,6 +383,7 @@ class KafkaStreamProducer:
                 err = fatal.args[0]
         error = from_kafka(err)
         if isinstance(err, KafkaError) and err.fatal():
+            self._fatal = self._fatal or err
             if isinstance(error, Fenced):
                 error = Fenced(
                     f"another streamer took over transactional id {self.transactional_id!r} "
