@@ -22,6 +22,7 @@ from __future__ import annotations
 import gzip
 import os
 import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,24 @@ def _process_cpu_s() -> float:
     return t.user + t.system
 
 
+def settle(server_cpu: Callable[[], float], quiet_s: float = 1.0, most_s: float = 60.0) -> None:
+    """Wait until the server spends under 3 % of a core for `quiet_s` (at most `most_s`).
+
+    influxd writes its cache to TSM files and compacts them in the background; without
+    this, that work for one run's database was counted in the next run's (single runs moved
+    by up to 2x). With the server's cold-cache snapshot at 1 s (`InfluxServer`), waiting
+    here counts a run's whole write cost in that run.
+    """
+    deadline = time.monotonic() + most_s
+    last = server_cpu()
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = server_cpu()
+        if now - last < 0.03 * quiet_s:
+            return
+        last = now
+
+
 def _drains(
     address: str, points: int, opener: Any, kind: str, server_cpu: Callable[[], float]
 ) -> dict[str, Any]:
@@ -80,16 +99,24 @@ def _drains(
     variants = ("without_catalog", "with_catalog")
     runs: dict[str, list[float]] = {v: [] for v in variants}
     cpu: dict[str, list[float]] = {v: [] for v in variants}
+    # The same CPU split by process: this one (the collector) and the store's server.
+    split: dict[str, dict[str, list[float]]] = {
+        v: {"collector": [], "server": []} for v in variants
+    }
+    settle(server_cpu)  # the server's start-up and the previous store's runs
     for n in range(RUNS):
         # ABBA order: drift of the machine (and of the store's state) over the run falls on
         # both variants alike instead of always on the second one.
         for variant in variants if n % 2 == 0 else variants[::-1]:
             with opener(f"{variant}-{n}", variant == "with_catalog") as store:
-                before = _process_cpu_s() + server_cpu()
+                own, server = _process_cpu_s(), server_cpu()
                 got = drain(address, store, f"{kind}-{variant}-{n}", points, 5_000)
-                spent = _process_cpu_s() + server_cpu() - before
+            settle(server_cpu)
+            own, server = _process_cpu_s() - own, server_cpu() - server
             runs[variant].append(got["points_per_s"])
-            cpu[variant].append(round(spent / points * 1e6, 2))
+            cpu[variant].append(round((own + server) / points * 1e6, 2))
+            split[variant]["collector"].append(round(own / points * 1e6, 2))
+            split[variant]["server"].append(round(server / points * 1e6, 2))
     with_, without = (statistics.median(runs[v]) for v in ("with_catalog", "without_catalog"))
     cpu_with, cpu_without = (statistics.median(cpu[v]) for v in ("with_catalog", "without_catalog"))
     return {
@@ -98,6 +125,10 @@ def _drains(
         "ratio": round(with_ / without, 3), "target_ratio": 0.9, "met": with_ >= 0.9 * without,
         "cpu_us_per_point": {"with_catalog": cpu_with, "without_catalog": cpu_without},
         "cpu_ratio": round(cpu_without / cpu_with, 3),
+        "runs_cpu_us_per_point_by_process": split,
+        "cpu_us_per_point_by_process": {
+            v: {p: statistics.median(xs) for p, xs in split[v].items()} for v in variants
+        },
     }  # fmt: skip
 
 
@@ -135,26 +166,32 @@ def influxd_write_cost(server: InfluxServer, gpus: int, points: int) -> dict[str
                     headers={"Content-Encoding": "gzip", "Authorization": "Token -"},
                 )  # fmt: skip
                 assert resp.status == 204, resp.data[:200]
+            settle(lambda: cpu_seconds(pid))
             cpu[variant].append(round((cpu_seconds(pid) - before) / points * 1e6, 2))
     with_, without = (statistics.median(cpu[v]) for v in ("with_catalog", "without_catalog"))
     return {"runs_cpu_us_per_point": cpu, "cpu_ratio": round(without / with_, 3)}
 
 
-def run(tmp: Path, gpus: int) -> dict[str, Any]:
-    """Both stores' figures."""
+def run(
+    tmp: Path, gpus: int, stores: tuple[str, ...] = ("sqlite", "influx"), direct: bool = True
+) -> dict[str, Any]:
+    """Both stores' figures (or those of `stores`); `direct`: influxd_write_cost too."""
     # Topics are not created on first use: the telemetry topic and its dead-letter topic.
     topics = ["--topic", f"{TOPIC}:{PARTITIONS}", "--topic", f"{TOPIC}.dlq:4"]
     broker = BrokerProcess(tmp / "broker", *topics)
     broker.start()
-    server = InfluxServer(influxd_path(), tmp / "stream-influx")
+    server = InfluxServer(influxd_path(), tmp / "stream-influx", snapshot_cold_s=1)
     try:
         points = preload(broker.address, gpus)
 
         def sqlite(name: str, catalog: bool) -> Any:
             return open_store(f"sqlite:{tmp / name}.db", GRANULARITY_S, catalog)
 
-        out = {"gpus": gpus, "scrapes": SCRAPES, "interval_s": INTERVAL_S}
-        out["sqlite"] = _drains(broker.address, points, sqlite, "sqlite", lambda: 0.0)
+        out: dict[str, Any] = {"gpus": gpus, "scrapes": SCRAPES, "interval_s": INTERVAL_S}
+        if "sqlite" in stores:
+            out["sqlite"] = _drains(broker.address, points, sqlite, "sqlite", lambda: 0.0)
+        if "influx" not in stores:
+            return out
         server.start()
 
         def influx(name: str, catalog: bool) -> Any:
@@ -166,8 +203,24 @@ def run(tmp: Path, gpus: int) -> dict[str, Any]:
         out["influx"] = _drains(
             broker.address, points, influx, "influx", lambda: cpu_seconds(influxd)
         )
-        out["influx"]["influxd_write_cost"] = influxd_write_cost(server, gpus, points)
+        if direct:
+            out["influx"]["influxd_write_cost"] = influxd_write_cost(server, gpus, points)
         return out
     finally:
         server.stop()
         broker.stop()
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    import tempfile
+
+    # python -m bench.fleet_stream [GPUS] [sqlite,influx] [direct|nodirect] [RUNS]
+    args = sys.argv[1:]
+    RUNS = int(args[3]) if len(args) > 3 else RUNS
+    n = int(args[0]) if args else 10_000
+    which = tuple(args[1].split(",")) if len(args) > 1 else ("sqlite", "influx")
+    with tempfile.TemporaryDirectory(prefix="gputel-fleet-stream-") as d:
+        result = run(Path(d), n, which, args[2:3] != ["nodirect"])
+    print(json.dumps(result, indent=1))

@@ -16,6 +16,11 @@ A uuid-prefix shard would keep uuid order but a skewed fleet (identities like
 process), when its descriptor changes, and when its newest point is at least
 `granularity_ns` (default 60 s) newer than the recorded `last_seen`. So `last_seen` lags
 the newest stored point by less than the granularity; `first_seen` is exact.
+
+A record that only moves `last_seen` forward is marked `seen_only`: a store may write just
+that (InfluxDB writes one integer field onto the record's point). At least once every
+REFRESH_NS per GPU the whole record is written instead, so a record lost under a writer
+(its catalog dropped while the writer ran) comes back within that time.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ NAME_SHARDS = {"host": 32, "metric": 1, "model": 1}
 NAME_KINDS = tuple(NAME_SHARDS)
 DEFAULT_GRANULARITY_NS = 60 * 1_000_000_000
 MAX_TRACKED = 1_000_000  # GPUs and names remembered per process (an evicted one is re-sent)
+REFRESH_NS = 3600 * 1_000_000_000  # a whole record at least this often (see above)
 
 
 def shard_of(key: str, shards: int = GPU_SHARDS) -> int:
@@ -59,7 +65,9 @@ class GpuRecord:
 
     `anchor_ns` is where the store may pin the record (the InfluxDB point time); `moved`
     marks a record for a descriptor the GPU no longer has (its hostname, model or index
-    changed), so filters on the old value stop finding it.
+    changed), so filters on the old value stop finding it. `seen_only`: the same writer
+    stored this record before with the same descriptor, anchor and `first_seen`; only
+    `last_seen` moved.
     """
 
     fields: schema.GpuFields
@@ -67,6 +75,7 @@ class GpuRecord:
     first_seen_ns: int
     last_seen_ns: int
     moved: bool = False
+    seen_only: bool = False
 
     @property
     def uuid(self) -> str:
@@ -175,8 +184,7 @@ class CatalogTracker:
                     # Its host and model names were confirmed with (or before) this record.
                     if hi < known.last_seen_ns + granularity and lo >= known.first_seen_ns:
                         continue  # the usual case: nothing new for the catalog
-                    gpus.append(GpuRecord(fields, known.anchor_ns, min(known.first_seen_ns, lo),
-                                          max(known.last_seen_ns, hi)))  # fmt: skip
+                    gpus.append(_moved_on(known, lo, hi))
                     continue
                 gpus += self._gpu_records(known, fields, lo, hi)
                 for kind, name in (("host", gpu.hostname), ("model", gpu.model)):
@@ -218,6 +226,9 @@ class CatalogTracker:
                         record.fields, record.anchor_ns,
                         min(record.first_seen_ns, known.first_seen_ns), known.last_seen_ns,
                     )  # fmt: skip
+                elif record.seen_only:
+                    record = GpuRecord(record.fields, record.anchor_ns, record.first_seen_ns,
+                                       record.last_seen_ns)  # fmt: skip
                 self._gpus[record.uuid] = record
                 self._gpus.move_to_end(record.uuid)
             for name in update.names:
@@ -226,6 +237,21 @@ class CatalogTracker:
                 self._gpus.popitem(last=False)
             while len(self._names) > self._max:
                 self._names.popitem(last=False)
+
+
+def _refresh_period(uuid: str, t_ns: int) -> int:
+    """Return which REFRESH_NS period `t_ns` is in for this GPU (phases spread by uuid)."""
+    phase = zlib.crc32(uuid.encode()) * REFRESH_NS >> 32  # so a fleet does not refresh at once
+    return (t_ns + phase) // REFRESH_NS
+
+
+def _moved_on(known: GpuRecord, lo: int, hi: int) -> GpuRecord:
+    """The record after `known` (same descriptor) for a span (lo, hi) it does not cover."""
+    first, last = min(known.first_seen_ns, lo), max(known.last_seen_ns, hi)
+    seen_only = first == known.first_seen_ns and _refresh_period(
+        known.fields[0], last
+    ) == _refresh_period(known.fields[0], known.last_seen_ns)
+    return GpuRecord(known.fields, known.anchor_ns, first, last, seen_only=seen_only)
 
 
 def reduce_gpus(records: Iterable[GpuRecord]) -> list[GpuSummary]:

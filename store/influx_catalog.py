@@ -1,18 +1,39 @@
 """The GPU catalog on InfluxDB: line protocol for its records and the InfluxQL that pages it.
 
-Layout (two small measurements beside `gpu_telemetry`), one series per catalog shard::
+Layout (three small measurements beside `gpu_telemetry`), one series per catalog shard::
 
-    gpu_catalog_v2,shard=042 uuid="GPU-...",hostname="h1",gpu="0",model="NVIDIA H100",
-        record="{json: device, container, pod, namespace, first, last}" <slot(uuid, anchor)>
+    gpu_catalog_v2,shard=042 uuid="GPU-...",gpu="0",model="NVIDIA H100",last=<ns>i,
+        record="{json: first, last, hostname, device, container, pod, namespace, anchor}"
+        <slot(uuid, anchor)>
+    gpu_catalog_by_host_v2,hostname=h1 last=<ns>i,
+        record="{json: first, last, uuid, gpu, model, device, ..., anchor}" <same slot>
     gpu_catalog_names_v2,kind=host,shard=007 name="h1",seen=<anchor_ns>i <slot(name)>
+
+Later `last_seen`s alone (`GpuRecord.seen_only`: same writer, descriptor and first_seen)::
+
+    gpu_catalog_v2,shard=042 last=<ns>i <slot>
+    gpu_catalog_by_host_v2,hostname=h1 last=<ns>i <slot>
+
+InfluxDB merges a point written again at the same series and time with the stored one
+(the union of the fields, the new values winning: documented for 1.x and 2.x), so these
+~50-byte lines move `last_seen` forward on both copies of the record; that is most of the
+catalog's writes on a steady fleet (one per GPU per granularity), and they cost influxd
+one integer value each instead of a whole record of string fields. Only the fields a
+statement compares are fields of their own (`uuid`, `gpu`, `model` in the shard series;
+the host series' tag is its filter): each field of each point is a value influxd parses,
+caches and writes to TSM on the collector's write path. A `last` written onto a record
+that is gone (its measurement dropped under a running writer) is a row without `record`:
+readers skip it, and the writer's next whole record (at least every
+`catalog.REFRESH_NS`) brings the GPU back. Records written before `last` was a field
+(identity in fields, `last` only in the JSON) read the same (`_descriptor`): no backfill.
 
 Why one series per shard: InfluxDB plans one cursor per series a statement touches
 (~10 us each on the test machine, and more under concurrent statements), so the earlier
 layout, one series per GPU, cost a 1,000-GPU page ~1,150 cursors (14 of its 16 ms in
 influxd were planning, EXPLAIN ANALYZE). Now a page of 3 shards is 3 cursors over ~1,150
-points. The GPU's identity is in fields: a `hostname` or `model` filter is a field
-predicate InfluxDB evaluates while it reads the shards (a `hostname` page reads every
-shard: the price of the layout, measured in docs/benchmarks.md).
+points. The GPU's identity is in fields: a `uuid`, `gpu` or `model` filter is a field
+predicate InfluxDB evaluates while it reads the shards; a `hostname` filter reads the
+host's own series instead (otherwise it would read every shard: docs/benchmarks.md).
 
 Point time: a point's series + time is its identity (a write there overwrites it), so
 each GPU's record gets its own time in its shard's series: SLOT_BASE_NS plus a 41-bit
@@ -44,7 +65,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from operator import itemgetter
 from typing import Any, TypeVar
 
@@ -84,18 +105,26 @@ def gpu_slot(uuid: str, anchor_ns: int) -> int:
     return slot(f"{uuid}\x00{anchor_ns}")
 
 
-def _gpu_fields(record: GpuRecord, with_host: bool) -> str:
-    """The fields of a GPU record (empty texts left out, `moved` only when set)."""
+def _gpu_fields(record: GpuRecord, in_host_series: bool) -> str:
+    """The fields of a GPU record (empty texts left out of the JSON, `moved` only when set).
+
+    Only what a statement compares is its own field: `uuid`, `gpu` and `model` in the
+    shard series (uuid lookups, index and model filters), nothing in the host series (its
+    tag is the filter); `last` is an integer field so that a later `last_seen` can be
+    written alone (`seen_line`). Everything else is one JSON string: every field of a
+    point is a value InfluxDB parses, indexes in its cache and writes to TSM on the
+    collector's write path. `model` is written even when empty: a point rewritten at the
+    same slot keeps the fields the new write does not name (InfluxDB merges them).
+    """
     uuid, host, index, device, model, container, pod, namespace = record.fields
-    fields = [f"{schema.TAG_UUID}={_string_field(uuid)}", f'{schema.TAG_GPU}="{index}"']
-    if host and with_host:
-        fields.append(f"{schema.TAG_HOSTNAME}={_string_field(host)}")
-    if model:
-        fields.append(f"{schema.TAG_MODEL}={_string_field(model)}")
     body: dict[str, object] = {"first": record.first_seen_ns, "last": record.last_seen_ns}
-    # Empty texts are left out (readers default them): every byte of a record is parsed
-    # and stored by InfluxDB on the collector's write path. The anchor is kept so that a
-    # reader can tell a record's writer (`parse_gpu`).
+    if in_host_series:
+        body.update(uuid=uuid, gpu=index, model=model)
+    else:
+        body["hostname"] = host
+    # Empty texts are left out (readers default them). The anchor is kept so that a
+    # reader can tell a record's writer (`parse_gpu`). `last` stays in the JSON too (as of
+    # the whole record) for readers of the earlier layout.
     for name, text in (("device", device), ("container", container), ("pod", pod),
                        ("namespace", namespace)):  # fmt: skip
         if text:
@@ -103,6 +132,11 @@ def _gpu_fields(record: GpuRecord, with_host: bool) -> str:
     body["anchor"] = record.anchor_ns
     if record.moved:
         body["moved"] = True
+    fields = [] if in_host_series else [
+        f"{schema.TAG_UUID}={_string_field(uuid)}", f'{schema.TAG_GPU}="{index}"',
+        f"{schema.TAG_MODEL}={_string_field(model)}",
+    ]  # fmt: skip
+    fields.append(f"{schema.FIELD_LAST}={record.last_seen_ns}i")
     fields.append(f"{schema.FIELD_RECORD}={_string_field(orjson.dumps(body).decode())}")
     return ",".join(fields)
 
@@ -112,14 +146,19 @@ def gpu_line(record: GpuRecord) -> str:
     uuid = record.fields[0]
     shard = catalog.shard_of(uuid)
     slot_ns = gpu_slot(uuid, record.anchor_ns)
-    return f"{_HEAD}{shard:03d} {_gpu_fields(record, True)} {slot_ns}"
+    if record.seen_only:
+        return f"{_HEAD}{shard:03d} {schema.FIELD_LAST}={record.last_seen_ns}i {slot_ns}"
+    return f"{_HEAD}{shard:03d} {_gpu_fields(record, False)} {slot_ns}"
 
 
 def host_line(record: GpuRecord) -> str:
     """Return the line protocol of one GPU record in its host's series (the `hostname` index)."""
     uuid, host = record.fields[0], record.fields[1]
     slot_ns = gpu_slot(uuid, record.anchor_ns)
-    return f"{_HOST_HEAD}{escape_tag(host)} {_gpu_fields(record, False)} {slot_ns}"
+    head = f"{_HOST_HEAD}{escape_tag(host)}"
+    if record.seen_only:
+        return f"{head} {schema.FIELD_LAST}={record.last_seen_ns}i {slot_ns}"
+    return f"{head} {_gpu_fields(record, True)} {slot_ns}"
 
 
 def name_line(kind: str, name: str, anchor_ns: int) -> str:
@@ -143,15 +182,25 @@ def encode(update: CatalogUpdate) -> bytes:
     return "\n".join(lines).encode()
 
 
-def _body(row: Sequence[Any]) -> tuple[dict[str, Any], str, str, int, str]:
-    """The JSON part and the identity fields of a row of `influxql.catalog_gpus`."""
-    _slot, record, uuid, host, index, model = row
-    return orjson.loads(record), uuid, host or "", int(index or 0), model or ""
+def _descriptor(row: Sequence[Any], body: dict[str, Any]) -> tuple[str, str, int, str, int]:
+    """(uuid, hostname, index, model, last_seen) of a row of `influxql.catalog_gpus`.
+
+    The JSON is read first: records of this layout hold there what is not a field of
+    their series. Rows of the earlier layout (every identity a field, `last` only in the
+    JSON) read the same.
+    """
+    _slot, _record, uuid, host, index, model, last = row
+    if "uuid" in body:  # a host-series record of this layout
+        uuid, index, model = body["uuid"], body["gpu"], body["model"]
+    host = body.get("hostname", host)
+    last = body["last"] if last is None else last
+    return uuid, host or "", int(index or 0), model or "", int(last)
 
 
 def parse_gpu(row: Sequence[Any]) -> GpuRecord:
     """Return the record a row of `influxql.catalog_gpus` holds (time, then CATALOG_COLUMNS)."""
-    body, uuid, host, index, model = _body(row)
+    body = orjson.loads(row[1])
+    uuid, host, index, model, last = _descriptor(row, body)
     fields: schema.GpuFields = (
         uuid,
         host,
@@ -162,8 +211,13 @@ def parse_gpu(row: Sequence[Any]) -> GpuRecord:
         str(body.get("pod", "")),
         str(body.get("namespace", "")),
     )
-    first, last, moved = int(body["first"]), int(body["last"]), bool(body.get("moved"))
+    first, moved = int(body["first"]), bool(body.get("moved"))
     return GpuRecord(fields, int(body["anchor"]), first, last, moved)
+
+
+def complete(rows: Iterable[Sequence[Any]]) -> list[Sequence[Any]]:
+    """The rows that hold a whole record (a `last` written onto a lost record holds none)."""
+    return [row for row in rows if row[1] is not None]
 
 
 # One GPU of a catalog read before its records are parsed: its catalog key and its rows.
@@ -185,6 +239,8 @@ def candidates(found: list[Series]) -> list[Candidate]:
         shard = int(tag) if tag else None  # always there: a missing tag costs a hash
         by_uuid: dict[str, list[Sequence[Any]]] = {}
         for row in series.values:
+            if row[1] is None:
+                continue  # a `last` written onto a lost record (`complete`)
             rows = by_uuid.get(row[2])
             if rows is None:
                 by_uuid[row[2]] = [row]
@@ -208,14 +264,14 @@ def summarize(candidate: Candidate) -> GpuSummary | None:
     if len(rows) > 1:
         merged = catalog.reduce_gpus(parse_gpu(row) for row in rows)
         return merged[0] if merged else None
-    _slot, record, uuid, host, index, model = rows[0]
-    body = orjson.loads(record)
+    body = orjson.loads(rows[0][1])
     if body.get("moved"):
         return None
+    uuid, host, index, model, last = _descriptor(rows[0], body)
     get = body.get  # the texts are strings: orjson of what `_gpu_fields` wrote
     return GpuSummary(
-        uuid, host or "", int(index or 0), get("device", ""), model or "", body["first"],
-        body["last"], get("container", ""), get("pod", ""), get("namespace", ""),
+        uuid, host, index, get("device", ""), model, body["first"], last,
+        get("container", ""), get("pod", ""), get("namespace", ""),
     )  # fmt: skip
 
 
@@ -239,7 +295,7 @@ class CatalogReader:
     ) -> list[GpuRecord]:
         """Every GPU record in `shards` (all when None) matching `tags` and `models`."""
         found = self._client.series(influxql.catalog_gpus(shards, tags, models))
-        return [parse_gpu(row) for series in found for row in series.values]
+        return [parse_gpu(row) for series in found for row in complete(series.values)]
 
     def gpu_page(
         self, tags: dict[str, str], limit: int, after: str | None, models: Sequence[str] = ()
@@ -248,7 +304,7 @@ class CatalogReader:
         key = catalog.gpu_key(after) if after else None
         if schema.TAG_HOSTNAME in tags:  # a host has few GPUs: its own series, no shards
             rows = self._client.series(influxql.catalog_host_gpus(tags))
-            found = catalog.reduce_gpus(parse_gpu(row) for s in rows for row in s.values)
+            found = catalog.reduce_gpus(parse_gpu(r) for s in rows for r in complete(s.values))
             return [g for g in found if key is None or catalog.gpu_key(g.uuid) > key][:limit]
         density = "gpu:" + ",".join(f"{k}={v}" for k, v in sorted(tags.items()))
         density += ":" + ",".join(models)

@@ -60,8 +60,11 @@ def shard_clause(shards: range) -> str:
     return any_of(schema.TAG_SHARD, (f"{int(s):03d}" for s in shards))
 
 
+# `hostname` in the shard series and `uuid`, `gpu`, `model` in the host series are only
+# there in records of the earlier layout (now in `record`): see store.influx_catalog.
 CATALOG_COLUMNS = (
     schema.FIELD_RECORD, schema.TAG_UUID, schema.TAG_HOSTNAME, schema.TAG_GPU, schema.TAG_MODEL,
+    schema.FIELD_LAST,
 )  # fmt: skip
 
 

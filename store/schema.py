@@ -33,6 +33,7 @@ NAMES_MEASUREMENT = "gpu_catalog_names_v2"
 HOSTS_MEASUREMENT = "gpu_catalog_by_host_v2"  # the same GPU records, one series per hostname
 FIELD_RECORD = "record"
 FIELD_SEEN = "seen"
+FIELD_LAST = "last"  # a catalog record's last_seen (ns), its own field: written alone
 TAG_SHARD = "shard"
 TAG_KIND = "kind"
 TAG_NAME = "name"

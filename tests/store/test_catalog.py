@@ -11,14 +11,16 @@ import os
 import sqlite3
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from proto.batch import Gpu
-from store import Store, open_store
-from store.catalog import gpu_key, name_key
+from store import Store, open_store, schema
+from store.catalog import REFRESH_NS, gpu_key, name_key
 from tests.fixtures.influx import InfluxServer
 from tests.store.helpers import T0, S, batch, grid
 
@@ -98,6 +100,11 @@ def test_descriptor_changes_are_followed(opener: Opener) -> None:
     store.write(grid([make(1, "node-b", pod="job-3", index=5)], [UTIL], [T0 + S]))
     found = store.get_gpu(before.uuid)
     assert found is not None and found.pod == "job-3"
+    # A value that becomes empty is followed too (an InfluxDB point rewritten in place keeps
+    # the fields the new write leaves out).
+    store.write(grid([make(1, "node-b", model="", index=5)], [UTIL], [T0 + 2 * S]))
+    assert [(g.model, g.pod) for g in store.list_gpus()] == [("", "")]
+    assert [g.model for g in store.list_gpus(hostname="node-b")] == [""]
 
 
 def test_last_seen_advances_within_its_granularity(opener: Opener) -> None:
@@ -112,6 +119,10 @@ def test_last_seen_advances_within_its_granularity(opener: Opener) -> None:
         entry = store.get_gpu(g.uuid)
         assert entry is not None and entry.first_seen_ns == T0
         assert newest - granularity < entry.last_seen_ns <= newest
+        # Every list shows the same entry (on InfluxDB a later `last_seen` is written alone
+        # onto the record's point in both the shard's and the host's series).
+        assert store.list_gpus() == store.list_gpus(hostname="node-a") == [entry]
+        assert store.gpus_by_index(g.gpu) == store.list_gpus(model="h100") == [entry]
     store.write(batch([(g, UTIL, T0 - S, 1.0)]))  # a late, older point: first_seen moves
     entry = store.get_gpu(g.uuid)
     assert entry is not None and entry.first_seen_ns == T0 - S
@@ -302,3 +313,31 @@ def test_sqlite_file_from_before_the_catalog_is_migrated_then_backfilled(tmp_pat
         assert store.list_hosts() == ["node-a"] and store.list_metrics() == [UTIL]
         store.write(grid([make(2, "node-b")], [UTIL], [T0]))  # new writes keep the catalog
         assert len(store.list_gpus()) == 2
+
+
+def test_a_record_lost_under_its_writer_comes_back_within_the_refresh(
+    influx_server: InfluxServer,
+) -> None:
+    """InfluxDB: a later `last_seen` alone onto a dropped record lists nothing broken, and
+    the writer's next whole record (at most REFRESH_NS later) brings the GPU back."""
+    conn = influx_server.create_database()
+    g = make(1, "node-a")
+    with open_store("influx", GRANULARITY_S, **conn.store_opts()) as store:
+        store.write(grid([g], [UTIL], [T0]))
+        for measurement in (schema.CATALOG_MEASUREMENT, schema.HOSTS_MEASUREMENT):
+            influx_v1(influx_server, conn.bucket, f'DROP MEASUREMENT "{measurement}"')
+        store.write(grid([g], [UTIL], [T0 + GRANULARITY_S * S]))  # `last_seen` alone
+        assert store.list_gpus() == store.list_gpus(hostname="node-a") == []
+        assert store.get_gpu(g.uuid) is None
+        later = T0 + REFRESH_NS + GRANULARITY_S * S
+        store.write(grid([g], [UTIL], [later]))
+        [entry] = store.list_gpus()
+        assert (entry.hostname, entry.model, entry.last_seen_ns) == ("node-a", H100, later)
+        assert store.list_gpus(hostname="node-a") == [entry] == [store.get_gpu(g.uuid)]
+
+
+def influx_v1(server: InfluxServer, db: str, q: str) -> None:
+    """Run one InfluxQL statement on database `db`."""
+    body = urllib.parse.urlencode({"q": q, "db": db}).encode()
+    with urllib.request.urlopen(server.url + "/query", data=body, timeout=10) as resp:
+        assert b'"error"' not in resp.read()

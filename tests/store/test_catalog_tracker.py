@@ -4,7 +4,7 @@ needs, and the per-GPU spans they carry (the collector runs this on every batch)
 from __future__ import annotations
 
 from proto.batch import Gpu, PointBatch
-from store.catalog import CatalogTracker, spans
+from store.catalog import REFRESH_NS, CatalogTracker, spans
 from tests.store.helpers import T0, S, batch, gpu
 
 UTIL, TEMP = "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_GPU_TEMP"
@@ -44,3 +44,29 @@ def test_records_when_new_moved_forward_by_the_granularity_or_changed() -> None:
         ("elsewhere", False),
     ]
     assert [(n.kind, n.name) for n in change.names] == [("host", "elsewhere")]
+
+
+def test_a_later_last_seen_alone_is_marked_and_a_whole_record_sent_each_refresh() -> None:
+    tracker = CatalogTracker(granularity_ns=10 * S)
+    g = gpu(1)
+    first = tracker.updates(batch([(g, UTIL, T0, 1.0)]))
+    assert [r.seen_only for r in first.gpus] == [False]  # new: the whole record
+    tracker.confirm(first)
+    t = T0
+    refreshed = []
+    while t < T0 + 2 * REFRESH_NS:  # two hours of a record per granularity
+        t += 10 * S
+        update = tracker.updates(batch([(g, UTIL, t, 1.0)]))
+        [record] = update.gpus
+        assert (record.first_seen_ns, record.last_seen_ns) == (T0, t)
+        if not record.seen_only:
+            refreshed.append(t)
+        tracker.confirm(update)
+    assert len(refreshed) in (1, 2)  # once per REFRESH_NS, at a phase set by the uuid
+    if len(refreshed) == 2:
+        assert refreshed[1] - refreshed[0] == REFRESH_NS
+    older = tracker.updates(batch([(g, UTIL, T0 - S, 1.0)]))
+    assert [(r.first_seen_ns, r.seen_only) for r in older.gpus] == [(T0 - S, False)]
+    unconfirmed = CatalogTracker(granularity_ns=10 * S)
+    unconfirmed.updates(batch([(g, UTIL, T0, 1.0)]))  # never acknowledged: whole again
+    assert [r.seen_only for r in unconfirmed.updates(batch([(g, UTIL, t, 1.0)])).gpus] == [False]
