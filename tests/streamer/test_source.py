@@ -69,6 +69,18 @@ def test_missing_required_column_is_an_error_naming_it(missing: str) -> None:
         parse(csv_text([row()], header=header))
 
 
+def test_a_binary_file_is_refused_in_a_short_readable_message(tmp_path: Path) -> None:
+    """Its "header" used to be echoed whole: kilobytes of control characters to the terminal."""
+    blob = bytes(range(256)) * 40  # NUL, ESC, newlines, invalid UTF-8
+    path = tmp_path / "export.csv"
+    path.write_bytes(blob.replace(b"\n", b"").replace(b"\r", b""))
+    with pytest.raises(SourceError, match="required column") as exc:
+        read_csv(path)
+    message = str(exc.value)
+    assert len(message) < 500 and "is this a DCGM exporter CSV?" in message
+    assert message.isprintable(), message
+
+
 def test_duplicate_known_column_is_an_error_unknown_duplicates_are_ignored() -> None:
     with pytest.raises(SourceError, match="'Value' appears twice"):
         parse(csv_text([row()], header=[*HEADER, "Value"]))
