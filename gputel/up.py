@@ -283,8 +283,8 @@ def run(a: argparse.Namespace) -> int:
             start(c, COLOURS[i % len(COLOURS)], console)
             if c.grpc_address:  # the broker is up, no streamer has joined its group yet
                 source_stamp.on_broker(a, csv_path(a), tls, console.say)
-        status.wait_for_data(a, stop, tls)
-        console.banner(banner(a, csv_path(a), executable("walbroker"), tls), **urls(a))
+        gpu = status.wait_for_data(a, stop, tls)
+        console.banner(banner(a, csv_path(a), executable("walbroker"), tls, gpu), **urls(a))
         reporter = status.reporter(a, console, tls)
         if reporter is not None:
             reporter.start()

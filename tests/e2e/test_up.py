@@ -355,6 +355,10 @@ def test_scrape_demo_shows_the_live_path(tmp_path):
         assert wait_until(lambda: len(gpus()) == 24, 60), "the demo's 24 GPUs never arrived"
         assert {g["hostname"] for g in gpus()} == {"demo-0000", "demo-0001", "demo-0002"}
         uuid = gpus()[0]["uuid"]
+        # The banner's examples name a GPU the demo streams, not the sample CSV's first row.
+        (shown,) = [json.loads(x)["banner"] for x in lines if '"banner"' in x]
+        assert "hostname=demo-000" in shown and "dgx-h100" not in shown, shown
+        assert any(f"/gpus/{g['uuid']}/telemetry" in shown for g in gpus()), shown
 
         def scrapes() -> int:
             status, body = http_get(f"{api}/gpus/{uuid}/telemetry?metric=DCGM_FI_DEV_GPU_UTIL")
