@@ -48,7 +48,9 @@ class Console:
         """One line a child wrote."""
         text = raw.rstrip()
         if self.json_lines:
-            self._write(text if _is_json_object(text) else self._record(name, text))
+            # A line that is not a JSON log record is a crash or usage message (what a terminal
+            # shows even after the banner, see _is_loud): level warning, not info.
+            self._write(text if _is_json_object(text) else self._record(name, text, "warning"))
         elif self.verbose or not self._quiet or _is_loud(text):
             prefix = f"\x1b[{colour}m{name:>12}\x1b[0m |" if self.colour else f"{name:>12} |"
             self._write(f"{prefix} {text}")
