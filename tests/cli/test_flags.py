@@ -168,3 +168,38 @@ def test_gputel_up_refuses_bad_values_before_starting_anything(args, message, ca
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "message"),
+    [
+        ("walbroker", ["--listen", "127.0.0.1:99999"], "argument --listen: '127.0.0.1:99999' is"),
+        ("walbroker", ["--listen", "nonsense"], "argument --listen: 'nonsense' is not HOST:PORT"),
+        ("walbroker", ["--metrics-listen", "h:70000"], "argument --metrics-listen: 'h:70000'"),
+        ("walbroker", ["--advertised-address", "a b:1"], "argument --advertised-address"),
+        ("walbroker", ["--partitions", "0"], "argument --partitions: must be at least 1, not 0"),
+        ("gateway", ["--bind", "127.0.0.1:99999"], "argument --bind: '127.0.0.1:99999' is not"),
+        ("gateway", ["--bind", "x:1:2"], "argument --bind: 'x:1:2' is not HOST:PORT"),
+    ],
+)
+def test_listen_addresses_and_partitions_are_checked_as_flags(command, args, message, capsys):
+    """A port above 65535 made gRPC listen on the port modulo 65536 without a word, and
+    gunicorn fail with a traceback; `--partitions 0` was taken."""
+    from gateway import config as gateway_config
+    from walbroker import cli as walbroker_cli
+
+    if command == "walbroker":
+        parse = walbroker_cli.build_parser({}).parse_args
+        argv = ["serve", "--data-dir", "d", *args]
+    else:
+        parse, argv = gateway_config.parser({}).parse_args, args
+    with pytest.raises(SystemExit) as exc:
+        parse(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_good_listen_addresses_pass() -> None:
+    for text in ("127.0.0.1:0", "0.0.0.0:65535", "[::1]:7070", "gputel-broker-0.svc:7070"):
+        assert flags.listen_address(text) == text
+    assert flags.optional_listen_address("") == ""
