@@ -25,6 +25,7 @@ from walbroker.credentials import (
 )
 
 PROG = "gputel-collector"
+DEFAULT_MAX_BATCH_POINTS = 50_000
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -48,6 +49,10 @@ class CollectorConfig:
     # the end-to-end p99 (docs/benchmarks.md); flush_ms bounds the wait of a partial one.
     batch_size: int = 5_000
     flush_ms: int = 1_000
+    # While the writer is busy the loop keeps taking records; when it frees, everything held
+    # goes in one write (one transaction, one commit), up to this many points. A loop that
+    # holds this many waits for the writer (and stops polling, so the broker stops delivering).
+    max_batch_points: int = DEFAULT_MAX_BATCH_POINTS
     metrics_listen: str = "127.0.0.1:9103"
     health_listen: str = ""
     client_id: str = ""
@@ -136,6 +141,12 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", default=env_of("BATCH_SIZE", "5000"), help="points per write")
     p.add_argument("--flush-ms", default=env_of("FLUSH_MS", "1000"), help="max hold time")
     p.add_argument(
+        "--max-batch-points",
+        default=env_of("MAX_BATCH_POINTS", ""),
+        help="points held for one write while the writer is behind (>= --batch-size; "
+        f"default the larger of {DEFAULT_MAX_BATCH_POINTS} and --batch-size)",
+    )
+    p.add_argument(
         "--metrics-listen",
         default=env_of("METRICS_LISTEN", "127.0.0.1:9103"),
         help="HOST:PORT of /metrics, /healthz and /readyz ('' to disable)",
@@ -180,6 +191,16 @@ def _positive(name: str, text: str) -> int:
         raise ConfigError(f"{name} must be an integer, not {text!r}") from None
     if value <= 0:
         raise ConfigError(f"{name} must be positive, not {value}")
+    return value
+
+
+def _max_batch(text: str, batch_size: int) -> int:
+    """--max-batch-points: given, at least --batch-size; else the larger of the default and it."""
+    if not text:
+        return max(DEFAULT_MAX_BATCH_POINTS, batch_size)
+    value = _positive("--max-batch-points", text)
+    if value < batch_size:
+        raise ConfigError(f"--max-batch-points ({value}) is below --batch-size")
     return value
 
 
@@ -266,6 +287,7 @@ def from_args(
         influx_bucket=influx["bucket"],
         influx_token=influx["token"],
         batch_size=batch_size,
+        max_batch_points=_max_batch(a.max_batch_points, batch_size),
         flush_ms=_positive("--flush-ms", a.flush_ms),
         metrics_listen=_address("--metrics-listen", a.metrics_listen),
         health_listen=_address("--health-listen", a.health_listen),

@@ -7,15 +7,23 @@ and stores treat the same (uuid, metric, time_ns) twice as one point. No duplica
 Two threads share the work (`collector.writer`): the loop thread polls, decodes and holds
 records, and at a flush prepares them (merge, validate, encode: `Store.prepare`); the
 `collector-writer` thread writes the prepared batch, makes sure its dead letters are on
-the broker and commits its offsets. While the writer stores batch N the loop prepares
-batch N+1, then waits until N is committed before handing N+1 over: one batch in the
-writer at a time, so commits stay in offset order and each follows its write.
+the broker and commits its offsets. One batch is in the writer at a time, and the next is
+handed over only once it is committed, so commits stay in offset order and each follows
+its write. While the writer stores batch N the loop goes on polling and decoding; when N
+is committed, everything held since becomes batch N+1.
 
-- A flush happens when `batch_size` points are held or the oldest held record is
-  `flush_ms` old. A failed write comes back to the loop, which retries it with
-  exponential backoff and jitter; the loop does not poll meanwhile, so it stops
-  returning credit and the broker stops delivering. The batch prepared behind it waits.
-  After `failures_before_unready` consecutive failures the collector reports not-ready.
+- A flush is due when `batch_size` points are held or the oldest held record is
+  `flush_ms` old, and happens as soon as the writer is free. A writer slower than the
+  arrivals thus gets bigger batches (fewer transactions and commits for the same points:
+  on SQLite a commit and its fsync are a large share of a small write) instead of a loop
+  that waits with a full batch and stops taking records. At `max_batch_points` held the
+  loop waits for the writer, which bounds the memory held to about twice that (the batch
+  in the writer and the one held; the consumer's credit, `max_unacked_points`, bounds
+  both together too).
+- A failed write comes back to the loop, which retries it with exponential backoff and
+  jitter; the loop does not poll meanwhile, so it stops returning credit and the broker
+  stops delivering. What is held behind it waits. After `failures_before_unready`
+  consecutive failures the collector reports not-ready.
 - A record that does not decode, or that the store rejects as invalid, goes to the
   dead-letter topic (`deadletter`), is counted and logged once, and its offset is
   committed with the flush: it never blocks its partition. So does a record holding
@@ -59,6 +67,7 @@ from walbroker.errors import BrokerError
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 0.2
+BUSY_WRITER_POLL_S = 0.005
 DEAD_LETTER_TIMEOUT_S = 10.0
 # A submitted job the loop has not yet seen back from the writer (see `_settle`).
 _UNSETTLED = frozenset({JobState.WRITING, JobState.COMMITTED, JobState.FAILED})
@@ -103,7 +112,6 @@ class Collector:
         self._revoked_lock = threading.Lock()
         self._writer = Writer(self._execute, config.group)
         self._inflight: WriteJob | None = None  # handed to the writer, not yet committed
-        self._ready: WriteJob | None = None  # prepared, waiting for the one in flight
         # Offsets committed without waiting since the last waited-for commit, so that the
         # next waited-for commit (before a release or leaving) covers them too.
         self._sent: dict[int, int] = {}
@@ -164,16 +172,42 @@ class Collector:
             if not self._store_ok:
                 self._stop.wait(self._backoff.next_s())
             return
-        if len(self.pending) and self.pending.age_s() >= self._flush_s:
+        if self._flush_now():
             self._flush()
             return
-        timeout_s = IDLE_POLL_S
-        if len(self.pending):
-            timeout_s = min(timeout_s, self._flush_s - self.pending.age_s())
-        for msg in self.consumer.poll(max(timeout_s, 0.0), max_messages=64):
+        for msg in self.consumer.poll(self._poll_timeout_s(), max_messages=64):
             self._accept(msg)
-            if self.pending.points >= self.config.batch_size:
+            if self._flush_now():
                 self._flush()
+
+    def _writer_busy(self) -> bool:
+        return self._inflight is not None and not self._inflight.done.is_set()
+
+    def _flush_now(self) -> bool:
+        """Flush when the held records are due and the writer is free, or when they are too many.
+
+        Due: `batch_size` points, or the oldest `flush_ms` old. While the writer is busy the
+        loop keeps polling and decoding, so the next write takes everything held since (one
+        transaction and one commit for all of it) instead of waiting with a full batch; at
+        `max_batch_points` it waits for the writer (`_flush`), which stops the polling.
+        """
+        held = self.pending.points
+        if held >= self.config.max_batch_points:
+            return True
+        due = held >= self.config.batch_size or (
+            len(self.pending) > 0 and self.pending.age_s() >= self._flush_s
+        )
+        return due and not self._writer_busy()
+
+    def _poll_timeout_s(self) -> float:
+        if not len(self.pending):
+            return IDLE_POLL_S
+        left_s = self._flush_s - self.pending.age_s()
+        if left_s <= 0 or self.pending.points >= self.config.batch_size:
+            # Due, waiting only for the writer: look again soon (its job ends a write, so a
+            # few ms of delay are a small share; polling goes on meanwhile).
+            return BUSY_WRITER_POLL_S
+        return min(IDLE_POLL_S, left_s)
 
     def _check_store(self) -> None:
         try:
@@ -195,7 +229,7 @@ class Collector:
             self._backoff.reset()
 
     def _jobs(self) -> list[WriteJob]:
-        return [j for j in (self._inflight, self._ready) if j is not None]
+        return [] if self._inflight is None else [self._inflight]
 
     def _holds_anything(self) -> bool:
         return bool(len(self.pending) or self._jobs())
@@ -251,31 +285,21 @@ class Collector:
     # ---- flush: prepare here, write and commit on the writer thread -------------------------
 
     def _flush(self, wait: bool = False) -> bool:
-        """Prepare everything held and hand it to the writer once the batch before it is committed.
+        """Once the writer's job is committed, prepare everything held and hand it over.
 
-        Returns False if stopping gave up on a failing store. With `wait` (before a release
-        or leaving the group) it also waits until this batch is written and the broker
-        stored its commit and every earlier one; otherwise polling goes on meanwhile.
+        Returns False if stopping gave up on a failing store (what is held stays held,
+        uncommitted). With `wait` (before a release or leaving the group) it also waits until
+        this batch is written and the broker stored its commit and every earlier one;
+        otherwise polling goes on meanwhile.
         """
-        held, self.pending = self.pending, Pending()
-        if self._ready is not None:  # left behind when stopping gave up: it goes first
-            first, self._ready = self._ready.held, None
-            for record in held.records:
-                first.add(record)
-            held = first
-        job = WriteJob(held, wait=wait)
-        if not len(job.held) and not wait:
-            return True
-        self._prepare(job)  # while the writer still writes the batch before it
-        self._ready = job
         if not self._finish_inflight():
             return False
-        self._ready = None
+        job = WriteJob(self.pending, wait=wait)
         if not len(job.held) and not (wait and self._has_sent()):
             self._update_backlog()
             return True
-        if job.state is JobState.HELD:  # records were dropped since it was prepared
-            self._prepare(job)
+        self.pending = Pending()
+        self._prepare(job)
         job.started = time.monotonic()
         self._inflight = job
         self._writer.submit(job)

@@ -2,7 +2,8 @@
 
 A flush used to stop the collector loop for the whole store write, and the store (InfluxDB
 on the same cores, or SQLite's transaction) sat idle while the loop polled and decoded. Now
-the loop prepares batch N+1 (decode, merge, encode) while this thread writes batch N.
+the loop polls and decodes what becomes batch N+1 while this thread writes batch N, and
+prepares it (merge, encode) when N is committed (`collector.runner`).
 
 The order guarantee comes from handing over exactly one `WriteJob` at a time: the loop
 submits a job only after the previous one succeeded (its write acknowledged, its dead

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -76,11 +77,15 @@ class RecordingConsumer(WalConsumer):
 class Running:
     """A collector running `run()` on a thread of this process (`start()` starts it)."""
 
-    def __init__(self, broker: BrokerProcess, log: CommitLog, busy_timeout_s: float) -> None:
+    def __init__(
+        self, broker: BrokerProcess, log: CommitLog, busy_timeout_s: float,
+        max_batch_points: int = 50_000,
+    ) -> None:  # fmt: skip
         db = log.db
         config = CollectorConfig(
             broker=broker.address, store=f"sqlite:{db}", batch_size=BATCH, flush_ms=100,
-            metrics_listen="", retry_initial_ms=20, retry_max_ms=200, shutdown_timeout_s=20,
+            max_batch_points=max_batch_points, metrics_listen="", retry_initial_ms=20,
+            retry_max_ms=200, shutdown_timeout_s=20,
         )  # fmt: skip
         self.registry = CollectorRegistry()
         self.store = SqliteStore(db, timeout_s=busy_timeout_s)
@@ -110,12 +115,12 @@ class Running:
 
 
 @pytest.fixture
-def collectors(broker: BrokerProcess) -> Iterator[Callable[[CommitLog, float], Running]]:
-    """Make in-process collectors (`collectors(log, busy_timeout_s)`); stopped afterwards."""
+def collectors(broker: BrokerProcess) -> Iterator[Callable[..., Running]]:
+    """Make in-process collectors (`collectors(log, busy_timeout_s[, max_batch_points])`)."""
     made: list[Running] = []
 
-    def make(log: CommitLog, busy_timeout_s: float) -> Running:
-        made.append(Running(broker, log, busy_timeout_s))
+    def make(log: CommitLog, busy_timeout_s: float, max_batch_points: int = 50_000) -> Running:
+        made.append(Running(broker, log, busy_timeout_s, max_batch_points))
         return made[-1]
 
     yield make
@@ -157,6 +162,13 @@ def db(tmp_path: Path) -> Path:
     return path
 
 
+def written(log: CommitLog) -> list[int]:
+    """Points of each write, from the points stored just before each commit that follows one."""
+    # A waited-for commit follows a waited-for flush (here: at stop, with nothing left).
+    stored = [c.stored for c in log.commits if not c.wait]
+    return [b - a for a, b in zip([0, *stored], stored, strict=False)]
+
+
 def test_write_in_flight_is_committed_only_after_the_store_acknowledged_it(broker, collectors, db):
     data = Telemetry(broker.address)
     data.publish(range(40))  # 3,840 points, 8 batches
@@ -164,7 +176,7 @@ def test_write_in_flight_is_committed_only_after_the_store_acknowledged_it(broke
     c = collectors(log, 60)
     with write_lock(db):
         c.start()  # its first write waits for the lock
-        # The loop goes on while the writer waits: it receives and prepares the next batch.
+        # The loop goes on while the writer waits: it receives and decodes the next batch.
         received = "gpu_telemetry_collector_messages_received_total"
         assert wait_for(lambda: c.metric(received) >= 2 * BATCH, 20)
         assert c.metric("gpu_telemetry_collector_messages_flushed_total") == 0
@@ -240,5 +252,57 @@ def test_revoke_mid_run_flushes_waits_and_releases_with_exact_counts(broker, col
     assert wait_for(lambda: set(lag(broker.address).values()) == {0}, 30), lag(broker.address)
     assert first.stop() and second.stop()
     check_commits(log)
+    with SqliteStore(db) as store:
+        assert store.count_points() == data.expected()
+
+
+def test_a_slow_writer_gets_everything_held_since_in_one_write_exactly_once(broker, collectors, db):
+    data = Telemetry(broker.address)
+    data.publish(range(40))  # 3,840 points in records of up to 200
+    log = CommitLog(db)
+    c = collectors(log, 60)
+    received = "gpu_telemetry_collector_messages_received_total"
+    with write_lock(db):
+        c.start()  # its first write (about one batch) waits for the lock
+        # The loop does not wait with a full batch: it takes every record while the writer
+        # waits, far past `batch_size` (the backlog metric shows them held, not stored).
+        assert wait_for(lambda: c.metric(received) == 3840, 20), c.metric(received)
+        assert c.metric("gpu_telemetry_collector_backlog") == 3840
+        assert log.commits == [] and sum(lag(broker.address).values()) == 3840
+    assert wait_for(lambda: set(lag(broker.address).values()) == {0}, 30), lag(broker.address)
+    assert c.stop()
+    check_commits(log)
+    sizes = written(log)
+    # Two writes: the first batch, then everything received while it waited, in one write
+    # (one transaction, one commit) instead of seven more of `batch_size`.
+    assert len(sizes) == 2 and sizes[0] < 2 * BATCH and sum(sizes) == 3840, sizes
+    with SqliteStore(db) as store:
+        assert store.count_points() == data.expected()  # each point once
+    assert c.metric("gpu_telemetry_collector_backlog") == 0
+
+
+def test_the_loop_holds_at_most_max_batch_points_while_the_writer_waits(broker, collectors, db):
+    data = Telemetry(broker.address)
+    data.publish(range(40))
+    log = CommitLog(db)
+    most = 2 * BATCH
+    c = collectors(log, 60, max_batch_points=most)
+    received = "gpu_telemetry_collector_messages_received_total"
+    record = data.batch_size  # points of the largest record
+    with write_lock(db):
+        c.start()
+        # The first write (< BATCH + a record) waits; the loop then holds up to `most` points
+        # (plus the record that crossed it) and stops polling: the broker keeps the rest.
+        assert wait_for(lambda: c.metric(received) >= BATCH + most, 20), c.metric(received)
+        time.sleep(1.0)  # time to take more records, if it did
+        held = c.metric(received)
+        assert held <= BATCH + record + most + record < 3840, held
+        assert c.metric("gpu_telemetry_collector_backlog") == held
+    assert wait_for(lambda: set(lag(broker.address).values()) == {0}, 30), lag(broker.address)
+    assert c.stop()
+    check_commits(log)
+    sizes = written(log)
+    assert sum(sizes) == 3840 and max(sizes) <= most + record, sizes
+    assert max(sizes) > BATCH + record, sizes  # the batches behind the slow write merged
     with SqliteStore(db) as store:
         assert store.count_points() == data.expected()

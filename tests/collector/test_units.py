@@ -64,8 +64,19 @@ def test_env_is_read_when_called_and_flags_win():
 def test_inconsistent_limits_are_rejected():
     with pytest.raises(ConfigError, match="below --batch-size"):
         from_args(["--broker", "b:1", "--store", "sqlite:x", "--max-unacked-points", "10"], {})
+    with pytest.raises(ConfigError, match=r"--max-batch-points \(4000\) is below --batch-size"):
+        from_args(["--broker", "b:1", "--store", "sqlite:x", "--max-batch-points", "4000"], {})
     with pytest.raises(ConfigError, match="--log-level"):
         from_args(["--broker", "b:1", "--store", "sqlite:x", "--log-level", "loud"], {})
+
+
+def test_max_batch_points_defaults_to_at_least_the_batch_size_and_reads_the_env():
+    base = ["--broker", "b:1", "--store", "sqlite:x"]
+    assert from_args(base, {}).max_batch_points == 50_000
+    assert from_args([*base, "--batch-size", "80000"], {}).max_batch_points == 80_000
+    env = {"GPUTEL_COLLECTOR_MAX_BATCH_POINTS": "20000"}
+    assert from_args(base, env).max_batch_points == 20_000
+    assert from_args([*base, "--max-batch-points", "6000"], env).max_batch_points == 6_000
 
 
 def test_merge_lists_each_gpu_and_metric_once_and_keeps_every_point():
