@@ -21,6 +21,7 @@ from pathlib import Path
 from flask import Flask, Response, current_app, g, request
 
 from gateway.errors import ApiError
+from gateway.metrics import route_label
 from walbroker.tokens import Principal, TokenFile
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def _access(response: Response) -> Response:
         "request",
         extra={
             "method": request.method,
-            "route": request.url_rule.rule if request.url_rule is not None else "unmatched",
+            "route": route_label(),
             "status": response.status_code,
             "latency_ms": round((time.perf_counter() - started) * 1000, 2) if started else None,
             "principal": g.get("gputel_principal"),

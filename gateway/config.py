@@ -153,7 +153,9 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument(
         "--influx-token", default=influx("TOKEN"), help="InfluxDB token; prefer the variable"
     )
-    p.add_argument("--bind", default=gw("BIND", DEFAULT_BIND), help="HOST:PORT")
+    p.add_argument(
+        "--bind", type=flags.listen_address, default=gw("BIND", DEFAULT_BIND), help="HOST:PORT"
+    )
     p.add_argument(
         "--workers", type=_positive, default=gw("WORKERS", "1"), help="gunicorn worker processes"
     )

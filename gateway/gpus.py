@@ -59,7 +59,7 @@ def list_gpus() -> Response:
     return Response(data, mimetype="application/json")
 
 
-@bp.get("/gpus/<gpu_id>")
+@bp.get("/gpus/<path:gpu_id>")  # path: a `Hostname/gpu_id` identity has a `/`
 @operation(
     Operation(
         summary="One GPU and the newest value of each metric",

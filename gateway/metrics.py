@@ -9,6 +9,7 @@ aggregates all workers (prometheus_client's multiprocess mode).
 from __future__ import annotations
 
 import os
+import re
 import time
 
 from flask import Flask, Response, current_app, g, request
@@ -63,10 +64,22 @@ def _start() -> None:
 def _finish(response: Response) -> Response:
     started = g.pop("gputel_started", None)
     if started is not None:
-        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        route = route_label()
         metrics = current_metrics()
         metrics.observe(request.method, route, response.status_code, time.perf_counter() - started)
     return response
+
+
+def route_label() -> str:
+    """The matched route as the `route` label and the access log name it: the rule without
+    converters (`/api/v1/gpus/<gpu_id>`, also for `<path:gpu_id>`), so dashboards and alerts
+    keep their label values when a converter changes."""
+    if request.url_rule is None:
+        return "unmatched"
+    return _CONVERTER.sub("<", request.url_rule.rule)
+
+
+_CONVERTER = re.compile(r"<[a-z_]+:")
 
 
 def current_metrics() -> RequestMetrics:

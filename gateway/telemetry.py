@@ -158,7 +158,7 @@ def window_page(
     return points, cursor.encode(list(resume), fp) if resume else None
 
 
-@bp.get("/gpus/<gpu_id>/telemetry")
+@bp.get("/gpus/<path:gpu_id>/telemetry")  # path: see gateway.gpus.get_gpu
 @operation(
     Operation(
         summary="A GPU's points, oldest first",

@@ -27,11 +27,20 @@ def sample_gpu(csv_path: Path) -> tuple[str, str]:
 
 
 def banner(
-    a: argparse.Namespace, csv_path: Path, walbroker: str, tls: SecureSetup | None = None
+    a: argparse.Namespace,
+    csv_path: Path,
+    walbroker: str,
+    tls: SecureSetup | None = None,
+    gpu: dict[str, object] | None = None,
 ) -> str:
-    """Where everything is, and what to try (with --secure: with the CA and the tokens)."""
+    """Where everything is, and what to try (with --secure: with the CA and the tokens).
+
+    The examples name `gpu` (one the API listed) when given: the CSV's first row names a GPU
+    the store may not hold (`--scrape-demo` streams the fake exporters' GPUs, not the CSV's)."""
     api = f"{'https' if tls else 'http'}://127.0.0.1:{a.port}"
     host, uuid = sample_gpu(csv_path)
+    if gpu and gpu.get("uuid") and gpu.get("hostname"):
+        host, uuid = str(gpu["hostname"]), str(gpu["uuid"])
     curl, admin = "curl -s", f"{walbroker} admin --broker 127.0.0.1:{a.broker_port}"
     if tls:
         curl += f' --cacert {tls.ca} -H "Authorization: Bearer $(cat {tls.token("api")})"'

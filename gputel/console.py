@@ -31,9 +31,13 @@ class Console:
     @classmethod
     def for_stdout(cls, log_format: str, verbose: bool) -> Console:
         """JSON unless stdout is a terminal; GPUTEL_LOG_FORMAT (json|text) decides when set."""
-        tty = sys.stdout.isatty()
-        json_lines = log_format == "json" if log_format in ("json", "text") else not tty
-        return cls(sys.stdout, json_lines, verbose)
+        return cls.for_stream(sys.stdout, log_format, verbose)
+
+    @classmethod
+    def for_stream(cls, out: IO[str], log_format: str, verbose: bool = False) -> Console:
+        """JSON unless `out` is a terminal; GPUTEL_LOG_FORMAT (json|text) decides when set."""
+        json_lines = log_format == "json" if log_format in ("json", "text") else not out.isatty()
+        return cls(out, json_lines, verbose)
 
     @property
     def child_format(self) -> str:
@@ -44,7 +48,9 @@ class Console:
         """One line a child wrote."""
         text = raw.rstrip()
         if self.json_lines:
-            self._write(text if _is_json_object(text) else self._record(name, text))
+            # A line that is not a JSON log record is a crash or usage message (what a terminal
+            # shows even after the banner, see _is_loud): level warning, not info.
+            self._write(text if _is_json_object(text) else self._record(name, text, "warning"))
         elif self.verbose or not self._quiet or _is_loud(text):
             prefix = f"\x1b[{colour}m{name:>12}\x1b[0m |" if self.colour else f"{name:>12} |"
             self._write(f"{prefix} {text}")
@@ -52,6 +58,10 @@ class Console:
     def say(self, msg: str, **extra: Any) -> None:
         """One message of gputel-up's own (`extra` goes into the JSON record)."""
         self._write(self._record("gputel-up", msg, **extra) if self.json_lines else msg)
+
+    def fail(self, msg: str) -> None:
+        """gputel-up's last word when it gives up (level `error` in JSON)."""
+        self._write(self._record("gputel-up", msg, level="error") if self.json_lines else msg)
 
     def banner(self, text: str, **extra: Any) -> None:
         """The banner; from now on children's routine lines are held back on a terminal."""
@@ -61,12 +71,12 @@ class Console:
             self._write(text)
         self._quiet = True
 
-    def _record(self, component: str, msg: str, **extra: Any) -> str:
+    def _record(self, component: str, msg: str, level: str = "info", **extra: Any) -> str:
         now = time.time()
         stamp = (
             time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
         )
-        doc = {"ts": stamp, "level": "info", "component": component, "msg": msg, **extra}
+        doc = {"ts": stamp, "level": level, "component": component, "msg": msg, **extra}
         return json.dumps(doc, default=str)
 
     def _write(self, text: str) -> None:

@@ -9,6 +9,7 @@ after its store acknowledged the write). Rates are the differences between two s
 from __future__ import annotations
 
 import argparse
+import json
 import ssl
 import threading
 import time
@@ -139,8 +140,9 @@ def _https(tls: SecureSetup | None) -> tuple[str, ssl.SSLContext | None, dict[st
 
 def wait_for_data(
     a: argparse.Namespace, stop: threading.Event, tls: SecureSetup | None, timeout_s: float = 30
-) -> None:
-    """Wait (bounded) until the store holds a GPU, so the banner's examples answer with data."""
+) -> dict[str, object] | None:
+    """Wait (bounded) until the store holds a GPU, so the banner's examples answer with data:
+    that GPU as the API lists it (None when none came in time)."""
     scheme, ctx, headers = _https(tls)
     req = urllib.request.Request(
         f"{scheme}://127.0.0.1:{a.port}/api/v1/gpus?limit=1", headers=headers
@@ -149,11 +151,13 @@ def wait_for_data(
     while time.monotonic() < deadline and not stop.is_set():
         try:
             with urllib.request.urlopen(req, timeout=2, context=ctx) as resp:
-                if b'"uuid"' in resp.read():
-                    return
-        except OSError:
+                gpus = json.loads(resp.read()).get("gpus") or []
+                if gpus and isinstance(gpus[0], dict):
+                    return gpus[0]
+        except (OSError, ValueError, AttributeError):
             pass
         stop.wait(0.5)
+    return None
 
 
 def reporter(

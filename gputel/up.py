@@ -28,10 +28,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 if TYPE_CHECKING:  # gputel.secure needs `cryptography`: imported only with --secure
     from gputel.secure import SecureSetup
-from gputel import status
+from gputel import source_stamp, status
 from gputel.banner import banner, urls
 from gputel.console import Console
-from walbroker import flags
+from gputel.up_flags import parse_args, ports_of
+from walbroker.errors import BrokerError
 
 PACKAGED_CSV = Path(__file__).resolve().parent.parent / "data" / "dcgm.csv"
 COLOURS = ["36", "33", "35", "32", "34", "31", "96", "93"]
@@ -56,93 +57,6 @@ class Component:
     threads: list[threading.Thread] = field(default_factory=list)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="gputel-up", description=__doc__)
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path("var"),
-        help="broker log and SQLite store go here",
-    )
-    p.add_argument(
-        "--csv",
-        type=Path,
-        default=None,
-        help="DCGM CSV to stream in a loop (default: the packaged data/dcgm.csv)",
-    )
-    p.add_argument("--port", type=int, default=8080, help="gateway port (REST API, web view)")
-    p.add_argument("--broker-port", type=int, default=7070, help="the broker's gRPC port")
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=9100,
-        help="base of the /metrics ports: broker +1, streamers +10.., collectors +20..",
-    )
-    p.add_argument(
-        "--store",
-        choices=["sqlite", "influx"],
-        default="sqlite",
-        help="sqlite: DATA_DIR/gputel.db; influx: the --influx-* flags, GPUTEL_INFLUX_TOKEN",
-    )
-    p.add_argument("--influx-url", default="", help="InfluxDB URL (with --store influx)")
-    p.add_argument("--influx-org", default="", help="InfluxDB organisation")
-    p.add_argument("--influx-bucket", default="", help="InfluxDB bucket")
-    p.add_argument("--streamers", type=int, default=1, help="streamer processes (one group)")
-    p.add_argument("--collectors", type=int, default=1, help="collector processes (one group)")
-    p.add_argument(
-        "--pass-interval",
-        type=float,
-        default=10.0,
-        help="seconds per pass over the CSV (each pass gets fresh timestamps)",
-    )
-    p.add_argument(
-        "--secure",
-        action="store_true",
-        help="TLS (mutual, to the broker) and one least-privilege token per component; "
-        "CA, certificates and tokens are made once under DATA_DIR/secure (mode 0600)",
-    )
-    p.add_argument(
-        "--passes",
-        type=int,
-        default=None,
-        help="passes over the CSV, then the streamers exit and the rest keeps serving "
-        "(default: loop forever)",
-    )
-    p.add_argument(
-        "--time",
-        choices=["processing", "source"],
-        default="processing",
-        help="point timestamps: processing (when streamed) or source (the CSV's own: "
-        "`--csv FILE --passes 1 --time source` imports an export once)",
-    )
-    p.add_argument(
-        "--scrape-demo",
-        type=int,
-        default=0,
-        metavar="N",
-        help="the live path: N fake dcgm-exporters (8 GPUs each) scraped by the streamers "
-        "instead of the CSV",
-    )
-    p.add_argument("--scrape-interval", type=float, default=5.0, help="with --scrape-demo")
-    p.add_argument(
-        "--verbose",
-        action="store_true",
-        help="on a terminal, keep showing every component's log lines after start-up",
-    )
-    p.add_argument(
-        "--status-interval-s",
-        type=float,
-        default=status.INTERVAL_S,
-        help="seconds between status lines (points/s, lag, store; 0: none)",
-    )
-    a = flags.finish(p, os.environ, "GPUTEL_UP_").parse_args(argv)
-    if a.scrape_demo < 0:
-        p.error("--scrape-demo must not be negative")
-    if a.passes is not None and a.passes < 1:
-        p.error("--passes must be at least 1")
-    return a
-
-
 def check_port(port: int) -> None:
     """UpError if something already listens on 127.0.0.1:port."""
     with socket.socket() as s:
@@ -161,6 +75,8 @@ def csv_path(a: argparse.Namespace) -> Path:
     path: Path = a.csv or (
         Path("data/dcgm.csv") if Path("data/dcgm.csv").exists() else PACKAGED_CSV
     )
+    if path.is_dir():
+        raise UpError(f"--csv {path} is a directory: give a DCGM CSV file")
     if not path.is_file():
         raise UpError(f"CSV file not found: {path}")
     return path
@@ -259,18 +175,6 @@ def _http_component(name: str, argv: list[str], port: int) -> Component:
     return Component(
         name, [*argv, "--metrics-listen", _local(port)], f"http://{_local(port)}/healthz"
     )
-
-
-def ports_of(a: argparse.Namespace) -> list[int]:
-    """Every port the plan listens on."""
-    return [
-        a.broker_port,
-        a.metrics_port + 1,
-        a.port,
-        *(a.metrics_port + 20 + i for i in range(a.collectors)),
-        *(a.metrics_port + 10 + i for i in range(a.streamers)),
-        *([a.metrics_port + 40] if a.scrape_demo else []),
-    ]
 
 
 def healthy(c: Component) -> bool:
@@ -377,8 +281,10 @@ def run(a: argparse.Namespace) -> int:
     try:
         for i, c in enumerate(comps):
             start(c, COLOURS[i % len(COLOURS)], console)
-        status.wait_for_data(a, stop, tls)
-        console.banner(banner(a, csv_path(a), executable("walbroker"), tls), **urls(a))
+            if c.grpc_address:  # the broker is up, no streamer has joined its group yet
+                source_stamp.on_broker(a, csv_path(a), tls, console.say)
+        gpu = status.wait_for_data(a, stop, tls)
+        console.banner(banner(a, csv_path(a), executable("walbroker"), tls, gpu), **urls(a))
         reporter = status.reporter(a, console, tls)
         if reporter is not None:
             reporter.start()
@@ -409,12 +315,14 @@ def run(a: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `gputel-up`."""
     a = parse_args(argv)
+    # Its last word in the shape of the rest: JSON lines unless stderr is a terminal.
+    last = Console.for_stream(sys.stderr, os.environ.get("GPUTEL_LOG_FORMAT", ""))
     try:
         code = run(a)
-    except UpError as exc:
-        print(f"gputel-up: {exc}", file=sys.stderr)
+    except (UpError, BrokerError) as exc:
+        last.fail(f"gputel-up: {exc}")
         return 1
-    print("gputel-up: stopped", file=sys.stderr)
+    last.say("gputel-up: stopped")
     return code
 
 

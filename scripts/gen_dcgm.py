@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import random
 import sys
 from collections.abc import Iterator
@@ -190,14 +191,29 @@ def write(out: IO[str], seed: int, hosts: int, gpus_per_host: int, passes: int) 
     return n
 
 
+def _positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse the command line."""
+    """Parse the command line (a count below 1 is a usage error, exit 2)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--hosts", type=int, default=32)
-    p.add_argument("--gpus-per-host", type=int, default=8)
-    p.add_argument("--passes", type=int, default=2, help="scrapes (distinct timestamps)")
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--out", default="-", help="output file, '-' for stdout")
+    p.add_argument("--hosts", type=_positive, default=32, help="hosts (default: 32)")
+    p.add_argument(
+        "--gpus-per-host", type=_positive, default=8, help="GPUs on each host (default: 8)"
+    )
+    p.add_argument(
+        "--passes", type=_positive, default=2, help="scrapes (distinct timestamps) (default: 2)"
+    )
+    p.add_argument("--seed", type=int, default=7, help="same seed, same file (default: 7)")
+    p.add_argument("--out", default="-", help="output file, '-' for stdout (default: -)")
     return p.parse_args(argv)
 
 
@@ -205,7 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     """Generate the CSV the command line asks for."""
     args = parse_args(argv)
     if args.out == "-":
-        n = write(sys.stdout, args.seed, args.hosts, args.gpus_per_host, args.passes)
+        try:
+            n = write(sys.stdout, args.seed, args.hosts, args.gpus_per_host, args.passes)
+            sys.stdout.flush()
+        except BrokenPipeError:  # `| head`: the reader has what it wanted; no traceback
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     else:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w", encoding="utf-8", newline="") as f:

@@ -55,7 +55,14 @@ def bind_columns(header: list[str]) -> Columns:
     if missing:
         raise SourceError(
             f"required column(s) missing from the CSV header: {', '.join(missing)} "
-            f"(header: {', '.join(h.strip() for h in header)})"
+            f"(header: {_shown(header)}; is this a DCGM exporter CSV?)"
         )
     width = len(header)
     return Columns(width, **{name: position.get(name, width) for name in sorted(known)})
+
+
+def _shown(header: list[str], limit: int = 200) -> str:
+    """The header as a message may show it: escaped and cut, since a binary file's first "line"
+    can be kilobytes of control characters that would garble the user's terminal."""
+    text = ", ".join(h.strip() for h in header)
+    return repr(text[:limit]) + (f" … ({len(text)} characters)" if len(text) > limit else "")

@@ -19,6 +19,7 @@ and tallies (tests/streamer/test_rows.py compares them).
 
 from __future__ import annotations
 
+import re
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,10 @@ from streamer.gpus import GpuTable, Unusable
 from streamer.timestamps import parse_timestamp_ns
 
 MAX_TIME_NS = 2**63 - 1  # 2262-04-11T23:47:16.854775807Z, the last instant an int64 holds
+# The metric names the REST API's `metric` parameter accepts (gateway.params; a test keeps the
+# two equal): a point under any other name would be stored and listed, but never selectable.
+METRIC_NAME = re.compile(r"[A-Za-z_:][A-Za-z0-9_:.\-]{0,255}")
+_BAD_METRIC = -2
 
 
 class Reject(StrEnum):
@@ -41,6 +46,7 @@ class Reject(StrEnum):
     FIELD_COUNT = "field_count"
     MALFORMED_CSV = "malformed_csv"
     MISSING_METRIC = "missing_metric"
+    BAD_METRIC_NAME = "bad_metric_name"
     MISSING_GPU_ID = "missing_gpu_id"
     BAD_GPU_ID = "bad_gpu_id"
     NO_IDENTITY = "no_identity"
@@ -292,7 +298,8 @@ class RowParser:
         if metric is None:
             metric = self._metric(f[c.metric_name])
         if metric < 0:
-            return self._reject(Reject.MISSING_METRIC, line)
+            bad = Reject.BAD_METRIC_NAME if metric == _BAD_METRIC else Reject.MISSING_METRIC
+            return self._reject(bad, line)
         g = self._gpu_ordinal.get(self._descriptor(f), -9)
         if g < 0:
             g = self._gpu(f, line)
@@ -322,10 +329,12 @@ class RowParser:
         return g
 
     def _metric(self, text: str) -> int:
-        """Return the ordinal of a metric name seen for the first time (-1: empty)."""
+        """Return the ordinal of a metric name seen for the first time (-1: empty, -2: bad)."""
         name = text.strip()
         if not name:
             ordinal = -1
+        elif not METRIC_NAME.fullmatch(name):
+            ordinal = _BAD_METRIC
         elif name in self.metrics:
             ordinal = self.metrics.index(name)
         else:

@@ -105,6 +105,12 @@ class CsvScanner:
                 "cached": keep is not None, "cache_bytes": kept_bytes,
             },
         )  # fmt: skip
+        if self.scans == 1 and not sum(sizes):  # a header-only file, or every row rejected
+            log.warning(
+                "no row of the source is usable: nothing to send",
+                extra={"source": self.path, "rows_read": self.report.rows_read,
+                       "rows_rejected": self.report.rows_rejected},
+            )  # fmt: skip
 
     def _parser_for(self, cols: Columns) -> RowParser:
         """The parser of every scan (new tallies each time; ordinals kept)."""

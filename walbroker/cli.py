@@ -37,21 +37,26 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         help="folder of the LMDB log (created if missing)",
     )
     p.add_argument(
-        "--listen", default=_env("LISTEN", "127.0.0.1:7070"), help="HOST:PORT of the gRPC service"
+        "--listen",
+        type=flags.listen_address,
+        default=_env("LISTEN", "127.0.0.1:7070"),
+        help="HOST:PORT of the gRPC service",
     )
     p.add_argument(
         "--metrics-listen",
+        type=flags.optional_listen_address,
         default=_env("METRICS_LISTEN", "127.0.0.1:9101"),
         help="HOST:PORT of the Prometheus /metrics endpoint ('' to disable)",
     )
     p.add_argument(
         "--advertised-address",
+        type=flags.optional_listen_address,
         default=_env("ADVERTISED_ADDRESS", ""),
         help="HOST:PORT clients are told to use for this broker (none: --listen)",
     )
     p.add_argument(
         "--partitions",
-        type=int,
+        type=flags.positive_int,
         default=int(_env("PARTITIONS", "16")),
         help="partitions of a --topic given without a count (and of auto-created topics)",
     )

@@ -10,6 +10,10 @@ added anywhere later is covered without touching this module:
   `(default: 16; env GPUTEL_BROKER_PARTITIONS)`; a secret's value is never shown;
 - every command gets `--version`, and a sub-command without a description gets its help line.
 
+It also holds the argparse types that more than one command needs (`listen_address`,
+`positive_int`): a bad value is a usage error (exit 2) naming the flag, not a traceback or a
+silently different setting later.
+
 Commands that already read their variables themselves keep doing so under the same names;
 this module makes the names uniform, documented and true for every flag.
 """
@@ -26,6 +30,10 @@ SHARED_PREFIXES = {"influx_": "GPUTEL_INFLUX_"}
 SECRET_WORDS = ("token", "password", "secret")
 TRUE_WORDS = ("1", "true", "yes", "on")
 _FINISHED = "_gputel_flags_finished"
+# A host name or IPv4 address, or a bracketed IPv6 address, then a port.
+_LISTEN = re.compile(
+    r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?):(\d{1,5})$"
+)
 _NAMED = re.compile(r"\benv (GPUTEL_[A-Z0-9_]+)")
 
 
@@ -35,6 +43,34 @@ def version() -> str:
         return metadata.version("gputel")
     except metadata.PackageNotFoundError:  # pragma: no cover - always installed in practice
         return "unknown"
+
+
+def listen_address(text: str) -> str:
+    """An argparse type: HOST:PORT to listen on (port 0: any free one). Without it a port
+    above 65535 reached gRPC, which silently listened on the port modulo 65536, and
+    gunicorn, which failed with a traceback."""
+    m = _LISTEN.match(text)
+    if m is None or int(m.group(3)) > 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not HOST:PORT with a port from 0 to 65535 (e.g. 127.0.0.1:7070)"
+        )
+    return text
+
+
+def optional_listen_address(text: str) -> str:
+    """`listen_address`, or '' (the flag's way to say "none")."""
+    return text if text == "" else listen_address(text)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def env_name(prefix: str, dest: str) -> str:

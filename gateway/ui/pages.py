@@ -43,7 +43,7 @@ def fleet() -> str:
     return render_template("fleet.html", page="fleet")
 
 
-@bp.get("/gpus/<uuid>")
+@bp.get("/gpus/<path:uuid>")  # path: a `Hostname/gpu_id` identity has a `/`
 def gpu(uuid: str) -> str:
     """One GPU: descriptor, latest values and a plot per metric over a window."""
     return render_template("gpu.html", page="gpu", uuid=uuid)

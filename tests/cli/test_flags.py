@@ -141,3 +141,65 @@ def test_gputel_up_reads_its_variables(monkeypatch):
     monkeypatch.setenv("GPUTEL_UP_STREAMERS", "3")
     a = up.parse_args([])
     assert (a.port, a.streamers) == (18080, 3)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "70000"], "ports must be between 1 and 65535, these flags give [70000]"),
+        (["--port", "0"], "ports must be between 1 and 65535, these flags give [0]"),
+        (["--metrics-port", "65530"], "these flags give [65540, 65550]"),
+        (["--streamers", "11"], "--streamers must be between 0 and 10"),
+        (["--collectors", "-1"], "--collectors must be between 0 and 20"),
+        (["--pass-interval", "-1"], "--pass-interval must be a positive number"),
+        (["--pass-interval", "nan"], "--pass-interval must be a positive number"),
+        (["--scrape-interval", "0"], "--scrape-interval must be a positive number"),
+        (["--status-interval-s", "-3"], "--status-interval-s must be 0 or more"),
+        (["--store", "influx"], "--store influx needs --influx-url and --influx-bucket"),
+    ],
+)
+def test_gputel_up_refuses_bad_values_before_starting_anything(args, message, capsys):
+    """They used to start the pipeline and fail later: a traceback from bind() for a port out
+    of range, a component dying "while starting", or silently nothing (negative counts)."""
+    from gputel import up
+
+    with pytest.raises(SystemExit) as exc:
+        up.parse_args(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "message"),
+    [
+        ("walbroker", ["--listen", "127.0.0.1:99999"], "argument --listen: '127.0.0.1:99999' is"),
+        ("walbroker", ["--listen", "nonsense"], "argument --listen: 'nonsense' is not HOST:PORT"),
+        ("walbroker", ["--metrics-listen", "h:70000"], "argument --metrics-listen: 'h:70000'"),
+        ("walbroker", ["--advertised-address", "a b:1"], "argument --advertised-address"),
+        ("walbroker", ["--partitions", "0"], "argument --partitions: must be at least 1, not 0"),
+        ("gateway", ["--bind", "127.0.0.1:99999"], "argument --bind: '127.0.0.1:99999' is not"),
+        ("gateway", ["--bind", "x:1:2"], "argument --bind: 'x:1:2' is not HOST:PORT"),
+    ],
+)
+def test_listen_addresses_and_partitions_are_checked_as_flags(command, args, message, capsys):
+    """A port above 65535 made gRPC listen on the port modulo 65536 without a word, and
+    gunicorn fail with a traceback; `--partitions 0` was taken."""
+    from gateway import config as gateway_config
+    from walbroker import cli as walbroker_cli
+
+    if command == "walbroker":
+        parse = walbroker_cli.build_parser({}).parse_args
+        argv = ["serve", "--data-dir", "d", *args]
+    else:
+        parse, argv = gateway_config.parser({}).parse_args, args
+    with pytest.raises(SystemExit) as exc:
+        parse(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_good_listen_addresses_pass() -> None:
+    for text in ("127.0.0.1:0", "0.0.0.0:65535", "[::1]:7070", "gputel-broker-0.svc:7070"):
+        assert flags.listen_address(text) == text
+    assert flags.optional_listen_address("") == ""

@@ -154,16 +154,30 @@ def test_text_banner_comes_last_and_its_examples_work_as_printed(tmp_path):
 
 def test_port_in_use_and_missing_csv_are_one_line_errors(tmp_path):
     base = free_block()
+    busy_message = (
+        f"gputel-up: port {base} is already in use (choose another with "
+        "the flags, or stop what uses it)"
+    )
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", base))
         busy.listen()
-        p = up(tmp_path, *ports(base))
+        p = up(tmp_path, *ports(base), log_format="text")
+        out, _ = p.communicate(timeout=30)
+        assert p.returncode == 1
+        assert out.strip() == busy_message
+        p = up(tmp_path, *ports(base))  # not a terminal: the same, as one JSON line
         out, _ = p.communicate(timeout=30)
     assert p.returncode == 1
-    assert (
-        out.strip() == f"gputel-up: port {base} is already in use (choose another with "
-        "the flags, or stop what uses it)"
+    record = json.loads(out)
+    assert (record["level"], record["component"], record["msg"]) == (
+        "error",
+        "gputel-up",
+        busy_message,
     )
+    p = up(tmp_path, *ports(base), "--csv", str(tmp_path), log_format="text")
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 1
+    assert out.strip() == f"gputel-up: --csv {tmp_path} is a directory: give a DCGM CSV file"
     p = up(
         tmp_path,
         "--port",
@@ -174,6 +188,7 @@ def test_port_in_use_and_missing_csv_are_one_line_errors(tmp_path):
         str(base + 2),
         "--csv",
         str(tmp_path / "nope.csv"),
+        log_format="text",
     )
     out, _ = p.communicate(timeout=30)
     assert p.returncode == 1
@@ -216,6 +231,45 @@ def test_import_once_at_source_time_round_trips_through_the_api(tmp_path):
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, rest
+
+
+def test_a_second_import_into_the_same_data_dir_sends_its_own_rows(tmp_path):
+    """Yesterday's export, then today's (the same GPUs): the streamers' progress from the run
+    before must not count for this one. It did, and the second import sent nothing at all
+    while saying it had finished its passes."""
+    gpus, metrics, scrapes = 8, 3, 4
+    first = make_csv(tmp_path / "first.csv", gpus, metrics, scrapes)
+    second = tmp_path / "second.csv"  # the same rows, a day later
+    second.write_text(first.read_text().replace('"2025-07-18T', '"2025-07-19T'))
+    base = free_block()
+
+    def import_(csv) -> list[str]:
+        proc = up(tmp_path, *ports(base), "--csv", str(csv), "--passes", "1", "--time", "source")
+        lines: list[str] = []
+        read_until(proc, lines, lambda got: any("finished its passes" in x for x in got))
+        return [*lines, stop(proc)]
+
+    import_(first)
+    proc = up(tmp_path, *ports(base), "--csv", str(second), "--passes", "1", "--time", "source")
+    lines: list[str] = []
+    try:
+        read_until(proc, lines, lambda got: any("finished its passes" in x for x in got))
+        day2 = START + 86_400
+        window = f"start_time={day2}&end_time={day2 + 30 * scrapes}&limit=10000"
+
+        def points(i: int) -> int:
+            url = f"http://127.0.0.1:{base}/api/v1/gpus/{uuid_of(i)}/telemetry?{window}"
+            status, body = http_get(url)
+            return len(json.loads(body)["points"]) if status == 200 else -1
+
+        assert wait_until(lambda: all(points(i) == metrics * scrapes for i in range(gpus)), 30), [
+            points(i) for i in range(gpus)
+        ]
+        assert any("source changed since the last run" in x for x in lines), "".join(lines)
+    finally:
+        stop(proc)
+    again = "".join(import_(second))  # the same import again: its progress is kept
+    assert "source changed" not in again, again
 
 
 def test_up_secure_runs_over_tls_with_a_token_per_component(tmp_path):
@@ -301,6 +355,10 @@ def test_scrape_demo_shows_the_live_path(tmp_path):
         assert wait_until(lambda: len(gpus()) == 24, 60), "the demo's 24 GPUs never arrived"
         assert {g["hostname"] for g in gpus()} == {"demo-0000", "demo-0001", "demo-0002"}
         uuid = gpus()[0]["uuid"]
+        # The banner's examples name a GPU the demo streams, not the sample CSV's first row.
+        (shown,) = [json.loads(x)["banner"] for x in lines if '"banner"' in x]
+        assert "hostname=demo-000" in shown and "dgx-h100" not in shown, shown
+        assert any(f"/gpus/{g['uuid']}/telemetry" in shown for g in gpus()), shown
 
         def scrapes() -> int:
             status, body = http_get(f"{api}/gpus/{uuid}/telemetry?metric=DCGM_FI_DEV_GPU_UTIL")

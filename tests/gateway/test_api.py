@@ -225,3 +225,21 @@ def test_hosts_and_metrics_page(client, path: str, field: str) -> None:
 def test_healthz_and_readyz(client) -> None:
     assert client.get("/healthz").get_json() == {"status": "ok"}
     assert client.get("/readyz").get_json() == {"status": "ready"}
+
+
+def test_a_gpu_known_by_hostname_slash_index_can_be_addressed(fresh, fresh_client) -> None:
+    """Without a uuid the streamer names a GPU `Hostname/gpu_id` (SPEC §1); /gpus listed it,
+    but /gpus/{id}, its telemetry and its web page answered 404: the route's `{id}` could
+    not hold the `/`, encoded (%2F) or not."""
+    nameless = data.Gpu(uuid="host-9/3", hostname="host-9", gpu=3, device="", model=data.MODEL)
+    fresh.store.write(data.points((nameless,), TIMES[:3]))
+    for gpu_url in ("/api/v1/gpus/host-9%2F3", "/api/v1/gpus/host-9/3"):
+        resp = fresh_client.get(gpu_url)
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        assert resp.get_json()["gpu"]["uuid"] == "host-9/3"
+        resp = fresh_client.get(f"{gpu_url}/telemetry?metric={UTIL}")
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        assert [p["time"] for p in resp.get_json()["points"]] == [format_time(t) for t in TIMES[:3]]
+    page = fresh_client.get("/ui/gpus/host-9%2F3")
+    assert page.status_code == 200 and "host-9/3" in page.get_data(as_text=True)
+    assert fresh_client.get("/api/v1/gpus/host-9%2F4").status_code == 404

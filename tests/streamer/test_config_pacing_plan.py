@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import threading
 import urllib.error
 import urllib.request
@@ -110,6 +111,24 @@ def test_scans_split_rows_by_uuid_partition_in_file_order_and_reuse_the_cache():
         assert len(reads) == (1 if cached else 3) and scanner.cached is cached
         assert scanner.sizes is not None and scanner.sizes[p0] == 2 and sum(scanner.sizes) == 3
         assert scanner.scans == 3
+
+
+def test_a_source_without_a_usable_row_is_a_warning_once(caplog):
+    """A header-only file (or one whose every row is rejected) was streamed in silence: the
+    streamer finished its passes at once and nothing said that there was nothing to send."""
+    for text in (csv_text([]), csv_text([row(value="n/a"), row(gpu_id="")])):
+        scanner = CsvScanner(
+            "mem.csv", 4, lambda uuid: partition_for_key(uuid, 4), 1 << 20,
+            lines=lambda text=text: io.StringIO(text, newline=""),
+        )  # fmt: skip
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="streamer.scan"):
+            for _ in range(3):
+                assert [b for b in scanner.scan() if any(len(p.value) for p in b.parts)] == []
+        warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert [r.getMessage() for r in warned] == [
+            "no row of the source is usable: nothing to send"
+        ]
 
 
 def test_endpoints_answer_probes_and_metrics():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import re
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -106,3 +108,19 @@ def test_sample_parses_to_hosts_x_gpus_x_metrics_x_passes_rows_without_rejection
     assert len({g.uuid for g in rows.gpus}) == len(rows.gpus) == gpus
     assert len(rows.metrics) == 10
     assert SAMPLE.stat().st_size < 3_000_000
+
+
+def test_piped_into_head_it_stops_quietly_and_bad_counts_are_usage_errors() -> None:
+    """`gen_dcgm.py --out - | head` ended in a BrokenPipeError traceback; `--hosts 0` in a
+    ValueError traceback from deep inside the generator."""
+    script = [sys.executable, str(ROOT / "scripts" / "gen_dcgm.py")]
+    proc = subprocess.Popen([*script, "--hosts", "64", "--out", "-"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline().startswith(b'"timestamp"')
+    proc.stdout.close()  # what `head -1` does after its line
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and b"Traceback" not in err, err
+    for flag in ("--hosts", "--gpus-per-host", "--passes"):
+        done = subprocess.run([*script, flag, "0"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert f"argument {flag}: must be at least 1, not 0" in done.stderr

@@ -39,6 +39,7 @@ def _bad(fields: list[str], kind: str) -> str:
     f = dict(zip(HEADER, fields, strict=True))
     changes: dict[str, dict[str, str]] = {
         "missing_metric": {"metric_name": " "},
+        "bad_metric_name": {"metric_name": 'gpu util"%'},
         "missing_gpu_id": {"gpu_id": ""},
         "bad_gpu_id": {"gpu_id": "x1"},
         "no_identity": {"uuid": "", "Hostname": "", "labels_raw": ""},
@@ -64,7 +65,8 @@ def _bad(fields: list[str], kind: str) -> str:
 
 
 KINDS = [
-    "field_count", "malformed", "blank", "missing_metric", "missing_gpu_id", "bad_gpu_id",
+    "field_count", "malformed", "blank", "missing_metric", "bad_metric_name", "missing_gpu_id",
+    "bad_gpu_id",
     "no_identity", "value_not_numeric", "value_not_finite", "value_nan", "bad_timestamp",
     "timestamp_out_of_range", "bad_labels", "new_gpu", "new_metric", "new_time",
     "quoted_newline", "labels_from_uuid",
@@ -115,8 +117,8 @@ def test_chunked_lookup_equals_row_by_row(seed: int, partitions: int) -> None:
     fast, oracle = read(text, RowParser, partitions), read(text, RowByRow, partitions)
     assert fast == oracle
     assert set(fast["rejected"]) >= {
-        "field_count", "malformed_csv", "missing_metric", "missing_gpu_id", "bad_gpu_id",
-        "no_identity", "value_not_numeric", "value_not_finite", "bad_timestamp",
+        "field_count", "malformed_csv", "missing_metric", "bad_metric_name", "missing_gpu_id",
+        "bad_gpu_id", "no_identity", "value_not_numeric", "value_not_finite", "bad_timestamp",
         "timestamp_out_of_range",
     }  # fmt: skip
     assert fast["defects"]["bad_labels"].count >= 1

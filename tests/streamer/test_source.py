@@ -69,6 +69,31 @@ def test_missing_required_column_is_an_error_naming_it(missing: str) -> None:
         parse(csv_text([row()], header=header))
 
 
+def test_a_metric_name_the_api_could_not_select_is_rejected_and_counted() -> None:
+    """'gpu util' was stored and listed by /api/v1/metrics, while `?metric=gpu util` is a 400."""
+    from gateway.params import METRIC_PATTERN
+    from streamer.rows import METRIC_NAME
+
+    assert "^" + METRIC_NAME.pattern + "$" == METRIC_PATTERN  # the same rule on both sides
+    names = ["gpu util", 'DCGM_FI_DEV_GPU_UTIL"x', "DCGM_FI_ÜTIL", "9LIVES", "M" * 257]
+    good = ["DCGM_FI_DEV_GPU_UTIL", "dcgm:ratio", "a.b-c", "M" * 256]
+    rows = parse(csv_text([row(metric_name=n) for n in [*names, *good]]))
+    assert list(rows.metrics) == good
+    assert rows.report.rejected[Reject.BAD_METRIC_NAME].count == len(names)
+
+
+def test_a_binary_file_is_refused_in_a_short_readable_message(tmp_path: Path) -> None:
+    """Its "header" used to be echoed whole: kilobytes of control characters to the terminal."""
+    blob = bytes(range(256)) * 40  # NUL, ESC, newlines, invalid UTF-8
+    path = tmp_path / "export.csv"
+    path.write_bytes(blob.replace(b"\n", b"").replace(b"\r", b""))
+    with pytest.raises(SourceError, match="required column") as exc:
+        read_csv(path)
+    message = str(exc.value)
+    assert len(message) < 500 and "is this a DCGM exporter CSV?" in message
+    assert message.isprintable(), message
+
+
 def test_duplicate_known_column_is_an_error_unknown_duplicates_are_ignored() -> None:
     with pytest.raises(SourceError, match="'Value' appears twice"):
         parse(csv_text([row()], header=[*HEADER, "Value"]))
@@ -88,6 +113,7 @@ BAD_ROWS = {
     Reject.BAD_GPU_ID: row(gpu_id="gpu0"),
     Reject.NO_IDENTITY: row(uuid="", Hostname="", labels_raw=""),
     Reject.MISSING_METRIC: row(metric_name=" "),
+    Reject.BAD_METRIC_NAME: row(metric_name="gpu util"),
     Reject.VALUE_NOT_NUMERIC: row(value="n/a"),
     Reject.VALUE_NOT_FINITE: row(value="NaN"),
 }

@@ -1,0 +1,143 @@
+"""The flags of `gputel-up`, and what is refused before anything starts (usage error, exit 2)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+from gputel import status
+from walbroker import flags
+
+DESCRIPTION = """`gputel-up`: the whole pipeline on this machine, one process per component,
+until Ctrl-C. Starts walbroker, the collectors, the gateway and the streamers (in that order,
+each only once the previous one is healthy), prints where everything is and a status line every
+10 s, passes on the components' logs (see gputel.console), and stops them all — streamers first,
+broker last — on Ctrl-C or when one of them dies."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="gputel-up", description=DESCRIPTION)
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("var"),
+        help="broker log and SQLite store go here",
+    )
+    p.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        help="DCGM CSV to stream in a loop (default: the packaged data/dcgm.csv)",
+    )
+    p.add_argument("--port", type=int, default=8080, help="gateway port (REST API, web view)")
+    p.add_argument("--broker-port", type=int, default=7070, help="the broker's gRPC port")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9100,
+        help="base of the /metrics ports: broker +1, streamers +10.., collectors +20..",
+    )
+    p.add_argument(
+        "--store",
+        choices=["sqlite", "influx"],
+        default="sqlite",
+        help="sqlite: DATA_DIR/gputel.db; influx: the --influx-* flags, GPUTEL_INFLUX_TOKEN",
+    )
+    p.add_argument("--influx-url", default="", help="InfluxDB URL (with --store influx)")
+    p.add_argument("--influx-org", default="", help="InfluxDB organisation")
+    p.add_argument("--influx-bucket", default="", help="InfluxDB bucket")
+    p.add_argument("--streamers", type=int, default=1, help="streamer processes (one group)")
+    p.add_argument("--collectors", type=int, default=1, help="collector processes (one group)")
+    p.add_argument(
+        "--pass-interval",
+        type=float,
+        default=10.0,
+        help="seconds per pass over the CSV (each pass gets fresh timestamps)",
+    )
+    p.add_argument(
+        "--secure",
+        action="store_true",
+        help="TLS (mutual, to the broker) and one least-privilege token per component; "
+        "CA, certificates and tokens are made once under DATA_DIR/secure (mode 0600)",
+    )
+    p.add_argument(
+        "--passes",
+        type=int,
+        default=None,
+        help="passes over the CSV, then the streamers exit and the rest keeps serving "
+        "(default: loop forever)",
+    )
+    p.add_argument(
+        "--time",
+        choices=["processing", "source"],
+        default="processing",
+        help="point timestamps: processing (when streamed) or source (the CSV's own: "
+        "`--csv FILE --passes 1 --time source` imports an export once)",
+    )
+    p.add_argument(
+        "--scrape-demo",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the live path: N fake dcgm-exporters (8 GPUs each) scraped by the streamers "
+        "instead of the CSV",
+    )
+    p.add_argument("--scrape-interval", type=float, default=5.0, help="with --scrape-demo")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="on a terminal, keep showing every component's log lines after start-up",
+    )
+    p.add_argument(
+        "--status-interval-s",
+        type=float,
+        default=status.INTERVAL_S,
+        help="seconds between status lines (points/s, lag, store; 0: none)",
+    )
+    a = flags.finish(p, os.environ, "GPUTEL_UP_").parse_args(argv)
+    problem = check_args(a)
+    if problem:
+        p.error(problem)
+    return a
+
+
+def check_args(a: argparse.Namespace) -> str | None:
+    """What is wrong with the flags, refused before anything starts (None: nothing)."""
+    checks = [
+        (a.scrape_demo < 0, "--scrape-demo must not be negative"),
+        (a.passes is not None and a.passes < 1, "--passes must be at least 1"),
+        # Their /metrics ports are --metrics-port +10..+19 and +20..+39 (see ports_of).
+        (not 0 <= a.streamers <= 10, "--streamers must be between 0 and 10"),
+        (not 0 <= a.collectors <= 20, "--collectors must be between 0 and 20"),
+        (not 0 < a.pass_interval < math.inf, "--pass-interval must be a positive number"),
+        (not 0 < a.scrape_interval < math.inf, "--scrape-interval must be a positive number"),
+        (not 0 <= a.status_interval_s < math.inf, "--status-interval-s must be 0 or more"),
+        (
+            a.store == "influx" and not (a.influx_url and a.influx_bucket),
+            "--store influx needs --influx-url and --influx-bucket "
+            "(or GPUTEL_INFLUX_URL, GPUTEL_INFLUX_BUCKET)",
+        ),
+    ]
+    bad_ports = sorted({p for p in ports_of(a) if not 1 <= p <= 65535})
+    checks.append(
+        (
+            bool(bad_ports),
+            f"ports must be between 1 and 65535, these flags give {bad_ports} "
+            "(--port, --broker-port, and --metrics-port +1..+40)",
+        )
+    )
+    return next((msg for bad, msg in checks if bad), None)
+
+
+def ports_of(a: argparse.Namespace) -> list[int]:
+    """Every port the plan listens on."""
+    return [
+        a.broker_port,
+        a.metrics_port + 1,
+        a.port,
+        *(a.metrics_port + 20 + i for i in range(a.collectors)),
+        *(a.metrics_port + 10 + i for i in range(a.streamers)),
+        *([a.metrics_port + 40] if a.scrape_demo else []),
+    ]
