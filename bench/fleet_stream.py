@@ -12,7 +12,11 @@ the write path spent per point: this process (the collector: decode, line protoc
 the catalog's bookkeeping) plus, for InfluxDB, the influxd process (parsing and storing
 the catalog's lines too). CPU per point hardly depends on how long the process waited
 for a core, so `cpu_ratio` (without / with) shows what the catalog costs where the
-wall-clock ratio is blurred by the neighbours. influxd's share alone is measured apart
+wall-clock ratio is blurred by the neighbours; it is also reported per process, and per
+ABBA pair (`pair_cpu_ratios`: the two drains of a pair ran next to each other). After each
+drain the run waits until influxd is idle (`settle`; its cold cache is written out after
+1 s here), so the TSM writes and compactions a run caused are counted in that run, not in
+the next one, and the database is dropped. influxd's share alone is measured apart
 (`influxd_write_cost`): the same stream's bodies, with and without their catalog lines,
 posted straight to /api/v2/write, influxd's CPU per point, alternating, RUNS times.
 """
@@ -93,13 +97,21 @@ def settle(server_cpu: Callable[[], float], quiet_s: float = 1.0, most_s: float 
 
 
 def _drains(
-    address: str, points: int, opener: Any, kind: str, server_cpu: Callable[[], float]
+    address: str,
+    points: int,
+    opener: Any,
+    kind: str,
+    server_cpu: Callable[[], float],
+    drop: Callable[[str], None] = lambda name: None,
 ) -> dict[str, Any]:
-    """Alternate catalog on/off drains into fresh databases; medians and every run."""
+    """Alternate catalog on/off drains into fresh databases; medians and every run.
+
+    `drop(name)` removes a database once measured, so the server's memory (and the time
+    its garbage collector takes) does not grow run after run.
+    """
     variants = ("without_catalog", "with_catalog")
     runs: dict[str, list[float]] = {v: [] for v in variants}
-    cpu: dict[str, list[float]] = {v: [] for v in variants}
-    # The same CPU split by process: this one (the collector) and the store's server.
+    # CPU per point split by process: this one (the collector) and the store's server.
     split: dict[str, dict[str, list[float]]] = {
         v: {"collector": [], "server": []} for v in variants
     }
@@ -113,21 +125,38 @@ def _drains(
                 got = drain(address, store, f"{kind}-{variant}-{n}", points, 5_000)
             settle(server_cpu)
             own, server = _process_cpu_s() - own, server_cpu() - server
+            drop(f"{variant}-{n}")
             runs[variant].append(got["points_per_s"])
-            cpu[variant].append(round((own + server) / points * 1e6, 2))
             split[variant]["collector"].append(round(own / points * 1e6, 2))
             split[variant]["server"].append(round(server / points * 1e6, 2))
+    return _summary(points, runs, split)
+
+
+def _summary(
+    points: int, runs: dict[str, list[float]], split: dict[str, dict[str, list[float]]]
+) -> dict[str, Any]:
+    """Medians, ratios (without / with) and every run's figures."""
+    cpu = {
+        v: [round(a + b, 2) for a, b in zip(p["collector"], p["server"], strict=True)]
+        for v, p in split.items()
+    }
     with_, without = (statistics.median(runs[v]) for v in ("with_catalog", "without_catalog"))
     cpu_with, cpu_without = (statistics.median(cpu[v]) for v in ("with_catalog", "without_catalog"))
+    # The two drains of a pair ran next to each other: their ratio drifts least with the
+    # machine's load.
+    pairs = [
+        round(a / b, 3) for a, b in zip(cpu["without_catalog"], cpu["with_catalog"], strict=True)
+    ]
     return {
         "points": points, "runs_points_per_s": runs, "runs_cpu_us_per_point": cpu,
         "with_catalog_points_per_s": round(with_), "without_catalog_points_per_s": round(without),
         "ratio": round(with_ / without, 3), "target_ratio": 0.9, "met": with_ >= 0.9 * without,
         "cpu_us_per_point": {"with_catalog": cpu_with, "without_catalog": cpu_without},
         "cpu_ratio": round(cpu_without / cpu_with, 3),
+        "pair_cpu_ratios": pairs, "pair_cpu_ratio_median": statistics.median(pairs),
         "runs_cpu_us_per_point_by_process": split,
         "cpu_us_per_point_by_process": {
-            v: {p: statistics.median(xs) for p, xs in split[v].items()} for v in variants
+            v: {p: statistics.median(xs) for p, xs in split[v].items()} for v in split
         },
     }  # fmt: skip
 
@@ -168,6 +197,7 @@ def influxd_write_cost(server: InfluxServer, gpus: int, points: int) -> dict[str
                 assert resp.status == 204, resp.data[:200]
             settle(lambda: cpu_seconds(pid))
             cpu[variant].append(round((cpu_seconds(pid) - before) / points * 1e6, 2))
+            server.influxql(f'DROP DATABASE "{db}"')
     with_, without = (statistics.median(cpu[v]) for v in ("with_catalog", "without_catalog"))
     return {"runs_cpu_us_per_point": cpu, "cpu_ratio": round(without / with_, 3)}
 
@@ -200,8 +230,12 @@ def run(
 
         influxd = server.pid
         assert influxd is not None
+
+        def drop(name: str) -> None:
+            server.influxql(f'DROP DATABASE "{name.replace("-", "_")}"')
+
         out["influx"] = _drains(
-            broker.address, points, influx, "influx", lambda: cpu_seconds(influxd)
+            broker.address, points, influx, "influx", lambda: cpu_seconds(influxd), drop
         )
         if direct:
             out["influx"]["influxd_write_cost"] = influxd_write_cost(server, gpus, points)

@@ -53,6 +53,13 @@ ON CONFLICT (uuid) DO UPDATE SET hostname = excluded.hostname, gpu = excluded.gp
         excluded.first_seen_ns),
     last_seen_ns = COALESCE(MAX(last_seen_ns, excluded.last_seen_ns), last_seen_ns,
         excluded.last_seen_ns)"""
+# A later last_seen alone (`GpuRecord.seen_only`) where the row still holds this writer's
+# descriptor: it sets no indexed column, so SQLite leaves the four indexes of `gpus` alone,
+# where the upsert rewrites their entries.
+UPDATE_LAST_SEEN = """
+UPDATE gpus SET last_seen_ns = MAX(last_seen_ns, ?) WHERE id = ? AND last_seen_ns IS NOT NULL
+    AND (uuid, hostname, gpu, device, model, container, pod, namespace)
+        = (?, ?, ?, ?, ?, ?, ?, ?)"""
 _ID_CHUNK = 500  # uuids per id lookup (well under SQLite's bound on parameters)
 
 _BACKFILL_GPU = """
@@ -154,6 +161,8 @@ class GpuRows:
         with self._lock:
             known = list(map(self._rows.get, [f[0] for f in fields]))
         upserts: list[tuple[object, ...]] = []
+        seen: list[tuple[object, ...]] = []  # rows this process knows: last_seen, id, fields
+        seen_upserts: list[tuple[object, ...]] = []  # the same as upserts (see below)
         changed: list[schema.GpuFields] = []  # rows new to this process or re-described
         for f, row in zip(fields, known, strict=True):
             fresh = row is None or row[1] != f
@@ -161,11 +170,17 @@ class GpuRows:
                 changed.append(f)
             record = spans.get(f[0]) if spans else None
             if record is not None:
-                upserts.append((*f, catalog.shard_of(f[0]), record.first_seen_ns,
-                                record.last_seen_ns))  # fmt: skip
+                upsert = (*f, catalog.shard_of(f[0]), record.first_seen_ns, record.last_seen_ns)
+                if record.seen_only and row is not None and not fresh:
+                    seen.append((record.last_seen_ns, row[0], *f))
+                    seen_upserts.append(upsert)
+                else:
+                    upserts.append(upsert)
             elif fresh:
                 upserts.append((*f, catalog.shard_of(f[0]), None, None))  # no span: keep its own
         conn.executemany(UPSERT_GPU, upserts)
+        if seen:
+            _update_last_seen(conn, seen, seen_upserts)
         learnt = _row_ids(conn, [f[0] for f, row in zip(fields, known, strict=True) if not row])
         ids = [row[0] if row else learnt[f[0]] for f, row in zip(fields, known, strict=True)]
         if not changed:
@@ -185,6 +200,21 @@ class GpuRows:
             self._rows.update(rows)
         if self._tracker:
             self._tracker.confirm(update)
+
+
+def _update_last_seen(
+    conn: sqlite3.Connection, seen: list[tuple[object, ...]], upserts: list[tuple[object, ...]]
+) -> None:
+    """Move last_seen of known rows forward (`seen`: `UPDATE_LAST_SEEN` arguments).
+
+    If another writer re-described one of them meanwhile (a GPU seen by two collectors),
+    every one gets its full upsert (`upserts`), as any record would: the newest writer's
+    descriptor wins.
+    """
+    before = conn.total_changes
+    conn.executemany(UPDATE_LAST_SEEN, seen)
+    if conn.total_changes - before != len(seen):
+        conn.executemany(UPSERT_GPU, upserts)
 
 
 def _row_ids(conn: sqlite3.Connection, uuids: Iterable[str]) -> dict[str, int]:

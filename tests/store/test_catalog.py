@@ -20,7 +20,8 @@ import pytest
 
 from proto.batch import Gpu
 from store import Store, open_store, schema
-from store.catalog import REFRESH_NS, gpu_key, name_key
+from store.catalog import REFRESH_NS, gpu_key, name_key, shard_of
+from store.influx_catalog import gpu_slot
 from tests.fixtures.influx import InfluxServer
 from tests.store.helpers import T0, S, batch, grid
 
@@ -341,3 +342,39 @@ def influx_v1(server: InfluxServer, db: str, q: str) -> None:
     body = urllib.parse.urlencode({"q": q, "db": db}).encode()
     with urllib.request.urlopen(server.url + "/query", data=body, timeout=10) as resp:
         assert b'"error"' not in resp.read()
+
+
+def test_records_of_the_earlier_influx_layout_are_read(influx_server: InfluxServer) -> None:
+    """InfluxDB: catalog points written before `last` was a field (identity in fields in both
+    series, `last_seen` only in the JSON) list as they did, then move on with new writes."""
+    conn = influx_server.create_database()
+    g = make(1, "node-a")
+    slot = gpu_slot(g.uuid, T0)
+    record = json.dumps({"first": T0, "last": T0 + S, "device": g.device, "anchor": T0})
+    fields = f'uuid="{g.uuid}",gpu="{g.gpu}",model="{H100}",record={json.dumps(record)}'
+    shard = f"{schema.CATALOG_MEASUREMENT},shard={shard_of(g.uuid):03d}"
+    body = "\n".join([
+        f'{shard} {fields},hostname="node-a" {slot}',
+        f"{schema.HOSTS_MEASUREMENT},hostname=node-a {fields} {slot}",
+    ])  # fmt: skip
+    influx_v1_write(influx_server, conn.bucket, body)
+    with open_store("influx", GRANULARITY_S, **conn.store_opts()) as store:
+        [entry] = store.list_gpus()
+        assert (entry.uuid, entry.hostname, entry.gpu, entry.model, entry.device) == (
+            g.uuid, "node-a", g.gpu, H100, g.device,
+        )  # fmt: skip
+        assert (entry.first_seen_ns, entry.last_seen_ns) == (T0, T0 + S)
+        assert store.list_gpus(hostname="node-a") == [entry] == [store.get_gpu(g.uuid)]
+        later = T0 + 3 * GRANULARITY_S * S  # a new writer: its own record, newer last_seen
+        store.write(grid([g], [UTIL], [later]))
+        store.write(grid([g], [UTIL], [later + GRANULARITY_S * S]))  # then `last` alone
+        [moved_on] = store.list_gpus()
+        assert (moved_on.first_seen_ns, moved_on.last_seen_ns) == (T0, later + GRANULARITY_S * S)
+        assert store.list_gpus(hostname="node-a") == [moved_on]
+
+
+def influx_v1_write(server: InfluxServer, db: str, body: str) -> None:
+    """Write line protocol to database `db` through the v1 `/write` endpoint."""
+    url = f"{server.url}/write?{urllib.parse.urlencode({'db': db, 'precision': 'ns'})}"
+    with urllib.request.urlopen(url, data=body.encode(), timeout=10) as resp:
+        assert resp.status == 204
