@@ -97,6 +97,7 @@ class Streamer(ProducingMember):
             TokenBucket(config.rate_rows_per_s) if config.rate_rows_per_s is not None else None
         )
         self._last_ns = 0
+        self._sent_rows = 0  # by this process: 0 at the end means the group had it all done
         self._next_commit = 0.0
 
     def _connected(self, partitions: int) -> None:
@@ -125,6 +126,7 @@ class Streamer(ProducingMember):
                 raise self.member.failure  # credentials refused, or its io loop crashed
             self._follow_group()
             sent = self._scan() if self.own.connected else 0
+            self._sent_rows += sent
             if sent or self._stop.is_set():
                 continue
             now = time.monotonic()
@@ -132,9 +134,23 @@ class Streamer(ProducingMember):
                 next_finish_check = now + FINISH_CHECK_S
                 if self._finished():
                     log.info("every partition is done; leaving the group")
+                    if not self._sent_rows:
+                        self._warn_nothing_sent()
                     return
             self._wake.wait(self._idle_wait_s())
             self._wake.clear()
+
+    def _warn_nothing_sent(self) -> None:
+        """The group's committed progress had every pass done before this process sent a row:
+        a restart of a finished job, or progress from another file (it counts rows, so a new
+        file under an old group resumes at the old counts; see the module docstring)."""
+        group = self.config.group
+        log.warning(
+            "nothing sent: the group's committed progress already covers every pass; if it "
+            f"comes from another CSV, `walbroker admin delete-group {group}` starts it over "
+            "(`gputel-admin` on Kafka)",
+            extra={"group": group, "source": self.config.csv, "passes": self.config.passes},
+        )
 
     def _follow_group(self) -> None:
         """Apply the group's assignment and commit acknowledged progress when due."""

@@ -57,6 +57,25 @@ def test_one_pass_puts_every_row_in_the_log_once_in_order(broker, streamer_proce
     assert abs(one.time_ns - time.time_ns()) < 60e9  # processing time, not the CSV's
 
 
+def test_a_rerun_that_finds_every_pass_done_says_it_sent_nothing(
+    broker, streamer_process, tmp_path
+):
+    """Another file under the same group resumed at the old row counts: with `--passes` it
+    found the job done and left without a row sent, and said nothing about it."""
+    csv = make_csv(tmp_path / "a.csv", G, M, S)
+    first = streamer_process("--broker", broker.address, "--csv", str(csv))
+    assert first.wait() == 0, first.log_text()
+    assert "nothing sent" not in first.log_text()
+    other = make_csv(tmp_path / "b.csv", G, M, S)  # the same shape: every partition "done"
+    second = streamer_process("--broker", broker.address, "--csv", str(other))
+    assert second.wait() == 0, second.log_text()
+    assert len(read_log(broker.address, "telemetry", G * M * S)) == G * M * S  # nothing new
+    assert "nothing sent: the group's committed progress already covers every pass" in (
+        second.log_text()
+    )
+    assert "walbroker admin delete-group streamers" in second.log_text()
+
+
 def test_three_streamers_share_the_gpus_and_one_stops_mid_run(
     broker_factory, streamer_process, tmp_path
 ):
