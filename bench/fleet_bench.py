@@ -25,7 +25,8 @@ Per store (SQLite file; InfluxDB 1.8.10, the real test server):
   database with the catalog on, one with it off (`write_catalog=False`), alternating, twice.
   Target: with >= 90 % of without.
 
-`python -m bench.fleet_bench [gpus]` prints JSON; `make bench` runs it as `fleet_bench`.
+`python -m bench.fleet_bench [GPUS [SECONDS [STREAM_GPUS]]]` prints JSON (STREAM_GPUS 0 leaves
+out the collector part); `make bench` runs it as `fleet_bench`.
 """
 
 from __future__ import annotations
@@ -239,7 +240,7 @@ def serve_and_measure(
 
 
 def run(gpus: int = 100_000, seconds: float = 10.0, stream_gpus: int = 10_000) -> dict[str, Any]:
-    """Fleet figures per store; see the module docstring."""
+    """Fleet figures per store; see the module docstring (`stream_gpus` 0: the gateway alone)."""
     the_fleet = fleet(gpus)
     result: dict[str, Any] = {
         "gpus": gpus, "metrics": len(METRICS), "points": gpus * len(METRICS)
@@ -264,7 +265,8 @@ def run(gpus: int = 100_000, seconds: float = 10.0, stream_gpus: int = 10_000) -
         finally:
             server.stop()
         try:  # the gateway figures above are kept when this part fails
-            result["collector"] = fleet_stream.run(tmp, stream_gpus)
+            if stream_gpus:
+                result["collector"] = fleet_stream.run(tmp, stream_gpus)
         except Exception as exc:
             result["collector"] = {"error": repr(exc)}
     result["loadavg_at_end"] = os.getloadavg()
@@ -272,4 +274,6 @@ def run(gpus: int = 100_000, seconds: float = 10.0, stream_gpus: int = 10_000) -
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(*(int(a) for a in sys.argv[1:2])), indent=2))
+    # python -m bench.fleet_bench [GPUS [SECONDS [STREAM_GPUS]]]  (STREAM_GPUS 0: no collector part)
+    gpus_, seconds_, stream_ = (sys.argv[1:] + ["100000", "10", "10000"][len(sys.argv) - 1 :])[:3]
+    print(json.dumps(run(int(gpus_), float(seconds_), int(stream_)), indent=2))
