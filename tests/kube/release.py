@@ -135,7 +135,9 @@ def warnings(kube: Kube, ns: str) -> list[str]:
     under load, both on real clusters too; nothing a chart can cause):
 
     - a StatefulSet pod deleted on rollout while the scheduler was binding it: "FailedScheduling:
-      running Bind plugin ...: pods "<name>" not found"; its successor is scheduled normally;
+      running Bind plugin ...: pods "<name>" not found", or "... pod <name> is being deleted,
+      cannot be assigned to a host" when the bind meets the deletion midway; its successor is
+      scheduled normally;
     - the API server's ClusterIP repair loop meeting a Service created during its pass:
       "ClusterIPNotAllocated: ... is not allocated; repairing".
     """
@@ -144,7 +146,9 @@ def warnings(kube: Kube, ns: str) -> list[str]:
         if e.get("type") != "Warning":
             continue
         name, message = e["involvedObject"]["name"], e["message"]
-        if e["reason"] == "FailedScheduling" and f'pods "{name}" not found' in message:
+        if e["reason"] == "FailedScheduling" and (
+            f'pods "{name}" not found' in message or f"pod {name} is being deleted" in message
+        ):
             continue
         if e["reason"] == "ClusterIPNotAllocated" and message.endswith("repairing"):
             continue
