@@ -7,9 +7,11 @@ cert-manager (docs/security.md).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +30,24 @@ class Issued:
 
 
 def write_private(path: Path, data: bytes | str) -> Path:
-    """Write `data` to `path` readable by its owner only (mode 0600, also when it existed)."""
+    """Write `data` to `path` readable by its owner only (mode 0600, also when it existed).
+
+    Atomic: the bytes go to a private temporary file beside `path` that then replaces it, so a
+    reader (a broker re-reading its token file, a client starting) sees the old file or the new
+    one, never an empty or half-written file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.chmod(path, 0o600)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     return path
 
 
