@@ -8,6 +8,12 @@ the end. A test that kills a node must restart it before it ends: the cluster is
 Every node also listens with SASL_PLAINTEXT (SCRAM-SHA-512) for the user `scram_user`, whose
 password is in the file `scram_password_file` (mode 600): `sasl_bootstrap` names those servers.
 
+A started cluster is warmed up before a test gets it: transactions are initialised for
+several transactional ids, so the transaction-state topic exists and every coordinator has
+loaded. (The first test on a cold 3-node cluster once saw a second streamer's
+`init_transactions` answered CONCURRENT_TRANSACTIONS for 26 s, until the first one's job ended;
+that the cold cluster caused it is likely, not proven.)
+
 The 3-node cluster has replication factor 3 and `min.insync.replicas=2` for every topic, and a
 broker session timeout of 3 s, so a killed broker is fenced within a few seconds.
 """
@@ -25,6 +31,22 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "kafka.sh"
 
 class KafkaError(RuntimeError):
     """scripts/kafka.sh failed; the message carries its output."""
+
+
+WARM_IDS = 16  # transactional ids initialised at start: each of the 4 state partitions is hit
+WARM_TIMEOUT_S = 120.0
+
+
+def warm_up(bootstrap: str) -> None:
+    """Initialise transactions for WARM_IDS ids (creates and loads the transaction state)."""
+    from confluent_kafka import Producer
+
+    for i in range(WARM_IDS):
+        producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"warm-up-{i}"})
+        try:
+            producer.init_transactions(WARM_TIMEOUT_S)
+        finally:
+            producer.flush(5)
 
 
 def _run(*args: str, timeout_s: float = 180.0) -> str:
@@ -48,6 +70,7 @@ class KafkaCluster:
     def start(self) -> str:
         """Format and start every node; returns the bootstrap servers."""
         self._bootstrap = _run("start", str(self.nodes), str(self.directory)).splitlines()[-1]
+        warm_up(self._bootstrap)
         return self._bootstrap
 
     def stop(self) -> None:
