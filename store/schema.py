@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 
 from proto.batch import Gpu, PointBatch
 from store.base import InvalidBatch
@@ -91,6 +92,17 @@ def check_tag_value(name: str, value: str) -> None:
         raise InvalidBatch(f"tag {name} longer than {MAX_TAG_LEN} characters")
     if _BAD_TAG_CHARS.search(value):
         raise InvalidBatch(f"tag {name}={value!r} holds a control character or a backslash")
+
+
+def tags_storable(values: Sequence[str]) -> bool:
+    """True when every value can be stored as a tag: `check_tag_value`'s rule in two C calls.
+
+    The streamer refuses a GPU whose descriptor fails it (its rows are skipped and counted),
+    so one bad row never makes a whole batch unstorable.
+    """
+    return max(map(len, values), default=0) <= MAX_TAG_LEN and not _BAD_TAG_CHARS.search(
+        "".join(values)
+    )
 
 
 def check_gpu(gpu: Gpu) -> None:

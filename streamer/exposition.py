@@ -32,6 +32,8 @@ class SampleReject(StrEnum):
     MALFORMED_LINE = "malformed_line"
     BAD_LABELS = "bad_labels"
     NO_GPU = "no_gpu"
+    BAD_GPU_FIELD = "bad_gpu_field"  # a uuid, Hostname, ... no store accepts as a tag
+    BAD_METRIC_NAME = "bad_metric_name"  # a name the REST API could not select (too long)
     VALUE_NOT_NUMERIC = "value_not_numeric"
     VALUE_NOT_FINITE = "value_not_finite"
 

@@ -23,6 +23,7 @@ from enum import IntEnum
 
 from proto.batch import Gpu
 from proto.gen import telemetry_pb2 as pb
+from store.schema import tags_storable
 from streamer.labels import LabelsError, parse_labels
 
 _NO_LABELS: Mapping[str, str] = {}
@@ -39,6 +40,7 @@ class Unusable(IntEnum):
     BAD_GPU_ID = -2
     NO_IDENTITY = -3
     NEEDS_LABELS = -4  # identity incomplete in the columns: look at the labels too
+    BAD_GPU_FIELD = -5  # a descriptor value no store accepts (store.schema.tags_storable)
 
 
 class GpuTable:
@@ -105,7 +107,13 @@ class GpuTable:
         return self.intern(gpu)
 
     def intern(self, gpu: Gpu) -> int:
-        """The ordinal of `gpu` (equal descriptors and labels share one)."""
+        """The ordinal of `gpu` (equal descriptors and labels share one); `BAD_GPU_FIELD` when
+        a descriptor value is longer than a tag may be or holds a control character or a
+        backslash: the collector would have to refuse its whole batch."""
+        descriptor = (gpu.uuid, gpu.hostname, gpu.device, gpu.model, gpu.container, gpu.pod,
+                      gpu.namespace)  # fmt: skip
+        if not tags_storable(descriptor):
+            return Unusable.BAD_GPU_FIELD
         key = (
             gpu.uuid, gpu.hostname, gpu.gpu, gpu.device, gpu.model, gpu.container, gpu.pod,
             gpu.namespace, tuple(sorted(gpu.labels.items())),

@@ -50,6 +50,7 @@ class Reject(StrEnum):
     MISSING_GPU_ID = "missing_gpu_id"
     BAD_GPU_ID = "bad_gpu_id"
     NO_IDENTITY = "no_identity"
+    BAD_GPU_FIELD = "bad_gpu_field"  # a uuid, hostname, ... no store accepts as a tag
     VALUE_NOT_NUMERIC = "value_not_numeric"
     VALUE_NOT_FINITE = "value_not_finite"
     BAD_TIMESTAMP = "bad_timestamp"
@@ -66,6 +67,7 @@ _UNUSABLE = {
     Unusable.MISSING_GPU_ID: Reject.MISSING_GPU_ID,
     Unusable.BAD_GPU_ID: Reject.BAD_GPU_ID,
     Unusable.NO_IDENTITY: Reject.NO_IDENTITY,
+    Unusable.BAD_GPU_FIELD: Reject.BAD_GPU_FIELD,
 }
 _BAD_TIME, _TIME_OUT_OF_RANGE = -1, -2  # cached "timestamps" that reject the row
 # A block's GPU ordinals, metric ordinals, values and source times; None where a cache missed.

@@ -43,11 +43,12 @@ from dataclasses import dataclass, field
 from streamer.config import StreamerConfig
 from streamer.encode import encode_rows
 from streamer.exposition import Key, PageReader, SampleReject, label_map
-from streamer.gpus import GpuTable, describe_gpu
+from streamer.gpus import GpuTable, Unusable, describe_gpu
 from streamer.labels import LabelsError
 from streamer.member import ProducingMember
 from streamer.metrics import ScrapeMetrics, StreamerMetrics
 from streamer.ownership import PartitionState
+from streamer.rows import METRIC_NAME
 from streamer.scraper import Fetcher, OnDone, Outcome
 from streamer.targets import TargetSet
 from walbroker.types import partition_for_key
@@ -59,6 +60,10 @@ MAX_WAIT_S = 0.05
 # a thousand targets spread over the interval a tick is always due within a millisecond.
 MIN_WAIT_S = 0.01
 _BAD_LABELS, _NO_GPU = -1, -2
+_GPU_REJECT = {
+    _BAD_LABELS: SampleReject.BAD_LABELS,
+    Unusable.BAD_GPU_FIELD: SampleReject.BAD_GPU_FIELD,
+}
 LABEL_CACHE_MAX = 10_000  # label texts remembered per target
 
 
@@ -324,14 +329,26 @@ class ScrapeStreamer(ProducingMember):
             if g is None:
                 g = self._gpu(t, labels)
             if g < 0:
-                return SampleReject.BAD_LABELS if g == _BAD_LABELS else SampleReject.NO_GPU
+                return _GPU_REJECT.get(g, SampleReject.NO_GPU)
             m = self._metric.get(name)
             if m is None:
-                m = self._metric[name] = len(self.metric_names)
-                self.metric_names.append(name)
+                m = self._metric_ordinal(name)
+            if m < 0:
+                return SampleReject.BAD_METRIC_NAME
             return g, m
 
         return resolve
+
+    def _metric_ordinal(self, name: str) -> int:
+        """The ordinal of a metric name seen for the first time (-1: the API cannot select it)."""
+        if METRIC_NAME.fullmatch(name):
+            m = self._metric[name] = len(self.metric_names)
+            self.metric_names.append(name)
+        else:
+            if len(self._metric) >= LABEL_CACHE_MAX:
+                self._metric = {n: o for n, o in self._metric.items() if o >= 0}
+            m = self._metric[name] = -1
+        return m
 
     def _gpu(self, t: Target, labels: str) -> int:
         """The GPU ordinal of a label text seen for the first time on this target."""

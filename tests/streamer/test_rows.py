@@ -52,7 +52,12 @@ def _bad(fields: list[str], kind: str) -> str:
         "new_gpu": {"uuid": "GPU-late-" + f["uuid"][-6:]},
         "new_metric": {"metric_name": "DCGM_FI_DEV_LATE"},
         "new_time": {"timestamp": "2025-07-18T20:43:01.5Z"},
+        # A control character (here a quoted newline) or a backslash in a descriptor, or an
+        # over-long one, is no storable tag: the row is refused in the streamer, so its batch
+        # is not refused whole by the collector.
         "quoted_newline": {"pod": "a\npod", "uuid": "GPU-nl-" + f["uuid"][-6:]},
+        "long_uuid": {"uuid": "GPU-" + "0" * 253},
+        "backslash_host": {"Hostname": "h\\1", "uuid": "GPU-bs-" + f["uuid"][-6:]},
         "labels_from_uuid": {"uuid": ""},
     }
     if kind == "field_count":
@@ -69,7 +74,7 @@ KINDS = [
     "bad_gpu_id",
     "no_identity", "value_not_numeric", "value_not_finite", "value_nan", "bad_timestamp",
     "timestamp_out_of_range", "bad_labels", "new_gpu", "new_metric", "new_time",
-    "quoted_newline", "labels_from_uuid",
+    "quoted_newline", "labels_from_uuid", "long_uuid", "backslash_host",
 ]  # fmt: skip
 
 
@@ -119,7 +124,7 @@ def test_chunked_lookup_equals_row_by_row(seed: int, partitions: int) -> None:
     assert set(fast["rejected"]) >= {
         "field_count", "malformed_csv", "missing_metric", "bad_metric_name", "missing_gpu_id",
         "bad_gpu_id", "no_identity", "value_not_numeric", "value_not_finite", "bad_timestamp",
-        "timestamp_out_of_range",
+        "timestamp_out_of_range", "bad_gpu_field",
     }  # fmt: skip
     assert fast["defects"]["bad_labels"].count >= 1
     assert sum(len(p[0]) for b in fast["parts"] for p in b) > 6 * 8 * 10 * 3 * 0.9

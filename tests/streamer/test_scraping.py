@@ -238,3 +238,72 @@ def test_finished_scrapes_go_out_together_as_whole_scrapes(
             times = [entry.point.time_ns for entry in entries[start : start + n]]
             start += n
             assert (max(times) - min(times)) / 1e9 <= linger_s + TIMEOUT_S + 0.5, (p, n)
+
+
+def test_samples_no_store_could_keep_are_refused_and_counted(broker, streamer_process):
+    """An over-long UUID, a backslash in a Hostname, an over-long metric name: each sample is
+    skipped and counted in the streamer, and the rest of the scrape is published in batches
+    the collector accepts whole (before, the store refused such a batch: dead-lettered)."""
+    import http.server
+    import threading
+
+    from proto.codec import decode
+    from store.schema import check_batch
+    from walbroker.consumer import Consumer
+
+    def line(name: str, gpu: str, uuid: str, host: str, value: int) -> str:
+        labels = f'gpu="{gpu}",UUID="{uuid}",device="nvidia{gpu}",Hostname="{host}"'
+        return f"{name}{{{labels}}} {value}\n"
+
+    page = (
+        "# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).\n# TYPE DCGM_FI_DEV_GPU_UTIL gauge\n"
+        + line("DCGM_FI_DEV_GPU_UTIL", "0", "GPU-good", "h1", 42)
+        + line("DCGM_FI_DEV_GPU_UTIL", "1", "GPU-" + "9" * 300, "h1", 43)
+        + line("DCGM_FI_DEV_GPU_UTIL", "2", "GPU-bs", "h\\\\1", 44)  # the value h\1
+        + line("DCGM_FI_DEV_" + "X" * 300, "0", "GPU-good", "h1", 1)
+        + line("DCGM_FI_DEV_FB_USED", "0", "GPU-good", "h1", 7)
+    ).encode()
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, name="page", daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        port = free_port()
+        s = streamer_process(
+            "--broker", broker.address, "--scrape", url, "--scrape-interval-s", str(INTERVAL_S),
+            "--scrape-timeout-s", str(TIMEOUT_S), "--metrics-listen", f"127.0.0.1:{port}",
+        )  # fmt: skip
+        assert wait_until(
+            lambda: sum(committed(broker.address, "streamers", "telemetry").values()) >= 4, 15
+        ), s.log_text()
+        rejected = "gpu_telemetry_scrape_samples_rejected_total"
+        assert metric_value(port, rejected, reason="bad_gpu_field") >= 4  # 2 a scrape
+        assert metric_value(port, rejected, reason="bad_metric_name") >= 2
+        assert s.terminate() == 0, s.log_text()
+    finally:
+        server.shutdown()
+        server.server_close()
+    total = sum(committed(broker.address, "streamers", "telemetry").values())
+    c = Consumer(broker.address, "verify-tags", "telemetry", max_unacked_points=10_000).start()
+    try:
+        batches = []
+        while sum(map(len, batches)) < total:
+            batches += [decode(m.payload) for m in c.poll(0.2)]
+    finally:
+        c.close()
+    for batch in batches:
+        check_batch(batch)  # what the collector checks: raises InvalidBatch
+    points = [(p.gpu.uuid, p.metric) for b in batches for p in b.points()]
+    assert set(points) == {("GPU-good", m) for m in ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED")}
+    assert len(points) == total and total % 2 == 0
