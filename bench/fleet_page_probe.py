@@ -1,0 +1,87 @@
+"""What one InfluxDB telemetry page costs, part by part, on the cached 100,000-GPU fleet.
+
+One client calls the store (no HTTP, no gateway) `calls` times per part, after 20 warm-up
+calls, in two rounds: the page's GPU lookup (`get_gpu`), the page itself (`query_raw`,
+1,001 points of a one-hour window of a deep GPU), its InfluxQL statement alone, and the
+same statement grouped by metric (no tag column per row). Per call: wall ms, the client's
+CPU ms and influxd's CPU ms (from /proc; influxd's background work lands in it too, so
+read the lower round). Needs the fleet cached by `bench.fleet_bench` (`-v2` folder).
+
+`python -m bench.fleet_page_probe [CALLS]` prints JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench.e2e_bench import cpu_seconds
+from bench.fleet_bench import DEEP, HOUR, influx_server
+from bench.fleet_data import T0, S, fleet
+from store import influxql, open_store, schema
+from store.v1query import QueryClient
+
+
+def run(calls: int = 200) -> dict[str, list[dict[str, float]]]:
+    """Figures per part and round (see the module docstring)."""
+    gpus = fleet(100_000)
+    server, opts, _ = influx_server(gpus)
+    rng = random.Random(1)
+    deep = [g.uuid for g in gpus[:DEEP]]
+    out: dict[str, list[dict[str, float]]] = {}
+    try:
+        store = open_store("influx", **opts)
+        client = QueryClient(opts["url"], opts["bucket"], opts["token"])
+
+        def grouped(uuid: str, lo: int, hi: int) -> Any:
+            cols = (
+                f"{influxql.ident(schema.FIELD_VALUE)}, {influxql.ident(schema.FIELD_SOURCE_TIME)}"
+            )
+            where = f"{influxql.eq(schema.TAG_UUID, uuid)} AND time >= {lo} AND time <= {hi}"
+            return client.series(
+                f"SELECT {cols} FROM {influxql.ident(schema.MEASUREMENT)} WHERE {where} "
+                f"GROUP BY {influxql.ident(schema.TAG_METRIC)} LIMIT 1064"
+            )
+
+        parts: dict[str, Callable[[str, int, int], Any]] = {
+            "get_gpu": lambda u, lo, hi: store.get_gpu(u),
+            "query_raw": lambda u, lo, hi: store.query_raw(u, lo, hi, None, 1001, None),
+            "statement": lambda u, lo, hi: client.series(influxql.points(u, lo, hi, None, 1064)),
+            "statement_grouped": grouped,
+        }
+        for _ in range(2):
+            for name, call in parts.items():
+                out.setdefault(name, []).append(_measure(call, deep, rng, calls, server.pid))
+                print(f"fleet_page_probe: {name} {out[name][-1]}", file=sys.stderr, flush=True)
+    finally:
+        server.stop()
+    return out
+
+
+def _measure(
+    call: Callable[[str, int, int], Any], deep: list[str], rng: random.Random, calls: int,
+    influxd: int,
+) -> dict[str, float]:  # fmt: skip
+    def one() -> None:
+        start = T0 + rng.randrange(0, HOUR // S) * S
+        call(rng.choice(deep), start, start + HOUR)
+
+    for _ in range(20):
+        one()
+    c0, s0, t0 = time.process_time(), cpu_seconds(influxd), time.perf_counter()
+    for _ in range(calls):
+        one()
+    c1, s1, t1 = time.process_time(), cpu_seconds(influxd), time.perf_counter()
+    return {
+        "wall_ms": round((t1 - t0) / calls * 1000, 2),
+        "client_cpu_ms": round((c1 - c0) / calls * 1000, 2),
+        "influxd_cpu_ms": round((s1 - s0) / calls * 1000, 2),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(int(sys.argv[1]) if len(sys.argv) > 1 else 200), indent=2))
