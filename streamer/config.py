@@ -58,6 +58,7 @@ class StreamerConfig:
     scrape_interval_s: float = 10.0
     scrape_timeout_s: float = 5.0
     scrape_concurrency: int = 64
+    scrape_max_series: int = 50_000  # distinct GPUs and metric names remembered (scrape mode)
     # Finished scrapes wait this long to go out together (one batch per partition): a
     # thousand targets a second make tens of broker records, not a thousand.
     scrape_linger_ms: int = 200
@@ -170,6 +171,11 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--scrape-concurrency", type=int, default=e("SCRAPE_CONCURRENCY", "64"),
         help="scrapes in flight at once; a slow target holds one slot, never the others",
     )  # fmt: skip
+    scrape.add_argument(
+        "--scrape-max-series", type=int, default=e("SCRAPE_MAX_SERIES", "50000"),
+        help="distinct GPUs, and metric names, remembered across scrapes; past it both start "
+        "afresh (pods that come and go, or an exporter inventing names, never grow memory)",
+    )  # fmt: skip
     p.add_argument(
         "--time",
         choices=TIME_MODES,
@@ -276,6 +282,7 @@ def parse_config(
             else min(5.0, float(a.scrape_interval_s))
         ),
         scrape_concurrency=int(a.scrape_concurrency),
+        scrape_max_series=int(a.scrape_max_series),
         scrape_linger_ms=int(a.scrape_linger_ms),
         metrics_listen=a.metrics_listen,
         commit_interval_s=a.commit_interval,
@@ -310,6 +317,7 @@ def validate(c: StreamerConfig) -> None:
             "--scrape-timeout-s must be positive and at most --scrape-interval-s",
         ),
         (c.scrape_concurrency >= 1, "--scrape-concurrency must be at least 1"),
+        (c.scrape_max_series >= 1, "--scrape-max-series must be at least 1"),
         (c.scrape_linger_ms >= 0, "--scrape-linger-ms must not be negative"),
         (c.commit_interval_s > 0, "--commit-interval must be positive"),
     ]

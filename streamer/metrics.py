@@ -130,6 +130,17 @@ class ScrapeMetrics:
             ["state"],
             registry=registry,
         )
+        self.series = Gauge(
+            "gpu_telemetry_scrape_series",
+            "GPUs and metric names remembered across scrapes (bound: --scrape-max-series).",
+            ["kind"],
+            registry=registry,
+        )
+        self.series_resets = Counter(
+            "gpu_telemetry_scrape_series_resets",
+            "Times the remembered GPUs and metric names started afresh at the bound.",
+            registry=registry,
+        )
         self.scrape_seconds = Histogram(
             "gpu_telemetry_scrape_seconds",
             "Seconds a scrape took, every target (failed ones included, up to the timeout).",

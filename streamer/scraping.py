@@ -267,6 +267,34 @@ class ScrapeStreamer(ProducingMember):
         for p, batch in list(self._pending.items()):
             if now - batch.since >= linger_s:
                 self._send(p, self._pending.pop(p))
+        self._bound_series()
+
+    def _bound_series(self) -> None:
+        """Start the GPU table and the metric names afresh once either passes the bound.
+
+        Pending rows are sent first (their batches are encoded from the table as it is), so
+        no ordinal outlives its table; scrapes finished later resolve into the new one.
+        """
+        gpus, metrics = len(self.table), len(self._metric)
+        bound = self.config.scrape_max_series
+        if gpus <= bound and metrics <= bound:
+            self.sm.series.labels("gpus").set(gpus)
+            self.sm.series.labels("metrics").set(metrics)
+            return
+        for p in list(self._pending):
+            self._send(p, self._pending.pop(p))
+        self.table = GpuTable(lambda _uuid: 0)
+        self.metric_names, self._metric = [], {}
+        for t in self._targets.values():
+            t.gpu_of.clear()
+            t.reader = PageReader(self._resolver(t), LABEL_CACHE_MAX)
+        self.sm.series_resets.inc()
+        self.sm.series.labels("gpus").set(0)
+        self.sm.series.labels("metrics").set(0)
+        log.warning(
+            "remembered series passed --scrape-max-series; starting afresh",
+            extra={"gpus": gpus, "metric_names": metrics, "bound": bound},
+        )
 
     def _take_page(self, p: int, d: _Done) -> None:
         """Add a scraped page's rows to its partition's pending batch (sent once full)."""
@@ -345,8 +373,6 @@ class ScrapeStreamer(ProducingMember):
             m = self._metric[name] = len(self.metric_names)
             self.metric_names.append(name)
         else:
-            if len(self._metric) >= LABEL_CACHE_MAX:
-                self._metric = {n: o for n, o in self._metric.items() if o >= 0}
             m = self._metric[name] = -1
         return m
 

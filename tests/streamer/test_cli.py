@@ -45,6 +45,10 @@ def test_missing_required_column_is_named(tmp_path):
         ([], "--broker"),
         (["--broker", "b:1", "--passes", "0"], "--passes"),
         (["--broker", "b:1", "--batch-size", "0"], "--batch-size"),
+        (
+            ["--broker", "b:1", "--scrape", "http://h:1/metrics", "--scrape-max-series", "0"],
+            "--scrape-max-series",
+        ),
     ],
 )
 def test_bad_configuration(args, word):

@@ -7,23 +7,32 @@ stored scrape (host, time) is complete (80 points).
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import itertools
 import json
 import math
 import os
 import signal
 import sys
+import threading
 import time
 import zlib
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
+from proto.batch import PointBatch
+from proto.codec import decode
+from store.schema import check_batch
 from tests.fixtures.broker import free_port
 from tests.fixtures.process import ManagedProcess
 from tests.streamer.streaming import committed, owners, read_log, read_records
 from tests.support import wait_until
+from walbroker.consumer import Consumer
 
 EXPORTER = str(Path(sys.executable).with_name("gputel-fake-exporter"))
 INTERVAL_S, TIMEOUT_S = 1.0, 0.5
@@ -99,12 +108,16 @@ def times_by_host(scrapes: dict[tuple[str, int], int]) -> dict[str, list[float]]
 
 
 def metric_value(port: int, name: str, **labels: str) -> float:
+    """A sample of the streamer's /metrics; -1 when absent or not served (yet)."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return -1.0
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
@@ -240,37 +253,19 @@ def test_finished_scrapes_go_out_together_as_whole_scrapes(
             assert (max(times) - min(times)) / 1e9 <= linger_s + TIMEOUT_S + 0.5, (p, n)
 
 
-def test_samples_no_store_could_keep_are_refused_and_counted(broker, streamer_process):
-    """An over-long UUID, a backslash in a Hostname, an over-long metric name: each sample is
-    skipped and counted in the streamer, and the rest of the scrape is published in batches
-    the collector accepts whole (before, the store refused such a batch: dead-lettered)."""
-    import http.server
-    import threading
-
-    from proto.codec import decode
-    from store.schema import check_batch
-    from walbroker.consumer import Consumer
-
-    def line(name: str, gpu: str, uuid: str, host: str, value: int) -> str:
-        labels = f'gpu="{gpu}",UUID="{uuid}",device="nvidia{gpu}",Hostname="{host}"'
-        return f"{name}{{{labels}}} {value}\n"
-
-    page = (
-        "# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).\n# TYPE DCGM_FI_DEV_GPU_UTIL gauge\n"
-        + line("DCGM_FI_DEV_GPU_UTIL", "0", "GPU-good", "h1", 42)
-        + line("DCGM_FI_DEV_GPU_UTIL", "1", "GPU-" + "9" * 300, "h1", 43)
-        + line("DCGM_FI_DEV_GPU_UTIL", "2", "GPU-bs", "h\\\\1", 44)  # the value h\1
-        + line("DCGM_FI_DEV_" + "X" * 300, "0", "GPU-good", "h1", 1)
-        + line("DCGM_FI_DEV_FB_USED", "0", "GPU-good", "h1", 7)
-    ).encode()
+@contextlib.contextmanager
+def serving(page: Callable[[int], bytes]) -> Iterator[str]:
+    """A loopback exporter whose n-th answer is `page(n)`; yields its URL."""
+    served = itertools.count()
 
     class Page(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            body = page(next(served))
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(page)))
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(page)
+            self.wfile.write(body)
 
         def log_message(self, *args: object) -> None:
             pass
@@ -278,12 +273,52 @@ def test_samples_no_store_could_keep_are_refused_and_counted(broker, streamer_pr
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
     threading.Thread(target=server.serve_forever, name="page", daemon=True).start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
-        port = free_port()
-        s = streamer_process(
-            "--broker", broker.address, "--scrape", url, "--scrape-interval-s", str(INTERVAL_S),
-            "--scrape-timeout-s", str(TIMEOUT_S), "--metrics-listen", f"127.0.0.1:{port}",
-        )  # fmt: skip
+        yield f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def sample_line(name: str, gpu: str, uuid: str, host: str, value: int) -> str:
+    labels = f'gpu="{gpu}",UUID="{uuid}",device="nvidia{gpu}",Hostname="{host}"'
+    return f"{name}{{{labels}}} {value}\n"
+
+
+def published_batches(broker, total: int) -> list[PointBatch]:
+    """Every batch of the telemetry topic, until `total` points."""
+    c = Consumer(broker.address, "verify-batches", "telemetry", max_unacked_points=100_000)
+    c.start()
+    try:
+        batches: list[PointBatch] = []
+        while sum(map(len, batches)) < total:
+            batches += [decode(m.payload) for m in c.poll(0.2)]
+        return batches
+    finally:
+        c.close()
+
+
+def scrape_one(broker, streamer_process, url: str, port: int, *extra: str):
+    return streamer_process(
+        "--broker", broker.address, "--scrape", url, "--scrape-interval-s", str(INTERVAL_S),
+        "--scrape-timeout-s", str(TIMEOUT_S), "--metrics-listen", f"127.0.0.1:{port}", *extra,
+    )  # fmt: skip
+
+
+def test_samples_no_store_could_keep_are_refused_and_counted(broker, streamer_process):
+    """An over-long UUID, a backslash in a Hostname, an over-long metric name: each sample is
+    skipped and counted in the streamer, and the rest of the scrape is published in batches
+    the collector accepts whole (before, the store refused such a batch: dead-lettered)."""
+    page = (
+        "# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).\n# TYPE DCGM_FI_DEV_GPU_UTIL gauge\n"
+        + sample_line("DCGM_FI_DEV_GPU_UTIL", "0", "GPU-good", "h1", 42)
+        + sample_line("DCGM_FI_DEV_GPU_UTIL", "1", "GPU-" + "9" * 300, "h1", 43)
+        + sample_line("DCGM_FI_DEV_GPU_UTIL", "2", "GPU-bs", "h\\\\1", 44)  # the value h\1
+        + sample_line("DCGM_FI_DEV_" + "X" * 300, "0", "GPU-good", "h1", 1)
+        + sample_line("DCGM_FI_DEV_FB_USED", "0", "GPU-good", "h1", 7)
+    ).encode()
+    port = free_port()
+    with serving(lambda _n: page) as url:
+        s = scrape_one(broker, streamer_process, url, port)
         assert wait_until(
             lambda: sum(committed(broker.address, "streamers", "telemetry").values()) >= 4, 15
         ), s.log_text()
@@ -291,19 +326,44 @@ def test_samples_no_store_could_keep_are_refused_and_counted(broker, streamer_pr
         assert metric_value(port, rejected, reason="bad_gpu_field") >= 4  # 2 a scrape
         assert metric_value(port, rejected, reason="bad_metric_name") >= 2
         assert s.terminate() == 0, s.log_text()
-    finally:
-        server.shutdown()
-        server.server_close()
     total = sum(committed(broker.address, "streamers", "telemetry").values())
-    c = Consumer(broker.address, "verify-tags", "telemetry", max_unacked_points=10_000).start()
-    try:
-        batches = []
-        while sum(map(len, batches)) < total:
-            batches += [decode(m.payload) for m in c.poll(0.2)]
-    finally:
-        c.close()
+    batches = published_batches(broker, total)
     for batch in batches:
         check_batch(batch)  # what the collector checks: raises InvalidBatch
     points = [(p.gpu.uuid, p.metric) for b in batches for p in b.points()]
     assert set(points) == {("GPU-good", m) for m in ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED")}
     assert len(points) == total and total % 2 == 0
+
+
+def test_remembered_series_start_afresh_at_the_bound_and_every_sample_keeps_its_gpu(
+    broker, streamer_process
+):
+    """An exporter whose GPUs (pods) and metric names change every scrape: the streamer's
+    tables stay within --scrape-max-series (they start afresh past it), and every published
+    sample still names the GPU and metric it was scraped with."""
+
+    def page(n: int) -> bytes:  # scrape n: GPUs GPU-n-0..3, metrics M_0 and N_n; value n,i,m
+        return "".join(
+            sample_line(f"DCGM_FI_{m}", str(i), f"GPU-{n}-{i}", "h1", n * 100 + i * 10 + k)
+            for i in range(4)
+            for k, m in enumerate(("M_0", f"N_{n}"))
+        ).encode()
+
+    port = free_port()
+    with serving(page) as url:
+        s = scrape_one(broker, streamer_process, url, port, "--scrape-max-series", "10")
+        assert wait_until(lambda: metric_value(port, "gpu_telemetry_scrape_series_resets_total")
+                          >= 2, 20), s.log_text()  # fmt: skip
+        assert 0 <= metric_value(port, "gpu_telemetry_scrape_series", kind="gpus") <= 10 + 4
+        assert s.terminate() == 0, s.log_text()
+    assert "starting afresh" in s.log_text()
+    total = sum(committed(broker.address, "streamers", "telemetry").values())
+    points = [p for b in published_batches(broker, total) for p in b.points()]
+    assert len(points) == total >= 8 * 4
+    for p in points:
+        n, i = map(int, p.gpu.uuid.removeprefix("GPU-").split("-"))
+        k = 0 if p.metric == "DCGM_FI_M_0" else 1
+        assert p.metric in ("DCGM_FI_M_0", f"DCGM_FI_N_{n}")
+        assert p.value == n * 100 + i * 10 + k, p
+    scrapes = Counter(p.gpu.uuid.split("-")[1] for p in points)
+    assert set(scrapes.values()) == {8}  # every stored scrape whole: 4 GPUs x 2 metrics
