@@ -196,9 +196,10 @@ def test_streamer_in_scrape_mode_scrapes_the_exporters_and_may_reach_them(chart:
     args = c["args"]
     assert "--targets-dns=nvidia-dcgm-exporter.gpu-operator.svc.cluster.local:9400" in args
     assert "--scrape=http://10.0.0.7:9400/metrics" in args
-    assert {"--scrape-interval-s=15", "--scrape-timeout-s=4", "--scrape-concurrency=64"} <= set(
-        args
-    )
+    assert {
+        "--scrape-interval-s=15", "--scrape-timeout-s=4", "--scrape-concurrency=64",
+        "--scrape-max-series=50000",
+    } <= set(args)  # fmt: skip
     assert not any(a.startswith("--csv") for a in args)
     policy = r.get("NetworkPolicy", name("streamer"))
     ports = [p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])]
