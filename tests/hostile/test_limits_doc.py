@@ -19,6 +19,7 @@ PROGRAMS = {
     "walbroker": ["-m", "walbroker.cli", "serve"],
     "gputel-gateway": ["-m", "gateway.cli"],
     "gputel-collector": ["-m", "collector.cli"],
+    "gputel-streamer": ["-m", "streamer.cli"],
 }
 BROKER_PREFIX = "gpu_telemetry_broker_"
 
