@@ -119,9 +119,7 @@ class ScrapeStreamer(ProducingMember):
             config.scrape, config.targets_file, config.targets_dns,
             on_error=lambda source: scrape_metrics.errors.labels(source, "discovery").inc(),
         )  # fmt: skip
-        self.table = GpuTable(lambda _uuid: 0)  # partitions follow targets, not GPUs
-        self.metric_names: list[str] = []
-        self._metric: dict[str, int] = {}
+        self._fresh_series()
         self._targets: dict[str, Target] = {}
         self._done: queue.SimpleQueue[_Done] = queue.SimpleQueue()
         self._pending: dict[int, _Pending] = {}  # lingering rows by partition (loop thread)
@@ -269,6 +267,12 @@ class ScrapeStreamer(ProducingMember):
                 self._send(p, self._pending.pop(p))
         self._bound_series()
 
+    def _fresh_series(self) -> None:
+        """Empty GPU table and metric names (at start, and past --scrape-max-series)."""
+        self.table = GpuTable(lambda _uuid: 0)  # partitions follow targets, not GPUs
+        self.metric_names: list[str] = []
+        self._metric: dict[str, int] = {}  # name -> ordinal, -1 for a name refused
+
     def _bound_series(self) -> None:
         """Start the GPU table and the metric names afresh once either passes the bound.
 
@@ -283,8 +287,7 @@ class ScrapeStreamer(ProducingMember):
             return
         for p in list(self._pending):
             self._send(p, self._pending.pop(p))
-        self.table = GpuTable(lambda _uuid: 0)
-        self.metric_names, self._metric = [], {}
+        self._fresh_series()
         for t in self._targets.values():
             t.gpu_of.clear()
             t.reader = PageReader(self._resolver(t), LABEL_CACHE_MAX)
