@@ -29,6 +29,16 @@ A commit that fails in a way Kafka calls abortable (e.g. a broker failover) abor
 produces the same batches again in a new transaction; a retriable one is retried; a fatal
 one (fencing) fails this and every later call.
 
+**A stuck Kafka client never hangs the streamer silently.** librdkafka 2.16 can leave
+`send_offsets_to_transaction` waiting past its timeout, for good, when the group's coordinator
+was on a broker that left the cluster (librdkafka issues 5456 and 5511, fixes not released:
+it waits for that broker to change state, and a broker gone from the metadata never does).
+No other call can be made beside it, and `_cond` is held across it. So the
+`producer-watchdog` loop hands a transactional call still running `WEDGED_GRACE_S` past its
+own timeout to `on_wedged`; the streamer's default logs it and exits with `WEDGED_EXIT`, its
+supervisor restarts it, and the new process fences this one and resumes at the committed
+progress: what was acknowledged is kept, what was not is sent again.
+
 Thread-safety: every method may be called from any thread; `_cond` guards all state and is
 held across librdkafka's transactional calls (they must not interleave). `on_ack` is called
 with `_cond` held, once per batch after its transaction committed: it must not call back in.
@@ -37,9 +47,10 @@ with `_cond` held, once per batch after its transaction committed: it must not c
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -61,6 +72,18 @@ log = logging.getLogger(__name__)
 TXN_INTERVAL_S = 0.1  # an open transaction commits this long after it began (at the least)
 TXN_MAX_INTERVAL_S = 1.0  # ... and at the most, however slow commits are
 KAFKA_TIMEOUT_S = 30.0  # one transactional call (init, send offsets, commit, abort)
+WEDGED_GRACE_S = 15.0  # a transactional call running this long past its timeout is stuck
+WEDGED_EXIT = 3  # the streamer's exit code when its Kafka client is stuck
+WATCH_TICK_S = 1.0
+
+
+def exit_wedged(reason: str) -> None:
+    """Log why the Kafka client is stuck and end the process (see the module doc)."""
+    log.critical(
+        "Kafka client stuck; exiting so that a restart takes over", extra={"reason": reason}
+    )
+    logging.shutdown()
+    os._exit(WEDGED_EXIT)
 
 
 def transactional_id(group: str, topic: str) -> str:
@@ -101,11 +124,14 @@ class KafkaStreamProducer:
         *,
         max_pending_points: int = 200_000,
         client_id: str = "gputel-streamer",
+        on_wedged: Callable[[str], None] = exit_wedged,
+        wedged_grace_s: float = WEDGED_GRACE_S,
     ) -> None:
         self.topic, self.group, self.bootstrap = topic, group, bootstrap
         self.transactional_id = transactional_id(group, topic)
         self.on_ack = on_ack
         self.max_pending = max_pending_points
+        self.on_wedged, self.wedged_grace_s = on_wedged, wedged_grace_s
         self._producer = Producer(
             client_config(
                 bootstrap, properties,
@@ -133,6 +159,8 @@ class KafkaStreamProducer:
         self._fatal: KafkaError | None = None  # the first fatal error librdkafka reported
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._call: tuple[str, float, float] | None = None  # running call: name, timeout, give-up
+        self._watchdog: threading.Thread | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -144,9 +172,16 @@ class KafkaStreamProducer:
         waiting `timeout_s` for it: topics are created by an admin, never by the streamer).
         """
         deadline = time.monotonic() + timeout_s
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(
+                target=run_loop, args=("producer-watchdog", self._watch, self._crashed),
+                kwargs={"transactional_id": self.transactional_id}, name="producer-watchdog",
+                daemon=True,
+            )  # fmt: skip
+            self._watchdog.start()
         if not self._initialised:
             try:
-                self._producer.init_transactions(timeout_s)
+                self._txn_call("init_transactions", timeout_s, self._producer.init_transactions)
             except KafkaException as exc:
                 raise from_kafka(exc) from None
             self._initialised = True
@@ -196,8 +231,9 @@ class KafkaStreamProducer:
             self.flush(timeout_s)
         finally:
             self._stop.set()
-            if self._thread is not None:
-                self._thread.join(timeout=5)
+            for thread in (self._thread, self._watchdog):
+                if thread is not None:
+                    thread.join(timeout=5)
             self._group.close()
 
     def _crashed(self, crash: LoopCrashed) -> None:
@@ -219,6 +255,29 @@ class KafkaStreamProducer:
                         if self._failure is not None:
                             return  # fenced: logged once, and every later call raises it
                         log.warning("transaction not committed yet", extra={"reason": str(exc)})
+
+    def _watch(self) -> None:
+        """Hand a transactional call stuck past its timeout to `on_wedged` (module doc)."""
+        while not self._stop.wait(WATCH_TICK_S):
+            call = self._call
+            if call is not None and time.monotonic() > call[2]:
+                name, timeout_s, _ = call
+                self.on_wedged(
+                    f"librdkafka's {name} has not returned {self.wedged_grace_s:.0f} s after its "
+                    f"{timeout_s:.0f} s timeout (transactional id {self.transactional_id!r}); "
+                    "a known librdkafka defect after a broker left the cluster"
+                )
+                return
+
+    def _txn_call(
+        self, name: str, timeout_s: float, call: Callable[..., object], *args: object
+    ) -> None:
+        """`call(*args, timeout_s)`, watched by the `producer-watchdog` loop."""
+        self._call = (name, timeout_s, time.monotonic() + timeout_s + self.wedged_grace_s)
+        try:
+            call(*args, timeout_s)
+        finally:
+            self._call = None
 
     # ---- the streamer's side -----------------------------------------------------------------
 
@@ -339,10 +398,11 @@ class KafkaStreamProducer:
     def _try_commit(self, txn: _Txn, deadline: float) -> None:
         left = max(0.1, deadline - time.monotonic())
         offsets = [TopicPartition(self.topic, p, n) for p, n in sorted(txn.progress.items())]
-        self._producer.send_offsets_to_transaction(
-            offsets, self._group.consumer_group_metadata(), left
-        )
-        self._producer.commit_transaction(max(0.1, deadline - time.monotonic()))
+        metadata = self._group.consumer_group_metadata()
+        send = self._producer.send_offsets_to_transaction
+        self._txn_call("send_offsets_to_transaction", left, send, offsets, metadata)
+        left = max(0.1, deadline - time.monotonic())
+        self._txn_call("commit_transaction", left, self._producer.commit_transaction)
 
     def _redo(self, txn: _Txn, deadline: float) -> None:
         """Abort the transaction (once) and produce its batches again in a new one.
@@ -351,7 +411,8 @@ class KafkaStreamProducer:
         writes each of them exactly once in effect.
         """
         if not txn.aborted:
-            self._producer.abort_transaction(max(0.1, deadline - time.monotonic()))
+            left = max(0.1, deadline - time.monotonic())
+            self._txn_call("abort_transaction", left, self._producer.abort_transaction)
             txn.aborted = True
         self._producer.begin_transaction()
         txn.aborted = False

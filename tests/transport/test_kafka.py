@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from confluent_kafka import KafkaException
 
@@ -155,3 +158,54 @@ def test_the_collector_dead_letters_an_undecodable_batch_and_its_partition_flows
         7,
         "decode",
     )
+
+
+class _StuckOffsets:
+    """A real producer whose `send_offsets_to_transaction` ignores its timeout and waits, as
+    librdkafka 2.16's can after the group coordinator's broker left the cluster."""
+
+    def __init__(self, real: object) -> None:
+        self._real = real
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._real, name)
+
+    def send_offsets_to_transaction(self, *args: object) -> None:
+        self.entered.set()
+        self.release.wait(60)
+
+
+def test_a_transactional_call_stuck_past_its_timeout_is_reported_not_waited_on(kafka1):
+    """The `producer-watchdog` hands the stuck call to `on_wedged` (the streamer exits, so a
+    restart takes over); a commit that returns in time never does."""
+    from gputel.transport.kafka_stream import KafkaStreamProducer
+
+    topic = Backend("kafka", Transport.of(kafka1.url)).topic(1)
+    wedged: list[str] = []
+    producer = KafkaStreamProducer(
+        kafka1.bootstrap, topic, group(), {}, lambda *_: None,
+        on_wedged=wedged.append, wedged_grace_s=1.0,
+    ).start(60)  # fmt: skip
+    producer.track(0, "g", 0, 0)
+    producer.send_batch(0, b"committed in time", 10)
+    producer.flush(30)
+    time.sleep(2.5)  # longer than a timeout of 1 s plus the grace: nothing was stuck
+    assert wedged == []
+
+    stuck = _StuckOffsets(producer._producer)  # type: ignore[attr-defined]
+    producer._producer = stuck  # type: ignore[attr-defined,assignment]
+    producer.send_batch(0, b"its commit hangs" * 4, 10)
+    flushing = threading.Thread(target=producer.flush, args=(1.0,), daemon=True)
+    started = time.monotonic()
+    flushing.start()
+    assert stuck.entered.wait(10)
+    assert wait_until(lambda: wedged, 10), "the stuck call was never reported"
+    took = time.monotonic() - started
+    assert 2.0 <= took <= 5.0, f"reported after {took:.1f} s (timeout 1 s + grace 1 s)"
+    assert "send_offsets_to_transaction" in wedged[0] and "1 s timeout" in wedged[0]
+    stuck.release.set()
+    flushing.join(10)
+    producer._producer = stuck._real  # type: ignore[attr-defined]
+    producer.close(10)
