@@ -102,3 +102,24 @@ def test_only_the_adapters_import_kafka_and_the_pipeline_only_the_boundary():
         if rel.parts[0] in ("streamer", "collector") and client & set(names):
             offenders.append(f"{rel}: {sorted(client & set(names))}")
     assert not offenders
+
+
+def test_a_stuck_kafka_client_ends_the_process_with_its_exit_code_and_a_reason():
+    """`exit_wedged`, the streamer's answer to a stuck transactional call, ends the process
+    at once (the stuck call holds a lock nothing else gets) with WEDGED_EXIT, reason logged."""
+    import subprocess
+    import sys
+
+    from gputel.transport.kafka_stream import WEDGED_EXIT
+
+    code = (
+        "import threading; from walbroker import logs; logs.setup('streamer', 'info'); "
+        "from gputel.transport.kafka_stream import exit_wedged; "
+        "held = threading.Lock(); held.acquire(); "  # a thread stuck forever must not stop it
+        "threading.Thread(target=held.acquire).start(); "
+        "exit_wedged('send_offsets_to_transaction has not returned')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == WEDGED_EXIT == 3
+    out = done.stdout + done.stderr
+    assert "Kafka client stuck" in out and "send_offsets_to_transaction has not returned" in out
