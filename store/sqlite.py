@@ -32,6 +32,14 @@ holds many GPUs), so every commit rewrites many pages into the WAL, one frame ea
 bigger pages and a cache that holds the indexes the store's write CPU fell by ~20 % on an
 import (docs/benchmarks.md). The same pages are read, so durability is unchanged.
 
+Every connection reads the file through a memory map (`MMAP_SIZE_BYTES`). Rows are keyed by
+GPU, so a live fleet adds to every GPU's last page of `points` each second: 8,000 GPUs are
+8,000 pages, 125 MiB, more than the writer's cache, and once the file is that large most
+inserts miss the cache. Read through the map, a miss costs a memory access instead of a
+system call and a copy: scraping 1,000 targets x 80 samples/s, the freshness p99 was
+1.04-1.85 s in three runs against 1.60-2.26 s without it (docs/benchmarks.md). Writes still
+go through the WAL; the map only serves reads, so durability is unchanged.
+
 Threads: one connection per thread (created on first use, all closed by `close()`); SQLite's
 WAL lets readers run while one writer writes, and `busy_timeout` makes writers queue.
 """
@@ -95,6 +103,10 @@ WHERE gpu_id = ? AND metric = ? AND time_ns <= ? ORDER BY time_ns DESC LIMIT 1""
 SYNCHRONOUS = ("full", "normal")  # SQLite's synchronous settings offered (see the module doc)
 PAGE_SIZE_BYTES = 16_384  # takes effect on a new, empty file only
 WRITER_CACHE_KIB = 65_536
+# Pages are read through a memory map (SQLite caps it at its compile-time maximum, 2 GiB less
+# 64 KiB in CPython's builds): once the file outgrows the page cache, a miss is a memory read,
+# not a pread copy (see the module doc).
+MMAP_SIZE_BYTES = 2 * 1024**3
 
 _AGG_SQL = {"mean": "AVG(value)", "min": "MIN(value)", "max": "MAX(value)", "last": "value"}
 
@@ -141,6 +153,7 @@ class SqliteStore(Store):
             conn.execute(f"PRAGMA page_size={PAGE_SIZE_BYTES}")  # before WAL fixes the size
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
+            conn.execute(f"PRAGMA mmap_size={MMAP_SIZE_BYTES}")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
         self._local.conn = conn

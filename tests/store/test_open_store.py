@@ -30,6 +30,21 @@ def test_sqlite_commits_are_on_disk_unless_asked_otherwise(tmp_path) -> None:
         SqliteStore(tmp_path / "b.db", synchronous="off")
 
 
+def test_sqlite_connections_read_through_a_memory_map(tmp_path) -> None:
+    """Writer and readers map the file (store.sqlite: cache misses of a large file)."""
+    with open_store(f"sqlite:{tmp_path / 'a.db'}") as store:
+        store.write(grid([gpu(1)], ["DCGM_FI_DEV_GPU_UTIL"], [T0, T0 + S]))
+        sizes = [int(store._conn().execute("PRAGMA mmap_size").fetchone()[0])]
+        reader = threading.Thread(
+            target=lambda: sizes.append(
+                int(store._conn().execute("PRAGMA mmap_size").fetchone()[0])
+            )
+        )
+        reader.start()
+        reader.join()
+    assert len(sizes) == 2 and min(sizes) >= 1024**3, sizes
+
+
 @pytest.mark.parametrize("spec", ["", "sqlite:", "postgres:x", "influx:http://x"])
 def test_bad_specs(spec: str) -> None:
     with pytest.raises(InvalidArgument):
