@@ -181,7 +181,7 @@ class KafkaStreamProducer:
             self._watchdog.start()
         if not self._initialised:
             try:
-                self._txn_call("init_transactions", timeout_s, self._producer.init_transactions)
+                self._txn_call("init_transactions", deadline, self._producer.init_transactions)
             except KafkaException as exc:
                 raise from_kafka(exc) from None
             self._initialised = True
@@ -270,9 +270,11 @@ class KafkaStreamProducer:
                 return
 
     def _txn_call(
-        self, name: str, timeout_s: float, call: Callable[..., object], *args: object
+        self, name: str, deadline: float, call: Callable[..., object], *args: object
     ) -> None:
-        """`call(*args, timeout_s)`, watched by the `producer-watchdog` loop."""
+        """`call(*args, timeout)` with the time left until `deadline` (at least 0.1 s),
+        watched by the `producer-watchdog` loop."""
+        timeout_s = max(0.1, deadline - time.monotonic())
         self._call = (name, timeout_s, time.monotonic() + timeout_s + self.wedged_grace_s)
         try:
             call(*args, timeout_s)
@@ -396,13 +398,11 @@ class KafkaStreamProducer:
             self.on_ack(b.partition, b.count, b.created)
 
     def _try_commit(self, txn: _Txn, deadline: float) -> None:
-        left = max(0.1, deadline - time.monotonic())
         offsets = [TopicPartition(self.topic, p, n) for p, n in sorted(txn.progress.items())]
         metadata = self._group.consumer_group_metadata()
         send = self._producer.send_offsets_to_transaction
-        self._txn_call("send_offsets_to_transaction", left, send, offsets, metadata)
-        left = max(0.1, deadline - time.monotonic())
-        self._txn_call("commit_transaction", left, self._producer.commit_transaction)
+        self._txn_call("send_offsets_to_transaction", deadline, send, offsets, metadata)
+        self._txn_call("commit_transaction", deadline, self._producer.commit_transaction)
 
     def _redo(self, txn: _Txn, deadline: float) -> None:
         """Abort the transaction (once) and produce its batches again in a new one.
@@ -411,8 +411,7 @@ class KafkaStreamProducer:
         writes each of them exactly once in effect.
         """
         if not txn.aborted:
-            left = max(0.1, deadline - time.monotonic())
-            self._txn_call("abort_transaction", left, self._producer.abort_transaction)
+            self._txn_call("abort_transaction", deadline, self._producer.abort_transaction)
             txn.aborted = True
         self._producer.begin_transaction()
         txn.aborted = False
