@@ -9,7 +9,6 @@ restarted process.
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 import sys
@@ -20,6 +19,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from collector.config import PROG, CollectorConfig, ConfigError, from_args
 from collector.metrics import CollectorMetrics
 from collector.runner import Collector
+from gputel import gc_policy
 from gputel.probes import ProbeServer, Readiness
 from store import StoreError, open_store
 from walbroker import logs
@@ -27,22 +27,6 @@ from walbroker.errors import AccessError
 from walbroker.loops import LoopCrashed
 
 log = logging.getLogger("collector.cli")  # not __main__ under `python -m`
-
-# The write path makes a handful of tuples per point (rows for `points` and `latest`, the
-# catalog's per-GPU keys) that live until their flush ends. With Python's default gen-0
-# threshold (700 allocations) the cyclic GC ran ~1,600 times for a 247k-point import,
-# traversing those live rows again and again: ~8 % of the collector's CPU, offline
-# (docs/benchmarks.md). They are freed by reference counting; the cyclic GC only has cycles
-# to find, so running it less often only holds such garbage a little longer.
-GC_GEN0_THRESHOLD = 10_000
-
-
-def tune_gc() -> None:
-    """Freeze start-up objects out of full collections and collect young ones less often."""
-    gc.collect()
-    gc.freeze()  # modules, grpc, protobuf: never garbage, never traversed again
-    gc.set_threshold(GC_GEN0_THRESHOLD, 10, 10)
-
 
 def endpoints(
     config: CollectorConfig, readiness: Readiness, registry: CollectorRegistry
@@ -90,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             served = [e.start() for e in endpoints(config, collector.readiness, REGISTRY)]
         except OSError as exc:
             return _fail(f"cannot listen: {exc}", 1)
-        tune_gc()
+        gc_policy.tune()
         try:
             collector.run()
         except AccessError as exc:  # the broker refused our token or TLS settings

@@ -15,7 +15,6 @@ Read when gunicorn loads it, as gunicorn config modules are.
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 import shutil
@@ -24,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.config import MULTIPROC_ENV, from_env
+from gputel import gc_policy
 
 _config = from_env()
 bind = _config.bind
@@ -65,10 +65,6 @@ logconfig_dict = {
     },
 }
 _OWNED_DIR = "GPUTEL_GATEWAY_OWNED_MULTIPROC_DIR"
-# Container objects a worker may gain before a young garbage collection (Python's default
-# is 700). A page of 1,000 GPUs or points holds a few thousand parsed rows at once, so at
-# 700 every page paid ~6 young collections, each traversing those rows (docs/benchmarks.md).
-GC_GEN0_THRESHOLD = 10_000
 
 
 def ssl_context(conf: Any, default_ssl_context_factory: Callable[[], Any]) -> Any:
@@ -105,9 +101,7 @@ def post_worker_init(worker: Any) -> None:
     on a 1,000-GPU page: ~2 ms of its ~12 ms of gateway CPU was the collector walking the
     worker's startup objects; the higher young threshold saves ~1 ms more.
     """
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_GEN0_THRESHOLD, older, oldest)
+    gc_policy.tune()
 
 
 def on_starting(server: Any) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from prometheus_client import REGISTRY
 
+from gputel import gc_policy
 from gputel.probes import ProbeServer
 from streamer.config import ConfigError, StreamerConfig, parse_config
 from streamer.metrics import ScrapeMetrics
@@ -66,6 +67,7 @@ def _stream(config: StreamerConfig, streamers: list[Streamer | ScrapeStreamer]) 
         check_header(config.csv)  # a file that cannot be streamed fails before connecting
         streamer = Streamer(config, new_metrics(REGISTRY))
     streamers.append(streamer)
+    gc_policy.tune()  # after start-up, before the row or scrape path
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: streamer.stop())
     return streamer.run()

@@ -6,6 +6,14 @@ file, `streamer.scan`) at a time, and hands each owned partition's rows to the p
 in batches of `--batch-size` (one encoded batch each: one publish, one broker group
 commit, one delivery). Progress is committed after acknowledgements.
 
+Slow start: the first read of a file is the slow one (the first row of each GPU parses
+its labels; a real export's first tens of thousands of rows are all new GPUs), and with
+16 partitions a full batch of each would wait for ~16 x `--batch-size` rows. So on the
+first scan each partition's first batch is 1/8 of `--batch-size` and every next one twice
+the last: publishing starts within the first block of rows, the collectors start storing
+while the streamer still parses, and from the fourth batch on every batch is full. Later
+scans (passes from the cache, or a file read again) send full batches from the start.
+
 Progress and passes: a partition's progress is the number of its rows acknowledged
 across passes (`streamer.ownership`); with `n` rows of it in the file, progress `P` means
 pass `P // n`, next row `P % n`. A scan visits every partition's rows in file order, so
@@ -65,6 +73,9 @@ log = logging.getLogger(__name__)
 IDLE_WAIT_S = 0.2
 FINISH_CHECK_S = 0.5
 STAMP_CACHE_MAX = 100_000  # source times remembered per scan (processing-time stamps)
+# On the first read of a file, a partition's first batch is --batch-size / this, and each
+# next one twice the last (4 batches to full size).
+FIRST_BATCH_DIVISOR = 8
 
 
 class _Scan:
@@ -77,6 +88,7 @@ class _Scan:
         self.sent: set[int] = set()  # partitions that sent rows in this scan
         self.pending: dict[int, PartRows] = {}
         self.stamps: dict[int, int] = {}  # source time -> processing time (one per row group)
+        self.sizes: dict[int, int] = {}  # the next batch size of partitions still ramping up
 
 
 class Streamer(ProducingMember):
@@ -167,6 +179,9 @@ class Streamer(ProducingMember):
         """Read the source once, sending the rows of every partition taking part; rows sent."""
         assert self.source is not None
         scan = _Scan(self.source.partitions)
+        if self.source.sizes is None:  # the first read of the file: batches ramp up
+            first = max(1, self.config.batch_size // FIRST_BATCH_DIVISOR)
+            scan.sizes = dict.fromkeys(range(self.source.partitions), first)
         for p in self.own.active:
             if self._due(p):
                 scan.taking.add(p)
@@ -232,16 +247,22 @@ class Streamer(ProducingMember):
         return self._flush_scan(scan, everything=False)
 
     def _flush_scan(self, scan: _Scan, everything: bool) -> int:
-        """Send the pending rows of each partition in full batches (all of them if asked)."""
-        size = self.config.batch_size
+        """Send the pending rows of each partition in full batches (all of them if asked).
+
+        A batch is `--batch-size` rows, but while the file is read for the first time each
+        partition starts small (`FIRST_BATCH_DIVISOR`) and doubles: see the module docstring.
+        """
         total = 0
         for p, rows in list(scan.pending.items()):
             n = len(rows)
             start = 0
+            size = scan.sizes.get(p, self.config.batch_size)
             while n - start >= size or (everything and start < n):
                 end = min(n, start + size)
                 total += self._send(scan, p, rows, start, end)
                 start = end
+                if p in scan.sizes:
+                    size = scan.sizes[p] = min(2 * size, self.config.batch_size)
             if start:
                 rest = PartRows()
                 _extend(rest, rows, start, n)

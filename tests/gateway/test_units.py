@@ -141,12 +141,13 @@ def test_worker_freezes_startup_objects_and_raises_the_young_threshold() -> None
     import gc
 
     from gateway import gunicorn_conf
+    from gputel import gc_policy
 
     before = gc.get_threshold()
     try:
         gunicorn_conf.post_worker_init(None)
         assert gc.get_freeze_count() > 0
-        assert gc.get_threshold() == (gunicorn_conf.GC_GEN0_THRESHOLD, *before[1:])
+        assert gc.get_threshold() == (gc_policy.GEN0_THRESHOLD, *before[1:])
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)

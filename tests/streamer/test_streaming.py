@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -10,7 +12,7 @@ from collections import Counter, defaultdict
 from prometheus_client import CollectorRegistry
 
 from streamer.config import StreamerConfig
-from streamer.runner import Streamer
+from streamer.runner import FIRST_BATCH_DIVISOR, Streamer
 from streamer.scan import BLOCK_ROWS
 from streamer.source import new_metrics, read_csv
 from tests.fixtures.broker import free_port
@@ -249,13 +251,65 @@ def test_paced_stream_sends_whole_batches_and_counts_rejects_once_per_pass(broke
     assert registry.get_sample_value(rejected, {"reason": "value_not_finite"}) == 2 * passes
     read = registry.get_sample_value("gpu_telemetry_streamer_rows_read_total")
     assert read == (good + 5) * passes
-    # Every batch is a whole chunk of --batch-size rows; only a pass's last one is shorter.
+    # Every batch is a whole chunk of --batch-size rows; only a pass's last one is shorter,
+    # and on the first pass (the file's first read) each partition starts at 1/8 and doubles.
     records = read_records(broker.address, "telemetry", passes * good)
     assert sum(map(sum, records.values())) == passes * good
     for counts in records.values():
         n = sum(counts) // passes  # the partition's rows per pass
-        one_pass = [batch] * (n // batch) + ([n % batch] if n % batch else [])
-        assert counts == one_pass * passes
+        assert counts == chunks(n, ramp(batch)) + chunks(n, [batch]) * (passes - 1)
     logged = read_log(broker.address, "telemetry", passes * good)
     assert len(logged) == passes * good
     assert set(series_counts(logged).values()) == {passes}
+
+
+def ramp(batch: int) -> list[int]:
+    """The batch sizes of a partition on a file's first read (streamer.runner, slow start)."""
+    sizes = [max(1, batch // FIRST_BATCH_DIVISOR)]
+    while sizes[-1] < batch:
+        sizes.append(min(2 * sizes[-1], batch))
+    return sizes
+
+
+def chunks(n: int, sizes: list[int]) -> list[int]:
+    """`n` rows cut in batches of `sizes` (the last size repeating), the last one shorter."""
+    out: list[int] = []
+    while n > 0:
+        out.append(min(n, sizes[min(len(out), len(sizes) - 1)]))
+        n -= out[-1]
+    return out
+
+
+def test_a_slowly_read_file_is_published_while_it_is_read(broker, tmp_path):
+    """Slow start: on a file's first read, batches start at 1/8 of --batch-size, so the first
+    block of rows goes out before the next is read (here the file is a pipe written in two
+    parts); with full batches from the start nothing would leave before ~16 batches' worth."""
+    full = make_csv(tmp_path / "all.csv", 1200, 10)  # 12,000 rows: ~3 blocks
+    header, *lines = full.read_text(encoding="utf-8").splitlines(keepends=True)
+    fifo = tmp_path / "dcgm.csv"
+    os.mkfifo(fifo)
+    registry = CollectorRegistry()
+    config = StreamerConfig(
+        broker=broker.address, csv=str(fifo), passes=1, batch_size=8_000, metrics_listen=""
+    )
+    streamer = Streamer(config, new_metrics(registry))
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(streamer.run()), daemon=True)
+    thread.start()
+    published = "gpu_telemetry_streamer_items_published_total"
+    try:
+        with open(fifo, "w", encoding="utf-8") as pipe:
+            pipe.write(header + "".join(lines[:BLOCK_ROWS]))
+            pipe.flush()
+            # A first batch of each partition is out while the rest of the file is unread.
+            assert wait_until(lambda: (registry.get_sample_value(published) or 0) > 0, 10)
+            pipe.write("".join(lines[BLOCK_ROWS:]))
+        thread.join(30)
+        assert codes == [0]
+    finally:
+        streamer.stop()
+        thread.join(10)
+    records = read_records(broker.address, "telemetry", len(lines))
+    assert sum(map(sum, records.values())) == len(lines)
+    for counts in records.values():
+        assert counts == chunks(sum(counts), ramp(8_000))
