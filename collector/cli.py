@@ -28,6 +28,7 @@ from walbroker.loops import LoopCrashed
 
 log = logging.getLogger("collector.cli")  # not __main__ under `python -m`
 
+
 def endpoints(
     config: CollectorConfig, readiness: Readiness, registry: CollectorRegistry
 ) -> list[ProbeServer]:
