@@ -121,8 +121,10 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--pass-interval", type=float, default=None, help="seconds between pass starts"
     )
     p.add_argument(
-        "--batch-size", type=int, default=e("BATCH_SIZE", "2000"), help="points per published batch"
-    )
+        "--batch-size", type=int, default=e("BATCH_SIZE", "2000"),
+        help="points per published batch (on a file's first read a partition's first batches "
+        "are 1/8 of it, doubling)",
+    )  # fmt: skip
     p.add_argument(
         "--linger-ms",
         type=int,
