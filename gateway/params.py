@@ -13,6 +13,7 @@ from typing import Any, Generic, TypeVar
 
 from werkzeug.datastructures import MultiDict
 
+from gateway import cursor
 from gateway.errors import BadRequest
 
 T = TypeVar("T")
@@ -119,6 +120,11 @@ LIMIT = Param(
 CURSOR = Param(
     "cursor",
     "Opaque cursor from the previous page's `next_cursor`; only valid with the same query.",
-    {"type": "string", "minLength": 1},
-    text,
+    {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": cursor.MAX_LEN,
+        "pattern": "^[A-Za-z0-9_-]+={0,2}$",
+    },
+    cursor.parse,
 )

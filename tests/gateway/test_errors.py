@@ -86,3 +86,22 @@ def test_unknown_route_and_method_are_problems(client) -> None:
     resp = client.post("/api/v1/gpus")
     problem(resp, 405)
     assert "GET" in resp.headers["Allow"]
+
+
+@pytest.mark.parametrize(
+    ("path", "key"),
+    [("/api/v1/gpus", "gpus"), ("/api/v1/hosts", "hosts"), ("/api/v1/metrics", "metrics"),
+     (TELEMETRY, "points")],
+)  # fmt: skip
+def test_a_cursor_holding_a_lone_surrogate_is_400(client, path: str, key: str) -> None:
+    """A real cursor whose name is now a lone surrogate (valid JSON, no UTF-8): a 400
+    before any store sees it (it was a 500)."""
+    import base64
+    import json
+
+    issued = client.get(f"{path}?limit=1").get_json()["next_cursor"]
+    version, query, position = json.loads(base64.urlsafe_b64decode(issued + "=" * 4))
+    position[-1] = "\ud800"
+    forged = base64.urlsafe_b64encode(json.dumps([version, query, position]).encode()).decode()
+    body = problem(client.get(f"{path}?limit=1&cursor={forged.rstrip('=')}"), 400)
+    assert body["parameter"] == "cursor"

@@ -7,7 +7,9 @@ import json
 import pytest
 
 from gateway.times import format_time
+from proto.batch import Gpu
 from store.catalog import gpu_key
+from store.schema import MAX_TAG_LEN
 from tests.gateway import data
 from tests.gateway.data import METRICS, TIMES, S
 from tests.store.helpers import batch
@@ -123,3 +125,31 @@ def test_a_downsampled_page_never_hands_out_a_cursor_to_an_empty_page(client, li
         if cursor_ is None:
             break
     assert len(seen) == len(data.TIMES) and pages == -(-len(data.TIMES) // limit)
+
+
+def _walk(client, url: str, key: str, extra: dict | None = None) -> list:
+    """Every item of a paged list, one per page (each page's cursor is the next's)."""
+    items, token = [], None
+    while True:
+        args = {**(extra or {}), "limit": 1, **({"cursor": token} if token else {})}
+        resp = client.get(url, query_string=args)
+        assert resp.status_code == 200, resp.get_data(as_text=True)
+        body = resp.get_json()
+        items += body[key]
+        token = body["next_cursor"]
+        if token is None:
+            return items
+
+
+def test_every_cursor_the_api_hands_out_is_accepted_back(fresh, fresh_client) -> None:
+    """Names as long as a store takes, in 4-byte UTF-8: each page's cursor leads on."""
+    odd = Gpu("GPU-" + "\U0001f600" * (MAX_TAG_LEN - 4), "\u65e5" * MAX_TAG_LEN, 0, "d", "m")
+    metric = "M" * MAX_TAG_LEN
+    fresh.store.write(data.points((odd,), TIMES[:2], (metric, data.UTIL)))
+    uuids = [g["uuid"] for g in _walk(fresh_client, "/api/v1/gpus", "gpus")]
+    assert sorted(uuids) == sorted([odd.uuid, *(g.uuid for g in data.GPUS)])
+    assert odd.hostname in _walk(fresh_client, "/api/v1/hosts", "hosts")
+    assert metric in _walk(fresh_client, "/api/v1/metrics", "metrics")
+    url = f"/api/v1/gpus/{odd.uuid}/telemetry"
+    points = _walk(fresh_client, url, "points", {"start_time": "0"})
+    assert len(points) == 4

@@ -88,6 +88,24 @@ def test_cursor_round_trip_and_binding() -> None:
             cursor.time_key(bad, fp)
 
 
+def test_a_forged_cursor_no_store_could_answer_is_refused() -> None:
+    """A lone surrogate is valid JSON but no UTF-8: 400, not a store error; True is no version."""
+    import base64
+    import json
+
+    fp = cursor.fingerprint("gpus")
+    for doc in ([1, fp, ["\ud800"]], [True, fp, ["GPU-1"]], [1.0, fp, ["GPU-1"]]):
+        forged = base64.urlsafe_b64encode(json.dumps(doc).encode()).decode()
+        with pytest.raises(BadRequest):
+            cursor.uuid_key(forged, fp)
+    longest = cursor.encode(["\U0001f600" * 256], fp)
+    assert len(longest) <= cursor.MAX_LEN
+    assert cursor.parse(longest) == longest and cursor.uuid_key(longest, fp) == "\U0001f600" * 256
+    for bad in ("", "a b", "x" * (cursor.MAX_LEN + 1), "abc%", "ab=c"):
+        with pytest.raises(ValueError):
+            cursor.parse(bad)
+
+
 def test_config_from_flags_and_env() -> None:
     env = {
         "GPUTEL_GATEWAY_STORE": "influx",
