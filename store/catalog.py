@@ -12,6 +12,11 @@ index lookup on both stores; on InfluxDB 1.8 a range predicate on a tag reads ev
 A uuid-prefix shard would keep uuid order but a skewed fleet (identities like
 `host-001:0`) would put every GPU in one shard.
 
+Descriptor: a GPU's descriptor is that of its newest point. Points older than the
+recorded `last_seen` that carry another descriptor (a replay, a late or redelivered batch
+from before a move) widen the span but leave the descriptor alone; at an equal time the
+later write wins.
+
 `last_seen` granularity: a record is rewritten when a GPU first appears (per writing
 process), when its descriptor changes, and when its newest point is at least
 `granularity_ns` (default 60 s) newer than the recorded `last_seen`. So `last_seen` lags
@@ -32,7 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from proto.batch import PointBatch
+from proto.batch import Gpu, PointBatch
 from store import schema
 from store.base import GpuSummary, newest_bound_ns
 
@@ -175,11 +180,13 @@ class CatalogTracker:
         batch_lo = min(batch.time_ns)
         gpu_fields, known_gpus, granularity = schema.gpu_fields, self._gpus, self.granularity_ns
         with self._lock:
-            for gpu, (lo, hi) in zip(batch.gpus, spans(batch, newest_bound_ns()), strict=True):
+            for gpu, (lo, hi) in _one_per_gpu(batch.gpus, spans(batch, newest_bound_ns())):
                 if lo < 0:
                     continue
                 fields = gpu_fields(gpu)
                 known = known_gpus.get(gpu.uuid)
+                if known is not None and known.fields != fields and hi < known.last_seen_ns:
+                    fields = known.fields  # points older than the descriptor's: it stays
                 if known is not None and known.fields == fields:
                     # Its host and model names were confirmed with (or before) this record.
                     if hi < known.last_seen_ns + granularity and lo >= known.first_seen_ns:
@@ -237,6 +244,27 @@ class CatalogTracker:
                 self._gpus.popitem(last=False)
             while len(self._names) > self._max:
                 self._names.popitem(last=False)
+
+
+def _one_per_gpu(
+    gpus: list[Gpu], spans_: list[tuple[int, int]]
+) -> Iterable[tuple[Gpu, tuple[int, int]]]:
+    """Each GPU of a batch once: the entry of its newest point, with the span of all of them.
+
+    A batch lists a GPU once per descriptor, so one that changed (or a replay mixing old
+    and new points) has several entries: the newest point's descriptor is the GPU's.
+    """
+    if len({g.uuid for g in gpus}) == len(gpus):
+        return zip(gpus, spans_, strict=True)  # the usual batch
+    merged: dict[str, tuple[Gpu, tuple[int, int]]] = {}
+    for gpu, (lo, hi) in zip(gpus, spans_, strict=True):
+        seen = merged.get(gpu.uuid)
+        if seen is None or seen[1][0] < 0:
+            merged[gpu.uuid] = (gpu, (lo, hi))
+        elif lo >= 0:
+            newest = gpu if hi >= seen[1][1] else seen[0]
+            merged[gpu.uuid] = (newest, (min(lo, seen[1][0]), max(hi, seen[1][1])))
+    return merged.values()
 
 
 def _refresh_period(uuid: str, t_ns: int) -> int:

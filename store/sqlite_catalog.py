@@ -41,14 +41,18 @@ CREATE INDEX IF NOT EXISTS gpus_by_gpu_index ON gpus (gpu, shard, uuid)
 INSERT_NAMES = "INSERT OR IGNORE INTO catalog_names VALUES (?, ?, ?)"
 
 # NULL-safe span merge: a row written without a span (a GPU whose points are all in the
-# future) keeps the span it has; plain MIN/MAX would turn it into NULL.
-UPSERT_GPU = """
+# future) keeps the span it has; plain MIN/MAX would turn it into NULL. The descriptor is
+# the newest point's (`store.catalog`): a write whose span ends before the row's keeps the
+# row's, and so does one without a span (another writer may know newer points).
+_NEWER = "excluded.last_seen_ns >= COALESCE(last_seen_ns, excluded.last_seen_ns)"
+_DESCRIPTOR = ("hostname", "gpu", "device", "model", "container", "pod", "namespace")
+UPSERT_GPU = f"""
 INSERT INTO gpus (uuid, hostname, gpu, device, model, container, pod, namespace,
     shard, first_seen_ns, last_seen_ns)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (uuid) DO UPDATE SET hostname = excluded.hostname, gpu = excluded.gpu,
-    device = excluded.device, model = excluded.model, container = excluded.container,
-    pod = excluded.pod, namespace = excluded.namespace, shard = excluded.shard,
+ON CONFLICT (uuid) DO UPDATE SET {
+    ", ".join(f"{c} = CASE WHEN {_NEWER} THEN excluded.{c} ELSE {c} END" for c in _DESCRIPTOR)
+}, shard = excluded.shard,
     first_seen_ns = COALESCE(MIN(first_seen_ns, excluded.first_seen_ns), first_seen_ns,
         excluded.first_seen_ns),
     last_seen_ns = COALESCE(MAX(last_seen_ns, excluded.last_seen_ns), last_seen_ns,
@@ -165,10 +169,12 @@ class GpuRows:
         seen_upserts: list[tuple[object, ...]] = []  # the same as upserts (see below)
         changed: list[schema.GpuFields] = []  # rows new to this process or re-described
         for f, row in zip(fields, known, strict=True):
+            record = spans.get(f[0]) if spans else None
+            if record is not None:
+                f = record.fields  # the newest point's descriptor (an entry may be older)
             fresh = row is None or row[1] != f
             if fresh:
                 changed.append(f)
-            record = spans.get(f[0]) if spans else None
             if record is not None:
                 upsert = (*f, catalog.shard_of(f[0]), record.first_seen_ns, record.last_seen_ns)
                 if record.seen_only and row is not None and not fresh:

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from proto.batch import Gpu
+from proto.batch import Gpu, PointBatch
 from store import Store, open_store, schema
 from store.catalog import REFRESH_NS, gpu_key, name_key, shard_of
 from store.influx_catalog import gpu_slot
+from store.sqlite import SqliteStore
 from tests.fixtures.influx import InfluxServer
 from tests.store.helpers import T0, S, batch, grid
 
@@ -106,6 +107,42 @@ def test_descriptor_changes_are_followed(opener: Opener) -> None:
     store.write(grid([make(1, "node-b", model="", index=5)], [UTIL], [T0 + 2 * S]))
     assert [(g.model, g.pod) for g in store.list_gpus()] == [("", "")]
     assert [g.model for g in store.list_gpus(hostname="node-b")] == [""]
+
+
+def test_an_older_descriptor_never_replaces_the_newest_points(opener: Opener) -> None:
+    """The descriptor is the newest point's: a replay, a late batch or a batch mixing both
+    descriptors (a redelivery after a move) leaves it alone and only widens the span."""
+    old, new = make(1, "node-old", model=A100), make(1, "node-new")
+    store = opener()
+    store.write(grid([old], [UTIL], [T0]))
+    store.write(grid([new], [UTIL], [T0 + 3 * S]))
+
+    def check(reader: Store, first_ns: int, filters_exact: bool = True) -> None:
+        entry = reader.get_gpu(new.uuid)
+        assert entry is not None and (entry.hostname, entry.model) == ("node-new", H100)
+        assert (entry.first_seen_ns, entry.last_seen_ns) == (first_ns, T0 + 3 * S)
+        assert reader.list_gpus() == [entry]
+        assert reader.list_gpus(hostname="node-new") == [entry]
+        if filters_exact:
+            assert reader.list_gpus(hostname="node-old") == []
+            assert reader.list_gpus(model="A100") == []
+
+    store.write(grid([old], [UTIL], [T0]))  # redelivered to the same process
+    check(store, T0)
+    mixed = PointBatch(
+        gpus=[old, new], metrics=[UTIL], gpu_index=[1, 0], metric_index=[0, 0],
+        time_ns=[T0 + 3 * S, T0 + S], value=[3.0, 1.0], source_time_ns=[T0, T0],
+    )  # fmt: skip
+    store.write(mixed)  # a replay: both descriptors in one batch, the old one listed last
+    check(store, T0)
+    store.write(grid([old], [UTIL], [T0 - 5 * S]))  # a late point from before the move
+    check(store, T0 - 5 * S)
+    restarted = opener()  # a new collector process gets an old batch again
+    restarted.write(grid([old], [UTIL], [T0 + 2 * S]))
+    # On InfluxDB that writer's own record holds the old descriptor: lists and lookups
+    # merge it away, but a filter on an old value still finds it (docs/storage.md).
+    for reader in (store, restarted):
+        check(reader, T0 - 5 * S, filters_exact=isinstance(store, SqliteStore))
 
 
 def test_last_seen_advances_within_its_granularity(opener: Opener) -> None:
