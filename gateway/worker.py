@@ -17,6 +17,11 @@ a slow client costs a few KiB, not a worker. Bounds, each with a flag and a metr
   it the worker stops accepting and newcomers wait in the listen backlog
   (`gpu_telemetry_gateway_connections` counts the open ones).
 
+A request gunicorn itself refuses before the app sees it (a request line over
+`limit_request_line`, too many or too large header fields, a malformed head) is answered
+as problem+json too (`write_problem`, installed over gunicorn's HTML page in each worker),
+so clients get the API's one error format for every 4xx.
+
 The store calls block the worker's loop (SQLite is CPU work; sockets are cooperative under
 gevent's monkey-patching, so InfluxDB queries overlap). Metrics are made in the worker
 process after gunicorn set PROMETHEUS_MULTIPROC_DIR, never in the arbiter.
@@ -24,6 +29,7 @@ process after gunicorn set PROMETHEUS_MULTIPROC_DIR, never in the arbiter.
 
 from __future__ import annotations
 
+import json
 import socket as _socket
 import ssl
 from collections.abc import Iterator
@@ -32,9 +38,11 @@ from typing import Any
 
 import gevent
 from gevent import monkey, socket
+from gunicorn import util
 from gunicorn.workers.ggevent import GeventWorker
 
 from gateway.config import from_env
+from gateway.errors import PROBLEM_JSON
 
 PREFIX = "gpu_telemetry_gateway"
 
@@ -54,6 +62,18 @@ class _SlowClientMetrics:
             "Open client connections (bound: --max-connections per worker).",
             multiprocess_mode="livesum",
         )
+
+
+def write_problem(sock: Any, status: int, reason: str, message: str) -> None:
+    """gunicorn's `util.write_error` with an RFC 9457 body instead of an HTML page."""
+    body = json.dumps(
+        {"type": "about:blank", "title": reason, "status": status, "detail": message}
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: {PROBLEM_JSON}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
 class GatewayWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
@@ -78,6 +98,7 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
     def init_process(self) -> None:
         self.head_timeout_s = from_env().head_timeout_s
         self.slow_metrics = _SlowClientMetrics()
+        util.write_error = write_problem  # gunicorn's handle_error calls it through `util`
         super().init_process()
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:

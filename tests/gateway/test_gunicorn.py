@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import urllib.parse
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import GatewayConfig
@@ -161,3 +163,28 @@ def test_an_oversized_request_line_gets_the_documented_414(gateway: Gateway) -> 
     for path_item in spec["paths"].values():
         for op in path_item.values():
             assert "text/html" in op["responses"]["414"]["content"]
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"GET /api/v1/gpus/" + b"A" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET /api/v1/gpus HTTP/1.1\r\n" + b"X-Big: " + b"b" * 9_000 + b"\r\n\r\n", 431),
+        (b"GET /api/v1/gpus HTTP/9.9\r\nHost: x\r\n\r\n", 400),
+    ],
+)
+def test_requests_gunicorn_refuses_get_problem_json_too(gateway: Gateway, head, status) -> None:
+    """Refused before the app runs (request line or header too large, bad version)."""
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(head)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass  # closed with our request line unread: the answer came before the reset
+    top, _, body = answer.partition(b"\r\n\r\n")
+    assert top.split(b"\r\n")[0].startswith(f"HTTP/1.1 {status} ".encode()), top
+    assert b"Content-Type: application/problem+json" in top
+    problem = json.loads(body)
+    assert problem["status"] == status and problem["title"] and problem["detail"]
