@@ -305,7 +305,9 @@ class CatalogReader:
         if schema.TAG_HOSTNAME in tags:  # a host has few GPUs: its own series, no shards
             rows = self._client.series(influxql.catalog_host_gpus(tags))
             found = catalog.reduce_gpus(parse_gpu(r) for s in rows for r in complete(s.values))
-            return [g for g in found if key is None or catalog.gpu_key(g.uuid) > key][:limit]
+            found = [g for g in found if key is None or catalog.gpu_key(g.uuid) > key]
+            host = tags[schema.TAG_HOSTNAME]
+            return [g for g in self._current(found) if g.hostname == host][:limit]
         density = "gpu:" + ",".join(f"{k}={v}" for k, v in sorted(tags.items()))
         density += ":" + ",".join(models)
 
@@ -320,6 +322,25 @@ class CatalogReader:
             if len(picked) < want:
                 break
             key = picked[-1][0]
+        return out
+
+    def _current(self, found: list[GpuSummary]) -> list[GpuSummary]:
+        """The GPUs of a filtered read as all their records describe them, in one request.
+
+        A filter reads only the records that match it; another writer's record of the same
+        GPU (a collector that saw it move, while this record's writer replayed older
+        points) may be newer and hold other values: the newest record wins here too.
+        """
+        if not found:
+            return []
+        statements = [
+            influxql.catalog_gpus(range(k[0], k[0] + 1), {schema.TAG_UUID: k[1]})
+            for k in map(catalog.gpu_key, (g.uuid for g in found))
+        ]
+        out: list[GpuSummary] = []
+        for result in self._client.results(statements):
+            records = (parse_gpu(row) for series in result for row in complete(series.values))
+            out += catalog.reduce_gpus(records)
         return out
 
     def gpu(self, uuid: str) -> GpuSummary | None:
