@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +32,21 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+class _Server(ThreadingHTTPServer):
+    """socketserver's server, with its per-request errors logged as structured lines.
+
+    A client that resets its connection mid-answer (a scraper's timeout) is normal: one
+    debug line, not the traceback socketserver prints on stderr for every such request.
+    """
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError):
+            log.debug("probe client went away", extra={"client": str(client_address)})
+            return
+        log.warning("probe request failed", exc_info=True, extra={"client": str(client_address)})
+
+
 class ProbeServer:
     """Serves the probes, and /metrics when given a registry, on one HOST:PORT."""
 
@@ -42,7 +58,7 @@ class ProbeServer:
         name: str = "probes-http",
     ) -> None:
         self.listen, self.name = listen, name
-        self._server = ThreadingHTTPServer(split_address(listen), _handler(readiness, registry))
+        self._server = _Server(split_address(listen), _handler(readiness, registry))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 

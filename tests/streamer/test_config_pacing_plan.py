@@ -147,5 +147,30 @@ def test_endpoints_answer_probes_and_metrics():
     finally:
         server.stop()
     assert split_address(":9102") == ("0.0.0.0", 9102)
+
+
+def test_a_client_that_resets_mid_answer_costs_no_traceback(capfd):
+    """A scraper timing out resets its connection: no traceback on stderr, still serving."""
+    import socket
+    import struct
+    import time
+
+    def slow_readiness() -> tuple[bool, dict]:
+        time.sleep(0.3)  # the client is gone by the time the answer is written
+        return True, {}
+
+    server = ProbeServer("127.0.0.1:0", slow_readiness, CollectorRegistry()).start()
+    try:
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=2)
+            sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # RST
+        time.sleep(1.2)
+        base = f"http://127.0.0.1:{server.port}"
+        assert urllib.request.urlopen(base + "/healthz", timeout=2).status == 200
+    finally:
+        server.stop()
+    assert "Traceback" not in capfd.readouterr().err
     with pytest.raises(ValueError):
         split_address("nohost")
