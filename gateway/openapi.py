@@ -41,19 +41,15 @@ _REASONS = {
     503: "The store cannot be reached; retry after the Retry-After seconds.",
 }
 
-# gunicorn answers these itself, before the app sees the request, as a small HTML page: a request
-# line over 4,094 bytes (e.g. a query string repeating a parameter thousands of times) and a header
-# over gunicorn's limits. Every operation can get them, so every operation documents them.
+# gunicorn answers these itself, before the app sees the request (gateway.worker.write_problem:
+# problem+json whose `instance` is empty, the request not being read): a request line over 4,094
+# bytes (e.g. a query string repeating a parameter thousands of times) and a header over
+# gunicorn's limits. Every operation can get them, so every operation documents them.
 _HTTP_LIMITS = {
-    str(status): {"description": reason, "content": {"text/html": {"schema": {"type": "string"}}}}
-    for status, reason in (
-        (414, "The request line is longer than 4,094 bytes (gunicorn's limit_request_line)."),
-        (
-            431,
-            "The request headers exceed gunicorn's limits (limit_request_field_size, "
-            "limit_request_fields).",
-        ),
-    )
+    414: "The request line is longer than 4,094 bytes (gunicorn's limit_request_line); "
+    "`instance` is empty.",
+    431: "The request headers exceed gunicorn's limits (limit_request_field_size, "
+    "limit_request_fields); `instance` is empty.",
 }
 
 
@@ -110,12 +106,12 @@ def _responses(
     else:
         ok = {"application/json": {"schema": ref(op.response)}}
     out: dict[str, Any] = {"200": {"description": "OK", "content": ok}}
-    for status in sorted({*op.errors, *((401, 403) if secured else ())}):
+    reasons = {s: _REASONS[s] for s in sorted({*op.errors, *((401, 403) if secured else ())})}
+    for status, reason in {**reasons, **_HTTP_LIMITS}.items():
         out[str(status)] = {
-            "description": _REASONS[status],
+            "description": reason,
             "content": {PROBLEM_JSON: {"schema": ref(schemas.Problem)}},
         }
-    out.update(_HTTP_LIMITS)
     return out
 
 

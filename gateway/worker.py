@@ -67,7 +67,13 @@ class _SlowClientMetrics:
 def write_problem(sock: Any, status: int, reason: str, message: str) -> None:
     """gunicorn's `util.write_error` with an RFC 9457 body instead of an HTML page."""
     body = json.dumps(
-        {"type": "about:blank", "title": reason, "status": status, "detail": message}
+        {
+            "type": "about:blank",
+            "title": reason,
+            "status": status,
+            "detail": message,
+            "instance": "",
+        }
     ).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"

@@ -157,12 +157,14 @@ def test_open_files_stay_bounded_over_many_requests(gateway: Gateway) -> None:
 
 def test_an_oversized_request_line_gets_the_documented_414(gateway: Gateway) -> None:
     """gunicorn refuses a request line over 4,094 bytes before the app; the document says so."""
-    status, ctype, _ = gateway.get("/api/v1/hosts?" + "&".join(["limit=1"] * 700))
-    assert (status, ctype) == (414, "text/html")
+    status, ctype, body = gateway.get("/api/v1/hosts?" + "&".join(["limit=1"] * 700))
+    assert (status, ctype) == (414, "application/problem+json")
+    assert json.loads(body)["status"] == 414
     spec = json.loads((Path(__file__).parents[2] / "gateway" / "openapi.json").read_text())
     for path_item in spec["paths"].values():
         for op in path_item.values():
-            assert "text/html" in op["responses"]["414"]["content"]
+            for status_code in ("414", "431"):
+                assert "application/problem+json" in op["responses"][status_code]["content"]
 
 
 @pytest.mark.parametrize(
