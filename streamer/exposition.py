@@ -14,7 +14,8 @@ the reference on the same text.
 just a metric name (the metric set is open). What a sample cannot be is counted by
 `SampleReject` reason and skipped: no labels identifying a GPU, a malformed line or
 label set, a value that is not a finite number (dcgm-exporter writes NaN for a field it
-cannot read).
+cannot read), a timestamp outside what a point's int64 nanoseconds hold (before the epoch
+or after 2262: the CSV path's `timestamp_out_of_range` and bound).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from collections.abc import Callable, Iterator
 from enum import StrEnum
 
 from streamer.labels import LabelsError, parse_labels
+from streamer.rows import MAX_TIME_NS
+
+MAX_TIMESTAMP_MS = MAX_TIME_NS // 1_000_000  # the last sample time (ms) a point can carry
 
 
 class SampleReject(StrEnum):
@@ -36,6 +40,7 @@ class SampleReject(StrEnum):
     BAD_METRIC_NAME = "bad_metric_name"  # a name the REST API could not select (too long)
     VALUE_NOT_NUMERIC = "value_not_numeric"
     VALUE_NOT_FINITE = "value_not_finite"
+    TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"  # as the CSV path: [0, MAX_TIME_NS] in ns
 
 
 Sample = tuple[str, str, float, int | None]  # name, label text (with braces), value, ts ms
@@ -80,6 +85,11 @@ def sample(line: str, rejected: Callable[[SampleReject], None]) -> Sample | None
     if not math.isfinite(value):
         rejected(SampleReject.VALUE_NOT_FINITE)
         return None
+    # Refused here, not clamped or replaced: a time in ns past int64 cannot be encoded (it
+    # crashed the streamer), and a sample's own time is never silently swapped for another.
+    if ts is not None and not 0 <= ts <= MAX_TIMESTAMP_MS:
+        rejected(SampleReject.TIMESTAMP_OUT_OF_RANGE)
+        return None
     return name.strip(), labels, value, ts
 
 
@@ -104,9 +114,12 @@ class PageReader:
     def read(
         self, text: str, gpus: list[int], metrics: list[int], values: list[float],
         rejected: Callable[[SampleReject], None],
-    ) -> int:  # fmt: skip
-        """Append the page's samples to the columns; return the newest timestamp (ms) or 0."""
-        known, isfinite, newest = self._known, math.isfinite, 0
+    ) -> int | None:  # fmt: skip
+        """Append the page's samples to the columns; return the newest timestamp (ms) or None.
+
+        None, not 0, when no sample has one: 0 is a time like any other (the epoch).
+        """
+        known, isfinite, newest = self._known, math.isfinite, None
         for line in text.split("\n"):
             head, _, tail = line.rpartition(" ")
             hit = known.get(head, _MISS)
@@ -128,20 +141,21 @@ class PageReader:
                         rejected(hit)  # type: ignore[arg-type]
                     continue
             ts = self._slow(line, head, tail, (gpus, metrics, values), rejected)
-            newest = max(newest, ts)
+            if ts is not None and (newest is None or ts > newest):
+                newest = ts
         return newest
 
     def _slow(
         self, line: str, head: str, tail: str,
         into: tuple[list[int], list[int], list[float]], rejected: Callable[[SampleReject], None],
-    ) -> int:  # fmt: skip
-        """Read a line `sample`'s way, remember its key if it may be; its timestamp or 0."""
+    ) -> int | None:  # fmt: skip
+        """Read a line `sample`'s way, remember its key if it may be; its timestamp or None."""
         if line[:1] == "#" and head:
             self._remember(head, None)
-            return 0
+            return None
         found = sample(line, rejected)
         if found is None:
-            return 0
+            return None
         name, labels, value, ts = found
         meaning = self._resolve(name, labels)
         # Remembered only when `head` is the name and label text (plus blanks) and `tail`
@@ -152,11 +166,11 @@ class PageReader:
             self._remember(head, meaning)
         if isinstance(meaning, SampleReject):
             rejected(meaning)
-            return 0
+            return None
         into[0].append(meaning[0])
         into[1].append(meaning[1])
         into[2].append(value)
-        return ts or 0
+        return ts
 
     def _remember(self, head: str, meaning: Key | SampleReject | None) -> None:
         if len(self._known) >= self.max_keys:

@@ -330,7 +330,8 @@ class ScrapeStreamer(ProducingMember):
         before = len(into.values)
         newest_ms = t.reader.read(outcome.text, into.gpus, into.metrics, into.values, self._reject)
         count = len(into.values) - before
-        at = newest_ms * 1_000_000 if newest_ms else outcome.started_ns
+        # In range: `sample` refused every timestamp a point's int64 ns cannot hold.
+        at = outcome.started_ns if newest_ms is None else newest_ms * 1_000_000
         into.times.extend([at] * count)
         return count
 

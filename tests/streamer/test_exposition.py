@@ -74,6 +74,34 @@ def test_bad_lines_are_counted_by_reason_and_the_rest_goes_on(
     assert [(n, lab, v) for n, lab, v, _ in got] == [("M", '{gpu="1"}', 2.0)]
 
 
+@pytest.mark.parametrize(
+    "ts", ["9999999999999", "9223372036855", "-1", "-9999999999999", "99999999999999999999"]
+)
+def test_a_timestamp_no_point_can_hold_is_refused_and_counted(ts: str) -> None:
+    """After 2262 (int64 ns overflow: the streamer crashed encoding it) or before the epoch:
+    the sample is refused under the CSV path's reason, and the page's time comes from the
+    rest; both paths of the reader agree."""
+    text = f'M{{gpu="0"}} 1 {ts}\nM{{gpu="1"}} 2 9223372036854\nM{{gpu="2"}} 3\n'
+    got, rejected = parse(text)
+    assert rejected == [SampleReject.TIMESTAMP_OUT_OF_RANGE]
+    assert [(lab, ts) for _, lab, _, ts in got] == [
+        ('{gpu="1"}', 9223372036854),
+        ('{gpu="2"}', None),
+    ]
+    runs, _ = read_twice(text)
+    for rows, rejects, newest in runs:
+        assert [g for g, _, _ in rows] == [1, 2] and rejects == [
+            SampleReject.TIMESTAMP_OUT_OF_RANGE
+        ]
+        assert newest == 9223372036854  # the last ms whose ns an int64 holds
+
+
+def test_a_timestamp_of_zero_is_a_time_not_its_absence() -> None:
+    reader = PageReader(lambda _n, _lab: (0, 0))
+    assert reader.read('M{gpu="0"} 1 0\n', [], [], [], print) == 0
+    assert reader.read('M{gpu="0"} 1\n', [], [], [], print) is None
+
+
 def test_malformed_label_sets_raise() -> None:
     with pytest.raises(LabelsError):
         label_map('{gpu="0" UUID="x"}')
@@ -136,7 +164,7 @@ def test_page_reader_fast_path_never_reads_a_different_line_the_same_way() -> No
         want = [(0, seen.setdefault(n + lab, len(seen)), v)
                 for n, lab, v, _ in samples(text, want_rejects.append)]  # fmt: skip
         assert list(zip(*got, strict=True)) == want and rejected == want_rejects, text
-        assert newest == (1700000000000 if text == then else 0)
+        assert newest == (1700000000000 if text == then else None)
 
 
 @given(st.lists(st.sampled_from([

@@ -335,6 +335,42 @@ def test_samples_no_store_could_keep_are_refused_and_counted(broker, streamer_pr
     assert len(points) == total and total % 2 == 0
 
 
+def test_a_sample_time_no_point_can_hold_is_refused_and_the_streamer_stays_up(
+    broker, streamer_process
+):
+    """An exporter writing a sample time after 2262 (ms) or before the epoch: before, the
+    first killed the streamer (OverflowError encoding its ns). Now each such sample is
+    refused and counted; the rest of that page and the other targets are published."""
+    good = sample_line("DCGM_FI_DEV_GPU_UTIL", "0", "GPU-good", "h1", 42)
+    hostile = (
+        sample_line("DCGM_FI_DEV_GPU_UTIL", "0", "GPU-far", "h2", 1).replace(
+            "\n", " 9999999999999\n"
+        )
+        + sample_line("DCGM_FI_DEV_GPU_UTIL", "1", "GPU-neg", "h2", 2).replace("\n", " -1\n")
+        + sample_line("DCGM_FI_DEV_FB_USED", "2", "GPU-kept", "h2", 3)
+    )
+    port = free_port()
+    with serving(lambda _n: hostile.encode()) as bad_url, serving(lambda _n: good.encode()) as url:
+        s = streamer_process(
+            "--broker", broker.address, "--scrape", bad_url, "--scrape", url,
+            "--scrape-interval-s", str(INTERVAL_S), "--scrape-timeout-s", str(TIMEOUT_S),
+            "--metrics-listen", f"127.0.0.1:{port}",
+        )  # fmt: skip
+        assert wait_until(
+            lambda: sum(committed(broker.address, "streamers", "telemetry").values()) >= 6, 15
+        ), s.log_text()
+        rejected = "gpu_telemetry_scrape_samples_rejected_total"
+        assert metric_value(port, rejected, reason="timestamp_out_of_range") >= 4  # 2 a scrape
+        assert metric_value(port, "gpu_telemetry_scrape_up", target=bad_url) == 1
+        assert metric_value(port, "gpu_telemetry_scrape_samples", target=bad_url) == 1
+        assert s.terminate() == 0, s.log_text()
+    total = sum(committed(broker.address, "streamers", "telemetry").values())
+    points = [p for b in published_batches(broker, total) for p in b.points()]
+    assert {p.gpu.uuid for p in points} == {"GPU-good", "GPU-kept"}
+    now_ns = time.time_ns()
+    assert all(now_ns - 60e9 < p.time_ns <= now_ns for p in points)  # the scrapes' own start
+
+
 def test_remembered_series_start_afresh_at_the_bound_and_every_sample_keeps_its_gpu(
     broker, streamer_process
 ):
