@@ -116,7 +116,8 @@ class _Conn(asyncio.Protocol):
         self._reset()
 
     def _reset(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
+        # The parser holds this protocol's bound methods: a cycle. `_release` breaks it.
+        self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.body: list[bytes] = []
         self.size = 0
         self.received = False  # any byte of the current response
@@ -133,20 +134,29 @@ class _Conn(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        if self.job is None:  # nothing asked: a server talking out of turn is not trusted
+        parser = self.parser
+        if self.job is None or parser is None:  # nothing asked: a server talking out of turn
             self.abort()
             return
         self.received = True
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self.fetcher.fail(self.job, ScrapeError("bad_response", str(exc)))
+            if self.job is not None:  # else it already failed (too large) in this chunk
+                self.fetcher.fail(self.job, ScrapeError("bad_response", str(exc)))
             return
         if self.complete and self.job is not None:
             self.fetcher.answered(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        try:
+            self._ended(exc)
+        finally:
+            self._release()
+
+    def _ended(self, exc: Exception | None) -> None:
+        """The connection ended: the end of a body delimited by it, a retry or a failure."""
         job = self.job
         if job is None or job.finished:
             return
@@ -166,6 +176,8 @@ class _Conn(asyncio.Protocol):
             self.framed = True
 
     def on_headers_complete(self) -> None:
+        if self.parser is None:
+            return  # failed earlier in this chunk (too large): what follows is not read
         self.headers_done = True
         self.status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()
@@ -195,6 +207,20 @@ class _Conn(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
+        self._release()
+
+    def _release(self) -> None:
+        """Drop the parser and the body read so far, now, not at the next full collection.
+
+        The parser refers to this protocol's bound methods and so to the body: a cycle that
+        only the cyclic garbage collector frees, and a connection that lived through a
+        young collection waits for a rare full one. An aborted page of up to
+        `MAX_PAGE_BYTES` held that way for each too large scrape grew the streamer by
+        64 MiB a scrape. Called from a parser callback too (`fail` inside `on_body`): the
+        parser running `feed_data` is kept alive by that call until it returns.
+        """
+        self.parser = None
+        self.body = []
 
 
 @dataclass
@@ -357,14 +383,13 @@ class Fetcher:
         assert job is not None
         conn.job = None
         conn.requests += 1
+        body, conn.body = conn.body, []
         if not conn.keep_alive or conn.closed:
             conn.abort()
         if conn.status != 200:
             self._finish(job, error=ScrapeError("http_status", f"HTTP {conn.status}"))
             return
-        text = b"".join(conn.body).decode("utf-8", errors="replace")
-        conn.body = []
-        self._finish(job, text=text)
+        self._finish(job, text=b"".join(body).decode("utf-8", errors="replace"))
 
     def fail(self, job: _Job, error: ScrapeError) -> None:
         """End a scrape with `error`; its connection (if any) is not reused."""

@@ -7,6 +7,7 @@ at all, an idle close between two scrapes.
 
 from __future__ import annotations
 
+import gc
 import queue
 import socket
 import threading
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from streamer import scraper
-from streamer.scraper import Fetcher, Outcome
+from streamer.scraper import Fetcher, Outcome, _Conn
 
 PAGE = b'DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-1"} 87\n' * 200
 
@@ -194,6 +195,43 @@ def test_refused_unknown_and_oversized_pages_fail_with_their_reason(
     garbage = servers(lambda c, _h: c.sendall(b"SSH-2.0-OpenSSH\r\n\r\n") or True)
     (bad,) = fetch(garbage.url)
     assert bad.error is not None and bad.error.reason == "bad_response"
+
+
+def endless(conn: socket.socket, _head: bytes) -> bool:
+    """A chunked page that never ends (until the scraper aborts the connection)."""
+    chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+    try:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        while True:
+            conn.sendall(chunk)
+    except OSError:
+        return False
+
+
+def test_an_aborted_page_is_freed_at_once_not_at_a_full_collection(
+    servers, fetch, monkeypatch
+) -> None:
+    """A too large page, aborted from inside the parser's callback: its connection and the
+    body read so far are freed by reference counting. Before, the parser's bound methods
+    kept them in a cycle that only a full collection frees: 64 MiB a scrape meanwhile."""
+    monkeypatch.setattr(scraper, "MAX_PAGE_BYTES", 256 * 1024)
+    big = servers(endless)
+
+    def held() -> tuple[int, int]:  # connections to `big` alive, and the body bytes they hold
+        conns = [o for o in gc.get_objects() if isinstance(o, _Conn) and o.url == big.url]
+        return len(conns), sum(len(b) for c in conns for b in c.body)
+
+    gc.collect()
+    gc.disable()  # as between the rare full collections of a busy streamer
+    try:
+        for _ in range(5):
+            (o,) = fetch(big.url)
+            assert o.error is not None and o.error.reason == "too_large"
+        time.sleep(0.1)  # the aborted connection's `connection_lost`
+        conns, body_bytes = held()
+        assert conns <= 1 and body_bytes == 0  # the last one is kept until the next scrape
+    finally:
+        gc.enable()
 
 
 def test_an_idle_close_racing_the_next_request_is_retried_once(servers, fetch) -> None:
