@@ -160,8 +160,10 @@ class _Conn(asyncio.Protocol):
         job = self.job
         if job is None or job.finished:
             return
-        if self.headers_done and not self.framed and not self.complete:
-            self.complete = True  # a body delimited by the end of the connection (HTTP/1.0)
+        if self.headers_done and not self.framed and not self.complete and exc is None:
+            # A body delimited by the end of the connection (HTTP/1.0): only a clean end (EOF)
+            # ends it; a reset (`exc`) cut it anywhere, maybe inside a value, so it fails.
+            self.complete = True
             self.fetcher.answered(self)
         elif not self.received and self.requests and not job.retried:
             self.fetcher.retry(job)  # an idle close raced the request: once more, new socket

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import queue
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -103,6 +104,15 @@ def until_close(conn: socket.socket, _head: bytes) -> bool:
     return False
 
 
+def reset_midway(conn: socket.socket, _head: bytes) -> bool:
+    """Delimited by the end of the connection, as `until_close`, but cut inside a value by
+    an abortive close (RST), as a crashing exporter or a middlebox does."""
+    conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n" + PAGE[: PAGE.rindex(b" 87") + 2])
+    time.sleep(0.2)  # the scraper has read it all: only the end differs from `until_close`
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    return False
+
+
 @pytest.fixture
 def servers() -> Iterator[Callable[[Answer], Server]]:
     made: list[Server] = []
@@ -142,6 +152,12 @@ def test_a_page_arrives_whole_however_its_end_is_marked(servers, fetch, answer) 
         assert before <= o.started_ns <= time.time_ns() and 0 <= o.duration_s < 0.5
     assert s.connections == (2 if answer is until_close else 1)  # kept alive when it may be
     assert s.heads[0].startswith(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:")
+
+
+def test_a_page_cut_by_a_reset_fails_and_is_not_taken_for_a_whole_one(servers, fetch) -> None:
+    (o,) = fetch(servers(reset_midway).url)
+    assert o.text is None and o.error is not None and o.error.reason == "connection"
+    assert "ConnectionResetError" in str(o.error)
 
 
 def test_a_status_other_than_200_fails_and_the_connection_is_kept(servers, fetch) -> None:
