@@ -22,7 +22,7 @@ from streamer.metrics import ScrapeMetrics
 from streamer.runner import Streamer
 from streamer.scraping import ScrapeStreamer
 from streamer.source import SourceError, check_header, new_metrics
-from streamer.targets import TargetsError, split_dns_specs
+from streamer.targets import TargetsError, check_urls, split_dns_specs
 from walbroker import logs
 from walbroker.loops import LoopCrashed
 
@@ -62,6 +62,7 @@ def _stream(config: StreamerConfig, streamers: list[Streamer | ScrapeStreamer]) 
     streamer: Streamer | ScrapeStreamer
     if config.scraping:
         split_dns_specs(config.targets_dns)  # a malformed NAME:PORT fails before connecting
+        check_urls(config.scrape)  # as does a --scrape URL the scraper cannot fetch
         streamer = ScrapeStreamer(config, new_metrics(REGISTRY), ScrapeMetrics(REGISTRY))
     else:
         check_header(config.csv)  # a file that cannot be streamed fails before connecting

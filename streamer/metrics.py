@@ -107,7 +107,8 @@ class ScrapeMetrics:
         )
         self.errors = Counter(
             "gpu_telemetry_scrape_errors",
-            "Failed scrapes by target and reason (timeout, connection, http_status, too_large).",
+            "Failed scrapes by target and reason (timeout, connection, http_status, too_large, "
+            "bad_response, bad_url); target file or dns: discovery failures and refused URLs.",
             ["target", "reason"],
             registry=registry,
         )

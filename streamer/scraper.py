@@ -75,11 +75,15 @@ class _Endpoint:
 
     @staticmethod
     def of(url: str) -> _Endpoint:
-        u = urllib.parse.urlsplit(url)
-        if u.scheme not in ("http", "https") or not u.hostname:
-            raise ScrapeError("bad_url", f"not an http(s) URL: {url[:80]}")
+        try:  # `urlsplit` and `port` raise ValueError: a bracket unclosed, a port out of range
+            u = urllib.parse.urlsplit(url)
+            port = u.port
+        except ValueError as exc:
+            raise ScrapeError("bad_url", f"malformed URL: {exc}") from None
+        if u.scheme not in ("http", "https") or not u.hostname or port == 0:
+            raise ScrapeError("bad_url", "not an http(s)://HOST[:PORT] URL")
         tls = u.scheme == "https"
-        port = u.port or (443 if tls else 80)
+        port = port or (443 if tls else 80)
         host_header = u.netloc.rpartition("@")[2]
         target = (u.path or "/") + (f"?{u.query}" if u.query else "")
         request = (

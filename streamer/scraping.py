@@ -117,7 +117,7 @@ class ScrapeStreamer(ProducingMember):
         self.sm = scrape_metrics
         self.targets = targets or TargetSet(
             config.scrape, config.targets_file, config.targets_dns,
-            on_error=lambda source: scrape_metrics.errors.labels(source, "discovery").inc(),
+            on_error=lambda source, reason: scrape_metrics.errors.labels(source, reason).inc(),
         )  # fmt: skip
         self._fresh_series()
         self._targets: dict[str, Target] = {}

@@ -5,7 +5,9 @@
   `{"targets": ["host:port", ...], "labels": {...}}`; `__scheme__` and `__metrics_path__`
   labels choose the URL's scheme and path (default `http` and `/metrics`). Re-read when
   its modification time or size changes; a file that does not parse keeps the previous
-  targets (logged and counted), as Prometheus does.
+  targets (logged and counted), as Prometheus does. A target the scraper could not fetch
+  (a malformed URL, a port out of range, a scheme other than http(s)) is refused, logged
+  and counted (`bad_url`); the file's other targets are kept.
 - `--targets-dns NAME:PORT` (repeatable): every A/AAAA record of NAME (e.g. a headless
   Service of the GPU operator's dcgm-exporter), re-resolved on every `refresh`; a failed
   lookup keeps the previous addresses.
@@ -20,6 +22,7 @@ import json
 import logging
 import os
 import socket
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -76,6 +79,30 @@ def to_url(target: str, scheme: str = "http", path: str = "/metrics") -> str:
     return f"{scheme}://{target}{path if path.startswith('/') else '/' + path}"
 
 
+def check_url(url: str) -> str:
+    """`url` if the scraper can fetch it, else `TargetsError` naming it.
+
+    Checked where targets come in (`--scrape` at start, each file_sd read), so a URL that
+    `urlsplit` refuses or whose port is out of range is never scheduled: it would fail every
+    interval, and before it did so by escaping the fetcher (counted as a timeout).
+    """
+    try:
+        u = urllib.parse.urlsplit(url)
+        port = u.port
+    except ValueError as exc:
+        raise TargetsError(f"malformed target URL {url!r}: {exc}") from None
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise TargetsError(f"target URL {url!r} is not http(s)://HOST[:PORT]/PATH")
+    if port == 0:
+        raise TargetsError(f"target URL {url!r}: port 0")
+    return url
+
+
+def check_urls(urls: Sequence[str]) -> list[str]:
+    """Every URL checked (`TargetsError` names the first one the scraper cannot fetch)."""
+    return [check_url(u) for u in urls]
+
+
 def split_dns(spec: str) -> tuple[str, int]:
     """`NAME:PORT` -> (NAME, PORT); `TargetsError` if malformed."""
     name, sep, port = spec.rpartition(":")
@@ -97,7 +124,7 @@ class TargetSet:
     file: str = ""
     dns: Sequence[str] = ()
     resolver: Resolver = resolve
-    on_error: Callable[[str], None] = lambda _source: None
+    on_error: Callable[[str, str], None] = lambda _source, _reason: None  # discovery, bad_url
     _file_stamp: tuple[float, int] | None = None
     _from_file: list[str] = field(default_factory=list)
     _from_dns: dict[str, list[str]] = field(default_factory=dict)
@@ -124,10 +151,21 @@ class TargetSet:
         except (OSError, TargetsError) as exc:
             log.warning("targets file unusable; keeping the previous targets",
                         extra={"file": self.file, "reason": str(exc)})  # fmt: skip
-            self.on_error("file")
+            self.on_error("file", "discovery")
             return
-        self._file_stamp, self._from_file = stamp, urls
-        log.info("targets file read", extra={"file": self.file, "targets": len(urls)})
+        self._file_stamp, self._from_file = stamp, self._usable(urls)
+        log.info("targets file read", extra={"file": self.file, "targets": len(self._from_file)})
+
+    def _usable(self, urls: list[str]) -> list[str]:
+        """The file's URLs the scraper can fetch; every other one logged and counted."""
+        kept = []
+        for url in urls:
+            try:
+                kept.append(check_url(url))
+            except TargetsError as exc:
+                log.warning("target refused", extra={"file": self.file, "reason": str(exc)})
+                self.on_error("file", "bad_url")
+        return kept
 
     def _resolve(self, spec: str) -> None:
         name, port = split_dns(spec)
@@ -136,7 +174,7 @@ class TargetSet:
         except OSError as exc:
             log.warning("DNS lookup failed; keeping the previous addresses",
                         extra={"dns_name": name, "reason": str(exc)})  # fmt: skip
-            self.on_error("dns")
+            self.on_error("dns", "discovery")
             return
         if found != self._from_dns.get(spec):
             log.info("DNS targets", extra={"dns_name": name, "targets": len(found)})

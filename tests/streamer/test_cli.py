@@ -53,3 +53,12 @@ def test_missing_required_column_is_named(tmp_path):
 )
 def test_bad_configuration(args, word):
     assert_one_line_error(run_cli(*args), word)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:-1/x", "http://[::1/x", "http://127.0.0.1:99999/x", "ftp://h/x"]
+)
+def test_a_scrape_url_the_scraper_cannot_fetch_fails_at_start_and_is_named(url):
+    result = run_cli("--broker", "127.0.0.1:1", "--scrape", url)
+    assert result.returncode == 1
+    assert_one_line_error(result, url)

@@ -250,6 +250,26 @@ def test_an_aborted_page_is_freed_at_once_not_at_a_full_collection(
         gc.enable()
 
 
+def test_a_malformed_url_fails_as_bad_url_at_once_and_holds_no_slot(servers) -> None:
+    """Before, `urlsplit`'s ValueError escaped the fetcher: the scrape held its slot until
+    the timeout, was counted as one, and the targets behind it waited."""
+    live = servers(content_length)
+    bad = ["http://127.0.0.1:-1/x", "http://[::1/x", "http://127.0.0.1:99999/x", "http://h:0/"]
+    fetcher = Fetcher(1.0, 2).start()
+    got: queue.SimpleQueue[tuple[str, Outcome]] = queue.SimpleQueue()
+    try:
+        t0 = time.monotonic()
+        fetcher.submit((u, lambda o, u=u: got.put((u, o))) for u in [*bad, live.url])
+        outcomes = dict(got.get(timeout=5) for _ in range(5))
+        elapsed_s = time.monotonic() - t0
+    finally:
+        fetcher.close()
+    assert {u: o.error.reason for u, o in outcomes.items() if o.error} == dict.fromkeys(
+        bad, "bad_url"
+    )
+    assert outcomes[live.url].text == PAGE.decode() and elapsed_s < 0.5
+
+
 def test_an_idle_close_racing_the_next_request_is_retried_once(servers, fetch) -> None:
     """A server that closes a kept-alive connection as the next request arrives (its idle
     timeout) gets that request again on a new connection; the scrape succeeds."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.targets import TargetsError, TargetSet, parse_file_sd, resolve, split_dns
+from streamer.targets import TargetsError, TargetSet, check_url, parse_file_sd, resolve, split_dns
 
 
 def test_file_sd_json_and_yaml_with_scheme_and_path() -> None:
@@ -44,7 +44,8 @@ def test_file_is_re_read_when_it_changes_and_a_bad_version_keeps_the_last_good(
     f = tmp_path / "targets.json"
     f.write_text('[{"targets": ["a:1"]}]')
     errors: list[str] = []
-    ts = TargetSet(static=["http://s:9/metrics"], file=str(f), on_error=errors.append)
+    ts = TargetSet(static=["http://s:9/metrics"], file=str(f),
+                   on_error=lambda source, _reason: errors.append(source))  # fmt: skip
     assert ts.refresh() == ["http://a:1/metrics", "http://s:9/metrics"]
     f.write_text('[{"targets": ["a:1", "b:2"]}]')
     os.utime(f, (1, 1))  # a new stamp even within the file system's time resolution
@@ -69,7 +70,7 @@ def test_dns_names_are_resolved_every_refresh_and_a_failure_keeps_the_last_answe
 
     errors: list[str] = []
     ts = TargetSet(dns=["dcgm-exporter.gpu-operator.svc:9400"], resolver=resolver,
-                   on_error=errors.append)  # fmt: skip
+                   on_error=lambda source, _reason: errors.append(source))  # fmt: skip
     assert ts.refresh() == ["http://10.0.0.1:9400/metrics"]
     assert len(ts.refresh()) == 2
     assert len(ts.refresh()) == 2 and errors == ["dns"]
@@ -83,3 +84,24 @@ def test_real_resolution_of_localhost_and_dns_spec_syntax() -> None:
     for bad in ("svc", "svc:", ":9400", "svc:99999", "svc:x"):
         with pytest.raises(TargetsError):
             split_dns(bad)
+
+
+def test_file_sd_targets_the_scraper_cannot_fetch_are_refused_counted_and_the_rest_kept(
+    tmp_path: Path,
+) -> None:
+    f = tmp_path / "targets.json"
+    f.write_text('[{"targets": ["a:1", "127.0.0.1:-1", "[::1", "b:99999", "c:0", "ftp://d/m"]}]')
+    errors: list[tuple[str, str]] = []
+    ts = TargetSet(file=str(f), on_error=lambda *e: errors.append(e))
+    assert ts.refresh() == ["http://a:1/metrics"]
+    assert errors == [("file", "bad_url")] * 5
+
+
+@pytest.mark.parametrize(
+    "url", ["http://h:-1/m", "http://[::1/m", "http://h:65536/m", "h:1", "http:///m"]
+)
+def test_check_url_names_the_url_it_refuses(url: str) -> None:
+    with pytest.raises(TargetsError) as refused:
+        check_url(url)
+    assert repr(url) in str(refused.value)
+    assert check_url("https://[::1]:9400/metrics?x=1") == "https://[::1]:9400/metrics?x=1"
