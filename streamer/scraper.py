@@ -82,9 +82,11 @@ class _Endpoint:
             raise ScrapeError("bad_url", f"malformed URL: {exc}") from None
         if u.scheme not in ("http", "https") or not u.hostname or port == 0:
             raise ScrapeError("bad_url", "not an http(s)://HOST[:PORT] URL")
+        if "@" in u.netloc:  # never sent, and the URL is a label: `streamer.targets` refuses it
+            raise ScrapeError("bad_url", "credentials in the URL are not supported")
         tls = u.scheme == "https"
         port = port or (443 if tls else 80)
-        host_header = u.netloc.rpartition("@")[2]
+        host_header = u.netloc
         target = (u.path or "/") + (f"?{u.query}" if u.query else "")
         request = (
             f"GET {target} HTTP/1.1\r\nHost: {host_header}\r\nAccept: text/plain\r\n"

@@ -6,8 +6,9 @@
   labels choose the URL's scheme and path (default `http` and `/metrics`). Re-read when
   its modification time or size changes; a file that does not parse keeps the previous
   targets (logged and counted), as Prometheus does. A target the scraper could not fetch
-  (a malformed URL, a port out of range, a scheme other than http(s)) is refused, logged
-  and counted (`bad_url`); the file's other targets are kept.
+  (a malformed URL, a port out of range, a scheme other than http(s)) or with credentials
+  in it (`user:password@`) is refused, logged and counted (`bad_url`); the file's other
+  targets are kept.
 - `--targets-dns NAME:PORT` (repeatable): every A/AAAA record of NAME (e.g. a headless
   Service of the GPU operator's dcgm-exporter), re-resolved on every `refresh`; a failed
   lookup keeps the previous addresses.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -79,22 +81,36 @@ def to_url(target: str, scheme: str = "http", path: str = "/metrics") -> str:
     return f"{scheme}://{target}{path if path.startswith('/') else '/' + path}"
 
 
+_USERINFO = re.compile(r"^((?:[^:/?#]*:)?//)?[^/?#]*@")  # [scheme:]//user:password@
+
+
+def redact(url: str) -> str:
+    """`url` with its userinfo (`user:password@`), if any, replaced by `***@`: safe to show."""
+    return _USERINFO.sub(lambda m: f"{m.group(1) or ''}***@", url, count=1)
+
+
 def check_url(url: str) -> str:
-    """`url` if the scraper can fetch it, else `TargetsError` naming it.
+    """`url` if the scraper can fetch it, else `TargetsError` naming it (redacted).
 
     Checked where targets come in (`--scrape` at start, each file_sd read), so a URL that
     `urlsplit` refuses or whose port is out of range is never scheduled: it would fail every
     interval, and before it did so by escaping the fetcher (counted as a timeout).
+    Credentials in a URL are refused, not used: the scraper sends no Authorization, and
+    the URL is the `target` label of every per-target series, which would show the
+    password on /metrics.
     """
+    shown = redact(url)
     try:
         u = urllib.parse.urlsplit(url)
         port = u.port
     except ValueError as exc:
-        raise TargetsError(f"malformed target URL {url!r}: {exc}") from None
+        raise TargetsError(f"malformed target URL {shown!r}: {exc}") from None
     if u.scheme not in ("http", "https") or not u.hostname:
-        raise TargetsError(f"target URL {url!r} is not http(s)://HOST[:PORT]/PATH")
+        raise TargetsError(f"target URL {shown!r} is not http(s)://HOST[:PORT]/PATH")
+    if "@" in u.netloc:
+        raise TargetsError(f"target URL {shown!r}: credentials in a URL are not supported")
     if port == 0:
-        raise TargetsError(f"target URL {url!r}: port 0")
+        raise TargetsError(f"target URL {shown!r}: port 0")
     return url
 
 

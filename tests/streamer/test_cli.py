@@ -62,3 +62,10 @@ def test_a_scrape_url_the_scraper_cannot_fetch_fails_at_start_and_is_named(url):
     result = run_cli("--broker", "127.0.0.1:1", "--scrape", url)
     assert result.returncode == 1
     assert_one_line_error(result, url)
+
+
+def test_credentials_in_a_scrape_url_are_refused_at_start_without_showing_them():
+    result = run_cli("--broker", "127.0.0.1:1", "--scrape", "http://user:s3cret@127.0.0.1:1/m")
+    assert result.returncode == 1
+    assert_one_line_error(result, "http://***@127.0.0.1:1/m", "credentials")
+    assert "s3cret" not in result.stderr + result.stdout

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import pytest
 
-from streamer.targets import TargetsError, TargetSet, check_url, parse_file_sd, resolve, split_dns
+from streamer.targets import (
+    TargetsError,
+    TargetSet,
+    check_url,
+    parse_file_sd,
+    redact,
+    resolve,
+    split_dns,
+)
 
 
 def test_file_sd_json_and_yaml_with_scheme_and_path() -> None:
@@ -105,3 +114,27 @@ def test_check_url_names_the_url_it_refuses(url: str) -> None:
         check_url(url)
     assert repr(url) in str(refused.value)
     assert check_url("https://[::1]:9400/metrics?x=1") == "https://[::1]:9400/metrics?x=1"
+
+
+def test_a_file_sd_target_with_credentials_is_refused_and_its_password_never_shown(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, the password went into the `target` label of every per-target series (and
+    was not even sent): now the target is refused, counted and logged redacted."""
+    f = tmp_path / "targets.json"
+    f.write_text('[{"targets": ["http://user:s3cret@a:1/metrics", "b:2"]}]')
+    errors: list[tuple[str, str]] = []
+    with caplog.at_level(logging.INFO, logger="streamer.targets"):
+        assert TargetSet(file=str(f), on_error=lambda *e: errors.append(e)).refresh() == [
+            "http://b:2/metrics"
+        ]
+    assert errors == [("file", "bad_url")]
+    logged = [r for r in caplog.records if r.getMessage() == "target refused"]
+    assert len(logged) == 1 and "http://***@a:1/metrics" in logged[0].reason
+    assert "s3cret" not in repr([vars(r) for r in caplog.records])
+
+
+def test_redact_hides_userinfo_only() -> None:
+    assert redact("http://u:p@h:1/m?x=a@b") == "http://***@h:1/m?x=a@b"
+    assert redact("u:p@h:1") == "***@h:1"
+    assert redact("http://h:1/m?x=a@b") == "http://h:1/m?x=a@b"
