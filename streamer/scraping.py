@@ -250,6 +250,10 @@ class ScrapeStreamer(ProducingMember):
             except queue.Empty:
                 break
             d.target.busy = False
+            if self._targets.get(d.target.url) is not d.target:
+                # Removed while its scrape ran: `_discover` forgot its series, and publishing
+                # them again would show a target that is gone (up=0) forever.
+                continue
             p = d.target.partition
             if p not in self.own.active or self.own.states.get(p) is not d.grant:
                 continue  # the partition moved meanwhile: the new owner scrapes it

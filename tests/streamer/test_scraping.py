@@ -222,6 +222,38 @@ def test_file_sd_reload_adds_and_removes_targets(broker, streamer_process, expor
     assert max(by_host["f-0001"]) > changed_at + 2 * INTERVAL_S  # kept, never interrupted
 
 
+def test_a_target_removed_while_its_scrape_runs_leaves_no_series(
+    broker, streamer_process, tmp_path
+):
+    """The scrape in flight when its target leaves the targets file ends after the target's
+    series were forgotten: it must not bring them back (before: up=0 for ever)."""
+    arrived, release = threading.Event(), threading.Event()
+
+    def hang(_n: int) -> bytes:
+        arrived.set()
+        release.wait(10)
+        return b""
+
+    port = free_port()
+    with serving(hang) as url:
+        sd = write_sd(tmp_path / "sd.json", [{"targets": [url.split("/")[2]]}])
+        s = streamer_process(
+            "--broker", broker.address, "--targets-file", str(sd), "--scrape-interval-s", "1",
+            "--scrape-timeout-s", "1", "--metrics-listen", f"127.0.0.1:{port}",
+        )  # fmt: skip
+        try:
+            assert arrived.wait(15), s.log_text()  # a scrape in flight for 1 s from now
+            write_sd(sd, [])  # seen within the interval: before that scrape times out
+            known = lambda: metric_value(port, "gpu_telemetry_scrape_targets", state="known")  # noqa: E731
+            assert wait_until(lambda: known() == 0, 5), s.log_text()
+            time.sleep(1.5)  # the scrape has timed out and been taken by the loop
+            for name in ("up", "duration_seconds", "samples"):
+                assert metric_value(port, f"gpu_telemetry_scrape_{name}", target=url) == -1, name
+            assert s.terminate() == 0, s.log_text()
+        finally:
+            release.set()
+
+
 def test_finished_scrapes_go_out_together_as_whole_scrapes(
     broker, streamer_process, exporters, tmp_path
 ):
