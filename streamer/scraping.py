@@ -333,11 +333,35 @@ class ScrapeStreamer(ProducingMember):
         assert t.reader is not None and outcome.text is not None
         before = len(into.values)
         newest_ms = t.reader.read(outcome.text, into.gpus, into.metrics, into.values, self._reject)
-        count = len(into.values) - before
+        count = self._drop_duplicates(into, before)
         # In range: `sample` refused every timestamp a point's int64 ns cannot hold.
         at = outcome.started_ns if newest_ms is None else newest_ms * 1_000_000
         into.times.extend([at] * count)
         return count
+
+    def _drop_duplicates(self, into: _Pending, start: int) -> int:
+        """Keep the first sample of each (GPU, metric) appended from `start`; count the rest.
+
+        A page's samples share one timestamp, so a second sample of a series would overwrite
+        the first in the store: refused and counted (Prometheus keeps the first too), not
+        lost silently. Returns the samples kept.
+        """
+        keys = list(zip(into.gpus[start:], into.metrics[start:], strict=True))
+        if len(set(keys)) == len(keys):
+            return len(keys)  # the usual page: one check, nothing copied
+        seen: set[tuple[int, int]] = set()
+        keep: list[int] = []
+        for i, key in enumerate(keys, start):
+            if key in seen:
+                self._reject(SampleReject.DUPLICATE_SAMPLE)
+            else:
+                seen.add(key)
+                keep.append(i)
+        gpus, metrics, values = into.gpus, into.metrics, into.values
+        gpus[start:] = [gpus[i] for i in keep]
+        metrics[start:] = [metrics[i] for i in keep]
+        values[start:] = [values[i] for i in keep]
+        return len(keep)
 
     def _send(self, p: int, batch: _Pending) -> None:
         """Hand one partition's rows to the producer as one batch (waits under backpressure)."""

@@ -403,6 +403,32 @@ def test_a_sample_time_no_point_can_hold_is_refused_and_the_streamer_stays_up(
     assert all(now_ns - 60e9 < p.time_ns <= now_ns for p in points)  # the scrapes' own start
 
 
+def test_a_series_twice_in_one_page_is_refused_after_its_first_sample(broker, streamer_process):
+    """Both samples would get the page's one timestamp, so the store kept one of them
+    silently (samples=3, stored 2): now the second is refused and counted."""
+    page = (
+        sample_line("DCGM_FI_DEV_GPU_UTIL", "0", "GPU-a", "h1", 1)
+        + sample_line("DCGM_FI_DEV_GPU_UTIL", "0", "GPU-a", "h1", 2)
+        + sample_line("DCGM_FI_DEV_FB_USED", "0", "GPU-a", "h1", 3)
+    ).encode()
+    port = free_port()
+    with serving(lambda _n: page) as url:
+        s = scrape_one(broker, streamer_process, url, port)
+        assert wait_until(
+            lambda: sum(committed(broker.address, "streamers", "telemetry").values()) >= 4, 15
+        ), s.log_text()
+        rejected = "gpu_telemetry_scrape_samples_rejected_total"
+        assert metric_value(port, rejected, reason="duplicate_sample") >= 2  # 1 a scrape
+        assert metric_value(port, "gpu_telemetry_scrape_samples", target=url) == 2
+        assert s.terminate() == 0, s.log_text()
+    total = sum(committed(broker.address, "streamers", "telemetry").values())
+    points = [p for b in published_batches(broker, total) for p in b.points()]
+    assert len(points) == total and total % 2 == 0
+    assert {(p.metric, p.value) for p in points} == {
+        ("DCGM_FI_DEV_GPU_UTIL", 1.0), ("DCGM_FI_DEV_FB_USED", 3.0)
+    }  # fmt: skip
+
+
 def test_remembered_series_start_afresh_at_the_bound_and_every_sample_keeps_its_gpu(
     broker, streamer_process
 ):
