@@ -30,13 +30,14 @@ import logging
 import ssl
 import threading
 import time
-import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httptools
+
+from streamer.targets import TargetsError, parse_url
 
 log = logging.getLogger(__name__)
 
@@ -75,23 +76,19 @@ class _Endpoint:
 
     @staticmethod
     def of(url: str) -> _Endpoint:
-        try:  # `urlsplit` and `port` raise ValueError: a bracket unclosed, a port out of range
-            u = urllib.parse.urlsplit(url)
-            port = u.port
-        except ValueError as exc:
-            raise ScrapeError("bad_url", f"malformed URL: {exc}") from None
-        if u.scheme not in ("http", "https") or not u.hostname or port == 0:
-            raise ScrapeError("bad_url", "not an http(s)://HOST[:PORT] URL")
-        if "@" in u.netloc:  # never sent, and the URL is a label: `streamer.targets` refuses it
-            raise ScrapeError("bad_url", "credentials in the URL are not supported")
+        try:  # checked where targets come in too; a URL given some other way is checked here
+            u = parse_url(url)
+        except TargetsError as exc:
+            raise ScrapeError("bad_url", str(exc)) from None
         tls = u.scheme == "https"
-        port = port or (443 if tls else 80)
+        port = u.port or (443 if tls else 80)
         host_header = u.netloc
         target = (u.path or "/") + (f"?{u.query}" if u.query else "")
         request = (
             f"GET {target} HTTP/1.1\r\nHost: {host_header}\r\nAccept: text/plain\r\n"
             "User-Agent: gputel-streamer\r\n\r\n"
         ).encode("latin-1")
+        assert u.hostname is not None  # `parse_url` refuses a URL without one
         return _Endpoint(u.hostname, port, tls, request)
 
 

@@ -90,7 +90,13 @@ def redact(url: str) -> str:
 
 
 def check_url(url: str) -> str:
-    """`url` if the scraper can fetch it, else `TargetsError` naming it (redacted).
+    """`url` if the scraper can fetch it, else `TargetsError` naming it (redacted)."""
+    parse_url(url)
+    return url
+
+
+def parse_url(url: str) -> urllib.parse.SplitResult:
+    """The parts of a target URL the scraper can fetch, else `TargetsError` (redacted).
 
     Checked where targets come in (`--scrape` at start, each file_sd read), so a URL that
     `urlsplit` refuses or whose port is out of range is never scheduled: it would fail every
@@ -111,7 +117,7 @@ def check_url(url: str) -> str:
         raise TargetsError(f"target URL {shown!r}: credentials in a URL are not supported")
     if port == 0:
         raise TargetsError(f"target URL {shown!r}: port 0")
-    return url
+    return u
 
 
 def check_urls(urls: Sequence[str]) -> list[str]:
