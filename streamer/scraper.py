@@ -86,6 +86,7 @@ class _Endpoint:
         target = (u.path or "/") + (f"?{u.query}" if u.query else "")
         request = (
             f"GET {target} HTTP/1.1\r\nHost: {host_header}\r\nAccept: text/plain\r\n"
+            "Accept-Encoding: identity\r\n"
             "User-Agent: gputel-streamer\r\n\r\n"
         ).encode("latin-1")
         assert u.hostname is not None  # `parse_url` refuses a URL without one
@@ -129,6 +130,7 @@ class _Conn(asyncio.Protocol):
         self.complete = False
         self.status = 0
         self.keep_alive = False  # read while the parser is on this response (it resets after)
+        self.encoding = b""  # a Content-Encoding other than identity (never asked for)
 
     # ---- asyncio.Protocol ----------------------------------------------------------------
 
@@ -176,9 +178,12 @@ class _Conn(asyncio.Protocol):
 
     # ---- httptools callbacks --------------------------------------------------------------
 
-    def on_header(self, name: bytes, _value: bytes) -> None:
-        if name.lower() in (b"content-length", b"transfer-encoding"):
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name in (b"content-length", b"transfer-encoding"):
             self.framed = True
+        elif name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+            self.encoding = value.strip()[:40]
 
     def on_headers_complete(self) -> None:
         if self.parser is None:
@@ -393,6 +398,11 @@ class Fetcher:
             conn.abort()
         if conn.status != 200:
             self._finish(job, error=ScrapeError("http_status", f"HTTP {conn.status}"))
+            return
+        if conn.encoding:  # e.g. gzip although the request asked for identity: not read
+            encoding = conn.encoding.decode("latin-1")
+            error = ScrapeError("bad_response", f"Content-Encoding {encoding!r} (asked: identity)")
+            self._finish(job, error=error)
             return
         self._finish(job, text=b"".join(body).decode("utf-8", errors="replace"))
 

@@ -160,6 +160,26 @@ def test_a_page_cut_by_a_reset_fails_and_is_not_taken_for_a_whole_one(servers, f
     assert "ConnectionResetError" in str(o.error)
 
 
+def gzipped(conn: socket.socket, head: bytes) -> bool:
+    """A page compressed although the request asked for identity (a proxy, a misconfig)."""
+    import gzip
+
+    body = gzip.compress(PAGE)
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(body), body)
+    )
+    return True
+
+
+def test_a_compressed_page_fails_as_a_bad_response_not_as_an_empty_one(servers, fetch) -> None:
+    s = servers(gzipped)
+    (o,) = fetch(s.url)
+    assert o.text is None and o.error is not None and o.error.reason == "bad_response"
+    assert "gzip" in str(o.error)
+    assert b"\r\nAccept-Encoding: identity\r\n" in s.heads[0]
+
+
 def test_a_status_other_than_200_fails_and_the_connection_is_kept(servers, fetch) -> None:
     s = servers(lambda c, _h: c.sendall(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n") or True)
     (first,), (second,) = fetch(s.url), fetch(s.url)
