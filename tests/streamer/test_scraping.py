@@ -316,6 +316,16 @@ def sample_line(name: str, gpu: str, uuid: str, host: str, value: int) -> str:
     return f"{name}{{{labels}}} {value}\n"
 
 
+def streamed(broker) -> int:
+    """Points the streamers' group has committed on the telemetry topic."""
+    return sum(committed(broker.address, "streamers", "telemetry").values())
+
+
+def published_points(broker) -> list:
+    """Every point of the telemetry topic up to what the streamers committed."""
+    return [p for b in published_batches(broker, streamed(broker)) for p in b.points()]
+
+
 def published_batches(broker, total: int) -> list[PointBatch]:
     """Every batch of the telemetry topic, until `total` points."""
     c = Consumer(broker.address, "verify-batches", "telemetry", max_unacked_points=100_000)
@@ -351,9 +361,7 @@ def test_samples_no_store_could_keep_are_refused_and_counted(broker, streamer_pr
     port = free_port()
     with serving(lambda _n: page) as url:
         s = scrape_one(broker, streamer_process, url, port)
-        assert wait_until(
-            lambda: sum(committed(broker.address, "streamers", "telemetry").values()) >= 4, 15
-        ), s.log_text()
+        assert wait_until(lambda: streamed(broker) >= 4, 15), s.log_text()
         rejected = "gpu_telemetry_scrape_samples_rejected_total"
         assert metric_value(port, rejected, reason="bad_gpu_field") >= 4  # 2 a scrape
         assert metric_value(port, rejected, reason="bad_metric_name") >= 2
@@ -388,16 +396,13 @@ def test_a_sample_time_no_point_can_hold_is_refused_and_the_streamer_stays_up(
             "--scrape-interval-s", str(INTERVAL_S), "--scrape-timeout-s", str(TIMEOUT_S),
             "--metrics-listen", f"127.0.0.1:{port}",
         )  # fmt: skip
-        assert wait_until(
-            lambda: sum(committed(broker.address, "streamers", "telemetry").values()) >= 6, 15
-        ), s.log_text()
+        assert wait_until(lambda: streamed(broker) >= 6, 15), s.log_text()
         rejected = "gpu_telemetry_scrape_samples_rejected_total"
         assert metric_value(port, rejected, reason="timestamp_out_of_range") >= 4  # 2 a scrape
         assert metric_value(port, "gpu_telemetry_scrape_up", target=bad_url) == 1
         assert metric_value(port, "gpu_telemetry_scrape_samples", target=bad_url) == 1
         assert s.terminate() == 0, s.log_text()
-    total = sum(committed(broker.address, "streamers", "telemetry").values())
-    points = [p for b in published_batches(broker, total) for p in b.points()]
+    points = published_points(broker)
     assert {p.gpu.uuid for p in points} == {"GPU-good", "GPU-kept"}
     now_ns = time.time_ns()
     assert all(now_ns - 60e9 < p.time_ns <= now_ns for p in points)  # the scrapes' own start
@@ -414,16 +419,13 @@ def test_a_series_twice_in_one_page_is_refused_after_its_first_sample(broker, st
     port = free_port()
     with serving(lambda _n: page) as url:
         s = scrape_one(broker, streamer_process, url, port)
-        assert wait_until(
-            lambda: sum(committed(broker.address, "streamers", "telemetry").values()) >= 4, 15
-        ), s.log_text()
+        assert wait_until(lambda: streamed(broker) >= 4, 15), s.log_text()
         rejected = "gpu_telemetry_scrape_samples_rejected_total"
         assert metric_value(port, rejected, reason="duplicate_sample") >= 2  # 1 a scrape
         assert metric_value(port, "gpu_telemetry_scrape_samples", target=url) == 2
         assert s.terminate() == 0, s.log_text()
-    total = sum(committed(broker.address, "streamers", "telemetry").values())
-    points = [p for b in published_batches(broker, total) for p in b.points()]
-    assert len(points) == total and total % 2 == 0
+    points = published_points(broker)
+    assert len(points) == streamed(broker) and len(points) % 2 == 0
     assert {(p.metric, p.value) for p in points} == {
         ("DCGM_FI_DEV_GPU_UTIL", 1.0), ("DCGM_FI_DEV_FB_USED", 3.0)
     }  # fmt: skip
