@@ -270,16 +270,30 @@ class Streamer(ProducingMember):
         return total
 
     def _send(self, scan: _Scan, p: int, rows: PartRows, start: int, end: int) -> int:
-        """Hand rows [start, end) of `p` to the producer as one batch; return the count."""
+        """Hand rows [start, end) of `p` to the producer; return how many it took.
+
+        A batch whose encoding is over the producer's byte limit (GPUs with large labels:
+        each GPU of a batch carries its labels once) is sent as two halves, in order, cut
+        again until each fits; the rows and their order are the same, so the progress the
+        acknowledgements add up to is too. A half not handed over (stopping) ends the run:
+        nothing after it may be sent before it.
+        """
         assert self.source is not None
-        count = end - start
-        self._pace(count)
         sources = rows.source_time_ns[start:end]
         times = sources if self.config.time_mode == "source" else self._stamps(scan, sources)
         payload = encode_rows(
             self.source.table, self.source.metrics, rows.gpu[start:end],
             rows.metric[start:end], times, rows.value[start:end], sources,
         )  # fmt: skip
+        if len(payload) > self.producer.max_batch_bytes and end - start > 1:
+            mid = (start + end) // 2
+            sent = self._send(scan, p, rows, start, mid)
+            return sent if sent < mid - start else sent + self._send(scan, p, rows, mid, end)
+        return self._publish(p, payload, end - start)
+
+    def _publish(self, p: int, payload: bytes, count: int) -> int:
+        """Publish one encoded batch under `--rate`; return `count`, or 0 when stopping."""
+        self._pace(count)
         while True:
             try:
                 self.producer.send_batch(p, payload, count, 1.0)

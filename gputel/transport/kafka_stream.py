@@ -75,6 +75,9 @@ KAFKA_TIMEOUT_S = 30.0  # one transactional call (init, send offsets, commit, ab
 WEDGED_GRACE_S = 15.0  # a transactional call running this long past its timeout is stuck
 WEDGED_EXIT = 3  # the streamer's exit code when its Kafka client is stuck
 WATCH_TICK_S = 1.0
+# librdkafka refuses a message over `message.max.bytes` (default 1,000,000) before it is
+# sent; this much of it is left for the record and batch framing around the payload.
+KAFKA_FRAMING_BYTES = 1024
 
 
 def exit_wedged(reason: str) -> None:
@@ -131,6 +134,9 @@ class KafkaStreamProducer:
         self.transactional_id = transactional_id(group, topic)
         self.on_ack = on_ack
         self.max_pending = max_pending_points
+        self.max_batch_bytes = (
+            int(properties.get("message.max.bytes", 1_000_000)) - KAFKA_FRAMING_BYTES
+        )
         self.on_wedged, self.wedged_grace_s = on_wedged, wedged_grace_s
         self._producer = Producer(
             client_config(

@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from streamer.config import StreamerConfig
@@ -16,7 +17,7 @@ from streamer.runner import FIRST_BATCH_DIVISOR, Streamer
 from streamer.scan import BLOCK_ROWS
 from streamer.source import new_metrics, read_csv
 from tests.fixtures.broker import free_port
-from tests.streamer.dcgm_fixture import csv_text, row
+from tests.streamer.dcgm_fixture import csv_text, labels_raw, row
 from tests.streamer.streaming import (
     committed,
     make_csv,
@@ -27,6 +28,7 @@ from tests.streamer.streaming import (
     uuid_of,
 )
 from tests.support import wait_until
+from walbroker.types import partition_for_key
 
 G, M, S = 24, 5, 2  # GPUs, metrics, scrapes per file: 240 rows per pass
 
@@ -313,3 +315,27 @@ def test_a_slowly_read_file_is_published_while_it_is_read(broker, tmp_path):
     assert sum(map(sum, records.values())) == len(lines)
     for counts in records.values():
         assert counts == chunks(sum(counts), ramp(8_000))
+
+
+@pytest.mark.timeout(60)  # before the fix, the refused batch left the streamer waiting
+def test_a_batch_over_the_byte_limit_is_sent_in_smaller_batches(broker, tmp_path):
+    """80 GPUs of one partition with ~60 KB of labels each: one batch of them would be ~4.8 MB,
+    over the producer's 4 MiB limit; it is cut in halves and every row lands once."""
+    pad = "y" * (60 * 1024)
+    uuids = [u for u in map(uuid_of, range(2000)) if partition_for_key(u, 4) == 0][:80]
+    rows = [
+        row(uuid=u, Hostname=f"h{i}", value=str(i),
+            labels_raw=labels_raw(u, f"h{i}", "0", k8s_annotations=pad))
+        for i, u in enumerate(uuids)
+    ]  # fmt: skip
+    csv = tmp_path / "big_labels.csv"
+    csv.write_text(csv_text(rows), encoding="utf-8")
+    config = StreamerConfig(
+        broker=broker.address, csv=str(csv), passes=1, batch_size=8 * len(rows),
+        metrics_listen="",
+    )  # fmt: skip
+    assert Streamer(config, new_metrics(CollectorRegistry())).run() == 0
+    records = read_records(broker.address, "telemetry", len(rows))
+    assert len(records[0]) > 1 and sum(records[0]) == len(rows)
+    logged = read_log(broker.address, "telemetry", len(rows))
+    assert sorted(int(e.point.value) for e in logged) == list(range(len(rows)))
