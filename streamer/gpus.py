@@ -29,6 +29,8 @@ from streamer.labels import LabelsError, parse_labels
 _NO_LABELS: Mapping[str, str] = {}
 _GPUS_TAG = bytes([1 << 3 | 2])  # PointBatch field 1 (`gpus`), length-delimited
 _UINT32_MAX = 2**32 - 1
+# What the source's decoder puts for a byte that is no UTF-8 (`streamer.source.open_csv`).
+REPLACEMENT = "\ufffd"
 
 Descriptor = tuple[str, str, str, str, str, str, str, str]  # uuid, host, gpu_id, dev, model, k8s
 
@@ -41,6 +43,7 @@ class Unusable(IntEnum):
     NO_IDENTITY = -3
     NEEDS_LABELS = -4  # identity incomplete in the columns: look at the labels too
     BAD_GPU_FIELD = -5  # a descriptor value no store accepts (store.schema.tags_storable)
+    BAD_ENCODING = -6  # a descriptor value held a byte that is no UTF-8 (read as U+FFFD)
 
 
 class GpuTable:
@@ -104,6 +107,10 @@ class GpuTable:
         )  # fmt: skip
         if gpu is None:
             return Unusable.NO_IDENTITY
+        fields = (gpu.uuid, gpu.hostname, gpu.device, gpu.model, gpu.container, gpu.pod,
+                  gpu.namespace)  # fmt: skip
+        if any(REPLACEMENT in v for v in fields):  # distinct bad bytes would make one GPU
+            return Unusable.BAD_ENCODING
         return self.intern(gpu)
 
     def intern(self, gpu: Gpu) -> int:

@@ -30,7 +30,7 @@ from operator import itemgetter
 from typing import Any
 
 from streamer.columns import Columns
-from streamer.gpus import GpuTable, Unusable
+from streamer.gpus import REPLACEMENT, GpuTable, Unusable
 from streamer.timestamps import parse_timestamp_ns
 
 MAX_TIME_NS = 2**63 - 1  # 2262-04-11T23:47:16.854775807Z, the last instant an int64 holds
@@ -38,6 +38,7 @@ MAX_TIME_NS = 2**63 - 1  # 2262-04-11T23:47:16.854775807Z, the last instant an i
 # two equal): a point under any other name would be stored and listed, but never selectable.
 METRIC_NAME = re.compile(r"[A-Za-z_:][A-Za-z0-9_:.\-]{0,255}")
 _BAD_METRIC = -2
+_BAD_METRIC_ENCODING = -3
 
 
 class Reject(StrEnum):
@@ -51,6 +52,7 @@ class Reject(StrEnum):
     BAD_GPU_ID = "bad_gpu_id"
     NO_IDENTITY = "no_identity"
     BAD_GPU_FIELD = "bad_gpu_field"  # a uuid, hostname, ... no store accepts as a tag
+    BAD_ENCODING = "bad_encoding"  # a GPU descriptor field or metric name is not UTF-8
     VALUE_NOT_NUMERIC = "value_not_numeric"
     VALUE_NOT_FINITE = "value_not_finite"
     BAD_TIMESTAMP = "bad_timestamp"
@@ -68,6 +70,12 @@ _UNUSABLE = {
     Unusable.BAD_GPU_ID: Reject.BAD_GPU_ID,
     Unusable.NO_IDENTITY: Reject.NO_IDENTITY,
     Unusable.BAD_GPU_FIELD: Reject.BAD_GPU_FIELD,
+    Unusable.BAD_ENCODING: Reject.BAD_ENCODING,
+}
+_BAD_METRICS = {
+    -1: Reject.MISSING_METRIC,
+    _BAD_METRIC: Reject.BAD_METRIC_NAME,
+    _BAD_METRIC_ENCODING: Reject.BAD_ENCODING,
 }
 _BAD_TIME, _TIME_OUT_OF_RANGE = -1, -2  # cached "timestamps" that reject the row
 # A block's GPU ordinals, metric ordinals, values and source times; None where a cache missed.
@@ -300,8 +308,7 @@ class RowParser:
         if metric is None:
             metric = self._metric(f[c.metric_name])
         if metric < 0:
-            bad = Reject.BAD_METRIC_NAME if metric == _BAD_METRIC else Reject.MISSING_METRIC
-            return self._reject(bad, line)
+            return self._reject(_BAD_METRICS[metric], line)
         g = self._gpu_ordinal.get(self._descriptor(f), -9)
         if g < 0:
             g = self._gpu(f, line)
@@ -331,10 +338,16 @@ class RowParser:
         return g
 
     def _metric(self, text: str) -> int:
-        """Return the ordinal of a metric name seen for the first time (-1: empty, -2: bad)."""
+        """Return the ordinal of a metric name seen for the first time (negative: rejected).
+
+        -1: empty; -3: an undecodable byte (checked before the pattern, which refuses U+FFFD
+        too, so the reason says the file is not UTF-8); -2: any other name off the pattern.
+        """
         name = text.strip()
         if not name:
             ordinal = -1
+        elif REPLACEMENT in name:
+            ordinal = _BAD_METRIC_ENCODING
         elif not METRIC_NAME.fullmatch(name):
             ordinal = _BAD_METRIC
         elif name in self.metrics:

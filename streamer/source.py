@@ -9,6 +9,8 @@ one outside what a signed 64-bit nanosecond count holds (before 1970-01-01 or af
 2262-04-11), rejects the row like a bad value does. A `labels_raw` that does not parse
 keeps the row (its GPU has no labels) and is counted as a `Defect`, once per GPU.
 Blank lines are ignored; text after a closing quote rejects the row (`malformed_csv`).
+Bytes that are no UTF-8 are read as U+FFFD, so distinct ones would look equal: in a GPU's
+descriptor or a metric name they reject the row (`bad_encoding`).
 Line numbers are the file's (a record's last line).
 
 `streamer.rows.RowParser` turns records into `RowBlock`s: the accepted rows of a

@@ -218,3 +218,20 @@ def test_gpu_partitions_maps_each_gpu_ordinal() -> None:
     b = row(Hostname="h2", uuid=UUID1, labels_raw=labels_raw(UUID1, "h2"))
     rows = parse(csv_text([row(), b]))
     assert rows.gpu_partitions(lambda uuid: 7 if uuid == UUID1 else 3) == [3, 7]
+
+
+def test_bytes_that_are_no_utf8_in_a_gpu_field_or_metric_name_reject_the_row(
+    tmp_path: Path,
+) -> None:
+    """`GPU-\xff` and `GPU-\xfe` both read as U+FFFD: kept, the two GPUs became one."""
+    good = row(uuid=UUID1, value="1")
+    bad = [row(uuid="GPU-@ff", gpu_id="0"), row(uuid="GPU-@fe", gpu_id="1"),
+           row(Hostname="h@ff"), row(metric_name="DCGM_FI_@ff")]  # fmt: skip
+    text = csv_text([good, *bad]).encode("utf-8")
+    path = tmp_path / "latin.csv"
+    path.write_bytes(text.replace(b"@ff", b"\xff").replace(b"@fe", b"\xfe"))
+    rows = read_csv(path)
+    assert list(rows.value) == [1.0] and [g.uuid for g in rows.gpus] == [UUID1]
+    issue = rows.report.rejected[Reject.BAD_ENCODING]
+    assert (issue.count, issue.first_line) == (4, 3)
+    assert len(rows.report.rejected) == 1
