@@ -178,7 +178,8 @@ class RowParser:
         self._metric_text = itemgetter(cols.metric_name)
         self._value_text = itemgetter(cols.value)
         self._time_text = itemgetter(cols.timestamp)
-        self._metric_ordinal: dict[str, int] = {}
+        self._metric_ordinal: dict[str, int] = {}  # by raw text, rejections (<0) included
+        self._metric_index: dict[str, int] = {}  # by name: texts differing in spaces share one
         self._gpu_ordinal = gpus.by_columns  # the hot path's lookup, read-only here
         self._partition = gpus.partition
         self._times: dict[str, int] = {}
@@ -350,11 +351,10 @@ class RowParser:
             ordinal = _BAD_METRIC_ENCODING
         elif not METRIC_NAME.fullmatch(name):
             ordinal = _BAD_METRIC
-        elif name in self.metrics:
-            ordinal = self.metrics.index(name)
         else:
-            ordinal = len(self.metrics)
-            self.metrics.append(name)
+            ordinal = self._metric_index.setdefault(name, len(self.metrics))
+            if ordinal == len(self.metrics):
+                self.metrics.append(name)
         self._metric_ordinal[text] = ordinal
         return ordinal
 
