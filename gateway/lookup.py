@@ -14,12 +14,19 @@ _INDEX = re.compile(r"[0-9]{1,6}")
 MAX_CANDIDATES = 50
 ID_HELP = (
     "The GPU's uuid, or a bare host-local index (like `1`) when exactly one host has that "
-    "index; an index present on several hosts answers 409 with the candidates."
+    "index and no GPU has it as its uuid; an index present on several hosts answers 409 "
+    "with the candidates."
 )
 
 
 def resolve(store: Store, gpu_id: str) -> GpuSummary:
-    """Return the GPU `gpu_id` names; 409 when an index is ambiguous, 404 when nothing has data."""
+    """Return the GPU `gpu_id` names; 409 when an index is ambiguous, 404 when nothing has data.
+
+    An exact uuid wins over an index: a GPU whose uuid is all digits ("5") stays reachable.
+    """
+    gpu = store.get_gpu(gpu_id)
+    if gpu is not None:
+        return gpu
     if _INDEX.fullmatch(gpu_id):
         found = store.gpus_by_index(int(gpu_id), MAX_CANDIDATES + 1)
         if len(found) == 1:
@@ -30,10 +37,7 @@ def resolve(store: Store, gpu_id: str) -> GpuSummary:
                 f"GPU index {gpu_id} exists on {hosts} hosts; use one of the candidate uuids",
                 candidates=[candidate(g) for g in found[:MAX_CANDIDATES]],
             )
-    gpu = store.get_gpu(gpu_id)
-    if gpu is None:
-        raise NotFound(f"no GPU with uuid or index {gpu_id[:64]!r} has data")
-    return gpu
+    raise NotFound(f"no GPU with uuid or index {gpu_id[:64]!r} has data")
 
 
 def candidate(gpu: GpuSummary) -> schemas.Candidate:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from gateway import lookup
+from gateway.errors import Conflict
 from gateway.times import format_time
+from store import GpuSummary
 from store.catalog import gpu_key, name_key
 from tests.gateway import data
 from tests.gateway.data import METRICS, T0, TEMP, TIMES, UTIL, S
@@ -243,3 +246,29 @@ def test_a_gpu_known_by_hostname_slash_index_can_be_addressed(fresh, fresh_clien
     page = fresh_client.get("/ui/gpus/host-9%2F3")
     assert page.status_code == 200 and "host-9/3" in page.get_data(as_text=True)
     assert fresh_client.get("/api/v1/gpus/host-9%2F4").status_code == 404
+
+
+class _Fleet:
+    """The two store reads `lookup.resolve` makes, over a fixed list of GPUs."""
+
+    def __init__(self, *gpus: GpuSummary) -> None:
+        self.gpus = gpus
+
+    def get_gpu(self, uuid: str) -> GpuSummary | None:
+        return next((g for g in self.gpus if g.uuid == uuid), None)
+
+    def gpus_by_index(self, index: int, limit: int) -> list[GpuSummary]:
+        return [g for g in self.gpus if g.gpu == index][:limit]
+
+
+def test_an_exact_uuid_wins_over_a_host_local_index() -> None:
+    """A GPU whose uuid is all digits: before, "5" was read as an index only (409 or the
+    other GPU), and that GPU could not be reached at all."""
+    digits = GpuSummary("5", "host-a", 0, "nvidia0", "m", 1, 2)
+    fives = [GpuSummary(f"GPU-{h}-5", h, 5, "nvidia5", "m", 1, 2) for h in ("host-b", "host-c")]
+    assert lookup.resolve(_Fleet(digits, *fives), "5") is digits  # type: ignore[arg-type]
+    assert lookup.resolve(_Fleet(digits, fives[0]), "5") is digits  # type: ignore[arg-type]
+    assert lookup.resolve(_Fleet(digits, fives[0]), "0") is digits  # type: ignore[arg-type]
+    with pytest.raises(Conflict):
+        lookup.resolve(_Fleet(*fives), "5")  # type: ignore[arg-type]
+    assert lookup.resolve(_Fleet(fives[0]), "5") is fives[0]  # type: ignore[arg-type]
