@@ -77,7 +77,7 @@ def csv_path(a: argparse.Namespace) -> Path:
     )
     if path.is_dir():
         raise UpError(f"--csv {path} is a directory: give a DCGM CSV file")
-    if not path.is_file():
+    if not path.exists():  # a FIFO or /dev/stdin is no regular file, yet streams fine
         raise UpError(f"CSV file not found: {path}")
     return path
 

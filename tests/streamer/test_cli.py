@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
+from gputel.up import UpError, csv_path
 from tests.streamer.dcgm_fixture import HEADER, csv_text, row
 from tests.streamer.streaming import STREAMER
 
@@ -69,3 +73,12 @@ def test_credentials_in_a_scrape_url_are_refused_at_start_without_showing_them()
     assert result.returncode == 1
     assert_one_line_error(result, "http://***@127.0.0.1:1/m", "credentials")
     assert "s3cret" not in result.stderr + result.stdout
+
+
+def test_gputel_up_takes_a_fifo_as_its_csv(tmp_path: Path) -> None:
+    """A FIFO is no regular file, yet the streamer reads it: `gputel-up` said "not found"."""
+    fifo = tmp_path / "dcgm.fifo"
+    os.mkfifo(fifo)
+    assert csv_path(argparse.Namespace(csv=fifo)) == fifo
+    with pytest.raises(UpError, match="CSV file not found"):
+        csv_path(argparse.Namespace(csv=tmp_path / "absent.csv"))
