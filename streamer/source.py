@@ -91,6 +91,8 @@ def _header(reader: Iterator[list[str]], source: str) -> list[str]:
         raise SourceError(f"{source}: empty file, no CSV header") from None
     except csv.Error as exc:
         raise SourceError(f"{source}: unreadable CSV header: {exc}") from exc
+    except OSError as exc:  # e.g. /proc/self/mem: it opens, then refuses the read
+        raise SourceError(f"cannot read {source!r}: {exc}") from exc
 
 
 def blocks(
@@ -128,6 +130,10 @@ def blocks(
         except csv.Error:
             parser.malformed(reader.line_num)
             n += 1
+        except OSError as exc:  # not around `reader` itself: a frame per record costs ~10 %
+            raise SourceError(
+                f"cannot read {source!r} after line {reader.line_num}: {exc}"
+            ) from exc
     parser.add_rows(rows, ends)
     yield parser, parser.take_block()
 

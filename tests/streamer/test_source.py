@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,16 @@ def test_bytes_that_are_no_utf8_in_a_gpu_field_or_metric_name_reject_the_row(
     issue = rows.report.rejected[Reject.BAD_ENCODING]
     assert (issue.count, issue.first_line) == (4, 3)
     assert len(rows.report.rejected) == 1
+
+
+def test_a_read_error_is_a_source_error_naming_the_file() -> None:
+    """/proc/self/mem opens and then refuses the read: a traceback, before."""
+    with pytest.raises(SourceError, match="cannot read '/proc/self/mem'"):
+        read_csv("/proc/self/mem")
+
+    def failing() -> Iterator[str]:
+        yield from csv_text([row(), row()]).splitlines(keepends=True)
+        raise OSError(5, "Input/output error")
+
+    with pytest.raises(SourceError, match=r"cannot read 'dcgm.csv' after line 3: .*Input/output"):
+        parse_csv(failing(), "dcgm.csv")
