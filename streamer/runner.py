@@ -44,7 +44,8 @@ batches); `--pass-interval` starts passes on a wall-clock grid (multiples of the
 interval since the epoch, `PassClock`), so every streamer — including one that took the
 partition over a moment ago — agrees when a partition's next pass may start: at most
 one pass per partition per interval, also across restarts and rebalances. Rejected rows
-are counted (and logged once per reason) after each complete scan that sent rows.
+are counted (and logged once per reason) after each complete scan that sent rows, or
+that found no usable row at all.
 
 Shutdown (`stop`, e.g. on SIGTERM): stop reading, send the rows already taken from
 the scan, wait for their acknowledgement, commit progress, leave the group.
@@ -146,11 +147,16 @@ class Streamer(ProducingMember):
                 next_finish_check = now + FINISH_CHECK_S
                 if self._finished():
                     log.info("every partition is done; leaving the group")
-                    if not self._sent_rows:
-                        self._warn_nothing_sent()
+                    if not self._sent_rows and self._usable_rows():
+                        self._warn_nothing_sent()  # (no usable row: the rejections said why)
                     return
             self._wake.wait(self._idle_wait_s())
             self._wake.clear()
+
+    def _usable_rows(self) -> bool:
+        """True when the file has a row to send (known after the first complete scan)."""
+        sizes = self.source.sizes if self.source is not None else None
+        return bool(sizes and any(sizes))
 
     def _warn_nothing_sent(self) -> None:
         """The group's committed progress had every pass done before this process sent a row:
@@ -328,7 +334,8 @@ class Streamer(ProducingMember):
             if sizes[p] and st.sent % sizes[p] == 0:
                 self.metrics.passes_completed.inc()
                 st.next_pass_at = self.grid.next_start(st.slot)
-        if scan.sent and self.source.report is not None:
+        # A file without a usable row is read once: its rejections say why nothing is sent.
+        if (scan.sent or not any(sizes)) and self.source.report is not None:
             record_pass(self.source.report, self.metrics, self.source.scans)
 
     # ---- positions -----------------------------------------------------------------------------

@@ -339,3 +339,15 @@ def test_a_batch_over_the_byte_limit_is_sent_in_smaller_batches(broker, tmp_path
     assert len(records[0]) > 1 and sum(records[0]) == len(rows)
     logged = read_log(broker.address, "telemetry", len(rows))
     assert sorted(int(e.point.value) for e in logged) == list(range(len(rows)))
+
+
+def test_a_file_without_a_usable_row_does_not_blame_the_groups_progress(broker, tmp_path, caplog):
+    csv = tmp_path / "bad.csv"
+    csv.write_text(csv_text([row(gpu_id="")] * 3), encoding="utf-8")
+    config = StreamerConfig(
+        broker=broker.address, csv=str(csv), passes=1, group="fresh", metrics_listen=""
+    )
+    with caplog.at_level("INFO"):
+        assert Streamer(config, new_metrics(CollectorRegistry())).run() == 0
+    assert "rows rejected: missing_gpu_id x3" in caplog.text
+    assert "nothing sent" not in caplog.text
