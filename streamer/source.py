@@ -11,7 +11,7 @@ keeps the row (its GPU has no labels) and is counted as a `Defect`, once per GPU
 Blank lines are ignored; text after a closing quote rejects the row (`malformed_csv`).
 Bytes that are no UTF-8 are read as U+FFFD, so distinct ones would look equal: in a GPU's
 descriptor or a metric name they reject the row (`bad_encoding`).
-Line numbers are the file's (a record's last line).
+Line numbers are the file's (a record's last line; a malformed record's first).
 
 `streamer.rows.RowParser` turns records into `RowBlock`s: the accepted rows of a
 stretch of the file, already split by partition (a GPU's partition is computed once).
@@ -113,9 +113,11 @@ def blocks(
     rows: list[list[str]] = []
     ends: list[int] = []
     n = 0  # records of the block, malformed ones included
+    done = reader.line_num  # the last line of the records read so far
     while True:
         try:
             for fields in reader:
+                done = reader.line_num
                 if fields:  # a blank line is no row
                     rows.append(fields)
                     ends.append(reader.line_num)
@@ -127,8 +129,9 @@ def blocks(
                             yield parser, parser.take_block()
                             n = 0
             break
-        except csv.Error:
-            parser.malformed(reader.line_num)
+        except csv.Error:  # an unterminated quote may have run on: name where it started
+            parser.malformed(done + 1)
+            done = reader.line_num
             n += 1
         except OSError as exc:  # not around `reader` itself: a frame per record costs ~10 %
             raise SourceError(

@@ -249,3 +249,13 @@ def test_a_read_error_is_a_source_error_naming_the_file() -> None:
 
     with pytest.raises(SourceError, match=r"cannot read 'dcgm.csv' after line 3: .*Input/output"):
         parse_csv(failing(), "dcgm.csv")
+
+
+def test_a_malformed_record_is_reported_at_its_first_line() -> None:
+    """An unterminated quote on line 3 runs on into line 4, where the reader gives up."""
+    good = quoted([row()[h] for h in HEADER])
+    unterminated = good[:-1]  # the last field's closing quote is missing
+    text = "\n".join([quoted(HEADER), good, unterminated, good, good]) + "\n"
+    rows = parse(text)
+    assert len(rows) == 2 and rows.report.rows_read == 3
+    assert rows.report.rejected[Reject.MALFORMED_CSV] == Issue("malformed_csv", 1, 3)
