@@ -40,7 +40,7 @@ class SampleReject(StrEnum):
     BAD_METRIC_NAME = "bad_metric_name"  # a name the REST API could not select (too long)
     VALUE_NOT_NUMERIC = "value_not_numeric"
     VALUE_NOT_FINITE = "value_not_finite"
-    TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"  # as the CSV path: [0, MAX_TIME_NS] in ns
+    TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"  # as the CSV path: (0, MAX_TIME_NS] in ns
     DUPLICATE_SAMPLE = "duplicate_sample"  # a series' second sample in one page (the first kept)
 
 
@@ -88,7 +88,7 @@ def sample(line: str, rejected: Callable[[SampleReject], None]) -> Sample | None
         return None
     # Refused here, not clamped or replaced: a time in ns past int64 cannot be encoded (it
     # crashed the streamer), and a sample's own time is never silently swapped for another.
-    if ts is not None and not 0 <= ts <= MAX_TIMESTAMP_MS:
+    if ts is not None and not 0 < ts <= MAX_TIMESTAMP_MS:
         rejected(SampleReject.TIMESTAMP_OUT_OF_RANGE)
         return None
     return name.strip(), labels, value, ts

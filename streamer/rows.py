@@ -367,7 +367,7 @@ class RowParser:
         except (ValueError, OverflowError):
             ns = _BAD_TIME
         else:
-            ns = ns if 0 <= ns <= MAX_TIME_NS else _TIME_OUT_OF_RANGE
+            ns = ns if 0 < ns <= MAX_TIME_NS else _TIME_OUT_OF_RANGE  # 0: "unknown" when stored
         self._times[text] = ns
         return ns
 

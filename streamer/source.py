@@ -6,7 +6,8 @@ CRLF line ends and extra columns are tolerated. A GPU's identity is its uuid, el
 
 Rows are skipped and counted by `Reject` reason: a timestamp that is no timestamp, or
 one outside what a signed 64-bit nanosecond count holds (before 1970-01-01 or after
-2262-04-11), rejects the row like a bad value does. A `labels_raw` that does not parse
+2262-04-11) or the epoch itself (a stored source time of 0 means "unknown"), rejects the
+row like a bad value does. A `labels_raw` that does not parse
 keeps the row (its GPU has no labels) and is counted as a `Defect`, once per GPU.
 Blank lines are ignored; text after a closing quote rejects the row (`malformed_csv`).
 Bytes that are no UTF-8 are read as U+FFFD, so distinct ones would look equal: in a GPU's

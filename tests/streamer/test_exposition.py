@@ -96,9 +96,13 @@ def test_a_timestamp_no_point_can_hold_is_refused_and_counted(ts: str) -> None:
         assert newest == 9223372036854  # the last ms whose ns an int64 holds
 
 
-def test_a_timestamp_of_zero_is_a_time_not_its_absence() -> None:
+def test_a_timestamp_of_zero_is_refused_not_taken_for_its_absence() -> None:
+    """0 is no sample time (a stored source time of 0 means "unknown"), and no page time."""
     reader = PageReader(lambda _n, _lab: (0, 0))
-    assert reader.read('M{gpu="0"} 1 0\n', [], [], [], print) == 0
+    rejected: list[SampleReject] = []
+    assert reader.read('M{gpu="0"} 1 0\n', [], [], [], rejected.append) is None
+    assert rejected == [SampleReject.TIMESTAMP_OUT_OF_RANGE]
+    assert reader.read('M{gpu="0"} 1 1\n', [], [], [], print) == 1
     assert reader.read('M{gpu="0"} 1\n', [], [], [], print) is None
 
 

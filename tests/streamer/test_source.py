@@ -170,10 +170,17 @@ def test_a_timestamp_that_does_not_fit_rejects_the_row_and_the_stream_goes_on(
     assert (issue.count, issue.first_line) == (2, 2) and rows.report.rows_rejected == 2
 
 
-def test_the_last_instants_an_int64_holds_are_kept() -> None:
-    edge = ["1970-01-01T00:00:00Z", "2262-04-11T23:47:16.854775807Z"]
+def test_the_first_and_last_instants_a_point_can_carry_are_kept() -> None:
+    """The epoch itself is refused: a stored source time of 0 means "unknown" (the API showed
+    such a row's `source_time` as null)."""
+    edge = [
+        "1970-01-01T00:00:00Z",
+        "1970-01-01T00:00:00.000000001Z",
+        "2262-04-11T23:47:16.854775807Z",
+    ]
     rows = parse(csv_text([row(timestamp=t) for t in edge]))
-    assert list(rows.source_time_ns) == [0, 2**63 - 1]
+    assert list(rows.source_time_ns) == [1, 2**63 - 1]
+    assert rows.report.rejected[Reject.TIMESTAMP_OUT_OF_RANGE].count == 1
 
 
 def test_bad_labels_keep_the_row_and_count_a_defect_once_per_gpu() -> None:
