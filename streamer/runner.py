@@ -89,6 +89,7 @@ class _Scan:
         self.sent: set[int] = set()  # partitions that sent rows in this scan
         self.pending: dict[int, PartRows] = {}
         self.stamps: dict[int, int] = {}  # source time -> processing time (one per row group)
+        self.stamp_limit = STAMP_CACHE_MAX  # entries before the stamps no pending row needs go
         self.sizes: dict[int, int] = {}  # the next batch size of partitions still ramping up
 
 
@@ -311,10 +312,20 @@ class Streamer(ProducingMember):
                     return 0
 
     def _stamps(self, scan: _Scan, sources: array[int]) -> list[int]:
-        """Processing times of rows: one per source time (row group) per scan, increasing."""
+        """Processing times of rows: one per source time (row group) per scan, increasing.
+
+        Bounded: past STAMP_CACHE_MAX source times, only the stamps of rows still pending
+        in some partition are kept (forgetting one would give its row group a second stamp
+        when the rest of it is sent). A row read later with a forgotten source time (a file
+        not in time order) gets a new stamp.
+        """
         stamps = scan.stamps
-        if len(stamps) > STAMP_CACHE_MAX:
-            stamps.clear()
+        if len(stamps) > scan.stamp_limit:
+            needed = set(sources)
+            for rows in scan.pending.values():
+                needed.update(rows.source_time_ns)
+            scan.stamps = stamps = {s: t for s, t in stamps.items() if s in needed}
+            scan.stamp_limit = max(STAMP_CACHE_MAX, 2 * len(stamps))  # no pass per batch
         for s in set(sources).difference(stamps):
             stamps[s] = self._last_ns = max(self.time_ns(), self._last_ns + 1)
         return [stamps[s] for s in sources]

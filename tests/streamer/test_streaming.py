@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 import pytest
 from prometheus_client import CollectorRegistry
 
+from streamer import runner
 from streamer.config import StreamerConfig
 from streamer.runner import FIRST_BATCH_DIVISOR, Streamer
 from streamer.scan import BLOCK_ROWS
@@ -351,3 +352,22 @@ def test_a_file_without_a_usable_row_does_not_blame_the_groups_progress(broker, 
         assert Streamer(config, new_metrics(CollectorRegistry())).run() == 0
     assert "rows rejected: missing_gpu_id x3" in caplog.text
     assert "nothing sent" not in caplog.text
+
+
+def test_a_row_group_keeps_one_stamp_past_the_bound_on_remembered_times(
+    broker, tmp_path, monkeypatch
+):
+    """More distinct CSV timestamps than the stamps kept (bound lowered to 8 here, 100,000
+    in use): a group whose rows wait in another partition keeps its stamp. Before, the
+    stamps were all forgotten at the bound, and such groups got one stamp per batch."""
+    monkeypatch.setattr(runner, "STAMP_CACHE_MAX", 8)
+    scrapes = 40
+    csv = make_csv(tmp_path / "dcgm.csv", G, M, scrapes)
+    config = StreamerConfig(broker=broker.address, csv=str(csv), passes=1, metrics_listen="")
+    assert Streamer(config, new_metrics(CollectorRegistry())).run() == 0
+    logged = read_log(broker.address, "telemetry", G * M * scrapes)
+    by_group = defaultdict(set)
+    for entry in logged:
+        by_group[entry.point.source_time_ns].add(entry.point.time_ns)
+    assert len(by_group) == scrapes
+    assert all(len(stamps) == 1 for stamps in by_group.values())
