@@ -43,7 +43,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description=(__doc__ or "").splitlines()[0].split(": ", 1)[-1]
     )
-    admin_cli.add_admin_args(p, extra=_kafka_flags)
+    admin_cli.add_admin_args(
+        p, extra=_kafka_flags, broker="HOST:PORT, walbroker://HOST:PORT or kafka://HOST:PORT[,…]"
+    )
     return flags.finish(p, env, "GPUTEL_ADMIN_", {"broker": admin_cli.ENV_BROKER})
 
 

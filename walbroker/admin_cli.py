@@ -73,12 +73,14 @@ def offset(text: str) -> int:
 ExtraFlags = Callable[[argparse.ArgumentParser], None]
 
 
-def _common(p: argparse.ArgumentParser, extra: ExtraFlags | None = None) -> None:
+def _common(
+    p: argparse.ArgumentParser, extra: ExtraFlags | None = None, broker: str = "HOST:PORT"
+) -> None:
     # SUPPRESS: the flags may come before or after the command without overriding each other.
     p.add_argument(
         "--broker",
         default=argparse.SUPPRESS,
-        help=f"HOST:PORT of the broker (default: {DEFAULT_BROKER}; env {ENV_BROKER})",
+        help=f"{broker} of the broker (default: {DEFAULT_BROKER}; env {ENV_BROKER})",
     )
     p.add_argument(
         "--json",
@@ -97,14 +99,17 @@ def _common(p: argparse.ArgumentParser, extra: ExtraFlags | None = None) -> None
         extra(p)
 
 
-def add_admin_args(p: argparse.ArgumentParser, extra: ExtraFlags | None = None) -> None:
-    """The `admin` subcommands and their flags; `extra` adds flags next to the common ones."""
-    _common(p, extra)
+def add_admin_args(
+    p: argparse.ArgumentParser, extra: ExtraFlags | None = None, broker: str = "HOST:PORT"
+) -> None:
+    """The `admin` subcommands and their flags; `extra` adds flags next to the common ones,
+    `broker` says which addresses `--broker` takes."""
+    _common(p, extra, broker)
     sub = p.add_subparsers(dest="admin_command", required=True, metavar="COMMAND")
 
     def cmd(name: str, help_text: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_text, description=help_text)
-        _common(c, extra)
+        _common(c, extra, broker)
         return c
 
     cmd("topics", "every topic: partitions, log start/end offsets, bytes, publish times")
