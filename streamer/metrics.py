@@ -13,6 +13,9 @@ from collections.abc import Iterable
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 # Seal-to-acknowledgement times of a batch: a few ms with group commit, seconds under backpressure.
+# The reasons of the per-target counters (`ScrapeMetrics.forget` drops each of a target's).
+SCRAPE_ERRORS = ("timeout", "connection", "http_status", "too_large", "bad_response", "bad_url")
+SKIPS = ("busy", "late")
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -156,7 +159,16 @@ class ScrapeMetrics:
         )
 
     def forget(self, target: str) -> None:
-        """Drop a target's series (it moved to another streamer or went away)."""
+        """Drop a target's series (it moved to another streamer or went away).
+
+        Its counters too: with targets that come and go (the pods behind a DNS name) they
+        would otherwise pile up for ever. A counter that comes back starts at 0, which
+        Prometheus' rate() reads as the reset it is.
+        """
         for gauge in (self.up, self.duration, self.samples):
             with contextlib.suppress(KeyError):
                 gauge.remove(target)
+        for counter, reasons in ((self.errors, SCRAPE_ERRORS), (self.skipped, SKIPS)):
+            for reason in reasons:
+                with contextlib.suppress(KeyError):
+                    counter.remove(target, reason)

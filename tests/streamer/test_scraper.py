@@ -305,3 +305,16 @@ def test_an_idle_close_racing_the_next_request_is_retried_once(servers, fetch) -
     (first,), (second,) = fetch(s.url), fetch(s.url)
     assert first.error is None and second.error is None and second.text == PAGE.decode()
     assert s.connections == 2
+
+
+def test_every_scrape_error_reason_is_one_a_forgotten_target_drops() -> None:
+    """`ScrapeMetrics.forget` removes a target's counters reason by reason."""
+    import inspect
+    import re
+
+    from streamer import scraping
+    from streamer.metrics import SCRAPE_ERRORS
+
+    source = inspect.getsource(scraper) + inspect.getsource(scraping)
+    used = set(re.findall(r'ScrapeError\(\s*"([a-z_]+)"', source))
+    assert len(used) >= 5 and used <= set(SCRAPE_ERRORS)

@@ -226,7 +226,8 @@ def test_a_target_removed_while_its_scrape_runs_leaves_no_series(
     broker, streamer_process, tmp_path
 ):
     """The scrape in flight when its target leaves the targets file ends after the target's
-    series were forgotten: it must not bring them back (before: up=0 for ever)."""
+    series were forgotten: it must not bring them back (before: up=0 for ever). Its
+    counters go too (targets behind a DNS name come and go: they piled up)."""
     arrived, release = threading.Event(), threading.Event()
 
     def hang(_n: int) -> bytes:
@@ -241,14 +242,20 @@ def test_a_target_removed_while_its_scrape_runs_leaves_no_series(
             "--broker", broker.address, "--targets-file", str(sd), "--scrape-interval-s", "1",
             "--scrape-timeout-s", "1", "--metrics-listen", f"127.0.0.1:{port}",
         )  # fmt: skip
+        timeouts = lambda: metric_value(  # noqa: E731
+            port, "gpu_telemetry_scrape_errors_total", target=url, reason="timeout"
+        )
         try:
-            assert arrived.wait(15), s.log_text()  # a scrape in flight for 1 s from now
+            assert wait_until(lambda: timeouts() >= 1, 15), s.log_text()
+            arrived.clear()
+            assert arrived.wait(5), s.log_text()  # a scrape in flight for 1 s from now
             write_sd(sd, [])  # seen within the interval: before that scrape times out
             known = lambda: metric_value(port, "gpu_telemetry_scrape_targets", state="known")  # noqa: E731
             assert wait_until(lambda: known() == 0, 5), s.log_text()
             time.sleep(1.5)  # the scrape has timed out and been taken by the loop
             for name in ("up", "duration_seconds", "samples"):
                 assert metric_value(port, f"gpu_telemetry_scrape_{name}", target=url) == -1, name
+            assert timeouts() == -1
             assert s.terminate() == 0, s.log_text()
         finally:
             release.set()
