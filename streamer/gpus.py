@@ -107,20 +107,20 @@ class GpuTable:
         )  # fmt: skip
         if gpu is None:
             return Unusable.NO_IDENTITY
-        fields = (gpu.uuid, gpu.hostname, gpu.device, gpu.model, gpu.container, gpu.pod,
-                  gpu.namespace)  # fmt: skip
-        if any(REPLACEMENT in v for v in fields):  # distinct bad bytes would make one GPU
-            return Unusable.BAD_ENCODING
         return self.intern(gpu)
 
     def intern(self, gpu: Gpu) -> int:
         """The ordinal of `gpu` (equal descriptors and labels share one); `BAD_GPU_FIELD` when
         a descriptor value is longer than a tag may be or holds a control character or a
-        backslash: the collector would have to refuse its whole batch."""
+        backslash: the collector would have to refuse its whole batch; `BAD_ENCODING` when
+        one held bytes that are no UTF-8 (CSV file or scraped page: both are decoded with
+        U+FFFD for them, so distinct bad bytes would make one GPU)."""
         descriptor = (gpu.uuid, gpu.hostname, gpu.device, gpu.model, gpu.container, gpu.pod,
                       gpu.namespace)  # fmt: skip
         if not tags_storable(descriptor):
             return Unusable.BAD_GPU_FIELD
+        if any(REPLACEMENT in v for v in descriptor):
+            return Unusable.BAD_ENCODING
         key = (
             gpu.uuid, gpu.hostname, gpu.gpu, gpu.device, gpu.model, gpu.container, gpu.pod,
             gpu.namespace, tuple(sorted(gpu.labels.items())),

@@ -63,6 +63,7 @@ _BAD_LABELS, _NO_GPU = -1, -2
 _GPU_REJECT = {
     _BAD_LABELS: SampleReject.BAD_LABELS,
     Unusable.BAD_GPU_FIELD: SampleReject.BAD_GPU_FIELD,
+    Unusable.BAD_ENCODING: SampleReject.BAD_ENCODING,
 }
 LABEL_CACHE_MAX = 10_000  # label texts remembered per target
 

@@ -382,6 +382,28 @@ def test_samples_no_store_could_keep_are_refused_and_counted(broker, streamer_pr
     assert len(points) == total and total % 2 == 0
 
 
+def test_bytes_that_are_no_utf8_in_a_gpu_label_refuse_the_sample(broker, streamer_process):
+    """`GPU-\\xff` and `GPU-\\xfe` both decode as `GPU-\ufffd`: taken, they were one GPU with
+    the other's points. Each is refused and counted; the page's good GPU is published."""
+    page = (
+        sample_line("DCGM_FI_DEV_GPU_UTIL", "0", "GPU-good", "h1", 42).encode()
+        + sample_line("DCGM_FI_DEV_GPU_UTIL", "1", "GPU-@ff", "h1", 1)
+        .encode()
+        .replace(b"@ff", b"\xff")
+        + sample_line("DCGM_FI_DEV_GPU_UTIL", "2", "GPU-@fe", "h1", 2)
+        .encode()
+        .replace(b"@fe", b"\xfe")
+    )
+    port = free_port()
+    with serving(lambda _n: page) as url:
+        s = scrape_one(broker, streamer_process, url, port)
+        assert wait_until(lambda: streamed(broker) >= 2, 15), s.log_text()
+        rejected = "gpu_telemetry_scrape_samples_rejected_total"
+        assert metric_value(port, rejected, reason="bad_encoding") >= 4  # 2 a scrape
+        assert s.terminate() == 0, s.log_text()
+    assert {p.gpu.uuid for p in published_points(broker)} == {"GPU-good"}
+
+
 def test_a_sample_time_no_point_can_hold_is_refused_and_the_streamer_stays_up(
     broker, streamer_process
 ):
