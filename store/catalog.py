@@ -68,10 +68,9 @@ def name_key(kind: str, name: str) -> tuple[int, str]:
 class GpuRecord:
     """One catalog write for a GPU: its descriptor and the span the writer saw.
 
-    `anchor_ns` is where the store may pin the record (the InfluxDB point time: the
-    record's `first_seen`, see `_anchor`); `moved` marks a record for a descriptor the GPU
-    no longer has (its hostname, model or index changed) or a place the record left, so
-    filters on the old value stop finding it. `seen_only`: the same writer
+    `anchor_ns` is where the store may pin the record (the InfluxDB point time); `moved`
+    marks a record for a descriptor the GPU no longer has (its hostname, model or index
+    changed), so filters on the old value stop finding it. `seen_only`: the same writer
     stored this record before with the same descriptor, anchor and `first_seen`; only
     `last_seen` moved.
     """
@@ -192,7 +191,7 @@ class CatalogTracker:
                     # Its host and model names were confirmed with (or before) this record.
                     if hi < known.last_seen_ns + granularity and lo >= known.first_seen_ns:
                         continue  # the usual case: nothing new for the catalog
-                    gpus += _moved_on(known, lo, hi)
+                    gpus.append(_moved_on(known, lo, hi))
                     continue
                 gpus += self._gpu_records(known, fields, lo, hi)
                 for kind, name in (("host", gpu.hostname), ("model", gpu.model)):
@@ -210,15 +209,14 @@ class CatalogTracker:
         if known is None:
             return [GpuRecord(fields, lo, lo, hi)]
         first, last = min(known.first_seen_ns, lo), max(known.last_seen_ns, hi)
-        anchor = _anchor(known, first)
         if fields != known.fields:
-            new = GpuRecord(fields, anchor, first, last)
-            if _identity(fields) == _identity(known.fields) and anchor == known.anchor_ns:
+            new = GpuRecord(fields, known.anchor_ns, first, last)
+            if _identity(fields) == _identity(known.fields):
                 return [new]  # same InfluxDB series: the new record overwrites the old
             gone = GpuRecord(known.fields, known.anchor_ns, first, known.last_seen_ns, True)
             return [gone, new]
         if hi >= known.last_seen_ns + self.granularity_ns or lo < known.first_seen_ns:
-            return [*_left(known, anchor), GpuRecord(fields, anchor, first, last)]
+            return [GpuRecord(fields, known.anchor_ns, first, last)]
         return []
 
     def confirm(self, update: CatalogUpdate) -> None:
@@ -275,36 +273,13 @@ def _refresh_period(uuid: str, t_ns: int) -> int:
     return (t_ns + phase) // REFRESH_NS
 
 
-def _moved_on(known: GpuRecord, lo: int, hi: int) -> list[GpuRecord]:
+def _moved_on(known: GpuRecord, lo: int, hi: int) -> GpuRecord:
     """The record after `known` (same descriptor) for a span (lo, hi) it does not cover."""
     first, last = min(known.first_seen_ns, lo), max(known.last_seen_ns, hi)
     seen_only = first == known.first_seen_ns and _refresh_period(
         known.fields[0], last
     ) == _refresh_period(known.fields[0], known.last_seen_ns)
-    anchor = _anchor(known, first)
-    return [
-        *_left(known, anchor),
-        GpuRecord(known.fields, anchor, first, last, seen_only=seen_only),
-    ]
-
-
-def _left(known: GpuRecord, anchor_ns: int) -> list[GpuRecord]:
-    """`known` marked `moved` where it was, when the record moves to another anchor."""
-    if anchor_ns == known.anchor_ns:
-        return []
-    return [GpuRecord(known.fields, known.anchor_ns, known.first_seen_ns, known.last_seen_ns, True)]
-
-
-def _anchor(known: GpuRecord, first_ns: int) -> int:
-    """Where the record goes: where it is, unless `first_seen` moved back to `first_ns`.
-
-    A record is pinned at its writer's `first_seen` (the InfluxDB slot is a hash of uuid
-    and anchor), so two writers meet on one slot only when they hold the same
-    `first_seen`, and one overwriting the other never loses an older one: a record whose
-    `first_seen` moves back moves to its new slot, and the one it leaves is marked
-    `moved` (a filter on a value the GPU loses later must not find it there).
-    """
-    return first_ns if first_ns < known.first_seen_ns else known.anchor_ns
+    return GpuRecord(known.fields, known.anchor_ns, first, last, seen_only=seen_only)
 
 
 def reduce_gpus(records: Iterable[GpuRecord]) -> list[GpuSummary]:

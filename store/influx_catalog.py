@@ -37,14 +37,13 @@ host's own series instead (otherwise it would read every shard: docs/benchmarks.
 
 Point time: a point's series + time is its identity (a write there overwrites it), so
 each GPU's record gets its own time in its shard's series: SLOT_BASE_NS plus a 41-bit
-hash of (uuid, anchor), the anchor being the record's first_seen (`catalog._anchor`).
+hash of (uuid, anchor), the anchor being the time the writing process first saw the GPU.
 So a writing process overwrites its own record in place (descriptor changes included:
-no `moved` records are needed here, unless first_seen moved back and the record with
-it), every other writer keeps its own point or, holding the same first_seen, shares it
-(readers merge them with `store.catalog.reduce_gpus`: oldest first_seen, newest
-descriptor), and a redelivered batch rewrites the same points. Names get the hash of
-the name alone. Two keys of one shard on one slot (about 400 GPUs per shard in 2^41
-slots: ~4e-8 per shard) would overwrite each other; a write of either brings it back.
+no `moved` records are needed here), every other writer keeps its own point (readers
+merge them with `store.catalog.reduce_gpus`: oldest first_seen, newest descriptor), and a
+redelivered batch rewrites the same points. Names get the hash of the name alone. Two
+keys of one shard on one slot (about 400 GPUs per shard in 2^41 slots: ~4e-8 per shard)
+would overwrite each other; a write of either brings it back.
 
 All slots lie in one 36-minute window in the year 2200, aligned to a week: inside one
 InfluxDB shard group whatever the bucket's shard-group duration (1 h, 1 d, 7 d), never
@@ -173,13 +172,11 @@ def name_line(kind: str, name: str, anchor_ns: int) -> str:
 def encode(update: CatalogUpdate) -> bytes:
     """Return the catalog records of `update` as line protocol (empty when none).
 
-    A `moved` record is left out of the shard series when the same writer's new record
-    overwrites it there (same slot), written otherwise (the record moved to another
-    anchor), and kept in the old host's series, so a filter on the old hostname, model or
-    index stops finding the GPU.
+    `moved` records are left out of the shard series (the same writer's new record
+    overwrites them there: same slot) but kept in the old host's series, so a filter on
+    the old hostname stops finding the GPU.
     """
-    kept = {(r.fields[0], r.anchor_ns) for r in update.gpus if not r.moved}
-    lines = [gpu_line(r) for r in update.gpus if not r.moved or (r.uuid, r.anchor_ns) not in kept]
+    lines = [gpu_line(r) for r in update.gpus if not r.moved]
     lines += [host_line(r) for r in update.gpus if r.fields[1]]
     lines += [name_line(n.kind, n.name, n.anchor_ns) for n in update.names]
     return "\n".join(lines).encode()

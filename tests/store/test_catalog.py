@@ -146,34 +146,6 @@ def test_an_older_descriptor_never_replaces_the_newest_points(opener: Opener) ->
         check(reader, T0 - 5 * S, filters_exact=isinstance(store, SqliteStore))
 
 
-def test_a_late_point_keeps_first_seen_whoever_writes_next(opener: Opener) -> None:
-    """first_seen moved back by a late point survives another writer that starts where the
-    first one started (on InfluxDB both would pin their record at the same slot); the
-    record moved by the late point leaves nothing a filter on an old value could find."""
-    g = make(1, "node-a")
-    a = opener()
-    a.write(grid([g], [UTIL], [T0 + 60 * S]))
-    a.write(grid([g], [UTIL], [T0]))  # late: first_seen moves back
-    b = opener()
-    b.write(grid([g], [UTIL], [T0 + 60 * S]))  # a restarted collector, the same batch again
-    for reader in (a, b):
-        entry = reader.get_gpu(g.uuid)
-        assert entry is not None and (entry.first_seen_ns, entry.last_seen_ns) == (T0, T0 + 60 * S)
-        assert reader.list_gpus() == [entry]
-    # One writer alone: the slot its record left holds no old model for a filter to find.
-    h = make(2, "node-b")
-    c = opener()
-    c.write(grid([h], [UTIL], [T0 + 60 * S]))
-    c.write(grid([h], [UTIL], [T0]))
-    c.write(grid([make(2, "node-b", model=A100)], [UTIL], [T0 + 90 * S]))
-    entry = c.get_gpu(h.uuid)
-    assert entry is not None and (entry.model, entry.first_seen_ns) == (A100, T0)
-    assert c.list_gpus(hostname="node-b", model="A100") == [entry]
-    assert c.list_gpus(model="A100") == [entry]
-    assert [e.uuid for e in c.list_gpus(model="H100")] == [g.uuid]
-    assert c.gpus_by_index(2) == [entry]
-
-
 def test_last_seen_advances_within_its_granularity(opener: Opener) -> None:
     store = opener()
     g = make(1, "node-a")

@@ -66,11 +66,7 @@ def test_a_later_last_seen_alone_is_marked_and_a_whole_record_sent_each_refresh(
     if len(refreshed) == 2:
         assert refreshed[1] - refreshed[0] == REFRESH_NS
     older = tracker.updates(batch([(g, UTIL, T0 - S, 1.0)]))
-    # The record moves to its new first_seen; the one it leaves is marked moved.
-    assert [(r.anchor_ns, r.first_seen_ns, r.seen_only, r.moved) for r in older.gpus] == [
-        (T0, T0, False, True),
-        (T0 - S, T0 - S, False, False),
-    ]
+    assert [(r.first_seen_ns, r.seen_only) for r in older.gpus] == [(T0 - S, False)]
     unconfirmed = CatalogTracker(granularity_ns=10 * S)
     unconfirmed.updates(batch([(g, UTIL, T0, 1.0)]))  # never acknowledged: whole again
     assert [r.seen_only for r in unconfirmed.updates(batch([(g, UTIL, t, 1.0)])).gpus] == [False]
