@@ -258,6 +258,9 @@ class Streamer(ProducingMember):
 
         A batch is `--batch-size` rows, but while the file is read for the first time each
         partition starts small (`FIRST_BATCH_DIVISOR`) and doubles: see the module docstring.
+        Rows not handed over (stopping under backpressure) stay pending, and nothing after
+        them in their partition is sent: a later batch acknowledged first would be counted
+        as their progress, skipping them and sending its own rows twice.
         """
         total = 0
         for p, rows in list(scan.pending.items()):
@@ -266,7 +269,11 @@ class Streamer(ProducingMember):
             size = scan.sizes.get(p, self.config.batch_size)
             while n - start >= size or (everything and start < n):
                 end = min(n, start + size)
-                total += self._send(scan, p, rows, start, end)
+                sent = self._send(scan, p, rows, start, end)
+                total += sent
+                if sent < end - start:
+                    start += sent
+                    break
                 start = end
                 if p in scan.sizes:
                     size = scan.sizes[p] = min(2 * size, self.config.batch_size)
@@ -277,7 +284,14 @@ class Streamer(ProducingMember):
         return total
 
     def _send(self, scan: _Scan, p: int, rows: PartRows, start: int, end: int) -> int:
-        """Hand rows [start, end) of `p` to the producer; return how many it took.
+        """Hand rows [start, end) of `p` to the producer under `--rate`; return how many it
+        took (fewer only when stopping). Paced before the rows are stamped: a processing
+        time is when the row goes to the producer."""
+        self._pace(end - start)
+        return self._send_rows(scan, p, rows, start, end)
+
+    def _send_rows(self, scan: _Scan, p: int, rows: PartRows, start: int, end: int) -> int:
+        """Stamp, encode and publish rows [start, end) of `p`; return how many went.
 
         A batch whose encoding is over the producer's byte limit (GPUs with large labels:
         each GPU of a batch carries its labels once) is sent as two halves, in order, cut
@@ -294,13 +308,12 @@ class Streamer(ProducingMember):
         )  # fmt: skip
         if len(payload) > self.producer.max_batch_bytes and end - start > 1:
             mid = (start + end) // 2
-            sent = self._send(scan, p, rows, start, mid)
-            return sent if sent < mid - start else sent + self._send(scan, p, rows, mid, end)
+            sent = self._send_rows(scan, p, rows, start, mid)
+            return sent if sent < mid - start else sent + self._send_rows(scan, p, rows, mid, end)
         return self._publish(p, payload, end - start)
 
     def _publish(self, p: int, payload: bytes, count: int) -> int:
-        """Publish one encoded batch under `--rate`; return `count`, or 0 when stopping."""
-        self._pace(count)
+        """Publish one encoded batch; return `count`, or 0 when stopping."""
         while True:
             try:
                 self.producer.send_batch(p, payload, count, 1.0)
@@ -315,13 +328,15 @@ class Streamer(ProducingMember):
         """Processing times of rows: one per source time (row group) per scan, increasing.
 
         Bounded: past STAMP_CACHE_MAX source times, only the stamps of rows still pending
-        in some partition are kept (forgetting one would give its row group a second stamp
-        when the rest of it is sent). A row read later with a forgotten source time (a file
-        not in time order) gets a new stamp.
+        in some partition are kept, and the newest (its group may go on in the next block):
+        forgetting one would give its row group a second stamp when the rest of it is sent.
+        A row read later with a forgotten source time (a file not in time order) gets a new
+        stamp.
         """
         stamps = scan.stamps
         if len(stamps) > scan.stamp_limit:
             needed = set(sources)
+            needed.add(max(stamps))
             for rows in scan.pending.values():
                 needed.update(rows.source_time_ns)
             scan.stamps = stamps = {s: t for s, t in stamps.items() if s in needed}
