@@ -77,8 +77,13 @@ def csv_path(a: argparse.Namespace) -> Path:
     )
     if path.is_dir():
         raise UpError(f"--csv {path} is a directory: give a DCGM CSV file")
-    if not path.exists():  # a FIFO or /dev/stdin is no regular file, yet streams fine
+    if not path.exists():
         raise UpError(f"CSV file not found: {path}")
+    if not path.is_file():  # its header is checked, then it is read once per pass
+        raise UpError(
+            f"--csv {path} is not a regular file (a FIFO or a device): gputel-up reads it "
+            "again for each pass; copy it to a file, or give it to gputel-streamer --passes 1"
+        )
     return path
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import stat
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
@@ -75,8 +76,17 @@ def open_csv(path: str | os.PathLike[str]) -> TextIO:
         raise SourceError(f"cannot read {os.fspath(path)!r}: {exc}") from exc
 
 
-def check_header(path: str | os.PathLike[str]) -> Columns:
-    """Read a CSV's header only; raise `SourceError` if the file cannot be streamed."""
+def check_header(path: str | os.PathLike[str]) -> Columns | None:
+    """Read a CSV's header only; raise `SourceError` if the file cannot be streamed.
+
+    A FIFO (or another file that is not regular) is not read here: what this read took
+    would be gone for the scan, which checks the header itself (None).
+    """
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+    except OSError as exc:
+        raise SourceError(f"cannot read {os.fspath(path)!r}: {exc}") from exc
     lines = open_csv(path)
     try:
         return bind_columns(_header(csv.reader(lines, strict=True), os.fspath(path)))

@@ -75,10 +75,12 @@ def test_credentials_in_a_scrape_url_are_refused_at_start_without_showing_them()
     assert "s3cret" not in result.stderr + result.stdout
 
 
-def test_gputel_up_takes_a_fifo_as_its_csv(tmp_path: Path) -> None:
-    """A FIFO is no regular file, yet the streamer reads it: `gputel-up` said "not found"."""
+def test_gputel_up_says_what_is_wrong_with_a_fifo_as_its_csv(tmp_path: Path) -> None:
+    """It said "not found" for a FIFO that exists; it cannot take one (it reads the file
+    once per pass), and says so, naming what can."""
     fifo = tmp_path / "dcgm.fifo"
     os.mkfifo(fifo)
-    assert csv_path(argparse.Namespace(csv=fifo)) == fifo
+    with pytest.raises(UpError, match=r"not a regular file .*gputel-streamer --passes 1"):
+        csv_path(argparse.Namespace(csv=fifo))
     with pytest.raises(UpError, match="CSV file not found"):
         csv_path(argparse.Namespace(csv=tmp_path / "absent.csv"))

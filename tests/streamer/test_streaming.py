@@ -408,3 +408,18 @@ def test_a_batch_not_handed_over_when_stopping_holds_back_the_rest_of_its_partit
         got = [key(e.point) for e in sorted(logged, key=lambda e: e.offset) if e.partition == part]
         rows = [k for k in in_file if partition_of.get(k[0]) == part]
         assert got == rows[: len(got)], f"partition {part}: not a prefix of its rows"
+
+
+def test_the_streamer_reads_a_fifo_header_included(broker, streamer_process, tmp_path):
+    """The header check before connecting read (and so took) the start of a FIFO: the scan
+    then opened it again mid-record. A FIFO is now only read by the scan."""
+    csv = make_csv(tmp_path / "dcgm.csv", G, M, S)
+    fifo = tmp_path / "dcgm.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(csv.read_bytes()), daemon=True)
+    writer.start()
+    s = streamer_process("--broker", broker.address, "--csv", str(fifo))
+    assert s.wait(60) == 0, s.log_text()
+    writer.join(10)
+    logged = read_log(broker.address, "telemetry", G * M * S)
+    assert len(logged) == G * M * S and set(series_counts(logged).values()) == {1}
