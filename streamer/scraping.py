@@ -345,12 +345,16 @@ class ScrapeStreamer(ProducingMember):
 
         A page's samples share one timestamp, so a second sample of a series would overwrite
         the first in the store: refused and counted (Prometheus keeps the first too), not
-        lost silently. Returns the samples kept.
+        lost silently. Keyed by uuid, the store's identity, not by label set: two label
+        sets of one GPU (a MIG instance label, a per-pod label) are one series there.
+        Returns the samples kept.
         """
-        keys = list(zip(into.gpus[start:], into.metrics[start:], strict=True))
+        table = self.table.gpus
+        pairs = zip(into.gpus[start:], into.metrics[start:], strict=True)
+        keys = [(table[g].uuid, m) for g, m in pairs]
         if len(set(keys)) == len(keys):
             return len(keys)  # the usual page: one check, nothing copied
-        seen: set[tuple[int, int]] = set()
+        seen: set[tuple[str, int]] = set()
         keep: list[int] = []
         for i, key in enumerate(keys, start):
             if key in seen:

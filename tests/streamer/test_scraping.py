@@ -444,13 +444,15 @@ def test_a_series_twice_in_one_page_is_refused_after_its_first_sample(broker, st
         sample_line("DCGM_FI_DEV_GPU_UTIL", "0", "GPU-a", "h1", 1)
         + sample_line("DCGM_FI_DEV_GPU_UTIL", "0", "GPU-a", "h1", 2)
         + sample_line("DCGM_FI_DEV_FB_USED", "0", "GPU-a", "h1", 3)
+        # the same GPU under another label set (a MIG instance label): one series when stored
+        + sample_line("DCGM_FI_DEV_FB_USED", "0", "GPU-a", "h1", 4).replace("}", ',GPU_I_ID="1"}')
     ).encode()
     port = free_port()
     with serving(lambda _n: page) as url:
         s = scrape_one(broker, streamer_process, url, port)
         assert wait_until(lambda: streamed(broker) >= 4, 15), s.log_text()
         rejected = "gpu_telemetry_scrape_samples_rejected_total"
-        assert metric_value(port, rejected, reason="duplicate_sample") >= 2  # 1 a scrape
+        assert metric_value(port, rejected, reason="duplicate_sample") >= 4  # 2 a scrape
         assert metric_value(port, "gpu_telemetry_scrape_samples", target=url) == 2
         assert s.terminate() == 0, s.log_text()
     points = published_points(broker)
