@@ -81,12 +81,24 @@ def to_url(target: str, scheme: str = "http", path: str = "/metrics") -> str:
     return f"{scheme}://{target}{path if path.startswith('/') else '/' + path}"
 
 
-_USERINFO = re.compile(r"^((?:[^:/?#]*:)?//)?[^/?#]*@")  # [scheme:]//user:password@
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def redact(url: str) -> str:
-    """`url` with its userinfo (`user:password@`), if any, replaced by `***@`: safe to show."""
-    return _USERINFO.sub(lambda m: f"{m.group(1) or ''}***@", url, count=1)
+    """`url` with its userinfo shown as `***`: safe to show whatever the userinfo holds.
+
+    A password may hold `/`, `?` or `#` unescaped, so the userinfo is taken to end at the
+    last `@` before the query or fragment, or, when every `@` comes after a `?` or `#`
+    with no path before it (that `?` may be the password's), at the last `@` of all.
+    """
+    scheme = _SCHEME.match(url)
+    head = scheme.group(0) if scheme else ""
+    rest = url[len(head) :]
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    at = rest.rfind("@", 0, cut)
+    if at < 0 and "@" in rest[cut:] and "/" not in rest[:cut]:
+        at = rest.rfind("@")
+    return url if at < 0 else f"{head}***{rest[at:]}"
 
 
 def check_url(url: str) -> str:
@@ -109,8 +121,9 @@ def parse_url(url: str) -> urllib.parse.SplitResult:
     try:
         u = urllib.parse.urlsplit(url)
         port = u.port
-    except ValueError as exc:
-        raise TargetsError(f"malformed target URL {shown!r}: {exc}") from None
+    except ValueError as exc:  # its text may quote the URL, so not when the URL has an @
+        detail = "" if "@" in url else f": {exc}"
+        raise TargetsError(f"malformed target URL {shown!r}{detail}") from None
     if u.scheme not in ("http", "https") or not u.hostname:
         raise TargetsError(f"target URL {shown!r} is not http(s)://HOST[:PORT]/PATH")
     if "@" in u.netloc:

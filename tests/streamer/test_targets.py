@@ -13,6 +13,7 @@ from streamer.targets import (
     TargetSet,
     check_url,
     parse_file_sd,
+    parse_url,
     redact,
     resolve,
     split_dns,
@@ -138,3 +139,9 @@ def test_redact_hides_userinfo_only() -> None:
     assert redact("http://u:p@h:1/m?x=a@b") == "http://***@h:1/m?x=a@b"
     assert redact("u:p@h:1") == "***@h:1"
     assert redact("http://h:1/m?x=a@b") == "http://h:1/m?x=a@b"
+    # A password with an unescaped / ? or # (urlsplit reads part of it as the port)
+    for url in ("http://u:pa/ss@h:1/m", "http://u:p?ss@h:1/m", "http://u:p#ss@h:1/m"):
+        assert redact(url) == "http://***@h:1/m", url
+        with pytest.raises(TargetsError) as err:
+            parse_url(url)
+        assert "ss" not in str(err.value).replace("***", ""), str(err.value)
