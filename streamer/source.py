@@ -124,24 +124,26 @@ def blocks(
     rows: list[list[str]] = []
     ends: list[int] = []
     n = 0  # records of the block, malformed ones included
-    done = reader.line_num  # the last line of the records read so far
+    # The last line of the records handed over or found malformed (kept off the per-record
+    # path: with `ends`, it says where a malformed record started).
+    done = reader.line_num
     while True:
         try:
             for fields in reader:
-                done = reader.line_num
                 if fields:  # a blank line is no row
                     rows.append(fields)
                     ends.append(reader.line_num)
                     n += 1
                     if len(rows) >= CHUNK_ROWS or n >= block_rows:
                         parser.add_rows(rows, ends)
+                        done = ends[-1]
                         rows, ends = [], []
                         if n >= block_rows:
                             yield parser, parser.take_block()
                             n = 0
             break
         except csv.Error:  # an unterminated quote may have run on: name where it started
-            parser.malformed(done + 1)
+            parser.malformed(max(done, ends[-1] if ends else 0) + 1)
             done = reader.line_num
             n += 1
         except OSError as exc:  # not around `reader` itself: a frame per record costs ~10 %
