@@ -323,6 +323,21 @@ def sample_line(name: str, gpu: str, uuid: str, host: str, value: int) -> str:
     return f"{name}{{{labels}}} {value}\n"
 
 
+REJECTED = "gpu_telemetry_scrape_samples_rejected_total"
+
+
+@contextlib.contextmanager
+def scraping(broker, streamer_process, page: bytes, points: int) -> Iterator[tuple[int, str]]:
+    """A streamer scraping one target serving `page`, once `points` are committed; yields
+    its metrics port and the target URL, and stops it cleanly afterwards."""
+    port = free_port()
+    with serving(lambda _n: page) as url:
+        s = scrape_one(broker, streamer_process, url, port)
+        assert wait_until(lambda: streamed(broker) >= points, 15), s.log_text()
+        yield port, url
+        assert s.terminate() == 0, s.log_text()
+
+
 def streamed(broker) -> int:
     """Points the streamers' group has committed on the telemetry topic."""
     return sum(committed(broker.address, "streamers", "telemetry").values())
@@ -365,14 +380,9 @@ def test_samples_no_store_could_keep_are_refused_and_counted(broker, streamer_pr
         + sample_line("DCGM_FI_DEV_" + "X" * 300, "0", "GPU-good", "h1", 1)
         + sample_line("DCGM_FI_DEV_FB_USED", "0", "GPU-good", "h1", 7)
     ).encode()
-    port = free_port()
-    with serving(lambda _n: page) as url:
-        s = scrape_one(broker, streamer_process, url, port)
-        assert wait_until(lambda: streamed(broker) >= 4, 15), s.log_text()
-        rejected = "gpu_telemetry_scrape_samples_rejected_total"
-        assert metric_value(port, rejected, reason="bad_gpu_field") >= 4  # 2 a scrape
-        assert metric_value(port, rejected, reason="bad_metric_name") >= 2
-        assert s.terminate() == 0, s.log_text()
+    with scraping(broker, streamer_process, page, 4) as (port, _url):
+        assert metric_value(port, REJECTED, reason="bad_gpu_field") >= 4  # 2 a scrape
+        assert metric_value(port, REJECTED, reason="bad_metric_name") >= 2
     total = sum(committed(broker.address, "streamers", "telemetry").values())
     batches = published_batches(broker, total)
     for batch in batches:
@@ -394,13 +404,8 @@ def test_bytes_that_are_no_utf8_in_a_gpu_label_refuse_the_sample(broker, streame
         .encode()
         .replace(b"@fe", b"\xfe")
     )
-    port = free_port()
-    with serving(lambda _n: page) as url:
-        s = scrape_one(broker, streamer_process, url, port)
-        assert wait_until(lambda: streamed(broker) >= 2, 15), s.log_text()
-        rejected = "gpu_telemetry_scrape_samples_rejected_total"
-        assert metric_value(port, rejected, reason="bad_encoding") >= 4  # 2 a scrape
-        assert s.terminate() == 0, s.log_text()
+    with scraping(broker, streamer_process, page, 2) as (port, _url):
+        assert metric_value(port, REJECTED, reason="bad_encoding") >= 4  # 2 a scrape
     assert {p.gpu.uuid for p in published_points(broker)} == {"GPU-good"}
 
 
@@ -426,8 +431,7 @@ def test_a_sample_time_no_point_can_hold_is_refused_and_the_streamer_stays_up(
             "--metrics-listen", f"127.0.0.1:{port}",
         )  # fmt: skip
         assert wait_until(lambda: streamed(broker) >= 6, 15), s.log_text()
-        rejected = "gpu_telemetry_scrape_samples_rejected_total"
-        assert metric_value(port, rejected, reason="timestamp_out_of_range") >= 4  # 2 a scrape
+        assert metric_value(port, REJECTED, reason="timestamp_out_of_range") >= 4  # 2 a scrape
         assert metric_value(port, "gpu_telemetry_scrape_up", target=bad_url) == 1
         assert metric_value(port, "gpu_telemetry_scrape_samples", target=bad_url) == 1
         assert s.terminate() == 0, s.log_text()
@@ -447,14 +451,9 @@ def test_a_series_twice_in_one_page_is_refused_after_its_first_sample(broker, st
         # the same GPU under another label set (a MIG instance label): one series when stored
         + sample_line("DCGM_FI_DEV_FB_USED", "0", "GPU-a", "h1", 4).replace("}", ',GPU_I_ID="1"}')
     ).encode()
-    port = free_port()
-    with serving(lambda _n: page) as url:
-        s = scrape_one(broker, streamer_process, url, port)
-        assert wait_until(lambda: streamed(broker) >= 4, 15), s.log_text()
-        rejected = "gpu_telemetry_scrape_samples_rejected_total"
-        assert metric_value(port, rejected, reason="duplicate_sample") >= 4  # 2 a scrape
+    with scraping(broker, streamer_process, page, 4) as (port, url):
+        assert metric_value(port, REJECTED, reason="duplicate_sample") >= 4  # 2 a scrape
         assert metric_value(port, "gpu_telemetry_scrape_samples", target=url) == 2
-        assert s.terminate() == 0, s.log_text()
     points = published_points(broker)
     assert len(points) == streamed(broker) and len(points) % 2 == 0
     assert {(p.metric, p.value) for p in points} == {
