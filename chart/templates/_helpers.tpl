@@ -180,3 +180,42 @@ readinessProbe:
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Bytes of a Kubernetes quantity as the schema allows it (a plain number, or with K M G T or
+Ki Mi Gi Ti), printed as an integer. */}}
+{{- define "gputel.quantityBytes" -}}
+{{- $q := toString . -}}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $q -}}
+{{- $units := dict "" 1 "K" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 -}}
+{{- $unit := trimPrefix $number $q -}}
+{{- if or (not $number) (not (hasKey $units $unit)) -}}
+{{- fail (printf "cannot read the quantity %q (a number, optionally with K, M, G, T, Ki, Mi, Gi or Ti)" $q) -}}
+{{- end -}}
+{{- printf "%.0f" (mulf (float64 $number) (index $units $unit)) -}}
+{{- end -}}
+
+{{/*
+The broker's volume must hold what walbroker needs (walbroker/config.py, walbroker/disk.py):
+its LMDB map, max(2 x retention + 64 MiB, 256 MiB), which `walbroker serve` refuses to start
+without (the map must fit the file system), plus the free space it keeps (--min-free-bytes,
+256 MiB; appends are refused below it), plus 10 % of the volume for the file system's own
+metadata and root-reserved blocks, which the broker (UID 10001) cannot use. Reads
+--retention-bytes= and --min-free-bytes= from broker.extraArgs too (the last one wins).
+*/}}
+{{- define "gputel.checkBrokerVolume" -}}
+{{- $v := .Values.broker -}}
+{{- $MiB := 1048576.0 -}}
+{{- $retention := float64 $v.retention.bytes -}}
+{{- $minFree := mulf 256 $MiB -}}
+{{- range $v.extraArgs -}}
+{{- if hasPrefix "--retention-bytes=" . }}{{ $retention = float64 (trimPrefix "--retention-bytes=" .) }}{{ end -}}
+{{- if hasPrefix "--min-free-bytes=" . }}{{ $minFree = float64 (trimPrefix "--min-free-bytes=" .) }}{{ end -}}
+{{- end -}}
+{{- $map := maxf (addf (mulf 2 $retention) (mulf 64 $MiB)) (mulf 256 $MiB) -}}
+{{- $size := float64 (include "gputel.quantityBytes" $v.persistence.size) -}}
+{{- $need := divf (addf $map $minFree) 0.9 -}}
+{{- if lt $size $need -}}
+{{- $maxRetention := divf (subf (mulf $size 0.9) (addf $minFree (mulf 64 $MiB))) 2 -}}
+{{- fail (printf "broker.persistence.size %s (%.0f bytes) is too small for broker.retention.bytes %.0f: the broker's LMDB map, 2 x retention.bytes + 64 MiB = %.0f bytes, must fit the volume (else walbroker refuses to start), plus the %.0f bytes it keeps free (--min-free-bytes) and 10%% for the file system's overhead: the volume needs at least %.0f bytes (%.1f GiB). Lower broker.retention.bytes to at most %.0f, or install with a larger broker.persistence.size (a StatefulSet's volumeClaimTemplates cannot change on upgrade)." (toString $v.persistence.size) $size $retention $map $minFree $need (divf $need (mulf 1024 $MiB)) (maxf $maxRetention 0)) -}}
+{{- end -}}
+{{- end -}}

@@ -136,7 +136,7 @@ def test_broker_statefulset_pvc_headless_service_grpc_probes(
         assert claim["spec"]["storageClassName"] == "fast-ssd"
         assert claim["spec"]["resources"]["requests"]["storage"] == "50Gi"
         assert "--retention-policy=drop-oldest" in c["args"]
-        assert "--retention-bytes=40000000000" in c["args"]
+        assert "--retention-bytes=20000000000" in c["args"]
         assert "--partitions=64" in c["args"] and "--fsync=interval" in c["args"]
         assert "--topic=telemetry:64" in c["args"]
     else:
