@@ -402,3 +402,24 @@ def test_dashboard_configmap_carries_the_sidecar_label_and_the_json(chart: Chart
     (body,) = cm["data"].values()
     source = (CHART / "dashboards" / "gputel-pipeline.json").read_text()
     assert json.loads(body) == json.loads(source)
+
+
+def test_gateway_policy_with_gateway_from_still_admits_prometheus(chart: Chart) -> None:
+    # Prometheus scrapes the gateway's /metrics on its HTTP port: restricting the port to
+    # gatewayFrom must not shut the metrics peers (the other components' metrics rules) out.
+    r = chart.render("networkpolicy")
+    policies = {p["metadata"]["name"]: p["spec"] for p in r.of_kind("NetworkPolicy")}
+    broker_metrics = next(
+        rule for rule in policies[name("broker")]["ingress"] if rule["ports"][0]["port"] == 9101
+    )
+    port = [{"protocol": "TCP", "port": 8080}]
+    gateway_in = policies[name("gateway")]["ingress"]
+    assert {"from": broker_metrics["from"], "ports": port} in gateway_in
+    assert broker_metrics["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    assert len(gateway_in) == 2 and all(rule.get("from") for rule in gateway_in)
+    # Without gatewayFrom the port is open to anyone, Prometheus included.
+    (rule,) = chart.render("default").get("NetworkPolicy", name("gateway"))["spec"]["ingress"]
+    assert rule == {"ports": port}
+
