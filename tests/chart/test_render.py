@@ -423,3 +423,34 @@ def test_gateway_policy_with_gateway_from_still_admits_prometheus(chart: Chart) 
     (rule,) = chart.render("default").get("NetworkPolicy", name("gateway"))["spec"]["ingress"]
     assert rule == {"ports": port}
 
+
+@pytest.mark.parametrize(
+    ("sets", "secret", "key"),
+    [
+        ([], "gputel-api-token", "token"),
+        (["auth.existingSecret=my-tokens"], "my-tokens", "api.token"),
+    ],
+)
+def test_gateway_service_monitor_sends_a_token_when_its_metrics_need_one(
+    chart: Chart, sets: list[str], secret: str, key: str
+) -> None:
+    proc = chart.template(["external-secret.yaml"], sets, ["--set", "auth.gatewayMetrics=true"])
+    assert proc.returncode == 0, proc.stderr
+    objects = [o for o in yaml.safe_load_all(proc.stdout) if o]
+    monitors = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ServiceMonitor"}
+    gateway = next(
+        o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == name("gateway")
+    )
+    assert "--auth-metrics" in gateway["spec"]["template"]["spec"]["containers"][0]["args"]
+    (ep,) = monitors[name("gateway")]["spec"]["endpoints"]
+    assert ep["authorization"] == {"type": "Bearer", "credentials": {"name": secret, "key": key}}
+    assert ep["scheme"] == "https"
+    made = {o["metadata"]["name"] for o in objects if o["kind"] == "Secret"}
+    assert (secret in made) == (not sets)  # the chart's own api token, or the user's Secret
+    for component in ("broker", "streamer", "collector"):
+        (ep,) = monitors[name(component)]["spec"]["endpoints"]
+        assert "authorization" not in ep
+    # Off by default: /metrics is open and the ServiceMonitor sends nothing.
+    (ep,) = chart.render("default").get("ServiceMonitor", name("gateway"))["spec"]["endpoints"]
+    assert "authorization" not in ep
+
