@@ -91,18 +91,29 @@ HELM_ARGS ?=
 CHART_FULLNAME := $(if $(findstring gputel,$(RELEASE)),$(RELEASE),$(RELEASE)-gputel)
 PLATFORM_FLAG := $(if $(PLATFORM),--platform $(PLATFORM))
 
+# INFLUX_PASSWORD and INFLUX_TOKEN never reach a command line (make echoes recipes; every argv is
+# readable in /proc): helm-install writes them from the environment into a Secret (kubectl reads
+# the files of a private temporary directory) and passes only the Secret's name to helm. Export
+# them rather than giving them as make arguments, e.g. `read -rs INFLUX_TOKEN; export INFLUX_TOKEN`.
+export INFLUX_PASSWORD INFLUX_TOKEN
+# ENABLE_INFLUXDB=1 with INFLUX_PASSWORD and/or INFLUX_TOKEN: the subchart's admin Secret (keys
+# admin-password and admin-token; the one not given is generated). External InfluxDB with
+# INFLUX_TOKEN and no INFLUX_SECRET: a Secret with key token.
+INFLUX_ADMIN_SECRET := $(CHART_FULLNAME)-influxdb2-admin
+INFLUX_TOKEN_SECRET := $(CHART_FULLNAME)-influx-credentials
 ifeq ($(ENABLE_INFLUXDB),1)
+INFLUX_MAKE_SECRET := $(if $(INFLUX_PASSWORD)$(INFLUX_TOKEN),admin)
 HELM_INFLUX_ARGS := --set influxdb2.enabled=true \
   --set-string influx.org=$(INFLUX_ORG),influxdb2.adminUser.organization=$(INFLUX_ORG) \
   --set-string influx.bucket=$(INFLUX_BUCKET),influxdb2.adminUser.bucket=$(INFLUX_BUCKET) \
   --set-string influxdb2.adminUser.user=$(INFLUX_USER) \
-  $(if $(INFLUX_PASSWORD),--set-string influxdb2.adminUser.password=$(INFLUX_PASSWORD)) \
-  $(if $(INFLUX_TOKEN),--set-string influxdb2.adminUser.token=$(INFLUX_TOKEN))
+  $(if $(INFLUX_MAKE_SECRET),--set-string influxdb2.adminUser.existingSecret=$(INFLUX_ADMIN_SECRET))
 else
+INFLUX_MAKE_SECRET := $(if $(INFLUX_SECRET),,$(if $(INFLUX_TOKEN),token))
 HELM_INFLUX_ARGS := --set influxdb2.enabled=false --set-string influx.url=$(INFLUX_URL) \
   --set-string influx.org=$(INFLUX_ORG),influx.bucket=$(INFLUX_BUCKET) \
   $(if $(INFLUX_SECRET),--set-string influx.auth.existingSecret=$(INFLUX_SECRET)) \
-  $(if $(INFLUX_TOKEN),--set-string influx.auth.token=$(INFLUX_TOKEN))
+  $(if $(INFLUX_MAKE_SECRET),--set-string influx.auth.existingSecret=$(INFLUX_TOKEN_SECRET))
 endif
 
 .PHONY: docker-build $(addprefix docker-build-,$(COMPONENTS)) docker-smoke kind-up kind-delete \
@@ -143,7 +154,22 @@ helm-deps: ## fetch the influxdb2 subchart into chart/charts (helm refuses to re
 	$(HELM) repo add influxdata https://helm.influxdata.com/ --force-update >/dev/null
 	$(HELM) dependency build chart
 
-helm-install: helm-deps ## install/upgrade the chart; ENABLE_INFLUXDB=1 or INFLUX_URL=... with INFLUX_TOKEN/INFLUX_SECRET
+helm-install: helm-deps ## install/upgrade the chart; ENABLE_INFLUXDB=1 or INFLUX_URL=... with INFLUX_SECRET (or INFLUX_TOKEN exported)
+ifneq ($(INFLUX_MAKE_SECRET),)
+	$(KUBECTL) create namespace $(NAMESPACE) --dry-run=client -o yaml | $(KUBECTL) apply -f -
+	@set -e; umask 077; dir=$$(mktemp -d); trap 'rm -rf "$$dir"' EXIT; \
+	gen() { head -c 32 /dev/urandom | base64 | tr -dc 'A-Za-z0-9'; }; \
+	if [ "$(INFLUX_MAKE_SECRET)" = admin ]; then \
+	  printf '%s' "$${INFLUX_PASSWORD:-$$(gen)}" > "$$dir/admin-password"; \
+	  printf '%s' "$${INFLUX_TOKEN:-$$(gen)}" > "$$dir/admin-token"; \
+	  name=$(INFLUX_ADMIN_SECRET); \
+	else \
+	  printf '%s' "$$INFLUX_TOKEN" > "$$dir/token"; name=$(INFLUX_TOKEN_SECRET); \
+	fi; \
+	echo "Secret $$name (from INFLUX_PASSWORD/INFLUX_TOKEN in the environment)"; \
+	$(KUBECTL) -n $(NAMESPACE) create secret generic "$$name" --from-file="$$dir" \
+	  --dry-run=client -o yaml | $(KUBECTL) apply -f -
+endif
 	$(HELM) upgrade --install $(RELEASE) chart -n $(NAMESPACE) --create-namespace --wait --timeout 10m \
 	  --set-string image.repository=$(IMAGE_REPO),image.tag=$(IMAGE_TAG) \
 	  $(HELM_INFLUX_ARGS) $(HELM_ARGS)

@@ -454,3 +454,10 @@ def test_gateway_service_monitor_sends_a_token_when_its_metrics_need_one(
     (ep,) = chart.render("default").get("ServiceMonitor", name("gateway"))["spec"]["endpoints"]
     assert "authorization" not in ep
 
+
+def test_missing_external_token_suggests_a_secret_not_a_command_line_token(chart: Chart) -> None:
+    proc = chart.template(["external.yaml"])
+    assert proc.returncode != 0
+    assert "set influx.auth.existingSecret=influx-credentials" in proc.stderr, proc.stderr
+    assert "--from-file=token=/dev/stdin" in proc.stderr
+    assert "--set influx.auth.token" not in proc.stderr
