@@ -17,6 +17,11 @@ EXPECTED_ALERTS = {
     "GputelCollectorWriteErrors",
     "GputelComponentDown",
     "GputelComponentAbsent",
+    "GputelBrokerDiskFreeLow",
+    "GputelBrokerAuthFailures",
+    "GputelGatewayAuthFailures",
+    "GputelDeadLettered",
+    "GputelScrapeTargetDown",
 }
 
 
@@ -65,3 +70,42 @@ def test_thresholds_come_from_values(chart: Chart) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "gpu_telemetry_broker_consumer_lag_seconds" in proc.stdout
     assert "> 42\n" in proc.stdout and "> 0.5\n" in proc.stdout
+
+
+def alerts_of(chart: Chart, values: list[str], extra: list[str]) -> dict[str, dict]:
+    proc = chart.template(values, [], extra)
+    assert proc.returncode == 0, proc.stderr
+    (rule,) = [o for o in yaml.safe_load_all(proc.stdout) if o and o["kind"] == "PrometheusRule"]
+    return {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+
+
+def test_new_thresholds_come_from_values(chart: Chart) -> None:
+    rules = alerts_of(
+        chart,
+        ["external-secret.yaml"],
+        [
+            *("--set", "metrics.prometheusRule.brokerDiskFree.bytes=2147483648"),
+            *("--set", "metrics.prometheusRule.authFailures.threshold=3"),
+        ],
+    )
+    assert rules["GputelBrokerDiskFreeLow"]["expr"].endswith("< 2147483648")
+    assert "gpu_telemetry_broker_disk_free_bytes{" in rules["GputelBrokerDiskFreeLow"]["expr"]
+    for name in ("GputelBrokerAuthFailures", "GputelGatewayAuthFailures"):
+        assert rules[name]["expr"].endswith("> 3"), name
+
+
+def test_down_and_absent_alerts_only_with_the_service_monitors(chart: Chart) -> None:
+    # Their job labels are the ServiceMonitors': without them both would fire for every component.
+    off = ["--set", "metrics.serviceMonitor.enabled=false"]
+    rules = alerts_of(chart, ["external-secret.yaml"], off)
+    assert set(rules) == EXPECTED_ALERTS - {"GputelComponentDown", "GputelComponentAbsent"}
+    assert set(alerts_of(chart, ["external-secret.yaml"], [])) == EXPECTED_ALERTS
+
+
+def test_kafka_transport_has_no_walbroker_alerts(chart: Chart) -> None:
+    rules = alerts_of(chart, ["external-secret.yaml", "kafka.yaml"], [])
+    walbroker_only = {
+        "GputelConsumerLagHigh", "GputelBrokerDiskNearlyFull", "GputelBrokerDiskFreeLow",
+        "GputelBrokerAuthFailures",
+    }  # fmt: skip
+    assert set(rules) == EXPECTED_ALERTS - walbroker_only
