@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,17 @@ def test_security_doc_states_the_brokers_listen_rule() -> None:
     text = " ".join((REPO / "docs" / "security.md").read_text().split())
     assert "the broker: a token file or a client CA" in text
     assert "for the broker also a client CA" not in text
+
+
+def test_default_scrape_dns_is_the_headless_service_the_docs_create() -> None:
+    # A ClusterIP Service resolves to one load-balanced address: one exporter per scrape.
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    (dns,) = defaults["streamer"]["scrape"]["dns"]
+    docs = (REPO / "docs" / "kubernetes.md").read_text()
+    manifest = section(docs, "## Scraping the GPU operator's dcgm-exporter")
+    match = re.search(r"kubectl -n (\S+) apply -f - <<'YAML'\n(.*?)\n\s*YAML", manifest, re.S)
+    assert match, "the docs' headless Service manifest moved"
+    service = yaml.safe_load(textwrap.dedent(match[2]))
+    assert service["spec"]["clusterIP"] == "None"
+    name, port = service["metadata"]["name"], service["spec"]["ports"][0]["port"]
+    assert dns == f"{name}.{match[1]}.svc.cluster.local:{port}"

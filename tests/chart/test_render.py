@@ -194,7 +194,7 @@ def test_streamer_in_scrape_mode_scrapes_the_exporters_and_may_reach_them(chart:
     r = chart.render("scrape")
     (c,) = r.get("Deployment", name("streamer"))["spec"]["template"]["spec"]["containers"]
     args = c["args"]
-    assert "--targets-dns=nvidia-dcgm-exporter.gpu-operator.svc.cluster.local:9400" in args
+    assert "--targets-dns=nvidia-dcgm-exporter-pods.gpu-operator.svc.cluster.local:9400" in args
     assert "--scrape=http://10.0.0.7:9400/metrics" in args
     assert {
         "--scrape-interval-s=15", "--scrape-timeout-s=4", "--scrape-concurrency=64",
