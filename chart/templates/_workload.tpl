@@ -26,7 +26,13 @@ spec:
     metadata:
       labels:
         {{- include "gputel.componentLabels" $ctx | nindent 8 }}
-      {{- with $root.Values.podAnnotations }}
+      {{- /* A checksum of each ConfigMap the container reads only at start (the Kafka client's
+           properties), so a change to it rolls the pods. */}}
+      {{- $annotations := deepCopy ($root.Values.podAnnotations | default dict) }}
+      {{- if and (include "gputel.kafkaClient" $ctx) (not $root.Values.kafka.configSecret.name) }}
+      {{- $_ := set $annotations "checksum/kafka-client" (include "gputel.kafkaProperties" $root | sha256sum) }}
+      {{- end }}
+      {{- with $annotations }}
       annotations:
         {{- toYaml . | nindent 8 }}
       {{- end }}

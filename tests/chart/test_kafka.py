@@ -219,3 +219,37 @@ def test_topics_job_creates_the_walbroker_topics_with_their_partition_counts(cha
     assert {v["name"] for v in pod["volumes"]} == {"tmp", "kafka-config", "kafka-sasl", "kafka-ca"}
     jobs = {j["metadata"]["name"] for j in chart.render("kafka-mtls").of_kind("Job")}
     assert "gputel-kafka-topics" not in jobs  # off unless kafka.createTopics
+
+
+def _pod_annotations(chart: Chart, values: list[str], extra: list[str]) -> dict[str, dict]:
+    proc = chart.template(values, [], extra)
+    assert proc.returncode == 0, proc.stderr
+    return {
+        o["metadata"]["name"]: o["spec"]["template"]["metadata"].get("annotations", {})
+        for o in yaml.safe_load_all(proc.stdout)
+        if o and o["kind"] == "Deployment"
+    }
+
+
+def test_a_change_to_the_kafka_client_configmap_rolls_streamer_and_collector(chart: Chart) -> None:
+    # The clients read client.properties once, at start: its checksum is in their pod template.
+    values = ["external-secret.yaml", "kafka.yaml"]
+    base = _pod_annotations(chart, values, ["--set", "podAnnotations.team=gpu"])
+    changed = _pod_annotations(
+        chart,
+        values,
+        ["--set", "podAnnotations.team=gpu", "--set", "kafka.properties.linger\\.ms=50"],
+    )
+    unrelated = _pod_annotations(
+        chart, values, ["--set", "podAnnotations.team=gpu", "--set", "gateway.replicas=3"]
+    )
+    for c in ("streamer", "collector"):
+        name = f"gputel-{c}"
+        assert len(base[name]["checksum/kafka-client"]) == 64
+        assert base[name]["team"] == "gpu"
+        assert changed[name]["checksum/kafka-client"] != base[name]["checksum/kafka-client"]
+        assert unrelated[name] == base[name]
+    assert "checksum/kafka-client" not in base["gputel-gateway"]
+    # With kafka.configSecret there is no chart ConfigMap to follow.
+    mtls = _pod_annotations(chart, ["external-secret.yaml", "kafka-mtls.yaml"], [])
+    assert all("checksum/kafka-client" not in a for a in mtls.values())
