@@ -461,3 +461,30 @@ def test_missing_external_token_suggests_a_secret_not_a_command_line_token(chart
     assert "set influx.auth.existingSecret=influx-credentials" in proc.stderr, proc.stderr
     assert "--from-file=token=/dev/stdin" in proc.stderr
     assert "--set influx.auth.token" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["delete-topic", "delete-group", "reset-offsets", "replay"])
+def test_admin_job_refuses_mutating_subcommands_unless_allowed(chart: Chart, command: str) -> None:
+    # The Job is a post-upgrade hook: a replay or reset would run again at every upgrade.
+    job = ["--set", "admin.job.enabled=true", "--set", f"admin.job.args={{{command},collectors}}"]
+    proc = chart.template(["external-secret.yaml"], [], job)
+    assert proc.returncode != 0
+    assert f'admin.job.args runs "{command}"' in proc.stderr, proc.stderr
+    assert "admin.job.allowMutating=true" in proc.stderr
+    allowed = chart.template(
+        ["external-secret.yaml"], [], [*job, "--set", "admin.job.allowMutating=true"]
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    (c,) = next(
+        o
+        for o in yaml.safe_load_all(allowed.stdout)
+        if o and o["kind"] == "Job" and o["metadata"]["name"] == name("admin")
+    )["spec"]["template"]["spec"]["containers"]
+    assert c["args"][-2:] == [command, "collectors"]
+
+
+@pytest.mark.parametrize("args", ["{groups}", "{describe-group,collectors}", "{topics}"])
+def test_admin_job_runs_read_only_subcommands(chart: Chart, args: str) -> None:
+    job = ["--set", "admin.job.enabled=true", "--set", f"admin.job.args={args}"]
+    proc = chart.template(["external-secret.yaml"], [], job)
+    assert proc.returncode == 0, proc.stderr
