@@ -219,3 +219,19 @@ metadata and root-reserved blocks, which the broker (UID 10001) cannot use. Read
 {{- fail (printf "broker.persistence.size %s (%.0f bytes) is too small for broker.retention.bytes %.0f: the broker's LMDB map, 2 x retention.bytes + 64 MiB = %.0f bytes, must fit the volume (else walbroker refuses to start), plus the %.0f bytes it keeps free (--min-free-bytes) and 10%% for the file system's overhead: the volume needs at least %.0f bytes (%.1f GiB). Lower broker.retention.bytes to at most %.0f, or install with a larger broker.persistence.size (a StatefulSet's volumeClaimTemplates cannot change on upgrade)." (toString $v.persistence.size) $size $retention $map $minFree $need (divf $need (mulf 1024 $MiB)) (maxf $maxRetention 0)) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The pipeline's topic: the first of broker.topics. The streamers publish to it, the collectors
+consume it and dead-letter to <topic>.dlq (collector/config.py), which must be listed too. */}}
+{{- define "gputel.topic" -}}
+{{- $topics := .Values.broker.topics -}}
+{{- if not $topics -}}
+{{- fail "broker.topics is empty: its first entry is the pipeline's topic (streamers publish to it, collectors consume it)" -}}
+{{- end -}}
+{{- $name := (first $topics).name -}}
+{{- $names := list -}}
+{{- range $topics }}{{ $names = append $names .name }}{{ end -}}
+{{- if not (has (printf "%s.dlq" $name) $names) -}}
+{{- fail (printf "broker.topics must also list %s.dlq, the collectors' dead-letter topic for %s (the first entry, the pipeline's topic)" $name $name) -}}
+{{- end -}}
+{{- $name -}}
+{{- end -}}

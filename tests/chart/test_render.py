@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import kubernetes_validate
@@ -488,3 +489,45 @@ def test_admin_job_runs_read_only_subcommands(chart: Chart, args: str) -> None:
     job = ["--set", "admin.job.enabled=true", "--set", f"admin.job.args={args}"]
     proc = chart.template(["external-secret.yaml"], [], job)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_broker_topics_reach_streamer_collector_and_token_scopes(chart: Chart) -> None:
+    topics = "broker.topics[0].name=gpu,broker.topics[1].name=gpu.dlq,broker.topics[1].partitions=2"
+    proc = chart.template(["external-secret.yaml"], [], ["--set", topics])
+    assert proc.returncode == 0, proc.stderr
+    objects = [o for o in yaml.safe_load_all(proc.stdout) if o]
+
+    def args(kind: str, component: str) -> list[str]:
+        obj = next(
+            o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name(component)
+        )
+        return obj["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    assert "--topic=gpu" in args("Deployment", "streamer")
+    assert "--topic=gpu" in args("Deployment", "collector")
+    assert {"--topic=gpu:16", "--topic=gpu.dlq:2"} <= set(args("StatefulSet", "broker"))
+    secret = next(o for o in objects if o["metadata"]["name"] == "gputel-broker-auth")
+    table = base64.b64decode(secret["data"]["tokens"]).decode()
+    assert " topic=gpu group=streamers" in table
+    assert " consume:topic=gpu consume:group=collectors produce:topic=gpu.dlq" in table
+    assert "telemetry" not in table
+    # The defaults: telemetry and telemetry.dlq.
+    r = chart.render("default")
+    for component in ("streamer", "collector"):
+        (c,) = r.get("Deployment", name(component))["spec"]["template"]["spec"]["containers"]
+        assert "--topic=telemetry" in c["args"]
+
+
+@pytest.mark.parametrize(
+    ("topics", "message"),
+    [
+        ("broker.topics[0].name=gpu", "broker.topics must also list gpu.dlq"),
+        ("broker.topics=null", "broker.topics is empty"),
+    ],
+)
+def test_broker_topics_without_the_dead_letter_topic_fail(
+    chart: Chart, topics: str, message: str
+) -> None:
+    proc = chart.template(["external-secret.yaml"], [], ["--set", topics])
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
