@@ -106,9 +106,10 @@ def test_default_renders_every_component_and_monitoring_object(chart: Chart) -> 
     assert {o["metadata"]["name"] for o in r.of_kind("ServiceMonitor")} == everyone
     assert {o["metadata"]["name"] for o in r.of_kind("PodDisruptionBudget")} == everyone
     assert len(r.of_kind("PrometheusRule")) == 1
-    # NetworkPolicy is on by default (docs/security.md).
+    # NetworkPolicy is on by default (docs/security.md), also for the influxdb2 subchart's pod.
     assert {o["metadata"]["name"] for o in r.of_kind("NetworkPolicy")} == everyone | {
-        name("influx-init")
+        name("influx-init"),
+        name("influxdb2"),
     }
 
 
@@ -341,6 +342,12 @@ def test_services_pdbs_and_monitors_select_real_pods(chart: Chart, variant: str)
         assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     for np in r.of_kind("NetworkPolicy"):
         sel = np["spec"]["podSelector"]["matchLabels"]
+        if np["metadata"]["name"] == name("influxdb2"):  # the subchart's pod: not rendered here
+            assert sel == {
+                "app.kubernetes.io/name": "influxdb2",
+                "app.kubernetes.io/instance": "gputel",
+            }
+            continue
         assert any(_selects(sel, t["metadata"]["labels"]) for _, t in pods), np["metadata"]["name"]
 
 
@@ -531,3 +538,37 @@ def test_broker_topics_without_the_dead_letter_topic_fail(
     proc = chart.template(["external-secret.yaml"], [], ["--set", topics])
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr
+
+
+def test_influxdb2_subchart_pod_admits_only_its_clients(chart: Chart) -> None:
+    r = chart.render("default")
+    spec = r.get("NetworkPolicy", name("influxdb2"))["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    port = [{"protocol": "TCP", "port": 8086}]
+    clients, metrics = spec["ingress"]
+    assert clients["ports"] == port and metrics["ports"] == port
+    component = "app.kubernetes.io/component"
+    allowed = {p["podSelector"]["matchLabels"][component] for p in clients["from"]}
+    assert allowed == {"collector", "gateway", "influx-init"}
+    broker_metrics = r.get("NetworkPolicy", name("broker"))["spec"]["ingress"][1]
+    assert metrics["from"] == broker_metrics["from"]
+    # The subchart's Service port is 80, its pod's 8086: the clients' egress allows 8086.
+    collector_out = r.get("NetworkPolicy", name("collector"))["spec"]["egress"]
+    assert {"ports": port} in collector_out
+    # More peers by value; none without the subchart or without NetworkPolicy.
+    extra = {"podSelector": {"matchLabels": {"app": "grafana"}}}
+    proc = chart.template(
+        [], [], ["--set-json", f"networkPolicy.influxdb2From=[{json.dumps(extra)}]"]
+    )
+    assert proc.returncode == 0, proc.stderr
+    policy = next(
+        o
+        for o in yaml.safe_load_all(proc.stdout)
+        if o and o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == name("influxdb2")
+    )
+    assert extra in policy["spec"]["ingress"][0]["from"]
+    for variant in ("external-secret", "minimal"):
+        names = {o["metadata"]["name"] for o in chart.render(variant).of_kind("NetworkPolicy")}
+        assert name("influxdb2") not in names
+    off = chart.template([], [], ["--set", "networkPolicy.enabled=false"])
+    assert off.returncode == 0 and "kind: NetworkPolicy" not in off.stdout
