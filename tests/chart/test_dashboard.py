@@ -43,6 +43,14 @@ KNOWN_METRICS = {
     "gpu_telemetry_broker_publish_throttle_seconds_total": "counter",
 }
 PROMETHEUS_BUILTINS = {"up"}
+# Metrics only the alerts use (not on the dashboard); test_alert_only_metrics_exist checks them
+# against the components' metric definitions.
+ALERT_ONLY_METRICS = {
+    "gpu_telemetry_broker_disk_free_bytes": "gauge",
+    "gpu_telemetry_broker_auth_failures_total": "counter",
+    "gpu_telemetry_gateway_requests_total": "counter",
+    "gpu_telemetry_scrape_up": "gauge",
+}
 # The reference README's panels, by title, and the lag panels this product adds.
 REQUIRED_PANELS = [
     "Streamer Throughput",
@@ -152,8 +160,29 @@ def test_alert_expressions_use_known_metrics_only(chart: Chart) -> None:
     for group in rule["spec"]["groups"]:
         for r in group["rules"]:
             names = {base_name(n) for n in metric_names(r["expr"])}
-            unknown = names - set(KNOWN_METRICS) - PROMETHEUS_BUILTINS
+            known = set(KNOWN_METRICS) | set(ALERT_ONLY_METRICS) | PROMETHEUS_BUILTINS
+            unknown = names - known
             assert not unknown, f"{r['alert']}: unknown metric {sorted(unknown)}"
+
+
+def test_alert_only_metrics_exist() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from gateway.metrics import RequestMetrics
+    from streamer.metrics import ScrapeMetrics
+    from walbroker.auth import Access
+    from walbroker.metrics import BrokerMetrics
+
+    registries = [BrokerMetrics().registry, RequestMetrics().registry, CollectorRegistry()]
+    ScrapeMetrics(registries[2])
+    Access(None, False, registries[2])
+    families = {
+        f.name + ("_total" if f.type == "counter" else ""): f.type
+        for registry in registries
+        for f in registry.collect()
+    }
+    for name, kind in ALERT_ONLY_METRICS.items():
+        assert families.get(name) == kind, name
 
 
 def test_metric_name_extraction_catches_a_misspelling() -> None:
