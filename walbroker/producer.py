@@ -45,6 +45,10 @@ from walbroker.types import partition_for_key
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Publishing refused (or cut) this long without an acknowledgement is a warning, once per
+# stall: each refusal is an info line, and `gputel-up` on a terminal shows warnings only, so a
+# full broker disk stalled an import there without a word.
+STALL_WARNING_S = 10.0
 
 
 @dataclass(slots=True)
@@ -104,6 +108,8 @@ class Producer(Generic[T]):
         self._threads: list[threading.Thread] = []
         self._failure: BrokerError | None = None  # one refused batch: raised once
         self._crash: LoopCrashed | None = None  # a loop died: raised by every call after
+        self._stalled_since: float | None = None  # producer-io only: first refusal of a stall
+        self._stall_warned = False  # producer-io only
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -335,10 +341,38 @@ class Producer(Generic[T]):
                         "unacked": len(self._inflight.batches),
                     },
                 )
+                self._stalled(exc)
                 if not backoff.wait(self._stop, exc.retry_after_ms):
                     return
                 self.stats.reconnects += 1
                 self._requeue()
+
+    def _stalled(self, exc: BrokerError) -> None:
+        """Warn once when publishing has been refused for `STALL_WARNING_S` (producer-io)."""
+        now = time.monotonic()
+        if self._stalled_since is None:
+            self._stalled_since = now
+        elif not self._stall_warned and now - self._stalled_since >= STALL_WARNING_S:
+            self._stall_warned = True
+            log.warning(
+                "the broker has taken nothing for %.0f s; still resending: %s (%s). A full "
+                "disk or disk budget clears when consumers commit or space is freed "
+                "(docs/limits.md); `walbroker admin topics` and `groups` show the log and the lag",
+                now - self._stalled_since,
+                exc.message,
+                exc.code.name,
+                extra={"code": exc.code.name, "reason": exc.message, "target": self.target},
+            )
+
+    def _resumed(self) -> None:
+        """An acknowledgement ends a stall (producer-io)."""
+        if self._stall_warned and self._stalled_since is not None:
+            log.warning(
+                "the broker takes batches again after %.0f s",
+                time.monotonic() - self._stalled_since,
+                extra={"target": self.target},
+            )
+        self._stalled_since, self._stall_warned = None, False
 
     def _stream_once(self, backoff: Backoff) -> None:
         """Run one Publish stream until it ends; raise BrokerError to resend after a pause."""
@@ -404,6 +438,8 @@ class Producer(Generic[T]):
             self.stats.acked_batches += 1
             self.stats.duplicates += int(ack.duplicate)
             self._cond.notify_all()
+        if self._stalled_since is not None:
+            self._resumed()
         if self.on_ack is not None:
             self.on_ack(batch, ack)
         return None

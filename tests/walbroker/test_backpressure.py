@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
+import time
 import urllib.request
 from collections import Counter
 
@@ -12,6 +14,7 @@ import pytest
 from tests.walbroker.helpers import decode, encode, item
 from walbroker.consumer import Consumer
 from walbroker.errors import BrokerError, Code
+from walbroker import producer as producer_module
 from walbroker.producer import Producer
 
 POINTS = 6_000  # 8 bytes each: ~48 KB of payload against a 16 KB budget
@@ -133,3 +136,32 @@ def test_a_producer_without_an_encoder_sends_batches_and_refuses_items(broker):
         assert got == [1, 2, 3]
     finally:
         c.close()
+
+
+def test_a_long_refusal_is_a_warning_and_its_end_too(broker_factory, monkeypatch, caplog):
+    """Each refusal is an info line; `gputel-up` on a terminal shows warnings only, so a full
+    broker stalled an import there without a word. One warning per stall, one when it ends."""
+    monkeypatch.setattr(producer_module, "STALL_WARNING_S", 0.5)
+    broker = broker_factory("--topic", "bp:2", "--retention-bytes", "16000").start()
+    caplog.set_level(logging.INFO, logger="walbroker.producer")
+    with Producer(broker.address, "bp", encode, batch_size=100, linger_ms=2) as p:
+        for n in range(POINTS):  # more than the budget: refused until a consumer commits
+            p.send(str(n % 13), item(0, n))
+        deadline = time.monotonic() + 30
+        while not any("has taken nothing" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "no warning while the budget was full"
+            time.sleep(0.1)
+        consumer = Consumer(broker.address, "drain", "bp", max_unacked_points=2_000).start()
+        seen: Counter[int] = Counter()
+        try:
+            while len(seen) < POINTS:
+                assert time.monotonic() < deadline + 30, len(seen)
+                for m in consumer.poll(0.2):
+                    seen.update(decode(m))
+                consumer.commit()
+        finally:
+            consumer.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len([w for w in warnings if "has taken nothing" in w]) == 1, warnings
+    assert "disk budget" in warnings[0] and "RESOURCE_EXHAUSTED" in warnings[0]
+    assert any("takes batches again" in w for w in warnings), warnings
