@@ -12,9 +12,9 @@ from collections import Counter
 import pytest
 
 from tests.walbroker.helpers import decode, encode, item
+from walbroker import producer as producer_module
 from walbroker.consumer import Consumer
 from walbroker.errors import BrokerError, Code
-from walbroker import producer as producer_module
 from walbroker.producer import Producer
 
 POINTS = 6_000  # 8 bytes each: ~48 KB of payload against a 16 KB budget
