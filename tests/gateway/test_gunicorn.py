@@ -190,3 +190,23 @@ def test_requests_gunicorn_refuses_get_problem_json_too(gateway: Gateway, head, 
     assert b"Content-Type: application/problem+json" in top
     problem = json.loads(body)
     assert problem["status"] == status and problem["title"] and problem["detail"]
+
+
+def test_invented_methods_share_one_label_value(gateway: Gateway) -> None:
+    """A method is a label: one a client makes up per request is counted as `other`, so
+    refused requests cannot grow /metrics (and the workers' memory) without bound."""
+    for n in range(20):
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+        try:
+            conn.request(f"BREW{n}", "/api/v1/hosts")
+            assert conn.getresponse().status == 405
+        finally:
+            conn.close()
+    methods: dict[str, float] = {}
+    for family in text_string_to_metric_families(gateway.get("/metrics")[2].decode()):
+        for sample in family.samples:
+            if sample.name == f"{REQUESTS}_total":
+                method = sample.labels["method"]
+                methods[method] = methods.get(method, 0) + sample.value
+    assert not [m for m in methods if m.startswith("BREW")]
+    assert methods["other"] >= 20
