@@ -42,6 +42,7 @@ class SampleReject(StrEnum):
     VALUE_NOT_FINITE = "value_not_finite"
     TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"  # as the CSV path: (0, MAX_TIME_NS] in ns
     BAD_ENCODING = "bad_encoding"  # a GPU's uuid, hostname, ... held bytes that are no UTF-8
+    BAD_UUID = "bad_uuid"  # a uuid the REST API cannot name (`streamer.gpus.uuid_addressable`)
     DUPLICATE_SAMPLE = "duplicate_sample"  # a series' second sample in one page (the first kept)
 
 

@@ -44,6 +44,7 @@ class Unusable(IntEnum):
     NEEDS_LABELS = -4  # identity incomplete in the columns: look at the labels too
     BAD_GPU_FIELD = -5  # a descriptor value no store accepts (store.schema.tags_storable)
     BAD_ENCODING = -6  # a descriptor value held a byte that is no UTF-8 (read as U+FFFD)
+    BAD_UUID = -7  # a uuid `/api/v1/gpus/{id}` cannot name (`uuid_addressable`)
 
 
 class GpuTable:
@@ -121,6 +122,8 @@ class GpuTable:
             return Unusable.BAD_GPU_FIELD
         if any(REPLACEMENT in v for v in descriptor):
             return Unusable.BAD_ENCODING
+        if not uuid_addressable(gpu.uuid):
+            return Unusable.BAD_UUID
         key = (
             gpu.uuid, gpu.hostname, gpu.gpu, gpu.device, gpu.model, gpu.container, gpu.pod,
             gpu.namespace, tuple(sorted(gpu.labels.items())),
@@ -155,6 +158,21 @@ class GpuTable:
         if None in out:
             out = [self.wire(o) if w is None else w for o, w in zip(ordinals, out, strict=True)]
         return out  # type: ignore[return-value]
+
+
+def uuid_addressable(uuid: str) -> bool:
+    """True when `/api/v1/gpus/{uuid}` names this GPU and no other route.
+
+    A uuid is a path in the REST API (the fallback `hostname/index` has a slash by design), so
+    its `/`-separated segments may not be empty (HTTP clients and the router merge slashes),
+    `.` or `..` (browsers resolve them before sending: the web view asked for `/api/v1/gpus/`
+    for a GPU named `..` and lost the whole fleet page), nor may the last one be `telemetry`
+    after another (`X/telemetry` is the telemetry route of GPU `X`).
+    """
+    segments = uuid.split("/")
+    if "" in segments or "." in segments or ".." in segments:
+        return False
+    return len(segments) == 1 or segments[-1] != "telemetry"
 
 
 def describe_gpu(

@@ -53,6 +53,7 @@ class Reject(StrEnum):
     NO_IDENTITY = "no_identity"
     BAD_GPU_FIELD = "bad_gpu_field"  # a uuid, hostname, ... no store accepts as a tag
     BAD_ENCODING = "bad_encoding"  # a GPU descriptor field or metric name is not UTF-8
+    BAD_UUID = "bad_uuid"  # a uuid the REST API cannot name (`streamer.gpus.uuid_addressable`)
     VALUE_NOT_NUMERIC = "value_not_numeric"
     VALUE_NOT_FINITE = "value_not_finite"
     BAD_TIMESTAMP = "bad_timestamp"
@@ -71,6 +72,7 @@ _UNUSABLE = {
     Unusable.NO_IDENTITY: Reject.NO_IDENTITY,
     Unusable.BAD_GPU_FIELD: Reject.BAD_GPU_FIELD,
     Unusable.BAD_ENCODING: Reject.BAD_ENCODING,
+    Unusable.BAD_UUID: Reject.BAD_UUID,
 }
 _BAD_METRICS = {
     -1: Reject.MISSING_METRIC,

@@ -64,6 +64,7 @@ _GPU_REJECT = {
     _BAD_LABELS: SampleReject.BAD_LABELS,
     Unusable.BAD_GPU_FIELD: SampleReject.BAD_GPU_FIELD,
     Unusable.BAD_ENCODING: SampleReject.BAD_ENCODING,
+    Unusable.BAD_UUID: SampleReject.BAD_UUID,
 }
 LABEL_CACHE_MAX = 10_000  # label texts remembered per target
 

@@ -409,6 +409,18 @@ def test_bytes_that_are_no_utf8_in_a_gpu_label_refuse_the_sample(broker, streame
     assert {p.gpu.uuid for p in published_points(broker)} == {"GPU-good"}
 
 
+def test_a_scraped_uuid_the_rest_api_cannot_name_is_refused(broker, streamer_process):
+    """A UUID label of `..` or `X/telemetry`: the REST API could not name the GPU (and `..`
+    blanked the web view's fleet page). Refused `bad_uuid` as in the CSV path."""
+    page = "".join(
+        sample_line("DCGM_FI_DEV_GPU_UTIL", str(n), uuid, "h1", n)
+        for n, uuid in enumerate(["GPU-good", "..", "GPU-good/telemetry"])
+    ).encode()
+    with scraping(broker, streamer_process, page, 2) as (port, _url):
+        assert metric_value(port, REJECTED, reason="bad_uuid") >= 4  # 2 a scrape
+    assert {p.gpu.uuid for p in published_points(broker)} == {"GPU-good"}
+
+
 def test_a_sample_time_no_point_can_hold_is_refused_and_the_streamer_stays_up(
     broker, streamer_process
 ):

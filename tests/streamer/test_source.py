@@ -245,6 +245,20 @@ def test_bytes_that_are_no_utf8_in_a_gpu_field_or_metric_name_reject_the_row(
     assert len(rows.report.rejected) == 1
 
 
+@pytest.mark.parametrize(
+    "uuid", [".", "..", "GPU-a/telemetry", "a//b", "/GPU-a", "GPU-a/", "h/../GPU-a", "h/./a"]
+)
+def test_a_uuid_the_rest_api_cannot_name_rejects_the_row(uuid: str) -> None:
+    """`..` made the web view ask for /api/v1/gpus/ (browsers resolve dot segments) and lose
+    the fleet page; `X/telemetry` answered GPU X's telemetry. Such rows are `bad_uuid`."""
+    fallback = row(uuid="", Hostname="h/..", labels_raw="")  # identity "h/../0"
+    rows = parse(csv_text([row(uuid=UUID1), row(uuid=uuid), fallback, row(uuid="GPU-a/telemetry2")]))
+    assert [g.uuid for g in rows.gpus] == [UUID1, "GPU-a/telemetry2"]
+    issue = rows.report.rejected[Reject.BAD_UUID]
+    assert (issue.count, issue.first_line) == (2, 3)
+    assert len(rows.report.rejected) == 1
+
+
 def test_a_read_error_is_a_source_error_naming_the_file() -> None:
     """/proc/self/mem opens and then refuses the read: a traceback, before."""
     with pytest.raises(SourceError, match="cannot read '/proc/self/mem'"):
