@@ -5,11 +5,16 @@ const gputel = (() => {
   // With --auth-tokens the API wants a bearer token: asked for once, kept for this tab only.
   const TOKEN_KEY = "gputel.token";
 
+  /** Show the token form: `rejected` is "no" (none given yet), "unknown" (401: the token is
+      not valid) or "forbidden" (403: valid, but without the role this page needs). */
   function askForToken(rejected) {
     const form = document.getElementById("token-form");
     form.hidden = false;
-    form.dataset.rejected = rejected ? "yes" : "no";
-    document.getElementById("token").focus();
+    form.dataset.rejected = rejected;
+    const input = document.getElementById("token");
+    input.placeholder = { no: "bearer token", unknown: "token not accepted: another one",
+      forbidden: "token lacks the read role: another one" }[rejected];
+    input.focus();
   }
 
   /** GET a JSON document of this gateway; throws an Error carrying the problem+json detail. */
@@ -18,7 +23,8 @@ const gputel = (() => {
     const token = sessionStorage.getItem(TOKEN_KEY);
     if (token) headers.Authorization = `Bearer ${token}`;
     const resp = await fetch(path, { headers });
-    if (resp.status === 401) askForToken(Boolean(token));
+    if (resp.status === 401) askForToken(token ? "unknown" : "no");
+    if (resp.status === 403 && token) askForToken("forbidden");
     const body = await resp.json().catch(() => null);
     if (!resp.ok) {
       const detail = body && body.detail ? body.detail : resp.statusText;

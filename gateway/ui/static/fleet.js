@@ -6,7 +6,7 @@
   const { getJson, allPages, pool, el, fmt, showError } = gputel;
   const PREFERRED = ["DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_POWER_USAGE",
     "DCGM_FI_DEV_FB_USED"];
-  const latest = new Map();  // uuid -> {metric: value}
+  const latest = new Map();  // uuid -> Map(metric -> value): a metric may be named `constructor`
   const $ = (id) => document.getElementById(id);
   let gpus = [];
 
@@ -18,19 +18,37 @@
     return `hsl(${Math.round(120 - 120 * t)}, 65%, ${Math.round(42 + 8 * (1 - t))}%)`;
   }
 
+  /** Read the latest values of the GPUs not read yet. One GPU that cannot be read (gone since
+      the list, or stored before the streamer refused its uuid) is shown without a value and
+      named in the error box: it does not take the rest of the fleet with it. */
   async function loadLatest(list) {
     const missing = list.filter((g) => !latest.has(g.uuid));
+    const failed = [];
     await pool(missing, 6, async (g) => {
-      const body = await getJson(`/api/v1/gpus/${encodeURIComponent(g.uuid)}`);
-      latest.set(g.uuid, Object.fromEntries(body.latest.map((p) => [p.metric, p.value])));
+      try {
+        const body = await getJson(`/api/v1/gpus/${encodeURIComponent(g.uuid)}`);
+        latest.set(g.uuid, new Map(body.latest.map((p) => [p.metric, p.value])));
+      } catch (err) {
+        if (err.status === 401 || err.status === 403) throw err;  // every GPU would fail alike
+        failed.push(err);
+      }
     });
+    if (failed.length) {
+      showError(new Error(`latest values of ${failed.length} of ${missing.length} GPUs could not be read; ` +
+        `the first: ${failed[0].message}`));
+    }
+  }
+
+  function latestOf(g, metric) {
+    const values = latest.get(g.uuid);
+    return values ? values.get(metric) : undefined;
   }
 
   function render() {
     const metric = $("metric").value;
     const needle = $("search").value.trim().toLowerCase();
     const shown = gpus.filter((g) => !needle || g.uuid.toLowerCase().includes(needle));
-    const values = shown.map((g) => (latest.get(g.uuid) || {})[metric]).filter((v) => v !== undefined);
+    const values = shown.map((g) => latestOf(g, metric)).filter((v) => v !== undefined);
     const lo = values.length ? Math.min(...values) : 0;
     const hi = values.length ? Math.max(...values) : 0;
     $("legend-min").textContent = fmt(lo);
@@ -43,7 +61,7 @@
     const root = $("fleet");
     root.replaceChildren(...[...byHost.keys()].sort().map((host) => {
       const cells = byHost.get(host).sort((a, b) => a.gpu - b.gpu).map((g) => {
-        const value = (latest.get(g.uuid) || {})[metric];
+        const value = latestOf(g, metric);
         const cell = el("a", {
           class: "gpu", href: `/ui/gpus/${encodeURIComponent(g.uuid)}`,
           title: `${g.uuid}\n${g.model}\n${metric}: ${fmt(value)}`,
