@@ -26,6 +26,10 @@ WORKER_CLASSES = ("gevent", "gthread", "sync")
 GTHREAD_THREADS = 4
 # A client gets this long to send a whole request head (request line and headers).
 HEAD_TIMEOUT_S = 5.0
+# A client gets this long to take each answer (gevent's sendall: one deadline for the whole
+# answer). A 10 MB GPU page reads in well under a second on a LAN; a client that stops
+# reading held its connection slot for good before.
+SEND_TIMEOUT_S = 60.0
 # Open connections per worker (gunicorn's worker_connections), slow ones included.
 MAX_CONNECTIONS = 1000
 # prometheus_client reads it when first imported, so gunicorn sets it before workers start.
@@ -46,6 +50,7 @@ class GatewayConfig:
     worker_class: str = "gevent"
     threads: int = 0  # gthread only; 0: GTHREAD_THREADS
     head_timeout_s: float = HEAD_TIMEOUT_S
+    send_timeout_s: float = SEND_TIMEOUT_S
     max_connections: int = MAX_CONNECTIONS
     log_level: str = "INFO"
     # Seconds a GPU-list page is served from memory (0: always ask the store).
@@ -85,6 +90,7 @@ class GatewayConfig:
             "GPUTEL_GATEWAY_WORKER_CLASS": self.worker_class,
             "GPUTEL_GATEWAY_THREADS": str(self.threads),
             "GPUTEL_GATEWAY_HEAD_TIMEOUT_S": str(self.head_timeout_s),
+            "GPUTEL_GATEWAY_SEND_TIMEOUT_S": str(self.send_timeout_s),
             "GPUTEL_GATEWAY_MAX_CONNECTIONS": str(self.max_connections),
             "GPUTEL_GATEWAY_LOG_LEVEL": self.log_level,
             "GPUTEL_GATEWAY_CATALOG_CACHE_S": str(self.catalog_cache_s),
@@ -179,6 +185,13 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="seconds a client has to send a whole request head before the connection is closed",
     )
     p.add_argument(
+        "--send-timeout-s",
+        type=_positive_s,
+        default=gw("SEND_TIMEOUT_S", str(SEND_TIMEOUT_S)),
+        help="seconds a client has to take a whole answer before the connection is closed "
+        "(a client that stops reading held a connection slot for good)",
+    )
+    p.add_argument(
         "--max-connections",
         type=_positive,
         default=gw("MAX_CONNECTIONS", str(MAX_CONNECTIONS)),
@@ -242,6 +255,7 @@ def from_args(
         worker_class=a.worker_class,
         threads=a.threads or 0,
         head_timeout_s=float(a.head_timeout_s),
+        send_timeout_s=float(a.send_timeout_s),
         max_connections=int(a.max_connections),
         log_level=a.log_level.upper(),
         catalog_cache_s=max(float(a.catalog_cache_s), 0.0),

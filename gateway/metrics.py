@@ -26,7 +26,9 @@ from gateway.config import MULTIPROC_ENV
 PREFIX = "gpu_telemetry_gateway"
 LABELS = ("method", "route", "status")
 KEY = "gputel.metrics"
-METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"))
+METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
+)
 OTHER_METHOD = "other"
 
 

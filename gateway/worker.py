@@ -13,6 +13,11 @@ a slow client costs a few KiB, not a worker. Bounds, each with a flag and a metr
   path, so `gunicorn_conf` turns keep-alive on and
   its `pre_request` hook closes each connection after its answer (as the sync worker did): a
   worker takes a new connection only when its loop is free, so load spreads over workers.
+- `--send-timeout-s`: a connection whose client has not taken its whole answer by then is
+  closed (`gpu_telemetry_gateway_slow_readers_total`): the socket's timeout, which gevent's
+  `sendall` applies to the whole answer. Without it, 20 clients asking for a 10 MB page and
+  never reading it held every slot of a `--max-connections 20` worker (even `/healthz` timed
+  out) for as long as they liked. The request head is bounded first by its own deadline.
 - `--max-connections`: open connections per worker (gunicorn's `worker_connections`); past
   it the worker stops accepting and newcomers wait in the listen backlog
   (`gpu_telemetry_gateway_connections` counts the open ones).
@@ -56,6 +61,10 @@ class _SlowClientMetrics:
         self.slow = Counter(
             f"{PREFIX}_slow_clients",
             "Connections closed because their request head did not arrive in time.",
+        )
+        self.slow_readers = Counter(
+            f"{PREFIX}_slow_readers",
+            "Connections closed because their client did not take its answer in time.",
         )
         self.connections = Gauge(
             f"{PREFIX}_connections",
@@ -102,7 +111,9 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
         ]
 
     def init_process(self) -> None:
-        self.head_timeout_s = from_env().head_timeout_s
+        config = from_env()
+        self.head_timeout_s = config.head_timeout_s
+        self.send_timeout_s = config.send_timeout_s
         self.slow_metrics = _SlowClientMetrics()
         util.write_error = write_problem  # gunicorn's handle_error calls it through `util`
         super().init_process()
@@ -115,6 +126,21 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
             super().handle(listener, client, addr)
         finally:
             self.slow_metrics.connections.dec()
+
+    def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
+        """gunicorn's, but an answer the client does not take in time closes the connection
+        quietly and is counted (gunicorn logged each as a socket error with a traceback)."""
+        sock.settimeout(self.send_timeout_s)  # gunicorn made it blocking; the head is read
+        try:
+            return super().handle_request(listener_name, req, sock, addr)
+        except TimeoutError:
+            self.slow_metrics.slow_readers.inc()
+            self.log.info(
+                "client %s did not take its answer within --send-timeout-s %g; connection closed",
+                addr[0] if isinstance(addr, tuple) else addr,
+                self.send_timeout_s,
+            )
+            raise StopIteration("answer not taken in time") from None  # ends the connection
 
     def _handshake(self, client: Any) -> bool:
         """The TLS handshake is part of the request head: same deadline (see gunicorn_conf)."""

@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import HEAD_TIMEOUT_S, GatewayConfig
+from proto.batch import Gpu, PointBatch
 from store import open_store
 from tests.fixtures.secure import Credentials
 from tests.gateway import data
@@ -114,3 +115,59 @@ def test_silent_tls_clients_are_cut_after_the_head_timeout(tls_gateway: SecureGa
     finally:
         for sock in silent:
             sock.close()
+
+
+def wide_store(path: Path, gpus: int) -> None:
+    """GPUs with 200-character names: a page of 10,000 is ~10 MB, more than loopback buffers."""
+    metrics = ["DCGM_FI_DEV_GPU_UTIL"]
+    with open_store(f"sqlite:{path}") as store:
+        for first in range(0, gpus, 1000):
+            chunk = [
+                Gpu(
+                    f"GPU-{i:06d}-" + "u" * 200, f"host-{i // 8:05d}-" + "h" * 200, i % 8, "d" * 200
+                )
+                for i in range(first, min(first + 1000, gpus))
+            ]
+            batch = PointBatch(gpus=chunk, metrics=metrics)
+            for gi in range(len(chunk)):
+                batch.gpu_index.append(gi)
+                batch.metric_index.append(0)
+                batch.time_ns.append(data.T0)
+                batch.value.append(1.0)
+                batch.source_time_ns.append(data.T0)
+            store.write(batch)
+
+
+def test_clients_that_never_read_their_answer_are_cut_after_the_send_timeout(
+    tmp_path: Path,
+) -> None:
+    """Before, 20 clients asking for a 10 MB page and never reading it held every slot of a
+    `--max-connections 20` worker for as long as they liked: even /healthz timed out."""
+    wide_store(tmp_path / "wide.db", 10_000)
+    config = GatewayConfig(
+        store=f"sqlite:{tmp_path / 'wide.db'}", max_connections=4, send_timeout_s=1.0
+    )
+    gateway = Gateway(config, tmp_path / "gw.log", workers=1)
+    held = []
+    try:
+        for _ in range(4):  # every slot
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", gateway.port))
+            sock.sendall(b"GET /api/v1/gpus?limit=10000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            held.append(sock)
+        time.sleep(0.5)
+        started = time.monotonic()
+        status, _, _ = gateway.get("/healthz")  # waits in the backlog until slots free
+        assert status == 200
+        assert time.monotonic() - started < 8
+        deadline = time.monotonic() + 20  # the one worker renders the four pages in turn
+        while metric(gateway, "gpu_telemetry_gateway_slow_readers_total") < 4:
+            assert time.monotonic() < deadline, gateway.log_tail()
+            time.sleep(0.2)
+        assert "did not take its answer within --send-timeout-s 1" in gateway.log_text()
+        assert "Socket error processing request" not in gateway.log_text()
+    finally:
+        for sock in held:
+            sock.close()
+        gateway.stop()

@@ -252,7 +252,8 @@ def test_a_uuid_the_rest_api_cannot_name_rejects_the_row(uuid: str) -> None:
     """`..` made the web view ask for /api/v1/gpus/ (browsers resolve dot segments) and lose
     the fleet page; `X/telemetry` answered GPU X's telemetry. Such rows are `bad_uuid`."""
     fallback = row(uuid="", Hostname="h/..", labels_raw="")  # identity "h/../0"
-    rows = parse(csv_text([row(uuid=UUID1), row(uuid=uuid), fallback, row(uuid="GPU-a/telemetry2")]))
+    last = row(uuid="GPU-a/telemetry2")
+    rows = parse(csv_text([row(uuid=UUID1), row(uuid=uuid), fallback, last]))
     assert [g.uuid for g in rows.gpus] == [UUID1, "GPU-a/telemetry2"]
     issue = rows.report.rejected[Reject.BAD_UUID]
     assert (issue.count, issue.first_line) == (2, 3)

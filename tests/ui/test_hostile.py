@@ -76,7 +76,7 @@ def test_a_metric_named_like_a_javascript_builtin_is_just_a_name(odd, browser):
         for c in browser.find_elements(By.CSS_SELECTOR, "#fleet a.gpu")
     }
     assert values == {"GPU-good-0": "5", "GPU-good-1": "", "GPU-good-2": "", "..": ""}
-    legend = browser.find_element(By.ID, "legend-min").text + browser.find_element(By.ID, "legend-max").text
+    legend = "".join(browser.find_element(By.ID, f"legend-{end}").text for end in ("min", "max"))
     assert "NaN" not in legend and "NaN" not in browser.find_element(By.ID, "fleet").text
 
 
