@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Flask
+from flask import Flask, Response, request
 
 from gateway import (
     auth,
@@ -22,13 +22,25 @@ from gateway import (
 from gateway.config import GatewayConfig, from_env
 from gateway.jsonprovider import OrjsonProvider
 from gateway.ui import pages
-from store import Store, open_store
+from store import Store, StoreUnavailable, open_store
 
 
 def store_opener(config: GatewayConfig) -> Store:
-    """Open the store the config names (InfluxDB settings fall back to GPUTEL_INFLUX_*)."""
+    """Open the store the config names (InfluxDB settings fall back to GPUTEL_INFLUX_*).
+
+    The gateway only reads: a SQLite file that does not exist is not created (a mistyped
+    `--store` made an empty database and a gateway that said ready with no GPUs); until the
+    collector creates it, the API and /readyz answer 503 naming the path (the extension
+    opens again on the next request).
+    """
     if config.store == "influx":
         return open_store("influx", **config.store_opts())
+    kind, _, path = config.store.partition(":")
+    if kind == "sqlite" and path and not Path(path).exists():
+        raise StoreUnavailable(
+            f"no SQLite database at {path}: the collector creates it on its first start; "
+            "check the gateway's --store if one is running"
+        )
     return open_store(config.store)
 
 
@@ -47,4 +59,22 @@ def create_app(config: GatewayConfig | None = None) -> Flask:
     known_metrics.init_app(app)
     for blueprint in (gpus.bp, telemetry.bp, catalog.bp, ops.bp, docs.bp, pages.bp, pages.root):
         app.register_blueprint(blueprint)
+    app.after_request(_hardened)
     return app
+
+
+# Answers that are not pages (the API's JSON, /metrics, problem+json) load nothing and may
+# not be framed; pages set their own policy first (gateway/ui/pages.py, gateway/docs.py).
+NOT_A_PAGE_CSP = "default-src 'none'; frame-ancestors 'none'"
+
+
+def _hardened(response: Response) -> Response:
+    """Headers every answer carries: no MIME sniffing, no referrer, no framing; API answers
+    (token-protected with --auth-tokens) are never kept by a cache."""
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("Content-Security-Policy", NOT_A_PAGE_CSP)
+    if request.path.startswith("/api/"):
+        headers.setdefault("Cache-Control", "no-store")
+    return response

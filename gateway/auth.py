@@ -4,8 +4,11 @@ With `--auth-tokens FILE` (the broker's token-file format, `walbroker.tokens`; r
 it changes), every `/api/v1/...` (and `/ui/api/...`) request needs `Authorization: Bearer
 <token>` of a principal with the `read` (or `admin`) role: without one the answer is 401
 problem+json with `WWW-Authenticate: Bearer`, with a token lacking the role 403. `/healthz`
-and `/readyz` are always open; `/metrics` (`--auth-metrics`) and `/swagger/` + `/openapi.json`
-(`--auth-docs`) are open unless configured otherwise.
+and `/readyz` are always open; `/metrics` (`--auth-metrics`) and `/openapi.json` (`--auth-docs`)
+are open unless configured otherwise. `/swagger/` is always open: it is the Swagger UI
+distribution and a start-up script, nothing of this deployment, and a browser cannot send a
+bearer header when it opens a page (protected, it answered 401 to people holding a token);
+the page fetches `/openapi.json` with the token the web view was given in that tab.
 
 Access log: one JSON line per request (logger `gateway.access`): method, route template,
 status, latency, principal and client address. The query string is never logged (it could
@@ -55,7 +58,7 @@ class ApiAuth:
         if metrics:
             self.protected.append("/metrics")
         if docs:
-            self.protected += ["/swagger", "/openapi.json"]
+            self.protected.append("/openapi.json")
 
     def needs_token(self, path: str) -> bool:
         """True if `path` is served only to a principal with the read role."""

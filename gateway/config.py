@@ -224,7 +224,10 @@ def _trust_args(p: argparse.ArgumentParser, gw: Callable[[str, str], str]) -> No
     )
     p.add_argument("--tls-cert", default=gw("TLS_CERT", ""), metavar="PEM", help="serve HTTPS")
     p.add_argument("--tls-key", default=gw("TLS_KEY", ""), metavar="PEM")
-    for name, what in (("metrics", "/metrics"), ("docs", "/swagger/ and /openapi.json")):
+    for name, what in (
+        ("metrics", "/metrics"),
+        ("docs", "/openapi.json (Swagger UI then sends the web view's token)"),
+    ):
         p.add_argument(
             f"--auth-{name}",
             action="store_true",

@@ -14,6 +14,7 @@ from werkzeug.exceptions import NotFound
 
 from gateway import openapi
 from gateway.openapi import Operation, operation
+from gateway.ui.pages import CSP as PAGE_CSP
 
 bp = Blueprint("docs", __name__)
 KEY = "gputel.openapi"
@@ -42,6 +43,9 @@ PAGE = """<!DOCTYPE html>
   </body>
 </html>
 """
+# The token the web view keeps for this tab (gateway/ui/static/common.js, `gputel.token`)
+# goes with every request the page makes to this gateway: the document (`--auth-docs`) and
+# "Try it out" calls (with `--auth-tokens`).
 INIT_JS = """window.onload = function () {
   window.ui = SwaggerUIBundle({
     url: "../openapi.json",
@@ -49,6 +53,14 @@ INIT_JS = """window.onload = function () {
     deepLinking: true,
     presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
     layout: "StandaloneLayout",
+    requestInterceptor: function (req) {
+      var token = sessionStorage.getItem("gputel.token");
+      var sameOrigin = new URL(req.url, location.href).origin === location.origin;
+      if (token && sameOrigin && !req.headers.Authorization) {
+        req.headers.Authorization = "Bearer " + token;
+      }
+      return req;
+    },
   });
 };
 """
@@ -75,8 +87,11 @@ def openapi_json() -> Response:
 
 @bp.get("/swagger/")
 def swagger_page() -> Response:
-    """Return the Swagger UI page."""
-    return Response(PAGE, mimetype="text/html")
+    """Return the Swagger UI page, under the web view's policy (no framing, nothing from
+    another host, no inline script: its start-up is `gputel-init.js`)."""
+    response = Response(PAGE, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = PAGE_CSP
+    return response
 
 
 @bp.get("/swagger/gputel-init.js")

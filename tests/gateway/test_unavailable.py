@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from gateway.config import GatewayConfig
+from store import open_store
 from tests.gateway.conftest import Backend, Gateway, app_for, make_backend
 
 PATHS = (
@@ -52,3 +54,20 @@ def test_store_down_is_503_and_readyz_flips(influx_backend, influx_server, tmp_p
             assert len(client.get("/api/v1/gpus").get_json()["gpus"]) == 7
     finally:
         server.stop()
+
+
+def test_a_missing_sqlite_file_is_not_created_and_not_ready(tmp_path, caplog) -> None:
+    """A mistyped --store made an empty database and a gateway that said ready, with 0 GPUs."""
+    path = tmp_path / "typo.db"
+    for app in app_for(GatewayConfig(store=f"sqlite:{path}")):
+        client = app.test_client()
+        for route in PATHS:
+            resp = client.get(route)
+            assert resp.status_code == 503, route
+            assert resp.content_type == "application/problem+json"
+        logged = [getattr(r, "error", "") for r in caplog.records]
+        assert any(f"no SQLite database at {path}" in e for e in logged), logged
+        assert not list(tmp_path.iterdir())  # nothing created: no db, -wal or -shm
+        open_store(f"sqlite:{path}").close()  # the collector's first start
+        assert client.get("/readyz").status_code == 200
+        assert client.get("/api/v1/gpus").get_json()["gpus"] == []

@@ -61,3 +61,26 @@ def test_the_page_asks_for_a_token_and_then_shows_the_fleet(locked, browser):
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert all("401" in e["message"] for e in errors), errors  # only the first, refused calls
     browser.execute_script("sessionStorage.clear()")
+
+
+def test_swagger_ui_with_auth_docs_uses_the_web_views_token(locked, browser, web):
+    """With --auth-docs, /swagger/ answered 401 to a browser (a page cannot send a bearer
+    header): the API docs were unreachable even with a token. The page is now open and
+    fetches the document with the token the web view was given in this tab."""
+    _, token = locked
+    tokens = web.folder / "gateway-tokens.txt"  # the locked fixture's file: `viewer` = token
+    config = dataclasses.replace(web.config, auth_tokens=str(tokens), auth_docs=True)
+    docs = Gateway(config, web.folder / "docs-gateway.log", workers=1, threads=4)
+    try:
+        assert docs.get("/openapi.json")[0] == 401
+        browser.get(docs.url + "/ui/")
+        browser.execute_script("sessionStorage.setItem('gputel.token', arguments[0])", token)
+        browser.get(docs.url + "/swagger/")
+        deadline = time.monotonic() + 30
+        while not browser.find_elements(By.CSS_SELECTOR, ".opblock"):
+            assert time.monotonic() < deadline, browser.page_source[-2000:]
+            time.sleep(0.2)
+        assert "/api/v1/gpus" in browser.find_element(By.ID, "swagger-ui").text
+    finally:
+        browser.execute_script("sessionStorage.clear()")
+        docs.stop()

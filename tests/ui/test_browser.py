@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -49,7 +50,7 @@ def wait_ready(browser, selector: str, timeout_s: float = 60.0, **data: str) -> 
     raise AssertionError(f"{selector} not ready: {ds}; log: {browser.get_log('browser')}")
 
 
-def page_is_clean(browser, web) -> None:
+def page_is_clean(browser, web, prefix: str = "/ui/") -> None:
     """No console error, and every network request went to this gateway.
 
     (chromium's own chrome:// pages, e.g. the new-tab page it opens with, are not network.)
@@ -63,7 +64,7 @@ def page_is_clean(browser, web) -> None:
             urls.append(msg["params"]["request"]["url"])
     assert urls, "no request seen: the performance log is off"
     network = [u for u in urls if u.split(":", 1)[0] in ("http", "https", "ws", "wss", "ftp")]
-    assert any(u.startswith(web.url + "/ui/") for u in network), network
+    assert any(u.startswith(web.url + prefix) for u in network), network
     foreign = [u for u in network if not u.startswith(web.url + "/")]
     assert not foreign, foreign
 
@@ -212,3 +213,37 @@ def test_pages_forbid_other_origins(web, path):
     with urllib.request.urlopen(web.url + path, timeout=30) as resp:
         csp = resp.headers["Content-Security-Policy"]
     assert "default-src 'self'" in csp and "connect-src 'self'" in csp
+
+
+@pytest.mark.parametrize(
+    "path", ["/swagger/", "/api/v1/gpus", "/api/v1/hosts?limit=0", "/openapi.json", "/metrics"]
+)
+def test_no_answer_can_be_framed_or_sniffed(web, path):
+    """Only the web view's pages had a policy: /swagger/ and the API loaded in another
+    site's frame, and API answers had no nosniff or cache rule."""
+    try:
+        resp = urllib.request.urlopen(web.url + path, timeout=30)
+    except urllib.error.HTTPError as refused:  # a 400 problem+json carries them too
+        resp = refused
+    with resp:
+        headers = resp.headers
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    if path.startswith("/api/"):
+        assert headers["Cache-Control"] == "no-store"
+
+
+def test_swagger_ui_works_under_its_policy(web, browser):
+    """Swagger UI renders every operation of the document with the policy on (no inline
+    script, nothing from another host) and logs no violation."""
+    browser.get(web.url + "/swagger/")
+    spec = api(web, "/openapi.json")
+    expected = sum(len(item) for item in spec["paths"].values())
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        blocks = browser.find_elements(By.CSS_SELECTOR, ".opblock")
+        if len(blocks) >= expected:
+            break
+        time.sleep(0.2)
+    assert len(blocks) == expected
+    page_is_clean(browser, web, "/swagger/")
