@@ -147,6 +147,7 @@ def _add_limit_args(p: argparse.ArgumentParser) -> None:
     for flag, default, text in (
         ("max-streams", 2000, "open Publish/Consume streams in total"),
         ("max-streams-per-peer", 1000, "open streams from one client address"),
+        ("max-connections", 4096, "open TCP connections to --listen, streams or not"),
         ("hot-buffer-bytes", 64 * 1024**2, "memory for recent records, over all partitions"),
         ("max-queue-bytes", 64 * 1024**2, "payload bytes waiting for the log writer"),
         ("min-point-bytes", 1, "bytes a batch must carry per declared point"),
@@ -159,6 +160,8 @@ def _add_limit_args(p: argparse.ArgumentParser) -> None:
         ("group-retention-s", 7 * 86400.0, "forget a group empty for this long"),
         ("retention-ignore-idle-group-s", 86400.0, "block retention ignores groups idle longer"),
         ("shutdown-timeout-s", 10.0, "SIGTERM: exit within this"),
+        ("connection-idle-timeout-s", 120.0, "close a connection with no call open this long"),
+        ("handshake-timeout-s", 10.0, "close a connection without its TLS/HTTP/2 handshake"),
     ):
         name = flag.upper().replace("-", "_")
         p.add_argument(f"--{flag}", type=float, default=float(_env(name, str(fdefault))), help=text)
@@ -194,6 +197,9 @@ def config_from_args(a: argparse.Namespace) -> BrokerConfig:
         topics=tuple(topics.items()),
         max_streams=a.max_streams,
         max_streams_per_peer=a.max_streams_per_peer,
+        max_connections=a.max_connections,
+        connection_idle_timeout_s=a.connection_idle_timeout_s,
+        handshake_timeout_s=a.handshake_timeout_s,
         client_publish_bytes_per_s=a.client_publish_bytes_per_s,
         group_retention_s=a.group_retention_s,
         shutdown_timeout_s=a.shutdown_timeout_s,

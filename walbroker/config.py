@@ -81,6 +81,13 @@ class BrokerConfig:
     max_streams: int = 2000
     max_streams_per_peer: int = 1000
     reserved_workers: int = 32
+    # TCP connections, whatever they carry (walbroker/connections.py): at most this many
+    # open at once (gRPC closes newer ones at once); one with no call open for
+    # `connection_idle_timeout_s`, or without its TLS/HTTP/2 handshake after
+    # `handshake_timeout_s`, is closed.
+    max_connections: int = 4096
+    connection_idle_timeout_s: float = 120.0
+    handshake_timeout_s: float = 10.0
     # Payload bytes per second one client (credential, else address) may publish; beyond
     # it its streams are read no faster (throttled, as Kafka's quotas). 0 = unlimited.
     client_publish_bytes_per_s: int = 0

@@ -93,6 +93,16 @@ class BrokerMetrics:
         self.streams = Gauge(
             f"{NS}_open_streams", "Open Publish and Consume streams.", ["method"], registry=r
         )
+        self.connections = Gauge(
+            f"{NS}_open_connections",
+            "TCP connections open to the gRPC port (sampled every second; --max-connections).",
+            registry=r,
+        )
+        self.connection_limit_seconds = Counter(
+            f"{NS}_connection_limit_seconds",
+            "Seconds the gRPC port had --max-connections open (new connections closed at once).",
+            registry=r,
+        )
         self.refused = Counter(
             f"{NS}_refused_calls",
             "Calls refused at the door, by limit.",

@@ -24,6 +24,7 @@ from proto.gen import walbroker_pb2 as pb
 from proto.gen import walbroker_pb2_grpc as pb_grpc
 from walbroker import admin
 from walbroker.config import BrokerConfig
+from walbroker.connections import ConnectionSampler, ensure_fd_budget, server_options
 from walbroker.errors import BrokerError, InvalidArgument
 from walbroker.frames import MalformedFrames
 from walbroker.group import GroupCoordinator
@@ -245,6 +246,9 @@ class Broker:
             else interceptors
         )
         workers = config.max_streams + config.reserved_workers
+        connection_options = server_options(
+            config.max_connections, config.connection_idle_timeout_s, config.handshake_timeout_s
+        )
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
             interceptors=self.interceptors,
@@ -254,7 +258,11 @@ class Broker:
                 ("grpc.max_receive_message_length", config.grpc_max_message_bytes),
                 ("grpc.max_send_message_length", config.grpc_max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                *connection_options,
             ],
+        )
+        self.connections = ConnectionSampler(
+            self.metrics, config.max_connections, lambda: self.port
         )
         pb_grpc.add_BrokerServicer_to_server(BrokerServicer(self), self.server)
         admin.add_to_server(self.server, self.wal, self.coordinator, self.metrics)
@@ -271,6 +279,7 @@ class Broker:
         """Open for business: writer, configured topics, gRPC, metrics endpoint, reaper."""
         sec = self.config.security
         check_exposure("walbroker", self.config.listen, sec.authenticated, sec.tls, sec.insecure)
+        ensure_fd_budget(self.config.max_connections)
         self.wal.start()
         for topic, partitions in self.config.topics:
             n = self.wal.create_topic(topic, partitions)
@@ -334,6 +343,7 @@ class Broker:
                     self._group_retention()
                     next_retention = time.monotonic() + interval
                 self.metrics.disk_free.set(self.wal.disk.free_bytes())
+                self.connections.sample()
             except Exception:  # the loop must not die silently; next turn retries
                 log.exception("loop error", extra={"loop": "group-reaper"})
             if self.wal.writer.failed is not None:
