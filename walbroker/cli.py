@@ -11,7 +11,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from walbroker import admin_cli, flags, logs, token_cli
+from walbroker import admin_cli, flags, logs, malloc, token_cli
 from walbroker.admin_cli import add_admin_args
 from walbroker.config import BrokerConfig, LogConfig
 from walbroker.disk import StartupError
@@ -212,6 +212,7 @@ def serve(a: argparse.Namespace) -> int:
     from walbroker.server import Broker
 
     logs.setup("walbroker", a.log_level)
+    malloc.fix_mmap_threshold()  # freed publish buffers go back to the OS
     config = config_from_args(a)
     try:  # a bad token or TLS file, or an exposed port without them: refuse to start
         broker = Broker(config)

@@ -119,6 +119,11 @@ class BrokerMetrics:
             "Seconds Publish streams were held back by the per-client byte rate.",
             registry=r,
         )
+        self.publish_paused_seconds = Counter(
+            f"{NS}_publish_paused_seconds",
+            "Seconds Publish streams were left unread after a batch refused for lack of room.",
+            registry=r,
+        )
         self.invalid = Counter(
             f"{NS}_invalid_requests",
             "Requests refused as INVALID_ARGUMENT before reaching the log, by method.",

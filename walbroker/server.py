@@ -25,7 +25,7 @@ from proto.gen import walbroker_pb2_grpc as pb_grpc
 from walbroker import admin
 from walbroker.config import BrokerConfig
 from walbroker.connections import ConnectionSampler, ensure_fd_budget, server_options
-from walbroker.errors import BrokerError, InvalidArgument
+from walbroker.errors import BrokerError, InvalidArgument, ResourceExhausted
 from walbroker.frames import MalformedFrames
 from walbroker.group import GroupCoordinator
 from walbroker.group_retention import expire_groups, update_retention_ignored
@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "walbroker.v1.Broker"
 # Publish requests read ahead of their acks, per stream.
 MAX_PENDING_ACKS = 1024
+# Longest a Publish stream is left unread after a batch was refused for lack of room.
+MAX_REFUSAL_PAUSE_S = 1.0
+_PAUSE_STEP_S = 0.25
 
 
 def default_interceptors(config: BrokerConfig, metrics: BrokerMetrics, guard: Guard) -> list[Any]:
@@ -90,8 +93,11 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
                     head = pb.PublishAck(
                         request_id=req.request_id, topic=req.topic, partition=req.partition
                     )
-                    pending.put((head, self._submit(req)))
+                    outcome = self._submit(req)
                     del req
+                    pending.put((head, outcome))
+                    if isinstance(outcome, ResourceExhausted) and outcome.retry_after_ms > 0:
+                        self._hold_back(outcome.retry_after_ms, context)
             except grpc.RpcError:
                 pass  # the client went away; acks for what was read are still produced
             except BrokerError as exc:  # a malformed frame: the stream ends with its status
@@ -105,6 +111,20 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
             yield self._ack(head, outcome)
         if failure:
             abort(context, failure[0])
+
+    def _hold_back(self, retry_after_ms: int, context: grpc.ServicerContext) -> None:
+        """Read nothing more from this stream for the refusal's retry-after (at most 1 s).
+
+        The queue or the disk is full, so the next batch would be refused too: without
+        the pause a client that pipelines batches had every one of them received, decoded
+        and dropped as fast as it could send (4 MiB batches on 12 streams: over 1 GB of
+        churn). Unread, its batches wait in the client; gRPC's flow control holds it back.
+        """
+        wait = min(retry_after_ms / 1000, MAX_REFUSAL_PAUSE_S)
+        deadline = time.monotonic() + wait
+        while context.is_active() and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, _PAUSE_STEP_S))
+        self.broker.metrics.publish_paused_seconds.inc(wait)
 
     def _submit(self, req: pb.PublishRequest) -> futures.Future[AppendResult] | BrokerError:
         try:
@@ -258,6 +278,10 @@ class Broker:
                 ("grpc.max_receive_message_length", config.grpc_max_message_bytes),
                 ("grpc.max_send_message_length", config.grpc_max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                # Fixed flow-control windows: with BDP probing on, gRPC grew each stream's
+                # window under a flood of 4 MiB batches until the broker held 3 GB of
+                # received bytes (docs/limits.md, "Memory under a publish flood").
+                ("grpc.http2.bdp_probe", 0),
                 *connection_options,
             ],
         )
