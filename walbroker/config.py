@@ -13,6 +13,10 @@ RetentionPolicy = Literal["block", "drop-oldest"]
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
+# The LMDB map (what the log file may grow to): 2 x the budget plus room for B-tree
+# overhead, offsets and producer state, and never under a floor, whatever the budget.
+MAP_HEADROOM_BYTES = 64 * MiB
+MAP_FLOOR_BYTES = 256 * MiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +61,7 @@ class LogConfig:
     @property
     def map_size_bytes(self) -> int:
         """LMDB map size: room for the budget plus B-tree overhead and free pages."""
-        return max(2 * self.retention_bytes + 64 * MiB, 256 * MiB)
+        return max(2 * self.retention_bytes + MAP_HEADROOM_BYTES, MAP_FLOOR_BYTES)
 
 
 @dataclass(frozen=True, slots=True)

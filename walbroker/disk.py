@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+from walbroker.config import MAP_FLOOR_BYTES, MAP_HEADROOM_BYTES, MiB
 from walbroker.errors import ResourceExhausted
 
 
@@ -72,13 +73,28 @@ class DiskGuard:
             self._admitted += size
 
 
-def check_map_size(path: Path, map_size_bytes: int) -> None:
-    """Refuse to start when the LMDB map (what the log may grow to) exceeds the whole volume."""
+def check_map_size(path: Path, map_size_bytes: int, retention_bytes: int) -> None:
+    """Refuse to start when the LMDB map (what the log may grow to) exceeds the whole volume.
+
+    The map is max(2 x --retention-bytes + 64 MiB, 256 MiB): the refusal says which of the
+    two applies, and so what can fix it (a smaller budget cannot get under the floor).
+    """
     st = os.statvfs(path)
     volume = st.f_blocks * st.f_frsize
-    if map_size_bytes > volume:
+    if map_size_bytes <= volume:
+        return
+    formula = "max(2 x --retention-bytes + 64 MiB, 256 MiB)"
+    if volume < MAP_FLOOR_BYTES:
         raise StartupError(
-            f"the log's map size ({map_size_bytes} bytes = 2 x --retention-bytes + 64 MiB) "
-            f"exceeds the volume of the data directory ({volume} bytes at {path}): lower "
-            "--retention-bytes or give the data directory a larger volume"
+            f"the log's map size ({map_size_bytes} bytes = {formula}) exceeds the volume of "
+            f"the data directory ({volume} bytes at {path}): the map is never smaller than "
+            f"{MAP_FLOOR_BYTES // MiB} MiB, whatever --retention-bytes is, so give the data "
+            f"directory a volume of at least {MAP_FLOOR_BYTES} bytes"
         )
+    most = (volume - MAP_HEADROOM_BYTES) // 2
+    raise StartupError(
+        f"the log's map size ({map_size_bytes} bytes = {formula}; --retention-bytes is "
+        f"{retention_bytes}) exceeds the volume of the data directory ({volume} bytes at "
+        f"{path}): lower --retention-bytes to at most {most} or give the data directory a "
+        "larger volume"
+    )

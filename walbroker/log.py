@@ -125,7 +125,7 @@ class Log:
         self.metrics = metrics or BrokerMetrics()
         path = config.data_dir / "log"
         path.mkdir(parents=True, exist_ok=True)
-        check_map_size(path, config.map_size_bytes)
+        check_map_size(path, config.map_size_bytes, config.retention_bytes)
         self.disk = DiskGuard(path, config.min_free_bytes, config.retry_after_ms)
         self.hot = HotBuffer(config.hot_buffer_bytes)
         self.env = lmdb.open(

@@ -150,14 +150,38 @@ def test_a_nearly_full_disk_is_resource_exhausted_before_the_file_system_fills(s
         broker.stop()
 
 
-def test_a_map_larger_than_the_volume_is_a_clear_start_up_error(small_volume):
-    vol = small_volume(64)
+@pytest.mark.parametrize(
+    ("volume_mib", "retention_mib"),
+    [(64, 1024), (100, 16)],  # 2 x 16 + 64 = 96 MiB would fit: the 256 MiB floor does not
+)
+def test_a_volume_below_the_map_floor_is_refused_naming_the_floor(
+    small_volume, volume_mib, retention_mib
+):
+    """The refusal once said "2 x --retention-bytes + 64 MiB" and "lower --retention-bytes",
+    which no value could satisfy on a volume under the 256 MiB floor."""
+    vol = small_volume(volume_mib)
+    broker = BrokerProcess(vol / "broker", "--retention-bytes", str(retention_mib * MiB))
+    broker.log_path = vol.parent / "map-broker.log"
+    broker.start(wait=False)
+    assert broker.wait(30) == 1
+    text = broker.log_text()
+    assert "exceeds the volume of the data directory" in text
+    assert "max(2 x --retention-bytes + 64 MiB, 256 MiB)" in text
+    assert "never smaller than 256 MiB" in text and "at least 268435456 bytes" in text
+    assert "lower --retention-bytes" not in text
+
+
+def test_a_budget_too_large_for_the_volume_is_refused_with_one_that_fits(small_volume):
+    vol = small_volume(400)
     broker = BrokerProcess(vol / "broker", "--retention-bytes", str(1024 * MiB))
     broker.log_path = vol.parent / "map-broker.log"
     broker.start(wait=False)
     assert broker.wait(30) == 1
-    assert "exceeds the volume of the data directory" in broker.log_text()
-    assert "lower --retention-bytes" in broker.log_text()
+    most = (400 * MiB - 64 * MiB) // 2
+    assert f"lower --retention-bytes to at most {most}" in broker.log_text()
+    broker.args = ["--retention-bytes", str(most)]  # and that advice works
+    broker.start()
+    assert broker.stop() == 0
 
 
 FLOOD_STREAMS = 16  # 4 processes x 4 streams
