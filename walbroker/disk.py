@@ -66,11 +66,24 @@ class DiskGuard:
                 estimate = self._free
             if estimate - size < self.min_free_bytes:
                 raise ResourceExhausted(
-                    f"broker disk nearly full: {estimate} bytes free, below the watermark of "
-                    f"{self.min_free_bytes} (--min-free-bytes)",
-                    retry_after_ms=max(self.retry_after_ms, 1000),
+                    self._refusal(estimate, size), retry_after_ms=max(self.retry_after_ms, 1000)
                 )
             self._admitted += size
+
+    def _refusal(self, free: int, size: int) -> str:
+        """Why `size` bytes are refused with `free` bytes free: the watermark, or the batch."""
+        watermark = f"the watermark of {self.min_free_bytes} (--min-free-bytes)"
+        if free < self.min_free_bytes:
+            return f"broker disk nearly full: {free} bytes free, below {watermark}"
+        if size > free:
+            return (
+                f"broker disk nearly full: a batch of {size} bytes does not fit in the "
+                f"{free} bytes free"
+            )
+        return (
+            f"broker disk nearly full: a batch of {size} bytes would leave {free - size} of the "
+            f"{free} bytes free, below {watermark}"
+        )
 
 
 def check_map_size(path: Path, map_size_bytes: int, retention_bytes: int) -> None:

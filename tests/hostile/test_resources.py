@@ -140,12 +140,35 @@ def test_a_nearly_full_disk_is_resource_exhausted_before_the_file_system_fills(s
             acked += 1
         assert refusal is not None and refusal.code == Code.RESOURCE_EXHAUSTED, refusal
         assert "disk nearly full" in refusal.message and refusal.retry_after_ms >= 1000
+        assert "below the watermark of 67108864 (--min-free-bytes)" in refusal.message
         assert _free(vol) > 16 * MiB, "the watermark came too late"
         (vol / "hog").unlink()
         time.sleep(1.5)  # the free-space reading is refreshed every second
         assert_unaffected(baseline, lambda: good.publish_for(1.0))
         good.assert_nothing_lost()
         assert acked > 0
+    finally:
+        broker.stop()
+
+
+def test_a_batch_larger_than_the_free_space_is_refused_saying_so(small_volume):
+    """With --min-free-bytes 0 the refusal once read "20480 bytes free, below the watermark
+    of 0": the watermark was not the reason, the batch's size was."""
+    vol = small_volume(300)
+    limits = ["--retention-bytes", str(16 * MiB), "--min-free-bytes", "0"]
+    broker = BrokerProcess(vol / "broker", "--topic", "fill:1", *limits)
+    broker.log_path = vol.parent / "disk-broker.log"
+    broker.start()
+    try:
+        with open(vol / "hog", "wb") as hog:
+            hog.write(b"\0" * (_free(vol) - 32 * 1024))
+        time.sleep(1.5)  # the free-space reading is refreshed every second
+        req = pb.PublishRequest(request_id=1, topic="fill", payload=os.urandom(64 * 1024), count=1)
+        (ack,) = publish(broker.address, req)
+        assert ack.status.code == Code.RESOURCE_EXHAUSTED, ack.status
+        message = ack.status.message
+        assert "a batch of 65536 bytes does not fit in the" in message, message
+        assert "watermark" not in message, message
     finally:
         broker.stop()
 
