@@ -153,6 +153,12 @@ def _add_limit_args(p: argparse.ArgumentParser) -> None:
         ("min-point-bytes", 1, "bytes a batch must carry per declared point"),
         ("min-free-bytes", 256 * 1024**2, "free space kept on the data volume"),
         ("client-publish-bytes-per-s", 0, "publish rate of one client, throttled (0: no limit)"),
+        (
+            "max-consume-queue-bytes",
+            1024**2,
+            "answers (assignments, commit acks) queued for a Consume stream whose client does "
+            "not read them; past it the stream ends",
+        ),
     ):
         name = flag.upper().replace("-", "_")
         p.add_argument(f"--{flag}", type=int, default=int(_env(name, str(default))), help=text)
@@ -201,6 +207,7 @@ def config_from_args(a: argparse.Namespace) -> BrokerConfig:
         connection_idle_timeout_s=a.connection_idle_timeout_s,
         handshake_timeout_s=a.handshake_timeout_s,
         client_publish_bytes_per_s=a.client_publish_bytes_per_s,
+        max_consume_queue_bytes=a.max_consume_queue_bytes,
         group_retention_s=a.group_retention_s,
         shutdown_timeout_s=a.shutdown_timeout_s,
         security=security_from_args(a),

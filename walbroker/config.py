@@ -77,6 +77,9 @@ class BrokerConfig:
     session_timeout_ms: int = 10_000
     max_unacked_points: int = 200_000
     grpc_max_message_bytes: int = 32 * MiB
+    # Answers (assignments, commit acks) queued for one Consume stream whose client does
+    # not read them; beyond it the stream ends with RESOURCE_EXHAUSTED.
+    max_consume_queue_bytes: int = MiB
     # Topics created at start when missing: (name, partitions).
     topics: tuple[tuple[str, int], ...] = ()
     # Open Publish/Consume streams, in total and per client address; newcomers beyond

@@ -45,6 +45,8 @@ from walbroker.types import TopicPartition, validate_name
 log = logging.getLogger(__name__)
 
 Role = Literal["consumer", "producer"]
+# Partitions a refusal lists by number (the rest are counted).
+MAX_LISTED = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +327,9 @@ class GroupCoordinator:
             foreign = sorted(p for p in offsets if g.owners.get(p) != member_id)
             if member is None or foreign:
                 self.metrics.commits.labels(group, "not_assigned").inc()
-                raise NotAssigned(f"member {member_id!r} does not own partitions {foreign}")
+                shown = ", ".join(map(str, foreign[:MAX_LISTED]))
+                more = f" and {len(foreign) - MAX_LISTED} more" if len(foreign) > MAX_LISTED else ""
+                raise NotAssigned(f"member {member_id!r} does not own partitions [{shown}]{more}")
             if g.role == "consumer":
                 self._check_range(g.topic, offsets)
             member.last_seen = self.clock()

@@ -130,6 +130,11 @@ class BrokerMetrics:
             ["method"],
             registry=r,
         )
+        self.consume_queue_bytes = Gauge(
+            f"{NS}_consume_queue_bytes",
+            "Bytes of answers (assignments, commit acks) queued for Consume streams, not yet sent.",
+            registry=r,
+        )
         self.groups_expired = Counter(
             f"{NS}_groups_expired",
             "Empty groups forgotten after --group-retention-s (or deleted by an admin).",

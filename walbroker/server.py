@@ -165,6 +165,7 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
             b.metrics,
             b.config.session_timeout_ms,
             b.config.max_unacked_points,
+            b.config.max_consume_queue_bytes,
         )
         context.add_callback(session.close)
         try:

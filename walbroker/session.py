@@ -5,8 +5,17 @@ its `responses()` iterator yields. Three kinds of thread touch it: the request
 reader (`handle`), the response writer (`responses`), and whichever thread makes
 the coordinator rebalance the group (another member's join or leave, the
 group-reaper, an admin reset), which calls `_on_assignment` under the group's
-lock. `lock` guards the positions, credit and generation they share; `outbound`
-is a deque, whose append and popleft are atomic.
+lock. `lock` guards the positions, credit and generation they share;
+`_queue_lock` guards `outbound`, the control messages (assignments, commit acks) not yet
+sent, and their size.
+
+What waits in `outbound` is bounded (`max_queued_bytes`, `--max-consume-queue-bytes`):
+a member that sends commits but does not read its stream would otherwise make the broker
+hold every answer. Past the bound the stream ends with RESOURCE_EXHAUSTED naming it: what
+is queued is dropped, the request stream is no longer read (gRPC flow control then holds
+the client back) and the member, no longer heartbeating, leaves the group at its session
+timeout. One commit names at most the topic's partitions, so neither a commit nor its
+answer is larger than the group's assignment.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from collections import deque
 from collections.abc import Iterator
 
 from proto.gen import walbroker_pb2 as pb
-from walbroker.errors import BrokerError, InvalidArgument, NotFound
+from walbroker.errors import BrokerError, InvalidArgument, NotFound, ResourceExhausted
 from walbroker.group import GroupCoordinator, MemberAssignment, Role
 from walbroker.log import Log
 from walbroker.metrics import BrokerMetrics
@@ -47,6 +56,7 @@ class Session:
         metrics: BrokerMetrics,
         session_timeout_ms: int,
         max_unacked_points: int,
+        max_queued_bytes: int = 1024 * 1024,
     ) -> None:
         self.wal = wal
         self.coordinator = coordinator
@@ -57,7 +67,10 @@ class Session:
         self.wake = threading.Event()
         self.closed = threading.Event()
         self.failure: BrokerError | None = None
-        self.outbound: deque[pb.ConsumeResponse] = deque()
+        self.max_queued_bytes = max_queued_bytes
+        self._queue_lock = threading.Lock()
+        self.outbound: deque[tuple[pb.ConsumeResponse, int]] = deque()
+        self.queued_bytes = 0
         self.group = self.topic = self.member_id = ""
         self.role: Role = "consumer"
         self.generation = 0
@@ -117,18 +130,22 @@ class Session:
         self.wake.set()
 
     def _commit(self, c: pb.Commit) -> None:
-        offsets = {o.partition: o.offset for o in c.offsets}
+        ack = pb.CommitAck(commit_id=c.commit_id, generation=c.generation)
         error: BrokerError | None = None
         try:
+            partitions = self.wal.partition_count(self.topic)
+            if len(c.offsets) > partitions:  # refused whole, and not echoed
+                self.metrics.commits.labels(self.group, "too_many_offsets").inc()
+                raise InvalidArgument(
+                    f"a commit names at most the topic's {partitions} partitions, "
+                    f"not {len(c.offsets)}"
+                )
+            ack.offsets.extend(c.offsets)
+            offsets = {o.partition: o.offset for o in c.offsets}
             self.coordinator.commit(self.group, self.member_id, c.generation, offsets)
         except BrokerError as exc:
             error = exc
-        ack = pb.CommitAck(
-            commit_id=c.commit_id,
-            status=status_of(error),
-            generation=c.generation,
-            offsets=c.offsets,
-        )
+        ack.status.CopyFrom(status_of(error))
         self.push(pb.ConsumeResponse(commit_ack=ack))
 
     def _on_assignment(self, a: MemberAssignment) -> None:
@@ -189,13 +206,68 @@ class Session:
         return self.wal.offsets.committed(self.group, tp)
 
     def push(self, msg: pb.ConsumeResponse) -> None:
-        """Queue a control message for the member."""
-        self.outbound.append(msg)
+        """Queue a control message for the member; past the bound, end the stream instead.
+
+        One message larger than the bound is queued when nothing else waits (a large
+        group's assignment), so the bound never refuses a member that reads.
+        """
+        size = msg.ByteSize()
+        with self._queue_lock:
+            if self.failure is not None:
+                return  # ended: nothing more will be sent
+            if self.outbound and self.queued_bytes + size > self.max_queued_bytes:
+                queued = self.queued_bytes
+                self._drop_queued()
+                overflow = True
+            else:
+                self.outbound.append((msg, size))
+                self.queued_bytes += size
+                self.metrics.consume_queue_bytes.inc(size)
+                overflow = False
+        if overflow:
+            self._overflow(queued + size)
         self.wake.set()
+
+    def _overflow(self, size: int) -> None:
+        self.metrics.refused.labels("max_consume_queue_bytes").inc()
+        log.warning(
+            "consume stream ended: its client does not read its answers",
+            extra={
+                "group": self.group,
+                "member": self.member_id,
+                "queued_bytes": size,
+                "limit": self.max_queued_bytes,
+            },
+        )
+        self.fail(
+            ResourceExhausted(
+                f"consume stream ended: {size} bytes of answers (assignments, commit acks) "
+                f"not read by the client exceed the limit of {self.max_queued_bytes} "
+                "(--max-consume-queue-bytes); read the stream",
+                retry_after_ms=1000,
+            )
+        )
+
+    def _next_queued(self) -> pb.ConsumeResponse | None:
+        with self._queue_lock:
+            if not self.outbound:
+                return None
+            msg, size = self.outbound.popleft()
+            self.queued_bytes -= size
+            self.metrics.consume_queue_bytes.dec(size)
+            return msg
+
+    def _drop_queued(self) -> None:
+        """Forget what waits (caller holds `_queue_lock`)."""
+        self.outbound.clear()
+        self.metrics.consume_queue_bytes.dec(self.queued_bytes)
+        self.queued_bytes = 0
 
     def fail(self, exc: BrokerError) -> None:
         """End the stream with `exc`'s status."""
-        self.failure = exc
+        with self._queue_lock:
+            if self.failure is None:
+                self.failure = exc
         self.close()
 
     def close(self) -> None:
@@ -214,12 +286,12 @@ class Session:
         while not self.closed.is_set():
             self.wake.wait(0.5)
             self.wake.clear()
-            while self.outbound:
-                yield self.outbound.popleft()
+            while (msg := self._next_queued()) is not None:
+                yield msg
             if self.role == "consumer":
                 yield from self._deliver()
-        while self.outbound:
-            yield self.outbound.popleft()
+        while (msg := self._next_queued()) is not None:
+            yield msg
 
     def _deliver(self) -> Iterator[pb.ConsumeResponse]:
         with self.lock:
@@ -258,6 +330,8 @@ class Session:
 
     def finish(self) -> None:
         """Leave the group and stop listening to the log (idempotent)."""
+        with self._queue_lock:
+            self._drop_queued()
         self.wal.unsubscribe(self.wake)
         if self.member_id:
             self.coordinator.leave(self.group, self.member_id, reason="stream closed")

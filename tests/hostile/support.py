@@ -113,10 +113,12 @@ def list_groups(address: str) -> list[apb.GroupSummary]:
     return list(admin(address).ListGroups(apb.ListGroupsRequest(), timeout=10).groups)
 
 
-def scrape(url: str, name: str) -> float:
-    """Sum of a metric's samples on a /metrics page."""
+def scrape(url: str, name: str, **labels: str) -> float:
+    """Sum of a metric's samples on a /metrics page (those with `labels`, when given)."""
     body = urllib.request.urlopen(url, timeout=10).read().decode()
-    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", body, re.M))
+    found = re.findall(rf"^{name}(?:{{([^}}]*)}})? (\S+)$", body, re.M)
+    wanted = {f'{k}="{v}"' for k, v in labels.items()}
+    return sum(float(v) for lv, v in found if wanted <= set(lv.split(",")))
 
 
 def rss_bytes(pid: int, kind: str = "VmRSS") -> int:
