@@ -100,7 +100,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         "--max-unacked-points",
         type=int,
         default=int(_env("MAX_UNACKED_POINTS", "200000")),
-        help="credit: points a consumer may hold uncommitted",
+        help="points one consumer may hold delivered but uncommitted; delivery pauses there "
+        "until it commits",
     )
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING")
     _add_topic_args(p)

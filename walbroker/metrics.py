@@ -135,6 +135,11 @@ class BrokerMetrics:
             "Bytes of answers (assignments, commit acks) queued for Consume streams, not yet sent.",
             registry=r,
         )
+        self.unacked_pauses = Counter(
+            f"{NS}_unacked_pauses",
+            "Times delivery to a member paused at --max-unacked-points until it committed.",
+            registry=r,
+        )
         self.groups_expired = Counter(
             f"{NS}_groups_expired",
             "Empty groups forgotten after --group-retention-s (or deleted by an admin).",

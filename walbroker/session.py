@@ -9,6 +9,14 @@ lock. `lock` guards the positions, credit and generation they share;
 `_queue_lock` guards `outbound`, the control messages (assignments, commit acks) not yet
 sent, and their size.
 
+Two bounds hold delivery back. Credit is the member's own window: the points it asked
+for (`Join.credit_points`, then each `Credit`), never more than `max_unacked` at once.
+`max_unacked` (`--max-unacked-points`) bounds what the member holds uncommitted: the
+points delivered past each assigned partition's committed offset (the one it started
+from, then each commit it made). At the bound delivery pauses until it commits, whatever
+credit it sends; only a single record larger than the bound is delivered, alone, when
+nothing else is uncommitted.
+
 What waits in `outbound` is bounded (`max_queued_bytes`, `--max-consume-queue-bytes`):
 a member that sends commits but does not read its stream would otherwise make the broker
 hold every answer. Past the bound the stream ends with RESOURCE_EXHAUSTED naming it: what
@@ -75,6 +83,10 @@ class Session:
         self.role: Role = "consumer"
         self.generation = 0
         self.positions: dict[int, int] = {}
+        # partition -> the offset its uncommitted points start at; their sum is `unacked`
+        self.acked: dict[int, int] = {}
+        self.unacked = 0
+        self._paused = False
         self.credit = 0
         self._turn = 0
 
@@ -143,6 +155,11 @@ class Session:
             ack.offsets.extend(c.offsets)
             offsets = {o.partition: o.offset for o in c.offsets}
             self.coordinator.commit(self.group, self.member_id, c.generation, offsets)
+            with self.lock:
+                for p, offset in offsets.items():
+                    if p in self.acked:
+                        self.acked[p] = offset
+                self._recount()
         except BrokerError as exc:
             error = exc
         ack.status.CopyFrom(status_of(error))
@@ -164,6 +181,11 @@ class Session:
                     positions[p] = self._start_position(TopicPartition(a.topic, p))
                     restarted.add(p)
             self.positions = positions
+            self.acked = {
+                p: self.acked.get(p, positions[p]) if p not in restarted else positions[p]
+                for p in positions
+            }
+            self._recount()
             self.generation = a.generation
             committed = {p: self._committed(TopicPartition(a.topic, p)) for p in positions}
             msg = pb.Assignment(
@@ -184,6 +206,10 @@ class Session:
                 ],
             )
         self.push(pb.ConsumeResponse(assignment=msg))
+
+    def _recount(self) -> None:
+        """Uncommitted points over the assigned partitions (caller holds `lock`)."""
+        self.unacked = sum(max(0, pos - self.acked[p]) for p, pos in self.positions.items())
 
     def _start_position(self, tp: TopicPartition) -> int:
         """Where a (re)assigned partition starts: the committed offset clamped to the log.
@@ -305,12 +331,22 @@ class Session:
             pos = positions[p]
             if credit <= 0 or self.outbound or self.closed.is_set():
                 break
+            room = self.max_unacked - self.unacked
+            if room <= 0 and self.unacked:
+                self._pause()
+                break
             tp = TopicPartition(self.topic, p)
-            for rec in self.wal.read(tp, pos, min(credit, READ_CHUNK_POINTS)):
+            for rec in self.wal.read(tp, pos, min(credit, max(room, 1), READ_CHUNK_POINTS)):
                 with self.lock:
                     if self.generation != generation or self.positions.get(p) != pos:
                         self.wake.set()
                         return
+                    step = rec.next_offset - pos
+                    if self.unacked and self.unacked + step > self.max_unacked:
+                        self._pause()
+                        return
+                    self._paused = False
+                    self.unacked += step
                     self.positions[p] = pos = rec.next_offset
                     self.credit -= rec.count
                     credit = self.credit
@@ -327,6 +363,12 @@ class Session:
                         generation=generation,
                     )
                 )
+
+    def _pause(self) -> None:
+        """Delivery stops at `max_unacked` until the member commits (counted once per pause)."""
+        if not self._paused:
+            self._paused = True
+            self.metrics.unacked_pauses.inc()
 
     def finish(self) -> None:
         """Leave the group and stop listening to the log (idempotent)."""
