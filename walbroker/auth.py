@@ -22,8 +22,11 @@ Every failure is logged with the peer address (and the principal when known) and
 `gpu_telemetry_broker_auth_failures_total{reason}`; every Admin call is logged with principal
 and peer and counted in `gpu_telemetry_broker_admin_calls_total{principal,method}`.
 
-Streams are re-checked on every request message when the token file has changed since the
-stream began: a revoked token ends its open streams with UNAUTHENTICATED, without a restart.
+Streams are re-checked when the token file has changed since the stream began, on every
+request message and before every response message (a consumer that only receives would
+otherwise keep receiving): a revoked token ends its open streams with UNAUTHENTICATED, and a
+Consume stream whose principal may no longer join its group or read its topic ends
+PERMISSION_DENIED, without a restart. Each such ending is one auth failure.
 """
 
 from __future__ import annotations
@@ -339,13 +342,18 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 context.abort(f.code, f.message)
             assert principal is not None
             guard = _StreamGuard(self, method, cred, principal, check_message, context)
-            return inner(guard.iterate(requests), context)
+            return guard.responses(inner(guard.iterate(requests), context))
 
         return behavior
 
 
 class _StreamGuard:
-    """Checks each request of one stream; re-authenticates after the token file changed."""
+    """Checks each request and response of one stream; re-authenticates after the token file
+    changed.
+
+    Used by two threads (the request reader, the response writer): `lock` guards the
+    principal, its generation and the checks made already.
+    """
 
     def __init__(
         self,
@@ -360,28 +368,73 @@ class _StreamGuard:
         self.principal, self.check_message, self.context = principal, check_message, context
         self.generation = interceptor.access.generation
         self.allowed: set[tuple[str, str]] = set()  # (topic, group) pairs checked already
+        self.join: Any = None  # a Consume stream's join, checked again after a change
+        self.failure: AuthFailure | None = None
+        self.counted = False
+        self.lock = threading.Lock()
 
     def iterate(self, requests: Iterator[Any]) -> Iterator[Any]:
-        access = self.interceptor.access
         for req in requests:
             try:
-                if access.tokens is not None:
-                    access.tokens.current()  # re-reads a changed file (at most every check_s)
-                    if access.generation != self.generation:
-                        self.generation = access.generation
-                        self.allowed.clear()
-                        self.principal = access.authenticate(self.cred)
-                self._check(req)
+                self._refresh()
+                with self.lock:
+                    self._check(req)
             except AuthFailure as f:
-                self.interceptor.refuse(f, self.context, self.method, self.principal)
-                self.context.set_code(f.code)
-                self.context.set_details(f.message)
+                self._end(f)
                 raise _Ended() from None
             yield req
+
+    def responses(self, responses: Iterator[Any]) -> Iterator[Any]:
+        """The handler's responses, each sent only if the stream's credential still holds."""
+        try:
+            for resp in responses:
+                try:
+                    self._refresh()
+                except AuthFailure as f:
+                    self._end(f)
+                    return
+                yield resp
+        finally:
+            close = getattr(responses, "close", None)
+            if close is not None:
+                close()  # the handler's own clean-up (leave the group, free the slot)
+
+    def _refresh(self) -> None:
+        """Re-authenticate (and re-authorize a join) if the token file changed since the last
+        check; AuthFailure when the credential no longer holds."""
+        access = self.interceptor.access
+        if access.tokens is not None:
+            access.tokens.current()  # re-reads a changed file (at most every check_s)
+        with self.lock:
+            if self.failure is not None:
+                raise self.failure
+            if access.generation == self.generation:
+                return
+            self.generation = access.generation
+            self.allowed.clear()
+            try:
+                self.principal = access.authenticate(self.cred)
+                if self.join is not None:
+                    check_consume(self.principal, self.join)
+            except AuthFailure as f:
+                self.failure = f
+                raise
+
+    def _end(self, f: AuthFailure) -> None:
+        """Count and log the refusal once, and make it the stream's status."""
+        with self.lock:
+            self.failure = self.failure or f
+            first, self.counted = not self.counted, True
+        if first:
+            self.interceptor.refuse(f, self.context, self.method, self.principal)
+        self.context.set_code(f.code)
+        self.context.set_details(f.message)
 
     def _check(self, req: Any) -> None:
         if self.check_message is None:
             return
+        if self.method == BROKER + "Consume" and req.WhichOneof("kind") == "join":
+            self.join = req
         key = (getattr(req, "topic", ""), getattr(req, "fence_group", ""))
         if key in self.allowed:
             return

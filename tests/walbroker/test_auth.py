@@ -404,3 +404,95 @@ def test_a_flood_of_refusals_is_counted_but_not_logged_line_by_line(
     logged = secured.log_text().count("call refused") - lines_before
     assert 1 <= logged < 100, logged
     assert re.search(r'"suppressed": [1-9]', secured.log_text())
+
+
+def _auth_failures(url: str, reason: str) -> float:
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    m = re.search(rf'auth_failures_total\{{reason="{reason}"\}} (\S+)', text)
+    return float(m.group(1)) if m else 0.0
+
+
+class _Receiver:
+    """A Consume stream that sends its join and nothing more, and only receives."""
+
+    def __init__(self, address: str, token: str, group: str) -> None:
+        self.points: list[tuple[float, int]] = []
+        self.ended: tuple[grpc.StatusCode, str] | None = None
+        self.assigned = threading.Event()
+        self._quiet = threading.Event()
+        self._channel = grpc.insecure_channel(address)
+        call = self._channel.stream_stream(
+            "/walbroker.v1.Broker/Consume",
+            request_serializer=pb.ConsumeRequest.SerializeToString,
+            response_deserializer=pb.ConsumeResponse.FromString,
+        )
+        join = pb.Join(group=group, topic="telemetry", role=pb.CONSUMER,
+                       credit_points=100_000, session_timeout_ms=60_000)  # fmt: skip
+
+        def requests() -> Iterator[pb.ConsumeRequest]:
+            yield pb.ConsumeRequest(join=join)
+            self._quiet.wait(60)  # no heartbeat, no commit: nothing for the request side to check
+
+        self.call = call(requests(), metadata=meta(token), timeout=60)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            for resp in self.call:
+                if resp.WhichOneof("kind") == "assignment":
+                    self.assigned.set()
+                elif resp.WhichOneof("kind") == "records":
+                    self.points.append((time.monotonic(), resp.records.count))
+        except grpc.RpcError as exc:
+            self.ended = (exc.code(), exc.details() or "")
+
+    def close(self) -> None:
+        self._quiet.set()
+        self.call.cancel()
+        self._reader.join(10)
+        self._channel.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [("revoke", grpc.StatusCode.UNAUTHENTICATED), ("rescope", grpc.StatusCode.PERMISSION_DENIED)],
+)
+def test_a_consumer_that_only_receives_stops_receiving_when_its_token_is_revoked(
+    tmp_path: Path, broker_factory: Callable[..., BrokerProcess], change: str, code: Any
+) -> None:
+    """docs/security.md: "calls and open streams with the old token end UNAUTHENTICATED". A
+    consumer that sent nothing after its join kept receiving telemetry after its token was
+    revoked (only requests were re-checked) until its session ended."""
+    creds = Credentials(tmp_path / "creds")
+    cons = creds.add("cons", "consume", "topic=telemetry", "group=cg")
+    creds.add("prod", "produce", "topic=telemetry")
+    b = broker_factory("--topic", "telemetry:1", *creds.broker_args(tls=False)).start()
+    producer = Producer(b.address, "telemetry", lambda xs: b"x" * len(xs),
+                        security=creds.client("prod", tls=False)).start()  # fmt: skip
+    receiver = _Receiver(b.address, cons, "cg")
+    try:
+        assert receiver.assigned.wait(10)
+        producer.send("gpu", 1)
+        producer.flush(10)
+        assert wait_until(lambda: sum(n for _, n in receiver.points) == 1, 10)
+        before = _auth_failures(b.metrics_url, "invalid_token" if change == "revoke" else "denied")
+        if change == "revoke":
+            creds.lines = [ln for ln in creds.lines if hash_token(cons) not in ln]
+        else:  # the principal stays, its group scope moves elsewhere
+            creds.lines = [ln.replace("group=cg", "group=other") for ln in creds.lines]
+        creds.save()
+        time.sleep(1.5)  # past the broker's file check interval
+        revoked_at = time.monotonic()
+        for i in range(10):
+            producer.send("gpu", i)
+            producer.flush(10)
+        assert wait_until(lambda: receiver.ended is not None, 10), "the stream was not ended"
+        after = sum(n for t, n in receiver.points if t > revoked_at)
+        assert after == 0, f"{after} points delivered after the revocation"
+        assert receiver.ended is not None and receiver.ended[0] == code, receiver.ended
+        reason = "invalid_token" if change == "revoke" else "denied"
+        assert _auth_failures(b.metrics_url, reason) - before == 1
+    finally:
+        receiver.close()
+        producer.close(timeout_s=5)
