@@ -207,6 +207,7 @@ class AdminServicer:
         if offsets:
             self.wal.delete_group_offsets(group)
         self.metrics.groups_expired.labels("deleted").inc()
+        self.metrics.forget_group(group)
         return apb.DeleteGroupResponse(group=group, offsets_deleted=len(offsets))
 
     def _topic(self, topic: str) -> apb.TopicSummary:

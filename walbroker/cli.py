@@ -155,6 +155,11 @@ def _add_limit_args(p: argparse.ArgumentParser) -> None:
         ("min-free-bytes", 256 * 1024**2, "free space kept on the data volume"),
         ("client-publish-bytes-per-s", 0, "publish rate of one client, throttled (0: no limit)"),
         (
+            "max-groups",
+            1000,
+            "known groups (live, or with stored offsets); a join creating one more is refused",
+        ),
+        (
             "max-consume-queue-bytes",
             1024**2,
             "answers (assignments, commit acks) queued for a Consume stream whose client does "
@@ -209,6 +214,7 @@ def config_from_args(a: argparse.Namespace) -> BrokerConfig:
         handshake_timeout_s=a.handshake_timeout_s,
         client_publish_bytes_per_s=a.client_publish_bytes_per_s,
         max_consume_queue_bytes=a.max_consume_queue_bytes,
+        max_groups=a.max_groups,
         group_retention_s=a.group_retention_s,
         shutdown_timeout_s=a.shutdown_timeout_s,
         security=security_from_args(a),

@@ -98,6 +98,9 @@ class BrokerConfig:
     # Payload bytes per second one client (credential, else address) may publish; beyond
     # it its streams are read no faster (throttled, as Kafka's quotas). 0 = unlimited.
     client_publish_bytes_per_s: int = 0
+    # Known groups (live, or with committed offsets or progress); a join creating one more
+    # gets RESOURCE_EXHAUSTED. Each consumer group exports 3 lag series per partition.
+    max_groups: int = 1000
     # An empty group (no live member) is forgotten, offsets and all, after this (Kafka's
     # offsets.retention.minutes, 7 days).
     group_retention_s: float = 7 * 24 * 3600.0

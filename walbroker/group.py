@@ -37,7 +37,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from walbroker.assignor import assign
-from walbroker.errors import InvalidArgument, NotAssigned, NotFound, StaleGeneration
+from walbroker.errors import (
+    InvalidArgument,
+    NotAssigned,
+    NotFound,
+    ResourceExhausted,
+    StaleGeneration,
+)
 from walbroker.log import Log
 from walbroker.metrics import BrokerMetrics
 from walbroker.types import TopicPartition, validate_name
@@ -130,8 +136,12 @@ class GroupCoordinator:
         metrics: BrokerMetrics,
         clock: Callable[[], float] = time.monotonic,
         rebalance_timeout_s: float = 30.0,
+        max_groups: int = 0,
     ) -> None:
         self.wal = wal
+        # Known groups (live, or with committed offsets or progress) a join may bring the
+        # count to; a join creating one more is refused (0 = no limit).
+        self.max_groups = max_groups
         # Grant epochs live beside the log (its writer fences batches with them); only
         # this coordinator writes them.
         self.grants = wal.grants
@@ -430,8 +440,35 @@ class GroupCoordinator:
         with self._lock:
             g = self._groups.get(name)
             if g is None:
+                self._check_room(name)
                 g = self._groups[name] = Group(name, topic, role, partitions)
             return g
+
+    def _check_room(self, name: str) -> None:
+        """ResourceExhausted if `name` is a new group and the known ones are at the bound
+        (caller holds `_lock`)."""
+        if self.max_groups <= 0:
+            return
+        stored = self.wal.offsets.group_names()
+        if name in stored:
+            return  # known already: its members come back
+        known = len(stored | set(self._groups))
+        if known < self.max_groups:
+            return
+        self.metrics.refused.labels("max_groups").inc()
+        log.warning("group refused", extra={"limit": "max_groups", "group": name, "groups": known})
+        raise ResourceExhausted(
+            f"group limit of {self.max_groups} reached (--max-groups): cannot create group "
+            f"{name!r}; delete unused groups (walbroker admin delete-group) or wait for "
+            "empty ones to expire (--group-retention-s)",
+            retry_after_ms=1000,
+        )
+
+    def group_count(self) -> int:
+        """Known groups: live, or with committed offsets or progress."""
+        stored = self.wal.offsets.group_names()
+        with self._lock:
+            return len(stored | set(self._groups))
 
     def _get(self, name: str) -> Group:
         g = self._groups.get(name)

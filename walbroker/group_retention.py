@@ -53,6 +53,7 @@ def expire_groups(
         if wal.offsets.keys_of(group):
             wal.delete_group_offsets(group)
         metrics.groups_expired.labels("retention").inc()
+        metrics.forget_group(group)
         log.info("empty group expired", extra={"group": group, "idle_s": (now_ns - t) / 1e9})
         expired.append(group)
     return expired

@@ -140,6 +140,11 @@ class BrokerMetrics:
             "Times delivery to a member paused at --max-unacked-points until it committed.",
             registry=r,
         )
+        self.groups = Gauge(
+            f"{NS}_groups",
+            "Known groups: with a live member, committed offsets or progress (--max-groups).",
+            registry=r,
+        )
         self.groups_expired = Counter(
             f"{NS}_groups_expired",
             "Empty groups forgotten after --group-retention-s (or deleted by an admin).",
@@ -171,6 +176,18 @@ class BrokerMetrics:
                     metric.remove(*lv)
         for key in [k for k in self.delivered._metrics if k[0] == topic]:
             self.delivered.remove(*key)
+
+    def forget_group(self, group: str) -> None:
+        """Stop exporting a forgotten group's series (expired, deleted)."""
+        for metric, at in (
+            (self.delivered, 1),
+            (self.subscribers, 0),
+            (self.commits, 0),
+            (self.rebalances, 0),
+        ):
+            for key in [k for k in list(metric._metrics) if k[at] == group]:
+                with contextlib.suppress(KeyError):
+                    metric.remove(*key)
 
     def add_offsets_collector(
         self, extents: Callable[[], Iterable[ExtentRow]], lags: Callable[[], Iterable[LagRow]]

@@ -104,6 +104,11 @@ class Offsets:
         entry = self._progress_map.get((group, tp))
         return entry[0] if entry else None
 
+    def group_names(self) -> set[str]:
+        """Every group with a committed offset or progress."""
+        with self._lock:
+            return {g for g, _tp in self._committed} | {g for g, _tp in self._progress_map}
+
     def committed_entries(self) -> dict[Key, Entry]:
         """A copy of every committed offset."""
         with self._lock:

@@ -250,7 +250,8 @@ class Broker:
         self.config = config
         self.metrics = BrokerMetrics()
         self.wal = Log(config.log, self.metrics)
-        self.coordinator = GroupCoordinator(self.wal, self.metrics)
+        self.coordinator = GroupCoordinator(self.wal, self.metrics, max_groups=config.max_groups)
+        self.metrics.groups.set_function(self.coordinator.group_count)
         self.metrics.add_offsets_collector(self._extents, self._lags)
         self.health = health.HealthServicer()
         self._stop = threading.Event()

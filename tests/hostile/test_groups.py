@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 from collections import Counter
 
 import grpc
@@ -21,33 +22,104 @@ from walbroker.producer import Producer
 
 def join_and_leave(address: str, group: str, topic: str = "good") -> None:
     """One member joins, waits for its assignment, and leaves."""
+    hold(address, group, threading.Event(), topic, leave_at_once=True)
+
+
+def hold(
+    address: str,
+    group: str,
+    gate: threading.Event,
+    topic: str = "good",
+    leave_at_once: bool = False,
+    outcome: dict[str, str] | None = None,
+) -> None:
+    """One member joins and stays until `gate` is set; `outcome[group]` says how it went
+    ("assigned" or the refusal's code and details; raised when no dict is given)."""
     join = pb.Join(group=group, topic=topic, role=pb.CONSUMER, session_timeout_ms=10_000)
-    gate = threading.Event()
+    assigned = threading.Event()
 
     def requests():
         yield pb.ConsumeRequest(join=join)
-        gate.wait(10)
+        assigned.wait(10)
+        if not leave_at_once:
+            gate.wait(60)
         yield pb.ConsumeRequest(leave=pb.Leave())
 
-    with grpc.insecure_channel(address) as ch:
-        for resp in pb_grpc.BrokerStub(ch).Consume(requests(), timeout=20):
-            if resp.WhichOneof("kind") == "assignment":
-                gate.set()
+    try:
+        with grpc.insecure_channel(address) as ch:
+            for resp in pb_grpc.BrokerStub(ch).Consume(requests(), timeout=90):
+                if resp.WhichOneof("kind") == "assignment":
+                    if outcome is not None:
+                        outcome[group] = "assigned"
+                    assigned.set()
+    except grpc.RpcError as exc:
+        assigned.set()
+        if outcome is None:
+            raise
+        outcome[group] = f"{exc.code().name}: {exc.details()}"
 
 
-def test_join_leave_churn_leaves_no_group_behind(hostile_broker):
-    """3,000 join/leave cycles once left 3,000 groups forever (/metrics 14.6 MB)."""
-    broker = hostile_broker("--group-retention-s", "2")
+def test_group_count_is_bounded_and_empty_groups_expire(hostile_broker):
+    """3,000 join/leave cycles once left 3,000 groups (7-day expiry, no bound): /metrics grew
+    from 10 KiB to 14 MiB, one scrape took 5 s. Now a join creating a group beyond
+    --max-groups is RESOURCE_EXHAUSTED naming the flag, existing groups keep working, empty
+    groups expire, and an expired group's series leave /metrics."""
+    broker = hostile_broker("--group-retention-s", "2", "--max-groups", "50")
     good = GoodClient(broker.address)
     baseline = good.baseline(1.5)
+    keep = Consumer(broker.address, "keep", "good").start()
+    keep.wait_for_assignment()
+    gate, outcome = threading.Event(), {}
+    holders = [
+        threading.Thread(
+            target=hold, args=(broker.address, f"hold-{i}", gate, "good", False, outcome)
+        )
+        for i in range(60)
+    ]
+    for t in holders:
+        t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(outcome) < 60 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        refused = {g: o for g, o in outcome.items() if o != "assigned"}
+        assert len(refused) == 11, outcome  # 49 groups and "keep": 50
+        assert all(o.startswith("RESOURCE_EXHAUSTED") for o in refused.values()), refused
+        assert all("group limit of 50 reached (--max-groups)" in o for o in refused.values())
+        assert scrape(broker.metrics_url, "gpu_telemetry_broker_groups") == 50
+        # At the bound, existing groups keep working: commits, and a new member of one.
+        assert keep.commit({0: 0})
+        second = Consumer(broker.address, "keep", "good").start()
+        second.wait_for_assignment()
+        second.close()
+    finally:
+        gate.set()
+        for t in holders:
+            t.join(30)
+    refused_total = scrape(
+        broker.metrics_url, "gpu_telemetry_broker_refused_calls_total", limit="max_groups"
+    )
+    assert refused_total == 11
+    # Churn faster than expiry: joins beyond the bound are refused, the others served as
+    # empty groups expire; the count never passes the bound.
+    peak, churn = 0.0, {}
     for i in range(300):
-        join_and_leave(broker.address, f"churn-{i}")
-    assert len([g for g in list_groups(broker.address) if g.name.startswith("churn-")]) > 0
+        hold(broker.address, f"churn-{i}", gate, leave_at_once=True, outcome=churn)
+        if i % 20 == 0:
+            peak = max(peak, scrape(broker.metrics_url, "gpu_telemetry_broker_groups"))
+    assert peak <= 50
+    served = [g for g, o in churn.items() if o == "assigned"]
+    assert len(served) >= 49, churn  # at least the room the holders left
+    assert all("(--max-groups)" in o for o in churn.values() if o != "assigned")
     deadline = time.monotonic() + 20
-    while any(g.name.startswith("churn-") for g in list_groups(broker.address)):
+    while any(g.name.startswith(("churn-", "hold-")) for g in list_groups(broker.address)):
         assert time.monotonic() < deadline, "empty groups did not expire"
         time.sleep(0.5)
-    assert scrape(broker.metrics_url, "gpu_telemetry_broker_groups_expired_total") >= 300
+    expired = scrape(broker.metrics_url, "gpu_telemetry_broker_groups_expired_total")
+    assert expired == 49 + len(served)
+    body = urllib.request.urlopen(broker.metrics_url, timeout=10).read().decode()
+    assert 'group="churn-' not in body and 'group="hold-' not in body
+    keep.close()
     assert_unaffected(baseline, lambda: good.publish_for(1.5))
     good.assert_nothing_lost()
 
