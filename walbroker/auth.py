@@ -23,10 +23,10 @@ Every failure is logged with the peer address (and the principal when known) and
 and peer and counted in `gpu_telemetry_broker_admin_calls_total{principal,method}`.
 
 Streams are re-checked when the token file has changed since the stream began, on every
-request message and before every response message (a consumer that only receives would
-otherwise keep receiving): a revoked token ends its open streams with UNAUTHENTICATED, and a
-Consume stream whose principal may no longer join its group or read its topic ends
-PERMISSION_DENIED, without a restart. Each such ending is one auth failure.
+request message and, on a Consume stream, before every response message (a consumer that
+only receives would otherwise keep receiving): a revoked token ends its open streams with
+UNAUTHENTICATED, and a Consume stream whose principal may no longer join its group or read
+its topic ends PERMISSION_DENIED, without a restart. Each such ending is one auth failure.
 """
 
 from __future__ import annotations
@@ -342,7 +342,10 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 context.abort(f.code, f.message)
             assert principal is not None
             guard = _StreamGuard(self, method, cred, principal, check_message, context)
-            return guard.responses(inner(guard.iterate(requests), context))
+            responses = inner(guard.iterate(requests), context)
+            # A Consume stream's answers carry telemetry: each is checked before it goes
+            # out. A Publish stream's acks carry none; its requests are checked.
+            return guard.responses(responses) if method == BROKER + "Consume" else responses
 
         return behavior
 
