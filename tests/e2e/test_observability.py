@@ -330,12 +330,27 @@ def test_dashboard_variables_list_the_release_namespace(prometheus: Prometheus, 
                 assert NAMESPACE in values, f"{name}: {where}: label_values({metric}) = {values}"
 
 
+# Alerts whose series only exist in deployments this pipeline is not: a broker that refused a
+# token, a gateway that answered 401/403 (this pipeline runs without tokens), the streamer in
+# scrape mode (this one reads a CSV). Their expressions still evaluate here, and
+# tests/chart/test_dashboard.py checks their metric names against the components' code.
+NO_SERIES_HERE = {
+    "GputelBrokerAuthFailures": "no token refused: the pipeline runs without tokens",
+    "GputelGatewayAuthFailures": "no 401/403 answered: the pipeline runs without tokens",
+    "GputelScrapeTargetDown": "no scrape target: the streamer reads a CSV",
+}
+
+
 def test_every_metric_selector_of_the_alerts_and_panels_selects_series(
     prometheus: Prometheus, rendered
 ) -> None:
     checks = {}
-    for rule in alert_rules(rendered):
+    rules = alert_rules(rendered)
+    assert set(NO_SERIES_HERE) <= {rule["alert"] for rule in rules}  # the list cannot go stale
+    for rule in rules:
         prometheus.query(rule["expr"])  # the whole expression evaluates (empty unless firing)
+        if rule["alert"] in NO_SERIES_HERE:
+            continue
         for sel in selectors(rule["expr"]):
             checks[f"alert {rule['alert']}: {sel}"] = sel
     for name, dash in dashboards(rendered).items():
