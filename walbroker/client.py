@@ -147,6 +147,12 @@ def metadata(
         raise error_from_rpc(exc, ch) from None
 
 
+# The jitter's own generator: a library's background loops must not draw from (and so move)
+# the global `random` state of the program that embeds them (Hypothesis, for one, fails a
+# test whose strategies saw that state change under them).
+_JITTER = random.Random()
+
+
 @dataclass(slots=True)
 class Backoff:
     """Exponential backoff with full jitter, honouring a server's retry-after hint."""
@@ -159,7 +165,7 @@ class Backoff:
         """Seconds to wait before the next attempt."""
         cap = min(self.max_ms, self.initial_ms * 2**self.attempt)
         self.attempt += 1
-        return max(retry_after_ms, random.uniform(cap / 2, cap)) / 1000
+        return max(retry_after_ms, _JITTER.uniform(cap / 2, cap)) / 1000
 
     def reset(self) -> None:
         """Forget past failures after a success."""

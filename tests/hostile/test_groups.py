@@ -68,58 +68,66 @@ def test_group_count_is_bounded_and_empty_groups_expire(hostile_broker):
     good = GoodClient(broker.address)
     baseline = good.baseline(1.5)
     keep = Consumer(broker.address, "keep", "good").start()
-    keep.wait_for_assignment()
-    gate, outcome = threading.Event(), {}
-    holders = [
-        threading.Thread(
-            target=hold, args=(broker.address, f"hold-{i}", gate, "good", False, outcome)
-        )
-        for i in range(60)
-    ]
-    for t in holders:
-        t.start()
     try:
-        deadline = time.monotonic() + 30
-        while len(outcome) < 60 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        refused = {g: o for g, o in outcome.items() if o != "assigned"}
-        assert len(refused) == 11, outcome  # 49 groups and "keep": 50
-        assert all(o.startswith("RESOURCE_EXHAUSTED") for o in refused.values()), refused
-        assert all("group limit of 50 reached (--max-groups)" in o for o in refused.values())
-        assert scrape(broker.metrics_url, "gpu_telemetry_broker_groups") == 50
-        # At the bound, existing groups keep working: commits, and a new member of one.
-        assert keep.commit({0: 0})
-        second = Consumer(broker.address, "keep", "good").start()
-        second.wait_for_assignment()
-        second.close()
-    finally:
-        gate.set()
+        keep.wait_for_assignment()
+        gate, outcome = threading.Event(), {}
+        holders = [
+            threading.Thread(
+                target=hold, args=(broker.address, f"hold-{i}", gate, "good", False, outcome)
+            )
+            for i in range(60)
+        ]
         for t in holders:
-            t.join(30)
-    refused_total = scrape(
-        broker.metrics_url, "gpu_telemetry_broker_refused_calls_total", limit="max_groups"
-    )
-    assert refused_total == 11
-    # Churn faster than expiry: joins beyond the bound are refused, the others served as
-    # empty groups expire; the count never passes the bound.
-    peak, churn = 0.0, {}
-    for i in range(300):
-        hold(broker.address, f"churn-{i}", gate, leave_at_once=True, outcome=churn)
-        if i % 20 == 0:
-            peak = max(peak, scrape(broker.metrics_url, "gpu_telemetry_broker_groups"))
-    assert peak <= 50
-    served = [g for g, o in churn.items() if o == "assigned"]
-    assert len(served) >= 49, churn  # at least the room the holders left
-    assert all("(--max-groups)" in o for o in churn.values() if o != "assigned")
-    deadline = time.monotonic() + 20
-    while any(g.name.startswith(("churn-", "hold-")) for g in list_groups(broker.address)):
-        assert time.monotonic() < deadline, "empty groups did not expire"
-        time.sleep(0.5)
-    expired = scrape(broker.metrics_url, "gpu_telemetry_broker_groups_expired_total")
-    assert expired == 49 + len(served)
-    body = urllib.request.urlopen(broker.metrics_url, timeout=10).read().decode()
-    assert 'group="churn-' not in body and 'group="hold-' not in body
-    keep.close()
+            t.start()
+        try:
+            deadline = time.monotonic() + 30
+            while len(outcome) < 60 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            refused = {g: o for g, o in outcome.items() if o != "assigned"}
+            assert len(refused) == 11, outcome  # 49 groups and "keep": 50
+            assert all(o.startswith("RESOURCE_EXHAUSTED") for o in refused.values()), refused
+            assert all("group limit of 50 reached (--max-groups)" in o for o in refused.values())
+            assert scrape(broker.metrics_url, "gpu_telemetry_broker_groups") == 50
+            # At the bound, existing groups keep working: commits, and a new member of one.
+            assert keep.commit({0: 0})
+            second = Consumer(broker.address, "keep", "good").start()
+            second.wait_for_assignment()
+            second.close()
+        finally:
+            gate.set()
+            for t in holders:
+                t.join(30)
+        refused_total = scrape(
+            broker.metrics_url, "gpu_telemetry_broker_refused_calls_total", limit="max_groups"
+        )
+        assert refused_total == 11
+        # Churn faster than expiry: joins beyond the bound are refused, the others served as
+        # empty groups expire; the count never passes the bound.
+        # Until the room the holders left (49 groups) was served: how fast refusals come depends
+        # on the machine, expiry on the clock (a fixed 300 joins were all refused on a fast one).
+        peak, churn, i = 0.0, {}, 0
+        deadline = time.monotonic() + 60
+        while sum(o == "assigned" for o in churn.values()) < 49:
+            assert time.monotonic() < deadline, churn
+            hold(broker.address, f"churn-{i}", gate, leave_at_once=True, outcome=churn)
+            if churn[f"churn-{i}"] != "assigned":
+                time.sleep(0.02)
+            if i % 20 == 0:
+                peak = max(peak, scrape(broker.metrics_url, "gpu_telemetry_broker_groups"))
+            i += 1
+        assert peak <= 50
+        served = [g for g, o in churn.items() if o == "assigned"]
+        assert all("(--max-groups)" in o for o in churn.values() if o != "assigned")
+        deadline = time.monotonic() + 20
+        while any(g.name.startswith(("churn-", "hold-")) for g in list_groups(broker.address)):
+            assert time.monotonic() < deadline, "empty groups did not expire"
+            time.sleep(0.5)
+        expired = scrape(broker.metrics_url, "gpu_telemetry_broker_groups_expired_total")
+        assert expired == 49 + len(served)
+        body = urllib.request.urlopen(broker.metrics_url, timeout=10).read().decode()
+        assert 'group="churn-' not in body and 'group="hold-' not in body
+    finally:
+        keep.close()  # its background loop outlives a failed test otherwise
     assert_unaffected(baseline, lambda: good.publish_for(1.5))
     good.assert_nothing_lost()
 
