@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -152,6 +153,11 @@ def test_open_files_stay_bounded_over_many_requests(gateway: Gateway) -> None:
     before = open_files(pids)
     for _ in range(200):
         assert gateway.get("/api/v1/gpus/GPU-h2-1")[0] == 200
+    # A worker closes a connection's socket just after the client has read the answer: on a
+    # loaded machine the last one or two may still be open for a moment (CI once saw +5).
+    deadline = time.monotonic() + 5
+    while open_files(pids) > before + 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert open_files(pids) <= before + 4  # (it was two files per request under gevent)
 
 
