@@ -37,6 +37,29 @@ def _big_batches(address: str, first: int, partitions: int, out: Any) -> None:
     out.put([a.status.code for a in publish(address, *reqs, timeout_s=300)])
 
 
+class PeakRss:
+    """The peak RSS and anonymous RSS of a process, sampled every 50 ms from `start` to
+    `stop` by a thread of its own (the only writer of both)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.rss, self.anon = pid, 0, 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            self.rss = max(self.rss, rss_bytes(self.pid))
+            self.anon = max(self.anon, rss_bytes(self.pid, "RssAnon"))
+            time.sleep(0.05)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def test_256_partitions_of_4_mib_batches_stay_under_the_chart_memory_limit(hostile_broker):
     """The hot buffer once grew to 1.2 GB RSS this way (the chart's limit is 1 Gi).
 
@@ -52,23 +75,14 @@ def test_256_partitions_of_4_mib_batches_stay_under_the_chart_memory_limit(hosti
     assert broker.proc is not None
     good = GoodClient(broker.address)
     baseline = good.baseline(1.5)
-    peak = [0, 0]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_bytes(broker.proc.pid))
-            peak[1] = max(peak[1], rss_bytes(broker.proc.pid, "RssAnon"))
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
+    peak = PeakRss(broker.proc.pid)
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     hostile = [
         ctx.Process(target=_big_batches, args=(broker.address, 64 * k, 64, out)) for k in range(4)
     ]
     try:
+        peak.start()
         for h in hostile:
             h.start()
         codes = [c for _ in hostile for c in out.get(timeout=300)]
@@ -76,16 +90,15 @@ def test_256_partitions_of_4_mib_batches_stay_under_the_chart_memory_limit(hosti
     finally:
         for h in hostile:
             h.join(60)
-        done.set()
-        sampler.join()
-    print(f"peak RSS {peak[0] / MiB:.0f} MiB (anon {peak[1] / MiB:.0f}), "
+        peak.stop()
+    print(f"peak RSS {peak.rss / MiB:.0f} MiB (anon {peak.anon / MiB:.0f}), "
           f"{codes.count(Code.OK)} of {len(codes)} taken")  # fmt: skip
     assert set(codes) <= {Code.OK, Code.RESOURCE_EXHAUSTED}
     # At least 256 MiB, four times the 64 MiB hot buffer, taken (the rest is refused while the
     # writer's queue is full: that bound is part of what keeps the memory flat). How much more
     # depends on the disk: a quiet CI run took 92 of the 512 batches (368 MiB).
     assert codes.count(Code.OK) >= 64, "the broker took too little to prove anything"
-    assert peak[0] < CHART_MEMORY_LIMIT, f"peak RSS {peak[0] / MiB:.0f} MiB"
+    assert peak.rss < CHART_MEMORY_LIMIT, f"peak RSS {peak.rss / MiB:.0f} MiB"
     assert scrape(broker.metrics_url, "gpu_telemetry_broker_hot_buffer_bytes") <= 64 * MiB
     good.assert_nothing_lost()
 
@@ -255,16 +268,7 @@ def test_pipelined_4_mib_publish_streams_keep_the_broker_under_a_memory_bound(ho
     assert broker.proc is not None
     good = GoodClient(broker.address)
     baseline = good.baseline(1.0)
-    peak = [0]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_bytes(broker.proc.pid, "RssAnon"))
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
+    peak = PeakRss(broker.proc.pid)
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     hostile = [
@@ -272,6 +276,7 @@ def test_pipelined_4_mib_publish_streams_keep_the_broker_under_a_memory_bound(ho
         for _ in range(FLOOD_STREAMS // 4)
     ]
     try:
+        peak.start()
         for h in hostile:
             h.start()
         time.sleep(2.0)
@@ -280,19 +285,18 @@ def test_pipelined_4_mib_publish_streams_keep_the_broker_under_a_memory_bound(ho
     finally:
         for h in hostile:
             h.join(60)
-        done.set()
-        sampler.join()
+        peak.stop()
     time.sleep(2.0)
     after = rss_bytes(broker.proc.pid, "RssAnon")
     taken = codes.count(Code.OK)
     print(
-        f"peak anon RSS {peak[0] / MiB:.0f} MiB, {after / MiB:.0f} MiB after; {taken} of "
+        f"peak anon RSS {peak.anon / MiB:.0f} MiB, {after / MiB:.0f} MiB after; {taken} of "
         f"{len(codes)} flood batches taken; good client {during:.0f} points/s of {baseline:.0f}"
     )
     assert taken >= 50, "the broker took too little to prove anything"
     assert set(codes) <= {Code.OK, Code.RESOURCE_EXHAUSTED}
     # Measured on the 2-core test machine: ~500 MiB peak, ~100 MiB after (2.8 GB before).
-    assert peak[0] < 800 * MiB, f"peak anon RSS {peak[0] / MiB:.0f} MiB"
+    assert peak.anon < 800 * MiB, f"peak anon RSS {peak.anon / MiB:.0f} MiB"
     assert after < 450 * MiB, f"anon RSS {after / MiB:.0f} MiB held after the flood"
     assert during > 0, "the polite producer got nothing in during the flood"
     good.assert_nothing_lost()
