@@ -22,11 +22,12 @@ import grpc
 log = logging.getLogger(__name__)
 
 
-def _stamp(paths: list[Path]) -> tuple[tuple[int, int], ...]:
+def file_stamp(paths: list[Path]) -> tuple[tuple[int, int, int], ...]:
+    """What tells a changed file (inode, size, mtime), for each path in turn; raises OSError."""
     out = []
     for p in paths:
         st = os.stat(p)
-        out.append((st.st_mtime_ns, st.st_size))
+        out.append((st.st_ino, st.st_size, st.st_mtime_ns))
     return tuple(out)
 
 
@@ -36,7 +37,7 @@ class ServerCertificates:
     def __init__(self, cert: Path, key: Path, client_ca: Path | None = None) -> None:
         self.cert, self.key, self.client_ca = cert, key, client_ca
         self._lock = threading.Lock()
-        self._stamp = _stamp(self._paths())
+        self._stamp = file_stamp(self._paths())
         self.loaded = 1
         self.initial = self._configuration()  # OSError / ValueError here: refuse to start
 
@@ -54,7 +55,7 @@ class ServerCertificates:
         """A new configuration if a file changed since the last one, else None (gRPC's hook)."""
         with self._lock:
             try:
-                stamp = _stamp(self._paths())
+                stamp = file_stamp(self._paths())
                 if stamp == self._stamp:
                     return None
                 config = self._configuration()

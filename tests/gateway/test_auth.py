@@ -36,7 +36,9 @@ BIN = Path(sys.executable).parent
 class SecureGateway(ManagedProcess):
     """gputel-gateway over HTTPS with a token file, on a free loopback port."""
 
-    def __init__(self, config: GatewayConfig, creds: Credentials, log_path: Path) -> None:
+    def __init__(
+        self, config: GatewayConfig, creds: Credentials, log_path: Path, *extra: str
+    ) -> None:
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         self.ctx = ssl.create_default_context(cafile=str(creds.ca_file))
@@ -45,7 +47,7 @@ class SecureGateway(ManagedProcess):
         argv = [str(BIN / "gputel-gateway"), f"--bind=127.0.0.1:{self.port}", "--workers=2",
                 f"--store={config.store}", f"--auth-tokens={creds.token_file}",
                 f"--tls-cert={creds.server_cert}", f"--tls-key={creds.server_key}",
-                "--auth-docs"]  # fmt: skip
+                "--auth-docs", *extra]  # fmt: skip
         super().__init__(argv, log_path)
         self.spawn(env, inherit=False)
         deadline = time.monotonic() + 30
@@ -156,28 +158,81 @@ def test_token_file_changes_apply_without_restart(
     assert wait_until(lambda: gateway.get("/api/v1/hosts", token=token)[0] == 401, 10)
 
 
+def _served_cert(gateway: SecureGateway) -> bytes:
+    """The certificate one new connection is served (b"" while workers restart)."""
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as raw,
+            gateway.ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            return tls.getpeercert(binary_form=True) or b""
+    except OSError:
+        return b""
+
+
+def _der(pem: bytes) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(pem.decode())
+
+
+def _renewal_without_a_signal(gateway: SecureGateway, creds: Credentials) -> None:
+    """Renewal as kubelet does it for cert-manager's Secret: new files, no signal, no restart.
+
+    A half-written pair keeps the previous certificate in use (and is logged); once the
+    files are whole, every worker serves the new one within seconds; the process stays.
+    """
+    pid = gateway.proc.pid if gateway.proc else 0
+    before = _der(creds.server_cert.read_bytes())
+    assert _served_cert(gateway) == before
+    creds.server_cert.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot yet\n")  # half written
+    deadline = time.monotonic() + 2.5  # past two checks of each worker
+    while time.monotonic() < deadline:
+        assert _served_cert(gateway) == before
+        time.sleep(0.2)
+    assert wait_until(lambda: "TLS certificate or key unusable" in gateway.log_text(), 10)
+
+    renewed = creds.ca.issue("broker", ["127.0.0.1", "localhost"])
+    staged = creds.server_cert.with_suffix(".new")
+    staged.write_bytes(renewed.cert_pem)
+    os.replace(staged, creds.server_cert)
+    creds.server_key.write_bytes(renewed.key_pem)
+    wanted = _der(renewed.cert_pem)
+    assert wait_until(lambda: all(_served_cert(gateway) == wanted for _ in range(8)), 20)
+    assert gateway.get("/healthz")[0] == 200
+    assert "TLS certificate re-read" in gateway.log_text()
+    assert gateway.proc is not None and gateway.proc.pid == pid and gateway.running
+
+
+def test_a_renewed_certificate_is_served_without_a_signal(
+    gateway: SecureGateway, creds: Credentials
+) -> None:
+    _renewal_without_a_signal(gateway, creds)  # gevent, the default worker: one context each
+
+
+def test_gthread_workers_follow_the_certificate_files_too(
+    creds: Credentials, tmp_path: Path
+) -> None:
+    """gthread asks for a context at every connection: it gets the worker's one, checked."""
+    config = GatewayConfig(store=f"sqlite:{tmp_path / 'telemetry.db'}")
+    with open_store(config.store) as store:
+        store.write(data.seed())
+    gw = SecureGateway(config, creds, tmp_path / "gateway.log", "--worker-class=gthread")
+    try:
+        _renewal_without_a_signal(gw, creds)
+    finally:
+        gw.terminate(15)
+
+
 def test_sighup_serves_a_renewed_certificate_without_restart(
     gateway: SecureGateway, creds: Credentials
 ) -> None:
-    """gunicorn's workers hold their TLS context; SIGHUP replaces them with fresh ones."""
+    """SIGHUP replaces gunicorn's workers with fresh ones, which load the files."""
     pid = gateway.proc.pid if gateway.proc else 0
     renewed = creds.ca.issue("broker", ["127.0.0.1", "localhost"])
     creds.server_cert.write_bytes(renewed.cert_pem)
     creds.server_key.write_bytes(renewed.key_pem)
-    wanted = ssl.PEM_cert_to_DER_cert(renewed.cert_pem.decode())
-
-    def served() -> bytes:
-        try:
-            with (
-                socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as raw,
-                gateway.ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-            ):
-                return tls.getpeercert(binary_form=True) or b""
-        except OSError:  # workers restarting
-            return b""
-
+    wanted = _der(renewed.cert_pem)
     assert gateway.proc is not None
     gateway.proc.send_signal(signal.SIGHUP)
-    assert wait_until(lambda: served() == wanted, 30)
+    assert wait_until(lambda: _served_cert(gateway) == wanted, 30)
     assert gateway.get("/healthz")[0] == 200
     assert gateway.proc is not None and gateway.proc.pid == pid and gateway.running
