@@ -108,19 +108,29 @@ token
 {{- end -}}
 {{- end -}}
 
-{{/* Env of collector and gateway: where InfluxDB is and the token from its Secret. */}}
+{{/* Env of collector, gateway and the init Job: where InfluxDB is and the token from its
+Secret. Called with (dict "root" $ "role" R): R "writer" (collector) or "reader" (gateway)
+takes influx.auth.<R> when it names a Secret, else the token of influx.auth; "" (the init Job)
+always that one. */}}
 {{- define "gputel.influxEnv" -}}
+{{- $root := .root -}}
+{{- $scoped := (and .role (get $root.Values.influx.auth .role)) | default dict -}}
 - name: GPUTEL_INFLUX_URL
-  value: {{ include "gputel.influxUrl" . | quote }}
+  value: {{ include "gputel.influxUrl" $root | quote }}
 - name: GPUTEL_INFLUX_ORG
-  value: {{ .Values.influx.org | quote }}
+  value: {{ $root.Values.influx.org | quote }}
 - name: GPUTEL_INFLUX_BUCKET
-  value: {{ .Values.influx.bucket | quote }}
+  value: {{ $root.Values.influx.bucket | quote }}
 - name: GPUTEL_INFLUX_TOKEN
   valueFrom:
     secretKeyRef:
-      name: {{ include "gputel.influxTokenSecretName" . }}
-      key: {{ include "gputel.influxTokenSecretKey" . }}
+      {{- if $scoped.existingSecret }}
+      name: {{ $scoped.existingSecret }}
+      key: {{ $scoped.existingSecretKey | default "token" }}
+      {{- else }}
+      name: {{ include "gputel.influxTokenSecretName" $root }}
+      key: {{ include "gputel.influxTokenSecretKey" $root }}
+      {{- end }}
 {{- end -}}
 
 {{/* Pod-level settings shared by every pod of the chart. */}}

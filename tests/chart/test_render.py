@@ -10,7 +10,16 @@ import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as promv1
 
-from tests.chart.conftest import CHART, KUBE_VERSION, NAMESPACE, VALUES_DIR, VARIANTS, Chart, run
+from tests.chart.conftest import (
+    CHART,
+    KUBE_VERSION,
+    NAMESPACE,
+    VALUES_DIR,
+    VARIANTS,
+    Chart,
+    Rendered,
+    run,
+)
 
 COMPONENTS = ("broker", "streamer", "collector", "gateway")
 CRD_MODELS = {"ServiceMonitor": promv1.ServiceMonitor, "PrometheusRule": promv1.PrometheusRule}
@@ -252,6 +261,26 @@ def test_influx_token_always_comes_from_a_secret(
         assert env["GPUTEL_INFLUX_URL"]["value"] == url
     made = [s["metadata"]["name"] for s in r.of_kind("Secret") if "influx" in s["metadata"]["name"]]
     assert made == (["gputel-influx-token"] if variant_name == "external-token" else [])
+
+
+def test_collector_writes_and_gateway_reads_with_tokens_of_their_own(chart: Chart) -> None:
+    """influx.auth.writer / .reader: each component its scoped Secret, the init Job the admin's."""
+    sets = [
+        "influx.auth.writer.existingSecret=influx-writer",
+        "influx.auth.reader.existingSecret=influx-reader",
+        "influx.auth.reader.existingSecretKey=read-token",
+    ]
+    proc = chart.template(["external-secret.yaml"], sets)
+    assert proc.returncode == 0, proc.stderr
+    r = Rendered([d for d in yaml.safe_load_all(proc.stdout) if d], proc.stdout)
+    wanted = {
+        ("Deployment", name("collector")): {"name": "influx-writer", "key": "token"},
+        ("Deployment", name("gateway")): {"name": "influx-reader", "key": "read-token"},
+        ("Job", "gputel-influx-init"): {"name": "influx-credentials", "key": "gputel-token"},
+    }
+    for (kind, obj_name), ref in wanted.items():
+        (c,) = r.get(kind, obj_name)["spec"]["template"]["spec"]["containers"]
+        assert _env(c)["GPUTEL_INFLUX_TOKEN"]["valueFrom"]["secretKeyRef"] == ref, obj_name
 
 
 def test_token_given_on_the_cli_lands_only_in_the_secret(chart: Chart) -> None:
