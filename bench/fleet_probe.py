@@ -66,7 +66,7 @@ def statements(store: InfluxStore, gpus: int) -> dict[str, str]:
         ),
         "hosts_shard": influxql.catalog_names("host", range(0, 1)),
         "metrics": influxql.catalog_names("metric", None),
-        "latest": influxql.latest(other, newest_bound_ns()),
+        "latest": influxql.latest([other], None, newest_bound_ns()),
         "telemetry_1h_1001": influxql.points(deep, first, first + HOUR, None, 1001),
     }
 

@@ -15,6 +15,7 @@ from gateway import (
     extension,
     gpus,
     known_metrics,
+    latest,
     metrics,
     ops,
     telemetry,
@@ -57,7 +58,16 @@ def create_app(config: GatewayConfig | None = None) -> Flask:
     auth.init_app(app, tokens, metrics=config.auth_metrics, docs=config.auth_docs)
     catalog_cache.init_app(app, config.catalog_cache_s)
     known_metrics.init_app(app)
-    for blueprint in (gpus.bp, telemetry.bp, catalog.bp, ops.bp, docs.bp, pages.bp, pages.root):
+    for blueprint in (
+        gpus.bp,
+        latest.bp,
+        telemetry.bp,
+        catalog.bp,
+        ops.bp,
+        docs.bp,
+        pages.bp,
+        pages.root,
+    ):
         app.register_blueprint(blueprint)
     app.after_request(_hardened)
     return app

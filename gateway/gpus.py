@@ -9,7 +9,6 @@ from gateway.catalog_cache import current_cache
 from gateway.extension import current_store
 from gateway.openapi import Operation, operation
 from gateway.params import CURSOR, DEFAULT_LIMIT, LIMIT, Param, text
-from gateway.times import format_time
 
 bp = Blueprint("gpus", __name__, url_prefix="/api/v1")
 HOSTNAME = Param("hostname", "Only GPUs of this host (exact match).", {"type": "string"}, text)
@@ -73,17 +72,8 @@ def get_gpu(gpu_id: str) -> Response:
     """Return a GPU's descriptor and latest values."""
     store = current_store()
     gpu = lookup.resolve(store, gpu_id)
-    latest = store.latest(gpu.uuid)
     body: schemas.GpuDetail = {
         "gpu": lookup.describe(gpu),
-        "latest": [
-            {
-                "metric": name,
-                "time": format_time(p.time_ns),
-                "value": p.value,
-                "source_time": format_time(p.source_time_ns) if p.source_time_ns else None,
-            }
-            for name, p in sorted(latest.items())
-        ],
+        "latest": lookup.latest_values(store.latest(gpu.uuid)),
     }
     return jsonify(body)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from gateway import schemas
 from gateway.errors import Conflict, NotFound
 from gateway.times import format_time
-from store import GpuSummary, Store
+from store import GpuSummary, Store, StoredPoint
 
 _INDEX = re.compile(r"[0-9]{1,6}")
 # A 409 lists at most this many candidates: an index is on every host of a large fleet.
@@ -59,3 +60,16 @@ def describe(gpu: GpuSummary) -> schemas.Gpu:
         "first_seen": format_time(gpu.first_seen_ns),
         "last_seen": format_time(gpu.last_seen_ns),
     }
+
+
+def latest_values(latest: Mapping[str, StoredPoint]) -> list[schemas.LatestValue]:
+    """Return a GPU's newest values as the API shows them, ordered by metric."""
+    return [
+        {
+            "metric": name,
+            "time": format_time(p.time_ns),
+            "value": p.value,
+            "source_time": format_time(p.source_time_ns) if p.source_time_ns else None,
+        }
+        for name, p in sorted(latest.items())
+    ]

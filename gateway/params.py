@@ -34,6 +34,7 @@ class Param(Generic[T]):
     parse: Callable[[str], T]
     repeated: bool = False
     example: str | None = field(default=None, compare=False)
+    required: bool = False
 
     def _parse(self, raw: str) -> T:
         try:
@@ -41,9 +42,15 @@ class Param(Generic[T]):
         except ValueError as exc:
             raise BadRequest(f"{self.name}: {exc}", parameter=self.name) from None
 
+    def _missing(self) -> None:
+        if self.required:
+            raise BadRequest(f"{self.name}: required", parameter=self.name)
+
     def one(self, args: MultiDict[str, str]) -> T | None:
-        """Return the parsed value, None when absent; given twice is a 400."""
+        """Return the parsed value, None when absent (400 when required); twice is a 400."""
         values = args.getlist(self.name)
+        if not values:
+            self._missing()
         if len(values) > 1:
             raise BadRequest(
                 f"{self.name}: given {len(values)} times; give it at most once",
@@ -52,8 +59,11 @@ class Param(Generic[T]):
         return self._parse(values[0]) if values else None
 
     def many(self, args: MultiDict[str, str]) -> list[T] | None:
-        """Return every parsed value of a repeatable parameter, None when absent."""
+        """Return every parsed value of a repeatable parameter, None when absent (400 when
+        required)."""
         values = args.getlist(self.name)
+        if not values:
+            self._missing()
         return [self._parse(v) for v in values] if values else None
 
     def openapi(self) -> dict[str, Any]:
@@ -64,7 +74,7 @@ class Param(Generic[T]):
         doc: dict[str, Any] = {
             "name": self.name,
             "in": "query",
-            "required": False,
+            "required": self.required,
             "description": self.description,
             "schema": schema,
         }

@@ -67,6 +67,18 @@ class GpuDetail(TypedDict):
     latest: list[LatestValue]
 
 
+class LatestPage(TypedDict):
+    """The newest values of the asked metrics for a page of GPUs in catalog order.
+
+    A GPU without any of the metrics is listed with an empty `latest`; `next_cursor` is
+    null on the last page.
+    """
+
+    metrics: Annotated[list[str], Field(description="The metrics asked for, sorted.")]
+    gpus: list[GpuDetail]
+    next_cursor: str | None
+
+
 class Point(TypedDict):
     """One point; with downsampling, `time` is the window's start (aligned to the epoch)."""
 

@@ -193,12 +193,23 @@ class Store(abc.ABC):
         found = self.query_points(uuid, start_ns, end_ns, metrics, limit, after)
         return [(p.time_ns, p.metric, p.value, p.source_time_ns) for p in found]
 
-    @abc.abstractmethod
     def latest(self, uuid: str) -> dict[str, StoredPoint]:
         """Return the newest point of each metric of this GPU (empty when unknown).
 
         Points stamped after `newest_bound_ns()` are never the newest (nor a GpuSummary's
         last_seen; a GPU with no other point is not listed).
+        """
+        return self.latest_of([uuid]).get(uuid, {})
+
+    @abc.abstractmethod
+    def latest_of(
+        self, uuids: Sequence[str], metrics: Sequence[str] | None = None
+    ) -> dict[str, dict[str, StoredPoint]]:
+        """Return `latest` of each GPU in `uuids`, only `metrics` (all when None): uuid -> values.
+
+        One read for the whole page (its cost follows len(uuids) x metrics, never the fleet
+        or the history); at most `store.validate.MAX_LIMIT` uuids. A GPU that is unknown or
+        has none of `metrics` is absent from the answer.
         """
 
     @abc.abstractmethod

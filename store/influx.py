@@ -289,10 +289,15 @@ class InfluxStore(Store):
             validate.cursor(after),
         )
 
-    def latest(self, uuid: str) -> dict[str, StoredPoint]:
-        """Return the newest point of each metric of this GPU (empty when unknown)."""
-        uuid = validate.text("uuid", uuid)
-        return influx_points.latest(self._v1, uuid, newest_bound_ns())
+    def latest_of(
+        self, uuids: Sequence[str], metrics: Sequence[str] | None = None
+    ) -> dict[str, dict[str, StoredPoint]]:
+        """Return the newest point of `metrics` (all when None) of each GPU in `uuids`."""
+        page = validate.uuids(uuids)
+        names = validate.metrics(metrics)
+        if not page:
+            return {}
+        return influx_points.latest(self._v1, page, names, newest_bound_ns())
 
     def _distinct(self, tag: str) -> list[str]:
         return sorted(

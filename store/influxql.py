@@ -101,17 +101,22 @@ def catalog_names(kind: str, shards: range | None) -> str:
     return _select(columns, schema.NAMES_MEASUREMENT, clauses)
 
 
-def latest(uuid: str, stop_ns: int) -> str:
-    """Return the newest `value` (with its `source_time`) of each metric of one GPU.
+def latest(uuids: Sequence[str], metrics: Sequence[str] | None, stop_ns: int) -> str:
+    """Return the newest `value` (with its `source_time`) of each metric of each GPU.
 
-    `last()` is a selector: the other field and the time come from the same point.
+    `last()` is a selector: the other field and the time come from the same point. The ORs
+    of uuids (and metrics) are answered from the series index: InfluxDB reads only the
+    matching series, one result series per (uuid, metric).
     """
-    clauses = [eq(schema.TAG_UUID, uuid), f"time <= {int(stop_ns)}"]
+    clauses = [any_of(schema.TAG_UUID, uuids)]
+    if metrics:
+        clauses.append(any_of(schema.TAG_METRIC, metrics))
+    clauses.append(f"time <= {int(stop_ns)}")
     fields = f"last({ident(schema.FIELD_VALUE)}), {ident(schema.FIELD_SOURCE_TIME)}"
     where = " AND ".join(clauses)
     return (
         f"SELECT {fields} FROM {ident(schema.MEASUREMENT)} WHERE {where} "
-        f"GROUP BY {ident(schema.TAG_METRIC)}"
+        f"GROUP BY {ident(schema.TAG_UUID)}, {ident(schema.TAG_METRIC)}"
     )
 
 

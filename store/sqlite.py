@@ -46,6 +46,7 @@ WAL lets readers run while one writer writes, and `busy_timeout` makes writers q
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -298,21 +299,33 @@ class SqliteStore(Store):
         columns = "p.time_ns, p.metric, p.value, p.source_time_ns"
         return self._read(*_points_query(columns, uuid, start_ns, end_ns, metrics, limit, after))
 
-    def latest(self, uuid: str) -> dict[str, StoredPoint]:
-        """Return the newest point of each metric of this GPU (empty when unknown)."""
-        rows = self._read(
-            "SELECT l.gpu_id, l.metric, l.time_ns, l.value, l.source_time_ns FROM latest l"
-            " JOIN gpus g ON g.id = l.gpu_id WHERE g.uuid = ?",
-            [validate.text("uuid", uuid)],
+    def latest_of(
+        self, uuids: Sequence[str], metrics: Sequence[str] | None = None
+    ) -> dict[str, dict[str, StoredPoint]]:
+        """Return the newest point of `metrics` (all when None) of each GPU in `uuids`.
+
+        The page's rows of `latest`: one `gpus` lookup by uuid and one `latest` range per GPU
+        (or one row per metric), the lists bound as JSON arrays (no cap on their length).
+        """
+        sql = (
+            "SELECT g.uuid, l.gpu_id, l.metric, l.time_ns, l.value, l.source_time_ns"
+            " FROM gpus g JOIN latest l ON l.gpu_id = g.id"
+            " WHERE g.uuid IN (SELECT value FROM json_each(?))"
         )
-        bound, out = newest_bound_ns(), {}
-        for gpu_id, m, t, v, s in rows:
+        args = [json.dumps(validate.uuids(uuids))]
+        names = validate.metrics(metrics)
+        if names:
+            sql += " AND l.metric IN (SELECT value FROM json_each(?))"
+            args.append(json.dumps(names))
+        bound = newest_bound_ns()
+        out: dict[str, dict[str, StoredPoint]] = {}
+        for uuid, gpu_id, m, t, v, s in self._read(sql, args):
             if t > bound:  # a point from the future: the newest one before the bound instead
                 before = self._read(_NEWEST_BEFORE, [gpu_id, m, bound])
                 if not before:
                     continue
                 t, v, s = before[0]
-            out[str(m)] = StoredPoint(str(m), int(t), float(v), int(s))
+            out.setdefault(str(uuid), {})[str(m)] = StoredPoint(str(m), int(t), float(v), int(s))
         return out
 
     def downsample(

@@ -43,6 +43,16 @@ def metrics(values: Sequence[str] | None) -> list[str] | None:
     return checked
 
 
+def uuids(values: Sequence[str]) -> list[str]:
+    """Return a page of GPU uuids, each checked like `text`, without repeats, in their order."""
+    if isinstance(values, str):
+        raise InvalidArgument("uuids must be a sequence of uuids, not one string")
+    checked = list(dict.fromkeys(text("uuid", u) for u in values))
+    if len(checked) > MAX_LIMIT:
+        raise InvalidArgument(f"at most {MAX_LIMIT} uuids at once")
+    return checked
+
+
 def time_ns(name: str, value: object) -> int:
     """Return `value` when it is an integer ns timestamp InfluxDB can hold."""
     if isinstance(value, bool) or not isinstance(value, int):
