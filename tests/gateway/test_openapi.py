@@ -44,6 +44,7 @@ def test_document_covers_the_routes_users_know() -> None:
         "/api/v1/gpus/{gpu_id}",
         "/api/v1/gpus/{gpu_id}/telemetry",
         "/api/v1/hosts",
+        "/api/v1/latest",
         "/api/v1/metrics",
         "/healthz",
         "/readyz",
@@ -77,6 +78,10 @@ def test_document_covers_the_routes_users_know() -> None:
     assert telemetry["security"] == [{"bearerAuth": []}]
     assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     assert "security" not in doc["paths"]["/healthz"]["get"]
+    latest = doc["paths"]["/api/v1/latest"]["get"]
+    metric = next(p for p in latest["parameters"] if p["name"] == "metric")
+    assert metric["required"] is True and metric["schema"]["type"] == "array"
+    assert latest["security"] == [{"bearerAuth": []}]
     problem = telemetry["responses"]["409"]["content"]["application/problem+json"]
     assert problem["schema"] == {"$ref": "#/components/schemas/Problem"}
 

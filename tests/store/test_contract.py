@@ -159,6 +159,7 @@ def test_influx_point_seen_in_part_is_not_there_yet(
         ]
         assert store.query_raw(g.uuid, T0, T0 + 2 * S) == [(T0, UTIL, whole.value[0], T0 - S)]
         assert store.latest(g.uuid)[UTIL].time_ns == T0 + 2 * S
+        assert store.latest_of([g.uuid], [UTIL])[g.uuid][UTIL].time_ns == T0 + 2 * S
         assert store.query_points(g.uuid, T0 + S, T0 + S) == []
         store.write_prepared(PreparedWrite(whole, gzip.compress(middle.encode())))
         assert [p.time_ns for p in store.query_points(g.uuid, T0, T0 + 2 * S)] == [
@@ -445,6 +446,7 @@ def test_injection_rejected_or_harmless(store: Store, evil: str) -> None:
         lambda: store.query_points(evil, 0, T0 + S),
         lambda: store.query_points("GPU-0001", 0, T0 + S, metrics=[evil]),
         lambda: store.latest(evil),
+        lambda: store.latest_of([evil, "GPU-0001"], [evil]),
         lambda: store.get_gpu(evil),
         lambda: store.list_gpus(hostname=evil, model=evil, after_uuid=evil),
         lambda: store.list_gpus(model=evil),

@@ -49,20 +49,6 @@ const gputel = (() => {
     return out;
   }
 
-  /** Run fn over items with at most `width` calls in flight. */
-  async function pool(items, width, fn) {
-    const results = new Array(items.length);
-    let next = 0;
-    async function worker() {
-      while (next < items.length) {
-        const i = next++;
-        results[i] = await fn(items[i], i);
-      }
-    }
-    await Promise.all(Array.from({ length: Math.min(width, items.length) }, worker));
-    return results;
-  }
-
   function el(tag, attrs = {}, ...children) {
     const node = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs)) {
@@ -132,5 +118,5 @@ const gputel = (() => {
       location.reload();
     });
   });
-  return { getJson, allPages, pool, el, table, fmt, fmtBytes, fmtTime, showError, storeState };
+  return { getJson, allPages, el, table, fmt, fmtBytes, fmtTime, showError, storeState };
 })();

@@ -1,14 +1,16 @@
-/* Fleet page: every GPU (GET /api/v1/gpus, filtered by host and model) in a grid per host,
-   coloured by the latest value of the chosen metric (GET /api/v1/gpus/{uuid}). */
+/* Fleet page: every GPU (filtered by host and model) in a grid per host, coloured by the
+   latest value of the chosen metric: GET /api/v1/latest, one request per page of GPUs. */
 "use strict";
 
 (() => {
-  const { getJson, allPages, pool, el, fmt, showError } = gputel;
+  const { allPages, el, fmt, showError } = gputel;
   const PREFERRED = ["DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_POWER_USAGE",
     "DCGM_FI_DEV_FB_USED"];
-  const latest = new Map();  // uuid -> Map(metric -> value): a metric may be named `constructor`
+  const PAGE = 1000, MAX_PAGES = 200;  // up to 200,000 GPUs
   const $ = (id) => document.getElementById(id);
   let gpus = [];
+  let latest = new Map();  // uuid -> the latest value of the shown metric
+  let generation = 0;  // the newest reload's number: an older one that ends later is dropped
 
   function params() { return new URLSearchParams(location.search); }
 
@@ -18,39 +20,37 @@
     return `hsl(${Math.round(120 - 120 * t)}, 65%, ${Math.round(42 + 8 * (1 - t))}%)`;
   }
 
-  /** Read the latest values of the GPUs not read yet. One GPU that cannot be read (gone since
-      the list, or stored before the streamer refused its uuid) is shown without a value and
-      named in the error box: it does not take the rest of the fleet with it. */
-  async function loadLatest(list) {
-    const missing = list.filter((g) => !latest.has(g.uuid));
-    const failed = [];
-    await pool(missing, 6, async (g) => {
+  /** The GPUs of query `q` and their latest `metric`: one GET /api/v1/latest a page. When
+      the values cannot be read (a store error), the GPUs are still listed (GET
+      /api/v1/gpus) without values and the error box says why: the fleet does not go blank. */
+  async function readFleet(q, metric) {
+    const values = new Map();
+    if (metric) {
       try {
-        const body = await getJson(`/api/v1/gpus/${encodeURIComponent(g.uuid)}`);
-        latest.set(g.uuid, new Map(body.latest.map((p) => [p.metric, p.value])));
+        const path = `/api/v1/latest?${q}&metric=${encodeURIComponent(metric)}`;
+        const page = await allPages(path, "gpus", MAX_PAGES);
+        for (const entry of page) {
+          const point = entry.latest.find((p) => p.metric === metric);
+          if (point) values.set(entry.gpu.uuid, point.value);
+        }
+        return { list: page.map((entry) => entry.gpu), values };
       } catch (err) {
-        if (err.status === 401 || err.status === 403) throw err;  // every GPU would fail alike
-        failed.push(err);
+        if (err.status === 401 || err.status === 403) throw err;  // the list would fail alike
+        showError(new Error(`latest values could not be read, GPUs shown without them: ${err.message}`));
       }
-    });
-    if (failed.length) {
-      showError(new Error(`latest values of ${failed.length} of ${missing.length} GPUs could not be read; ` +
-        `the first: ${failed[0].message}`));
     }
+    return { list: await allPages(`/api/v1/gpus?${q}`, "gpus", MAX_PAGES), values };
   }
 
-  function latestOf(g, metric) {
-    const values = latest.get(g.uuid);
-    return values ? values.get(metric) : undefined;
-  }
+  function latestOf(g) { return latest.get(g.uuid); }
 
   function render() {
     const metric = $("metric").value;
     const needle = $("search").value.trim().toLowerCase();
     const shown = gpus.filter((g) => !needle || g.uuid.toLowerCase().includes(needle));
-    const values = shown.map((g) => latestOf(g, metric)).filter((v) => v !== undefined);
-    const lo = values.length ? Math.min(...values) : 0;
-    const hi = values.length ? Math.max(...values) : 0;
+    const values = shown.map(latestOf).filter((v) => v !== undefined);
+    let lo = values.length ? Infinity : 0, hi = values.length ? -Infinity : 0;
+    for (const v of values) { lo = Math.min(lo, v); hi = Math.max(hi, v); }  // no spread: 100,000 arguments overflow the stack
     $("legend-min").textContent = fmt(lo);
     $("legend-max").textContent = fmt(hi);
     const byHost = new Map();
@@ -61,7 +61,7 @@
     const root = $("fleet");
     root.replaceChildren(...[...byHost.keys()].sort().map((host) => {
       const cells = byHost.get(host).sort((a, b) => a.gpu - b.gpu).map((g) => {
-        const value = latestOf(g, metric);
+        const value = latestOf(g);
         const cell = el("a", {
           class: "gpu", href: `/ui/gpus/${encodeURIComponent(g.uuid)}`,
           title: `${g.uuid}\n${g.model}\n${metric}: ${fmt(value)}`,
@@ -80,13 +80,15 @@
   }
 
   async function reload() {
+    const mine = ++generation;
     $("fleet").dataset.state = "loading";
     const q = new URLSearchParams();
     if ($("host").value) q.set("hostname", $("host").value);
     if ($("model").value) q.set("model", $("model").value);
-    q.set("limit", "1000");
-    gpus = await allPages(`/api/v1/gpus?${q}`, "gpus");
-    await loadLatest(gpus);
+    q.set("limit", String(PAGE));
+    const found = await readFleet(q, $("metric").value);
+    if (mine !== generation) return;  // the filters or the metric changed meanwhile
+    ({ list: gpus, values: latest } = found);
     render();
   }
 
@@ -100,7 +102,7 @@
   async function init() {
     const [metricNames, hostNames, all] = await Promise.all([
       allPages("/api/v1/metrics?limit=1000", "metrics"), allPages("/api/v1/hosts?limit=1000", "hosts"),
-      allPages("/api/v1/gpus?limit=1000", "gpus"),
+      allPages("/api/v1/gpus?limit=10000", "gpus", MAX_PAGES / 10),  // for the model list
     ]);
     const metrics = { metrics: metricNames }, hosts = { hosts: hostNames };
     const p = params();
@@ -113,9 +115,8 @@
     $("host").value = p.get("host") || "";
     $("model").value = p.get("model") || "";
     $("search").value = p.get("q") || "";
-    $("metric").addEventListener("change", () => { remember(); render(); });
     $("search").addEventListener("input", () => { remember(); render(); });
-    for (const id of ["host", "model"]) {
+    for (const id of ["metric", "host", "model"]) {
       $(id).addEventListener("change", () => { remember(); reload().catch(showError); });
     }
     $("controls").addEventListener("submit", (e) => e.preventDefault());
