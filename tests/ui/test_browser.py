@@ -50,18 +50,31 @@ def wait_ready(browser, selector: str, timeout_s: float = 60.0, **data: str) -> 
     raise AssertionError(f"{selector} not ready: {ds}; log: {browser.get_log('browser')}")
 
 
-def page_is_clean(browser, web, prefix: str = "/ui/") -> None:
-    """No console error, and every network request went to this gateway.
-
-    (chromium's own chrome:// pages, e.g. the new-tab page it opens with, are not network.)
-    """
-    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
-    assert not errors, errors
+def requested(browser) -> list[str]:
+    """The URLs the browser requested since the last call (the performance log drains)."""
     urls = []
     for entry in browser.get_log("performance"):
         msg = json.loads(entry["message"])["message"]
         if msg["method"] == "Network.requestWillBeSent":
             urls.append(msg["params"]["request"]["url"])
+    return urls
+
+
+def api_calls(urls: list[str], web) -> list[str]:
+    """The paths (with queries) of the requests among `urls` that went to /api/."""
+    paths = [u.removeprefix(web.url) for u in urls if u.startswith(web.url + "/")]
+    return [p for p in paths if p.startswith("/api/")]
+
+
+def page_is_clean(browser, web, prefix: str = "/ui/", urls: list[str] | None = None) -> None:
+    """No console error, and every network request went to this gateway.
+
+    (chromium's own chrome:// pages, e.g. the new-tab page it opens with, are not network.)
+    `urls`: what `requested` returned, when the test read the log itself.
+    """
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
+    urls = requested(browser) if urls is None else urls
     assert urls, "no request seen: the performance log is off"
     network = [u for u in urls if u.split(":", 1)[0] in ("http", "https", "ws", "wss", "ftp")]
     assert any(u.startswith(web.url + prefix) for u in network), network
@@ -86,8 +99,15 @@ def test_root_redirects_to_the_web_view(web, browser):
 
 
 def test_fleet_page_shows_every_gpu_coloured_by_its_latest_value(web, browser):
+    requested(browser)  # what earlier tests left in the log
     browser.get(web.url + "/ui/")
     wait_ready(browser, "#fleet", gpus=str(len(GPUS)))
+    urls = requested(browser)
+    calls = api_calls(urls, web)  # the values come in one request, not one per GPU
+    assert [c for c in calls if c.startswith("/api/v1/latest?")] == [
+        f"/api/v1/latest?limit=1000&metric={UTIL}"
+    ]
+    assert not [c for c in calls if c.startswith("/api/v1/gpus/")], calls
     cells = browser.find_elements(By.CSS_SELECTOR, "#fleet a.gpu")
     assert sorted(c.get_attribute("data-uuid") for c in cells) == sorted(g.uuid for g in GPUS)
     assert Select(browser.find_element(By.ID, "metric")).first_selected_option.text == UTIL
@@ -100,7 +120,7 @@ def test_fleet_page_shows_every_gpu_coloured_by_its_latest_value(web, browser):
     hosts = [h.get_attribute("data-host") for h in browser.find_elements(By.CSS_SELECTOR, ".host")]
     assert hosts == sorted({g.hostname for g in GPUS})
     shot(browser, "fleet")
-    page_is_clean(browser, web)
+    page_is_clean(browser, web, urls=urls)
 
 
 def test_fleet_filters_by_host_and_model_and_searches_by_uuid(web, browser):

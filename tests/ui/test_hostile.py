@@ -5,6 +5,8 @@ read role. The page degrades to what it can show and says what it could not."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
 
@@ -50,8 +52,9 @@ def odd(tmp_path_factory) -> Iterator[tuple[Gateway, GatewayConfig]]:
         gateway.stop()
 
 
-def test_a_gpu_the_page_cannot_read_leaves_the_rest_of_the_fleet(odd, browser):
-    """Before, one GPU's failed fetch rejected the whole page: it stayed "loading", empty."""
+def test_a_gpu_no_path_can_name_gets_its_value_from_the_page_of_latest_values(odd, browser):
+    """`..` could not be asked for at /api/v1/gpus/{uuid} (the browser resolves the path
+    away): its cell stayed empty with an error. The page's values come in one request."""
     odd, _ = odd
     browser.get(odd.url + "/ui/")
     wait_ready(browser, "#fleet", gpus="4")
@@ -59,10 +62,37 @@ def test_a_gpu_the_page_cannot_read_leaves_the_rest_of_the_fleet(odd, browser):
         c.get_attribute("data-uuid"): c.get_attribute("data-value")
         for c in browser.find_elements(By.CSS_SELECTOR, "#fleet a.gpu")
     }
-    assert cells == {"GPU-good-0": "10", "GPU-good-1": "20", "GPU-good-2": "30", "..": ""}
-    error = browser.find_element(By.ID, "error")
-    assert error.is_displayed()
-    assert "latest values of 1 of 4 GPUs could not be read" in error.text
+    assert cells == {"GPU-good-0": "10", "GPU-good-1": "20", "GPU-good-2": "30", "..": "40"}
+    assert not browser.find_element(By.ID, "error").is_displayed()
+
+
+def test_values_the_store_cannot_read_leave_the_fleet_drawn(odd, browser, tmp_path):
+    """The latest values fail (here SQLite's `latest` table is gone under a running
+    gateway: a 503) while the GPU list answers: every GPU is drawn without a value and the
+    error box says why, instead of a page left "loading"."""
+    _, config = odd
+    broken = tmp_path / "broken.db"
+    shutil.copy(config.store.removeprefix("sqlite:"), broken)
+    gateway = Gateway(
+        dataclasses.replace(config, store=f"sqlite:{broken}"), tmp_path / "gw.log", workers=1
+    )
+    try:
+        assert gateway.get("/api/v1/gpus/GPU-good-0")[0] == 200  # the worker opened the store
+        with sqlite3.connect(broken) as conn:
+            conn.execute("DROP TABLE latest")
+        assert gateway.get(f"/api/v1/latest?metric={UTIL}")[0] == 503
+        browser.get(gateway.url + "/ui/")
+        wait_ready(browser, "#fleet", gpus="4")
+        values = {
+            c.get_attribute("data-value")
+            for c in browser.find_elements(By.CSS_SELECTOR, "#fleet a.gpu")
+        }
+        assert values == {""}
+        error = browser.find_element(By.ID, "error")
+        assert error.is_displayed()
+        assert "latest values could not be read" in error.text and "503" in error.text
+    finally:
+        gateway.stop()
 
 
 def test_a_metric_named_like_a_javascript_builtin_is_just_a_name(odd, browser):
