@@ -102,6 +102,11 @@ def test_401_403_200_over_https(gateway: SecureGateway, creds: Credentials) -> N
     assert "read" in json.loads(body)["detail"]
     status, _, body = gateway.get("/api/v1/gpus?limit=2", token=creds.tokens["grafana"])
     assert status == 200 and len(json.loads(body)["gpus"]) == 2
+    latest = f"/api/v1/latest?metric={data.UTIL}&limit=2"
+    assert gateway.get(latest)[0] == 401
+    assert gateway.get(latest, token=creds.tokens["streamer"])[0] == 403
+    status, _, body = gateway.get(latest, token=creds.tokens["grafana"])
+    assert status == 200 and len(json.loads(body)["gpus"]) == 2
 
 
 def test_probes_open_metrics_and_docs_as_configured(
