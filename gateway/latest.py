@@ -48,6 +48,8 @@ PAGE_LIMIT = Param(
 def page_limit(asked: int | None, metrics: int) -> int:
     """Return the page size: `asked` or the default, refused past MAX_LIMIT values a page."""
     most = MAX_LIMIT // metrics
+    if not most:
+        raise BadRequest(f"metric: at most {MAX_LIMIT} names", parameter="metric")
     if asked is None:
         return min(DEFAULT_LIMIT, most)
     if asked > most:

@@ -115,6 +115,11 @@ def test_bad_parameters_are_400_problems(client, query: str, parameter: str, det
     assert detail in body["detail"], body["detail"]
 
 
+def test_more_metrics_than_a_page_holds_is_400(client) -> None:
+    names = "&".join(f"metric=M{n}" for n in range(10_001))
+    assert problem(client.get(f"{LATEST}?{names}"), 400)["parameter"] == "metric"
+
+
 def test_a_cursor_of_another_query_is_400(client) -> None:
     token = client.get(f"{LATEST}?metric={UTIL}&limit=1").get_json()["next_cursor"]
     for query in (f"metric={TEMP}", f"metric={UTIL}&hostname=host-1"):
