@@ -60,6 +60,12 @@ def requested(browser) -> list[str]:
     return urls
 
 
+def forget_requests(browser) -> None:
+    """Leave the current page (its scripts may still be fetching) and drain the log."""
+    browser.get("about:blank")
+    requested(browser)
+
+
 def api_calls(urls: list[str], web) -> list[str]:
     """The paths (with queries) of the requests among `urls` that went to /api/."""
     paths = [u.removeprefix(web.url) for u in urls if u.startswith(web.url + "/")]
@@ -99,7 +105,7 @@ def test_root_redirects_to_the_web_view(web, browser):
 
 
 def test_fleet_page_shows_every_gpu_coloured_by_its_latest_value(web, browser):
-    requested(browser)  # what earlier tests left in the log
+    forget_requests(browser)
     browser.get(web.url + "/ui/")
     wait_ready(browser, "#fleet", gpus=str(len(GPUS)))
     urls = requested(browser)

@@ -16,7 +16,7 @@ from gateway.config import GatewayConfig
 from proto.batch import Gpu, PointBatch
 from store import open_store
 from tests.gateway.conftest import Gateway
-from tests.ui.test_browser import api_calls, page_is_clean, requested, wait_ready
+from tests.ui.test_browser import api_calls, forget_requests, page_is_clean, requested, wait_ready
 
 UTIL, TEMP = "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_GPU_TEMP"
 FLEET = 2_500  # three pages of 1,000
@@ -52,7 +52,7 @@ def big(tmp_path_factory) -> Iterator[Gateway]:
 
 
 def test_a_fleet_of_thousands_draws_from_one_request_per_page(big, browser):
-    requested(browser)  # what earlier tests left in the log
+    forget_requests(browser)
     started = time.monotonic()
     browser.get(big.url + "/ui/")
     wait_ready(browser, "#fleet", gpus=str(FLEET))
