@@ -3,7 +3,7 @@
 A page of the GPU catalog (the order, filters and cursors of GET /api/v1/gpus) and one store
 read of the page's latest values (`Store.latest_of`): two store calls a page whatever the
 fleet size, where a client asking GET /api/v1/gpus/{id} per GPU made one per GPU (the web
-view's fleet page waited 33-45 s for 5,000 GPUs).
+view's fleet page took 48-53 s to draw 5,000 GPUs on SQLite; docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The fleet page on a fleet of thousands of GPUs: drawn from a few pages of latest values.
 
-It asked /api/v1/gpus/{uuid} once per GPU (a 5,000-GPU fleet took 33-45 s to draw); now
+It asked /api/v1/gpus/{uuid} once per GPU (5,000 GPUs took 48-53 s to draw); now
 the number of API requests follows the number of 1,000-GPU pages, not of GPUs.
 """
 
