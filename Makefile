@@ -185,7 +185,7 @@ helm-install-monitoring: ## kube-prometheus-stack in $(MON_NAMESPACE), selecting
 helm-uninstall: ## remove the release (the broker's PVC stays; delete it by hand to drop the log)
 	$(HELM) uninstall $(RELEASE) -n $(NAMESPACE)
 
-port-forward: ## gateway on http://localhost:8080
+port-forward: ## gateway on https://localhost:8080 (the chart serves TLS by default; http with tls.enabled=false)
 	$(KUBECTL) -n $(NAMESPACE) port-forward svc/$(CHART_FULLNAME)-gateway 8080:8080
 
 port-forward-grafana: ## Grafana on http://localhost:8484
