@@ -34,10 +34,18 @@ def endpoints(
 ) -> list[ProbeServer]:
     """The HTTP endpoints to serve: /metrics (+ probes) and, if separate, the probes."""
     made: list[ProbeServer] = []
-    if config.metrics_listen:
-        made.append(ProbeServer(config.metrics_listen, readiness, registry, "collector-http"))
-    if config.health_listen and config.health_listen != config.metrics_listen:
-        made.append(ProbeServer(config.health_listen, readiness, name="collector-http"))
+    wanted: list[tuple[str, str, CollectorRegistry | None]] = [
+        ("--metrics-listen", config.metrics_listen, registry)
+    ]
+    if config.health_listen != config.metrics_listen:
+        wanted.append(("--health-listen", config.health_listen, None))
+    for flag, listen, served in wanted:
+        if not listen:
+            continue
+        try:
+            made.append(ProbeServer(listen, readiness, served, "collector-http"))
+        except OSError as exc:  # the flag and the address, not a bare "[Errno 98]"
+            raise OSError(f"{flag} {listen}: {exc.strerror or exc}") from None
     return made
 
 
@@ -74,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             served = [e.start() for e in endpoints(config, collector.readiness, REGISTRY)]
         except OSError as exc:
-            return _fail(f"cannot listen: {exc}", 1)
+            return _fail(f"cannot listen: {exc} (choose another address)", 1)
         gc_policy.tune()
         try:
             collector.run()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +46,26 @@ def check(config: GatewayConfig) -> None:
         raise InvalidArgument(str(exc)) from None
 
 
+def check_bind(bind: str) -> None:
+    """OSError naming --bind when nothing can listen there (the port in use, a foreign host).
+
+    gunicorn would find out too, but only after five retries, as "Can't connect to (...)".
+    """
+    host, _, port = bind.rpartition(":")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+            s.bind(address)
+    except OSError as exc:
+        raise OSError(
+            f"--bind {bind}: {exc.strerror or exc} (choose another --bind, "
+            "or stop what listens there)"
+        ) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the gateway; returns only on a configuration error."""
     config = from_args(argv)
@@ -54,6 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidArgument as exc:
         log.error("bad configuration", extra={"error": str(exc)})
         return 2
+    try:
+        check_bind(config.bind)
+    except OSError as exc:
+        log.error("cannot listen", extra={"error": str(exc)})
+        return 1
     log.info(
         "starting gunicorn",
         extra={

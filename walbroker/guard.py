@@ -33,9 +33,12 @@ class Guard:
 
     def bind(self, server: grpc.Server, listen: str) -> int:
         """Add the listening port (TLS when configured); its number, 0 on failure."""
-        if self.certificates is not None:
-            return int(server.add_secure_port(listen, self.certificates.credentials()))
-        return int(server.add_insecure_port(listen))
+        try:  # grpc returns 0 on failure, or (since 1.5x) raises RuntimeError
+            if self.certificates is not None:
+                return int(server.add_secure_port(listen, self.certificates.credentials()))
+            return int(server.add_insecure_port(listen))
+        except RuntimeError:
+            return 0
 
     def reload(self) -> None:
         """Re-read the token file now (SIGHUP)."""

@@ -316,13 +316,23 @@ class Broker:
                 )
         self.port = self.guard.bind(self.server, self.config.listen)
         if self.port == 0:
-            raise OSError(f"cannot listen on {self.config.listen}")
+            raise OSError(
+                f"--listen {self.config.listen}: cannot listen there (the port is in use, "
+                "or the host is not an address of this machine): choose another --listen"
+            )
         self.server.start()
         if self.config.metrics_listen:
             host, port = self.config.metrics_listen.rsplit(":", 1)
-            self._metrics_server, _ = start_http_server(
-                int(port), host, registry=self.metrics.registry
-            )
+            try:
+                self._metrics_server, _ = start_http_server(
+                    int(port), host, registry=self.metrics.registry
+                )
+            except OSError as exc:
+                self.server.stop(0)
+                raise OSError(
+                    f"--metrics-listen {self.config.metrics_listen}: {exc.strerror or exc} "
+                    "(choose another --metrics-listen, or '' to serve no /metrics)"
+                ) from None
         self._reaper = threading.Thread(target=self._reap, name="group-reaper", daemon=True)
         self._reaper.start()
         log.info("loop started", extra={"loop": "group-reaper"})
