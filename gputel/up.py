@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # gputel.secure needs `cryptography`: imported only with --se
 from gputel import source_stamp, status
 from gputel.banner import banner, urls
 from gputel.console import Console
-from gputel.up_flags import parse_args, ports_of
+from gputel.up_flags import named_ports, parse_args
 from walbroker.errors import BrokerError
 
 PACKAGED_CSV = Path(__file__).resolve().parent.parent / "data" / "dcgm.csv"
@@ -57,16 +57,18 @@ class Component:
     threads: list[threading.Thread] = field(default_factory=list)
 
 
-def check_port(port: int) -> None:
-    """UpError if something already listens on 127.0.0.1:port."""
+def check_port(port: int, what: str = "") -> None:
+    """UpError if something already listens on 127.0.0.1:port (`what`: the flag behind it)."""
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
             raise UpError(
-                f"port {port} is already in use (choose another with the flags, "
-                "or stop what uses it)"
+                f"port {port} ({what}) is already in use: choose another with that flag, "
+                "or stop what uses it"
+                if what
+                else f"port {port} is already in use: choose another, or stop what uses it"
             ) from None
 
 
@@ -268,8 +270,8 @@ def stop_all(comps: list[Component]) -> None:
 
 def run(a: argparse.Namespace) -> int:
     """Start everything, wait for Ctrl-C or a death, stop everything."""
-    for port in ports_of(a):
-        check_port(port)
+    for port, what in named_ports(a):
+        check_port(port, what)
     csv_path(a)  # a missing CSV is reported before anything is made
     a.data_dir.mkdir(parents=True, exist_ok=True)
     tls = None

@@ -13,8 +13,9 @@ from walbroker import flags
 DESCRIPTION = """`gputel-up`: the whole pipeline on this machine, one process per component,
 until Ctrl-C. Starts walbroker, the collectors, the gateway and the streamers (in that order,
 each only once the previous one is healthy), prints where everything is and a status line every
-10 s, passes on the components' logs (see gputel.console), and stops them all — streamers first,
-broker last — on Ctrl-C or when one of them dies."""
+10 s, passes on the components' logs (on a terminal only warnings after start-up, unless
+--verbose; elsewhere one JSON object per line), and stops them all — streamers first, broker
+last — on Ctrl-C or when one of them dies."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -133,11 +134,23 @@ def check_args(a: argparse.Namespace) -> str | None:
 
 def ports_of(a: argparse.Namespace) -> list[int]:
     """Every port the plan listens on."""
+    return [port for port, _ in named_ports(a)]
+
+
+def named_ports(a: argparse.Namespace) -> list[tuple[int, str]]:
+    """Every port the plan listens on, with the flag that chose it (for error messages)."""
+    m = a.metrics_port
     return [
-        a.broker_port,
-        a.metrics_port + 1,
-        a.port,
-        *(a.metrics_port + 20 + i for i in range(a.collectors)),
-        *(a.metrics_port + 10 + i for i in range(a.streamers)),
-        *([a.metrics_port + 40] if a.scrape_demo else []),
+        (a.broker_port, "the broker's gRPC port, --broker-port"),
+        (m + 1, f"the broker's /metrics, --metrics-port {m} + 1"),
+        (a.port, "the gateway's port, --port"),
+        *(
+            (m + 20 + i, f"collector-{i}'s /metrics, --metrics-port {m} + {20 + i}")
+            for i in range(a.collectors)
+        ),
+        *(
+            (m + 10 + i, f"streamer-{i}'s /metrics, --metrics-port {m} + {10 + i}")
+            for i in range(a.streamers)
+        ),
+        *([(m + 40, f"the fake exporters, --metrics-port {m} + 40")] if a.scrape_demo else []),
     ]

@@ -155,8 +155,8 @@ def test_text_banner_comes_last_and_its_examples_work_as_printed(tmp_path):
 def test_port_in_use_and_missing_csv_are_one_line_errors(tmp_path):
     base = free_block()
     busy_message = (
-        f"gputel-up: port {base} is already in use (choose another with "
-        "the flags, or stop what uses it)"
+        f"gputel-up: port {base} (the gateway's port, --port) is already in use: "
+        "choose another with that flag, or stop what uses it"
     )
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", base))
