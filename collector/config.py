@@ -67,7 +67,7 @@ class CollectorConfig:
     # SQLite store: "full" = a write is on disk before its offsets are committed (the default),
     # "normal" = it survives a process crash only (store.sqlite)
     sqlite_synchronous: str = "full"
-    # The GPU catalog's last_seen lags the newest point by less than this (InfluxDB store).
+    # The GPU catalog's last_seen lags the newest point by less than this (either store).
     catalog_granularity_s: float = 60.0
     # Points stamped further ahead of this clock are dead-lettered (collector.future).
     max_future_skew_s: float = DEFAULT_MAX_FUTURE_SKEW_S
@@ -172,7 +172,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument(
         "--catalog-granularity-s",
         default=env_of("CATALOG_GRANULARITY_S", "60"),
-        help="rewrite a GPU's catalog last_seen when it moved this much (InfluxDB store)",
+        help="rewrite a GPU's catalog last_seen when it moved this much (either store)",
     )
     p.add_argument(
         "--max-future-skew-s",

@@ -1,4 +1,5 @@
-"""`walbroker` command line: `serve` runs a broker; `admin` inspects and resets groups."""
+"""`walbroker` command line: `serve` runs a broker; `admin` inspects topics and groups and resets
+offsets; `token` makes bearer tokens."""
 
 from __future__ import annotations
 
@@ -140,7 +141,12 @@ def _add_topic_args(p: argparse.ArgumentParser) -> None:
         default=_env("AUTO_CREATE_TOPICS", "") in ("1", "true"),
         help="create unknown topics on first use (off: publishing to one is NOT_FOUND)",
     )
-    p.add_argument("--max-topics", type=int, default=int(_env("MAX_TOPICS", "1000")))
+    p.add_argument(
+        "--max-topics",
+        type=int,
+        default=int(_env("MAX_TOPICS", "1000")),
+        help="topics the broker holds; creating one more is refused (RESOURCE_EXHAUSTED)",
+    )
 
 
 def _add_limit_args(p: argparse.ArgumentParser) -> None:

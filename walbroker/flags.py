@@ -160,6 +160,11 @@ def _document(action: argparse.Action, name: str) -> None:
         parts.append("no env: choose on the command line")
     elif name not in help_text:
         parts.append(f"env {name}")
+    else:  # the help names its variable in a closing note: the default goes first in it
+        head, sep, note = help_text.rpartition("(")
+        if parts and sep and note.endswith(")") and name in note:
+            action.help = f"{head}({'; '.join(parts)}; {note}".replace("%", "%%")
+            return
     if parts:
         note = f"({'; '.join(parts)})".replace("%", "%%")
         action.help = f"{help_text} {note}" if help_text else note
