@@ -24,7 +24,7 @@ from proto.gen import walbroker_admin_pb2 as apb
 from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
 from walbroker.client import channel, error_from_rpc
 from walbroker.credentials import add_client_security_args, client_security_from_args
-from walbroker.errors import BrokerError, Code
+from walbroker.errors import BrokerError, Code, Unavailable
 from walbroker.flags import TRUE_WORDS
 
 DEFAULT_BROKER = "127.0.0.1:7070"
@@ -197,7 +197,8 @@ def run(a: argparse.Namespace) -> int:
     as_json, timeout_s = output_options(a)
     call = _COMMANDS[a.admin_command][0]
     try:
-        ch = channel(address, client_security_from_args(a))
+        security = client_security_from_args(a)
+        ch = channel(address, security)
     except ValueError as exc:
         print(f"walbroker admin: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -205,7 +206,18 @@ def run(a: argparse.Namespace) -> int:
         try:
             resp = call(apb_grpc.AdminStub(ch), a, timeout_s)
         except grpc.RpcError as exc:
-            return fail(error_from_rpc(exc, ch), address)
+            error = error_from_rpc(exc, ch)
+            if (
+                error.code == Code.UNAVAILABLE
+                and security.tls_ca is not None
+                and security.tls_cert is None
+                and "socket closed" in error.message.lower()
+            ):  # a mutual-TLS broker closes the handshake of a client without a certificate
+                error = Unavailable(
+                    f"{error.message} (a broker that requires client certificates closes the "
+                    "connection: give --tls-cert and --tls-key)"
+                )
+            return fail(error, address)
     show(a.admin_command, resp, as_json)
     return 0
 

@@ -130,7 +130,11 @@ class Access:
                 return Principal(cred.common_name, frozenset(ROLES))
             principal = table.for_certificate(cred.common_name)
             if principal is None:
-                raise _unauthenticated("unknown_certificate", "client certificate not accepted")
+                raise _unauthenticated(
+                    "unknown_certificate",
+                    "client certificate not accepted without a token (no cert line for it in "
+                    "the token file): send 'authorization: Bearer <token>'",
+                )
             return principal
         raise _unauthenticated(
             "missing_token", "authentication required: send 'authorization: Bearer <token>'"
