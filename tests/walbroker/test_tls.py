@@ -130,6 +130,14 @@ def test_mutual_tls(creds: Credentials, broker_factory: Callable[..., BrokerProc
     # No client certificate at all: the handshake fails.
     with channel(b.address, creds.client("streamer")) as ch, pytest.raises(Unavailable):
         metadata(ch, timeout_s=5)
+    # ... and `walbroker admin` says what is missing.
+    admin = subprocess.run(
+        [sys.executable, "-m", "walbroker.cli", "admin", "--broker", b.address,
+         "--token-file", str(creds.token_path("ops")), "--tls-ca", str(creds.ca_file), "groups"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert admin.returncode == 4, admin.stderr
+    assert "give --tls-cert and --tls-key" in admin.stderr
     # A certificate from another CA: the handshake fails too.
     other = CertificateAuthority("other CA").issue("cert-streamer", client=True)
     cert = creds.root / "other.crt"
