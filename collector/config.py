@@ -117,7 +117,8 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument(
         "--broker",
         default=env_of("BROKER"),
-        help="walbroker HOST:PORT (or walbroker://HOST:PORT), or kafka://HOST:PORT[,HOST:PORT…]",
+        help="walbroker HOST:PORT (or walbroker://HOST:PORT), or kafka://HOST:PORT[,HOST:PORT…]"
+        " (required)",
     )
     p.add_argument(
         "--kafka-config",
@@ -126,7 +127,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     p.add_argument("--topic", default=env_of("TOPIC", "telemetry"), help="topic to consume")
     p.add_argument("--group", default=env_of("GROUP", "collectors"), help="consumer group")
-    p.add_argument("--store", default=env_of("STORE"), help="sqlite:PATH or influx")
+    p.add_argument("--store", default=env_of("STORE"), help="sqlite:PATH or influx (required)")
     p.add_argument(
         "--sqlite-synchronous",
         choices=("full", "normal"),
