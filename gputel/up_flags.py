@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--csv",
         type=Path,
         default=None,
-        help="DCGM CSV to stream in a loop (default: the packaged data/dcgm.csv)",
+        help="DCGM CSV to stream in a loop (default: ./data/dcgm.csv, else the repo's sample)",
     )
     p.add_argument("--port", type=int, default=8080, help="gateway port (REST API, web view)")
     p.add_argument("--broker-port", type=int, default=7070, help="the broker's gRPC port")
