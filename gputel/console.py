@@ -81,8 +81,11 @@ class Console:
 
     def _write(self, text: str) -> None:
         with self._lock:
-            self.out.write(text + "\n")
-            self.out.flush()
+            try:
+                self.out.write(text + "\n")
+                self.out.flush()
+            except (OSError, ValueError):  # the terminal was closed: stopping must go on
+                pass
 
 
 def _is_json_object(text: str) -> bool:

@@ -282,7 +282,9 @@ def run(a: argparse.Namespace) -> int:
     comps = plan(a, tls)
     console = Console.for_stdout(os.environ.get("GPUTEL_LOG_FORMAT", ""), a.verbose)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP: the terminal was closed. The components run in sessions of their own (a Ctrl-C
+    # reaches them only through us), so without this they outlived it, holding their ports.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
     reporter = None
     try:

@@ -152,6 +152,54 @@ def test_text_banner_comes_last_and_its_examples_work_as_printed(tmp_path):
         stop(proc)
 
 
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_closed_terminal_stops_every_component(tmp_path):
+    """SIGHUP (the terminal closed) stops the components, which run in sessions of their own:
+    before, gputel-up died of it and left the broker and the collector running on their ports."""
+    base = free_block()
+    proc = up(tmp_path, *ports(base))
+    lines: list[str] = []
+    children: list[int] = []
+    try:
+        read_until(proc, lines, lambda ls: any('"gputel is up' in line for line in ls))
+        children += children_of(proc.pid)
+        assert len(children) == 4, children  # broker, collector, gateway, streamer
+        proc.send_signal(signal.SIGHUP)
+        rest, _ = proc.communicate(timeout=90)
+        assert proc.returncode == 0, rest
+        assert "gputel-up: stopped" in rest
+        assert wait_until(lambda: not any(alive(pid) for pid in children), 10), [
+            pid for pid in children if alive(pid)
+        ]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in children:  # what a failed stop left running
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_port_in_use_and_missing_csv_are_one_line_errors(tmp_path):
     base = free_block()
     busy_message = (
