@@ -15,7 +15,7 @@ until Ctrl-C. Starts walbroker, the collectors, the gateway and the streamers (i
 each only once the previous one is healthy), prints where everything is and a status line every
 10 s, passes on the components' logs (on a terminal only warnings after start-up, unless
 --verbose; elsewhere one JSON object per line), and stops them all — streamers first, broker
-last — on Ctrl-C or when one of them dies."""
+last — on Ctrl-C, SIGTERM, a closed terminal, or when one of them dies."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
