@@ -55,6 +55,8 @@ class InFlight:
         self.bytes = 0  # encoded bytes of sealed, unacknowledged batches
         self._sequences: dict[int, int] = {}
         self._ids = itertools.count(1)
+        # Sealed and not yet handed to the stream, in sealing order (= request id order).
+        self._unsent: dict[int, Batch] = {}
 
     def seal(self, partition: int, count: int) -> Batch:
         """A new batch with the partition's next sequence (and its grant's progress).
@@ -74,6 +76,7 @@ class InFlight:
             grant.progress += count
             batch.fence = (grant.group, grant.epoch, grant.progress)
         self.batches[batch.request_id] = batch
+        self._unsent[batch.request_id] = batch
         return batch
 
     def encoded(self, batch: Batch, payload: bytes) -> bool:
@@ -84,6 +87,23 @@ class InFlight:
         self.bytes += len(payload)
         return True
 
+    def ready(self) -> list[Batch]:
+        """Take the batches to send now: those sealed before the first one still encoding.
+
+        Batches are encoded outside the producer's lock, by whichever thread sealed them, so
+        a later batch of a partition can finish first. Sent first, the broker would refuse it
+        as out of order and the producer would resend everything unacknowledged: so a batch
+        goes out only after every batch sealed before it.
+        """
+        out: list[Batch] = []
+        for batch in self._unsent.values():
+            if not batch.payload:
+                break
+            out.append(batch)
+        for batch in out:
+            del self._unsent[batch.request_id]
+        return out
+
     def acked(self, request_id: int) -> Batch | None:
         """Forget an acknowledged batch (None if it was already acknowledged or dropped)."""
         batch = self.batches.pop(request_id, None)
@@ -92,8 +112,8 @@ class InFlight:
         return batch
 
     def in_order(self) -> list[Batch]:
-        """Encoded, unacknowledged batches in sending order (for a resend)."""
-        return [b for _, b in sorted(self.batches.items()) if b.payload]
+        """Unacknowledged batches already handed to the stream, in sending order (a resend)."""
+        return [b for i, b in sorted(self.batches.items()) if i not in self._unsent]
 
     def fail(self, batch: Batch) -> None:
         """Drop one batch the broker will never take, and close its sequence gap.
@@ -135,6 +155,7 @@ class InFlight:
         for b in doomed:
             b.dropped = True
             self.batches.pop(b.request_id, None)
+            self._unsent.pop(b.request_id, None)
         self._release(doomed)
         first = min(b.sequence for b in doomed)
         later = sorted(

@@ -288,9 +288,10 @@ class Producer(Generic[T]):
         encoded = payload()
         with self._cond:
             if not self._inflight.encoded(batch, encoded):
-                return  # fenced while it was being encoded
+                self._send_ready()  # fenced while it was being encoded: not sent
+                return
             if len(encoded) <= self.max_batch_bytes:
-                self._outbox.put(batch)
+                self._send_ready()
                 return
         self._fail(
             batch,
@@ -298,6 +299,11 @@ class Producer(Generic[T]):
                 f"batch of {len(encoded)} bytes is over the {self.max_batch_bytes} byte limit"
             ),
         )
+
+    def _send_ready(self) -> None:
+        """Queue for the stream every batch whose earlier batches are queued (`_cond` held)."""
+        for batch in self._inflight.ready():
+            self._outbox.put(batch)
 
     def _linger(self) -> None:
         """Seal each open batch `linger_ms` after its first item; sleep while none is open."""
@@ -470,6 +476,7 @@ class Producer(Generic[T]):
         )
         with self._cond:
             self._inflight.fail(batch)
+            self._send_ready()  # batches sealed after it no longer wait for it
             self.stats.failed_points += batch.count
             self._failure = exc
             self._cond.notify_all()

@@ -9,6 +9,7 @@ def sealed(f: InFlight, partition: int, count: int, payload: bytes = b"xx"):
     batch = f.seal(partition, count)
     f.points += count
     assert f.encoded(batch, payload)
+    assert f.ready() == [batch]  # handed to the stream, as the producer does
     return batch
 
 
@@ -67,3 +68,22 @@ def test_after_a_fence_the_partition_sends_nothing_until_it_is_tracked_again():
     again = sealed(f, 0, 7)
     assert (again.sequence, again.fence) == (0, ("g", 2, 7)) and not again.dropped
     assert sealed(f, 1, 3).fence is None  # an untracked partition is not affected
+
+
+def test_a_batch_goes_out_only_after_every_batch_sealed_before_it():
+    """Encoded out of order by two threads, batches still leave in sealing order."""
+    f = InFlight("t", "p")
+    first, second, other = f.seal(0, 1), f.seal(0, 1), f.seal(1, 1)
+    assert f.encoded(second, b"2") and f.encoded(other, b"o")
+    assert f.ready() == [] and f.in_order() == []  # both wait for the first
+    assert f.encoded(first, b"1")
+    assert f.ready() == [first, second, other] and f.ready() == []
+    assert f.in_order() == [first, second, other]
+
+
+def test_a_batch_dropped_while_encoding_does_not_hold_back_the_later_ones():
+    f = InFlight("t", "p")
+    too_big, after = f.seal(0, 1), f.seal(0, 1)
+    assert f.encoded(after, b"a") and f.ready() == []
+    f.fail(too_big)
+    assert f.ready() == [after] and after.sequence == 0

@@ -9,9 +9,16 @@
    in tests/streamer, the streamer exiting 0).
 3. A batch refused for good under a grant stayed counted in the progress of the batches
    after it: the broker stored a progress ahead of the log.
+4. A batch encoded slowly (by the linger thread) went out after later batches of its
+   partition (encoded by the sending thread): the broker refused those as out of order and
+   the producer resent everything unacknowledged (seen in CI under load as an unexpected
+   OutOfOrderSequence in tests/walbroker/test_backpressure.py).
 """
 
 from __future__ import annotations
+
+import threading
+import time
 
 import grpc
 
@@ -131,3 +138,28 @@ def test_a_batch_refused_under_a_grant_is_not_counted_in_the_stored_progress(tmp
         assert stored == in_log, f"progress {stored} but the log holds {in_log} rows"
     finally:
         wal.close()
+
+
+def test_a_batch_encoded_late_still_goes_out_before_the_later_ones(broker_factory):
+    broker = broker_factory("--topic", "late:1").start()
+    lingering = threading.Event()
+
+    def encode_first_slowly(items: list[int]) -> bytes:
+        if items[0] == item(0, 0):  # the first batch: sealed and encoded by the linger thread
+            lingering.set()
+            time.sleep(0.5)
+        return encode(items)
+
+    pushed_back = []
+    with Producer(
+        broker.address, "late", encode_first_slowly, batch_size=100, linger_ms=5,
+        on_backpressure=pushed_back.append,
+    ) as p:  # fmt: skip
+        p.send("k", item(0, 0))
+        assert lingering.wait(5)
+        for n in range(1, 301):  # three full batches, sealed and encoded by this thread
+            p.send("k", item(0, n))
+    assert not pushed_back, [(e.code.name, e.message) for e in pushed_back]
+    seen, records = drain(broker.address, "late", 301)
+    assert seen == {item(0, n): 1 for n in range(301)}
+    assert [count for _, count in records[0]] == [1, 100, 100, 100]  # in sealing order
