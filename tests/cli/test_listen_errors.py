@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.fixtures.broker import free_port
+
 
 @contextmanager
 def busy_port() -> Iterator[int]:
@@ -20,12 +22,6 @@ def busy_port() -> Iterator[int]:
         s.bind(("127.0.0.1", 0))
         s.listen()
         yield int(s.getsockname()[1])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -38,19 +34,16 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def serve(tmp_path: Path, listen: str, metrics_listen: str) -> subprocess.CompletedProcess[str]:
+    """`walbroker serve` with these addresses (it fails at once when one is taken)."""
+    data = str(tmp_path / "b")
+    return run("-m", "walbroker.cli", "serve", "--data-dir", data, "--listen", listen,
+               "--metrics-listen", metrics_listen)  # fmt: skip
+
+
 def test_broker_listen_in_use(tmp_path: Path) -> None:
     with busy_port() as port:
-        out = run(
-            "-m",
-            "walbroker.cli",
-            "serve",
-            "--data-dir",
-            str(tmp_path / "b"),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--metrics-listen",
-            "",
-        )
+        out = serve(tmp_path, f"127.0.0.1:{port}", "")
     assert out.returncode == 1, out.stderr
     assert "Traceback" not in out.stderr, out.stderr
     assert f"walbroker: --listen 127.0.0.1:{port}: cannot listen there" in out.stderr
@@ -58,17 +51,7 @@ def test_broker_listen_in_use(tmp_path: Path) -> None:
 
 def test_broker_metrics_listen_in_use(tmp_path: Path) -> None:
     with busy_port() as port:
-        out = run(
-            "-m",
-            "walbroker.cli",
-            "serve",
-            "--data-dir",
-            str(tmp_path / "b"),
-            "--listen",
-            f"127.0.0.1:{free_port()}",
-            "--metrics-listen",
-            f"127.0.0.1:{port}",
-        )
+        out = serve(tmp_path, f"127.0.0.1:{free_port()}", f"127.0.0.1:{port}")
     assert out.returncode == 1, out.stderr
     assert f"walbroker: --metrics-listen 127.0.0.1:{port}: Address already in use" in out.stderr
 
