@@ -353,11 +353,19 @@ class GroupCoordinator:
                 raise InvalidArgument(f"offset {offset} of partition {p} is outside 0..{end}")
 
     def reset(self, group: str, topic: str, offsets: dict[int, int]) -> None:
-        """Set committed offsets (admin); live members are fenced and resume from them."""
-        g = self._groups.get(group)
-        if g is None:
-            self.wal.commit_offsets(group, topic, offsets)
-            return
+        """Set committed offsets (admin); live members are fenced and resume from them.
+
+        Committing offsets for a group that has neither live state nor stored offsets
+        (deleted or expired since the reset was planned) creates one: at `--max-groups`
+        that is refused as a join creating it would be. The registry lock is held until
+        the offsets are stored, so no join can take the same last slot meanwhile.
+        """
+        with self._lock:
+            g = self._groups.get(group)
+            if g is None:
+                self._check_room(group)
+                self.wal.commit_offsets(group, topic, offsets)
+                return
         with g.lock:
             if g.topic != topic:
                 raise InvalidArgument(f"group {group!r} consumes topic {g.topic!r}")

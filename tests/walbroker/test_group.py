@@ -12,10 +12,17 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from walbroker.config import LogConfig
-from walbroker.errors import InvalidArgument, NotAssigned, NotFound, StaleGeneration
+from walbroker.errors import (
+    InvalidArgument,
+    NotAssigned,
+    NotFound,
+    ResourceExhausted,
+    StaleGeneration,
+)
 from walbroker.group import GroupCoordinator, MemberAssignment
 from walbroker.log import Log
 from walbroker.metrics import BrokerMetrics
+from walbroker.reset import ResetTarget, apply_reset, plan_reset
 from walbroker.types import TopicPartition as TP
 
 
@@ -136,6 +143,26 @@ def test_reset_fences_members_and_restarts_partitions(coord, wal):
     with pytest.raises(StaleGeneration):
         coord.commit("g", ma, 1, {0: 90})
     assert wal.offsets.committed("g", TP("t", 0)) == 10
+
+
+def test_a_reset_that_would_create_a_group_past_max_groups_is_refused(wal, clock):
+    """A reset planned for a stored group that is deleted before it is applied would store
+    offsets for a group that no longer exists: one more group, past the bound."""
+    metrics = BrokerMetrics()
+    coord = GroupCoordinator(wal, metrics, clock=clock, max_groups=2)
+    for group in ("a", "b"):
+        wal.commit_offsets(group, "t", {0: 10})
+    changes = plan_reset(wal, coord, "a", "t", [0], ResetTarget("earliest"))
+    wal.delete_group_offsets("a")  # `walbroker admin delete-group a`, meanwhile
+    join(coord, Inbox())  # and a consumer's new group "g" takes the slot
+    with pytest.raises(ResourceExhausted, match=r"group limit of 2 reached \(--max-groups\)"):
+        apply_reset(coord, "a", "t", changes)
+    assert "a" not in wal.offsets.group_names() and coord.group_count() == 2
+    refused = "gpu_telemetry_broker_refused_calls_total"
+    assert metrics.registry.get_sample_value(refused, {"limit": "max_groups"}) == 1
+    # Groups the broker knows keep being reset at the bound.
+    apply_reset(coord, "b", "t", plan_reset(wal, coord, "b", "t", [0], ResetTarget("latest")))
+    assert wal.offsets.committed("b", TP("t", 0)) == 100
 
 
 def test_bad_requests(coord):
