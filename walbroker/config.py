@@ -44,6 +44,9 @@ class LogConfig:
     max_queue_batches: int = 2048
     max_queue_bytes: int = 64 * MiB
     max_records_per_commit: int = 512
+    # Payload bytes of one group commit (a larger batch goes alone): what a client's batch
+    # may wait behind when others flood the writer (walbroker.writequeue).
+    max_commit_bytes: int = 4 * MiB
     # Off as in Kafka (auto.create.topics.enable=false): topics come from --topic or admin.
     auto_create_topics: bool = False
     max_topics: int = 1000

@@ -300,14 +300,12 @@ class Log:
         producer_id: str = "",
         sequence: int = 0,
         fence: Fence | None = None,
+        client: str = "",
     ) -> Future[AppendResult]:
-        """Queue a batch for the writer; the future resolves once the batch is durable."""
+        """Queue `client`'s batch for the writer; the future resolves once it is durable."""
         self._check_append(tp, payload, count)
         fut: Future[AppendResult] = Future()
-        self.writer.submit(
-            AppendOp(tp, payload, count, producer_id, sequence, fut, fence),
-            bound=self.config.max_queue_batches,
-        )
+        self.writer.submit(AppendOp(tp, payload, count, producer_id, sequence, fut, fence), client)
         return fut
 
     def barrier(self) -> None:

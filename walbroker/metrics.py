@@ -86,6 +86,11 @@ class BrokerMetrics:
         self.queue_bytes = Gauge(
             f"{NS}_queue_bytes", "Payload bytes waiting for the log writer.", registry=r
         )
+        self.queue_clients = Gauge(
+            f"{NS}_queue_clients",
+            "Clients with batches waiting for the log writer (each is served in turn).",
+            registry=r,
+        )
         self.disk_free = Gauge(
             f"{NS}_disk_free_bytes", "Free bytes on the data directory's file system.", registry=r
         )

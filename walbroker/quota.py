@@ -40,6 +40,23 @@ PUBLISH = "/walbroker.v1.Broker/Publish"
 _WAIT_STEP_S = 0.25
 
 
+def client_identity(metadata: Sequence[tuple[str, Any]], context: Any, authenticated: bool) -> str:
+    """A Publish stream's client: its credential when the broker authenticates, else its address.
+
+    The byte rate is charged to it, and the log's writer serves each client in turn
+    (`walbroker.writequeue`).
+    """
+    if authenticated:
+        for key, value in metadata:
+            if key == "authorization":
+                digest = hashlib.sha256(str(value).encode()).hexdigest()[:16]
+                return f"token:{digest}"
+        names = (context.auth_context() or {}).get("x509_common_name")
+        if names:
+            return f"cn:{names[0].decode(errors='replace')}"
+    return f"peer:{peer_host(context.peer())}"
+
+
 class TokenBuckets:
     """Byte-rate buckets per client, with debt (see the module docstring)."""
 
@@ -100,15 +117,7 @@ class PublishQuota(grpc.ServerInterceptor):  # type: ignore[misc]
 
     def client_of(self, metadata: Sequence[tuple[str, Any]], context: Any) -> str:
         """Who is charged for this stream (module docstring)."""
-        if self.by_credential():
-            for key, value in metadata:
-                if key == "authorization":
-                    digest = hashlib.sha256(str(value).encode()).hexdigest()[:16]
-                    return f"token:{digest}"
-            names = (context.auth_context() or {}).get("x509_common_name")
-            if names:
-                return f"cn:{names[0].decode(errors='replace')}"
-        return f"peer:{peer_host(context.peer())}"
+        return client_identity(metadata, context, self.by_credential())
 
     def _paced(self, client: str, requests: Iterator[Any], context: Any) -> Iterator[Any]:
         """The stream's requests, each let through only once the client is under its rate."""

@@ -35,7 +35,7 @@ from walbroker.limits import StreamLimits, peer_host
 from walbroker.log import Log
 from walbroker.metrics import BrokerMetrics, ExtentRow, LagRow
 from walbroker.ops import Fence
-from walbroker.quota import PublishQuota
+from walbroker.quota import PublishQuota, client_identity
 from walbroker.security import check_exposure
 from walbroker.session import Session
 from walbroker.status import abort, status_of
@@ -86,6 +86,10 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
             tuple[pb.PublishAck, futures.Future[AppendResult] | BrokerError] | None
         ] = queue.Queue(maxsize=MAX_PENDING_ACKS)
         failure: list[BrokerError] = []
+        # The writer serves each client's batches in turn (walbroker.writequeue).
+        client = client_identity(
+            context.invocation_metadata() or (), context, self.broker.guard.access.enabled
+        )
 
         def read() -> None:
             try:
@@ -93,7 +97,7 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
                     head = pb.PublishAck(
                         request_id=req.request_id, topic=req.topic, partition=req.partition
                     )
-                    outcome = self._submit(req)
+                    outcome = self._submit(req, client)
                     del req
                     pending.put((head, outcome))
                     if isinstance(outcome, ResourceExhausted) and outcome.retry_after_ms > 0:
@@ -126,14 +130,18 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
             time.sleep(min(left, _PAUSE_STEP_S))
         self.broker.metrics.publish_paused_seconds.inc(wait)
 
-    def _submit(self, req: pb.PublishRequest) -> futures.Future[AppendResult] | BrokerError:
+    def _submit(
+        self, req: pb.PublishRequest, client: str
+    ) -> futures.Future[AppendResult] | BrokerError:
         try:
             check_publish(req)
             tp = TopicPartition(req.topic, req.partition)
             fence = (
                 Fence(req.fence_group, req.fence_epoch, req.progress) if req.fence_group else None
             )
-            return self.wal.append(tp, req.payload, req.count, req.producer_id, req.sequence, fence)
+            return self.wal.append(
+                tp, req.payload, req.count, req.producer_id, req.sequence, fence, client
+            )
         except BrokerError as exc:
             # Its traceback holds the request's frames (and payload) until the ack goes
             # out, which may wait behind earlier batches: drop it.

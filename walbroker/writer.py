@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import queue
 import threading
 import time
 from concurrent.futures import Future
@@ -44,6 +43,7 @@ from walbroker.ops import (
 )
 from walbroker.txn import Extent, StagedTxn
 from walbroker.types import AppendResult, Record, TopicPartition
+from walbroker.writequeue import WriteQueue
 
 if TYPE_CHECKING:
     from walbroker.log import Log, PartitionState
@@ -63,11 +63,11 @@ class Writer:
     def __init__(self, wal: Log) -> None:
         self.wal = wal
         self.config = wal.config
-        self.queue: queue.Queue[Op | None] = queue.Queue()
+        self.queue = WriteQueue(
+            self.config.max_queue_batches, self.config.max_queue_bytes, self.config.retry_after_ms
+        )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._bytes_lock = threading.Lock()  # guards queued_bytes (submitters and the writer)
-        self.queued_bytes = 0
         # Set when the writer cannot go on (e.g. the LMDB environment broke): every
         # submission is refused with it and the broker exits non-zero.
         self.failed: str | None = None
@@ -88,35 +88,24 @@ class Writer:
     def stop(self) -> None:
         """Drain the queue, then stop every loop."""
         self._stop.set()
-        self.queue.put(None)
+        self.queue.wake()
         for t in self._threads:
             t.join(timeout=30)
             log.info("loop stopped", extra={"loop": t.name})
         self._threads.clear()
 
-    def submit(self, op: Op, bound: int = 0) -> None:
-        """Queue an operation; with `bound`, refuse it when that many are already waiting.
-
-        Bounded submissions (appends) are also refused while the payload bytes
-        waiting for the writer exceed `max_queue_bytes`.
-        """
+    def submit(self, op: Op, client: str = "") -> None:
+        """Queue an operation; an append is `client`'s and refused when the queue is full."""
         if self._stop.is_set() or self.failed is not None:
             raise Unavailable(self.failed or "broker is shutting down")
-        size = len(op.payload) if isinstance(op, AppendOp) else 0
-        with self._bytes_lock:
-            if bound and (
-                self.queue.qsize() >= bound
-                or self.queued_bytes + size > self.config.max_queue_bytes
-            ):
-                raise ResourceExhausted(
-                    f"append queue is full ({self.queue.qsize()} batches, {self.queued_bytes} "
-                    f"bytes; limits {bound} and {self.config.max_queue_bytes})",
-                    retry_after_ms=self.config.retry_after_ms,
-                )
-            self.queued_bytes += size
-            self.wal.metrics.queue_bytes.set(self.queued_bytes)
-        self.queue.put(op)
-        self.wal.metrics.queue_depth.set(self.queue.qsize())
+        self.queue.put(op, client)
+        self._gauge()
+
+    def _gauge(self) -> None:
+        metrics, q = self.wal.metrics, self.queue
+        metrics.queue_depth.set(q.batches)
+        metrics.queue_bytes.set(q.bytes)
+        metrics.queue_clients.set(q.clients)
 
     # ---- loops -------------------------------------------------------------------------
 
@@ -134,24 +123,9 @@ class Writer:
                 return
 
     def _drain(self) -> list[Op]:
-        try:
-            first = self.queue.get(timeout=0.2)
-        except queue.Empty:
-            return []
-        ops: list[Op] = [] if first is None else [first]
-        limit = self.config.max_records_per_commit
-        while len(ops) < limit:
-            try:
-                op = self.queue.get_nowait()
-            except queue.Empty:
-                break
-            if op is not None:
-                ops.append(op)
-        size = sum(len(op.payload) for op in ops if isinstance(op, AppendOp))
-        with self._bytes_lock:
-            self.queued_bytes -= size
-            self.wal.metrics.queue_bytes.set(self.queued_bytes)
-        self.wal.metrics.queue_depth.set(self.queue.qsize())
+        c = self.config
+        ops = self.queue.take(c.max_records_per_commit, c.max_commit_bytes, timeout_s=0.2)
+        self._gauge()
         return ops
 
     def _fsync_loop(self) -> None:

@@ -9,18 +9,25 @@ had acknowledged is read back: nothing acknowledged may be lost.
 from __future__ import annotations
 
 import itertools
+import os
+import queue
 import re
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from proto.gen import walbroker_admin_pb2 as apb
 from proto.gen import walbroker_admin_pb2_grpc as apb_grpc
+from proto.gen import walbroker_pb2 as pb
+from proto.gen import walbroker_pb2_grpc as pb_grpc
 from tests.walbroker.helpers import drain, encode, item
+from walbroker.client import channel
 from walbroker.credentials import ClientSecurity
 from walbroker.producer import Producer
 
@@ -128,3 +135,72 @@ def rss_bytes(pid: int, kind: str = "VmRSS") -> int:
             if line.startswith(f"{kind}:"):
                 return int(line.split()[1]) * 1024
     raise LookupError(pid)
+
+
+@dataclass
+class PacedClient:
+    """A polite producer: one Publish stream, one small batch every `period_s`, each ack
+    awaited before the next batch; what counts is how many batches it gets in."""
+
+    address: str
+    security: ClientSecurity | None = None
+    topic: str = GOOD_TOPIC
+    batch_bytes: int = 500 * 38  # a 500-point telemetry batch
+    period_s: float = 0.1
+    acked_points: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+
+    def publish_for(self, seconds: float) -> float:
+        """Publish for `seconds`; return acknowledged batches per second."""
+        payload = bytes(self.batch_bytes)
+        outbox: queue.Queue[pb.PublishRequest | None] = queue.Queue()
+        acked = 0
+        with channel(self.address, self.security) as ch:
+            acks = pb_grpc.BrokerStub(ch).Publish(iter(outbox.get, None), timeout=seconds + 120)
+            t0 = time.monotonic()
+            while (sent := time.monotonic()) - t0 < seconds:
+                outbox.put(
+                    pb.PublishRequest(
+                        request_id=acked, topic=self.topic, partition=acked % 8,
+                        payload=payload, count=500,
+                    )
+                )  # fmt: skip
+                ack = next(acks)
+                assert ack.status.code == 0, ack.status
+                self.latencies_s.append(time.monotonic() - sent)
+                acked += 1
+                time.sleep(max(0.0, sent + self.period_s - time.monotonic()))
+            elapsed = time.monotonic() - t0
+            outbox.put(None)
+            assert list(acks) == []
+        self.acked_points += 500 * acked
+        return acked / elapsed
+
+
+def flood(
+    address: str, security: ClientSecurity | None, streams: int, seconds: float, out: Any
+) -> None:
+    """A greedy client (run it in a process of its own): `streams` producers pipelining
+    1 MiB batches to topic "flood" flat out for `seconds`; puts (sent, acked) bytes."""
+    batch = 1024 * 1024
+    payload = os.urandom(batch)
+    totals = [(0, 0)] * streams
+
+    def one(i: int) -> None:
+        with Producer(
+            address, "flood", None, max_in_flight_bytes=16 * batch, security=security
+        ) as p:
+            t0 = time.monotonic()
+            n = 0
+            while time.monotonic() - t0 < seconds:
+                p.send_batch(n % p.partitions, payload, 1000)
+                n += 1
+            p.flush(300)
+            totals[i] = (n * batch, p.stats.acked_points // 1000 * batch)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put((sum(s for s, _ in totals), sum(a for _, a in totals)))

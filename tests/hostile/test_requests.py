@@ -14,6 +14,7 @@ from proto.gen import walbroker_pb2 as pb
 from proto.gen import walbroker_pb2_grpc as pb_grpc
 from tests.hostile.support import GoodClient, assert_unaffected, health_ok, scrape
 from walbroker.client import channel
+from walbroker.credentials import ClientSecurity
 from walbroker.errors import Code
 
 
@@ -22,8 +23,8 @@ def publish(address: str, *reqs: pb.PublishRequest, timeout_s: float = 30) -> li
         return list(pb_grpc.BrokerStub(ch).Publish(iter(reqs), timeout=timeout_s))
 
 
-def end_offsets(address: str, topic: str) -> list[int]:
-    with channel(address) as ch:
+def end_offsets(address: str, topic: str, security: ClientSecurity | None = None) -> list[int]:
+    with channel(address, security) as ch:
         md = pb_grpc.BrokerStub(ch).Metadata(pb.MetadataRequest(topics=[topic]), timeout=10)
     return [p.log_end_offset for p in md.topics[0].partitions]
 
