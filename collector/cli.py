@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -34,6 +35,10 @@ def endpoints(
 ) -> list[ProbeServer]:
     """The HTTP endpoints to serve: /metrics (+ probes) and, if separate, the probes."""
     made: list[ProbeServer] = []
+    bounds: dict[str, Any] = {
+        "metric_prefix": "gpu_telemetry_collector_metrics",
+        "max_connections": config.metrics_max_connections,
+    }
     wanted: list[tuple[str, str, CollectorRegistry | None]] = [
         ("--metrics-listen", config.metrics_listen, registry)
     ]
@@ -43,7 +48,7 @@ def endpoints(
         if not listen:
             continue
         try:
-            made.append(ProbeServer(listen, readiness, served, "collector-http"))
+            made.append(ProbeServer(listen, readiness, served, "collector-http", **bounds))
         except OSError as exc:  # the flag and the address, not a bare "[Errno 98]"
             raise OSError(f"{flag} {listen}: {exc.strerror or exc}") from None
     return made

@@ -54,6 +54,8 @@ class CollectorConfig:
     # holds this many waits for the writer (and stops polling, so the broker stops delivering).
     max_batch_points: int = DEFAULT_MAX_BATCH_POINTS
     metrics_listen: str = "127.0.0.1:9103"
+    # Connections to /metrics served at once; an idle one gives way (gputel.probes).
+    metrics_max_connections: int = 64
     health_listen: str = ""
     client_id: str = ""
     max_unacked_points: int = 100_000
@@ -151,6 +153,12 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--metrics-listen",
         default=env_of("METRICS_LISTEN", "127.0.0.1:9103"),
         help="HOST:PORT of /metrics, /healthz and /readyz ('' to disable)",
+    )
+    p.add_argument(
+        "--metrics-max-connections",
+        type=flags.positive_int,
+        default=env_of("METRICS_MAX_CONNECTIONS", "64"),
+        help="connections to --metrics-listen served at once (an idle one gives way)",
     )
     p.add_argument(
         "--health-listen",
@@ -291,6 +299,7 @@ def from_args(
         max_batch_points=_max_batch(a.max_batch_points, batch_size),
         flush_ms=_positive("--flush-ms", a.flush_ms),
         metrics_listen=_address("--metrics-listen", a.metrics_listen),
+        metrics_max_connections=int(a.metrics_max_connections),
         health_listen=_address("--health-listen", a.health_listen),
         client_id=a.client_id,
         max_unacked_points=max_unacked,

@@ -43,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lambda: (any(s.ready() for s in streamers), {}),
                 REGISTRY,
                 "streamer-http",
+                metric_prefix="gpu_telemetry_streamer_metrics",
+                max_connections=config.metrics_max_connections,
             ).start()
         except (OSError, ValueError) as exc:
             return _fail(f"--metrics-listen {config.metrics_listen}: {exc}", 1)

@@ -64,6 +64,8 @@ class StreamerConfig:
     scrape_linger_ms: int = 200
     time_mode: str = "processing"
     metrics_listen: str = "127.0.0.1:9102"
+    # Connections to /metrics served at once; an idle one gives way (gputel.probes).
+    metrics_max_connections: int = 64
     commit_interval_s: float = 1.0
     session_timeout_ms: int = 10_000
     shutdown_timeout_s: float = 20.0
@@ -191,6 +193,12 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="HOST:PORT of /metrics, /healthz and /readyz ('' to disable)",
     )
     p.add_argument(
+        "--metrics-max-connections",
+        type=flags.positive_int,
+        default=e("METRICS_MAX_CONNECTIONS", "64"),
+        help="connections to --metrics-listen served at once (an idle one gives way)",
+    )
+    p.add_argument(
         "--commit-interval",
         type=float,
         default=e("COMMIT_INTERVAL", "1.0"),
@@ -287,6 +295,7 @@ def parse_config(
         scrape_max_series=int(a.scrape_max_series),
         scrape_linger_ms=int(a.scrape_linger_ms),
         metrics_listen=a.metrics_listen,
+        metrics_max_connections=int(a.metrics_max_connections),
         commit_interval_s=a.commit_interval,
         session_timeout_ms=a.session_timeout_ms,
         log_level=a.log_level,

@@ -155,6 +155,11 @@ def _add_limit_args(p: argparse.ArgumentParser) -> None:
         ("max-streams", 2000, "open Publish/Consume streams in total"),
         ("max-streams-per-peer", 1000, "open streams from one client address"),
         ("max-connections", 4096, "open TCP connections to --listen, streams or not"),
+        (
+            "metrics-max-connections",
+            64,
+            "connections to --metrics-listen served at once (an idle one gives way)",
+        ),
         ("hot-buffer-bytes", 64 * 1024**2, "memory for recent records, over all partitions"),
         ("max-queue-bytes", 64 * 1024**2, "payload bytes waiting for the log writer"),
         (
@@ -185,6 +190,7 @@ def _add_limit_args(p: argparse.ArgumentParser) -> None:
         ("shutdown-timeout-s", 10.0, "SIGTERM: exit within this"),
         ("connection-idle-timeout-s", 120.0, "close a connection with no call open this long"),
         ("handshake-timeout-s", 10.0, "close a connection without its TLS/HTTP/2 handshake"),
+        ("metrics-timeout-s", 10.0, "a /metrics client's time to send its request, and to read"),
     ):
         name = flag.upper().replace("-", "_")
         p.add_argument(f"--{flag}", type=float, default=float(_env(name, str(fdefault))), help=text)
@@ -215,6 +221,8 @@ def config_from_args(a: argparse.Namespace) -> BrokerConfig:
         log=log_config,
         listen=a.listen,
         metrics_listen=a.metrics_listen,
+        metrics_max_connections=a.metrics_max_connections,
+        metrics_timeout_s=a.metrics_timeout_s,
         advertised_address=a.advertised_address,
         session_timeout_ms=a.session_timeout_ms,
         max_unacked_points=a.max_unacked_points,

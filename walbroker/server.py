@@ -18,8 +18,8 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from prometheus_client import start_http_server
 
+from gputel.probes import ProbeServer
 from proto.gen import walbroker_pb2 as pb
 from proto.gen import walbroker_pb2_grpc as pb_grpc
 from walbroker import admin
@@ -264,7 +264,7 @@ class Broker:
         self.health = health.HealthServicer()
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
-        self._metrics_server: Any = None
+        self._metrics_server: ProbeServer | None = None
         # Set when a background loop cannot go on; the process then exits non-zero.
         self.fatal = threading.Event()
         self.port = 0
@@ -330,11 +330,16 @@ class Broker:
             )
         self.server.start()
         if self.config.metrics_listen:
-            host, port = self.config.metrics_listen.rsplit(":", 1)
             try:
-                self._metrics_server, _ = start_http_server(
-                    int(port), host, registry=self.metrics.registry
-                )
+                self._metrics_server = ProbeServer(
+                    self.config.metrics_listen,
+                    lambda: (not self._stop.is_set(), {}),
+                    self.metrics.registry,
+                    "broker-http",
+                    metric_prefix="gpu_telemetry_broker_metrics",
+                    max_connections=self.config.metrics_max_connections,
+                    timeout_s=self.config.metrics_timeout_s,
+                ).start()
             except OSError as exc:
                 self.server.stop(0)
                 raise OSError(
@@ -370,7 +375,7 @@ class Broker:
             self._reaper.join(timeout=5.0)
             log.info("loop stopped", extra={"loop": "group-reaper"})
         if self._metrics_server is not None:
-            self._metrics_server.shutdown()
+            self._metrics_server.stop()
         self.wal.close()
         log.info("broker stopped")
 
