@@ -99,7 +99,8 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
                     )
                     outcome = self._submit(req, client)
                     del req
-                    pending.put((head, outcome))
+                    if not _offer(pending, (head, outcome), context):
+                        return  # the call is over: nobody reads the acks any more
                     if isinstance(outcome, ResourceExhausted) and outcome.retry_after_ms > 0:
                         self._hold_back(outcome.retry_after_ms, context)
             except grpc.RpcError:
@@ -107,7 +108,7 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
             except BrokerError as exc:  # a malformed frame: the stream ends with its status
                 failure.append(exc)
             finally:
-                pending.put(None)
+                _offer(pending, None, context)
 
         threading.Thread(target=read, name="publish-reader", daemon=True).start()
         while (item := pending.get()) is not None:
@@ -239,6 +240,22 @@ class BrokerServicer(pb_grpc.BrokerServicer):  # type: ignore[misc]
                     log_end_offset=info.log_end_offset,
                 )
         return resp
+
+
+def _offer(pending: queue.Queue[Any], item: Any, context: grpc.ServicerContext) -> bool:
+    """Put `item` on a Publish stream's ack queue; False once the call has ended.
+
+    The queue is full when the client does not read its acks. If it then cancels, the
+    stream's generator is gone and nobody takes from the queue again: a plain `put`
+    left the reader thread blocked for good, one thread per such stream.
+    """
+    while True:
+        try:
+            pending.put(item, timeout=_PAUSE_STEP_S)
+            return True
+        except queue.Full:
+            if not context.is_active():
+                return False
 
 
 def check_publish(req: pb.PublishRequest) -> None:

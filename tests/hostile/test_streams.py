@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -12,6 +13,8 @@ from proto.gen import walbroker_pb2 as pb
 from proto.gen import walbroker_pb2_grpc as pb_grpc
 from tests.hostile.conftest import wait_metric
 from tests.hostile.support import GoodClient, admin, assert_unaffected, health_ok
+from tests.hostile.test_metrics_endpoint import threads_of
+from tests.support import wait_until
 
 OPEN = "gpu_telemetry_broker_open_streams"
 
@@ -68,3 +71,43 @@ def test_streams_beyond_the_limits_are_refused_with_resource_exhausted(
     more.close()
     hostile.close()
     good.assert_nothing_lost()
+
+
+def _cancel_without_reading_acks(address: str) -> None:
+    """Pipeline small batches on one Publish stream, never read an ack, cancel once the
+    broker stops taking more (its ack queue and gRPC's windows are full)."""
+    sent = [0]
+
+    def requests() -> Iterator[pb.PublishRequest]:
+        while True:
+            sent[0] += 1
+            yield pb.PublishRequest(
+                request_id=sent[0], topic="good", partition=sent[0] % 8, payload=b"x" * 32,
+                count=1,
+            )  # fmt: skip
+
+    # A fixed receive window (no BDP probing), so the acks it does not read soon fill it.
+    with grpc.insecure_channel(address, options=[("grpc.http2.bdp_probe", 0)]) as ch:
+        call = pb_grpc.BrokerStub(ch).Publish(requests())
+        last = -1
+        while sent[0] != last:  # flow control holds the client back: the broker is full
+            last = sent[0]
+            time.sleep(1.0)
+        assert sent[0] > 1024
+        call.cancel()
+
+
+def test_a_cancelled_stream_whose_acks_were_never_read_leaves_no_thread(hostile_broker):
+    """A stream's reader blocked on its full ack queue once stayed blocked for good after
+    the client cancelled: a thread (and up to 1,024 acks) per such stream."""
+    broker = hostile_broker()
+    assert broker.proc is not None
+    _cancel_without_reading_acks(broker.address)  # the worker pool has its thread now
+    baseline = threads_of(broker.proc.pid)
+    for _ in range(3):
+        _cancel_without_reading_acks(broker.address)
+    assert wait_until(lambda: threads_of(broker.proc.pid) <= baseline, 15), (
+        baseline,
+        threads_of(broker.proc.pid),
+    )
+    health_ok(broker.address)
