@@ -26,6 +26,7 @@ is the gauge of open ones.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import json
 import logging
@@ -302,13 +303,19 @@ def _handler(
                 body = json.dumps({"ready": ready, **detail}).encode()
                 self._send(200 if ready else 503, "application/json", body)
             elif path == "/metrics" and registry is not None:
-                self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+                body = generate_latest(registry)
+                # As prometheus_client's own server does: Prometheus asks for gzip.
+                zipped = "gzip" in self.headers.get("Accept-Encoding", "")
+                body = gzip.compress(body) if zipped else body
+                self._send(200, CONTENT_TYPE_LATEST, body, zipped)
             else:
                 self._send(404, "text/plain", b"not found\n")
 
-        def _send(self, status: int, content_type: str, body: bytes) -> None:
+        def _send(self, status: int, content_type: str, body: bytes, zipped: bool = False) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            if zipped:
+                self.send_header("Content-Encoding", "gzip")
             self.send_header("Content-Length", str(len(body)))
             try:
                 self.end_headers()
