@@ -94,6 +94,10 @@ NOT_ON_DASHBOARD = {
     "gpu_telemetry_broker_open_connections": "bounded by --max-connections; limits.md",
     "gpu_telemetry_broker_connection_limit_seconds_total": "time at --max-connections; limits.md",
     "gpu_telemetry_broker_publish_paused_seconds_total": "refused streams left unread; limits.md",
+    "gpu_telemetry_broker_queue_clients": "clients served in turn by the writer; limits.md",
+    "gpu_telemetry_broker_metrics_http_connections": "bounded by --metrics-max-connections",
+    "gpu_telemetry_collector_metrics_http_connections": "bounded by --metrics-max-connections",
+    "gpu_telemetry_streamer_metrics_http_connections": "bounded by --metrics-max-connections",
 }
 
 
