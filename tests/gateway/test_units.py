@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
@@ -162,8 +163,9 @@ def test_worker_freezes_startup_objects_and_raises_the_young_threshold() -> None
     from gputel import gc_policy
 
     before = gc.get_threshold()
+    worker = SimpleNamespace(cfg=SimpleNamespace(is_ssl=False))  # a plain-HTTP worker
     try:
-        gunicorn_conf.post_worker_init(None)
+        gunicorn_conf.post_worker_init(worker)
         assert gc.get_freeze_count() > 0
         assert gc.get_threshold() == (gc_policy.GEN0_THRESHOLD, *before[1:])
     finally:
