@@ -48,6 +48,7 @@ class ReloadingContext:
         self.context = factory()
         self._checked = time.monotonic()
         self.loaded = 1
+        log.info("TLS certificate loaded", extra={"cert": str(self.cert)})  # once per worker
         wrap = self.context.wrap_socket
 
         def wrap_socket(sock: Any, *args: Any, **kwargs: Any) -> Any:

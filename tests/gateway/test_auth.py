@@ -187,6 +187,8 @@ def _renewal_without_a_signal(gateway: SecureGateway, creds: Credentials) -> Non
     """
     pid = gateway.proc.pid if gateway.proc else 0
     before = _der(creds.server_cert.read_bytes())
+    # Both workers have their context (a worker still booting would load the broken file).
+    assert wait_until(lambda: gateway.log_text().count("TLS certificate loaded") >= 2, 30)
     assert _served_cert(gateway) == before
     creds.server_cert.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot yet\n")  # half written
     deadline = time.monotonic() + 2.5  # past two checks of each worker
