@@ -177,6 +177,16 @@ class PacedClient:
         return acked / elapsed
 
 
+def send_flat_out(p: Producer, payload: bytes, seconds: float) -> int:
+    """Send `payload` as 1,000-point batches over every partition for `seconds`; the count."""
+    t0 = time.monotonic()
+    n = 0
+    while time.monotonic() - t0 < seconds:
+        p.send_batch(n % p.partitions, payload, 1000)
+        n += 1
+    return n
+
+
 def flood(
     address: str, security: ClientSecurity | None, streams: int, seconds: float, out: Any
 ) -> None:
@@ -190,11 +200,7 @@ def flood(
         with Producer(
             address, "flood", None, max_in_flight_bytes=16 * batch, security=security
         ) as p:
-            t0 = time.monotonic()
-            n = 0
-            while time.monotonic() - t0 < seconds:
-                p.send_batch(n % p.partitions, payload, 1000)
-                n += 1
+            n = send_flat_out(p, payload, seconds)
             p.flush(300)
             totals[i] = (n * batch, p.stats.acked_points // 1000 * batch)
 

@@ -14,7 +14,13 @@ import time
 from typing import Any
 
 from tests.fixtures.secure import Credentials
-from tests.hostile.support import GOOD_TOPIC, GoodClient, assert_unaffected, scrape
+from tests.hostile.support import (
+    GOOD_TOPIC,
+    GoodClient,
+    assert_unaffected,
+    scrape,
+    send_flat_out,
+)
 from walbroker.credentials import ClientSecurity
 from walbroker.producer import Producer
 
@@ -31,10 +37,7 @@ def _flood(address: str, security: ClientSecurity, out: Any) -> None:
         address, "flood", lambda xs: b"", security=security, max_in_flight_bytes=16 * BATCH
     ) as p:
         t0 = time.monotonic()
-        n = 0
-        while time.monotonic() - t0 < FLOOD_S:
-            p.send_batch(n % p.partitions, payload, 1000)
-            n += 1
+        n = send_flat_out(p, payload, FLOOD_S)
         p.flush(120)
         out.put((time.monotonic() - t0, p.stats.acked_points // 1000 * BATCH, n))
 
