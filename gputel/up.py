@@ -150,7 +150,9 @@ def plan(a: argparse.Namespace, tls: SecureSetup | None = None) -> list[Componen
     source_args = [
         "--csv", str(source),
         *(["--forever"] if a.passes is None else ["--passes", str(a.passes)]),
-        "--pass-interval", str(a.pass_interval), "--time", a.time,
+        *(["--rate", str(a.rate)] if a.rate is not None else
+          ["--pass-interval", str(a.pass_interval)]),
+        "--time", a.time,
     ]  # fmt: skip
     if a.scrape_demo:
         exporter, source_args = scrape_demo(a)

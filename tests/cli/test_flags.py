@@ -143,6 +143,45 @@ def test_gputel_up_reads_its_variables(monkeypatch):
     assert (a.port, a.streamers) == (18080, 3)
 
 
+def test_gputel_up_passes_the_streamers_variables_unless_its_own_flag_is_given(monkeypatch):
+    """GPUTEL_STREAMER_RATE had no effect under gputel-up: it always passed --pass-interval 10,
+    which the streamer rightly let win over the variable (as it did --time and --forever)."""
+    from gputel import up
+    from streamer.config import parse_config
+
+    def streamer(argv: list[str]):
+        a = up.parse_args(argv)
+        comp = next(c for c in up.plan(a) if c.name == "streamer-0")
+        return parse_config(comp.argv[1:], os.environ), comp.finishes
+
+    monkeypatch.setenv("GPUTEL_STREAMER_RATE", "5")
+    monkeypatch.setenv("GPUTEL_STREAMER_PASSES", "2")
+    monkeypatch.setenv("GPUTEL_STREAMER_TIME", "source")
+    config, finishes = streamer([])
+    assert (config.rate_rows_per_s, config.pass_interval_s) == (5.0, None)
+    assert (config.passes, config.time_mode, finishes) == (2, "source", True)
+
+    config, finishes = streamer(["--pass-interval", "3", "--time", "processing", "--passes", "4"])
+    assert (config.rate_rows_per_s, config.pass_interval_s) == (None, 3.0)
+    assert (config.passes, config.time_mode) == (4, "processing")
+
+    monkeypatch.setenv("GPUTEL_STREAMER_FOREVER", "1")
+    monkeypatch.delenv("GPUTEL_STREAMER_RATE")
+    monkeypatch.setenv("GPUTEL_STREAMER_PASS_INTERVAL", "7")
+    config, finishes = streamer([])
+    assert (config.passes, config.pass_interval_s, finishes) == (None, 7.0, False)
+
+
+def test_gputel_up_refuses_a_bad_streamer_variable(monkeypatch, capsys):
+    from gputel import up
+
+    monkeypatch.setenv("GPUTEL_STREAMER_RATE", "fast")
+    with pytest.raises(SystemExit) as exc:
+        up.parse_args([])
+    assert exc.value.code == 2
+    assert "GPUTEL_STREAMER_RATE='fast' is not a number" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
