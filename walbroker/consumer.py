@@ -36,6 +36,7 @@ import os
 import queue
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, InvalidStateError
@@ -51,6 +52,9 @@ from walbroker.errors import AccessError, BrokerError, Code, StaleGeneration, Un
 from walbroker.loops import LoopCrashed, run_loop
 
 log = logging.getLogger(__name__)
+
+# While the topic does not exist, the member rejoins every second; it warns this often.
+MISSING_TOPIC_WARN_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +289,7 @@ class Consumer:
 
     def _io_loop(self) -> None:
         backoff = Backoff(max_ms=1_000)
+        warned_at: float | None = None  # last warning that the topic does not exist
         while not self._stop.is_set():
             try:
                 self._stream_once(backoff)
@@ -294,10 +299,24 @@ class Consumer:
             except BrokerError as exc:
                 self.last_error = exc
                 self._reset_stream(exc)
-                log.info(
-                    "consume stream interrupted; rejoining",
-                    extra={"group": self.group, "code": exc.code.name, "reason": exc.message},
-                )
+                extra = {"group": self.group, "code": exc.code.name, "reason": exc.message}
+                if f"unknown topic {self.topic!r}" not in exc.message:
+                    log.info("consume stream interrupted; rejoining", extra=extra)
+                elif warned_at is None or time.monotonic() - warned_at >= MISSING_TOPIC_WARN_S:
+                    warned_at = time.monotonic()
+                    log.warning(
+                        "topic %r does not exist on the broker at %s: start the broker with "
+                        "--topic %s (or --auto-create-topics), or create it: walbroker admin "
+                        "--broker %s create-topic %s; retrying until it exists",
+                        self.topic,
+                        self.target,
+                        self.topic,
+                        self.target,
+                        self.topic,
+                        extra={**extra, "topic": self.topic, "broker": self.target},
+                    )
+                else:
+                    log.debug("topic still missing; rejoining", extra=extra)
                 if not backoff.wait(self._stop, exc.retry_after_ms):
                     return
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 
 import pytest
 
-from tests.collector.helpers import Telemetry, lag, wait_exact, wait_for
+from tests.collector.helpers import CollectorProcess, Telemetry, lag, wait_exact, wait_for
 
 SPEC_METRICS = [
     "gpu_telemetry_collector_messages_received_total",
@@ -51,6 +53,33 @@ def test_probes_and_spec_metric_names(broker, collectors, sqlite_target):
         assert name in text
     assert wait_for(lambda: c.metric("gpu_telemetry_collector_messages_flushed_total") == 480, 5)
     assert c.terminate() == 0
+
+
+def test_a_missing_topic_is_one_warning_naming_it_the_broker_and_the_fix(
+    broker_factory, sqlite_target, tmp_path
+):
+    """On a broker without the topic (no --topic for it, no --auto-create-topics) the collector
+    logged "consume stream interrupted; rejoining" at info about once a second, forever."""
+    b = broker_factory("--partitions", "2").start()
+    c = CollectorProcess(b.address, sqlite_target, tmp_path / "collector.log")
+    try:
+        assert wait_for(lambda: "does not exist" in c.log(), 15), c.log()
+        time.sleep(3)  # a few more rejoins
+        records = [json.loads(line) for line in c.log().splitlines() if line.startswith("{")]
+        missing = [r for r in records if "unknown topic 'telemetry'" in r.get("reason", "")]
+        assert len(missing) >= 1 and [r["level"] for r in missing] == ["warning"], c.log()
+        msg = missing[0]["msg"]
+        assert f"topic 'telemetry' does not exist on the broker at {b.address}" in msg
+        assert "--topic telemetry" in msg and "create-topic telemetry" in msg
+        assert (missing[0]["topic"], missing[0]["broker"]) == ("telemetry", b.address)
+        admin = [sys.executable, "-m", "walbroker.cli", "admin", "--broker", b.address]
+        created = subprocess.run(
+            [*admin, "create-topic", "telemetry"], capture_output=True, text=True, timeout=30
+        )
+        assert created.returncode == 0, created.stderr
+        assert wait_for(lambda: '"msg": "assignment"' in c.log(), 15), c.log()  # it kept trying
+    finally:
+        assert c.terminate() == 0, c.log()
 
 
 @pytest.mark.parametrize(
