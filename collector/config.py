@@ -54,7 +54,7 @@ class CollectorConfig:
     # holds this many waits for the writer (and stops polling, so the broker stops delivering).
     max_batch_points: int = DEFAULT_MAX_BATCH_POINTS
     metrics_listen: str = "127.0.0.1:9103"
-    # Connections to /metrics served at once; an idle one gives way (gputel.probes).
+    # Connections to /metrics served at once; an idle or slow one gives way (gputel.probes).
     metrics_max_connections: int = 64
     health_listen: str = ""
     client_id: str = ""
@@ -158,7 +158,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--metrics-max-connections",
         type=flags.positive_int,
         default=env_of("METRICS_MAX_CONNECTIONS", "64"),
-        help="connections to --metrics-listen served at once (an idle one gives way)",
+        help="connections to --metrics-listen served at once (an idle or slow one gives way)",
     )
     p.add_argument(
         "--health-listen",

@@ -7,16 +7,30 @@ collector use it; it is started and stopped explicitly.
 
 Bounded (docs/limits.md), whatever clients do:
 
-- One named thread accepts connections and reads request heads for all of them
-  (a selector), so an idle or slow (slowloris) connection holds a file descriptor,
-  never a thread; a head is read as soon as it is complete, whoever else is connected.
+- One named thread accepts connections, reads request heads and sends answers for all
+  of them (a selector), so an idle or slow (slowloris) connection, or one that reads its
+  answer slowly, holds a file descriptor, never a thread; a head is read as soon as it
+  is complete, whoever else is connected.
+- Answers are made by `ANSWER_THREADS` threads, which never wait on a client: they hand
+  the socket what it takes at once, and the loop sends the rest as the client reads. A
+  slow reader therefore holds a slot and its answer's bytes (at most `max_connections`
+  answers are held at once), not an answer thread that scrapes would queue behind.
+- A connection has `timeout_s` to send its head (at most 64 KiB) and `timeout_s` again
+  to take its whole answer, status line and headers included: a deadline set when the
+  answer is made, not a timeout per write. (It was one per write: a client reading a
+  few KiB before each ran out held an answer thread, and its slot, for as long as it
+  liked.) Past either the connection is closed, an unsent answer with a reset. "Taken"
+  means taken by the kernel: a closed socket's send buffer is the kernel's to deliver.
+  The answer's bound reuses `timeout_s` rather than a flag of its own: a scraper takes
+  a page within milliseconds, the largest page (the broker at its group bound, 4.6 MiB,
+  a tenth of that gzipped as Prometheus asks) needs under 0.5 MB/s to make it in the
+  default 10 s, and an answer later than Prometheus' own default scrape timeout (10 s)
+  is of no use to it anyway.
 - At most `max_connections` are open at once. A newcomer past it closes the oldest
   connection still sending its head (scrapers send theirs at once, so thousands of
-  idle connections cannot keep them out); when every open one is being answered, the
-  newcomer gets a 503 instead.
-- A connection has `timeout_s` to send its head and `timeout_s` again to take its
-  answer; heads are at most 64 KiB.
-- Answers are made by `ANSWER_THREADS` threads.
+  idle connections cannot keep them out), else the one that has been taking its answer
+  the longest (scrapers take theirs at once, so slow readers cannot keep them out
+  either); when every open one is having its answer made, the newcomer gets a 503.
 
 Each closed-unanswered connection is counted in `<prefix>_http_refused_total{reason}`
 (`evicted`, `max_connections`, `timeout`, `too_large`); `<prefix>_http_connections`
@@ -32,13 +46,14 @@ import json
 import logging
 import selectors
 import socket
+import struct
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -59,6 +74,7 @@ ACCEPT_BATCH = 8
 MAX_HEAD_BYTES = 64 * 1024
 _BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 _WARN_EVERY_S = 60.0
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() drops what is unsent, sends RST
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -77,9 +93,10 @@ class _Meters:
         self.open = Gauge(f"{prefix}_http_connections", "Open connections to /metrics.", registry=r)
         self.refused = Counter(
             f"{prefix}_http_refused",
-            "Connections to /metrics closed unanswered: evicted (its head was not in when a "
-            "newcomer needed the slot), max_connections (every slot was answering), timeout, "
-            "too_large.",
+            "Connections to /metrics closed unanswered: evicted (its head was not in, or it "
+            "was the slowest to take its answer, when a newcomer needed the slot), "
+            "max_connections (every slot was having its answer made), timeout (its head, or "
+            "its whole answer, not in time), too_large.",
             ["reason"],
             registry=r,
         )
@@ -103,11 +120,23 @@ class _Head:
         self.address, self.deadline, self.data = address, deadline, b""
 
 
+class _Sending:
+    """A connection whose answer the client is still taking: what is left, and by when."""
+
+    __slots__ = ("address", "data", "deadline")
+
+    def __init__(self, address: Any, data: memoryview, deadline: float) -> None:
+        self.address, self.data, self.deadline = address, data, deadline
+
+
 class ProbeServer:
     """Serves the probes, and /metrics when given a registry, on one HOST:PORT.
 
-    Threads: the accept-and-read loop (named `name`) owns the selector and `_heads`;
-    `_lock` guards `_answering`, which the answer threads decrement.
+    A connection goes head (`_heads`) -> made by an answer thread (`_making`, a count)
+    -> sent (`_sending`), unless the answer thread's first write took it all.
+    Threads: the accept-read-and-send loop (named `name`) owns the selector, `_heads` and
+    `_sending`; `_lock` guards `_making`; answer threads hand unfinished answers to the
+    loop through `_made` and a byte on `_wake`.
     """
 
     def __init__(
@@ -124,16 +153,22 @@ class ProbeServer:
         self.listen, self.name = listen, name
         self.max_connections, self.timeout_s = max_connections, timeout_s
         self.meters = _Meters(registry, metric_prefix, listen)
-        self._handler = _handler(readiness, registry, self.meters)
+        self._handler = _handler(readiness, registry)
         host, port = split_address(listen)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.create_server((host, port), family=family, backlog=128)
         self._sock.setblocking(False)
+        self._woken, self._wake = socket.socketpair()
+        self._woken.setblocking(False)
+        self._wake.setblocking(False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._sock, selectors.EVENT_READ)
+        self._selector.register(self._woken, selectors.EVENT_READ)
         self._heads: OrderedDict[socket.socket, _Head] = OrderedDict()  # oldest first
+        self._sending: OrderedDict[socket.socket, _Sending] = OrderedDict()  # oldest first
+        self._made: deque[tuple[socket.socket, _Sending]] = deque()
         self._lock = threading.Lock()
-        self._answering = 0
+        self._making = 0
         self._pool = ThreadPoolExecutor(ANSWER_THREADS, thread_name_prefix=f"{name}-answer")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -157,21 +192,29 @@ class ProbeServer:
             self._thread.join(timeout=5)
             log.info("loop stopped", extra={"loop": self.name, "listen": self.listen})
         self._pool.shutdown(wait=False, cancel_futures=True)
-        for conn in list(self._heads):
+        for conn in [*self._heads, *self._sending]:
             self._close(conn)
+        self._take_made()  # closes them: stopping
         self._selector.close()
         self._sock.close()
+        self._woken.close()
+        self._wake.close()
 
-    # ---- the accept-and-read loop ---------------------------------------------------------
+    # ---- the accept-read-and-send loop ------------------------------------------------------
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 for key, _ in self._selector.select(timeout=0.25):
-                    if key.fileobj is self._sock:
+                    conn = cast(socket.socket, key.fileobj)
+                    if conn is self._sock:
                         self._accept()
+                    elif conn is self._woken:
+                        self._take_made()
+                    elif conn in self._sending:
+                        self._write(conn)
                     else:
-                        self._read(key.fileobj)  # type: ignore[arg-type]
+                        self._read(conn)
                 self._expire()
             except Exception:  # the endpoint must not go silent; the next round goes on
                 log.exception("loop error", extra={"loop": self.name})
@@ -201,15 +244,17 @@ class ProbeServer:
             self._read(conn)  # a scraper's head is usually there already
 
     def _make_room(self) -> bool:
-        """True when a newcomer may stay: under the bound, or the oldest head-less one left."""
+        """True when a newcomer may stay: under the bound, or the oldest head-less one left,
+        or else the one taking its answer the longest."""
         with self._lock:
-            answering = self._answering
-        if len(self._heads) + answering < self.max_connections:
+            making = self._making
+        if len(self._heads) + making + len(self._sending) < self.max_connections:
             return True
-        if not self._heads:
-            return False
+        oldest = next(iter(self._heads or self._sending), None)
+        if oldest is None:
+            return False  # every one is having its answer made
         self.meters.refuse("evicted")
-        self._close(next(iter(self._heads)))
+        self._close(oldest, reset=oldest in self._sending)
         return True
 
     def _read(self, conn: socket.socket) -> None:
@@ -232,25 +277,63 @@ class ProbeServer:
             self.meters.refuse("too_large")
             self._close(conn)
 
+    def _take_made(self) -> None:
+        """Answers the answer threads could not send whole: the loop sends the rest."""
+        with contextlib.suppress(OSError):
+            self._woken.recv(4096)
+        while self._made:
+            conn, sending = self._made.popleft()
+            with self._lock:
+                self._making -= 1
+            if self._stop.is_set():
+                conn.close()
+                continue
+            self._sending[conn] = sending
+            self._selector.register(conn, selectors.EVENT_WRITE)
+        self._gauge()
+
+    def _write(self, conn: socket.socket) -> None:
+        sending = self._sending.get(conn)
+        if sending is None:  # evicted by an accept of the same round
+            return
+        try:
+            sending.data = sending.data[conn.send(sending.data) :]
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            log.debug("probe client went away", extra={"client": str(sending.address)})
+            self._close(conn)
+            return
+        if not sending.data:
+            self._close(conn)
+
     def _expire(self) -> None:
         now = time.monotonic()
         while self._heads:
             conn, head = next(iter(self._heads.items()))
             if head.deadline > now:
-                return  # deadlines come in accept order
+                break  # deadlines come in accept order
             self.meters.refuse("timeout")
             self._close(conn)
+        # Nearly in deadline order (several answer threads hand them over); a few dozen.
+        for conn in [c for c, s in self._sending.items() if s.deadline <= now]:
+            self.meters.refuse("timeout")
+            self._close(conn, reset=True)
 
-    def _close(self, conn: socket.socket) -> None:
+    def _close(self, conn: socket.socket, reset: bool = False) -> None:
         self._heads.pop(conn, None)
+        self._sending.pop(conn, None)
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(conn)
+        if reset:  # an answer not taken in time: the kernel must not go on sending it
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
         conn.close()
         self._gauge()
 
     def _gauge(self) -> None:
         with self._lock:
-            self.meters.open.set(len(self._heads) + self._answering)
+            self.meters.open.set(len(self._heads) + self._making + len(self._sending))
 
     # ---- answers ----------------------------------------------------------------------------
 
@@ -258,41 +341,54 @@ class ProbeServer:
         del self._heads[conn]
         self._selector.unregister(conn)
         with self._lock:
-            self._answering += 1
+            self._making += 1
         try:
             self._pool.submit(self._respond, conn, head)
         except RuntimeError:  # stopping
             self._answered(conn)
 
     def _respond(self, conn: socket.socket, head: _Head) -> None:
+        """In an answer thread: make the answer, give the socket what it takes at once (all
+        of it, for a scraper), and hand the rest to the loop; never wait on the client."""
         try:
-            conn.setblocking(True)
-            conn.settimeout(self.timeout_s)  # to take the whole answer
-            self._handler(conn, head.address, head.data)
-        except ConnectionError:
-            log.debug("probe client went away", extra={"client": str(head.address)})
+            answer = memoryview(self._handler(head.address, head.data))
         except Exception:  # one request's failure is logged, the endpoint goes on
             log.warning("probe request failed", exc_info=True, extra={"client": str(head.address)})
-        finally:
             self._answered(conn)
+            return
+        deadline = time.monotonic() + self.timeout_s  # to take the whole answer
+        try:
+            while answer:  # the socket is non-blocking
+                answer = answer[conn.send(answer) :]
+        except (BlockingIOError, InterruptedError):
+            if not self._stop.is_set():
+                self._made.append((conn, _Sending(head.address, answer, deadline)))
+                with contextlib.suppress(OSError):  # full: the loop is being woken anyway
+                    self._wake.send(b"\0")
+                return
+        except OSError:
+            log.debug("probe client went away", extra={"client": str(head.address)})
+        self._answered(conn)
 
     def _answered(self, conn: socket.socket) -> None:
         conn.close()
         with self._lock:
-            self._answering -= 1
+            self._making -= 1
         self._gauge()
 
 
 def _handler(
-    readiness: Readiness, registry: CollectorRegistry | None, meters: _Meters
-) -> Callable[[socket.socket, Any, bytes], None]:
+    readiness: Readiness, registry: CollectorRegistry | None
+) -> Callable[[Any, bytes], bytes]:
     class Handler(BaseHTTPRequestHandler):
         head = b""
 
         def setup(self) -> None:
-            self.connection = self.request
             self.rfile = io.BytesIO(self.head)  # the loop has read it already
-            self.wfile = self.connection.makefile("wb")  # closed by finish()
+            self.wfile = io.BytesIO()  # the whole answer, sent by the server
+
+        def finish(self) -> None:
+            pass  # nothing to flush or close: both are in memory, `handle` takes wfile's
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -317,18 +413,16 @@ def _handler(
             if zipped:
                 self.send_header("Content-Encoding", "gzip")
             self.send_header("Content-Length", str(len(body)))
-            try:
-                self.end_headers()
-                self.wfile.write(body)
-            except TimeoutError:  # the client does not take the answer
-                meters.refuse("timeout")
-                raise
+            self.end_headers()
+            self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass  # probes every few seconds would flood the structured log
 
-    def handle(conn: socket.socket, address: Any, head: bytes) -> None:
+    def handle(address: Any, head: bytes) -> bytes:
+        """The whole answer (status line, headers, body) to the request head `head`."""
         handler = type("BoundHandler", (Handler,), {"head": head})
-        handler(conn, address, None)  # type: ignore[arg-type]
+        answered = handler(None, address, None)  # type: ignore[arg-type]
+        return cast(io.BytesIO, answered.wfile).getvalue()
 
     return handle

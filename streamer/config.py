@@ -64,7 +64,7 @@ class StreamerConfig:
     scrape_linger_ms: int = 200
     time_mode: str = "processing"
     metrics_listen: str = "127.0.0.1:9102"
-    # Connections to /metrics served at once; an idle one gives way (gputel.probes).
+    # Connections to /metrics served at once; an idle or slow one gives way (gputel.probes).
     metrics_max_connections: int = 64
     commit_interval_s: float = 1.0
     session_timeout_ms: int = 10_000
@@ -196,7 +196,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--metrics-max-connections",
         type=flags.positive_int,
         default=e("METRICS_MAX_CONNECTIONS", "64"),
-        help="connections to --metrics-listen served at once (an idle one gives way)",
+        help="connections to --metrics-listen served at once (an idle or slow one gives way)",
     )
     p.add_argument(
         "--commit-interval",

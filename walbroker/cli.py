@@ -158,7 +158,7 @@ def _add_limit_args(p: argparse.ArgumentParser) -> None:
         (
             "metrics-max-connections",
             64,
-            "connections to --metrics-listen served at once (an idle one gives way)",
+            "connections to --metrics-listen served at once (an idle or slow one gives way)",
         ),
         ("hot-buffer-bytes", 64 * 1024**2, "memory for recent records, over all partitions"),
         ("max-queue-bytes", 64 * 1024**2, "payload bytes waiting for the log writer"),
@@ -190,7 +190,11 @@ def _add_limit_args(p: argparse.ArgumentParser) -> None:
         ("shutdown-timeout-s", 10.0, "SIGTERM: exit within this"),
         ("connection-idle-timeout-s", 120.0, "close a connection with no call open this long"),
         ("handshake-timeout-s", 10.0, "close a connection without its TLS/HTTP/2 handshake"),
-        ("metrics-timeout-s", 10.0, "a /metrics client's time to send its request, and to read"),
+        (
+            "metrics-timeout-s",
+            10.0,
+            "a /metrics client's time to send its request, and again to read its whole answer",
+        ),
     ):
         name = flag.upper().replace("-", "_")
         p.add_argument(f"--{flag}", type=float, default=float(_env(name, str(fdefault))), help=text)

@@ -75,7 +75,7 @@ class BrokerConfig:
     listen: str = "127.0.0.1:7070"
     metrics_listen: str = "127.0.0.1:9101"
     # Connections served at once by the metrics endpoint, and the time each has to send
-    # its request and again to take the answer (gputel.probes).
+    # its request and again to take its whole answer (gputel.probes).
     metrics_max_connections: int = 64
     metrics_timeout_s: float = 10.0
     # The address clients should use to reach this broker (metadata); defaults to `listen`.
