@@ -13,8 +13,10 @@ Bounded (docs/limits.md), whatever clients do:
   is complete, whoever else is connected.
 - Answers are made by `ANSWER_THREADS` threads, which never wait on a client: they hand
   the socket what it takes at once, and the loop sends the rest as the client reads. A
-  slow reader therefore holds a slot and its answer's bytes (at most `max_connections`
-  answers are held at once), not an answer thread that scrapes would queue behind.
+  slow reader therefore holds a slot and its answer's bytes, not an answer thread that
+  scrapes would queue behind. At most `max_connections` answers, and `max_held_bytes`
+  (32 MiB) of them in all, are held at once: past the byte budget, the answer held
+  longest (the slowest reader's) is dropped with a reset and counted as `evicted`.
 - A connection has `timeout_s` to send its head (at most 64 KiB) and `timeout_s` again
   to take its whole answer, status line and headers included: a deadline set when the
   answer is made, not a timeout per write. (It was one per write: a client reading a
@@ -70,6 +72,8 @@ Readiness = Callable[[], tuple[bool, dict[str, Any]]]
 MAX_CONNECTIONS = 64
 TIMEOUT_S = 10.0
 ANSWER_THREADS = 4
+# Bytes of answers held for slow readers at once; past it the one held longest is evicted.
+MAX_HELD_BYTES = 32 * 1024 * 1024
 ACCEPT_BATCH = 8
 MAX_HEAD_BYTES = 64 * 1024
 _BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -149,9 +153,11 @@ class ProbeServer:
         metric_prefix: str = "gpu_telemetry_probes",
         max_connections: int = MAX_CONNECTIONS,
         timeout_s: float = TIMEOUT_S,
+        max_held_bytes: int = MAX_HELD_BYTES,
     ) -> None:
         self.listen, self.name = listen, name
         self.max_connections, self.timeout_s = max_connections, timeout_s
+        self.max_held_bytes = max_held_bytes
         self.meters = _Meters(registry, metric_prefix, listen)
         self._handler = _handler(readiness, registry)
         host, port = split_address(listen)
@@ -290,6 +296,12 @@ class ProbeServer:
                 continue
             self._sending[conn] = sending
             self._selector.register(conn, selectors.EVENT_WRITE)
+        held = sum(len(s.data) for s in self._sending.values())  # at most max_connections
+        while held > self.max_held_bytes and len(self._sending) > 1:
+            oldest, sending = next(iter(self._sending.items()))  # the slowest reader
+            held -= len(sending.data)
+            self.meters.refuse("evicted")
+            self._close(oldest, reset=True)
         self._gauge()
 
     def _write(self, conn: socket.socket) -> None:

@@ -199,7 +199,7 @@ class DripReader:
 
 @contextmanager
 def big_page_server(
-    max_connections: int, timeout_s: float
+    max_connections: int, timeout_s: float, max_held_bytes: int = 32 * 1024 * 1024
 ) -> Iterator[tuple[ProbeServer, CollectorRegistry]]:
     registry = CollectorRegistry()
     wide = Gauge("wide", "A page larger than the socket buffers.", ["blob"], registry=registry)
@@ -208,6 +208,7 @@ def big_page_server(
     server = ProbeServer(
         "127.0.0.1:0", lambda: (True, {}), registry, "drip-test",
         metric_prefix="drip", max_connections=max_connections, timeout_s=timeout_s,
+        max_held_bytes=max_held_bytes,
     )  # fmt: skip
     # Accepted sockets inherit the listener's send buffer. On loopback (a 64 KiB MSS) Linux
     # grows it to 4 MiB at once, and a writer blocked on a full one is woken only when a
@@ -285,6 +286,26 @@ def test_a_newcomer_evicts_the_slowest_reader_when_every_slot_is_taking_its_answ
             assert refused(registry, "evicted") == 1
             assert wait_until(lambda: any(d.held for d in attack), timeout_s=2.0)
             assert [how for d in attack for how, _ in d.held] == ["reset"]
+        finally:
+            for d in attack:
+                d.stop()
+
+
+def test_answers_held_for_slow_readers_stay_within_the_byte_budget():
+    """Each held answer is a page; past the budget the one held longest goes, at once."""
+    page = PAGE_SAMPLES * LABEL_BYTES
+    with big_page_server(16, timeout_s=30.0, max_held_bytes=int(2.5 * page)) as (
+        server,
+        registry,
+    ):
+        attack = [DripReader(server.port, 0.2, reconnect=False).start() for _ in range(5)]
+        try:
+            # Far inside the 30 s deadline: only the budget can end a reader's connection.
+            assert wait_until(lambda: refused(registry, "evicted") >= 3, timeout_s=5.0)
+            assert wait_until(lambda: sum(bool(d.held) for d in attack) >= 3, timeout_s=3.0)
+            assert {how for d in attack for how, _ in d.held} == {"reset"}
+            assert registry.get_sample_value("drip_http_connections") <= 2
+            assert timed_scrape(server.port, timeout_s=5.0) < 1.0
         finally:
             for d in attack:
                 d.stop()
