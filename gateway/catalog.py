@@ -1,6 +1,7 @@
-"""GET /api/v1/hosts and GET /api/v1/metrics: pages of the names the GPU catalog holds.
+"""GET /api/v1/hosts, /api/v1/metrics and /api/v1/models: pages of the names the GPU
+catalog holds.
 
-Both read the store's catalog (`Store.page_names`), never the telemetry, so a page costs
+All three read the store's catalog (`Store.page_names`), never the telemetry, so a page costs
 the same with 100 GPUs or 100,000.
 """
 
@@ -61,4 +62,24 @@ def metrics() -> Response:
     """Return a page of metric names with data."""
     names, next_cursor = _page("metric")
     body: schemas.MetricList = {"metrics": names, "next_cursor": next_cursor}
+    return jsonify(body)
+
+
+@bp.get("/models")
+@operation(
+    Operation(
+        summary="GPU model names with data",
+        tag="catalog",
+        response=schemas.ModelList,
+        description="GPU model names (as GET /api/v1/gpus shows them in `model`), sorted; "
+        "follow `next_cursor`. A page reads the catalog's model names only, never the GPUs, "
+        "so it costs the same whatever the fleet size.",
+        query=(LIMIT, CURSOR),
+        errors=(400, 502, 503),
+    )
+)
+def models() -> Response:
+    """Return a page of GPU model names with data."""
+    names, next_cursor = _page("model")
+    body: schemas.ModelList = {"models": names, "next_cursor": next_cursor}
     return jsonify(body)

@@ -121,6 +121,13 @@ class MetricList(TypedDict):
     next_cursor: str | None
 
 
+class ModelList(TypedDict):
+    """A page of GPU model names with data, sorted; `next_cursor` is null on the last page."""
+
+    models: list[str]
+    next_cursor: str | None
+
+
 class Status(TypedDict):
     """A probe's answer."""
 

@@ -205,8 +205,22 @@ def test_hosts_and_metrics(client) -> None:
     assert body == {"metrics": sorted(METRICS), "next_cursor": None}
 
 
+def test_models_lists_each_gpu_model_once_sorted(client) -> None:
+    """The names a fleet page's model filter offers, read from the catalog, not the GPUs."""
+    models = sorted({g.model for g in data.GPUS})
+    assert len(models) == 2
+    assert client.get("/api/v1/models").get_json() == {"models": models, "next_cursor": None}
+    body = client.get("/api/v1/models?limit=1").get_json()
+    assert body["models"] == models[:1] and body["next_cursor"]
+    body = client.get(f"/api/v1/models?limit=1&cursor={body['next_cursor']}").get_json()
+    assert body == {"models": models[1:], "next_cursor": None}
+    for bad in ("limit=0", "limit=10001", "limit=ten", "cursor=garbage", "model=h100"):
+        problem(client.get(f"/api/v1/models?{bad}"), 400)
+
+
 @pytest.mark.parametrize(
-    ("path", "field"), [("/api/v1/hosts", "hosts"), ("/api/v1/metrics", "metrics")]
+    ("path", "field"),
+    [("/api/v1/hosts", "hosts"), ("/api/v1/metrics", "metrics"), ("/api/v1/models", "models")],
 )
 def test_hosts_and_metrics_page(client, path: str, field: str) -> None:
     everything = client.get(path).get_json()[field]
@@ -220,9 +234,9 @@ def test_hosts_and_metrics_page(client, path: str, field: str) -> None:
         if token is None:
             break
     assert seen == everything and len(seen) > 1
-    other = "/api/v1/metrics" if field == "hosts" else "/api/v1/hosts"
     first = client.get(path, query_string={"limit": 1}).get_json()["next_cursor"]
-    problem(client.get(other, query_string={"cursor": first}), 400)
+    for other in {"/api/v1/hosts", "/api/v1/metrics", "/api/v1/models"} - {path}:
+        problem(client.get(other, query_string={"cursor": first}), 400)
 
 
 def test_healthz_and_readyz(client) -> None:

@@ -91,7 +91,7 @@ def test_unknown_route_and_method_are_problems(client) -> None:
 @pytest.mark.parametrize(
     ("path", "key"),
     [("/api/v1/gpus", "gpus"), ("/api/v1/hosts", "hosts"), ("/api/v1/metrics", "metrics"),
-     (TELEMETRY, "points")],
+     ("/api/v1/models", "models"), (TELEMETRY, "points")],
 )  # fmt: skip
 def test_a_cursor_holding_a_lone_surrogate_is_400(client, path: str, key: str) -> None:
     """A real cursor whose name is now a lone surrogate (valid JSON, no UTF-8): a 400

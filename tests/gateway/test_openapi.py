@@ -46,6 +46,7 @@ def test_document_covers_the_routes_users_know() -> None:
         "/api/v1/hosts",
         "/api/v1/latest",
         "/api/v1/metrics",
+        "/api/v1/models",
         "/healthz",
         "/readyz",
         "/metrics",

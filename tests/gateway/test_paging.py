@@ -143,13 +143,17 @@ def _walk(client, url: str, key: str, extra: dict | None = None) -> list:
 
 def test_every_cursor_the_api_hands_out_is_accepted_back(fresh, fresh_client) -> None:
     """Names as long as a store takes, in 4-byte UTF-8: each page's cursor leads on."""
-    odd = Gpu("GPU-" + "\U0001f600" * (MAX_TAG_LEN - 4), "\u65e5" * MAX_TAG_LEN, 0, "d", "m")
+    odd = Gpu(
+        "GPU-" + "\U0001f600" * (MAX_TAG_LEN - 4), "\u65e5" * MAX_TAG_LEN, 0, "d",
+        "\U0001f3ae" * MAX_TAG_LEN,
+    )  # fmt: skip
     metric = "M" * MAX_TAG_LEN
     fresh.store.write(data.points((odd,), TIMES[:2], (metric, data.UTIL)))
     uuids = [g["uuid"] for g in _walk(fresh_client, "/api/v1/gpus", "gpus")]
     assert sorted(uuids) == sorted([odd.uuid, *(g.uuid for g in data.GPUS)])
     assert odd.hostname in _walk(fresh_client, "/api/v1/hosts", "hosts")
     assert metric in _walk(fresh_client, "/api/v1/metrics", "metrics")
+    assert odd.model in _walk(fresh_client, "/api/v1/models", "models")
     url = f"/api/v1/gpus/{odd.uuid}/telemetry"
     points = _walk(fresh_client, url, "points", {"start_time": "0"})
     assert len(points) == 4

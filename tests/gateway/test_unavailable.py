@@ -16,6 +16,7 @@ PATHS = (
     "/api/v1/gpus/GPU-h0-0/telemetry",
     "/api/v1/hosts",
     "/api/v1/metrics",
+    "/api/v1/models",
     "/readyz",
 )
 
