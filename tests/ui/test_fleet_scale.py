@@ -179,10 +179,12 @@ def test_a_fleet_of_thousands_draws_from_one_request_per_page(big, browser):
     browser.get(big.url + "/ui/")
     wait_ready(browser, "#fleet", gpus=str(FLEET))
     drawn_s = time.monotonic() - started
-    cells = {
-        c.get_attribute("data-uuid"): c.get_attribute("data-value")
-        for c in browser.find_elements(By.CSS_SELECTOR, "#fleet a.gpu")
-    }
+    tiles = browser.execute_script(  # one round trip: 2,500 attribute reads took ~50 s
+        "return [...document.querySelectorAll('#fleet a.gpu')]"
+        ".map((c) => [c.dataset.uuid, c.dataset.value]);"
+    )
+    cells = dict(map(tuple, tiles))
+    assert len(cells) == len(tiles)
     assert cells == {g.uuid: f"{util(n):g}" for n, g in enumerate(GPUS)}
     urls = requested(browser)
     calls = api_calls(urls, big)
