@@ -26,9 +26,9 @@ WORKER_CLASSES = ("gevent", "gthread", "sync")
 GTHREAD_THREADS = 4
 # A client gets this long to send a whole request head (request line and headers).
 HEAD_TIMEOUT_S = 5.0
-# A client gets this long to take each answer (gevent's sendall: one deadline for the whole
-# answer). A 10 MB GPU page reads in well under a second on a LAN; a client that stops
-# reading held its connection slot for good before.
+# A client gets this long to take each answer: one deadline for the whole answer, not a
+# timeout per write (gateway/worker.py; gevent worker only). A 10 MB GPU page reads in well
+# under a second on a LAN; a client that stops reading held its connection slot for good before.
 SEND_TIMEOUT_S = 60.0
 # Open connections per worker (gunicorn's worker_connections), slow ones included.
 MAX_CONNECTIONS = 1000
@@ -188,8 +188,9 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--send-timeout-s",
         type=_positive_s,
         default=gw("SEND_TIMEOUT_S", str(SEND_TIMEOUT_S)),
-        help="seconds a client has to take a whole answer before the connection is closed "
-        "(a client that stops reading held a connection slot for good)",
+        help="seconds a client has to take a whole answer (one deadline, not per write) before "
+        "the connection is closed (gevent worker; a client that stops reading held a "
+        "connection slot for good)",
     )
     p.add_argument(
         "--max-connections",

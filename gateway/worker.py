@@ -14,10 +14,17 @@ a slow client costs a few KiB, not a worker. Bounds, each with a flag and a metr
   its `pre_request` hook closes each connection after its answer (as the sync worker did): a
   worker takes a new connection only when its loop is free, so load spreads over workers.
 - `--send-timeout-s`: a connection whose client has not taken its whole answer by then is
-  closed (`gpu_telemetry_gateway_slow_readers_total`): the socket's timeout, which gevent's
-  `sendall` applies to the whole answer. Without it, 20 clients asking for a 10 MB page and
-  never reading it held every slot of a `--max-connections 20` worker (even `/healthz` timed
-  out) for as long as they liked. The request head is bounded first by its own deadline.
+  closed (`gpu_telemetry_gateway_slow_readers_total`): one deadline per answer, set when
+  its first byte is sent, status line and headers included (`_AnswerSocket`), not a
+  timeout per write. gunicorn writes an answer in several calls (a file, such as a Swagger
+  UI asset, in 8 KiB sends), and the socket's timeout bounded each afresh: clients taking a
+  few KiB before each ran out held their connections for as long as they liked (measured
+  with `--send-timeout-s 1`: still connected after 15 s). Without any bound, 20 clients
+  asking for a 10 MB page and never reading it held every slot of a `--max-connections 20`
+  worker (even `/healthz` timed out). "Taken" means taken by the kernel: the client still
+  gets what the socket buffers held when the connection was closed. The request head is
+  bounded first by its own deadline. gunicorn's gthread and sync workers do not apply it
+  (`--worker-class`: only behind a buffering proxy).
 - `--max-connections`: open connections per worker (gunicorn's `worker_connections`); past
   it the worker stops accepting and newcomers wait in the listen backlog
   (`gpu_telemetry_gateway_connections` counts the open ones).
@@ -37,9 +44,10 @@ from __future__ import annotations
 import json
 import socket as _socket
 import ssl
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, BinaryIO
 
 import gevent
 from gevent import monkey, socket
@@ -132,7 +140,9 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
         quietly and is counted (gunicorn logged each as a socket error with a traceback)."""
         sock.settimeout(self.send_timeout_s)  # gunicorn made it blocking; the head is read
         try:
-            return super().handle_request(listener_name, req, sock, addr)
+            return super().handle_request(
+                listener_name, req, _AnswerSocket(sock, self.send_timeout_s), addr
+            )
         except TimeoutError:
             self.slow_metrics.slow_readers.inc()
             self.log.info(
@@ -178,3 +188,56 @@ class _Deadline:
     """Whether a head deadline expired (set by `GatewayWorker._head_deadline`)."""
 
     expired = False
+
+
+class _AnswerSocket:
+    """The client socket as gunicorn's response writes an answer to it: one deadline for all.
+
+    gunicorn sends an answer in several calls (status line and headers, then each body item;
+    a file, such as a Swagger UI asset, in 8 KiB `send`s from gevent's `sendfile`), and a
+    socket timeout bounds each call afresh: a client taking a few KiB before each ran out
+    held its connection for as long as it liked (measured: 1.5 MB `swagger-ui-bundle.js`,
+    `--send-timeout-s 1`, still connected after 15 s). Here the first send sets the deadline,
+    `budget_s` later, and every send waits at most what is left of it; past it, TimeoutError.
+    A new one per request, so each answer gets the whole budget.
+    """
+
+    _BLOCK = 64 * 1024  # bytes read from a file per send
+
+    def __init__(self, sock: Any, budget_s: float) -> None:
+        self._sock = sock
+        self._budget_s = budget_s
+        self._end: float | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)  # everything but sending is the socket's own
+
+    def _left(self) -> None:
+        """Give the socket what is left of the deadline as its timeout (starting it once)."""
+        now = time.monotonic()
+        if self._end is None:
+            self._end = now + self._budget_s
+        left = self._end - now
+        if left <= 0:
+            raise TimeoutError("answer not taken in time")
+        self._sock.settimeout(left)
+
+    def send(self, data: bytes, flags: int = 0) -> int:
+        self._left()
+        return int(self._sock.send(data, flags))
+
+    def sendall(self, data: bytes, flags: int = 0) -> None:
+        self._left()  # gevent's sendall applies one timeout to the whole call
+        self._sock.sendall(data, flags)
+
+    def sendfile(self, file: BinaryIO, offset: int = 0, count: int | None = None) -> int:
+        """`socket.sendfile` through `sendall`, so the file shares the answer's deadline."""
+        file.seek(offset)
+        sent = 0
+        while count is None or sent < count:
+            block = file.read(self._BLOCK if count is None else min(self._BLOCK, count - sent))
+            if not block:
+                break
+            self.sendall(block)
+            sent += len(block)
+        return sent

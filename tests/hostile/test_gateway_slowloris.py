@@ -10,20 +10,29 @@ of its own; `bench/gateway_slowloris.py` runs the full 60 s and measures the p99
 
 from __future__ import annotations
 
+import http.client
+import os
 import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from swagger_ui_bundle import swagger_ui_path
 
 from gateway.config import HEAD_TIMEOUT_S, GatewayConfig
 from proto.batch import Gpu, PointBatch
 from store import open_store
+from tests.fixtures.influx import free_port
+from tests.fixtures.process import ManagedProcess
 from tests.fixtures.secure import Credentials
 from tests.gateway import data
-from tests.gateway.conftest import Gateway
+from tests.gateway.conftest import BIN, Gateway
 from tests.gateway.test_auth import SecureGateway
 from tests.hostile.slowloris import SlowlorisProcess, probe
 
@@ -170,4 +179,134 @@ def test_clients_that_never_read_their_answer_are_cut_after_the_send_timeout(
     finally:
         for sock in held:
             sock.close()
+        gateway.stop()
+
+
+class SmallSendBufferGateway(Gateway):
+    """One `gputel-gateway` worker serving a listening socket made here with a small send
+    buffer, which the connections it accepts inherit (as over a real network).
+
+    The socket is handed over as systemd socket activation does (LISTEN_FDS, LISTEN_PID;
+    gunicorn then serves it and ignores --bind, which only has to pass the CLI's check). On
+    loopback the kernel grows a connection's send buffer to ~4 MiB, so a slow reader of a
+    page smaller than that never makes the server wait (see gputel/probes.py).
+    """
+
+    def __init__(self, config: GatewayConfig, log_path: Path, sndbuf: int) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        self.port = listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GPUTEL_")}
+        env.update(config.to_env(), LISTEN_FDS="1", PYTHONUNBUFFERED="1")
+        env.pop("GPUTEL_GATEWAY_THREADS")
+        fd = listener.fileno()
+        # The listener at fd 3 and LISTEN_PID set to the pid gputel-gateway (then gunicorn)
+        # runs as: a process of ours that execs it.
+        handover = (
+            f"import os, sys; os.dup2({fd}, 3); os.environ['LISTEN_PID'] = str(os.getpid()); "
+            "os.execv(sys.argv[1], sys.argv[1:])"
+        )
+        argv = [sys.executable, "-c", handover, str(BIN / "gputel-gateway")]
+        argv += [f"--bind=127.0.0.1:{free_port()}", "--workers=1", "--log-level=debug"]
+        ManagedProcess.__init__(self, argv, log_path)
+        with listener, open(log_path, "ab") as logf:
+            self.proc = subprocess.Popen(
+                argv, stdout=logf, stderr=subprocess.STDOUT, env=env, pass_fds=[fd]
+            )
+        self._wait_healthy()
+
+
+@dataclass
+class DripReader:
+    """GETs `path`, then takes what its 4 KiB receive buffer holds every `interval_s`.
+
+    A few KiB each time, so every write of the server makes progress well inside a timeout
+    per write: only a deadline on the whole answer ends the connection. `ended` is how the
+    connection ended ("eof", "reset" or "held" when `cap_s` ran out first), its seconds from
+    the request and the bytes taken.
+    """
+
+    port: int
+    path: str
+    interval_s: float = 0.1
+    cap_s: float = 15.0
+    ended: tuple[str, float, int] = ("", 0.0, 0)
+    _thread: threading.Thread = field(init=False)
+
+    def start(self) -> DripReader:
+        self._thread = threading.Thread(target=self._run, name="drip-reader", daemon=True)
+        self._thread.start()
+        return self
+
+    def join(self) -> tuple[str, float, int]:
+        self._thread.join(self.cap_s + 10)
+        return self.ended
+
+    def _run(self) -> None:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect
+            sock.connect(("127.0.0.1", self.port))
+            sock.sendall(f"GET {self.path} HTTP/1.1\r\nHost: drip\r\n\r\n".encode())
+            sent, taken, how = time.monotonic(), 0, "held"
+            sock.setblocking(False)
+            while time.monotonic() - sent < self.cap_s:
+                time.sleep(self.interval_s)
+                try:
+                    chunk = sock.recv(4096)
+                except BlockingIOError:
+                    continue
+                except ConnectionResetError:
+                    how = "reset"
+                    break
+                if not chunk:
+                    how = "eof"
+                    break
+                taken += len(chunk)
+            self.ended = (how, time.monotonic() - sent, taken)
+
+
+def test_drip_readers_are_cut_at_the_send_deadline_of_the_whole_answer(tmp_path: Path) -> None:
+    """`--send-timeout-s` bounds the whole answer, not each write.
+
+    gunicorn sends a file (here Swagger UI's 1.5 MB bundle) in many writes, and a JSON page
+    in two (head, body). With a timeout per write, clients taking 40 KiB/s, a few KiB at a
+    time, held their connections until they chose to leave (measured: still connected after
+    the 15 s cap with a 1 s timeout, ~450 KB of the bundle taken); with one deadline per
+    answer they are cut after 1 s, meanwhile other clients are served in full. The JSON page
+    was cut in time before too (its body is one gevent `sendall`, timed as a whole); it is
+    here so that it stays so.
+    """
+    wide_store(tmp_path / "wide.db", 2000)  # /api/v1/gpus?limit=2000 is ~1.6 MB
+    config = GatewayConfig(store=f"sqlite:{tmp_path / 'wide.db'}", send_timeout_s=1.0)
+    gateway = SmallSendBufferGateway(config, tmp_path / "gw.log", sndbuf=16 * 1024)
+    bundle = (Path(swagger_ui_path) / "swagger-ui-bundle.js").read_bytes()
+    paths = ["/swagger/swagger-ui-bundle.js", "/api/v1/gpus?limit=2000"] * 2
+    try:
+        drips = [DripReader(gateway.port, path).start() for path in paths]
+        time.sleep(0.5)
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+        conn.request("GET", "/swagger/swagger-ui-bundle.js")
+        whole = conn.getresponse().read()  # a client that reads is served the whole file
+        conn.close()
+        assert whole == bundle
+        latencies = []
+        for _ in range(10):
+            started = time.monotonic()
+            assert gateway.get("/healthz")[0] == 200
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.1)
+        ended = [drip.join() for drip in drips]
+        # Cut ~1 s after the answer started; the client then still drains what the kernel
+        # buffers held (~40 KiB, 1 s at this rate). Scheduling slack on 2 shared cores.
+        for (how, held_s, taken), path in zip(ended, paths, strict=True):
+            assert how in ("eof", "reset"), (path, ended)
+            assert held_s <= config.send_timeout_s + 5.0, (path, ended)
+            assert taken < 300_000, (path, ended)
+        assert max(latencies) < 1.0, latencies
+        assert metric(gateway, "gpu_telemetry_gateway_slow_readers_total") >= len(drips)
+        assert "did not take its answer within --send-timeout-s 1" in gateway.log_text()
+    finally:
         gateway.stop()
