@@ -5,13 +5,17 @@ Layout (same names as `store.schema`)::
     gpus(id INTEGER PK, uuid TEXT UNIQUE, hostname, gpu, device, model, container, pod, namespace,
          shard, first_seen_ns, last_seen_ns)                          -- also the GPU catalog
     catalog_names(kind, shard, name, PRIMARY KEY (kind, shard, name))  -- host, metric, model
-    points(gpu_id, time_ns, metric, value REAL, source_time_ns,
-           PRIMARY KEY (gpu_id, time_ns, metric)) WITHOUT ROWID
-    latest(gpu_id, metric, time_ns, value, source_time_ns, PRIMARY KEY (gpu_id, metric))
+    metrics(id INTEGER PK, name TEXT UNIQUE)
+    points(gpu_id, time_ns, metric_id, value REAL, source_time_ns,
+           PRIMARY KEY (gpu_id, time_ns, metric_id)) WITHOUT ROWID
+    latest(gpu_id, metric_id, time_ns, value, source_time_ns, PRIMARY KEY (gpu_id, metric_id))
 
 The primary key of `points` is the UNIQUE (gpu, time, metric) key that makes rewrites idempotent
 (INSERT OR REPLACE: last write wins, as in InfluxDB) and the index that serves "one GPU, time
-range, ordered by (time, metric)" and its keyset cursor. `gpus` holds each GPU's newest
+range, ordered by (time, metric)" and its keyset cursor: a page reads the key range from its
+bound or cursor and sorts only the few points of one time by metric name (`metrics` maps the
+small integer ids the keys hold to names: `store.sqlite_metrics`, which also converts a file
+made with names in the keys). `gpus` holds each GPU's newest
 descriptor and, as the GPU catalog (`store.catalog`), its shard and first and last point time;
 `latest` the newest point per (GPU, metric); all kept up to date by `write` in the points' own
 transaction (`store.sqlite_catalog.GpuRows` makes only the upserts the catalog needs:
@@ -55,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from proto.batch import PointBatch
-from store import catalog, schema, sqlite_catalog, validate
+from store import catalog, schema, sqlite_catalog, sqlite_metrics, validate
 from store.base import (
     Aggregate,
     GpuSummary,
@@ -74,21 +78,13 @@ DDL = """
 CREATE TABLE IF NOT EXISTS gpus (
     id INTEGER PRIMARY KEY, uuid TEXT NOT NULL UNIQUE, hostname TEXT NOT NULL,
     gpu INTEGER NOT NULL, device TEXT NOT NULL, model TEXT NOT NULL,
-    container TEXT NOT NULL, pod TEXT NOT NULL, namespace TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS points (
-    gpu_id INTEGER NOT NULL, time_ns INTEGER NOT NULL, metric TEXT NOT NULL,
-    value REAL NOT NULL, source_time_ns INTEGER NOT NULL,
-    PRIMARY KEY (gpu_id, time_ns, metric)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS latest (
-    gpu_id INTEGER NOT NULL, metric TEXT NOT NULL, time_ns INTEGER NOT NULL,
-    value REAL NOT NULL, source_time_ns INTEGER NOT NULL,
-    PRIMARY KEY (gpu_id, metric)) WITHOUT ROWID
+    container TEXT NOT NULL, pod TEXT NOT NULL, namespace TEXT NOT NULL)
 """
 
 # Takes a `points` row as it is (gpu_id, time_ns, metric, value, source_time_ns).
 _UPSERT_LATEST = """
-INSERT INTO latest (gpu_id, time_ns, metric, value, source_time_ns) VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (gpu_id, metric) DO UPDATE SET time_ns = excluded.time_ns, value = excluded.value,
+INSERT INTO latest (gpu_id, time_ns, metric_id, value, source_time_ns) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (gpu_id, metric_id) DO UPDATE SET time_ns = excluded.time_ns, value = excluded.value,
     source_time_ns = excluded.source_time_ns WHERE excluded.time_ns >= latest.time_ns"""
 
 _SUMMARY = """
@@ -99,7 +95,7 @@ FROM gpus g WHERE g.first_seen_ns IS NOT NULL"""
 # The newest point of a metric at or before a bound (when `latest` holds a future one).
 _NEWEST_BEFORE = """
 SELECT time_ns, value, source_time_ns FROM points
-WHERE gpu_id = ? AND metric = ? AND time_ns <= ? ORDER BY time_ns DESC LIMIT 1"""
+WHERE gpu_id = ? AND metric_id = ? AND time_ns <= ? ORDER BY time_ns DESC LIMIT 1"""
 
 SYNCHRONOUS = ("full", "normal")  # SQLite's synchronous settings offered (see the module doc)
 PAGE_SIZE_BYTES = 16_384  # takes effect on a new, empty file only
@@ -135,9 +131,10 @@ class SqliteStore(Store):
         # catalog=False only to measure what the catalog costs (bench); 1 ns: exact last_seen.
         self._gpu_rows = sqlite_catalog.GpuRows(catalog_granularity_ns, catalog)
         self._checked: set[schema.GpuFields] = set()  # descriptors that passed check_batch
+        self._metrics = sqlite_metrics.MetricIds()
         with self._tx() as conn:
-            for statement in DDL.split(";"):
-                conn.execute(statement)
+            conn.execute(DDL)
+            sqlite_metrics.create(conn)
             sqlite_catalog.migrate(conn)
 
     def _conn(self) -> sqlite3.Connection:
@@ -184,12 +181,13 @@ class SqliteStore(Store):
 
     def _read(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """Run one query and return all rows, translating sqlite errors."""
-        try:
+        with _reading():
             return self._conn().execute(sql, args).fetchall()
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"SQLite query failed: {exc}") from exc
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite query failed: {exc}") from exc
+
+    def _metric_ids(self, names: list[str]) -> list[int]:
+        """The ids of those metric `names` the file holds (a read; see `store.sqlite_metrics`)."""
+        with _reading():
+            return self._metrics.known(self._conn(), names)
 
     def write(self, batch: PointBatch) -> None:
         """Persist every point of `batch`; the same (uuid, metric, time_ns) twice is one point."""
@@ -213,11 +211,13 @@ class SqliteStore(Store):
             return
         with self._tx() as conn:
             ids, learnt = self._gpu_rows.ids(conn, batch, update)
-            rows, newest = _point_rows(batch, ids)
+            metric_ids, new_metrics = self._metrics.ids(conn, batch.metrics)
+            rows, newest = _point_rows(batch, ids, metric_ids)
             conn.executemany("INSERT OR REPLACE INTO points VALUES (?, ?, ?, ?, ?)", rows)
             conn.executemany(_UPSERT_LATEST, newest)
             conn.executemany(sqlite_catalog.INSERT_NAMES, self._gpu_rows.names(update))
         self._gpu_rows.confirm(learnt, update)
+        self._metrics.confirm(new_metrics)
 
     def _summaries(self, where: str, args: Sequence[object], limit: int) -> list[GpuSummary]:
         sql = f"{_SUMMARY} {where} ORDER BY g.shard, g.uuid LIMIT ?"
@@ -282,8 +282,8 @@ class SqliteStore(Store):
         Points are ordered by (time_ns, metric); with `after` = (time_ns, metric), a keyset
         cursor, only points after it are returned, so paging is stable while new data arrives.
         """
-        columns = "p.metric, p.time_ns, p.value, p.source_time_ns"
-        rows = self._read(*_points_query(columns, uuid, start_ns, end_ns, metrics, limit, after))
+        columns = "m.name, p.time_ns, p.value, p.source_time_ns"
+        rows = self._points(columns, uuid, start_ns, end_ns, metrics, limit, after)
         return list(map(StoredPoint._make, rows))  # column types are fixed by the schema
 
     def query_raw(
@@ -296,8 +296,8 @@ class SqliteStore(Store):
         after: tuple[int, str] | None = None,
     ) -> list[RawPoint]:
         """Return what `query_points` returns, as (time_ns, metric, value, source_time_ns)."""
-        columns = "p.time_ns, p.metric, p.value, p.source_time_ns"
-        return self._read(*_points_query(columns, uuid, start_ns, end_ns, metrics, limit, after))
+        columns = "p.time_ns, m.name, p.value, p.source_time_ns"
+        return self._points(columns, uuid, start_ns, end_ns, metrics, limit, after)
 
     def latest_of(
         self, uuids: Sequence[str], metrics: Sequence[str] | None = None
@@ -308,25 +308,65 @@ class SqliteStore(Store):
         (or one row per metric), the lists bound as JSON arrays (no cap on their length).
         """
         sql = (
-            "SELECT g.uuid, l.gpu_id, l.metric, l.time_ns, l.value, l.source_time_ns"
-            " FROM gpus g JOIN latest l ON l.gpu_id = g.id"
+            "SELECT g.uuid, l.gpu_id, l.metric_id, m.name, l.time_ns, l.value, l.source_time_ns"
+            " FROM gpus g JOIN latest l ON l.gpu_id = g.id JOIN metrics m ON m.id = l.metric_id"
             " WHERE g.uuid IN (SELECT value FROM json_each(?))"
         )
         args = [json.dumps(validate.uuids(uuids))]
         names = validate.metrics(metrics)
         if names:
-            sql += " AND l.metric IN (SELECT value FROM json_each(?))"
-            args.append(json.dumps(names))
+            ids = self._metric_ids(names)
+            if not ids:
+                return {}
+            sql += " AND l.metric_id IN (SELECT value FROM json_each(?))"
+            args.append(json.dumps(ids))
         bound = newest_bound_ns()
         out: dict[str, dict[str, StoredPoint]] = {}
-        for uuid, gpu_id, m, t, v, s in self._read(sql, args):
+        for uuid, gpu_id, metric_id, m, t, v, s in self._read(sql, args):
             if t > bound:  # a point from the future: the newest one before the bound instead
-                before = self._read(_NEWEST_BEFORE, [gpu_id, m, bound])
+                before = self._read(_NEWEST_BEFORE, [gpu_id, metric_id, bound])
                 if not before:
                     continue
                 t, v, s = before[0]
             out.setdefault(str(uuid), {})[str(m)] = StoredPoint(str(m), int(t), float(v), int(s))
         return out
+
+    def _points(
+        self,
+        columns: str,
+        uuid: str,
+        start_ns: int,
+        end_ns: int,
+        metrics: Sequence[str] | None,
+        limit: int,
+        after: tuple[int, str] | None,
+    ) -> list[tuple[Any, ...]]:
+        """Select `columns` of one GPU's points (`p`, names `m`) in (time, metric name) order.
+
+        A range scan of the primary key (gpu_id, time_ns, metric_id) from the bound or the
+        cursor, the points of one time sorted by name: the cost follows the page, never the
+        GPU's history.
+        """
+        start, end = validate.time_range(start_ns, end_ns)
+        sql = (
+            f"SELECT {columns} FROM points p JOIN gpus g ON g.id = p.gpu_id"
+            " JOIN metrics m ON m.id = p.metric_id"
+            " WHERE g.uuid = ? AND p.time_ns BETWEEN ? AND ?"
+        )
+        args: list[object] = [validate.text("uuid", uuid), start, end]
+        names = validate.metrics(metrics)
+        cursor = validate.cursor(after)
+        most = validate.positive("limit", limit)
+        if names:
+            ids = self._metric_ids(names)
+            if not ids:
+                return []
+            sql += f" AND p.metric_id IN ({','.join('?' * len(ids))})"
+            args += ids
+        if cursor:
+            sql += " AND p.time_ns >= ? AND (p.time_ns > ? OR m.name > ?)"
+            args += [cursor[0], cursor[0], cursor[1]]
+        return self._read(sql + " ORDER BY p.time_ns, m.name LIMIT ?", [*args, most])
 
     def downsample(
         self,
@@ -344,32 +384,39 @@ class SqliteStore(Store):
         value = _AGG_SQL[validate.aggregate(agg)]
         # `last`: SQLite takes bare columns from the row holding MAX(time_ns).
         sql = (
-            f"SELECT p.time_ns / ? * ? AS w, p.metric, {value}, MAX(p.time_ns) FROM points p"
-            " JOIN gpus g ON g.id = p.gpu_id WHERE g.uuid = ? AND p.time_ns BETWEEN ? AND ?"
+            f"SELECT p.time_ns / ? * ? AS w, m.name, {value}, MAX(p.time_ns) FROM points p"
+            " JOIN gpus g ON g.id = p.gpu_id JOIN metrics m ON m.id = p.metric_id"
+            " WHERE g.uuid = ? AND p.time_ns BETWEEN ? AND ?"
         )
         args: list[object] = [every, every, validate.text("uuid", uuid), start, end]
         names = validate.metrics(metrics)
         if names:
-            sql += f" AND p.metric IN ({','.join('?' * len(names))})"
-            args += names
-        rows = self._read(sql + " GROUP BY w, p.metric ORDER BY w, p.metric", args)
+            ids = self._metric_ids(names)
+            if not ids:
+                return []
+            sql += f" AND p.metric_id IN ({','.join('?' * len(ids))})"
+            args += ids
+        rows = self._read(sql + " GROUP BY w, p.metric_id ORDER BY w, m.name", args)
         return [WindowValue(str(m), int(w), float(v)) for w, m, v, _ in rows]
 
     def count_points(
         self, uuid: str | None = None, metric: str | None = None
     ) -> dict[tuple[str, str], int]:
         """Return the exact number of stored points per (uuid, metric), optionally filtered."""
-        sql = "SELECT g.uuid, p.metric, COUNT(*) FROM points p JOIN gpus g ON g.id = p.gpu_id"
+        sql = (
+            "SELECT g.uuid, m.name, COUNT(*) FROM points p JOIN gpus g ON g.id = p.gpu_id"
+            " JOIN metrics m ON m.id = p.metric_id"
+        )
         clauses, args = [], []
         if uuid is not None:
             clauses.append("g.uuid = ?")
             args.append(validate.text("uuid", uuid))
         if metric is not None:
-            clauses.append("p.metric = ?")
+            clauses.append("m.name = ?")
             args.append(validate.text("metric", metric))
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
-        rows = self._read(sql + " GROUP BY g.uuid, p.metric", args)
+        rows = self._read(sql + " GROUP BY g.uuid, p.metric_id", args)
         return {(str(u), str(m)): int(n) for u, m, n in rows}
 
     def ping(self) -> None:
@@ -386,55 +433,37 @@ class SqliteStore(Store):
         self._local = threading.local()
 
 
-def _points_query(
-    columns: str,
-    uuid: str,
-    start_ns: int,
-    end_ns: int,
-    metrics: Sequence[str] | None,
-    limit: int,
-    after: tuple[int, str] | None,
-) -> tuple[str, list[object]]:
-    """Return the SQL and arguments selecting `columns` of one GPU's points, in index order.
-
-    A range scan of the primary key (gpu_id, time_ns, metric) from the bound or the cursor:
-    the cost follows the page, never the GPU's history.
-    """
-    start, end = validate.time_range(start_ns, end_ns)
-    sql = (
-        f"SELECT {columns} FROM points p JOIN gpus g ON g.id = p.gpu_id"
-        " WHERE g.uuid = ? AND p.time_ns BETWEEN ? AND ?"
-    )
-    args: list[object] = [validate.text("uuid", uuid), start, end]
-    names = validate.metrics(metrics)
-    if names:
-        sql += f" AND p.metric IN ({','.join('?' * len(names))})"
-        args += names
-    cursor = validate.cursor(after)
-    if cursor:
-        sql += " AND p.time_ns >= ? AND (p.time_ns > ? OR p.metric > ?)"
-        args += [cursor[0], cursor[0], cursor[1]]
-    args.append(validate.positive("limit", limit))
-    return sql + " ORDER BY p.time_ns, p.metric LIMIT ?", args
+PointRow = tuple[int, int, int, float, int]
 
 
-PointRow = tuple[int, int, str, float, int]
+@contextmanager
+def _reading() -> Iterator[None]:
+    """Translate sqlite errors of a read."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise StoreUnavailable(f"SQLite query failed: {exc}") from exc
+    except sqlite3.Error as exc:
+        raise StoreError(f"SQLite query failed: {exc}") from exc
 
 
-def _point_rows(batch: PointBatch, ids: list[int]) -> tuple[list[PointRow], Iterable[PointRow]]:
-    """Return the `points` rows of `batch`, given each of its GPUs' row id, and its `latest`
-    rows: the newest row per (gpu, metric), a later row winning a tie, as in the upsert.
+def _point_rows(
+    batch: PointBatch, ids: list[int], metric_ids: list[int]
+) -> tuple[list[PointRow], Iterable[PointRow]]:
+    """Return the `points` rows of `batch`, given each of its GPUs' row id and its metrics'
+    ids, and its `latest` rows: the newest row per (gpu, metric), a later row winning a tie,
+    as in the upsert.
 
     Built column-wise with C-level `map` and `zip` (a Python loop per point was a third of
     the store's own CPU per point).
     """
     gpu_ids = list(map(ids.__getitem__, batch.gpu_index))
-    metrics = list(map(batch.metrics.__getitem__, batch.metric_index))
+    metrics = list(map(metric_ids.__getitem__, batch.metric_index))
     times = batch.time_ns
     rows = list(zip(gpu_ids, times, metrics, batch.value, batch.source_time_ns, strict=True))
     if rows and min(times) == max(times):  # one time (a scrape, a row group): the last wins
         return rows, dict(zip(zip(gpu_ids, metrics, strict=True), rows, strict=True)).values()
-    newest: dict[tuple[int, str], PointRow] = {}
+    newest: dict[tuple[int, int], PointRow] = {}
     for row in rows:
         key = (row[0], row[2])
         old = newest.get(key)

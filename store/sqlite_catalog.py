@@ -119,7 +119,8 @@ def backfill(conn: sqlite3.Connection) -> None:
     gpus = conn.execute("SELECT id, uuid FROM gpus").fetchall()
     bound = newest_bound_ns()  # a point from the future is never last_seen
     conn.executemany(_BACKFILL_GPU, [(catalog.shard_of(u), bound, bound, i) for i, u in gpus])
-    names = [("metric", str(r[0])) for r in conn.execute("SELECT DISTINCT metric FROM latest")]
+    distinct = "SELECT DISTINCT m.name FROM latest l JOIN metrics m ON m.id = l.metric_id"
+    names = [("metric", str(r[0])) for r in conn.execute(distinct)]
     for kind, column in (("host", "hostname"), ("model", "model")):
         rows = conn.execute(
             f"SELECT DISTINCT {column} FROM gpus WHERE first_seen_ns IS NOT NULL AND {column} != ''"
