@@ -47,7 +47,8 @@ def test_scale_one_three_one_during_a_run(broker, collectors, sqlite_target):
     first = collectors(sqlite_target)
     time.sleep(1.5)
     extra = [collectors(sqlite_target), collectors(sqlite_target)]
-    time.sleep(2.0)
+    for c in extra:  # in the group (a loaded machine can take seconds to start them)
+        c.wait_ready()
     for c in extra:
         assert c.terminate() == 0, c.log()
     join()
