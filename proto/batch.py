@@ -27,6 +27,19 @@ class Gpu:
     pod: str = ""
     namespace: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
+    # The fields above but labels, as one tuple (`store.schema.GpuFields`): a store's cache
+    # key and table row. Built once here: a collector needs it for every GPU of every batch,
+    # and the decoder hands out the same `Gpu` for the same entry (`proto.codec`).
+    descriptor: tuple[str, str, int, str, str, str, str, str] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        descriptor = (
+            self.uuid, self.hostname, self.gpu, self.device, self.model,
+            self.container, self.pod, self.namespace,
+        )  # fmt: skip
+        object.__setattr__(self, "descriptor", descriptor)
 
 
 class Point(NamedTuple):
