@@ -105,7 +105,8 @@ def batches(points: int, hosts: int, interval_s: int, size: int) -> Iterator[Poi
 
 def filled_store(points: int, hosts: int, interval_s: int) -> tuple[Path, float | None]:
     """The cached SQLite file for these parameters, filled first if missing; (path, fill s)."""
-    # v2: files written before the GPU catalog have an empty catalog (every GPU answers 404).
+    # v2: files written before the GPU catalog have an empty catalog (every GPU answers 404);
+    # v3: metric ids (a v2 file would be converted at the gateway's first open, ~1 min).
     path = CACHE / f"gateway-sqlite-{points}p-{hosts}h-{interval_s}s-v3.db"
     if path.exists():
         return path, None
