@@ -30,6 +30,7 @@ SUITES = [
     "secure_bench",
     "import_bench",
     "collector_path_bench",
+    "sqlite_scrape_bench",
     "streamer_path_bench",
     "scrape_bench",
     "gateway_bench",
