@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Collection, Mapping
-from importlib import metadata
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
 # Flags whose variable is shared by several commands, by destination prefix.
 SHARED_PREFIXES = {"influx_": "GPUTEL_INFLUX_"}
@@ -39,10 +39,28 @@ _NAMED = re.compile(r"\benv (GPUTEL_[A-Z0-9_]+)")
 
 def version() -> str:
     """The installed gputel version ("unknown" when run from a tree that is not installed)."""
+    # Imported here: importlib.metadata (and its zipfile, email, …) cost every process ~10-30 ms
+    # of start-up, and only `--version` needs it.
+    from importlib import metadata
+
     try:
         return metadata.version("gputel")
     except metadata.PackageNotFoundError:  # pragma: no cover - always installed in practice
         return "unknown"
+
+
+class _VersionOnDemand(argparse._VersionAction):
+    """`--version`, with the installed version looked up only when the flag is given."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        self.version = f"%(prog)s {version()}"
+        super().__call__(parser, namespace, values, option_string)
 
 
 def listen_address(text: str) -> str:
@@ -97,9 +115,7 @@ def finish(
         return parser
     setattr(parser, _FINISHED, True)
     if not any(isinstance(a, argparse._VersionAction) for a in parser._actions):
-        parser.add_argument(
-            "--version", action="version", version=f"%(prog)s {version()}", help="print the version"
-        )
+        parser.add_argument("--version", action=_VersionOnDemand, help="print the version")
     # A choice that must be made on the command line (argparse checks only what argv says).
     chosen = {
         id(a) for g in parser._mutually_exclusive_groups if g.required for a in g._group_actions
