@@ -36,6 +36,12 @@ from walbroker.errors import BrokerError
 
 PACKAGED_CSV = Path(__file__).resolve().parent.parent / "data" / "dcgm.csv"
 COLOURS = ["36", "33", "35", "32", "34", "31", "96", "93"]
+# What connects the components is pinned, whatever GPUTEL_STREAMER_/COLLECTOR_ variables say:
+# the broker creates these topics only, `--secure` grants only these (gputel.secure), and a
+# new CSV resets the streamers' group's progress (gputel.source_stamp).
+TOPIC = "telemetry"
+PINNED_STREAMER = ["--topic", TOPIC, "--group", source_stamp.GROUP]
+PINNED_COLLECTOR = ["--topic", TOPIC, "--group", "collectors"]
 
 
 class UpError(Exception):
@@ -123,9 +129,9 @@ def plan(a: argparse.Namespace, tls: SecureSetup | None = None) -> list[Componen
                 _local(a.metrics_port + 1),
                 # Auto-creation is off: the collectors' topic and its dead-letter topic.
                 "--topic",
-                "telemetry:16",
+                f"{TOPIC}:16",
                 "--topic",
-                "telemetry.dlq:4",
+                f"{TOPIC}.dlq:4",
                 *(tls.broker_args() if tls else []),
             ],
             grpc_address=broker,
@@ -134,7 +140,7 @@ def plan(a: argparse.Namespace, tls: SecureSetup | None = None) -> list[Componen
     ]
     for i in range(a.collectors):
         port = a.metrics_port + 20 + i
-        argv = ["gputel-collector", "--broker", broker, "--group", "collectors", *store]
+        argv = ["gputel-collector", "--broker", broker, *PINNED_COLLECTOR, *store]
         comps.append(_http_component(f"collector-{i}", [*argv, *client("collector")], port))
     gateway = ["gputel-gateway", *store, "--bind", _local(a.port), "--broker", broker]
     scheme = "https" if tls else "http"
@@ -159,7 +165,8 @@ def plan(a: argparse.Namespace, tls: SecureSetup | None = None) -> list[Componen
         comps.append(exporter)
     for i in range(a.streamers):
         port = a.metrics_port + 10 + i
-        argv = ["gputel-streamer", "--broker", broker, *source_args, *client("streamer")]
+        argv = ["gputel-streamer", "--broker", broker, *PINNED_STREAMER, *source_args,
+                *client("streamer")]  # fmt: skip
         comps.append(_http_component(f"streamer-{i}", argv, port))
         comps[-1].finishes = a.passes is not None and not a.scrape_demo
     return comps

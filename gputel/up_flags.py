@@ -21,9 +21,10 @@ last — on Ctrl-C, SIGTERM, a closed terminal, or when one of them dies.
 The components inherit its environment, so their own variables (GPUTEL_BROKER_*,
 GPUTEL_STREAMER_*, GPUTEL_COLLECTOR_*, GPUTEL_GATEWAY_*) apply, except for what connects
 them, which gputel-up always sets: listen addresses and ports, the broker's data directory
-and topics, the collectors' group, the store, the gateway's broker and, with --secure, the
-TLS settings. The streamers' source and pace are gputel-up's own flags, whose defaults are
-the streamers' variables when set: --csv GPUTEL_STREAMER_CSV, --passes
+and topics, the topic and group of the streamers and the collectors, the store, the
+gateway's broker and, with --secure, the TLS settings. The streamers' source and pace are
+gputel-up's own flags, whose defaults are the streamers' variables when set: --csv
+GPUTEL_STREAMER_CSV, --passes
 GPUTEL_STREAMER_PASSES or GPUTEL_STREAMER_FOREVER, --pass-interval GPUTEL_STREAMER_RATE
 (rows/s instead) or GPUTEL_STREAMER_PASS_INTERVAL, --time GPUTEL_STREAMER_TIME,
 --scrape-interval GPUTEL_STREAMER_SCRAPE_INTERVAL_S; the flag given to gputel-up (or its

@@ -172,6 +172,25 @@ def test_gputel_up_passes_the_streamers_variables_unless_its_own_flag_is_given(m
     assert (config.passes, config.pass_interval_s, finishes) == (None, 7.0, False)
 
 
+def test_gputel_up_pins_the_topic_and_groups_whatever_the_environment_says(monkeypatch):
+    """The broker has only the `telemetry` topics, --secure grants only them and the groups
+    `streamers` and `collectors`, and a new CSV resets `streamers`' progress: a variable
+    naming another topic or group (a user's own GPUTEL_STREAMER_TOPIC) broke the run."""
+    from collector.config import from_args as collector_config
+    from gputel import up
+    from streamer.config import parse_config
+
+    for name in ("STREAMER_TOPIC", "STREAMER_GROUP", "COLLECTOR_TOPIC", "COLLECTOR_GROUP"):
+        monkeypatch.setenv(f"GPUTEL_{name}", "elsewhere")
+    comps = {c.name: c for c in up.plan(up.parse_args([]))}
+    streamer = parse_config(comps["streamer-0"].argv[1:], os.environ)
+    assert (streamer.topic, streamer.group) == ("telemetry", "streamers")
+    collector = collector_config(comps["collector-0"].argv[1:])
+    assert (collector.topic, collector.group) == ("telemetry", "collectors")
+    broker = comps["broker"].argv
+    assert "telemetry:16" in broker and "telemetry.dlq:4" in broker
+
+
 def test_gputel_up_refuses_a_bad_streamer_variable(monkeypatch, capsys):
     from gputel import up
 
