@@ -97,6 +97,7 @@ _NEWEST_BEFORE = """
 SELECT time_ns, value, source_time_ns FROM points
 WHERE gpu_id = ? AND metric_id = ? AND time_ns <= ? ORDER BY time_ns DESC LIMIT 1"""
 
+OPEN_WAIT_S = 600.0  # the longest an open waits for another process's conversion of the file
 SYNCHRONOUS = ("full", "normal")  # SQLite's synchronous settings offered (see the module doc)
 PAGE_SIZE_BYTES = 16_384  # takes effect on a new, empty file only
 WRITER_CACHE_KIB = 65_536
@@ -132,10 +133,16 @@ class SqliteStore(Store):
         self._gpu_rows = sqlite_catalog.GpuRows(catalog_granularity_ns, catalog)
         self._checked: set[schema.GpuFields] = set()  # descriptors that passed check_batch
         self._metrics = sqlite_metrics.MetricIds()
-        with self._tx() as conn:
-            conn.execute(DDL)
-            sqlite_metrics.create(conn)
-            sqlite_catalog.migrate(conn)
+        # Opening waits up to OPEN_WAIT_S for the write lock, not `timeout_s`: another process
+        # may be converting the file (`store.sqlite_metrics`, a full copy under the lock).
+        self._conn().execute(f"PRAGMA busy_timeout={int(OPEN_WAIT_S * 1000)}")
+        try:
+            with self._tx() as conn:
+                conn.execute(DDL)
+                sqlite_metrics.create(conn)
+                sqlite_catalog.migrate(conn)
+        finally:
+            self._conn().execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
 
     def _conn(self) -> sqlite3.Connection:
         """Return this thread's connection, opening it on first use."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
+import time
 
 import pytest
 
@@ -117,3 +119,27 @@ def test_a_metric_filter_naming_no_stored_metric_reads_nothing(tmp_path) -> None
         assert [p.metric for p in store.query_points(gpu(1).uuid, T0, T0, ["DCGM_FI_LATER"])] == [
             "DCGM_FI_LATER"
         ]
+
+
+def test_an_open_waits_for_another_process_holding_the_file_to_convert_it(tmp_path) -> None:
+    """A conversion holds the write lock for as long as it copies (a minute for ten million
+    points): a gateway opening the file meanwhile waits for it, not its 30 s busy timeout."""
+    path = tmp_path / "t.db"
+    SqliteStore(path).close()
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # as a converting process does
+    release = threading.Timer(2.0, lambda: holder.execute("COMMIT"))
+    release.start()
+    try:
+        started = time.monotonic()
+        store = SqliteStore(path, timeout_s=0.5)  # its own writes give up after 0.5 s
+        waited = time.monotonic() - started
+    finally:
+        release.join()
+        holder.close()
+    try:
+        assert 1.5 < waited < 10, waited
+        store.write(grid([gpu(1)], [UTIL], [T0]))
+        assert store.count_points() == {(gpu(1).uuid, UTIL): 1}
+    finally:
+        store.close()
