@@ -191,6 +191,16 @@ class SqliteStore(Store):
         with _reading():
             return self._conn().execute(sql, args).fetchall()
 
+    def _metric_filter(self, names: list[str] | None) -> tuple[str, list[int]] | None:
+        """The `AND p.metric_id IN (…)` clause and arguments of validated metric `names`:
+        ("", []) without a filter, None when it names no metric the file holds."""
+        if not names:
+            return "", []
+        ids = self._metric_ids(names)
+        if not ids:
+            return None
+        return f" AND p.metric_id IN ({','.join('?' * len(ids))})", ids
+
     def _metric_ids(self, names: list[str]) -> list[int]:
         """The ids of those metric `names` the file holds (a read; see `store.sqlite_metrics`)."""
         with _reading():
@@ -364,12 +374,11 @@ class SqliteStore(Store):
         names = validate.metrics(metrics)
         cursor = validate.cursor(after)
         most = validate.positive("limit", limit)
-        if names:
-            ids = self._metric_ids(names)
-            if not ids:
-                return []
-            sql += f" AND p.metric_id IN ({','.join('?' * len(ids))})"
-            args += ids
+        found = self._metric_filter(names)
+        if found is None:
+            return []
+        sql += found[0]
+        args += found[1]
         if cursor:
             sql += " AND p.time_ns >= ? AND (p.time_ns > ? OR m.name > ?)"
             args += [cursor[0], cursor[0], cursor[1]]
@@ -396,13 +405,11 @@ class SqliteStore(Store):
             " WHERE g.uuid = ? AND p.time_ns BETWEEN ? AND ?"
         )
         args: list[object] = [every, every, validate.text("uuid", uuid), start, end]
-        names = validate.metrics(metrics)
-        if names:
-            ids = self._metric_ids(names)
-            if not ids:
-                return []
-            sql += f" AND p.metric_id IN ({','.join('?' * len(ids))})"
-            args += ids
+        found = self._metric_filter(validate.metrics(metrics))
+        if found is None:
+            return []
+        sql += found[0]
+        args += found[1]
         rows = self._read(sql + " GROUP BY w, p.metric_id ORDER BY w, m.name", args)
         return [WindowValue(str(m), int(w), float(v)) for w, m, v, _ in rows]
 

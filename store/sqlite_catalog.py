@@ -226,13 +226,21 @@ def _update_last_seen(
 
 def _row_ids(conn: sqlite3.Connection, uuids: Iterable[str]) -> dict[str, int]:
     """Return the row id of each uuid (rows that exist: upserted just before)."""
-    wanted = list(dict.fromkeys(uuids))
+    return ids_by_key(conn, "gpus", "uuid", uuids)
+
+
+def ids_by_key(
+    conn: sqlite3.Connection, table: str, column: str, keys: Iterable[str]
+) -> dict[str, int]:
+    """Return the `id` of each row of `table` whose `column` is one of `keys` (those that
+    exist), looked up `_ID_CHUNK` keys at a time. `table` and `column` are this package's."""
+    wanted = list(dict.fromkeys(keys))
     out: dict[str, int] = {}
     for i in range(0, len(wanted), _ID_CHUNK):
         chunk = wanted[i : i + _ID_CHUNK]
         marks = ",".join("?" * len(chunk))
-        rows = conn.execute(f"SELECT uuid, id FROM gpus WHERE uuid IN ({marks})", chunk)
-        out.update((str(u), int(i)) for u, i in rows)
+        rows = conn.execute(f"SELECT {column}, id FROM {table} WHERE {column} IN ({marks})", chunk)
+        out.update((str(k), int(i)) for k, i in rows)
     return out
 
 

@@ -26,6 +26,8 @@ import threading
 import time
 from collections.abc import Sequence
 
+from store.sqlite_catalog import ids_by_key
+
 log = logging.getLogger(__name__)
 
 METRICS_DDL = """
@@ -41,7 +43,6 @@ CREATE TABLE IF NOT EXISTS {name} (
     value REAL NOT NULL, source_time_ns INTEGER NOT NULL,
     PRIMARY KEY (gpu_id, metric_id)) WITHOUT ROWID"""
 _INSERT_NAME = "INSERT OR IGNORE INTO metrics (name) VALUES (?)"
-_CHUNK = 500  # names per lookup (well under SQLite's bound on parameters)
 MAX_CACHED = 100_000  # names remembered; past it the cache starts again (slower, never wrong)
 
 
@@ -142,11 +143,4 @@ class MetricIds:
 
 def _select(conn: sqlite3.Connection, names: Sequence[str]) -> dict[str, int]:
     """The ids of those names `metrics` holds."""
-    wanted = list(dict.fromkeys(names))
-    out: dict[str, int] = {}
-    for i in range(0, len(wanted), _CHUNK):
-        chunk = wanted[i : i + _CHUNK]
-        marks = ",".join("?" * len(chunk))
-        rows = conn.execute(f"SELECT name, id FROM metrics WHERE name IN ({marks})", chunk)
-        out.update((str(n), int(i)) for n, i in rows)
-    return out
+    return ids_by_key(conn, "metrics", "name", names)
