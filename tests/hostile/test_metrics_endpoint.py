@@ -112,8 +112,11 @@ def test_every_component_endpoint_is_bounded(component):
                 lambda: registry.get_sample_value(refused, {"reason": "timeout"}),
                 timeout_s=10,
             )
-        evicted = registry.get_sample_value(refused, {"reason": "evicted"})
-        assert evicted is not None and evicted >= 200 - 8
+        # Each connection beyond the 8 slots was closed: evicted by a newer one, or, when
+        # fewer than 8 newer ones came within its 1 s (a loaded machine), timed out.
+        evicted = registry.get_sample_value(refused, {"reason": "evicted"}) or 0
+        timed_out = registry.get_sample_value(refused, {"reason": "timeout"}) or 0
+        assert evicted >= 100 and evicted + timed_out >= 200 - 8, (evicted, timed_out)
     finally:
         server.stop()
 
