@@ -19,6 +19,7 @@ from gateway.openapi import Operation, operation
 from gateway.params import CURSOR, DEFAULT_LIMIT, LIMIT, METRIC_PATTERN, Param, metric_name
 from gateway.times import TIME_HELP, format_time, format_times, parse_duration, parse_time
 from store import GpuSummary, Store
+from store.base import RawPoint
 from store.validate import MAX_NS
 
 bp = Blueprint("telemetry", __name__, url_prefix="/api/v1")
@@ -123,13 +124,34 @@ def parse_query() -> TelemetryQuery:
     )
 
 
+def _after(q: TelemetryQuery, uuid: str) -> tuple[int, str] | None:
+    """Return the keyset of the request's cursor for this GPU (400 when it is not one)."""
+    return cursor.time_key(q.cursor, q.fingerprint(uuid)) if q.cursor else None
+
+
 def raw_page(
-    store: Store, gpu: GpuSummary, q: TelemetryQuery
-) -> tuple[list[schemas.Point], str | None]:
-    """Return one page of raw points and the next cursor (None on the last page)."""
-    fp = q.fingerprint(gpu.uuid)
-    after = cursor.time_key(q.cursor, fp) if q.cursor else None
-    found = store.query_raw(gpu.uuid, q.lo, q.hi, q.metrics, q.limit + 1, after)
+    store: Store, gpu_id: str, q: TelemetryQuery
+) -> tuple[GpuSummary, list[schemas.Point], str | None]:
+    """Return the GPU `gpu_id` names, one page of its raw points and the next cursor.
+
+    A uuid's GPU and page are one store read (`Store.query_gpu_raw`: one request to
+    InfluxDB). An index, an unknown id, or a cursor made for the uuid an index names is
+    resolved first (`lookup.resolve`: its 404 and 409 come before a 400 for the metrics).
+    """
+    gpu: GpuSummary | None = None
+    found: list[RawPoint] | None = None
+    try:
+        after = _after(q, gpu_id)
+    except BadRequest:
+        pass  # resolve first: the cursor may be the uuid's, or the id unknown (404 first)
+    else:
+        gpu, found = store.query_gpu_raw(gpu_id, q.lo, q.hi, q.metrics, q.limit + 1, after)
+    if gpu is None:
+        gpu, found = lookup.resolve(store, gpu_id), None
+    known_metrics.check(store, q.metrics)
+    if found is None:
+        after = _after(q, gpu.uuid)
+        found = store.query_raw(gpu.uuid, q.lo, q.hi, q.metrics, q.limit + 1, after)
     page = found[: q.limit]
     # Plain tuples and one formatted stamp per distinct time: this loop is most of a page's CPU.
     stamps = format_times([row[0] for row in page])
@@ -139,7 +161,8 @@ def raw_page(
         for t, metric, value, s in page
     ]
     more = len(found) > q.limit
-    return points, cursor.encode([page[-1][0], page[-1][1]], fp) if more else None
+    fp = q.fingerprint(gpu.uuid)
+    return gpu, points, cursor.encode([page[-1][0], page[-1][1]], fp) if more else None
 
 
 def window_page(
@@ -178,9 +201,12 @@ def telemetry(gpu_id: str) -> Response:
     """Return one page of a GPU's telemetry."""
     q = parse_query()
     store = current_store()
-    gpu = lookup.resolve(store, gpu_id)
-    known_metrics.check(store, q.metrics)
-    points, next_cursor = (window_page if q.every else raw_page)(store, gpu, q)
+    if q.every:
+        gpu = lookup.resolve(store, gpu_id)
+        known_metrics.check(store, q.metrics)
+        points, next_cursor = window_page(store, gpu, q)
+    else:
+        gpu, points, next_cursor = raw_page(store, gpu_id, q)
     body: schemas.TelemetryPage = {
         "gpu": lookup.describe(gpu),
         "start_time": None if q.start_ns is None else format_time(q.start_ns),

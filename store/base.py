@@ -193,6 +193,24 @@ class Store(abc.ABC):
         found = self.query_points(uuid, start_ns, end_ns, metrics, limit, after)
         return [(p.time_ns, p.metric, p.value, p.source_time_ns) for p in found]
 
+    def query_gpu_raw(
+        self,
+        uuid: str,
+        start_ns: int,
+        end_ns: int,
+        metrics: Sequence[str] | None = None,
+        limit: int = 1000,
+        after: tuple[int, str] | None = None,
+    ) -> tuple[GpuSummary | None, list[RawPoint]]:
+        """Return `get_gpu(uuid)` and, when it is a GPU, its `query_raw` page (else no points).
+
+        The telemetry page's read: a store whose reads are network round trips overrides it
+        to make both in one (InfluxDB).
+        """
+        gpu = self.get_gpu(uuid)
+        points = self.query_raw(uuid, start_ns, end_ns, metrics, limit, after) if gpu else []
+        return gpu, points
+
     def latest(self, uuid: str) -> dict[str, StoredPoint]:
         """Return the newest point of each metric of this GPU (empty when unknown).
 

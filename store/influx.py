@@ -57,7 +57,7 @@ from store.base import (
     newest_bound_ns,
 )
 from store.lineprotocol import LineProtocolEncoder
-from store.v1query import QueryClient
+from store.v1query import QueryClient, Series
 
 _DIALECT = Dialect(  # type: ignore[no-untyped-call]
     header=True, delimiter=",", annotations=[], comment_prefix="#", date_time_format="RFC3339Nano"
@@ -278,15 +278,44 @@ class InfluxStore(Store):
         after: tuple[int, str] | None = None,
     ) -> list[RawPoint]:
         """What `query_points` returns, as plain tuples (see `store.influx_points`)."""
+        return self._page(uuid, start_ns, end_ns, metrics, limit, after)[1]
+
+    def query_gpu_raw(
+        self,
+        uuid: str,
+        start_ns: int,
+        end_ns: int,
+        metrics: Sequence[str] | None = None,
+        limit: int = 1000,
+        after: tuple[int, str] | None = None,
+    ) -> tuple[GpuSummary | None, list[RawPoint]]:
+        """`get_gpu` and `query_raw` in one request to InfluxDB (two statements)."""
+        led, points = self._page(uuid, start_ns, end_ns, metrics, limit, after, gpu=True)
+        gpu = influx_catalog.gpu_of(led[0])
+        return gpu, points if gpu is not None else []
+
+    def _page(
+        self,
+        uuid: str,
+        start_ns: int,
+        end_ns: int,
+        metrics: Sequence[str] | None,
+        limit: int,
+        after: tuple[int, str] | None,
+        gpu: bool = False,
+    ) -> tuple[list[list[Series]], list[RawPoint]]:
         start, end = validate.time_range(start_ns, end_ns)
+        uuid = validate.text("uuid", uuid)
+        lead = [influx_catalog.gpu_statement(uuid)] if gpu else []
         return influx_points.page(
             self._v1,
-            validate.text("uuid", uuid),
+            uuid,
             start,
             end,
             validate.metrics(metrics),
             validate.positive("limit", limit),
             validate.cursor(after),
+            lead,
         )
 
     def latest_of(

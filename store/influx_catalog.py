@@ -275,6 +275,19 @@ def summarize(candidate: Candidate) -> GpuSummary | None:
     )  # fmt: skip
 
 
+def gpu_statement(uuid: str) -> str:
+    """Return the statement for one GPU's records: one shard, one uuid."""
+    shard = catalog.shard_of(uuid)
+    return influxql.catalog_gpus(range(shard, shard + 1), {schema.TAG_UUID: uuid})
+
+
+def gpu_of(found: list[Series]) -> GpuSummary | None:
+    """Return the GPU the series of `gpu_statement` hold, or None."""
+    records = (parse_gpu(row) for series in found for row in complete(series.values))
+    gpus = catalog.reduce_gpus(records)
+    return gpus[0] if gpus else None
+
+
 class CatalogReader:
     """Pages of the catalog through InfluxQL on the `/query` endpoint (`store.influxql`).
 
@@ -345,9 +358,7 @@ class CatalogReader:
 
     def gpu(self, uuid: str) -> GpuSummary | None:
         """Return the GPU with this uuid (one shard, one uuid), or None."""
-        shard = catalog.shard_of(uuid)
-        found = catalog.reduce_gpus(self.records(range(shard, shard + 1), {schema.TAG_UUID: uuid}))
-        return found[0] if found else None
+        return gpu_of(self._client.series(gpu_statement(uuid)))
 
     def names(self, kind: str, limit: int, after: str | None) -> list[str]:
         """Return a page of names of one kind, in catalog order."""

@@ -31,13 +31,13 @@ from store import influxql, schema
 from store.base import RawPoint, StoredPoint
 from store.v1query import QueryClient, Series
 
-Row = tuple[int, str, Any, Any]  # (time_ns, metric, value or None, source_time or None)
+Row = list[Any]  # [time_ns, value or None, source_time or None, metric]: as InfluxQL answers
 
 
 # Rows read beyond a page, so that its last time is usually complete without a second read
 # (a GPU has one point per metric at a time: a few dozen metrics fit in the slack).
 SLACK = 64
-_ORDER = itemgetter(0, 1)  # (time, metric): the page order
+_ORDER = itemgetter(0, 3)  # (time, metric): the page order
 # GPUs per `latest` statement. InfluxDB 1.8 reduces a statement's WHERE for each series it
 # reads, so an OR of n uuids costs O(n) per series: 1,000 GPUs took 480-600 ms as one
 # statement of 1,000 uuids, 160-180 ms as ten of 100, 230-250 ms as 1,000 of one.
@@ -45,8 +45,14 @@ LATEST_CHUNK = 100
 
 
 def _rows(found: list[Series]) -> list[Row]:
-    """Rows of `influxql.points` (columns: time, value, source_time, metric)."""
-    return [(t, m, v, s) for series in found for t, v, s, m in series.values]
+    """The rows of `influxql.points` (columns: time, value, source_time, metric), in time order.
+
+    One statement without GROUP BY answers one series, whose rows come in time order; the
+    rows are InfluxQL's own lists, not copied (a page's post-processing is gateway CPU).
+    """
+    if len(found) == 1:
+        return found[0].values
+    return sorted((r for series in found for r in series.values), key=itemgetter(0))
 
 
 def _complete(
@@ -66,11 +72,12 @@ def _complete(
     """
     if len(main) < asked:
         return main
-    last = max(r[0] for r in main)
-    before = [r for r in main if r[0] != last]
-    if len(before) >= limit:
-        return before
-    return before + _rows(client.series(influxql.points(uuid, last, last, metrics, None)))
+    last, cut = main[-1][0], len(main) - 1
+    while cut and main[cut - 1][0] == last:
+        cut -= 1
+    if cut >= limit:
+        return main[:cut]
+    return main[:cut] + _rows(client.series(influxql.points(uuid, last, last, metrics, None)))
 
 
 def page(
@@ -81,30 +88,37 @@ def page(
     metrics: Sequence[str] | None,
     limit: int,
     after: tuple[int, str] | None,
-) -> list[RawPoint]:
-    """Up to `limit` points in [start_ns, end_ns] after `after`, ordered by (time, metric)."""
-    if after is not None and after[0] > end_ns:
-        return []  # the cursor is past the range: nothing follows it inside
+    lead: Sequence[str] = (),
+) -> tuple[list[list[Series]], list[RawPoint]]:
+    """Up to `limit` points in [start_ns, end_ns] after `after`, ordered by (time, metric).
+
+    The `lead` statements ride in the same request, before the page's: their results come
+    first (the telemetry page reads its GPU's catalog entry so, `InfluxStore.query_gpu_raw`).
+    """
+    if after is not None and after[0] > end_ns:  # the cursor is past the range
+        return (client.results(list(lead)) if lead else []), []
     at_cursor = after is not None and after[0] >= start_ns
-    statements, lo = [], start_ns
+    statements, lo = list(lead), start_ns
     if after is not None and at_cursor:
         statements.append(influxql.points(uuid, after[0], after[0], metrics, None))
         lo = after[0] + 1
     if lo <= end_ns:
         statements.append(influxql.points(uuid, lo, end_ns, metrics, limit + SLACK))
-    found = [_rows(r) for r in client.results(statements)] if statements else []
+    results = client.results(statements) if statements else []
+    led, found = results[: len(lead)], [_rows(r) for r in results[len(lead) :]]
     rows: list[Row] = []
     if after is not None and at_cursor:
-        rows = [r for r in found.pop(0) if r[1] > after[1]]
+        rows = [r for r in found.pop(0) if r[3] > after[1]]
     if found:
         rows += _complete(client, found[0], uuid, metrics, limit, limit + SLACK)
     rows.sort(key=_ORDER)
-    out: list[RawPoint] = []
-    for t, metric, value, source in rows[:limit]:
+    del rows[limit:]
+    for i, (_, value, source, _) in enumerate(rows):
         if value is None or source is None:
-            break  # half-written point: the page ends before it
-        out.append((t, metric, float(value), int(source)))
-    return out
+            del rows[i:]  # half-written point: the page ends before it
+            break
+    # float(): InfluxDB's JSON (a server answering no MessagePack) writes 3.0 as 3
+    return led, [(t, metric, float(value), int(source)) for t, value, source, metric in rows]
 
 
 def latest(

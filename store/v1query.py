@@ -8,8 +8,12 @@ otherwise needs `influx v1 dbrp create` (docs/storage.md). Authentication is the
 
 Thread- and greenlet-safe: one urllib3 pool per store keeps up to POOL_SIZE keep-alive
 connections, and a request beyond them opens a connection it then drops (no waiting).
-Responses are read whole and parsed with orjson (ns timestamps via `epoch=ns`, exact
-64-bit integers). Errors become the store's error tree here, in one place.
+Responses are asked for in MessagePack and read whole (ns timestamps via `epoch=ns`, exact
+64-bit integers): influxd encodes a 1,000-point page in MessagePack with about a quarter
+less CPU than in JSON (its JSON encoder goes through reflection; docs/benchmarks.md), and
+msgpack decodes it about as fast as orjson parses the JSON. A server that answers JSON
+anyway (the `Content-Type` says which) is parsed with orjson. Errors become the store's
+error tree here, in one place.
 """
 
 from __future__ import annotations
@@ -17,12 +21,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
 import orjson
 import urllib3
 
 from store.base import StoreError, StoreUnavailable
 
 POOL_SIZE = 16
+# influxd picks its encoder by an exact match of the whole Accept header (1.8 and 2.x).
+MSGPACK = "application/x-msgpack"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +53,7 @@ class QueryClient:
     def __init__(self, url: str, bucket: str, token: str, timeout_ms: int = 10_000) -> None:
         self._url = url.rstrip("/") + "/query"
         self._params = {**dbrp(bucket), "epoch": "ns"}
-        self._headers = {"Authorization": f"Token {token}", "Accept": "application/json"}
+        self._headers = {"Authorization": f"Token {token}", "Accept": MSGPACK}
         self._pool = urllib3.PoolManager(
             maxsize=POOL_SIZE, block=False, retries=False,
             timeout=urllib3.Timeout(total=timeout_ms / 1000),
@@ -82,20 +89,31 @@ class QueryClient:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise StoreUnavailable(f"InfluxDB query failed: {type(exc).__name__}: {exc}") from exc
         if resp.status != 200:
-            raise _status_error(resp.status, resp.data)
+            raise _status_error(resp.status, resp.data, resp.headers.get("Content-Type", ""))
         try:
-            parsed: dict[str, Any] = orjson.loads(resp.data)
-        except orjson.JSONDecodeError as exc:
-            raise StoreUnavailable(f"InfluxDB query answered no JSON: {exc}") from exc
-        return parsed
+            return _decode(resp.headers.get("Content-Type", ""), resp.data)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:  # orjson's: ValueError
+            raise StoreUnavailable(f"InfluxDB answered no JSON or MessagePack: {exc}") from exc
 
     def close(self) -> None:
         """Drop the pooled connections."""
         self._pool.clear()
 
 
-def _status_error(status: int, data: bytes) -> StoreError:
-    detail = f"InfluxDB query failed: HTTP {status}: {data[:300].decode(errors='replace')}"
+def _decode(content_type: str, data: bytes) -> dict[str, Any]:
+    """Return a `/query` body as a dict, by its content type (MessagePack or JSON)."""
+    parsed = msgpack.unpackb(data) if content_type.startswith(MSGPACK) else orjson.loads(data)
+    if not isinstance(parsed, dict):
+        raise ValueError(f"the body is a {type(parsed).__name__}, not an object")
+    return parsed
+
+
+def _status_error(status: int, data: bytes, content_type: str = "") -> StoreError:
+    try:
+        message = str(_decode(content_type, data).get("error", ""))
+    except (ValueError, TypeError, msgpack.UnpackException):
+        message = data[:300].decode(errors="replace")
+    detail = f"InfluxDB query failed: HTTP {status}: {message[:300]}"
     if status >= 500 or status in (408, 429):
         return StoreUnavailable(detail)
     if status == 404:

@@ -91,10 +91,30 @@ def test_single_host_index_resolves(client) -> None:
     assert len(body["points"]) == 1
 
 
+def test_an_index_pages_with_the_cursors_its_uuid_gets(client) -> None:
+    """A uuid's page is one store read with its GPU; an index (and its cursor) resolves first."""
+    by_uuid, by_index = f"/api/v1/gpus/{data.UNIQUE.uuid}/telemetry", "/api/v1/gpus/5/telemetry"
+    seen: dict[str, list[tuple[str, str]]] = {}
+    for path in (by_uuid, by_index):
+        seen[path], args = [], {"limit": "3"}
+        while True:
+            body = client.get(path, query_string=args).get_json()
+            assert body["gpu"]["uuid"] == data.UNIQUE.uuid
+            seen[path] += keys(body["points"])
+            if body["next_cursor"] is None:
+                break
+            args["cursor"] = body["next_cursor"]
+    assert seen[by_uuid] == seen[by_index] and len(seen[by_uuid]) > 3
+    bad = problem(client.get(by_uuid, query_string={"cursor": "not-a-cursor"}), 400)
+    assert bad["parameter"] == "cursor"
+
+
 @pytest.mark.parametrize("gpu_id", ["GPU-nope", "6", "99999"])
 def test_unknown_gpu_is_404(client, gpu_id: str) -> None:
     problem(client.get(f"/api/v1/gpus/{gpu_id}"), 404)
     problem(client.get(f"/api/v1/gpus/{gpu_id}/telemetry"), 404)
+    # the GPU is looked up before the metrics and the cursor are judged
+    problem(client.get(f"/api/v1/gpus/{gpu_id}/telemetry?metric=NOPE&cursor=x"), 404)
 
 
 def test_telemetry_all_points_in_order_with_identity_once(client) -> None:

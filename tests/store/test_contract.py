@@ -331,6 +331,27 @@ def test_query_raw_is_query_points_as_tuples(store: Store) -> None:
         store.query_raw(a.uuid, T0 + 1, T0)
 
 
+def test_query_gpu_raw_is_get_gpu_and_query_raw(store: Store) -> None:
+    """The telemetry page's one read: the GPU and its page, as the two reads give them."""
+    a, b = gpu(1), gpu(2)
+    times = [T0, T0 + 1, T0 + S, T0 + 2 * S]
+    store.write(grid([a, b], [UTIL, TEMP, POWER], times))
+    cases: list[tuple[int, int, list[str] | None, int, tuple[int, str] | None]] = [
+        (T0, T0 + 3 * S, None, 1000, None),
+        (T0, T0 + 3 * S, [POWER, UTIL], 4, None),
+        (T0, T0 + 3 * S, None, 5, (T0 + 1, TEMP)),
+        (T0, T0 + S, None, 5, (T0 + 2 * S, TEMP)),  # the cursor is past the range
+        (T0 + 2, T0 + S - 1, None, 1000, None),  # nothing inside
+    ]
+    for start, end, metrics, limit, after in cases:
+        found, points = store.query_gpu_raw(b.uuid, start, end, metrics, limit, after)
+        assert found == store.get_gpu(b.uuid) and found is not None
+        assert points == store.query_raw(b.uuid, start, end, metrics, limit, after)
+    assert store.query_gpu_raw("GPU-none", T0, T0 + 3 * S) == (None, [])
+    with pytest.raises(InvalidArgument):
+        store.query_gpu_raw(a.uuid, T0 + 1, T0)
+
+
 def test_latest(store: Store) -> None:
     g = gpu(1)
     store.write(batch([(g, UTIL, T0 + S, 2.0), (g, TEMP, T0, 40.0)]))

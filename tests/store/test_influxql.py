@@ -8,10 +8,11 @@ errors map onto the store's error tree, and that caller values cannot leave thei
 from __future__ import annotations
 
 import pytest
+import urllib3
 
 from store import StoreError, StoreUnavailable, open_store
 from store.influxql import any_of, ident, points, string
-from store.v1query import QueryClient, dbrp
+from store.v1query import MSGPACK, QueryClient, _decode, dbrp
 from tests.fixtures.broker import free_port
 from tests.fixtures.influx import InfluxServer
 from tests.store.helpers import T0, S, gpu, grid
@@ -78,3 +79,33 @@ def test_errors_map_onto_the_store_error_tree(influx_server: InfluxServer) -> No
     down = QueryClient(f"http://127.0.0.1:{free_port()}", conn.bucket, conn.token, 2_000)
     with pytest.raises(StoreUnavailable):
         down.series(points("GPU-1", 0, 1, None, 1))
+
+
+def test_answers_come_in_messagepack_and_read_as_their_json(influx_server: InfluxServer) -> None:
+    """influxd encodes MessagePack with less CPU than JSON; both must read the same."""
+    conn = influx_server.create_database()
+    with open_store("influx", **conn.store_opts()) as store:
+        store.write(grid([gpu(1)], [UTIL, "DCGM_FI_DEV_POWER_USAGE"], [T0, T0 + S]))
+    statement = points(gpu(1).uuid, 0, T0 + S, None, 10)
+    bodies = {}
+    for accept in (MSGPACK, "application/json"):
+        resp = urllib3.PoolManager().request(
+            "POST", f"{conn.url}/query", headers={"Accept": accept}, encode_multipart=False,
+            fields={"db": conn.bucket, "epoch": "ns", "q": statement},
+        )  # fmt: skip
+        assert resp.status == 200
+        bodies[accept] = _decode(resp.headers["Content-Type"], resp.data)
+        assert resp.headers["Content-Type"].startswith(accept)  # the server honours it
+    assert bodies[MSGPACK] == bodies["application/json"]
+    [series] = bodies[MSGPACK]["results"][0]["series"]
+    assert series["values"][0] == [T0, 0.0, T0 - S, UTIL]  # ns exact, a float stays a float
+    client = QueryClient(conn.url, conn.bucket, conn.token)
+    try:
+        [read] = client.series(statement)
+        assert read.values == series["values"]
+    finally:
+        client.close()
+    with pytest.raises(ValueError):
+        _decode(MSGPACK, b"\x93\x01")  # cut short
+    with pytest.raises(ValueError):
+        _decode("application/json", b"[1, 2]")  # not an object
