@@ -7,6 +7,9 @@ errors map onto the store's error tree, and that caller values cannot leave thei
 
 from __future__ import annotations
 
+import struct
+
+import msgpack
 import pytest
 import urllib3
 
@@ -105,6 +108,11 @@ def test_answers_come_in_messagepack_and_read_as_their_json(influx_server: Influ
         assert read.values == series["values"]
     finally:
         client.close()
+    # a server that sends Go times, not `epoch=ns` integers: msgp's extension, or the standard one
+    go_time = msgpack.ExtType(5, struct.pack(">qI", T0 // S, T0 % S + 7))
+    std_time = msgpack.Timestamp.from_unix_nano(T0 + 7)
+    for t in (go_time, std_time):
+        assert _decode(MSGPACK, msgpack.packb({"t": [t]})) == {"t": [T0 + 7]}
     with pytest.raises(ValueError):
         _decode(MSGPACK, b"\x93\x01")  # cut short
     with pytest.raises(ValueError):
