@@ -143,15 +143,20 @@ def _pages(fetch: Callable[[str], Any], path: str, most: int = 400) -> list[str]
     return out
 
 
-def endpoints(fetch: Callable[[str], Any], gpus: list[Gpu]) -> dict[str, list[str]]:
-    """Request paths per measured endpoint (`fetch` GETs a path's JSON, to find the pages)."""
-    rng = random.Random(5)
+def telemetry_paths(gpus: list[Gpu], rng: random.Random) -> list[str]:
+    """500 one-hour telemetry pages (1,000 of 1,200 points) of the deep GPUs."""
     windows = [T0 + k * 30 * S for k in range(DEEP_SCRAPES // 2)]
-    telemetry = [
+    return [
         f"/api/v1/gpus/{rng.choice(gpus[:DEEP]).uuid}/telemetry?start_time={t // S}"
         f"&end_time={(t + HOUR) // S}&limit=1000"
         for t in (rng.choice(windows) for _ in range(500))
     ]
+
+
+def endpoints(fetch: Callable[[str], Any], gpus: list[Gpu]) -> dict[str, list[str]]:
+    """Request paths per measured endpoint (`fetch` GETs a path's JSON, to find the pages)."""
+    rng = random.Random(5)
+    telemetry = telemetry_paths(gpus, rng)
     return {
         "gpus": _pages(fetch, "/api/v1/gpus?limit=1000"),
         "hosts": _pages(fetch, "/api/v1/hosts"),
