@@ -296,3 +296,35 @@ def test_a_fleet_past_the_page_cap_says_it_was_cut_short(big, browser):
         assert notice.is_displayed()
         assert "first 2000 GPUs" in notice.text and "200 pages" in notice.text
         page_is_clean(browser, proxy)
+
+
+def test_a_host_list_past_its_page_cap_says_so_and_links_still_open(big, browser):
+    """The proxy turns the host list's 1,000-name pages into 5-name ones: 313 hosts are 63
+    pages, past the list's cap of 50. The list stops at 250 hosts and the page says so (it
+    stopped silently before); a host past the cap still opens from its link."""
+
+    def small(path: str) -> str:
+        if path.startswith("/api/v1/hosts?"):
+            return path.replace("limit=1000", "limit=5")
+        return path
+
+    last = GPUS[-1].hostname  # node-0312: on the 63rd page
+    with Proxy(big.url, rewrite=small) as proxy:
+        forget_requests(browser)
+        browser.get(proxy.url + "/ui/")
+        wait_for(browser, "#fleet", timeout_s=120, state="ready", listsCut="hosts")
+        assert len(proxy.asked("/api/v1/hosts?")) == 50
+        options = Select(browser.find_element(By.ID, "host")).options
+        assert len(options) == 1 + 250 and last not in [o.get_attribute("value") for o in options]
+        notice = browser.find_element(By.ID, "lists-cut")
+        assert notice.is_displayed() and "first 250 hosts" in notice.text, notice.text
+        page_is_clean(browser, proxy)
+
+        browser.get(f"{proxy.url}/ui/?host={last}")
+        wait_ready(browser, "#fleet", timeout_s=120, gpus="4")
+        assert Select(browser.find_element(By.ID, "host")).first_selected_option.text == last
+        tiles = browser.find_elements(By.CSS_SELECTOR, "#fleet a.gpu")
+        assert sorted(t.get_attribute("data-uuid") for t in tiles) == sorted(
+            g.uuid for g in GPUS if g.hostname == last
+        )
+        page_is_clean(browser, proxy)

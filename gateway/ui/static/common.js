@@ -35,7 +35,8 @@ const gputel = (() => {
     return body;
   }
 
-  /** Follow `next_cursor` and concatenate `key` of every page (at most maxPages). */
+  /** Follow `next_cursor` and concatenate `key` of every page (at most maxPages). The array's
+      `truncated` is true when the cap left pages unread, and `maxPages` says what the cap was. */
   async function allPages(path, key, maxPages = 50) {
     const out = [];
     let cursor = null;
@@ -46,6 +47,8 @@ const gputel = (() => {
       cursor = body.next_cursor;
       if (!cursor) break;
     }
+    out.truncated = Boolean(cursor);
+    out.maxPages = maxPages;
     return out;
   }
 

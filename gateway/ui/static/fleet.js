@@ -161,6 +161,17 @@
     history.replaceState(null, "", `${location.pathname}?${q}`);
   }
 
+  /** Say which filter lists stopped at their page cap (a fleet of more than 50,000 hosts). */
+  function listsCut(lists) {
+    const cut = Object.entries(lists).filter(([, names]) => names.truncated);
+    const note = $("lists-cut");
+    note.hidden = cut.length === 0;
+    note.textContent = cut.map(([kind, names]) => `The ${kind.slice(0, -1)} list offers the first ` +
+      `${names.length} ${kind} only (it reads at most ${names.maxPages} pages).`).join(" ") +
+      (cut.length ? " Open another with its link, e.g. /ui/?host=NAME." : "");
+    $("fleet").dataset.listsCut = cut.map(([kind]) => kind).join(",");
+  }
+
   async function init() {
     const [metricNames, hostNames, modelNames] = await Promise.all([
       allPages("/api/v1/metrics?limit=1000", "metrics"), allPages("/api/v1/hosts?limit=1000", "hosts"),
@@ -173,8 +184,15 @@
     $("metric").value = chosen;
     $("host").append(...hosts.hosts.map((h) => el("option", { value: h, text: h })));
     $("model").append(...modelNames.map((m) => el("option", { value: m, text: m })));
-    $("host").value = p.get("host") || "";
-    $("model").value = p.get("model") || "";
+    // A host or model past a list's cap is still reachable by its link (?host=…, ?model=…).
+    for (const id of ["host", "model"]) {
+      const wanted = p.get(id);
+      if (wanted && ![...$(id).options].some((o) => o.value === wanted)) {
+        $(id).append(el("option", { value: wanted, text: wanted }));
+      }
+      $(id).value = wanted || "";
+    }
+    listsCut({ metrics: metricNames, hosts: hostNames, models: modelNames });
     $("search").value = p.get("q") || "";
     $("search").addEventListener("input", () => { remember(); render(); });
     for (const id of ["metric", "host", "model"]) {
