@@ -62,7 +62,7 @@ from gputel.transport.base import GroupConsumer, Record
 from proto import codec
 from store import InvalidBatch, Store, StoreError, StoreUnavailable
 from walbroker.client import Backoff
-from walbroker.errors import BrokerError
+from walbroker.errors import BrokerError, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +126,19 @@ class Collector:
             self._stop.set()
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Ready while the store accepts writes; the detail goes into the /readyz body."""
-        return self._store_ok, {
+        """Ready while the store accepts writes and the broker has the topic.
+
+        The broker lacking the topic (or the group) is its last answer being NOT_FOUND while
+        no assignment came: the collector consumes nothing until someone creates it (it keeps
+        asking, and logs a warning naming the fix). The detail goes into the /readyz body.
+        """
+        assigned = self.consumer.assignment is not None
+        missing = not assigned and isinstance(self.consumer.last_error, NotFound)
+        return self._store_ok and not missing, {
             "store_up": self._store_ok,
             "consecutive_failures": self._failures,
-            "assigned": self.consumer.assignment is not None,
+            "assigned": assigned,
+            "topic_missing": missing,
         }
 
     def _on_revoke(self, partitions: set[int]) -> None:

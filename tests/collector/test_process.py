@@ -59,7 +59,8 @@ def test_a_missing_topic_is_one_warning_naming_it_the_broker_and_the_fix(
     broker_factory, sqlite_target, tmp_path
 ):
     """On a broker without the topic (no --topic for it, no --auto-create-topics) the collector
-    logged "consume stream interrupted; rejoining" at info about once a second, forever."""
+    logged "consume stream interrupted; rejoining" at info about once a second, forever, and
+    its /readyz answered ready while it consumed nothing."""
     b = broker_factory("--partitions", "2").start()
     c = CollectorProcess(b.address, sqlite_target, tmp_path / "collector.log")
     try:
@@ -72,12 +73,16 @@ def test_a_missing_topic_is_one_warning_naming_it_the_broker_and_the_fix(
         assert f"topic 'telemetry' does not exist on the broker at {b.address}" in msg
         assert "--topic telemetry" in msg and "create-topic telemetry" in msg
         assert (missing[0]["topic"], missing[0]["broker"]) == ("telemetry", b.address)
+        status, body = c.get("/readyz")  # it consumes nothing: not ready, and says why
+        assert status == 503 and json.loads(body)["topic_missing"] is True, body
         admin = [sys.executable, "-m", "walbroker.cli", "admin", "--broker", b.address]
         created = subprocess.run(
             [*admin, "create-topic", "telemetry"], capture_output=True, text=True, timeout=30
         )
         assert created.returncode == 0, created.stderr
         assert wait_for(lambda: '"msg": "assignment"' in c.log(), 15), c.log()  # it kept trying
+        c.wait_ready(15)
+        assert json.loads(c.get("/readyz")[1])["topic_missing"] is False
     finally:
         assert c.terminate() == 0, c.log()
 
