@@ -156,3 +156,20 @@ def test_write_job_transitions_are_asserted():
     job.to(JobState.COMMITTED)
     with pytest.raises(AssertionError, match="COMMITTED -> WRITING"):
         job.to(JobState.WRITING)  # a committed job is never written again
+
+
+def test_decode_without_labels_parses_each_new_entry_once_and_refuses_a_bad_one():
+    from dataclasses import replace
+
+    from proto import codec
+
+    labelled = [replace(g, labels={"job": "dcgm", "Hostname": g.hostname}) for g in (A, B)]
+    first = batch([labelled[0]], ["m"], [(0, 0, S)])
+    twice = batch([labelled[1], labelled[0], labelled[1]], ["m"], [(0, 0, S), (2, 0, 2 * S)])
+    one = codec.decode(codec.encode(first), labels=False)
+    both = codec.decode(codec.encode(twice), labels=False)
+    assert both.gpus == [B, A, B] and both.gpus[0] is both.gpus[2] and both.gpus[1] is one.gpus[0]
+    assert points(both) == [("GPU-b", "m", S), ("GPU-b", "m", 2 * S)]
+    bad_utf8 = b"\x0a\x04\x0a\x02\xff\xfe"  # one GPU entry whose uuid is not UTF-8
+    with pytest.raises(codec.CodecError, match="not a telemetry batch"):
+        codec.decode(bad_utf8 + codec.encode(first), labels=False)
