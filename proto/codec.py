@@ -179,7 +179,7 @@ def _interned(entries: Sequence[bytes]) -> list[Gpu]:
     if len(cache) > _MAX_INTERNED:
         cache.clear()
     out = list(map(cache.get, entries))  # C-level: the usual entry is one seen before
-    if None not in out:
+    if all(out):  # (not `None not in`: that calls the dataclass's __eq__ per entry)
         return cast(list[Gpu], out)
     parse = pb.GpuView.FromString
     for i, gpu in enumerate(out):

@@ -35,7 +35,8 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from operator import attrgetter, itemgetter
+from typing import TypeVar, cast
 
 from proto.batch import Gpu, PointBatch
 from store import schema
@@ -117,6 +118,10 @@ class CatalogUpdate:
 
 
 NO_UPDATE = CatalogUpdate()
+_UUID = itemgetter(0)
+_FIELDS = attrgetter("fields")
+_FIRST = attrgetter("first_seen_ns")
+_LAST = attrgetter("last_seen_ns")
 
 
 def _identity(fields: schema.GpuFields) -> tuple[str, int, str]:
@@ -180,7 +185,10 @@ class CatalogTracker:
         batch_lo = min(batch.time_ns)
         gpu_fields, known_gpus, granularity = schema.gpu_fields, self._gpus, self.granularity_ns
         with self._lock:
-            for gpu, (lo, hi) in _one_per_gpu(batch.gpus, spans(batch, newest_bound_ns())):
+            quiet = self._all_quiet(batch, batch_lo)
+            for gpu, (lo, hi) in (
+                () if quiet else _one_per_gpu(batch.gpus, spans(batch, newest_bound_ns()))
+            ):
                 if lo < 0:
                     continue
                 fields = gpu_fields(gpu)
@@ -202,6 +210,25 @@ class CatalogTracker:
                     names.setdefault(("metric", metric), batch_lo)
         records = tuple(NameRecord(k, n, t) for (k, n), t in sorted(names.items()))
         return CatalogUpdate(tuple(gpus), records)
+
+    def _all_quiet(self, batch: PointBatch, batch_lo: int) -> bool:
+        """True when no GPU of `batch` needs a record (lock held): the usual batch, decided
+        in a few C-level passes instead of the loop's ~1.5 us per GPU.
+
+        Every GPU is known with this descriptor, and the batch's whole time range lies in
+        [first_seen, last_seen + granularity) of each: then every GPU's own span does too,
+        which is the loop's "nothing new" case for each one.
+        """
+        fields = list(map(schema.gpu_fields, batch.gpus))
+        known = list(map(self._gpus.get, map(_UUID, fields)))
+        if not all(known):  # (not `None in`: that calls the dataclass's __eq__ per record)
+            return False
+        records = cast(list[GpuRecord], known)
+        return (
+            list(map(_FIELDS, records)) == fields
+            and batch_lo >= max(map(_FIRST, records), default=batch_lo)
+            and max(batch.time_ns) < min(map(_LAST, records), default=0) + self.granularity_ns
+        )
 
     def _gpu_records(
         self, known: GpuRecord | None, fields: schema.GpuFields, lo: int, hi: int

@@ -18,7 +18,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Any
+from operator import itemgetter
+from typing import Any, cast
 
 from proto.batch import PointBatch
 from store import catalog, schema
@@ -130,6 +131,8 @@ def backfill(conn: sqlite3.Connection) -> None:
 
 
 GpuRow = tuple[int, schema.GpuFields]  # row id, descriptor as stored
+_ROW_ID, _ROW_FIELDS = itemgetter(0), itemgetter(1)  # of a GpuRow
+_UUID = itemgetter(0)  # of a descriptor
 
 
 class GpuRows:
@@ -163,8 +166,14 @@ class GpuRows:
         re-described; the others are remembered already)."""
         spans = {r.uuid: r for r in update.gpus if not r.moved}
         fields = list(map(schema.gpu_fields, batch.gpus))
+        uuids = list(map(_UUID, fields))
         with self._lock:
-            known = list(map(self._rows.get, [f[0] for f in fields]))
+            known = list(map(self._rows.get, uuids))
+        if not spans and all(known):
+            rows = cast(list[GpuRow], known)
+            if list(map(_ROW_FIELDS, rows)) == fields:
+                # The usual batch: rows this process knows, as described; nothing to upsert.
+                return list(map(_ROW_ID, rows)), {}
         upserts: list[tuple[object, ...]] = []
         seen: list[tuple[object, ...]] = []  # rows this process knows: last_seen, id, fields
         seen_upserts: list[tuple[object, ...]] = []  # the same as upserts (see below)
@@ -188,11 +197,11 @@ class GpuRows:
         conn.executemany(UPSERT_GPU, upserts)
         if seen:
             _update_last_seen(conn, seen, seen_upserts)
-        learnt = _row_ids(conn, [f[0] for f, row in zip(fields, known, strict=True) if not row])
-        ids = [row[0] if row else learnt[f[0]] for f, row in zip(fields, known, strict=True)]
+        learnt = _row_ids(conn, [u for u, row in zip(uuids, known, strict=True) if not row])
+        ids = [row[0] if row else learnt[u] for u, row in zip(uuids, known, strict=True)]
         if not changed:
             return ids, {}
-        by_uuid = {f[0]: i for f, i in zip(fields, ids, strict=True)}
+        by_uuid = dict(zip(uuids, ids, strict=True))
         return ids, {f[0]: (by_uuid[f[0]], f) for f in changed}
 
     def names(self, update: catalog.CatalogUpdate) -> list[NameRow]:
@@ -240,7 +249,7 @@ def ids_by_key(
         chunk = wanted[i : i + _ID_CHUNK]
         marks = ",".join("?" * len(chunk))
         rows = conn.execute(f"SELECT {column}, id FROM {table} WHERE {column} IN ({marks})", chunk)
-        out.update((str(k), int(i)) for k, i in rows)
+        out.update(rows)  # (TEXT, INTEGER PRIMARY KEY): str and int as they come
     return out
 
 

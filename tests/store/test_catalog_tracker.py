@@ -3,11 +3,15 @@ needs, and the per-GPU spans they carry (the collector runs this on every batch)
 
 from __future__ import annotations
 
+import random
+from dataclasses import replace
+
 from proto.batch import Gpu, PointBatch
 from store.catalog import REFRESH_NS, CatalogTracker, spans
 from tests.store.helpers import T0, S, batch, gpu
 
 UTIL, TEMP = "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_GPU_TEMP"
+YEAR_2099 = 4_070_908_800 * S
 
 
 def test_spans_of_a_one_time_batch_and_of_a_mixed_one() -> None:
@@ -70,3 +74,29 @@ def test_a_later_last_seen_alone_is_marked_and_a_whole_record_sent_each_refresh(
     unconfirmed = CatalogTracker(granularity_ns=10 * S)
     unconfirmed.updates(batch([(g, UTIL, T0, 1.0)]))  # never acknowledged: whole again
     assert [r.seen_only for r in unconfirmed.updates(batch([(g, UTIL, t, 1.0)])).gpus] == [False]
+
+
+def test_a_batch_with_nothing_new_is_told_apart_exactly(monkeypatch) -> None:
+    """Known GPUs, same descriptors, times inside every window: no record, and any batch
+    outside that case gets exactly the records the per-GPU rules give."""
+    rnd = random.Random(7)
+    variants = [[gpu(n), replace(gpu(n), hostname=f"moved-{n}")] for n in range(6)]
+    quick, slow = CatalogTracker(granularity_ns=10 * S), CatalogTracker(granularity_ns=10 * S)
+    monkeypatch.setattr(slow, "_all_quiet", lambda *_: False)
+    quiet = 0
+    for step in range(400):
+        base = T0 + step * S
+        points = [
+            (rnd.choice(variants[n])if rnd.random() < 0.1 else variants[n][0], UTIL,
+             base + rnd.choice([0, 0, 0, -3 * S, 5 * S]), 1.0)
+            for n in rnd.sample(range(6), rnd.randint(1, 6))
+        ]  # fmt: skip
+        if rnd.random() < 0.05:
+            points.append((variants[0][0], TEMP, YEAR_2099, 2.0))  # from the future
+        update = quick.updates(batch(points))
+        assert update == slow.updates(batch(points)), step
+        quiet += not update.gpus
+        if rnd.random() < 0.9:  # some writes are never acknowledged
+            quick.confirm(update)
+            slow.confirm(update)
+    assert 50 < quiet < 390  # both cases were exercised

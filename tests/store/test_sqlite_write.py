@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from dataclasses import replace
 
 import pytest
 
-from store import StoredPoint, StoreError
+from store import InvalidBatch, StoredPoint, StoreError
 from store.sqlite import SqliteStore
 from tests.store.helpers import T0, S, batch, gpu, grid
 
@@ -79,5 +80,32 @@ def test_writers_on_several_threads_store_each_point_once(tmp_path) -> None:
         assert len(counts) == 80 and set(counts.values()) == {5}
         newest = store.latest_of([g.uuid for g in gpus])
         assert all(m[UTIL].time_ns == times[-1] for m in newest.values()) and len(newest) == 40
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"uuid": ""},
+        {"gpu": -1},
+        {"gpu": 10**256},
+        {"hostname": "h\x00"},
+        {"model": "m" * 257},
+        {"pod": "p\\"},
+    ],
+)
+def test_new_gpus_are_checked_together_and_the_bad_one_is_refused(tmp_path, bad) -> None:
+    store = SqliteStore(tmp_path / "t.db")
+    try:
+        good = [gpu(n) for n in range(50)]
+        refused = replace(gpu(99), **bad)
+        with pytest.raises(InvalidBatch):
+            store.write(grid([*good[:20], refused, *good[20:]], [UTIL], [T0]))
+        assert store.count_points() == {}
+        store.write(grid(good, [UTIL], [T0]))  # the good ones alone: stored
+        assert len(store.count_points()) == 50
+        with pytest.raises(InvalidBatch):
+            store.write(grid([*good, refused], [UTIL], [T0 + S]))  # refused after known ones
     finally:
         store.close()
