@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from store import InvalidBatch, StoredPoint, StoreError
-from store.sqlite import SqliteStore
+from store.sqlite import STAGE_ROWS, SqliteStore
 from tests.store.helpers import T0, S, batch, gpu, grid
 
 UTIL, TEMP = "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_GPU_TEMP"
@@ -107,5 +107,24 @@ def test_new_gpus_are_checked_together_and_the_bad_one_is_refused(tmp_path, bad)
         assert len(store.count_points()) == 50
         with pytest.raises(InvalidBatch):
             store.write(grid([*good, refused], [UTIL], [T0 + S]))  # refused after known ones
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1, STAGE_ROWS - 1, STAGE_ROWS + 1])
+def test_every_point_of_a_batch_once_whatever_its_length(tmp_path, extra: int) -> None:
+    """Rows are staged several to a statement: batch order holds across the statements."""
+    store = SqliteStore(tmp_path / "t.db")
+    try:
+        gpus = [gpu(n) for n in range(STAGE_ROWS + extra)]
+        points = [(g, UTIL, T0, float(n)) for n, g in enumerate(gpus)]
+        points.append((gpus[0], UTIL, T0, -1.0))  # the same point again, in the last statement
+        store.write(batch(points))
+        counts = store.count_points()
+        assert len(counts) == len(gpus) and set(counts.values()) == {1}
+        newest = store.latest_of([g.uuid for g in gpus], [UTIL])
+        assert newest[gpus[0].uuid][UTIL].value == -1.0  # the later row won
+        assert [newest[g.uuid][UTIL].value for g in gpus[1:]] == list(range(1, len(gpus)))
+        assert store.query_points(gpus[0].uuid, T0, T0)[0].value == -1.0
     finally:
         store.close()
