@@ -143,7 +143,8 @@ def check_batch(batch: PointBatch, checked: set[GpuFields] | None = None) -> Non
         for gpu in batch.gpus:
             check_gpu(gpu)
     else:
-        new = [f for f in map(gpu_fields, batch.gpus) if f not in checked]
+        fields = list(map(gpu_fields, batch.gpus))
+        new = [] if checked.issuperset(fields) else [f for f in fields if f not in checked]
         if new and not _storable(new):
             for gpu in batch.gpus:  # one is not: find it, in order, for its error
                 check_gpu(gpu)
