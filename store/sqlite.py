@@ -44,6 +44,12 @@ system call and a copy: scraping 1,000 targets x 80 samples/s, the freshness p99
 1.04-1.85 s in three runs against 1.60-2.26 s without it (docs/benchmarks.md). Writes still
 go through the WAL; the map only serves reads, so durability is unchanged.
 
+Staging: a write binds its points once, into the writing connection's own in-memory
+`temp.batch` (a TEMP table: private to the connection, never in the file), and moves them
+into `points` and `latest` with one INSERT … SELECT each, in batch order, in the same
+transaction; binding a row from Python cost as much as SQLite's b-tree work for it, and
+it used to be paid for both tables (docs/benchmarks.md). A rolled-back write empties it.
+
 Threads: one connection per thread (created on first use, all closed by `close()`); SQLite's
 WAL lets readers run while one writer writes, and `busy_timeout` makes writers queue.
 """
@@ -81,9 +87,7 @@ CREATE TABLE IF NOT EXISTS gpus (
     container TEXT NOT NULL, pod TEXT NOT NULL, namespace TEXT NOT NULL)
 """
 
-# A write binds its points once, into this connection's TEMP table `batch` (in memory), and
-# moves them into `points` and `latest` with one INSERT … SELECT each: binding a row from
-# Python costs as much as SQLite's b-tree work for it, and it used to be paid twice.
+# Staging (see the module doc): created once per writing connection, outside a transaction.
 _STAGE_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS batch (gpu_id INTEGER NOT NULL, time_ns INTEGER NOT NULL,
     metric_id INTEGER NOT NULL, value REAL NOT NULL, source_time_ns INTEGER NOT NULL)"""
