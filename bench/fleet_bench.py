@@ -99,9 +99,14 @@ def sqlite_store(gpus: list[Gpu]) -> tuple[Path, float | None]:
     return path, seconds
 
 
+def influx_root(gpus: int) -> Path:
+    """The cached InfluxDB data folder of a fleet of `gpus` (TSI-indexed, as InfluxServer)."""
+    return CACHE / f"fleet-influx-{gpus}g-v{VERSION}-tsi1"
+
+
 def influx_server(gpus: list[Gpu]) -> tuple[InfluxServer, dict[str, str], float | None]:
     """A started InfluxDB whose data folder (cached) holds the fleet; (server, opts, fill s)."""
-    root = CACHE / f"fleet-influx-{len(gpus)}g-v{VERSION}"
+    root = influx_root(len(gpus))
     done = root / "loaded"
     server = InfluxServer(influxd_path(), root, start_timeout_s=900)
     server.start()

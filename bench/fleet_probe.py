@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.fleet_bench import CACHE, DEEP, HOUR, VERSION, fleet
+from bench.fleet_bench import DEEP, HOUR, fleet, influx_root
 from bench.fleet_data import T0, S
 from store import catalog, influxql
 from store.base import newest_bound_ns
@@ -110,7 +110,7 @@ def run(small: int = 2_000, large: int = 100_000, rounds: int = 30, old: int = 0
     servers, stores, todo = {}, {}, {}
     try:
         for n in (small, large):
-            root = CACHE / f"fleet-influx-{n}g-v{VERSION}"
+            root = influx_root(n)
             if not (root / "loaded").exists():
                 raise RuntimeError(f"no cached fleet of {n}: run python -m bench.fleet_bench {n}")
             servers[n] = InfluxServer(influxd_path(), root, start_timeout_s=900)

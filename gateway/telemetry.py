@@ -124,9 +124,10 @@ def parse_query() -> TelemetryQuery:
     )
 
 
-def _after(q: TelemetryQuery, uuid: str) -> tuple[int, str] | None:
-    """Return the keyset of the request's cursor for this GPU (400 when it is not one)."""
-    return cursor.time_key(q.cursor, q.fingerprint(uuid)) if q.cursor else None
+def _after(q: TelemetryQuery, fp: str) -> tuple[int, str] | None:
+    """Return the keyset of the request's cursor for the query of fingerprint `fp` (400 when
+    it is not one of its cursors)."""
+    return cursor.time_key(q.cursor, fp) if q.cursor else None
 
 
 def raw_page(
@@ -140,8 +141,9 @@ def raw_page(
     """
     gpu: GpuSummary | None = None
     found: list[RawPoint] | None = None
+    fp = q.fingerprint(gpu_id)
     try:
-        after = _after(q, gpu_id)
+        after = _after(q, fp)
     except BadRequest:
         pass  # resolve first: the cursor may be the uuid's, or the id unknown (404 first)
     else:
@@ -150,7 +152,8 @@ def raw_page(
         gpu, found = lookup.resolve(store, gpu_id), None
     known_metrics.check(store, q.metrics)
     if found is None:
-        after = _after(q, gpu.uuid)
+        fp = fp if gpu.uuid == gpu_id else q.fingerprint(gpu.uuid)
+        after = _after(q, fp)
         found = store.query_raw(gpu.uuid, q.lo, q.hi, q.metrics, q.limit + 1, after)
     page = found[: q.limit]
     # Plain tuples and one formatted stamp per distinct time: this loop is most of a page's CPU.
@@ -161,7 +164,6 @@ def raw_page(
         for t, metric, value, s in page
     ]
     more = len(found) > q.limit
-    fp = q.fingerprint(gpu.uuid)
     return gpu, points, cursor.encode([page[-1][0], page[-1][1]], fp) if more else None
 
 

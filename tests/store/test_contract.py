@@ -543,6 +543,9 @@ def test_influx_down_raises_unavailable(tmp_path) -> None:
     store = open_store("influx", **conn.store_opts())
     try:
         store.write(grid([gpu(1)], [UTIL], [T0]))
+        # Series are indexed as InfluxDB 2.x indexes them (TSI, files in each shard), not in
+        # 1.8's default in-memory index.
+        assert list(tmp_path.glob("data/*/*/*/index")), "the test server indexes with TSI"
         prepared = store.prepare(grid([gpu(1)], [UTIL], [T0 + 2 * S]))
         server.stop()
         with pytest.raises(StoreUnavailable):

@@ -209,3 +209,37 @@ def test_a_transactional_call_stuck_past_its_timeout_is_reported_not_waited_on(k
     flushing.join(10)
     producer._producer = stuck._real  # type: ignore[attr-defined]
     producer.close(10)
+
+
+def test_the_collector_is_not_ready_while_the_cluster_lacks_its_topic(kafka1, tmp_path):
+    """As on walbroker (tests/collector/test_process.py): a collector whose topic does not
+    exist consumes nothing, so /readyz says not ready, with topic_missing, until it exists."""
+    from prometheus_client import CollectorRegistry
+
+    from collector.config import CollectorConfig
+    from collector.metrics import CollectorMetrics
+    from collector.runner import Collector
+    from store import open_store
+
+    topic = f"created-late-{group()}"
+    db = f"sqlite:{tmp_path / 'store.db'}"
+    config = CollectorConfig(
+        broker=kafka1.url, store=db, topic=topic, group=group(), flush_ms=100, metrics_listen=""
+    )
+    with open_store(db) as store:
+        collector = Collector(config, store, CollectorMetrics(CollectorRegistry()))
+        runner = threading.Thread(target=collector.run)
+        runner.start()
+        try:
+            assert wait_until(lambda: collector.readiness()[1]["topic_missing"], 30), (
+                collector.readiness()
+            )
+            ready, detail = collector.readiness()
+            assert not ready and detail["store_up"] and not detail["assigned"], detail
+            create_kafka_topic(kafka1.bootstrap, topic, 2)
+            assert wait_until(lambda: collector.readiness()[0], 60), collector.readiness()
+            assert collector.readiness()[1]["topic_missing"] is False
+        finally:
+            collector.stop()
+            runner.join(30)
+        assert not runner.is_alive()
