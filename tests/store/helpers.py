@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 
 from proto.batch import Gpu, PointBatch
 
@@ -50,3 +51,22 @@ def grid(gpus: list[Gpu], metrics: list[str], times: list[int]) -> PointBatch:
         for i, m in enumerate(metrics)
         for t in times
     )
+
+
+def on_threads(work: Callable[[int], object], n: int) -> None:
+    """Run `work(i)` for i in range(n), each on its own thread; re-raise the first error."""
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            work(i)
+        except BaseException as exc:  # handed to the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,), name=f"test-{i}") for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]

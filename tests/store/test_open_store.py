@@ -9,7 +9,7 @@ import pytest
 from store import InvalidArgument, StoreError, influx_settings, open_store
 from store.influx import InfluxStore
 from store.sqlite import SqliteStore
-from tests.store.helpers import T0, S, gpu, grid
+from tests.store.helpers import T0, S, gpu, grid, on_threads
 
 
 def test_sqlite_spec(tmp_path) -> None:
@@ -72,22 +72,13 @@ def test_influx_settings_missing(monkeypatch) -> None:
 
 def test_sqlite_shared_between_threads(tmp_path) -> None:
     store = SqliteStore(tmp_path / "t.db")
-    errors: list[BaseException] = []
 
     def writer(n: int) -> None:
-        try:
-            for i in range(20):
-                store.write(grid([gpu(n)], ["m"], [T0 + i * S]))
-                store.query_points(gpu(n).uuid, T0, T0 + 100 * S)
-        except BaseException as exc:  # collected and re-raised by the test thread
-            errors.append(exc)
+        for i in range(20):
+            store.write(grid([gpu(n)], ["m"], [T0 + i * S]))
+            store.query_points(gpu(n).uuid, T0, T0 + 100 * S)
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    on_threads(writer, 4)
     assert store.count_points() == {(gpu(n).uuid, "m"): 20 for n in range(4)}
     store.close()
     with pytest.raises(StoreError):

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 from dataclasses import replace
 
 import pytest
 
 from store import InvalidBatch, StoredPoint, StoreError
 from store.sqlite import STAGE_ROWS, SqliteStore
-from tests.store.helpers import T0, S, batch, gpu, grid
+from tests.store.helpers import T0, S, batch, gpu, grid, on_threads
 
 UTIL, TEMP = "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_GPU_TEMP"
 POISON = 666.0  # a value the test's trigger refuses, failing a write inside its transaction
@@ -61,21 +60,12 @@ def test_writers_on_several_threads_store_each_point_once(tmp_path) -> None:
     try:
         gpus = [gpu(n) for n in range(40)]
         times = [T0 + i * S for i in range(5)]
-        errors: list[BaseException] = []
 
         def write(part: int) -> None:
-            try:
-                for t in times:
-                    store.write(grid(gpus[part::4], [UTIL, TEMP], [t]))
-            except BaseException as exc:  # handed to the test's thread
-                errors.append(exc)
+            for t in times:
+                store.write(grid(gpus[part::4], [UTIL, TEMP], [t]))
 
-        threads = [threading.Thread(target=write, args=(p,)) for p in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors
+        on_threads(write, 4)
         counts = store.count_points()
         assert len(counts) == 80 and set(counts.values()) == {5}
         newest = store.latest_of([g.uuid for g in gpus])
