@@ -49,7 +49,7 @@ class StreamerConfig:
     pass_interval_s: float | None = None
     batch_size: int = 2000
     linger_ms: int = 20
-    max_pending_points: int = 200_000
+    max_pending_points: int = 50_000
     source_cache_bytes: int = 64 * 1024 * 1024
     # Scrape mode (any of these set): live dcgm-exporter targets instead of the CSV.
     scrape: tuple[str, ...] = ()
@@ -136,8 +136,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument(
         "--max-pending-points",
         type=int,
-        default=e("MAX_PENDING_POINTS", "200000"),
-        help="points published but not yet acknowledged before the streamer waits",
+        default=e("MAX_PENDING_POINTS", "50000"),
+        help="points published but not yet acknowledged before the streamer waits: its "
+        "memory for them (200,000 of a real-format import's took 30-50 MiB)",
     )
     p.add_argument(
         "--source-cache-mb",

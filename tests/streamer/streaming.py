@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sys
 import time
+import urllib.request
 import uuid as uuidlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from proto.batch import Point
 from proto.codec import decode
@@ -134,3 +136,17 @@ class StreamerProcess(ManagedProcess):
     def __init__(self, tmp: Path, name: str, *args: str) -> None:
         super().__init__([STREAMER, "--metrics-listen", "", *args], tmp / f"{name}.log")
         self.spawn()
+
+
+def metric_value(port: int, name: str, **labels: str) -> float:
+    """A sample of the streamer's /metrics; -1 when absent or not served (yet)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return -1.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return -1.0

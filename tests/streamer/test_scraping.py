@@ -30,7 +30,7 @@ from proto.codec import decode
 from store.schema import check_batch
 from tests.fixtures.broker import free_port
 from tests.fixtures.process import ManagedProcess
-from tests.streamer.streaming import committed, owners, read_log, read_records
+from tests.streamer.streaming import committed, metric_value, owners, read_log, read_records
 from tests.support import wait_until
 from walbroker.consumer import Consumer
 
@@ -105,24 +105,6 @@ def times_by_host(scrapes: dict[tuple[str, int], int]) -> dict[str, list[float]]
     for host, t in scrapes:
         out[host].append(t / 1e9)
     return {h: sorted(ts) for h, ts in out.items()}
-
-
-def metric_value(port: int, name: str, **labels: str) -> float:
-    """A sample of the streamer's /metrics; -1 when absent or not served (yet)."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-    except OSError:
-        return -1.0
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return float(s.value)
-    return -1.0
 
 
 def test_many_exporters_one_killed_one_hanging_the_others_keep_their_rhythm(
