@@ -135,7 +135,7 @@ def test_import_larger_than_the_cache_is_re_read_each_pass_exactly_with_flat_mem
 
 
 def test_while_the_broker_does_not_acknowledge_the_import_holds_at_most_its_pending_bound(
-    broker_factory, tmp_path: Path
+    broker_factory, streamer_process, tmp_path: Path
 ):
     """--max-pending-points is the streamer's memory bound for what it has sent and the broker
     not yet acknowledged: with the broker stopped (SIGSTOP) the reader waits at the bound, and
@@ -144,31 +144,25 @@ def test_while_the_broker_does_not_acknowledge_the_import_holds_at_most_its_pend
     broker = broker_factory("--topic", "telemetry:4").start()
     csv = make_csv(tmp_path / "dcgm.csv", 64, 10, 60)  # 38,400 rows
     port = free_port()
-    argv = [STREAMER, "--broker", broker.address, "--csv", str(csv), "--passes", "1",
-            "--time", "source", "--batch-size", "1000", "--max-pending-points", "4000",
-            "--rate", "8000", "--metrics-listen", f"127.0.0.1:{port}"]  # fmt: skip
-    pending = "gpu_telemetry_streamer_batch_pending"
-    with open(tmp_path / "streamer.log", "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            published = "gpu_telemetry_streamer_items_published_total"
-            assert wait_until(lambda: metric_value(port, published) > 0, 30)
-            assert broker.proc is not None
-            broker.proc.send_signal(signal.SIGSTOP)
-            try:
-                seen = []
-                deadline = time.monotonic() + 3.0
-                while time.monotonic() < deadline:
-                    seen.append(metric_value(port, pending))
-                    time.sleep(0.05)
-            finally:
-                broker.proc.send_signal(signal.SIGCONT)
-            # the bound is checked before a batch is added: at most one batch beyond it
-            assert max(seen) <= 4000 + 1000, seen
-            assert seen[-1] >= 4000 - 1000, seen  # the reader did fill up to it, and waited
-            assert proc.wait(60) == 0, (tmp_path / "streamer.log").read_text()
-        finally:
-            proc.kill()
+    args = ["--broker", broker.address, "--csv", str(csv), "--passes", "1", "--time", "source",
+            "--batch-size", "1000", "--max-pending-points", "4000", "--rate", "8000"]  # fmt: skip
+    s = streamer_process(*args, "--metrics-listen", f"127.0.0.1:{port}")
+    published = "gpu_telemetry_streamer_items_published_total"
+    assert wait_until(lambda: metric_value(port, published) > 0, 30), s.log_text()
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        seen = []
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            seen.append(metric_value(port, "gpu_telemetry_streamer_batch_pending"))
+            time.sleep(0.05)
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+    # the bound is checked before a batch is added: at most one batch beyond it
+    assert max(seen) <= 4000 + 1000, seen
+    assert seen[-1] >= 4000 - 1000, seen  # the reader did fill up to it, and waited
+    assert s.wait(60) == 0, s.log_text()
     logged = read_log(broker.address, "telemetry", 38_400)
     assert len(logged) == 38_400
     assert set(series_counts(logged).values()) == {1}
