@@ -319,7 +319,7 @@ class Collector:
         batches = job.held.batches()
         if batches:
             try:
-                job.prepared = self.store.prepare(merge(batches))
+                job.prepared = self.store.prepare(merge(batches), batches)
             except InvalidBatch:
                 job.one_by_one = True
         job.to(JobState.PREPARED)

@@ -121,11 +121,13 @@ class Store(abc.ABC):
     def write(self, batch: PointBatch) -> None:
         """Persist every point of `batch`; the same (uuid, metric, time_ns) twice is one point."""
 
-    def prepare(self, batch: PointBatch) -> PreparedWrite:
+    def prepare(self, batch: PointBatch, parts: Sequence[PointBatch] = ()) -> PreparedWrite:
         """Do the part of `write(batch)` that needs no I/O; InvalidBatch when unstorable.
 
-        Thread-safe in every store. The default prepares nothing: `write_prepared` then
-        does all of `write`.
+        `parts`: the records `batch` was merged from, in order, when it was (the collector's
+        flush); a store may do per-record work on them instead (the catalog's decisions:
+        `store.catalog.CatalogTracker.updates`). Thread-safe in every store. The default
+        prepares nothing: `write_prepared` then does all of `write`.
         """
         return PreparedWrite(batch)
 

@@ -33,10 +33,10 @@ from __future__ import annotations
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter
-from typing import TypeVar, cast
+from typing import NamedTuple, TypeVar, cast
 
 from proto.batch import Gpu, PointBatch
 from store import schema
@@ -65,15 +65,15 @@ def name_key(kind: str, name: str) -> tuple[int, str]:
     return shard_of(name, NAME_SHARDS[kind]), name
 
 
-@dataclass(frozen=True, slots=True)
-class GpuRecord:
+class GpuRecord(NamedTuple):
     """One catalog write for a GPU: its descriptor and the span the writer saw.
 
     `anchor_ns` is where the store may pin the record (the InfluxDB point time); `moved`
     marks a record for a descriptor the GPU no longer has (its hostname, model or index
     changed), so filters on the old value stop finding it. `seen_only`: the same writer
     stored this record before with the same descriptor, anchor and `first_seen`; only
-    `last_seen` moved.
+    `last_seen` moved. A named tuple, not a frozen dataclass: the collector makes one per
+    GPU that moves on, and a frozen dataclass's `__init__` cost ~3x a tuple's.
     """
 
     fields: schema.GpuFields
@@ -129,8 +129,12 @@ def _identity(fields: schema.GpuFields) -> tuple[str, int, str]:
     return fields[1], fields[2], fields[4]
 
 
-def spans(batch: PointBatch, bound_ns: int) -> list[tuple[int, int]]:
+def spans(
+    batch: PointBatch, bound_ns: int, span: tuple[int, int] | None = None
+) -> list[tuple[int, int]]:
     """Return (oldest, newest) point time of each GPU of `batch` (-1, -1 when it has none).
+
+    `span`: the batch's (oldest, newest) point time, when the caller has it.
 
     Points after `bound_ns` (`store.base.newest_bound_ns`: stamped in the future) are left
     out: they are never a GPU's last_seen, and a GPU with only such points is not listed.
@@ -141,7 +145,7 @@ def spans(batch: PointBatch, bound_ns: int) -> list[tuple[int, int]]:
     times = batch.time_ns
     if not times:
         return [none] * len(batch.gpus)
-    t_lo, t_hi = min(times), max(times)
+    t_lo, t_hi = (min(times), max(times)) if span is None else span
     if t_lo == t_hi:
         if t_hi > bound_ns:
             return [none] * len(batch.gpus)
@@ -176,58 +180,100 @@ class CatalogTracker:
         self._names: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._lock = threading.Lock()
 
-    def updates(self, batch: PointBatch) -> CatalogUpdate:
-        """Return the records `batch` adds or moves forward (empty when none)."""
+    def updates(self, batch: PointBatch, parts: Sequence[PointBatch] = ()) -> CatalogUpdate:
+        """Return the records `batch` adds or moves forward (empty when none).
+
+        `parts`: the records `batch` was merged from, in order (`collector.pending.merge`).
+        Given, each part is decided in turn, as if written one after the other, each seeing
+        the records decided for the parts before it; the update holds the last current
+        record of each GPU (it covers the earlier ones) and every `moved` one. A part is
+        usually one scrape, one time: its spans need no pass over its points, and one that
+        brings nothing new (most of a live fleet's) costs a few C-level passes, where a
+        merged batch of several scrapes went through the per-GPU loop whole.
+        """
         if not len(batch):
             return NO_UPDATE
-        gpus: list[GpuRecord] = []
+        decided: dict[str, GpuRecord] = {}  # the newest current record of each GPU, this call
+        moved: list[GpuRecord] = []
         names: dict[tuple[str, str], int] = {}
-        batch_lo = min(batch.time_ns)
-        gpu_fields, known_gpus, granularity = schema.gpu_fields, self._gpus, self.granularity_ns
         with self._lock:
-            quiet = self._all_quiet(batch, batch_lo)
-            for gpu, (lo, hi) in (
-                () if quiet else _one_per_gpu(batch.gpus, spans(batch, newest_bound_ns()))
-            ):
+            for part in parts if len(parts) > 1 else (batch,):
+                if len(part):
+                    self._decide(part, decided, moved, names)
+        records = tuple(NameRecord(k, n, t) for (k, n), t in sorted(names.items()))
+        return CatalogUpdate((*moved, *decided.values()), records)
+
+    def _decide(
+        self,
+        batch: PointBatch,
+        decided: dict[str, GpuRecord],
+        moved: list[GpuRecord],
+        names: dict[tuple[str, str], int],
+    ) -> None:
+        """Add the records one batch needs to `decided`, `moved` and `names` (lock held).
+
+        A GPU's known record is the one `decided` for it already, else the confirmed one.
+        """
+        times = min(batch.time_ns), max(batch.time_ns)
+        batch_lo = times[0]
+        gpu_fields, confirmed, granularity = schema.gpu_fields, self._gpus, self.granularity_ns
+        if not self._all_quiet(batch, times, decided):
+            found = spans(batch, newest_bound_ns(), times)
+            for gpu, (lo, hi) in _one_per_gpu(batch.gpus, found):
                 if lo < 0:
                     continue
                 fields = gpu_fields(gpu)
-                known = known_gpus.get(gpu.uuid)
+                uuid = fields[0]
+                earlier = decided.get(uuid)
+                known = earlier if earlier is not None else confirmed.get(uuid)
                 if known is not None and known.fields != fields and hi < known.last_seen_ns:
                     fields = known.fields  # points older than the descriptor's: it stays
                 if known is not None and known.fields == fields:
                     # Its host and model names were confirmed with (or before) this record.
                     if hi < known.last_seen_ns + granularity and lo >= known.first_seen_ns:
                         continue  # the usual case: nothing new for the catalog
-                    gpus.append(_moved_on(known, lo, hi))
-                    continue
-                gpus += self._gpu_records(known, fields, lo, hi)
-                for kind, name in (("host", gpu.hostname), ("model", gpu.model)):
-                    if name and (kind, name) not in self._names:
-                        names.setdefault((kind, name), lo)
-            for metric in set(batch.metrics):
-                if ("metric", metric) not in self._names:
-                    names.setdefault(("metric", metric), batch_lo)
-        records = tuple(NameRecord(k, n, t) for (k, n), t in sorted(names.items()))
-        return CatalogUpdate(tuple(gpus), records)
+                    new = [_moved_on(known, lo, hi)]
+                else:
+                    new = self._gpu_records(known, fields, lo, hi)
+                    for kind, name in (("host", gpu.hostname), ("model", gpu.model)):
+                        if name and (kind, name) not in self._names:
+                            names.setdefault((kind, name), lo)
+                for record in new:
+                    if record.moved:
+                        moved.append(record)
+                        continue
+                    if record.seen_only and earlier is not None and not earlier.seen_only:
+                        record = record._replace(seen_only=False)  # the store lacks `earlier`
+                    decided[uuid] = record
+        for metric in set(batch.metrics):
+            if ("metric", metric) not in self._names:
+                names.setdefault(("metric", metric), batch_lo)
 
-    def _all_quiet(self, batch: PointBatch, batch_lo: int) -> bool:
+    def _all_quiet(
+        self, batch: PointBatch, times: tuple[int, int], decided: dict[str, GpuRecord]
+    ) -> bool:
         """True when no GPU of `batch` needs a record (lock held): the usual batch, decided
         in a few C-level passes instead of the loop's ~1.5 us per GPU.
 
-        Every GPU is known with this descriptor, and the batch's whole time range lies in
-        [first_seen, last_seen + granularity) of each: then every GPU's own span does too,
-        which is the loop's "nothing new" case for each one.
+        Every GPU is known with this descriptor (`decided` for it in this call, else
+        confirmed), and the batch's whole time range lies in [first_seen, last_seen +
+        granularity) of each: then every GPU's own span does too, which is the loop's
+        "nothing new" case for each one.
         """
         fields = list(map(schema.gpu_fields, batch.gpus))
-        known = list(map(self._gpus.get, map(_UUID, fields)))
+        uuids = map(_UUID, fields)
+        if decided:
+            earlier, confirmed = decided.get, self._gpus.get
+            known = [earlier(u) or confirmed(u) for u in uuids]
+        else:
+            known = list(map(self._gpus.get, uuids))
         if not all(known):  # (not `None in`: that calls the dataclass's __eq__ per record)
             return False
         records = cast(list[GpuRecord], known)
         return (
             list(map(_FIELDS, records)) == fields
-            and batch_lo >= max(map(_FIRST, records), default=batch_lo)
-            and max(batch.time_ns) < min(map(_LAST, records), default=0) + self.granularity_ns
+            and times[0] >= max(map(_FIRST, records), default=times[0])
+            and times[1] < min(map(_LAST, records), default=0) + self.granularity_ns
         )
 
     def _gpu_records(
@@ -254,7 +300,8 @@ class CatalogTracker:
             for record in update.gpus:
                 if record.moved:
                     continue
-                known = self._gpus.get(record.uuid)
+                uuid = record.fields[0]
+                known = self._gpus.get(uuid)
                 if known is not None and known.last_seen_ns > record.last_seen_ns:
                     record = GpuRecord(
                         record.fields, record.anchor_ns,
@@ -263,8 +310,8 @@ class CatalogTracker:
                 elif record.seen_only:
                     record = GpuRecord(record.fields, record.anchor_ns, record.first_seen_ns,
                                        record.last_seen_ns)  # fmt: skip
-                self._gpus[record.uuid] = record
-                self._gpus.move_to_end(record.uuid)
+                self._gpus[uuid] = record
+                self._gpus.move_to_end(uuid)
             for name in update.names:
                 self._names[(name.kind, name.name)] = None
             while len(self._gpus) > self._max:
@@ -294,19 +341,24 @@ def _one_per_gpu(
     return merged.values()
 
 
-def _refresh_period(uuid: str, t_ns: int) -> int:
-    """Return which REFRESH_NS period `t_ns` is in for this GPU (phases spread by uuid)."""
-    phase = zlib.crc32(uuid.encode()) * REFRESH_NS >> 32  # so a fleet does not refresh at once
-    return (t_ns + phase) // REFRESH_NS
+def _same_refresh_period(uuid: str, a_ns: int, b_ns: int) -> bool:
+    """True when `a_ns` and `b_ns` are in one REFRESH_NS period of this GPU (phases spread
+    by uuid, so a fleet does not refresh at once)."""
+    phase = zlib.crc32(uuid.encode()) * REFRESH_NS >> 32
+    return (a_ns + phase) // REFRESH_NS == (b_ns + phase) // REFRESH_NS
 
 
 def _moved_on(known: GpuRecord, lo: int, hi: int) -> GpuRecord:
-    """The record after `known` (same descriptor) for a span (lo, hi) it does not cover."""
-    first, last = min(known.first_seen_ns, lo), max(known.last_seen_ns, hi)
-    seen_only = first == known.first_seen_ns and _refresh_period(
-        known.fields[0], last
-    ) == _refresh_period(known.fields[0], known.last_seen_ns)
-    return GpuRecord(known.fields, known.anchor_ns, first, last, seen_only=seen_only)
+    """The record after `known` (same descriptor) for a span (lo, hi) it does not cover.
+
+    Runs once per GPU that moves on: comparisons, not min()/max() calls.
+    """
+    first = lo if lo < known.first_seen_ns else known.first_seen_ns
+    last = hi if hi > known.last_seen_ns else known.last_seen_ns
+    seen_only = first == known.first_seen_ns and _same_refresh_period(
+        known.fields[0], last, known.last_seen_ns
+    )
+    return GpuRecord(known.fields, known.anchor_ns, first, last, False, seen_only)
 
 
 def reduce_gpus(records: Iterable[GpuRecord]) -> list[GpuSummary]:

@@ -123,14 +123,14 @@ class InfluxStore(Store):
         """Persist every point of `batch`; the same (uuid, metric, time_ns) twice is one point."""
         self.write_prepared(self.prepare(batch))
 
-    def prepare(self, batch: PointBatch) -> PreparedWrite:
+    def prepare(self, batch: PointBatch, parts: Sequence[PointBatch] = ()) -> PreparedWrite:
         """Validate `batch` and build its request body (gzip of the line protocol)."""
         if not len(batch):
             return PreparedWrite(batch, b"")
         schema.check_batch(batch)
         with self._encode_lock:
             lines = self._encoder.encode(batch)
-        update = self._tracker.updates(batch) if self._tracker else None
+        update = self._tracker.updates(batch, parts) if self._tracker else None
         if update:
             lines += b"\n" + influx_catalog.encode(update)
         body = gzip.compress(lines, compresslevel=GZIP_LEVEL, mtime=0)

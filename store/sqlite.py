@@ -232,14 +232,14 @@ class SqliteStore(Store):
         """Persist every point of `batch`; the same (uuid, metric, time_ns) twice is one point."""
         self.write_prepared(self.prepare(batch))
 
-    def prepare(self, batch: PointBatch) -> PreparedWrite:
+    def prepare(self, batch: PointBatch, parts: Sequence[PointBatch] = ()) -> PreparedWrite:
         """Validate `batch` and decide its catalog records (no I/O; any thread)."""
         if not len(batch):
             return PreparedWrite(batch, None, catalog.NO_UPDATE)
         if len(self._checked) > catalog.MAX_TRACKED:
             self._checked.clear()
         schema.check_batch(batch, self._checked)
-        return PreparedWrite(batch, None, self._gpu_rows.update(batch))
+        return PreparedWrite(batch, None, self._gpu_rows.update(batch, parts))
 
     def write_prepared(self, prepared: PreparedWrite) -> None:
         """Write a prepared batch in one transaction: GPU rows, points, latest, names."""

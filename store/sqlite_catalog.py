@@ -155,9 +155,10 @@ class GpuRows:
         self._rows: dict[str, GpuRow] = {}
         self._lock = threading.Lock()
 
-    def update(self, batch: PointBatch) -> catalog.CatalogUpdate:
-        """Return the catalog records `batch` needs (none when the catalog is off)."""
-        return self._tracker.updates(batch) if self._tracker else catalog.NO_UPDATE
+    def update(self, batch: PointBatch, parts: Sequence[PointBatch] = ()) -> catalog.CatalogUpdate:
+        """Return the catalog records `batch` (merged from `parts`) needs (none when the
+        catalog is off)."""
+        return self._tracker.updates(batch, parts) if self._tracker else catalog.NO_UPDATE
 
     def ids(
         self, conn: sqlite3.Connection, batch: PointBatch, update: catalog.CatalogUpdate

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from collector.pending import merge
 from proto.batch import Gpu, PointBatch
 from store import Store, open_store, schema
 from store.catalog import REFRESH_NS, gpu_key, name_key, shard_of
@@ -217,6 +218,47 @@ def test_redelivered_points_do_not_duplicate_entries(opener: Opener) -> None:
     restarted.write(grid(gpus[:1], [UTIL], [T0 + 100 * S]))
     [moved_on, *rest] = [e for e in restarted.list_gpus() if e.uuid == gpus[0].uuid]
     assert rest == [] and (moved_on.first_seen_ns, moved_on.last_seen_ns) == (T0, T0 + 100 * S)
+
+
+def test_a_flush_of_several_records_is_cataloged_as_they_would_be_one_by_one(
+    opener: Opener,
+) -> None:
+    """The collector writes records merged into one batch, the catalog decided record by
+    record (`Store.prepare(batch, parts)`): new GPUs moved on, re-described and widened
+    within one flush, then a flush that only moves `last_seen`."""
+    gpus = fleet(4)
+    store = opener()
+    elsewhere = make(1, "node-z")
+    granularity = GRANULARITY_S * S
+
+    def flush(parts: list[PointBatch]) -> None:
+        store.write_prepared(store.prepare(merge(parts), parts))
+
+    flush([
+        grid(gpus, [UTIL, TEMP], [T0]),  # all new
+        grid(gpus, [UTIL, TEMP], [T0 + granularity + S]),  # past the granularity: moved on
+        grid([elsewhere], [UTIL], [T0 + granularity + 2 * S]),  # GPU 1 moved to node-z
+        grid(gpus[2:3], [UTIL], [T0 - 5 * S]),  # a late point of GPU 2
+    ])  # fmt: skip
+    spans = {e.uuid: (e.hostname, e.first_seen_ns, e.last_seen_ns) for e in store.list_gpus()}
+    later = T0 + granularity + S
+    assert spans == {
+        gpus[0].uuid: (gpus[0].hostname, T0, later),
+        gpus[1].uuid: ("node-z", T0, later + S),
+        gpus[2].uuid: (gpus[2].hostname, T0 - 5 * S, later),
+        gpus[3].uuid: (gpus[3].hostname, T0, later),
+    }
+    on_old_host = [e.uuid for e in store.list_gpus(hostname=gpus[1].hostname)]
+    assert sorted(on_old_host) == sorted(g.uuid for g in gpus if g is not gpus[1])
+    assert [e.uuid for e in store.list_gpus(hostname="node-z")] == [gpus[1].uuid]
+    assert "node-z" in store.list_hosts()
+    newest = later + 2 * granularity
+    moved_on = [make(1, "node-z") if g.uuid == elsewhere.uuid else g for g in gpus]
+    flush([grid(moved_on, [UTIL], [later + 2 * S]), grid(moved_on, [UTIL], [newest])])
+    assert {e.uuid: (e.first_seen_ns, e.last_seen_ns) for e in store.list_gpus()} == {
+        g.uuid: (T0 - 5 * S if g is gpus[2] else T0, newest) for g in gpus
+    }
+    assert store.get_gpu(gpus[1].uuid) == store.list_gpus(hostname="node-z")[0]
 
 
 def test_points_only_from_the_future_leave_the_span_alone(opener: Opener) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
+from collector.pending import merge
 from proto.batch import Gpu, PointBatch
 from store.catalog import REFRESH_NS, CatalogTracker, spans
 from tests.store.helpers import T0, S, batch, gpu
@@ -100,3 +101,39 @@ def test_a_batch_with_nothing_new_is_told_apart_exactly(monkeypatch) -> None:
             quick.confirm(update)
             slow.confirm(update)
     assert 50 < quiet < 390  # both cases were exercised
+
+
+def test_a_flush_decided_record_by_record_holds_what_writing_them_one_by_one_would() -> None:
+    """`updates(merged, parts)` decides each record in turn, seeing the ones before it: the
+    confirmed state after it equals a tracker's that got the records one write at a time,
+    and a GPU's record is whole (not `seen_only`) when an earlier record of the same flush
+    was the one that would have written it whole."""
+    rnd = random.Random(11)
+    variants = [[gpu(n), replace(gpu(n), hostname=f"moved-{n}")] for n in range(6)]
+    flushed, one_by_one = CatalogTracker(10 * S), CatalogTracker(10 * S)
+    wholes = 0
+    for step in range(300):
+        base = T0 + step * 4 * S
+        parts = []
+        for _ in range(rnd.randint(1, 5)):
+            base += rnd.choice([0, S, 4 * S, 11 * S, -6 * S])
+            parts.append(batch(
+                (rnd.choice(variants[n]) if rnd.random() < 0.1 else variants[n][0], UTIL,
+                 base if rnd.random() < 0.95 else YEAR_2099, 1.0)
+                for n in rnd.sample(range(6), rnd.randint(1, 6))
+            ))  # fmt: skip
+        update = flushed.updates(merge(parts), parts)
+        singles = []
+        for part in parts:
+            singles.append(one_by_one.updates(part))
+            one_by_one.confirm(singles[-1])
+        flushed.confirm(update)
+        assert dict(flushed._gpus) == dict(one_by_one._gpus), step
+        assert set(flushed._names) == set(one_by_one._names), step
+        current = [r for r in update.gpus if not r.moved]
+        assert len({r.uuid for r in current}) == len(current)  # one record per GPU
+        for r in current:
+            whole = [s for s in singles for s in s.gpus if s.uuid == r.uuid and not s.seen_only]
+            assert r.seen_only == (not whole), step
+            wholes += bool(whole) and len(parts) > 1
+    assert wholes > 50
