@@ -133,7 +133,7 @@ def test_a_flush_decided_record_by_record_holds_what_writing_them_one_by_one_wou
         current = [r for r in update.gpus if not r.moved]
         assert len({r.uuid for r in current}) == len(current)  # one record per GPU
         for r in current:
-            whole = [s for s in singles for s in s.gpus if s.uuid == r.uuid and not s.seen_only]
+            whole = [s for u in singles for s in u.gpus if s.uuid == r.uuid and not s.seen_only]
             assert r.seen_only == (not whole), step
             wholes += bool(whole) and len(parts) > 1
     assert wholes > 50
