@@ -267,7 +267,7 @@ class CatalogTracker:
             known = [earlier(u) or confirmed(u) for u in uuids]
         else:
             known = list(map(self._gpus.get, uuids))
-        if not all(known):  # (not `None in`: that calls the dataclass's __eq__ per record)
+        if not all(known):
             return False
         records = cast(list[GpuRecord], known)
         return (

@@ -259,6 +259,13 @@ def test_a_flush_of_several_records_is_cataloged_as_they_would_be_one_by_one(
         g.uuid: (T0 - 5 * S if g is gpus[2] else T0, newest) for g in gpus
     }
     assert store.get_gpu(gpus[1].uuid) == store.list_gpus(hostname="node-z")[0]
+    # Moved away and back within one flush: the record of the way back is the one that holds.
+    away = make(3, "node-y")
+    flush([grid([away], [UTIL], [newest + S]), grid(gpus[3:], [UTIL], [newest + 2 * S])])
+    assert store.list_gpus(hostname="node-y") == []
+    assert gpus[3].uuid in [e.uuid for e in store.list_gpus(hostname=gpus[3].hostname)]
+    entry = store.get_gpu(gpus[3].uuid)
+    assert entry is not None and entry.hostname == gpus[3].hostname
 
 
 def test_points_only_from_the_future_leave_the_span_alone(opener: Opener) -> None:
