@@ -185,8 +185,10 @@ class CatalogTracker:
 
         `parts`: the records `batch` was merged from, in order (`collector.pending.merge`).
         Given, each part is decided in turn, as if written one after the other, each seeing
-        the records decided for the parts before it; the update holds the last current
-        record of each GPU (it covers the earlier ones) and every `moved` one. A part is
+        the records decided for the parts before it; the update holds every `moved` record,
+        then the last current record of each GPU (it covers the earlier ones; after the
+        `moved` ones, so a GPU moved away and back within the flush ends current on InfluxDB,
+        where both records are one point of one series). A part is
         usually one scrape, one time: its spans need no pass over its points, and one that
         brings nothing new (most of a live fleet's) costs a few C-level passes, where a
         merged batch of several scrapes went through the per-GPU loop whole.
