@@ -1,9 +1,13 @@
 """What one InfluxDB telemetry page costs, part by part, on the cached 100,000-GPU fleet.
 
 One client calls the store (no HTTP, no gateway) `calls` times per part, after 20 warm-up
-calls, in two rounds: the page's GPU lookup (`get_gpu`), the page itself (`query_raw`,
-1,001 points of a one-hour window of a deep GPU), its InfluxQL statement alone, and the
-same statement grouped by metric (no tag column per row). Per call: wall ms, the client's
+calls, in two rounds: the page's GPU lookup (`get_gpu`), the same lookup's statement
+(`gpu_statement`: it reads the GPU's whole catalog shard series) and that statement
+narrowed to a 4,096-ns window at the GPU's record (`gpu_statement_at_slot`: what a lookup
+would read if a record's point time were found from its uuid; the window is found once,
+beforehand), the page itself (`query_raw`, 1,001 points of a one-hour window of a deep
+GPU), its InfluxQL statement alone, and the same statement grouped by metric (no tag
+column per row). Per call: wall ms, the client's
 CPU ms and influxd's CPU ms (from /proc; influxd's background work lands in it too, so
 read the lower round). Needs the fleet cached by `bench.fleet_bench` (`-v2` folder).
 
@@ -23,6 +27,7 @@ from bench.e2e_bench import cpu_seconds
 from bench.fleet_bench import DEEP, HOUR, influx_server
 from bench.fleet_data import T0, S, fleet
 from store import influxql, open_store, schema
+from store.influx_catalog import gpu_statement
 from store.v1query import QueryClient
 
 
@@ -47,8 +52,20 @@ def run(calls: int = 200) -> dict[str, list[dict[str, float]]]:
                 f"GROUP BY {influxql.ident(schema.TAG_METRIC)} LIMIT 1064"
             )
 
+        slots = {
+            u: [row[0] for series in client.series(gpu_statement(u)) for row in series.values]
+            for u in deep
+        }
+
+        def at_slot(uuid: str) -> Any:
+            head, _, group = gpu_statement(uuid).partition(" GROUP BY ")
+            t = min(slots[uuid])
+            return client.series(f"{head} AND time >= {t} AND time < {t + 4096} GROUP BY {group}")
+
         parts: dict[str, Callable[[str, int, int], Any]] = {
             "get_gpu": lambda u, lo, hi: store.get_gpu(u),
+            "gpu_statement": lambda u, lo, hi: client.series(gpu_statement(u)),
+            "gpu_statement_at_slot": lambda u, lo, hi: at_slot(u),
             "query_raw": lambda u, lo, hi: store.query_raw(u, lo, hi, None, 1001, None),
             "statement": lambda u, lo, hi: client.series(influxql.points(u, lo, hi, None, 1064)),
             "statement_grouped": grouped,
