@@ -57,7 +57,9 @@ from tests.fixtures.influx import InfluxServer, influxd_path
 HOUR = 3600 * S
 DEEP = 16  # GPUs with two hours of history
 DEEP_SCRAPES = 240  # every 30 s
-VERSION = 2  # of the cached data: bump when the layout changes (2: catalog per shard)
+# Versions of the cached data: bump one when its store's layout changes.
+SQLITE_VERSION = 2
+INFLUX_VERSION = 3  # 2: catalog per shard; 3: a GPU's records in its uuid's window
 # The list and detail targets are judged with one connection per gateway worker (no request
 # waits for a busy worker: the store's latency), the telemetry page with 16 (issue 18).
 QUIET_CONNECTIONS = 2
@@ -83,7 +85,7 @@ def fill(store: Store, gpus: list[Gpu], threads: int) -> float:
 
 def sqlite_store(gpus: list[Gpu]) -> tuple[Path, float | None]:
     """The cached SQLite file of this fleet, filled first when missing; (path, fill s)."""
-    path = CACHE / f"fleet-sqlite-{len(gpus)}g-v{VERSION}.db"
+    path = CACHE / f"fleet-sqlite-{len(gpus)}g-v{SQLITE_VERSION}.db"
     if path.exists():
         return path, None
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -101,7 +103,7 @@ def sqlite_store(gpus: list[Gpu]) -> tuple[Path, float | None]:
 
 def influx_root(gpus: int) -> Path:
     """The cached InfluxDB data folder of a fleet of `gpus` (TSI-indexed, as InfluxServer)."""
-    return CACHE / f"fleet-influx-{gpus}g-v{VERSION}-tsi1"
+    return CACHE / f"fleet-influx-{gpus}g-v{INFLUX_VERSION}-tsi1"
 
 
 def influx_server(gpus: list[Gpu]) -> tuple[InfluxServer, dict[str, str], float | None]:

@@ -2,14 +2,13 @@
 
 One client calls the store (no HTTP, no gateway) `calls` times per part, after 20 warm-up
 calls, in two rounds: the page's GPU lookup (`get_gpu`), the same lookup's statement
-(`gpu_statement`: it reads the GPU's whole catalog shard series) and that statement
-narrowed to a 4,096-ns window at the GPU's record (`gpu_statement_at_slot`: what a lookup
-would read if a record's point time were found from its uuid; the window is found once,
-beforehand), the page itself (`query_raw`, 1,001 points of a one-hour window of a deep
+(`gpu_statement`: it reads the GPU's window of its catalog shard series) and that statement
+without the window (`gpu_statement_whole_shard`: the whole shard series, as the `_v2`
+layout's lookup read it), the page itself (`query_raw`, 1,001 points of a one-hour window of a deep
 GPU), its InfluxQL statement alone, and the same statement grouped by metric (no tag
 column per row). Per call: wall ms, the client's
 CPU ms and influxd's CPU ms (from /proc; influxd's background work lands in it too, so
-read the lower round). Needs the fleet cached by `bench.fleet_bench` (`-v2` folder).
+read the lower round). Needs the fleet cached by `bench.fleet_bench`.
 
 `python -m bench.fleet_page_probe [CALLS]` prints JSON.
 """
@@ -26,7 +25,7 @@ from typing import Any
 from bench.e2e_bench import cpu_seconds
 from bench.fleet_bench import DEEP, HOUR, influx_server
 from bench.fleet_data import T0, S, fleet
-from store import influxql, open_store, schema
+from store import catalog, influxql, open_store, schema
 from store.influx_catalog import gpu_statement
 from store.v1query import QueryClient
 
@@ -52,27 +51,24 @@ def run(calls: int = 200) -> dict[str, list[dict[str, float]]]:
                 f"GROUP BY {influxql.ident(schema.TAG_METRIC)} LIMIT 1064"
             )
 
-        slots = {
-            u: [row[0] for series in client.series(gpu_statement(u)) for row in series.values]
-            for u in deep
-        }
-
-        def at_slot(uuid: str) -> Any:
-            head, _, group = gpu_statement(uuid).partition(" GROUP BY ")
-            t = min(slots[uuid])
-            return client.series(f"{head} AND time >= {t} AND time < {t + 4096} GROUP BY {group}")
+        def whole_shard(uuid: str) -> Any:
+            shard = catalog.shard_of(uuid)
+            tags = {schema.TAG_UUID: uuid}
+            return client.series(influxql.catalog_gpus(range(shard, shard + 1), tags))
 
         parts: dict[str, Callable[[str, int, int], Any]] = {
             "get_gpu": lambda u, lo, hi: store.get_gpu(u),
             "gpu_statement": lambda u, lo, hi: client.series(gpu_statement(u)),
-            "gpu_statement_at_slot": lambda u, lo, hi: at_slot(u),
+            "gpu_statement_whole_shard": lambda u, lo, hi: whole_shard(u),
             "query_raw": lambda u, lo, hi: store.query_raw(u, lo, hi, None, 1001, None),
             "statement": lambda u, lo, hi: client.series(influxql.points(u, lo, hi, None, 1064)),
             "statement_grouped": grouped,
         }
+        influxd = server.pid
+        assert influxd is not None, "the fleet's influxd is not running"
         for _ in range(2):
             for name, call in parts.items():
-                out.setdefault(name, []).append(_measure(call, deep, rng, calls, server.pid))
+                out.setdefault(name, []).append(_measure(call, deep, rng, calls, influxd))
                 print(f"fleet_page_probe: {name} {out[name][-1]}", file=sys.stderr, flush=True)
     finally:
         server.stop()

@@ -29,7 +29,7 @@ from typing import Any
 
 from bench.fleet_bench import DEEP, HOUR, fleet, influx_root
 from bench.fleet_data import T0, S
-from store import catalog, influxql
+from store import influx_catalog, influxql
 from store.base import newest_bound_ns
 from store.influx import InfluxStore
 from store.v1query import QueryClient
@@ -61,9 +61,7 @@ def statements(store: InfluxStore, gpus: int) -> dict[str, str]:
     first = T0 + 600 * S
     return {
         "gpus_page_3_shards": influxql.catalog_gpus(range(0, 3), {}),
-        "gpu_entry": influxql.catalog_gpus(
-            range(catalog.shard_of(other), catalog.shard_of(other) + 1), {"uuid": other}
-        ),
+        "gpu_entry": influx_catalog.gpu_statement(other),
         "hosts_shard": influxql.catalog_names("host", range(0, 1)),
         "metrics": influxql.catalog_names("metric", None),
         "latest": influxql.latest([other], None, newest_bound_ns()),

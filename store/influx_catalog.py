@@ -2,17 +2,17 @@
 
 Layout (three small measurements beside `gpu_telemetry`), one series per catalog shard::
 
-    gpu_catalog_v2,shard=042 uuid="GPU-...",gpu="0",model="NVIDIA H100",last=<ns>i,
+    gpu_catalog_v3,shard=042 uuid="GPU-...",gpu="0",model="NVIDIA H100",last=<ns>i,
         record="{json: first, last, hostname, device, container, pod, namespace, anchor}"
-        <slot(uuid, anchor)>
-    gpu_catalog_by_host_v2,hostname=h1 last=<ns>i,
+        <gpu_slot(uuid, anchor)>
+    gpu_catalog_by_host_v3,hostname=h1 last=<ns>i,
         record="{json: first, last, uuid, gpu, model, device, ..., anchor}" <same slot>
     gpu_catalog_names_v2,kind=host,shard=007 name="h1",seen=<anchor_ns>i <slot(name)>
 
 Later `last_seen`s alone (`GpuRecord.seen_only`: same writer, descriptor and first_seen)::
 
-    gpu_catalog_v2,shard=042 last=<ns>i <slot>
-    gpu_catalog_by_host_v2,hostname=h1 last=<ns>i <slot>
+    gpu_catalog_v3,shard=042 last=<ns>i <slot>
+    gpu_catalog_by_host_v3,hostname=h1 last=<ns>i <slot>
 
 InfluxDB merges a point written again at the same series and time with the stored one
 (the union of the fields, the new values winning: documented for 1.x and 2.x), so these
@@ -36,14 +36,19 @@ predicate InfluxDB evaluates while it reads the shards; a `hostname` filter read
 host's own series instead (otherwise it would read every shard: docs/benchmarks.md).
 
 Point time: a point's series + time is its identity (a write there overwrites it), so
-each GPU's record gets its own time in its shard's series: SLOT_BASE_NS plus a 41-bit
-hash of (uuid, anchor), the anchor being the time the writing process first saw the GPU.
-So a writing process overwrites its own record in place (descriptor changes included:
-no `moved` records are needed here), every other writer keeps its own point (readers
-merge them with `store.catalog.reduce_gpus`: oldest first_seen, newest descriptor), and a
-redelivered batch rewrites the same points. Names get the hash of the name alone. Two
-keys of one shard on one slot (about 400 GPUs per shard in 2^41 slots: ~4e-8 per shard)
-would overwrite each other; a write of either brings it back.
+each GPU's record gets its own time in its shard's series (`gpu_slot`): SLOT_BASE_NS,
+plus a 17-bit hash of the uuid that picks the GPU's window of 2^24 ns (`gpu_window`),
+plus a 24-bit hash of (uuid, anchor) inside it, the anchor being the time the writing
+process first saw the GPU. So a writing process overwrites its own record in place
+(descriptor changes included: no `moved` records are needed here), every other writer
+keeps its own point (readers merge them with `store.catalog.reduce_gpus`: oldest
+first_seen, newest descriptor), and a redelivered batch rewrites the same points. A
+lookup by uuid (`gpu_statement`: the telemetry page, a GPU's detail) reads the GPU's
+window only, a point or two, instead of its whole shard (~400 records at 100,000 GPUs:
+1.3-1.7 ms of influxd, about half of a telemetry page's; docs/benchmarks.md). Names get
+the hash of the name alone. Two GPUs of one shard on one slot (about 400 GPUs per shard
+in 2^41 slots: ~4e-8 per shard), or two writers of one GPU (2^-24 per pair), would
+overwrite each other; a write of either brings it back.
 
 All slots lie in one 36-minute window in the year 2200, aligned to a week: inside one
 InfluxDB shard group whatever the bucket's shard-group duration (1 h, 1 d, 7 d), never
@@ -56,9 +61,11 @@ unparsed (`candidates`); only the GPUs the page serves have their JSON parsed
 (`summarize`): a page of 1,000 reads ~1,150-1,400 records, and parsing and merging every
 one of them was most of the gateway's CPU for the page.
 
-Earlier layouts (`gpu_catalog`, `gpu_catalog_names`, one series per GPU or name) are not
-read: `gputel-store backfill-catalog` builds this one from the stored telemetry
-(docs/storage.md).
+Earlier layouts of the GPU records (`gpu_catalog`, one series per GPU; `gpu_catalog_v2`
+and `gpu_catalog_by_host_v2`, slots hashed from (uuid, anchor) alone) are not read:
+`gputel-store backfill-catalog` builds this one from the stored telemetry, and a
+collector writes each GPU it sees again (docs/storage.md). The names' layout is unchanged
+since `_v2`.
 """
 
 from __future__ import annotations
@@ -92,17 +99,30 @@ _NAMES_HEAD = escape_measurement(schema.NAMES_MEASUREMENT) + "," + schema.TAG_KI
 # 2200-01-01 rounded down to a whole week since the epoch (shard groups align to it).
 SLOT_BASE_NS = 7_258_118_400 // 604_800 * 604_800 * 1_000_000_000
 SLOT_BITS = 41  # 2^41 ns: 36.6 minutes, inside one shard group of any duration >= 1 h
+# A GPU's records lie in a window of 2^WINDOW_BITS ns (16.8 ms) that its uuid alone picks.
+WINDOW_BITS = 24
+
+
+def _hash(key: str, bits: int) -> int:
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> (64 - bits)
 
 
 def slot(key: str) -> int:
     """Return the point time of the catalog record with this key (stable, in the window)."""
-    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-    return SLOT_BASE_NS + (int.from_bytes(digest, "big") >> (64 - SLOT_BITS))
+    return SLOT_BASE_NS + _hash(key, SLOT_BITS)
+
+
+def gpu_window(uuid: str) -> tuple[int, int]:
+    """Return the first and last point time any record of this GPU can have (inclusive)."""
+    low = SLOT_BASE_NS + (_hash(uuid, SLOT_BITS - WINDOW_BITS) << WINDOW_BITS)
+    return low, low + (1 << WINDOW_BITS) - 1
 
 
 def gpu_slot(uuid: str, anchor_ns: int) -> int:
-    """Return the point time of a GPU's record as written by the process with this anchor."""
-    return slot(f"{uuid}\x00{anchor_ns}")
+    """Return the point time of a GPU's record as written by the process with this anchor:
+    in the GPU's window (`gpu_window`), at an offset the anchor picks."""
+    return gpu_window(uuid)[0] + _hash(f"{uuid}\x00{anchor_ns}", WINDOW_BITS)
 
 
 def _gpu_fields(record: GpuRecord, in_host_series: bool) -> str:
@@ -141,21 +161,17 @@ def _gpu_fields(record: GpuRecord, in_host_series: bool) -> str:
     return ",".join(fields)
 
 
-def gpu_line(record: GpuRecord) -> str:
-    """Return the line protocol of one GPU record in its shard's series."""
-    uuid = record.fields[0]
-    shard = catalog.shard_of(uuid)
-    slot_ns = gpu_slot(uuid, record.anchor_ns)
+def gpu_line(record: GpuRecord, slot_ns: int) -> str:
+    """Return the line protocol of one GPU record in its shard's series, at its `gpu_slot`."""
+    shard = catalog.shard_of(record.fields[0])
     if record.seen_only:
         return f"{_HEAD}{shard:03d} {schema.FIELD_LAST}={record.last_seen_ns}i {slot_ns}"
     return f"{_HEAD}{shard:03d} {_gpu_fields(record, False)} {slot_ns}"
 
 
-def host_line(record: GpuRecord) -> str:
+def host_line(record: GpuRecord, slot_ns: int) -> str:
     """Return the line protocol of one GPU record in its host's series (the `hostname` index)."""
-    uuid, host = record.fields[0], record.fields[1]
-    slot_ns = gpu_slot(uuid, record.anchor_ns)
-    head = f"{_HOST_HEAD}{escape_tag(host)}"
+    head = f"{_HOST_HEAD}{escape_tag(record.fields[1])}"
     if record.seen_only:
         return f"{head} {schema.FIELD_LAST}={record.last_seen_ns}i {slot_ns}"
     return f"{head} {_gpu_fields(record, True)} {slot_ns}"
@@ -176,8 +192,13 @@ def encode(update: CatalogUpdate) -> bytes:
     overwrites them there: same slot) but kept in the old host's series, so a filter on
     the old hostname stops finding the GPU.
     """
-    lines = [gpu_line(r) for r in update.gpus if not r.moved]
-    lines += [host_line(r) for r in update.gpus if r.fields[1]]
+    lines: list[str] = []
+    for record in update.gpus:
+        slot_ns = gpu_slot(record.fields[0], record.anchor_ns)
+        if not record.moved:
+            lines.append(gpu_line(record, slot_ns))
+        if record.fields[1]:
+            lines.append(host_line(record, slot_ns))
     lines += [name_line(n.kind, n.name, n.anchor_ns) for n in update.names]
     return "\n".join(lines).encode()
 
@@ -276,9 +297,10 @@ def summarize(candidate: Candidate) -> GpuSummary | None:
 
 
 def gpu_statement(uuid: str) -> str:
-    """Return the statement for one GPU's records: one shard, one uuid."""
+    """Return the statement for one GPU's records: one shard, one uuid, its window of time."""
     shard = catalog.shard_of(uuid)
-    return influxql.catalog_gpus(range(shard, shard + 1), {schema.TAG_UUID: uuid})
+    tags = {schema.TAG_UUID: uuid}
+    return influxql.catalog_gpus(range(shard, shard + 1), tags, window=gpu_window(uuid))
 
 
 def gpu_of(found: list[Series]) -> GpuSummary | None:
@@ -346,10 +368,7 @@ class CatalogReader:
         """
         if not found:
             return []
-        statements = [
-            influxql.catalog_gpus(range(k[0], k[0] + 1), {schema.TAG_UUID: k[1]})
-            for k in map(catalog.gpu_key, (g.uuid for g in found))
-        ]
+        statements = [gpu_statement(g.uuid) for g in found]
         out: list[GpuSummary] = []
         for result in self._client.results(statements):
             records = (parse_gpu(row) for series in result for row in complete(series.values))

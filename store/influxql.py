@@ -68,17 +68,26 @@ CATALOG_COLUMNS = (
 )  # fmt: skip
 
 
-def catalog_gpus(shards: range | None, tags: dict[str, str], models: Sequence[str] = ()) -> str:
+def catalog_gpus(
+    shards: range | None,
+    tags: dict[str, str],
+    models: Sequence[str] = (),
+    window: tuple[int, int] | None = None,
+) -> str:
     """Return the statement for every GPU record in `shards` (all when None) matching `tags`.
 
     `shards` is a tag (the index picks the series); `tags` and `models` are the record's
-    fields (`uuid`, `hostname`, `gpu`, `model`), compared while the shards are read. Grouped
-    by shard, so each result series carries its shard (a reader needs no hash per record).
+    fields (`uuid`, `hostname`, `gpu`, `model`), compared while the shards are read;
+    `window` bounds the records' point times (inclusive), so only that part of the shards
+    is read. Grouped by shard, so each result series carries its shard (a reader needs no
+    hash per record).
     """
     clauses = [] if shards is None else [shard_clause(shards)]
     clauses += [eq(k, v) for k, v in sorted(tags.items())]
     if models:
         clauses.append(any_of(schema.TAG_MODEL, models))
+    if window is not None:
+        clauses += [f"time >= {int(window[0])}", f"time <= {int(window[1])}"]
     statement = _select(CATALOG_COLUMNS, schema.CATALOG_MEASUREMENT, clauses)
     return f"{statement} GROUP BY {ident(schema.TAG_SHARD)}"
 

@@ -30,10 +30,11 @@ from store.base import InvalidBatch
 
 MEASUREMENT = "gpu_telemetry"
 # The catalog (store.catalog) on InfluxDB: see store.influx_catalog for the layout.
-# (`_v2`: one series per shard; the per-GPU-series layout of `gpu_catalog` is no longer read.)
-CATALOG_MEASUREMENT = "gpu_catalog_v2"
+# (`_v2`: one series per shard; `_v3`: a GPU's records at times its uuid picks. Earlier
+# layouts of the GPU records are no longer read; the names' layout is still the `_v2` one.)
+CATALOG_MEASUREMENT = "gpu_catalog_v3"
 NAMES_MEASUREMENT = "gpu_catalog_names_v2"
-HOSTS_MEASUREMENT = "gpu_catalog_by_host_v2"  # the same GPU records, one series per hostname
+HOSTS_MEASUREMENT = "gpu_catalog_by_host_v3"  # the same GPU records, one series per hostname
 FIELD_RECORD = "record"
 FIELD_SEEN = "seen"
 FIELD_LAST = "last"  # a catalog record's last_seen (ns), its own field: written alone

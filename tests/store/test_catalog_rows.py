@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import random
+
 import orjson
 
 from store.catalog import CatalogUpdate, GpuRecord, reduce_gpus, shard_of
-from store.influx_catalog import candidates, encode, gpu_slot, parse_gpu, summarize
+from store.influx_catalog import (
+    SLOT_BASE_NS,
+    SLOT_BITS,
+    WINDOW_BITS,
+    candidates,
+    encode,
+    gpu_slot,
+    gpu_statement,
+    gpu_window,
+    parse_gpu,
+    summarize,
+)  # fmt: skip
 from store.influxql import CATALOG_COLUMNS
 from store.v1query import Series
 
@@ -98,3 +111,22 @@ def test_a_later_last_seen_is_written_alone_onto_both_copies_of_the_record() -> 
         f"{shard.split(' uuid=')[0]} last=70i {slot}",
         f"{host.split(' last=')[0]} last=70i {slot}",  # the series key: `h\\ 1` escaped
     ]
+
+
+def test_every_record_of_a_gpu_lies_in_the_window_its_uuid_names() -> None:
+    """A uuid lookup reads one window of its shard's series: each writer's record of the GPU
+    (one per anchor) is in it, and different GPUs get different windows."""
+    rng = random.Random(7)
+    lows = set()
+    for _ in range(2_000):
+        uuid = f"GPU-{rng.getrandbits(128):032x}"
+        low, high = gpu_window(uuid)
+        assert high - low + 1 == 2**WINDOW_BITS
+        assert low >= SLOT_BASE_NS and high < SLOT_BASE_NS + 2**SLOT_BITS
+        slots = {gpu_slot(uuid, rng.getrandbits(63)) for _ in range(20)}
+        assert len(slots) == 20 and all(low <= s <= high for s in slots)
+        lows.add(low)
+    assert len(lows) > 1_950  # 2^17 windows: the uuids spread over them
+    statement = gpu_statement("GPU-1")
+    low, high = gpu_window("GPU-1")
+    assert f"time >= {low} AND time <= {high}" in statement

@@ -9,8 +9,9 @@ import pytest
 
 from store import InvalidArgument, InvalidBatch, Store, StoredPoint, StoreUnavailable, open_store
 from store.base import PreparedWrite
-from store.catalog import gpu_key
+from store.catalog import gpu_key, shard_of
 from store.influx import InfluxStore
+from store.influx_catalog import slot
 from store.lineprotocol import LineProtocolEncoder
 from tests.fixtures.influx import InfluxServer, require_influxd
 from tests.store.helpers import T0, S, batch, gpu, grid
@@ -73,7 +74,7 @@ def test_influx_body_is_line_protocol_gzipped_by_the_store(influx_server: Influx
     rest = text[len(points) + 1 :].decode().splitlines()
     assert (
         sorted(line.split(",", 1)[0] for line in rest)
-        == ["gpu_catalog_by_host_v2"] * 2 + ["gpu_catalog_names_v2"] * 4 + ["gpu_catalog_v2"] * 2
+        == ["gpu_catalog_by_host_v3"] * 2 + ["gpu_catalog_names_v2"] * 4 + ["gpu_catalog_v3"] * 2
     )  # two GPUs (in their shard's and their host's series); their host, model, two metrics
     # One series per catalog shard: the GPU's identity is in fields, the time is its slot.
     assert all(line.split(" ", 1)[0].count(",") == 1 for line in rest if "_names" not in line)
@@ -111,19 +112,27 @@ def test_influx_catalog_is_one_series_per_shard(influx_server: InfluxServer) -> 
     assert moved.uuid not in {e.uuid for e in on_old}  # marked moved in the old host's series
 
 
-def test_influx_catalog_of_the_earlier_layout_is_rebuilt_by_the_backfill(
-    influx_server: InfluxServer,
+@pytest.mark.parametrize("layout", ["gpu_catalog", "gpu_catalog_v2"])
+def test_influx_catalog_of_an_earlier_layout_is_rebuilt_by_the_backfill(
+    influx_server: InfluxServer, layout: str
 ) -> None:
-    """An InfluxDB catalog written in the one-series-per-GPU layout (`gpu_catalog`) is not
-    read; `backfill_catalog` (the `gputel-store backfill-catalog` command) rebuilds it."""
+    """An InfluxDB catalog written in an earlier layout (`gpu_catalog`: one series per GPU;
+    `gpu_catalog_v2`: a record's slot hashed from uuid and anchor together) is not read;
+    `backfill_catalog` (the `gputel-store backfill-catalog` command) rebuilds it."""
     import urllib.request
 
     conn = influx_server.create_database()
     g = gpu(1)
     with InfluxStore(**conn.store_opts(), write_catalog=False) as old:
         old.write(grid([g], [UTIL], [T0, T0 + S]))
-    record = f'"{{\\"first\\":{T0},\\"last\\":{T0 + S}}}"'
-    line = f"gpu_catalog,gpu=1,hostname={g.hostname},shard=001,uuid={g.uuid} record={record} {T0}"
+    body = f'{{\\"first\\":{T0},\\"last\\":{T0 + S},\\"anchor\\":{T0}}}'
+    if layout == "gpu_catalog":
+        tags = f"gpu=1,hostname={g.hostname},shard=001,uuid={g.uuid}"
+        line = f'gpu_catalog,{tags} record="{body}" {T0}'
+    else:
+        fields = f'uuid="{g.uuid}",gpu="1",model="",last={T0 + S}i,record="{body}"'
+        at = slot(g.uuid + "\x00" + str(T0))  # the `_v2` slot of this writer's record
+        line = f"gpu_catalog_v2,shard={shard_of(g.uuid):03d} {fields} {at}"
     req = urllib.request.Request(f"{conn.url}/write?db={conn.bucket}", line.encode())
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert resp.status == 204
