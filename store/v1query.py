@@ -6,9 +6,9 @@ InfluxDB 2.x OSS and Cloud answer `/query` for a bucket through its DBRP mapping
 otherwise needs `influx v1 dbrp create` (docs/storage.md). Authentication is the same
 `Authorization: Token …` header as the 2.x API (1.8: `Token user:password`).
 
-Thread- and greenlet-safe: one urllib3 pool per store keeps up to POOL_SIZE keep-alive
-connections, and a request beyond them opens a connection it then drops (no waiting).
-Responses are asked for in MessagePack and read whole (ns timestamps via `epoch=ns`, exact
+Thread- and greenlet-safe: one `store.http1.Client` per store keeps up to POOL_SIZE
+keep-alive connections, and a request beyond them opens a connection it then drops (no
+waiting). Responses are asked for in MessagePack and read whole (ns timestamps via `epoch=ns`, exact
 64-bit integers): influxd encodes a 1,000-point page in MessagePack with about a quarter
 less CPU than in JSON (its JSON encoder goes through reflection; docs/benchmarks.md), and
 msgpack decodes it about as fast as orjson parses the JSON. A server that answers JSON
@@ -19,14 +19,15 @@ error tree here, in one place.
 from __future__ import annotations
 
 import struct
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 import orjson
-import urllib3
 
 from store.base import StoreError, StoreUnavailable
+from store.http1 import Client
 
 POOL_SIZE = 16
 # influxd picks its encoder by an exact match of the whole Accept header (1.8 and 2.x).
@@ -52,13 +53,9 @@ class QueryClient:
     """Runs InfluxQL statements against one bucket through `POST /query`."""
 
     def __init__(self, url: str, bucket: str, token: str, timeout_ms: int = 10_000) -> None:
-        self._url = url.rstrip("/") + "/query"
-        self._params = {**dbrp(bucket), "epoch": "ns"}
-        self._headers = {"Authorization": f"Token {token}", "Accept": MSGPACK}
-        self._pool = urllib3.PoolManager(
-            maxsize=POOL_SIZE, block=False, retries=False,
-            timeout=urllib3.Timeout(total=timeout_ms / 1000),
-        )  # fmt: skip
+        self._form = urllib.parse.urlencode({**dbrp(bucket), "epoch": "ns", "q": ""}).encode()
+        headers = {"Authorization": f"Token {token}", "Accept": MSGPACK}
+        self._http = Client(url, headers, timeout_ms / 1000, POOL_SIZE)
 
     def series(self, statement: str) -> list[Series]:
         """Run one statement; return its series (empty when nothing matched)."""
@@ -82,23 +79,21 @@ class QueryClient:
         return out
 
     def _post(self, q: str) -> dict[str, Any]:
+        form = self._form + urllib.parse.quote_plus(q).encode()  # `q` is the form's last field
         try:
-            resp = self._pool.request(
-                "POST", self._url, fields={**self._params, "q": q},
-                encode_multipart=False, headers=self._headers,
-            )  # fmt: skip
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            answer = self._http.post("/query", form)
+        except OSError as exc:  # refused, reset, TLS, the deadline (store.http1.HttpError)
             raise StoreUnavailable(f"InfluxDB query failed: {type(exc).__name__}: {exc}") from exc
-        if resp.status != 200:
-            raise _status_error(resp.status, resp.data, resp.headers.get("Content-Type", ""))
+        if answer.status != 200:
+            raise _status_error(answer.status, answer.body, answer.content_type)
         try:
-            return _decode(resp.headers.get("Content-Type", ""), resp.data)
+            return _decode(answer.content_type, answer.body)
         except (ValueError, TypeError, msgpack.UnpackException) as exc:  # orjson's: ValueError
             raise StoreUnavailable(f"InfluxDB answered no JSON or MessagePack: {exc}") from exc
 
     def close(self) -> None:
         """Drop the pooled connections."""
-        self._pool.clear()
+        self._http.close()
 
 
 def _msgp_time(code: int, data: bytes) -> Any:

@@ -74,6 +74,7 @@ def test_errors_map_onto_the_store_error_tree(influx_server: InfluxServer) -> No
         missing = QueryClient(conn.url, "no_such_db", conn.token)
         with pytest.raises(StoreError, match="database not found") as gone:
             missing.series(points("GPU-1", 0, 1, None, 1))
+        missing.close()
         assert not isinstance(gone.value, StoreUnavailable)
         a, b = client.results([points("GPU-1", 0, 1, None, 1)] * 2)
         assert a == b == []
