@@ -4,7 +4,7 @@
 
 `fleet_bench` measures one commit; this compares commits on a machine whose speed moves
 between runs (other tenants): each round starts a gateway from each tree in turn
-(`PYTHONPATH=TREE python -P -m gateway.cli`, 2 workers, GPU-list cache off) on the same
+(`PYTHONPATH=TREE python -P -m gateway.cli` run in TREE, 2 workers, GPU-list cache off) on the same
 cached InfluxDB fleet (`fleet_bench.influx_server`), and loads the same paths with wrk:
 the one-hour telemetry page at 2 and 16 connections, then the GPU page, the host page and
 a GPU's detail at 2 (set FLEET_AB_LISTS=0 to skip those). One JSON line per measurement,
@@ -34,7 +34,13 @@ from tests.fixtures.broker import free_port
 
 
 def gateway(tree: str, opts: dict[str, str], tmp: Path) -> Proc:
-    """A gateway of `tree`'s code on the fleet's InfluxDB (2 workers, no GPU-list cache)."""
+    """A gateway of `tree`'s code on the fleet's InfluxDB (2 workers, no GPU-list cache).
+
+    It runs in `tree` as well as with it on PYTHONPATH: gunicorn puts its working directory
+    first on its workers' `sys.path`, so a gateway started from another source tree ran
+    that tree's code whatever PYTHONPATH said (before 2026-12-02 15:40 UTC every gateway
+    of a comparison ran the code of the directory the benchmark was started from).
+    """
     port = free_port()
     argv = [sys.executable, "-P", "-m", "gateway.cli", "--store", "influx",
             "--influx-url", opts["url"], "--influx-org", "gputel", "--influx-bucket",
@@ -43,9 +49,9 @@ def gateway(tree: str, opts: dict[str, str], tmp: Path) -> Proc:
     before = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = tree
     try:
-        return Proc(
-            "gateway", argv, tmp / "gateway.log", f"http://127.0.0.1:{port}/healthz"
-        ).start()
+        gw = Proc("gateway", argv, tmp / "gateway.log", f"http://127.0.0.1:{port}/healthz")
+        gw.cwd = tree
+        return gw.start()
     finally:
         if before is None:
             del os.environ["PYTHONPATH"]
