@@ -2,10 +2,11 @@
 
 Why not urllib3 (which the InfluxDB store used here before): a request through urllib3 cost
 the gateway ~0.8 ms of CPU before a byte of its answer was used (building the request,
-`http.client`'s header parsing through the `email` package, chunked framing in Python),
-against ~0.1 ms here, measured on a one-hour telemetry page (docs/benchmarks.md, "The
-`/query` client"). Each telemetry page is one such request, so that was about a sixth of
-the page's CPU. Here a request is one `sendall` of a prepared head and body, and the answer
+`http.client`'s header parsing through the `email` package, chunked framing in Python):
+the one-hour telemetry page's request took 2.05 ms of client CPU through urllib3 and
+1.16 ms here, MessagePack decoding included (docs/benchmarks.md, "A GPU's catalog entry in
+one window; the `/query` client without urllib3"). Each telemetry page is one such
+request: that was about a fifth of the gateway's CPU for the page. Here a request is one `sendall` of a prepared head and body, and the answer
 is framed by `httptools` (the C parser the streamer's scrapes use: Content-Length, chunked,
 keep-alive).
 

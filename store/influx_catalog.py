@@ -45,7 +45,7 @@ keeps its own point (readers merge them with `store.catalog.reduce_gpus`: oldest
 first_seen, newest descriptor), and a redelivered batch rewrites the same points. A
 lookup by uuid (`gpu_statement`: the telemetry page, a GPU's detail) reads the GPU's
 window only, a point or two, instead of its whole shard (~400 records at 100,000 GPUs:
-1.3-1.7 ms of influxd, about half of a telemetry page's; docs/benchmarks.md). Names get
+1.0-1.7 ms of influxd against 0.7-1.0 for the window; docs/benchmarks.md). Names get
 the hash of the name alone. Two GPUs of one shard on one slot (about 400 GPUs per shard
 in 2^41 slots: ~4e-8 per shard), or two writers of one GPU (2^-24 per pair), would
 overwrite each other; a write of either brings it back.
