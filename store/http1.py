@@ -6,9 +6,9 @@ the gateway ~0.8 ms of CPU before a byte of its answer was used (building the re
 the one-hour telemetry page's request took 2.05 ms of client CPU through urllib3 and
 1.16 ms here, MessagePack decoding included (docs/benchmarks.md, "A GPU's catalog entry in
 one window; the `/query` client without urllib3"). Each telemetry page is one such
-request: that was about a fifth of the gateway's CPU for the page. Here a request is one `sendall` of a prepared head and body, and the answer
-is framed by `httptools` (the C parser the streamer's scrapes use: Content-Length, chunked,
-keep-alive).
+request: that was about a fifth of the gateway's CPU for the page. Here a request is one
+`sendall` of a prepared head and body, and the answer is framed by `httptools` (the C
+parser the streamer's scrapes use: Content-Length, chunked, keep-alive).
 
 Connections are kept alive and reused: up to `pool_size` idle ones, a request beyond them
 opens another, which is then closed if the pool is full (never waits). A kept connection
