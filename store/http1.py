@@ -145,11 +145,18 @@ class Client:
     def _connect(self, deadline: float) -> socket.socket:
         try:
             sock = socket.create_connection((self._host, self._port), _left(deadline))
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self._tls is not None:
-                sock = self._tls.wrap_socket(sock, server_hostname=self._host)
         except TimeoutError as exc:
             raise HttpError(f"connecting to {self._host}:{self._port} timed out") from exc
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls is not None:
+                sock.settimeout(_left(deadline))
+                sock = self._tls.wrap_socket(sock, server_hostname=self._host)
+        except BaseException as exc:
+            sock.close()
+            if isinstance(exc, TimeoutError):
+                raise HttpError(f"TLS with {self._host}:{self._port} timed out") from exc
+            raise
         return sock
 
     def _exchange(
