@@ -325,13 +325,6 @@ class CatalogReader:
         self._per_shard: dict[str, float] = {}
         self._models: tuple[float, list[str]] = (0.0, [])  # (monotonic expiry, names)
 
-    def records(
-        self, shards: range | None, tags: dict[str, str], models: Sequence[str] = ()
-    ) -> list[GpuRecord]:
-        """Every GPU record in `shards` (all when None) matching `tags` and `models`."""
-        found = self._client.series(influxql.catalog_gpus(shards, tags, models))
-        return [parse_gpu(row) for series in found for row in complete(series.values)]
-
     def gpu_page(
         self, tags: dict[str, str], limit: int, after: str | None, models: Sequence[str] = ()
     ) -> list[GpuSummary]:
