@@ -97,7 +97,10 @@ class Client:
         host = f"[{self._host}]" if ":" in self._host else self._host
         default_port = self._port == (443 if self._tls else 80)
         lines = [f"Host: {host if default_port else f'{host}:{self._port}'}"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
+        for name, value in headers.items():
+            if any(c in name + value for c in "\r\n\x00"):  # would end the header early
+                raise ValueError(f"HTTP header {name!r}: a control character in its value")
+            lines.append(f"{name}: {value}")
         lines.append("Content-Type: application/x-www-form-urlencoded")
         self._head = "\r\n".join(lines)
         self._timeout_s = timeout_s

@@ -200,6 +200,8 @@ def test_failures_reach_the_store_as_unavailable() -> None:
         query.close()
     with pytest.raises(ValueError, match="http:// or https://"):
         QueryClient("ftp://127.0.0.1:1", "db", "t")
+    with pytest.raises(ValueError, match="control character"):  # no header injection
+        QueryClient("http://127.0.0.1:1", "db", "t\r\nX-Evil: 1")
 
 
 def test_https_verifies_the_server_against_the_trust_store(
