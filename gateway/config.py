@@ -32,6 +32,16 @@ HEAD_TIMEOUT_S = 5.0
 SEND_TIMEOUT_S = 60.0
 # Open connections per worker (gunicorn's worker_connections), slow ones included.
 MAX_CONNECTIONS = 1000
+# Connections a gevent worker works on at once before it stops accepting (gateway/worker.py,
+# `_Admission`): others wait in the listen backlog for the first worker with room. 2: one
+# request's answer is made while the other waits for the store (measured, docs/benchmarks.md).
+MAX_ACTIVE = 2
+# A connection stops counting towards --max-active when its request head is still incomplete
+# this long after its accept (a fast client's head is in the socket before the worker reads
+# it), and when its request is still in the app this long after its head: then it waits for
+# its client or the store, not for the worker's CPU.
+HEAD_GRACE_S = 0.05
+WORK_GRACE_S = 0.5
 # prometheus_client reads it when first imported, so gunicorn sets it before workers start.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -52,6 +62,7 @@ class GatewayConfig:
     head_timeout_s: float = HEAD_TIMEOUT_S
     send_timeout_s: float = SEND_TIMEOUT_S
     max_connections: int = MAX_CONNECTIONS
+    max_active: int = MAX_ACTIVE
     log_level: str = "INFO"
     # Seconds a GPU-list page is served from memory (0: always ask the store).
     catalog_cache_s: float = 1.0
@@ -92,6 +103,7 @@ class GatewayConfig:
             "GPUTEL_GATEWAY_HEAD_TIMEOUT_S": str(self.head_timeout_s),
             "GPUTEL_GATEWAY_SEND_TIMEOUT_S": str(self.send_timeout_s),
             "GPUTEL_GATEWAY_MAX_CONNECTIONS": str(self.max_connections),
+            "GPUTEL_GATEWAY_MAX_ACTIVE": str(self.max_active),
             "GPUTEL_GATEWAY_LOG_LEVEL": self.log_level,
             "GPUTEL_GATEWAY_CATALOG_CACHE_S": str(self.catalog_cache_s),
             "GPUTEL_GATEWAY_BROKER": self.broker,
@@ -120,6 +132,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _not_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
@@ -198,6 +217,14 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=gw("MAX_CONNECTIONS", str(MAX_CONNECTIONS)),
         help="open connections per worker, slow ones included (more wait in the listen backlog)",
     )
+    p.add_argument(
+        "--max-active",
+        type=_not_negative,
+        default=gw("MAX_ACTIVE", str(MAX_ACTIVE)),
+        help="connections a gevent worker works on at once; at the bound it takes no new one "
+        "and they wait in the listen backlog for the first worker with room (0: no bound; "
+        f"slow clients and slow store reads stop counting after {WORK_GRACE_S:g} s)",
+    )
     p.add_argument("--log-level", default=gw("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING")
     p.add_argument(
         "--catalog-cache-s",
@@ -261,6 +288,7 @@ def from_args(
         head_timeout_s=float(a.head_timeout_s),
         send_timeout_s=float(a.send_timeout_s),
         max_connections=int(a.max_connections),
+        max_active=int(a.max_active),
         log_level=a.log_level.upper(),
         catalog_cache_s=max(float(a.catalog_cache_s), 0.0),
         broker=a.broker,

@@ -28,6 +28,18 @@ a slow client costs a few KiB, not a worker. Bounds, each with a flag and a metr
 - `--max-connections`: open connections per worker (gunicorn's `worker_connections`); past
   it the worker stops accepting and newcomers wait in the listen backlog
   (`gpu_telemetry_gateway_connections` counts the open ones).
+- `--max-active`: connections a worker is *working on* (`_Admission`); at the bound it stops
+  accepting until one is done, so newcomers wait in the listen backlog that all workers share
+  and the first worker with room takes them. Without it, each worker took every connection
+  it could: waiting on InfluxDB, a worker's loop is idle, so one of two workers held 13 of 16
+  connections and its requests queued for its one CPU while the other worker idled (measured:
+  telemetry page p99 139 ms with no bound, 92 ms with 2; docs/benchmarks.md). A connection
+  counts from its accept until its answer is ready (the first byte is sent), but a request
+  head still incomplete after `HEAD_GRACE_S` or a request still in the app after
+  `WORK_GRACE_S` stops counting: slow clients and slow store reads never keep a worker from
+  taking connections, and `/healthz` waits at most about `WORK_GRACE_S` in the backlog.
+  `gpu_telemetry_gateway_active_connections` counts them,
+  `gpu_telemetry_gateway_accept_pauses_total` the times a worker stopped accepting.
 
 A request gunicorn itself refuses before the app sees it (a request line over
 `limit_request_line`, too many or too large header fields, a malformed head) is answered
@@ -45,16 +57,18 @@ import json
 import socket as _socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 import gevent
 from gevent import monkey, socket
+from gevent.server import StreamServer
 from gunicorn import util
+from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
 
-from gateway.config import from_env
+from gateway.config import HEAD_GRACE_S, WORK_GRACE_S, from_env
 from gateway.errors import PROBLEM_JSON
 
 PREFIX = "gpu_telemetry_gateway"
@@ -78,6 +92,15 @@ class _SlowClientMetrics:
             f"{PREFIX}_connections",
             "Open client connections (bound: --max-connections per worker).",
             multiprocess_mode="livesum",
+        )
+        self.active = Gauge(
+            f"{PREFIX}_active_connections",
+            "Connections being read or worked on (bound: --max-active per worker).",
+            multiprocess_mode="livesum",
+        )
+        self.pauses = Counter(
+            f"{PREFIX}_accept_pauses",
+            "Times a worker stopped taking connections, --max-active of its own being active.",
         )
 
 
@@ -123,25 +146,44 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
         self.head_timeout_s = config.head_timeout_s
         self.send_timeout_s = config.send_timeout_s
         self.slow_metrics = _SlowClientMetrics()
+        self.admission = _Admission(config.max_active, self.slow_metrics)
+        self.slots: dict[int, _Slot] = {}  # by id() of the client socket, while it is handled
         util.write_error = write_problem  # gunicorn's handle_error calls it through `util`
         super().init_process()
 
+    def run(self) -> None:
+        """gunicorn's, with servers the admission can pause (gunicorn builds them by this name,
+        as it calls `write_error` through `util`)."""
+        admission = self.admission
+
+        def server(*args: Any, **kwargs: Any) -> _Server:
+            return _Server(admission, *args, **kwargs)
+
+        ggevent.StreamServer = server
+        super().run()
+
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         self.slow_metrics.connections.inc()
+        slot = self.slots[id(client)] = _Slot(self.admission, HEAD_GRACE_S)
         try:
             if isinstance(client, ssl.SSLSocket) and not self._handshake(client):
                 return  # the server closes the socket after this returns
             super().handle(listener, client, addr)
         finally:
+            slot.release()
+            del self.slots[id(client)]
             self.slow_metrics.connections.dec()
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
         """gunicorn's, but an answer the client does not take in time closes the connection
-        quietly and is counted (gunicorn logged each as a socket error with a traceback)."""
+        quietly and is counted (gunicorn logged each as a socket error with a traceback).
+        The request counts towards --max-active until its answer starts (`_AnswerSocket`)."""
+        slot = self.slots[id(sock)]
+        slot.hold(WORK_GRACE_S)
         sock.settimeout(self.send_timeout_s)  # gunicorn made it blocking; the head is read
         try:
             return super().handle_request(
-                listener_name, req, _AnswerSocket(sock, self.send_timeout_s), addr
+                listener_name, req, _AnswerSocket(sock, self.send_timeout_s, slot.release), addr
             )
         except TimeoutError:
             self.slow_metrics.slow_readers.inc()
@@ -190,6 +232,95 @@ class _Deadline:
     expired = False
 
 
+class _Admission:
+    """A worker's active connections; at `bound` (0: none) its servers stop accepting.
+
+    Used only by the worker's gevent loop and its greenlets (one OS thread): no lock.
+    """
+
+    def __init__(self, bound: int, metrics: _SlowClientMetrics) -> None:
+        self.bound = bound
+        self.active = 0
+        self.paused = False
+        self.servers: list[_Server] = []  # each registers itself
+        self._metrics = metrics
+
+    def enter(self) -> None:
+        self.active += 1
+        self._metrics.active.inc()
+        if self.bound and self.active >= self.bound and not self.paused:
+            self.paused = True
+            self._metrics.pauses.inc()
+            for server in self.servers:
+                server.stop_accepting()
+
+    def leave(self) -> None:
+        self.active -= 1
+        self._metrics.active.dec()
+        if self.paused and self.active < self.bound:
+            self.paused = False
+            for server in self.servers:
+                if server.started:  # not once gunicorn closed it to stop the worker
+                    server.start_accepting()
+
+
+class _Server(StreamServer):  # type: ignore[misc]  # gevent is untyped
+    """gevent's server, accepting only while the worker's admission allows.
+
+    One connection per accept (gunicorn sets it so with several workers): the new
+    connection's greenlet starts, and counts, before the server accepts the next one.
+    gevent restarts accepting by itself too (a pool slot freed, an accept error's back-off):
+    `start_accepting` does nothing while the admission holds it paused.
+    """
+
+    def __init__(self, admission: _Admission, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_accept = 1
+        self._admission = admission
+        admission.servers.append(self)
+
+    def start_accepting(self) -> None:
+        if not self._admission.paused:
+            super().start_accepting()
+
+
+class _Slot:
+    """One connection's share of its worker's admission, held for at most a grace each time.
+
+    Held from the accept (`HEAD_GRACE_S`) and again from the request head
+    (`hold(WORK_GRACE_S)`); released when the answer starts, when the grace runs out (the
+    loop's timer calls `release`) or when the connection ends, whichever comes first.
+    """
+
+    __slots__ = ("_admission", "_held", "_timer")
+
+    def __init__(self, admission: _Admission, grace_s: float) -> None:
+        self._admission = admission
+        self._held = False
+        self._timer: Any = None
+        self.hold(grace_s)
+
+    def hold(self, grace_s: float) -> None:
+        if not self._held:
+            self._held = True
+            self._admission.enter()
+        self._stop_timer()
+        self._timer = gevent.get_hub().loop.timer(grace_s)
+        self._timer.start(self.release)
+
+    def release(self) -> None:
+        self._stop_timer()
+        if self._held:
+            self._held = False
+            self._admission.leave()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer.close()
+            self._timer = None
+
+
 class _AnswerSocket:
     """The client socket as gunicorn's response writes an answer to it: one deadline for all.
 
@@ -199,14 +330,16 @@ class _AnswerSocket:
     held its connection for as long as it liked (measured: 1.5 MB `swagger-ui-bundle.js`,
     `--send-timeout-s 1`, still connected after 15 s). Here the first send sets the deadline,
     `budget_s` later, and every send waits at most what is left of it; past it, TimeoutError.
-    A new one per request, so each answer gets the whole budget.
+    A new one per request, so each answer gets the whole budget. Its first send also calls
+    `on_answer` (the request stops counting towards --max-active).
     """
 
     _BLOCK = 64 * 1024  # bytes read from a file per send
 
-    def __init__(self, sock: Any, budget_s: float) -> None:
+    def __init__(self, sock: Any, budget_s: float, on_answer: Callable[[], None]) -> None:
         self._sock = sock
         self._budget_s = budget_s
+        self._on_answer = on_answer  # called once, at the first send
         self._end: float | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -217,6 +350,7 @@ class _AnswerSocket:
         now = time.monotonic()
         if self._end is None:
             self._end = now + self._budget_s
+            self._on_answer()
         left = self._end - now
         if left <= 0:
             raise TimeoutError("answer not taken in time")
