@@ -74,8 +74,9 @@ from gateway.errors import PROBLEM_JSON
 PREFIX = "gpu_telemetry_gateway"
 
 
-class _SlowClientMetrics:
-    """Made on first use in a worker (prometheus_client in multiprocess mode by then)."""
+class _WorkerMetrics:
+    """The worker's connection metrics, made in `init_process` (prometheus_client is in
+    multiprocess mode by then)."""
 
     def __init__(self) -> None:
         from prometheus_client import Counter, Gauge
@@ -123,7 +124,7 @@ def write_problem(sock: Any, status: int, reason: str, message: str) -> None:
 
 
 class GatewayWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
-    """gunicorn's gevent worker with a head deadline and connection metrics."""
+    """gunicorn's gevent worker with a head deadline, an admission bound and connection metrics."""
 
     def patch(self) -> None:
         """gevent's monkey-patching, but threads stay OS threads.
@@ -145,15 +146,16 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
         config = from_env()
         self.head_timeout_s = config.head_timeout_s
         self.send_timeout_s = config.send_timeout_s
-        self.slow_metrics = _SlowClientMetrics()
-        self.admission = _Admission(config.max_active, self.slow_metrics)
+        self.metrics = _WorkerMetrics()
+        self.admission = _Admission(config.max_active, self.metrics)
         self.slots: dict[int, _Slot] = {}  # by id() of the client socket, while it is handled
         util.write_error = write_problem  # gunicorn's handle_error calls it through `util`
         super().init_process()
 
     def run(self) -> None:
-        """gunicorn's, with servers the admission can pause (gunicorn builds them by this name,
-        as it calls `write_error` through `util`)."""
+        """gunicorn's, with `_Server`s the admission can pause: gunicorn's run builds one
+        server per listener by its module's name `StreamServer`, rebound here (as
+        `util.write_error` is in `init_process`)."""
         admission = self.admission
 
         def server(*args: Any, **kwargs: Any) -> _Server:
@@ -163,7 +165,7 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
         super().run()
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
-        self.slow_metrics.connections.inc()
+        self.metrics.connections.inc()
         slot = self.slots[id(client)] = _Slot(self.admission, HEAD_GRACE_S)
         try:
             if isinstance(client, ssl.SSLSocket) and not self._handshake(client):
@@ -172,7 +174,7 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
         finally:
             slot.release()
             del self.slots[id(client)]
-            self.slow_metrics.connections.dec()
+            self.metrics.connections.dec()
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
         """gunicorn's, but an answer the client does not take in time closes the connection
@@ -186,7 +188,7 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
                 listener_name, req, _AnswerSocket(sock, self.send_timeout_s, slot.release), addr
             )
         except TimeoutError:
-            self.slow_metrics.slow_readers.inc()
+            self.metrics.slow_readers.inc()
             self.log.info(
                 "client %s did not take its answer within --send-timeout-s %g; connection closed",
                 addr[0] if isinstance(addr, tuple) else addr,
@@ -220,7 +222,7 @@ class GatewayWorker(GeventWorker):  # type: ignore[misc]  # gunicorn is untyped
             if exc is not timer:
                 raise
             deadline.expired = True
-            self.slow_metrics.slow.inc()
+            self.metrics.slow.inc()
             self.log.debug("request head not complete in time; connection closed")
         finally:
             timer.close()
@@ -238,7 +240,7 @@ class _Admission:
     Used only by the worker's gevent loop and its greenlets (one OS thread): no lock.
     """
 
-    def __init__(self, bound: int, metrics: _SlowClientMetrics) -> None:
+    def __init__(self, bound: int, metrics: _WorkerMetrics) -> None:
         self.bound = bound
         self.active = 0
         self.paused = False
