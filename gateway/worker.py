@@ -32,8 +32,9 @@ a slow client costs a few KiB, not a worker. Bounds, each with a flag and a metr
   accepting until one is done, so newcomers wait in the listen backlog that all workers share
   and the first worker with room takes them. Without it, each worker took every connection
   it could: waiting on InfluxDB, a worker's loop is idle, so one of two workers held 13 of 16
-  connections and its requests queued for its one CPU while the other worker idled (measured:
-  telemetry page p99 139 ms with no bound, 92 ms with 2; docs/benchmarks.md). A connection
+  connections and its requests queued for its one CPU while the other worker idled (measured
+  on InfluxDB, 16 connections: the telemetry page's p99 11-22 % lower, p99/p50 1.8-1.9
+  against 2.3-2.5; docs/benchmarks.md). A connection
   counts from its accept until its answer is ready (the first byte is sent), but a request
   head still incomplete after `HEAD_GRACE_S` or a request still in the app after
   `WORK_GRACE_S` stops counting: slow clients and slow store reads never keep a worker from
