@@ -91,6 +91,8 @@ NOT_ON_DASHBOARD = {
     "gpu_telemetry_gateway_connections": "bounded by --max-connections; limits.md",
     "gpu_telemetry_gateway_slow_clients_total": "closed at --head-timeout-s; limits.md",
     "gpu_telemetry_gateway_slow_readers_total": "closed at --send-timeout-s; limits.md",
+    "gpu_telemetry_gateway_active_connections": "bounded by --max-active; limits.md",
+    "gpu_telemetry_gateway_accept_pauses_total": "a worker at --max-active; limits.md",
     "gpu_telemetry_broker_open_connections": "bounded by --max-connections; limits.md",
     "gpu_telemetry_broker_connection_limit_seconds_total": "time at --max-connections; limits.md",
     "gpu_telemetry_broker_publish_paused_seconds_total": "refused streams left unread; limits.md",
