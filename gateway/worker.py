@@ -244,15 +244,17 @@ class _Admission:
     def __init__(self, bound: int, metrics: _WorkerMetrics) -> None:
         self.bound = bound
         self.active = 0
-        self.paused = False
         self.servers: list[_Server] = []  # each registers itself
         self._metrics = metrics
+
+    @property
+    def paused(self) -> bool:
+        return 0 < self.bound <= self.active
 
     def enter(self) -> None:
         self.active += 1
         self._metrics.active.inc()
-        if self.bound and self.active >= self.bound and not self.paused:
-            self.paused = True
+        if self.active == self.bound:  # just reached it
             self._metrics.pauses.inc()
             for server in self.servers:
                 server.stop_accepting()
@@ -260,8 +262,7 @@ class _Admission:
     def leave(self) -> None:
         self.active -= 1
         self._metrics.active.dec()
-        if self.paused and self.active < self.bound:
-            self.paused = False
+        if self.active == self.bound - 1:  # just left it
             for server in self.servers:
                 if server.started:  # not once gunicorn closed it to stop the worker
                     server.start_accepting()

@@ -29,49 +29,30 @@ from gateway.config import HEAD_GRACE_S, WORK_GRACE_S, GatewayConfig
 from gateway.worker import _AnswerSocket
 from tests.gateway.conftest import Gateway
 from tests.hostile.test_gateway_slowloris import metric
+from tests.store.test_http1 import Server
 
 # A request the gateway answers without the store, well under a grace on an idle machine.
 QUICK_S = 0.35
 
 
-class StalledStore:
-    """A loopback HTTP server that reads requests and never answers them."""
+class StalledStore(Server):
+    """A loopback HTTP server that reads requests and answers none until closed."""
 
     def __init__(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        self.asked = threading.Semaphore(0)  # released once per request head received
-        self._held: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._serve, name="stalled-store", daemon=True)
-        self._thread.start()
+        self.asked = threading.Semaphore(0)  # released once per request received
+        self._closing = threading.Event()
+        super().__init__(self._stall)
+        self.url = f"http://127.0.0.1:{self.port}"
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return  # closed
-            self._held.append(conn)
-            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
-
-    def _read(self, conn: socket.socket) -> None:
-        seen = b""
-        try:
-            while chunk := conn.recv(65536):
-                seen += chunk
-                while b"\r\n\r\n" in seen:
-                    seen = seen.split(b"\r\n\r\n", 1)[1]
-                    self.asked.release()
-        except OSError:
-            pass
+    def _stall(self, request: bytes, n: int) -> tuple[bytes, bool]:
+        self.asked.release()
+        self._closing.wait()
+        return b"", True  # the connection closes without an answer
 
     def close(self) -> None:
-        """Stop listening and close every connection: requests waiting on them fail at once."""
-        self._listener.close()
-        for conn in self._held:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)  # wakes the reader; close alone would not
-            conn.close()
+        """Stop listening and end every connection: requests waiting on them fail at once."""
+        super().close()
+        self._closing.set()
 
 
 @pytest.fixture
