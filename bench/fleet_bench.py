@@ -7,7 +7,7 @@ Per store (SQLite file; InfluxDB 1.8.10, the real test server):
   the telemetry pages. Loaded through `Store.write` (so the catalog is written as the
   collector writes it) in 5,000-point batches, two writer threads for InfluxDB (bulk,
   gzipped line protocol). The filled store is cached under ~/.cache/gputel/bench/ by its
-  parameters, so a re-run skips the load.
+  parameters, so a re-run skips the load; InfluxDB's is compacted once after it (`settle`).
 - Served by a real `gputel-gateway` (gunicorn, 2 workers, the store's default threads, the
   GPU-list cache off so every request reaches the store) and loaded by wrk, per endpoint
   with 2 connections (one per worker) and with 16: a random page of
