@@ -1,4 +1,4 @@
-"""The InfluxDB test server's settling, which the fleet benchmark relies on (`bench.fleet_bench.settle`).
+"""The InfluxDB test server's settling, which `bench.fleet_bench.settle` relies on.
 
 A benchmark that measured while influxd still replayed a cache or compacted a shard
 would charge that work to the pages it measures: `InfluxServer.compacted()` must say
