@@ -128,9 +128,10 @@ def influx_server(gpus: list[Gpu]) -> tuple[InfluxServer, dict[str, str], float 
         finally:
             server.stop()
         done.write_text(json.dumps({"fill_s": fill_s}))
-    if not json.loads(done.read_text()).get("compacted"):
+    state = json.loads(done.read_text())
+    if not state.get("compacted"):
         settle(root)
-        done.write_text(json.dumps({**json.loads(done.read_text()), "compacted": True}))
+        done.write_text(json.dumps({**state, "compacted": True}))
     server = InfluxServer(influxd_path(), root, start_timeout_s=900)
     server.start()
     return server, _opts(server), fill_s
@@ -150,11 +151,7 @@ def settle(root: Path, timeout_s: float = 900) -> None:
                           compact_cold_s=1)  # fmt: skip
     server.start()
     try:
-        deadline = time.monotonic() + timeout_s
-        while not server.compacted():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the fleet in {root} not compacted after {timeout_s} s")
-            time.sleep(1)
+        server.wait_compacted(timeout_s, poll_s=1)
     finally:
         server.stop()
 

@@ -7,7 +7,6 @@ would charge that work to the pages it measures: `InfluxServer.compacted()` must
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from store import open_store
@@ -15,18 +14,6 @@ from tests.fixtures.influx import InfluxServer, require_influxd
 from tests.store.helpers import T0, S, gpu, grid
 
 UTIL, TEMP = "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_GPU_TEMP"
-
-
-def _wait_compacted(server: InfluxServer, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not server.compacted():
-        assert time.monotonic() < deadline, "influxd did not compact within the timeout"
-        time.sleep(0.2)
-
-
-def _tsm_files(root: Path) -> dict[Path, int]:
-    shards = {p.parent for p in (root / "data").rglob("*.tsm")}
-    return {shard: len(list(shard.glob("*.tsm"))) for shard in shards}
 
 
 def test_compacted_only_once_every_write_is_in_one_tsm_file_per_shard(tmp_path: Path) -> None:
@@ -37,16 +24,16 @@ def test_compacted_only_once_every_write_is_in_one_tsm_file_per_shard(tmp_path: 
         with open_store("influx", **conn.store_opts()) as store:
             store.write(grid([gpu(1), gpu(2)], [UTIL, TEMP], [T0, T0 + S]))
             assert not server.compacted()  # in the cache and the WAL
-            _wait_compacted(server)
-            first = _tsm_files(tmp_path)
+            server.wait_compacted(60)
+            first = server.tsm_files()
             assert first and set(first.values()) == {1}
 
             # A second write to the same shard: a second TSM file once snapshotted, then
             # one again once fully compacted. Not done in between.
             store.write(grid([gpu(1), gpu(3)], [UTIL, TEMP], [T0 + 2 * S]))
             assert not server.compacted()
-            _wait_compacted(server)
-            assert set(_tsm_files(tmp_path).values()) == {1}
+            server.wait_compacted(60)
+            assert set(server.tsm_files().values()) == {1}
             assert not any(p.stat().st_size for p in tmp_path.rglob("*.wal"))
             counts = store.count_points()
         assert counts[(gpu(1).uuid, UTIL)] == 3
