@@ -53,17 +53,22 @@ def source(bucket: str, start_ns: int, stop_ns: int) -> str:
     return f"from(bucket: {string(bucket)})\n  |> {window}"
 
 
+# A value field, not a source-time one (`store.schema`: a field per metric and one per
+# metric's source time; metric names hold no `@`).
+VALUE_FIELDS = f"r._field !~ /{schema.SOURCE_SUFFIX}$/"
+METRIC = "_field"  # the column naming a row's metric: its value field's key
+
+
 def predicate(
-    fields: Sequence[str] = (schema.FIELD_VALUE,),
     tags: dict[str, str] | None = None,
     metrics: Sequence[str] | None = None,
     extra: Sequence[str] = (),
 ) -> str:
-    """Return a `filter` stage: measurement, fields, exact tag values, metric set, extra clauses."""
-    clauses = [_eq("_measurement", schema.MEASUREMENT), _any_of("_field", fields)]
+    """Return a `filter` stage: the measurement, the value fields of `metrics` (all when
+    None), exact tag values, extra clauses."""
+    clauses = [_eq("_measurement", schema.MEASUREMENT)]
+    clauses.append(_any_of(METRIC, metrics) if metrics else VALUE_FIELDS)
     clauses += [_eq(k, v) for k, v in sorted((tags or {}).items())]
-    if metrics:
-        clauses.append(_any_of(schema.TAG_METRIC, metrics))
     clauses += extra
     return "\n  |> filter(fn: (r) => " + " and ".join(clauses) + ")"
 
@@ -84,27 +89,28 @@ def series_edge(
     extra: Sequence[str] = (),
     stop_ns: int = ALL_TIME_STOP_NS,
 ) -> str:
-    """Return the first or last `value` row of every series matching `tags` before `stop_ns`."""
+    """Return the first or last value of every metric of every GPU matching `tags` before
+    `stop_ns`."""
     if edge not in ("first", "last"):
         raise ValueError(edge)
     return source(bucket, 0, stop_ns) + predicate(tags=tags, extra=extra) + f"\n  |> {edge}()"
 
 
-def distinct_tag(bucket: str, tag: str) -> str:
-    """Return the distinct values of one tag over all time."""
+def distinct(bucket: str, column: str) -> str:
+    """Return the distinct values of one column (a tag, or METRIC) over all time."""
     return (
         source(bucket, 0, ALL_TIME_STOP_NS)
         + predicate()
-        + f"\n  |> group()\n  |> distinct(column: {string(tag)})"
+        + f"\n  |> group()\n  |> distinct(column: {string(column)})"
     )
 
 
-def counts(bucket: str, tags: dict[str, str]) -> str:
-    """Return the number of `value` points per (uuid, metric)."""
+def counts(bucket: str, tags: dict[str, str], metric: str | None = None) -> str:
+    """Return the number of points per (uuid, METRIC), of one metric or all."""
     return (
         source(bucket, 0, ALL_TIME_STOP_NS)
-        + predicate(tags=tags)
-        + f'\n  |> group(columns: ["{schema.TAG_UUID}", "{schema.TAG_METRIC}"])\n  |> count()'
+        + predicate(tags=tags, metrics=[metric] if metric is not None else None)
+        + f'\n  |> group(columns: ["{schema.TAG_UUID}", "{METRIC}"])\n  |> count()'
     )
 
 
@@ -117,14 +123,14 @@ def downsample(
     every_ns: int,
     agg: str,
 ) -> str:
-    """Return `value` aggregated per metric into windows of `every_ns` (times are window stops)."""
+    """Return values aggregated per metric into windows of `every_ns` (times are window stops)."""
     if agg not in ("mean", "min", "max", "last"):
         raise ValueError(agg)
     return (
         source(bucket, start_ns, end_ns + 1)
         + predicate(tags={schema.TAG_UUID: uuid}, metrics=metrics, extra=[until(end_ns)])
-        + f'\n  |> keep(columns: ["_start", "_stop", "_time", "_value", "{schema.TAG_METRIC}"])'
-        + f'\n  |> group(columns: ["{schema.TAG_METRIC}"])'
+        + f'\n  |> keep(columns: ["_start", "_stop", "_time", "_value", "{METRIC}"])'
+        + f'\n  |> group(columns: ["{METRIC}"])'
         + '\n  |> sort(columns: ["_time"])'
         + f"\n  |> aggregateWindow(every: {duration(every_ns)}, fn: {agg}, createEmpty: false)"
     )

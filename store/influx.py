@@ -85,7 +85,7 @@ GZIP_LEVEL = 1
 
 
 class InfluxStore(Store):
-    """Telemetry in one InfluxDB bucket, measurement `gpu_telemetry` (see `store.schema`)."""
+    """Telemetry in one InfluxDB bucket, measurement `gpu_telemetry_v2` (see `store.schema`)."""
 
     def __init__(
         self,
@@ -116,6 +116,7 @@ class InfluxStore(Store):
         # The hot reads (catalog, latest values, raw pages) are InfluxQL on /query.
         self._v1 = QueryClient(url, self.bucket, token, timeout_ms)
         self._catalog = influx_catalog.CatalogReader(self._v1)
+        self._hint = influx_points.PageHint()
         self._encoder = LineProtocolEncoder()
         self._encode_lock = threading.Lock()
 
@@ -238,7 +239,7 @@ class InfluxStore(Store):
         anchor = min((g.first_seen_ns for g in gpus), default=time.time_ns())
         names = [
             catalog.NameRecord(kind, name, anchor)
-            for kind, tag in (("host", schema.TAG_HOSTNAME), ("metric", schema.TAG_METRIC),
+            for kind, tag in (("host", schema.TAG_HOSTNAME), ("metric", flux.METRIC),
                               ("model", schema.TAG_MODEL))
             for name in self._distinct(tag)
         ]  # fmt: skip
@@ -315,6 +316,7 @@ class InfluxStore(Store):
             validate.metrics(metrics),
             validate.positive("limit", limit),
             validate.cursor(after),
+            self._hint,
             lead,
         )
 
@@ -326,13 +328,15 @@ class InfluxStore(Store):
         names = validate.metrics(metrics)
         if not page:
             return {}
+        if names is None:
+            names = influx_points.metric_names(self._v1)
         return influx_points.latest(self._v1, page, names, newest_bound_ns())
 
     def _distinct(self, tag: str) -> list[str]:
         return sorted(
             {
                 row["_value"]
-                for row in self._rows(flux.distinct_tag(self.bucket, tag))
+                for row in self._rows(flux.distinct(self.bucket, tag))
                 if row.get("_value")
             }
         )
@@ -363,20 +367,18 @@ class InfluxStore(Store):
         for row in self._rows(query):
             stop = flux.parse_time(row["_time"])  # a window's stop, clipped to the range
             window = (stop - 1) // every * every
-            out.append(WindowValue(row[schema.TAG_METRIC], window, float(row["_value"])))
+            out.append(WindowValue(row[flux.METRIC], window, float(row["_value"])))
         return sorted(out, key=lambda w: (w.time_ns, w.metric))
 
     def count_points(
         self, uuid: str | None = None, metric: str | None = None
     ) -> dict[tuple[str, str], int]:
         """Return the exact number of stored points per (uuid, metric), optionally filtered."""
-        tags = _tags(
-            uuid=validate.optional_text("uuid", uuid),
-            metric=validate.optional_text("metric", metric),
-        )
+        tags = _tags(uuid=validate.optional_text("uuid", uuid))
+        query = flux.counts(self.bucket, tags, validate.optional_text("metric", metric))
         return {
-            (row[schema.TAG_UUID], row[schema.TAG_METRIC]): int(row["_value"])
-            for row in self._rows(flux.counts(self.bucket, tags))
+            (row[schema.TAG_UUID], row[flux.METRIC]): int(row["_value"])
+            for row in self._rows(query)
         }
 
     def ping(self) -> None:

@@ -1,28 +1,28 @@
 """One GPU's raw points and latest values on InfluxDB, read with InfluxQL (`store.influxql`).
 
-A raw page is one InfluxQL statement over the GPU's series, `time >= lo AND time <= end
-LIMIT n`: InfluxQL streams the series' blocks in time order and stops at the limit, so a
-page costs O(page) at any history depth (no growing time windows needed, as with Flux).
-InfluxQL promises time order but no order among the points of one time, while pages are
-ordered by (time, metric) with a keyset cursor; so
+A GPU is one series whose rows are times, two fields per metric (`store.schema`). A raw page
+is one InfluxQL statement over it, `time >= lo AND time <= end LIMIT rows`: InfluxQL streams
+the series' blocks in time order and stops at the limit, so a page costs O(page) at any
+history depth. The gateway's pages are points ordered by (time, metric) with a keyset cursor,
+so the rows are unpivoted here, metrics in name order, and
 
-- the points at the cursor's own time are read whole and those after its metric kept;
-- the page's statement asks for SLACK rows more than the page; when it came back full its
-  last time may be cut anywhere, so that time is dropped when the times before it fill
-  the page, and read whole again otherwise (only when one time holds more points than
-  the slack) before sorting and cutting to the limit.
+- the row at the cursor's own time is read whole and its metrics after the cursor's kept;
+- the page's statement asks for the rows the page should need (`PageHint`: points a row held
+  on the last page) and one more; when it came back full, its last time is dropped (a GPU
+  whose descriptor changed has two series, whose rows of one time may be cut by the limit)
+  and the page reads on from that time when the times before it did not fill the page.
 
-The extra reads touch one timestamp of one GPU; the first rides in the same request as
-the page itself, so a page is one request to InfluxDB (it was two while every full page
-re-read its last time).
+The first read rides in the same request as the cursor's row and the GPU's catalog entry, so
+a page is one request to InfluxDB when the hint is right.
 
-InfluxDB 1.8 makes a batch's fields visible series by series, so a read racing a write can
-see a point's `source_time` without its `value` (or the reverse). Such a point is still
-being written: a page ends before it (no cursor may pass it), `latest` skips it.
+InfluxDB makes a batch's fields visible field by field, so a read racing a write can see a
+point's `source_time` without its `value` (or the reverse). Such a point is still being
+written: a page ends before it (no cursor may pass it), `latest` skips it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from operator import itemgetter
 from typing import Any
@@ -31,53 +31,75 @@ from store import influxql, schema
 from store.base import RawPoint, StoredPoint
 from store.v1query import QueryClient, Series
 
-Row = list[Any]  # [time_ns, value or None, source_time or None, metric]: as InfluxQL answers
-
-
-# Rows read beyond a page, so that its last time is usually complete without a second read
-# (a GPU has one point per metric at a time: a few dozen metrics fit in the slack).
-SLACK = 64
-_ORDER = itemgetter(0, 3)  # (time, metric): the page order
+_ORDER = itemgetter(0, 1)  # (time, metric): the page order
 # GPUs per `latest` statement. InfluxDB 1.8 reduces a statement's WHERE for each series it
 # reads, so an OR of n uuids costs O(n) per series: 1,000 GPUs took 480-600 ms as one
 # statement of 1,000 uuids, 160-180 ms as ten of 100, 230-250 ms as 1,000 of one.
 LATEST_CHUNK = 100
+_SUFFIX = schema.SOURCE_SUFFIX
+Half = tuple[int, str, Any, Any]  # a point as read: value or source time may be None
 
 
-def _rows(found: list[Series]) -> list[Row]:
-    """The rows of `influxql.points` (columns: time, value, source_time, metric), in time order.
+class PageHint:
+    """Points per row on the last page read: how many rows the next page asks for.
 
-    One statement without GROUP BY answers one series, whose rows come in time order; the
-    rows are InfluxQL's own lists, not copied (a page's post-processing is gateway CPU).
+    A hint only: too few rows cost a second request, too many a longer read, never a wrong
+    page. Shared by a store's threads without a lock (a lost update costs the same).
     """
-    if len(found) == 1:
-        return found[0].values
-    return sorted((r for series in found for r in series.values), key=itemgetter(0))
+
+    def __init__(self) -> None:
+        self.per_row = 1.0
+
+    def rows(self, points: int, metrics: Sequence[str] | None) -> int:
+        """Rows to ask for `points` more points (one more: the last time may be dropped)."""
+        per_row = min(self.per_row, len(metrics)) if metrics else self.per_row
+        return math.ceil(points / max(per_row, 1.0)) + 1
+
+    def saw(self, points: int, rows: int) -> None:
+        """Remember a full read's points per row."""
+        if rows:
+            self.per_row = max(points / rows, 1.0)
 
 
-def _complete(
-    client: QueryClient,
-    main: list[Row],
-    uuid: str,
-    metrics: Sequence[str] | None,
-    limit: int,
-    asked: int,
-) -> list[Row]:
-    """The rows of `main` whose times are complete, enough for `limit` rows after sorting.
+def _pairs(columns: list[str]) -> list[tuple[str, int, int | None]]:
+    """(metric, value column, source-time column) of a result's columns, by metric name."""
+    at = {c: i for i, c in enumerate(columns)}
+    return sorted(
+        (c, i, at.get(c + _SUFFIX))
+        for i, c in enumerate(columns)
+        if i and not c.endswith(_SUFFIX)  # column 0 is the time
+    )
 
-    `main` is the first `asked` rows in time order. When it came back short, every time in
-    it is complete. Otherwise its last time may be cut: that time is dropped when the times
-    before it hold `limit` rows, else read whole (a second request: only when a single time
-    holds more points than the slack).
+
+def _unpivot(found: list[Series]) -> list[Half]:
+    """The points of a statement's rows, in (time, metric) order (see the module docstring).
+
+    Rows come in time order; a GPU with two series (its descriptor changed) has two rows of
+    one time, whose points are then sorted into metric order.
     """
-    if len(main) < asked:
-        return main
-    last, cut = main[-1][0], len(main) - 1
-    while cut and main[cut - 1][0] == last:
-        cut -= 1
-    if cut >= limit:
-        return main[:cut]
-    return main[:cut] + _rows(client.series(influxql.points(uuid, last, last, metrics, None)))
+    out: list[Half] = []
+    prev, tied = None, len(found) > 1
+    for series in found:
+        pairs = _pairs(series.columns)
+        for row in series.values:
+            t = row[0]
+            tied = tied or t == prev
+            prev = t
+            for metric, v, s in pairs:
+                value, source = row[v], (None if s is None else row[s])
+                if value is not None or source is not None:
+                    out.append((t, metric, value, source))
+    if tied:
+        out.sort(key=_ORDER)
+    return out
+
+
+def _rows_read(found: list[Series]) -> int:
+    return sum(len(s.values) for s in found)
+
+
+def _last_time(found: list[Series]) -> int:
+    return int(max(s.values[-1][0] for s in found if s.values))
 
 
 def page(
@@ -88,6 +110,7 @@ def page(
     metrics: Sequence[str] | None,
     limit: int,
     after: tuple[int, str] | None,
+    hint: PageHint,
     lead: Sequence[str] = (),
 ) -> tuple[list[list[Series]], list[RawPoint]]:
     """Up to `limit` points in [start_ns, end_ns] after `after`, ordered by (time, metric).
@@ -102,45 +125,73 @@ def page(
     if after is not None and at_cursor:
         statements.append(influxql.points(uuid, after[0], after[0], metrics, None))
         lo = after[0] + 1
+    asked = hint.rows(limit, metrics)
     if lo <= end_ns:
-        statements.append(influxql.points(uuid, lo, end_ns, metrics, limit + SLACK))
+        statements.append(influxql.points(uuid, lo, end_ns, metrics, asked))
     results = client.results(statements) if statements else []
-    led, found = results[: len(lead)], [_rows(r) for r in results[len(lead) :]]
-    rows: list[Row] = []
+    led, found = results[: len(lead)], results[len(lead) :]
+    points: list[Half] = []
     if after is not None and at_cursor:
-        rows = [r for r in found.pop(0) if r[3] > after[1]]
-    if found:
-        rows += _complete(client, found[0], uuid, metrics, limit, limit + SLACK)
-    rows.sort(key=_ORDER)
-    del rows[limit:]
-    for i, (_, value, source, _) in enumerate(rows):
+        points = [p for p in _unpivot(found.pop(0)) if p[1] > after[1]]
+    while found:
+        main = found.pop()
+        rows, read = _rows_read(main), _unpivot(main)
+        if rows:
+            hint.saw(len(read), rows)
+        if rows < asked:  # short: every time in it is whole
+            points += read
+            break
+        last = _last_time(main)  # full: its last time may be cut, so it is read again
+        cut = len(read)
+        while cut and read[cut - 1][0] == last:
+            cut -= 1
+        points += read[:cut]
+        if len(points) >= limit:
+            break
+        if not cut:  # one time filled the read (several series): read it whole, then on
+            points += _unpivot(client.series(influxql.points(uuid, last, last, metrics, None)))
+            if len(points) >= limit or last >= end_ns:
+                break
+            last += 1
+        asked = hint.rows(limit - len(points), metrics)
+        found = [client.series(influxql.points(uuid, last, end_ns, metrics, asked))]
+    del points[limit:]
+    for i, (_, _, value, source) in enumerate(points):
         if value is None or source is None:
-            del rows[i:]  # half-written point: the page ends before it
+            del points[i:]  # half-written point: the page ends before it
             break
     # float(): InfluxDB's JSON (a server answering no MessagePack) writes 3.0 as 3
-    return led, [(t, metric, float(value), int(source)) for t, value, source, metric in rows]
+    return led, [(t, metric, float(value), int(source)) for t, metric, value, source in points]
+
+
+def metric_names(client: QueryClient) -> list[str]:
+    """Every metric with a field in the measurement (`SHOW FIELD KEYS`: InfluxDB's metadata)."""
+    found = client.series(influxql.field_keys())
+    keys = (row[0] for series in found for row in series.values)
+    return sorted({k for k in keys if not k.endswith(_SUFFIX)})
 
 
 def latest(
-    client: QueryClient, uuids: Sequence[str], metrics: Sequence[str] | None, stop_ns: int
+    client: QueryClient, uuids: Sequence[str], metrics: Sequence[str], stop_ns: int
 ) -> dict[str, dict[str, StoredPoint]]:
     """The newest complete point of each metric of each GPU at or before `stop_ns`.
 
-    One request: a statement per LATEST_CHUNK uuids (`influxql.latest`). A half-written
-    point is skipped: `last()` picks the newest point holding a `value`, and one whose
-    `source_time` is not visible yet is left out, as a page ends before it.
+    One request: a statement per metric and LATEST_CHUNK uuids (`influxql.latest`). A
+    half-written point is skipped: `last()` picks the newest row holding the metric's value,
+    and one whose source time is not visible yet is left out, as a page ends before it.
     """
-    statements = [
-        influxql.latest(uuids[i : i + LATEST_CHUNK], metrics, stop_ns)
-        for i in range(0, len(uuids), LATEST_CHUNK)
-    ]
+    chunks = [uuids[i : i + LATEST_CHUNK] for i in range(0, len(uuids), LATEST_CHUNK)]
+    asked = [(m, influxql.latest(c, m, stop_ns)) for m in metrics for c in chunks]
     newest: dict[str, dict[str, StoredPoint]] = {}
-    for series in (s for found in client.results(statements) for s in found):
-        uuid, metric = series.tags.get(schema.TAG_UUID), series.tags.get(schema.TAG_METRIC)
-        for t, value, source in series.values:
-            if not uuid or not metric or value is None or source is None:
-                continue
-            newest.setdefault(uuid, {})[metric] = StoredPoint(
-                metric, int(t), float(value), int(source)
-            )
+    if not asked:
+        return newest
+    for (metric, _), found in zip(asked, client.results([s for _, s in asked]), strict=True):
+        for series in found:
+            uuid = series.tags.get(schema.TAG_UUID)
+            for t, value, source in series.values:
+                if not uuid or value is None or source is None:
+                    continue
+                newest.setdefault(uuid, {})[metric] = StoredPoint(
+                    metric, int(t), float(value), int(source)
+                )
     return newest

@@ -110,39 +110,44 @@ def catalog_names(kind: str, shards: range | None) -> str:
     return _select(columns, schema.NAMES_MEASUREMENT, clauses)
 
 
-def latest(uuids: Sequence[str], metrics: Sequence[str] | None, stop_ns: int) -> str:
-    """Return the newest `value` (with its `source_time`) of each metric of each GPU.
+def tag_eq(tag: str, value: str) -> str:
+    """Return `"tag"::tag = 'value'`: the tag, even where a metric (a field) has its name."""
+    return f"{ident(tag)}::tag = {string(value)}"
 
-    `last()` is a selector: the other field and the time come from the same point. The ORs
-    of uuids (and metrics) are answered from the series index: InfluxDB reads only the
-    matching series, one result series per (uuid, metric).
+
+def latest(uuids: Sequence[str], metric: str, stop_ns: int) -> str:
+    """Return the newest value of `metric` (with its source time) of each GPU in `uuids`.
+
+    `last()` is a selector: the source-time field and the time come from the same row. The
+    OR of uuids is answered from the series index (one series per GPU).
     """
-    clauses = [any_of(schema.TAG_UUID, uuids)]
-    if metrics:
-        clauses.append(any_of(schema.TAG_METRIC, metrics))
-    clauses.append(f"time <= {int(stop_ns)}")
-    fields = f"last({ident(schema.FIELD_VALUE)}), {ident(schema.FIELD_SOURCE_TIME)}"
-    where = " AND ".join(clauses)
+    uuid_clause = "(" + " OR ".join(tag_eq(schema.TAG_UUID, u) for u in uuids) + ")"
+    fields = f"last({ident(metric)}::field), {ident(schema.source_field(metric))}::field"
     return (
-        f"SELECT {fields} FROM {ident(schema.MEASUREMENT)} WHERE {where} "
-        f"GROUP BY {ident(schema.TAG_UUID)}, {ident(schema.TAG_METRIC)}"
+        f"SELECT {fields} FROM {ident(schema.MEASUREMENT)} "
+        f"WHERE {uuid_clause} AND time <= {int(stop_ns)} GROUP BY {ident(schema.TAG_UUID)}"
     )
 
 
-POINT_COLUMNS = (schema.FIELD_VALUE, schema.FIELD_SOURCE_TIME, schema.TAG_METRIC)
+def field_keys() -> str:
+    """Return the statement listing the measurement's field keys (metrics and source times)."""
+    return f"SHOW FIELD KEYS FROM {ident(schema.MEASUREMENT)}"
 
 
 def points(
     uuid: str, start_ns: int, end_ns: int, metrics: Sequence[str] | None, limit: int | None
 ) -> str:
-    """Return one GPU's points in [start_ns, end_ns] in time order, at most `limit`.
+    """Return one GPU's rows in [start_ns, end_ns] in time order, at most `limit` rows.
 
-    Points of one time come in no order InfluxQL promises: callers sort by (time, metric)
-    and re-read the last time of a full page whole (`store.influx_points`).
+    A row is one time: a value and a source-time column per metric (`metrics`, or every
+    field: `*::field`), null where the GPU has no point of that metric then.
     """
-    clauses = [eq(schema.TAG_UUID, uuid)]
     if metrics:
-        clauses.append(any_of(schema.TAG_METRIC, metrics))
-    clauses += [f"time >= {int(start_ns)}", f"time <= {int(end_ns)}"]
+        columns = ", ".join(
+            f"{ident(m)}::field, {ident(schema.source_field(m))}::field" for m in metrics
+        )
+    else:
+        columns = "*::field"
+    where = f"{tag_eq(schema.TAG_UUID, uuid)} AND time >= {int(start_ns)} AND time <= {int(end_ns)}"
     tail = f" LIMIT {int(limit)}" if limit is not None else ""
-    return _select(POINT_COLUMNS, schema.MEASUREMENT, clauses) + tail
+    return f"SELECT {columns} FROM {ident(schema.MEASUREMENT)} WHERE {where}{tail}"

@@ -26,10 +26,14 @@ def escape_measurement(text: str) -> str:
     return text.translate(_ESCAPE_MEASUREMENT)
 
 
-def series_key(gpu: Gpu, metric: str) -> str:
-    """Return `measurement,tags` for one GPU and metric, tags sorted by key."""
+def escape_field_key(text: str) -> str:
+    """Escape a field key (commas, equals signs, spaces: as a tag)."""
+    return text.translate(_ESCAPE_TAG)
+
+
+def series_key(gpu: Gpu) -> str:
+    """Return `measurement,tags` for one GPU, tags sorted by key."""
     tags = schema.gpu_tags(gpu)
-    tags[schema.TAG_METRIC] = metric
     parts = [escape_measurement(schema.MEASUREMENT)]
     parts += [f"{escape_tag(k)}={escape_tag(v)}" for k, v in sorted(tags.items())]
     return ",".join(parts)
@@ -46,7 +50,7 @@ class LineProtocolEncoder:
         key = (schema.gpu_fields(gpu), metric)
         prefix = self._keys.get(key)
         if prefix is None:
-            prefix = f"{series_key(gpu, metric)} {schema.FIELD_VALUE}="
+            prefix = f"{series_key(gpu)} {escape_field_key(metric)}="
             self._keys[key] = prefix
             if len(self._keys) > self._max_cached:
                 self._keys.popitem(last=False)
@@ -56,9 +60,9 @@ class LineProtocolEncoder:
         """Return the batch as newline-separated line protocol (ns precision), UTF-8 encoded."""
         metrics = batch.metrics
         table = [[self._prefix(g, m) for m in metrics] for g in batch.gpus]
-        st = f",{schema.FIELD_SOURCE_TIME}="
+        sts = [f",{escape_field_key(schema.source_field(m))}=" for m in metrics]
         lines = [
-            f"{table[g][m]}{float(v)!r}{st}{s}i {t}"
+            f"{table[g][m]}{float(v)!r}{sts[m]}{s}i {t}"
             for g, m, v, s, t in zip(
                 batch.gpu_index,
                 batch.metric_index,

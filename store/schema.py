@@ -1,18 +1,32 @@
 """THE telemetry schema, defined once for every store.
 
-InfluxDB layout (one measurement)::
+InfluxDB layout (one measurement, one series per GPU, two fields per metric)::
 
-    gpu_telemetry,container=..,device=nvidia0,gpu=0,hostname=h1,
-        metric=DCGM_FI_DEV_GPU_UTIL,model=NVIDIA\\ H100,namespace=..,pod=..,uuid=GPU-...
-        value=42.0,source_time=1700000000000000000i <time_ns>    (one line in reality)
+    gpu_telemetry_v2,container=..,device=nvidia0,gpu=0,hostname=h1,model=NVIDIA\\ H100,
+        namespace=..,pod=..,uuid=GPU-...
+        DCGM_FI_DEV_GPU_UTIL=42.0,DCGM_FI_DEV_GPU_UTIL@source_time=1700000000000000000i <time_ns>
 
 Tags (sorted by key, as InfluxDB prefers): uuid, hostname, gpu (host-local index as a decimal
-string), device, model, metric, and container/pod/namespace only when present. An empty device,
+string), device, model, and container/pod/namespace only when present. An empty device,
 model or hostname is omitted too (line protocol has no empty tag values) and reads back as "".
-Fields: `value` (float) and `source_time` (integer ns, the CSV's own timestamp). The point time
-is the processing time in ns. The SQLite store mirrors the same columns (see `store.sqlite`).
+Fields, per metric: the metric's name holds the value (float), `<metric>@source_time` the
+CSV's own timestamp (integer ns). The point time is the processing time in ns. Each point is
+its own line; InfluxDB merges the lines of one GPU and time into one row. The SQLite store
+keeps the same columns as rows (see `store.sqlite`).
 
-Tag values may not contain control characters or backslashes: line protocol cannot escape a
+Why a series per GPU, not per (GPU, metric) as the first layout (`LEGACY_MEASUREMENT`, the
+metric a tag, fields `value` and `source_time`): InfluxDB holds every series of its index in
+memory until a partition passes 131,072 series (1 M series were a 290 MB heap, 98 % of
+influxd's), so its garbage collector marked that heap every few seconds and the pages served
+meanwhile waited (the one-hour telemetry page's p99 was twice its median at 100,000 GPUs x 10
+metrics, 1.25x on a server holding only the GPUs read). A series per GPU is ten times fewer
+series, and a page of 1,000 points is ~100 rows instead of 1,000: measured on that fleet,
+influxd's CPU a page -34 %, the gateway's -11 %, p99 at 16 connections 88-90 ms against 131
+(docs/benchmarks.md). `gputel-store migrate-layout` copies data of the first layout.
+
+Metric names may not contain `@` (it separates a metric from its source-time field; the
+streamer's metric pattern has none) nor be `time` (InfluxDB refuses that field key). Tag
+values may not contain control characters or backslashes: line protocol cannot escape a
 trailing backslash, and InfluxDB 1.8 keeps an escaped one doubled. Such batches are rejected
 by both stores with `InvalidBatch`, so both stores accept exactly the same data.
 """
@@ -28,7 +42,9 @@ from operator import attrgetter, itemgetter
 from proto.batch import Gpu, PointBatch
 from store.base import InvalidBatch
 
-MEASUREMENT = "gpu_telemetry"
+MEASUREMENT = "gpu_telemetry_v2"  # a series per GPU, fields per metric (see above)
+LEGACY_MEASUREMENT = "gpu_telemetry"  # a series per (GPU, metric): read by the migration only
+SOURCE_SUFFIX = "@source_time"  # `<metric>@source_time`: a metric's source-time field
 # The catalog (store.catalog) on InfluxDB: see store.influx_catalog for the layout.
 # (`_v2`: one series per shard; `_v3`: a GPU's records at times its uuid picks. Earlier
 # layouts of the GPU records are no longer read; the names' layout is still the `_v2` one.)
@@ -41,7 +57,7 @@ FIELD_LAST = "last"  # a catalog record's last_seen (ns), its own field: written
 TAG_SHARD = "shard"
 TAG_KIND = "kind"
 TAG_NAME = "name"
-FIELD_VALUE = "value"
+FIELD_VALUE = "value"  # the legacy layout's fields
 FIELD_SOURCE_TIME = "source_time"
 
 TAG_UUID = "uuid"
@@ -63,6 +79,22 @@ GpuFields = tuple[str, str, int, str, str, str, str, str]
 # The GPU's stored descriptor in GPU_TAGS order (hashable: a cache key, a table row), built
 # once per `Gpu` (`Gpu.descriptor`); a C-level getter, as it runs for every GPU of a batch.
 gpu_fields: Callable[[Gpu], GpuFields] = attrgetter("descriptor")
+
+
+def source_field(metric: str) -> str:
+    """Return the field key of `metric`'s source time."""
+    return metric + SOURCE_SUFFIX
+
+
+def check_metric(metric: str) -> None:
+    """Raise InvalidBatch when `metric` cannot be stored as a metric name."""
+    if not metric:
+        raise InvalidBatch("empty metric name")
+    check_tag_value(TAG_METRIC, metric)
+    if "@" in metric or metric == "time":
+        raise InvalidBatch(
+            f"metric name {metric!r}: '@' and the name 'time' are reserved (InfluxDB field keys)"
+        )
 
 
 def gpu_tags(gpu: Gpu) -> dict[str, str]:
@@ -151,9 +183,7 @@ def check_batch(batch: PointBatch, checked: set[GpuFields] | None = None) -> Non
                 check_gpu(gpu)
         checked.update(new)
     for metric in batch.metrics:
-        if not metric:
-            raise InvalidBatch("empty metric name")
-        check_tag_value(TAG_METRIC, metric)
+        check_metric(metric)
     if n and (min(batch.gpu_index) < 0 or max(batch.gpu_index) >= len(batch.gpus)):
         raise InvalidBatch("gpu_index out of range")
     if n and (min(batch.metric_index) < 0 or max(batch.metric_index) >= len(batch.metrics)):

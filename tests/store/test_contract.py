@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import gzip
 import threading
+from dataclasses import replace
 
 import pytest
 
-from store import InvalidArgument, InvalidBatch, Store, StoredPoint, StoreUnavailable, open_store
+from store import (
+    InvalidArgument,
+    InvalidBatch,
+    Store,
+    StoredPoint,
+    StoreUnavailable,
+    open_store,
+    schema,
+)
 from store.base import PreparedWrite
 from store.catalog import gpu_key, shard_of
 from store.influx import InfluxStore
@@ -147,14 +156,14 @@ def test_influx_catalog_of_an_earlier_layout_is_rebuilt_by_the_backfill(
 def test_influx_point_seen_in_part_is_not_there_yet(
     influx_server: InfluxServer, missing: str
 ) -> None:
-    """InfluxDB 1.8 makes a batch's two fields visible one series at a time, so a reader can
+    """InfluxDB 1.8 makes a batch's fields visible one field at a time, so a reader can
     see a point with one field only (seen as HTTP 500s under load before this was handled).
     Such a point is not stored yet: a page ends before it (so no cursor passes it) and
     `latest` ignores it; once the other field lands it is read like any other point."""
     g = gpu(1)
     whole = grid([g], [UTIL], [T0, T0 + S, T0 + 2 * S])
     first, middle, last = LineProtocolEncoder().encode(whole).decode().splitlines()
-    field = "value=" if missing == "value" else "source_time="
+    field = f"{UTIL}=" if missing == "value" else f"{schema.source_field(UTIL)}="
     rest, stamp = middle.rsplit(" ", 1)  # tag values may hold escaped spaces
     series, fields = rest.rsplit(" ", 1)
     partial = ",".join(f for f in fields.split(",") if not f.startswith(field))
@@ -296,9 +305,9 @@ def test_pages_cut_inside_one_time_lose_and_repeat_nothing(store: Store, limit: 
 
 @pytest.mark.parametrize("limit", [7, 99, 150])
 def test_pages_cut_inside_a_time_of_many_metrics(store: Store, limit: int) -> None:
-    """100 metrics at every time: more points in one time than the InfluxDB store reads
-    beyond a page (store.influx_points.SLACK), so a full page's last time is re-read whole
-    there; every page must still be in order, and none may skip or repeat a point."""
+    """100 metrics at every time: a time holds more points than most pages (on InfluxDB a
+    time is one row, read whole); every page must still be in order and as full as asked,
+    and none may skip or repeat a point."""
     g, names = gpu(1), [f"m-{i:03d}" for i in range(100)][::-1]
     times = [T0, T0 + 1, T0 + S]
     store.write(grid([g], names, times))
@@ -309,6 +318,24 @@ def test_pages_cut_inside_a_time_of_many_metrics(store: Store, limit: int) -> No
         seen += [(t, m) for t, m, _, _ in page]
         after = seen[-1]
     assert seen == sorted((t, m) for t in times for m in names)
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 5])
+def test_pages_of_a_gpu_whose_descriptor_changed_at_one_time(store: Store, limit: int) -> None:
+    """A GPU that moved host and pod while it was written has two descriptors; on InfluxDB
+    two series, whose rows of one time come apart (a page's row limit may cut between them).
+    Its pages still hold every point once, in (time, metric) order, whatever the page size."""
+    before, after_move = gpu(1), replace(gpu(1), hostname="moved", pod="p")
+    times = [T0, T0 + 1, T0 + S, T0 + 2 * S]
+    store.write(grid([before], ["m-b", "m-d"], times))
+    store.write(grid([after_move], ["m-a", "m-c", "m-e"], times))
+    seen: list[tuple[int, str]] = []
+    after = None
+    while page := store.query_raw(before.uuid, T0, T0 + 2 * S, None, limit, after):
+        assert len(page) == min(limit, 20 - len(seen))
+        seen += [(t, m) for t, m, _, _ in page]
+        after = seen[-1]
+    assert seen == sorted((t, m) for t in times for m in ("m-a", "m-b", "m-c", "m-d", "m-e"))
 
 
 def test_limit(store: Store) -> None:

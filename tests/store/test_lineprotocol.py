@@ -18,27 +18,31 @@ def test_escape_tag_specials() -> None:
 
 def test_series_key_sorted_and_without_empty_tags() -> None:
     g = Gpu(uuid="GPU-1", hostname="h 1", gpu=2, device="nvidia2", model="NVIDIA H100")
-    assert series_key(g, "M") == (
-        r"gpu_telemetry,device=nvidia2,gpu=2,hostname=h\ 1,metric=M,model=NVIDIA\ H100,uuid=GPU-1"
+    assert series_key(g) == (
+        r"gpu_telemetry_v2,device=nvidia2,gpu=2,hostname=h\ 1,model=NVIDIA\ H100,uuid=GPU-1"
     )
 
 
 def test_k8s_tags_only_when_present() -> None:
     plain = Gpu(uuid="u", hostname="h", gpu=0)
     placed = Gpu(uuid="u", hostname="h", gpu=0, pod="p", namespace="ns")
-    assert "pod=" not in series_key(plain, "m") and "container" not in series_key(plain, "m")
-    assert ",namespace=ns,pod=p," in series_key(placed, "m")
-    assert "container" not in series_key(placed, "m")
+    assert "pod=" not in series_key(plain) and "container" not in series_key(plain)
+    assert ",namespace=ns,pod=p," in series_key(placed)
+    assert "container" not in series_key(placed)
 
 
 def test_encode_lines() -> None:
+    """A line per point, the metric its fields' keys (InfluxDB merges a GPU's lines of one
+    time into one row); a key's specials escaped as a tag's."""
     g = Gpu(uuid="GPU-1", hostname="h", gpu=0)
-    body = LineProtocolEncoder().encode(batch([(g, "m", T0, 1), (g, "m", T0 + 1, 2.5e17)]))
+    points = [(g, "m", T0, 1), (g, "m", T0 + 1, 2.5e17), (g, "a b,c=d", T0, 3.0)]
+    body = LineProtocolEncoder().encode(batch(points))
     assert body.decode().split("\n") == [
-        f"gpu_telemetry,gpu=0,hostname=h,metric=m,uuid=GPU-1 value=1.0,"
-        f"source_time={T0 - 10**9}i {T0}",
-        f"gpu_telemetry,gpu=0,hostname=h,metric=m,uuid=GPU-1 value=2.5e+17,"
-        f"source_time={T0 + 1 - 10**9}i {T0 + 1}",
+        f"gpu_telemetry_v2,gpu=0,hostname=h,uuid=GPU-1 m=1.0,m@source_time={T0 - 10**9}i {T0}",
+        f"gpu_telemetry_v2,gpu=0,hostname=h,uuid=GPU-1 m=2.5e+17,"
+        f"m@source_time={T0 + 1 - 10**9}i {T0 + 1}",
+        r"gpu_telemetry_v2,gpu=0,hostname=h,uuid=GPU-1 a\ b\,c\=d=3.0,"
+        rf"a\ b\,c\=d@source_time={T0 - 10**9}i {T0}",
     ]
 
 
@@ -54,6 +58,13 @@ def test_encoder_cache_follows_gpu_changes() -> None:
 def test_unstorable_tag_values(bad: str) -> None:
     with pytest.raises(InvalidBatch):
         schema.check_batch(batch([(Gpu(uuid=bad, hostname="h", gpu=0), "m", T0, 1.0)]))
+
+
+@pytest.mark.parametrize("bad", ["m@source_time", "a@b", "time", "", "a\nb"])
+def test_unstorable_metric_names(bad: str) -> None:
+    """'@' separates a metric from its source-time field; InfluxDB refuses a field `time`."""
+    with pytest.raises(InvalidBatch, match="metric"):
+        schema.check_batch(batch([(Gpu(uuid="u", hostname="h", gpu=0), bad, T0, 1.0)]))
 
 
 def test_flux_string_cannot_break_out() -> None:
