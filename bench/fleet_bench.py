@@ -59,7 +59,8 @@ DEEP = 16  # GPUs with two hours of history
 DEEP_SCRAPES = 240  # every 30 s
 # Versions of the cached data: bump one when its store's layout changes.
 SQLITE_VERSION = 2
-INFLUX_VERSION = 3  # 2: catalog per shard; 3: a GPU's records in its uuid's window
+# InfluxDB: 2: catalog per shard; 3: a GPU's records in its uuid's window; 4: a series per GPU
+INFLUX_VERSION = 4
 # The list and detail targets are judged with one connection per gateway worker (no request
 # waits for a busy worker: the store's latency), the telemetry page with 16 (issue 18).
 QUIET_CONNECTIONS = 2

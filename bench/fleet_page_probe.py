@@ -5,8 +5,7 @@ calls, in two rounds: the page's GPU lookup (`get_gpu`), the same lookup's state
 (`gpu_statement`: it reads the GPU's window of its catalog shard series) and that statement
 without the window (`gpu_statement_whole_shard`: the whole shard series, as the `_v2`
 layout's lookup read it), the page itself (`query_raw`, 1,001 points of a one-hour window of a deep
-GPU), its InfluxQL statement alone, and the same statement grouped by metric (no tag
-column per row). Per call: wall ms, the client's
+GPU) and its InfluxQL statement alone (102 rows of 10 metrics). Per call: wall ms, the client's
 CPU ms and influxd's CPU ms (from /proc; influxd's background work lands in it too, so
 read the lower round). Needs the fleet cached by `bench.fleet_bench`.
 
@@ -41,16 +40,6 @@ def run(calls: int = 200) -> dict[str, list[dict[str, float]]]:
         store = open_store("influx", **opts)
         client = QueryClient(opts["url"], opts["bucket"], opts["token"])
 
-        def grouped(uuid: str, lo: int, hi: int) -> Any:
-            cols = (
-                f"{influxql.ident(schema.FIELD_VALUE)}, {influxql.ident(schema.FIELD_SOURCE_TIME)}"
-            )
-            where = f"{influxql.eq(schema.TAG_UUID, uuid)} AND time >= {lo} AND time <= {hi}"
-            return client.series(
-                f"SELECT {cols} FROM {influxql.ident(schema.MEASUREMENT)} WHERE {where} "
-                f"GROUP BY {influxql.ident(schema.TAG_METRIC)} LIMIT 1064"
-            )
-
         def whole_shard(uuid: str) -> Any:
             shard = catalog.shard_of(uuid)
             tags = {schema.TAG_UUID: uuid}
@@ -61,8 +50,7 @@ def run(calls: int = 200) -> dict[str, list[dict[str, float]]]:
             "gpu_statement": lambda u, lo, hi: client.series(gpu_statement(u)),
             "gpu_statement_whole_shard": lambda u, lo, hi: whole_shard(u),
             "query_raw": lambda u, lo, hi: store.query_raw(u, lo, hi, None, 1001, None),
-            "statement": lambda u, lo, hi: client.series(influxql.points(u, lo, hi, None, 1064)),
-            "statement_grouped": grouped,
+            "statement": lambda u, lo, hi: client.series(influxql.points(u, lo, hi, None, 102)),
         }
         influxd = server.pid
         assert influxd is not None, "the fleet's influxd is not running"
