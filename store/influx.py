@@ -328,8 +328,6 @@ class InfluxStore(Store):
         names = validate.metrics(metrics)
         if not page:
             return {}
-        if names is None:
-            names = influx_points.metric_names(self._v1)
         return influx_points.latest(self._v1, page, names, newest_bound_ns())
 
     def _distinct(self, tag: str) -> list[str]:

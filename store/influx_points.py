@@ -164,34 +164,47 @@ def page(
     return led, [(t, metric, float(value), int(source)) for t, metric, value, source in points]
 
 
-def metric_names(client: QueryClient) -> list[str]:
-    """Every metric with a field in the measurement (`SHOW FIELD KEYS`: InfluxDB's metadata)."""
-    found = client.series(influxql.field_keys())
-    keys = (row[0] for series in found for row in series.values)
-    return sorted({k for k in keys if not k.endswith(_SUFFIX)})
-
-
 def latest(
-    client: QueryClient, uuids: Sequence[str], metrics: Sequence[str], stop_ns: int
+    client: QueryClient, uuids: Sequence[str], metrics: Sequence[str] | None, stop_ns: int
 ) -> dict[str, dict[str, StoredPoint]]:
-    """The newest complete point of each metric of each GPU at or before `stop_ns`.
+    """The newest complete point of each metric (all when None) of each GPU at or before
+    `stop_ns`.
 
-    One request: a statement per metric and LATEST_CHUNK uuids (`influxql.latest`). A
+    First each GPU's newest row (`influxql.newest_rows`, LATEST_CHUNK GPUs a statement, one
+    request): a scrape writes a GPU's metrics at one time, so that row usually holds them
+    all. A metric it lacks (of those asked, or of the measurement's fields: the row's
+    columns) is then read by itself, `last()` per metric (a second request, only then). A
     half-written point is skipped: `last()` picks the newest row holding the metric's value,
     and one whose source time is not visible yet is left out, as a page ends before it.
     """
     chunks = [uuids[i : i + LATEST_CHUNK] for i in range(0, len(uuids), LATEST_CHUNK)]
-    asked = [(m, influxql.latest(c, m, stop_ns)) for m in metrics for c in chunks]
+    found = client.results([influxql.newest_rows(c, metrics, stop_ns) for c in chunks])
     newest: dict[str, dict[str, StoredPoint]] = {}
-    if not asked:
-        return newest
-    for (metric, _), found in zip(asked, client.results([s for _, s in asked]), strict=True):
-        for series in found:
-            uuid = series.tags.get(schema.TAG_UUID)
-            for t, value, source in series.values:
-                if not uuid or value is None or source is None:
-                    continue
-                newest.setdefault(uuid, {})[metric] = StoredPoint(
-                    metric, int(t), float(value), int(source)
-                )
-    return newest
+    known = set(metrics or ())
+    for series in (s for result in found for s in result):
+        uuid = series.tags.get(schema.TAG_UUID)
+        pairs = _pairs(series.columns)
+        known.update(m for m, _, _ in pairs)
+        if not uuid or not series.values:
+            continue
+        row, got = series.values[0], newest.setdefault(uuid, {})
+        for metric, v, s in pairs:
+            value, source = row[v], (None if s is None else row[s])
+            if value is not None and source is not None:
+                got[metric] = StoredPoint(metric, int(row[0]), float(value), int(source))
+    lacking = [(m, [u for u, got in newest.items() if m not in got]) for m in sorted(known)]
+    asked = [
+        (m, influxql.latest(few[i : i + LATEST_CHUNK], m, stop_ns))
+        for m, few in lacking
+        for i in range(0, len(few), LATEST_CHUNK)
+    ]
+    if asked:
+        for (metric, _), rest in zip(asked, client.results([s for _, s in asked]), strict=True):
+            for series in rest:
+                uuid = series.tags.get(schema.TAG_UUID)
+                for t, value, source in series.values:
+                    if uuid and value is not None and source is not None:
+                        newest[uuid][metric] = StoredPoint(
+                            metric, int(t), float(value), int(source)
+                        )
+    return {u: got for u, got in newest.items() if got}

@@ -129,9 +129,22 @@ def latest(uuids: Sequence[str], metric: str, stop_ns: int) -> str:
     )
 
 
-def field_keys() -> str:
-    """Return the statement listing the measurement's field keys (metrics and source times)."""
-    return f"SHOW FIELD KEYS FROM {ident(schema.MEASUREMENT)}"
+def _point_columns(metrics: Sequence[str] | None) -> str:
+    """A value and a source-time column per metric, or every field (`*::field`)."""
+    if not metrics:
+        return "*::field"
+    return ", ".join(f"{ident(m)}::field, {ident(schema.source_field(m))}::field" for m in metrics)
+
+
+def newest_rows(uuids: Sequence[str], metrics: Sequence[str] | None, stop_ns: int) -> str:
+    """Return the newest row at or before `stop_ns` of each GPU in `uuids` holding any of
+    `metrics` (every field when None): one series per uuid, read backwards from its end."""
+    uuid_clause = "(" + " OR ".join(tag_eq(schema.TAG_UUID, u) for u in uuids) + ")"
+    return (
+        f"SELECT {_point_columns(metrics)} FROM {ident(schema.MEASUREMENT)} "
+        f"WHERE {uuid_clause} AND time <= {int(stop_ns)} GROUP BY {ident(schema.TAG_UUID)} "
+        "ORDER BY time DESC LIMIT 1"
+    )
 
 
 def points(
@@ -142,12 +155,6 @@ def points(
     A row is one time: a value and a source-time column per metric (`metrics`, or every
     field: `*::field`), null where the GPU has no point of that metric then.
     """
-    if metrics:
-        columns = ", ".join(
-            f"{ident(m)}::field, {ident(schema.source_field(m))}::field" for m in metrics
-        )
-    else:
-        columns = "*::field"
     where = f"{tag_eq(schema.TAG_UUID, uuid)} AND time >= {int(start_ns)} AND time <= {int(end_ns)}"
     tail = f" LIMIT {int(limit)}" if limit is not None else ""
-    return f"SELECT {columns} FROM {ident(schema.MEASUREMENT)} WHERE {where}{tail}"
+    return f"SELECT {_point_columns(metrics)} FROM {ident(schema.MEASUREMENT)} WHERE {where}{tail}"

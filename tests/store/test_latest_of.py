@@ -51,6 +51,24 @@ def test_a_page_larger_than_one_statement_answers_every_gpu(store: Store) -> Non
         assert found[g.uuid] == {UTIL: StoredPoint(UTIL, T0 + S, 1.0, T0)}, i
 
 
+def test_metrics_missing_from_the_newest_time_are_read_by_themselves(store: Store) -> None:
+    """On InfluxDB a GPU's newest row answers first; metrics it lacks are read one by one,
+    for more GPUs than one statement holds."""
+    gpus = [gpu(n) for n in range(LATEST_CHUNK + 3)]
+    store.write(grid(gpus, [UTIL, TEMP, POWER], [T0]))
+    store.write(grid(gpus, [UTIL], [T0 + S]))  # the newest time holds UTIL only
+    every = {
+        UTIL: StoredPoint(UTIL, T0 + S, 1.0, T0),
+        TEMP: StoredPoint(TEMP, T0, 0.1, T0 - S),
+        POWER: StoredPoint(POWER, T0, 0.2, T0 - S),
+    }
+    uuids = [g.uuid for g in gpus]
+    assert store.latest_of(uuids) == {u: every for u in uuids}
+    assert store.latest_of(uuids, [TEMP, UTIL]) == {
+        u: {TEMP: every[TEMP], UTIL: every[UTIL]} for u in uuids
+    }
+
+
 def test_a_point_from_the_future_is_never_the_newest(store: Store) -> None:
     a, b = gpu(1), gpu(2)
     store.write(batch([(a, UTIL, T0, 1.0), (b, UTIL, T0, 3.0)]))
