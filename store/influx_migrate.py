@@ -35,7 +35,8 @@ import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from proto.batch import Gpu, PointBatch
+from proto.batch import Gpu
+from proto.codec import BatchBuilder
 from store import flux, schema
 from store.base import InvalidBatch
 from store.influx import InfluxStore, Row
@@ -172,9 +173,8 @@ class _BatchWriter:
     batch_points: int
     points: int = 0
     skipped: int = 0
-    _batch: PointBatch = field(default_factory=PointBatch)
-    _gpus: dict[schema.GpuFields, int] = field(default_factory=dict)
-    _metrics: dict[str, int] = field(default_factory=dict)
+    _builder: BatchBuilder = field(default_factory=BatchBuilder)
+    _gpus: dict[schema.GpuFields, Gpu] = field(default_factory=dict)  # one object a GPU
     _valid: dict[object, bool] = field(default_factory=dict)
 
     def add(self, rows: Iterable[Row]) -> int:
@@ -185,33 +185,21 @@ class _BatchWriter:
             point = self._point(row)
             if point is None:
                 self.skipped += 1
-            else:
-                self._queue(*point)
+                continue
+            gpu, metric, time_ns, value, source_ns = point
+            gpu = self._gpus.setdefault(gpu.descriptor, gpu)
+            self._builder.add(gpu, metric, time_ns, value, source_ns)
+            if len(self._builder) >= self.batch_points:
+                self.flush()
         return read
 
     def flush(self) -> None:
         """Write the queued points (if any) and start an empty batch."""
-        if len(self._batch):
-            self.store.write(self._batch)
-            self.points += len(self._batch)
-        self._batch, self._gpus, self._metrics = PointBatch(), {}, {}
-
-    def _queue(self, gpu: Gpu, metric: str, time_ns: int, value: float, source_ns: int) -> None:
-        """Append one point to the batch; write the batch once it holds `batch_points`."""
-        batch = self._batch
-        gi = self._gpus.setdefault(gpu.descriptor, len(batch.gpus))
-        if gi == len(batch.gpus):
-            batch.gpus.append(gpu)
-        mi = self._metrics.setdefault(metric, len(batch.metrics))
-        if mi == len(batch.metrics):
-            batch.metrics.append(metric)
-        batch.gpu_index.append(gi)
-        batch.metric_index.append(mi)
-        batch.time_ns.append(time_ns)
-        batch.value.append(value)
-        batch.source_time_ns.append(source_ns)
-        if len(batch) >= self.batch_points:
-            self.flush()
+        batch = self._builder.build()
+        if len(batch):
+            self.store.write(batch)
+            self.points += len(batch)
+        self._gpus = {}
 
     def _point(self, row: Row) -> tuple[Gpu, str, int, float, int] | None:
         """Return the row's point, or None (logged) when the current layout cannot hold it."""
