@@ -181,10 +181,14 @@ def latest(
     found = client.results([influxql.newest_rows(c, metrics, stop_ns) for c in chunks])
     newest: dict[str, dict[str, StoredPoint]] = {}
     known = set(metrics or ())
+    by_columns: dict[tuple[str, ...], list[tuple[str, int, int | None]]] = {}
     for series in (s for result in found for s in result):
         uuid = series.tags.get(schema.TAG_UUID)
-        pairs = _pairs(series.columns)
-        known.update(m for m, _, _ in pairs)
+        columns = tuple(series.columns)  # a statement's series share their columns
+        pairs = by_columns.get(columns)
+        if pairs is None:
+            pairs = by_columns[columns] = _pairs(series.columns)
+            known.update(m for m, _, _ in pairs)
         if not uuid or not series.values:
             continue
         row, got = series.values[0], newest.setdefault(uuid, {})

@@ -17,18 +17,13 @@ _ESCAPE_MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ "})
 
 
 def escape_tag(text: str) -> str:
-    """Escape a tag key or value (commas, equals signs, spaces)."""
+    """Escape a tag key or value, or a field key (commas, equals signs, spaces)."""
     return text.translate(_ESCAPE_TAG)
 
 
 def escape_measurement(text: str) -> str:
     """Escape a measurement name (commas, spaces)."""
     return text.translate(_ESCAPE_MEASUREMENT)
-
-
-def escape_field_key(text: str) -> str:
-    """Escape a field key (commas, equals signs, spaces: as a tag)."""
-    return text.translate(_ESCAPE_TAG)
 
 
 def series_key(gpu: Gpu) -> str:
@@ -50,7 +45,7 @@ class LineProtocolEncoder:
         key = (schema.gpu_fields(gpu), metric)
         prefix = self._keys.get(key)
         if prefix is None:
-            prefix = f"{series_key(gpu)} {escape_field_key(metric)}="
+            prefix = f"{series_key(gpu)} {escape_tag(metric)}="
             self._keys[key] = prefix
             if len(self._keys) > self._max_cached:
                 self._keys.popitem(last=False)
@@ -60,7 +55,7 @@ class LineProtocolEncoder:
         """Return the batch as newline-separated line protocol (ns precision), UTF-8 encoded."""
         metrics = batch.metrics
         table = [[self._prefix(g, m) for m in metrics] for g in batch.gpus]
-        sts = [f",{escape_field_key(schema.source_field(m))}=" for m in metrics]
+        sts = [f",{escape_tag(schema.source_field(m))}=" for m in metrics]
         lines = [
             f"{table[g][m]}{float(v)!r}{sts[m]}{s}i {t}"
             for g, m, v, s, t in zip(
